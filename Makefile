@@ -1,0 +1,47 @@
+# The two commands: `make run` and `make test`. Both set themselves up on a fresh machine.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: run test lint venv mosquitto bench clean
+
+$(STAMP): setup.cfg pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+venv: $(STAMP)
+
+## run: start the daemon on the built-in simulated cabinet with a live status line (no broker needed)
+run: $(STAMP)
+	$(VENV)/bin/edge run --sim --status-line
+
+## mosquitto: tests need a real broker binary; install it when missing and we are root
+mosquitto:
+	@if command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing mosquitto with apt-get"; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends mosquitto shellcheck >/dev/null; \
+	else \
+		echo "mosquitto is missing: install it (sudo apt-get install mosquitto) or run make test as root"; exit 1; \
+	fi
+	@command -v shellcheck >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends shellcheck >/dev/null; } || echo "note: shellcheck missing; its test will be skipped"
+
+## test: install what the tests need (venv, mosquitto) and run the whole suite
+test: $(STAMP) mosquitto
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check edge drivers hal tests bench
+	$(VENV)/bin/mypy edge drivers hal
+	$(VENV)/bin/lint-imports
+
+bench: $(STAMP)
+	for b in bench/*.py; do $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) .edge-sim .pytest_cache .mypy_cache .ruff_cache *.egg-info

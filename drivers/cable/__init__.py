@@ -1,0 +1,1 @@
+"""Liquid-cooled cable/connector monitors: frames described in DBC files, decoded with cantools."""

@@ -1,0 +1,115 @@
+"""Decode cable-monitor frames (``cable_monitor.dbc``) into readings with quality.
+
+Quality rules, applied per frame (staleness is judged later, from the reading's age):
+- a value outside the DBC signal's [min, max] is ``invalid``;
+- a sensor-fault status bit marks the values it covers ``invalid``;
+- the 4-bit rolling counter must advance by exactly 1 per frame; a repeat (frozen sender) or a jump
+  (lost frames, a second sender on the same id) marks the whole frame ``invalid``.
+The first frame after start-up (or after silence) is accepted: there is no previous counter to compare.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import cantools
+import cantools.database
+
+from drivers.readings import INVALID, OK, Reading
+
+DBC_PATH = os.path.join(os.path.dirname(__file__), "cable_monitor.dbc")
+NODE_MASK = 0xFF
+DEFAULT_NODE = 0x01
+
+
+@dataclass(frozen=True)
+class SignalSpec:
+    dbc_name: str
+    reading: str  # suffix of the reading's signal name
+    unit: str
+    fault_bit: str | None  # DBC status signal that invalidates this value
+
+
+# DBC signal -> reading. Units are written the way a technician reads them.
+SIGNALS: tuple[SignalSpec, ...] = (
+    SignalSpec("PinTempDcPlus", "pin_dc_plus_c", "°C", "PinDcPlusSensorFault"),
+    SignalSpec("PinTempDcMinus", "pin_dc_minus_c", "°C", "PinDcMinusSensorFault"),
+    SignalSpec("CoolantInletTemp", "coolant_in_c", "°C", "CoolantTempSensorFault"),
+    SignalSpec("CoolantOutletTemp", "coolant_out_c", "°C", "CoolantTempSensorFault"),
+    SignalSpec("CoolantFlow", "coolant_flow_lpm", "l/min", "FlowSensorFault"),
+    SignalSpec("CoolantPressure", "coolant_pressure_bar", "bar", "PressureSensorFault"),
+)
+_BY_DBC = {s.dbc_name: s for s in SIGNALS}
+# flags carried as readings of their own (1 = set)
+FLAGS: tuple[tuple[str, str], ...] = (("LeakDetected", "leak"),)
+
+
+def load_database(path: str = DBC_PATH) -> cantools.database.can.Database:
+    db = cantools.database.load_file(path)
+    assert isinstance(db, cantools.database.can.Database)
+    return db
+
+
+class CableMonitor:
+    """Stateful decoder for one monitor (one node id): keeps the last rolling counter per message."""
+
+    def __init__(self, name: str, node_id: int = DEFAULT_NODE,
+                 db: cantools.database.can.Database | None = None) -> None:
+        if not 0 < node_id < 0xFF:
+            raise ValueError(f"cable monitor node id must be 1..254, got {node_id}")
+        self.name = name
+        self.node_id = node_id
+        self.db = db or load_database()
+        self._messages = {
+            (m.frame_id & ~NODE_MASK) | node_id: m for m in self.db.messages
+        }
+        self._last_counter: dict[int, int] = {}
+        self.frames_invalid = 0
+
+    @property
+    def frame_ids(self) -> frozenset[int]:
+        return frozenset(self._messages)
+
+    def reset_counters(self) -> None:
+        """Forget counters (after a silence the next frame starts a new sequence)."""
+        self._last_counter.clear()
+
+    def decode(self, arbitration_id: int, data: bytes, t: float) -> list[Reading]:
+        """Readings from one frame; empty for frames that are not ours. Never raises on bad data."""
+        msg = self._messages.get(arbitration_id)
+        if msg is None:
+            return []
+        if len(data) != msg.length:
+            self.frames_invalid += 1
+            return [Reading(f"{self.name}.{_BY_DBC[s.name].reading}", float("nan"), _BY_DBC[s.name].unit, t, INVALID)
+                    for s in msg.signals if s.name in _BY_DBC]
+        values = msg.decode(bytes(data), decode_choices=False, scaling=True)
+        counter = int(values.get("RollingCounter", 0))
+        prev = self._last_counter.get(arbitration_id)
+        self._last_counter[arbitration_id] = counter
+        counter_ok = prev is None or counter == (prev + 1) % 16
+        if not counter_ok:
+            self.frames_invalid += 1
+        out: list[Reading] = []
+        for sig in msg.signals:
+            spec = _BY_DBC.get(sig.name)
+            if spec is None:
+                continue
+            value = float(values[sig.name])
+            in_range = (sig.minimum is None or value >= sig.minimum) and (sig.maximum is None or value <= sig.maximum)
+            faulted = spec.fault_bit is not None and bool(values.get(spec.fault_bit, 0))
+            quality = OK if (counter_ok and in_range and not faulted) else INVALID
+            out.append(Reading(f"{self.name}.{spec.reading}", value, spec.unit, t, quality))
+        for dbc_flag, suffix in FLAGS:
+            if dbc_flag in values:
+                out.append(Reading(f"{self.name}.{suffix}", float(values[dbc_flag]), "", t,
+                                   OK if counter_ok else INVALID))
+        return out
+
+    def encode(self, message: str, values: dict[str, float]) -> tuple[int, bytes]:
+        """Build a frame (used by the simulator and tests)."""
+        msg = self.db.get_message_by_name(message)
+        full = {s.name: 0 for s in msg.signals}
+        full.update(values)
+        return (msg.frame_id & ~NODE_MASK) | self.node_id, bytes(msg.encode(full, strict=False))

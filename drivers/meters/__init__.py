@@ -1,0 +1,1 @@
+"""Modbus smart meters: one register table per model, one generic decoder and reader."""

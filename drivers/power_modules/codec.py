@@ -1,0 +1,56 @@
+"""What every vendor codec provides. The ModuleBank and the control loop see only this.
+
+A codec is pure: it builds ``Frame`` values (29-bit id, 8 data bytes) and decodes replies; it never
+touches a bus or a clock. Adding a vendor is adding a module that defines a :class:`ModuleCodec`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Frame:
+    arbitration_id: int
+    data: bytes
+    is_extended_id: bool = True
+
+
+@dataclass(frozen=True)
+class ModuleReply:
+    """A decoded answer from one module. Only the fields the frame carried are set."""
+
+    address: int
+    voltage_v: float | None = None
+    current_a: float | None = None
+    temperature_c: float | None = None
+    alarms: frozenset[str] | None = None
+    module_count: int | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class ModuleCodec(Protocol):
+    name: str
+    #: the module's own comms watchdog: it switches its output off after this silence (s)
+    module_comms_timeout_s: float
+    #: minimum spacing between two controller commands on the bus (s)
+    command_spacing_s: float
+
+    def set_output(self, address: int | None, voltage_v: float, current_a: float) -> list[Frame]:
+        """Set voltage and current of one module, or of the whole group when ``address`` is None."""
+        ...
+
+    def output_on(self, address: int | None, on: bool) -> list[Frame]: ...
+
+    def poll(self, address: int) -> list[Frame]:
+        """The read requests that refresh one module's state (output, status, temperature)."""
+        ...
+
+    def decode(self, arbitration_id: int, data: bytes) -> ModuleReply | None:
+        """Decode a reply; None when the frame is not a reply of this protocol."""
+        ...
+
+    def reply_mask(self) -> tuple[int, int]:
+        """(id, mask) that matches every reply of this protocol, for hardware filters."""
+        ...

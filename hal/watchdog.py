@@ -1,0 +1,107 @@
+"""Watchdogs with MicroPython ``machine.WDT`` semantics: ``WDT(timeout=ms)`` then ``feed()``.
+
+Once started a watchdog cannot be stopped (as on an MCU). The control loop is the only caller of
+``feed()``: if the loop stalls, the watchdog fires and systemd (or the hardware) restarts us.
+
+Backends:
+- ``systemd``: ``WATCHDOG=1`` over the notify socket (sdnotify); systemd's ``WatchdogSec`` is the
+  timeout. Also carries ``READY=1`` and ``STATUS=...`` so the daemon has one object for the service
+  manager. Without ``$NOTIFY_SOCKET`` (run by hand) the messages go nowhere, which is what we want.
+- ``dev``: the kernel watchdog device (``/dev/watchdog``): any write feeds it; "magic close" ('V')
+  is deliberately never written, so an exiting daemon still gets the board reset if it is not restarted.
+- ``sim``: records feeds; :meth:`SimWDT.expired` tells whether the timeout passed without one.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from abc import ABC, abstractmethod
+
+import sdnotify
+
+
+class WDT(ABC):
+    def __init__(self, id: int = 0, timeout: int = 5000) -> None:  # noqa: A002 - MicroPython name
+        if timeout <= 0:
+            raise ValueError("watchdog timeout must be > 0 ms")
+        self.id = id
+        self.timeout_ms = timeout
+
+    @abstractmethod
+    def feed(self) -> None: ...
+
+    def ready(self) -> None:
+        """Tell the service manager start-up is complete (no-op where there is none)."""
+
+    def status(self, text: str) -> None:
+        """One line of status for the service manager (``systemctl status``)."""
+
+    def stopping(self) -> None:
+        """Tell the service manager a clean stop has begun."""
+
+
+class SystemdWDT(WDT):
+    def __init__(self, id: int = 0, timeout: int = 5000) -> None:  # noqa: A002
+        super().__init__(id, timeout)
+        self._notifier = sdnotify.SystemdNotifier()
+
+    def feed(self) -> None:
+        self._notifier.notify("WATCHDOG=1")
+
+    def ready(self) -> None:
+        self._notifier.notify("READY=1")
+
+    def status(self, text: str) -> None:
+        self._notifier.notify("STATUS=" + text.replace("\n", " "))
+
+    def stopping(self) -> None:
+        self._notifier.notify("STOPPING=1")
+
+
+class DevWDT(SystemdWDT):
+    """Kernel watchdog device plus the systemd messages."""
+
+    def __init__(self, id: int = 0, timeout: int = 5000, path: str = "/dev/watchdog") -> None:  # noqa: A002
+        super().__init__(id, timeout)
+        self._fd = os.open(path, os.O_WRONLY)
+
+    def feed(self) -> None:
+        os.write(self._fd, b"\0")
+        super().feed()
+
+
+class SimWDT(WDT):
+    def __init__(self, id: int = 0, timeout: int = 5000) -> None:  # noqa: A002
+        super().__init__(id, timeout)
+        self.feeds = 0
+        self.last_feed = time.monotonic()
+        self.messages: list[str] = []
+
+    def feed(self) -> None:
+        self.feeds += 1
+        self.last_feed = time.monotonic()
+
+    def expired(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        return (now - self.last_feed) * 1000 > self.timeout_ms
+
+    def ready(self) -> None:
+        self.messages.append("READY=1")
+
+    def status(self, text: str) -> None:
+        self.messages.append("STATUS=" + text)
+
+    def stopping(self) -> None:
+        self.messages.append("STOPPING=1")
+
+
+WDT_BACKENDS: dict[str, type[WDT]] = {"systemd": SystemdWDT, "dev": DevWDT, "sim": SimWDT}
+
+
+def make_wdt(backend: str, timeout_ms: int) -> WDT:
+    try:
+        cls = WDT_BACKENDS[backend]
+    except KeyError:
+        raise ValueError(f"unknown watchdog backend {backend!r}; allowed: {sorted(WDT_BACKENDS)}") from None
+    return cls(0, timeout_ms)
