@@ -74,8 +74,8 @@ class LinuxPin(Pin):
 
     def __init__(self, id: str, mode: int = Pin.OUT, value: int | None = 0) -> None:  # noqa: A002
         try:
-            import gpiod  # type: ignore[import-not-found]
-            from gpiod.line import Direction, Value  # type: ignore[import-not-found]
+            import gpiod
+            from gpiod.line import Direction, Value
         except ImportError as exc:  # pragma: no cover - only on the board
             raise RuntimeError(
                 f"GPIO pin {id!r}: the 'gpiod' Python package (libgpiod v2) is not installed; "
@@ -113,3 +113,22 @@ def make_pin(backend: str, id: str, value: int = 0) -> Pin:  # noqa: A002
     except KeyError:
         raise ValueError(f"unknown output backend {backend!r}; allowed: {sorted(PIN_BACKENDS)}") from None
     return cls(id, Pin.OUT, value)
+
+
+class SimBoard:
+    """The simulated board's outputs by id, so the simulator can see what the daemon switched."""
+
+    def __init__(self) -> None:
+        self.pins: dict[str, SimPin] = {}
+
+    def pin(self, id: str, value: int = 0) -> SimPin:  # noqa: A002
+        pin = self.pins.get(id)
+        if pin is None:
+            pin = self.pins[id] = SimPin(id, Pin.OUT, value)
+        else:
+            pin.value(value)
+        return pin
+
+    def level(self, id: str) -> int:  # noqa: A002
+        pin = self.pins.get(id)
+        return pin.value() if pin is not None else 0

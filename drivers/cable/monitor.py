@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import cantools
 import cantools.database
@@ -84,7 +85,9 @@ class CableMonitor:
             self.frames_invalid += 1
             return [Reading(f"{self.name}.{_BY_DBC[s.name].reading}", float("nan"), _BY_DBC[s.name].unit, t, INVALID)
                     for s in msg.signals if s.name in _BY_DBC]
-        values = msg.decode(bytes(data), decode_choices=False, scaling=True)
+        decoded = msg.decode(bytes(data), decode_choices=False, scaling=True)
+        assert isinstance(decoded, dict)
+        values: dict[str, Any] = dict(decoded)
         counter = int(values.get("RollingCounter", 0))
         prev = self._last_counter.get(arbitration_id)
         self._last_counter[arbitration_id] = counter
@@ -110,6 +113,6 @@ class CableMonitor:
     def encode(self, message: str, values: dict[str, float]) -> tuple[int, bytes]:
         """Build a frame (used by the simulator and tests)."""
         msg = self.db.get_message_by_name(message)
-        full = {s.name: 0 for s in msg.signals}
+        full: dict[str, float] = {s.name: 0.0 for s in msg.signals}
         full.update(values)
         return (msg.frame_id & ~NODE_MASK) | self.node_id, bytes(msg.encode(full, strict=False))

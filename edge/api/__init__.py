@@ -1,0 +1,1 @@
+"""Local control API on a Unix socket, for the technician CLI."""

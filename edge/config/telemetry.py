@@ -1,0 +1,41 @@
+"""Config of the telemetry store and the MQTT uplink."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from edge.config.base import Section
+
+
+class Tls(Section):
+    enabled: bool = False
+    ca_file: str | None = Field(None, description="CA bundle to verify the broker; system CAs when empty")
+    cert_file: str | None = Field(None, description="client certificate (PEM) for mutual TLS")
+    key_file: str | None = Field(None, description="client private key (PEM)")
+    insecure: bool = Field(False, description="skip host name check: lab use only")
+
+
+class Mqtt(Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(1883, ge=1, le=65535)
+    protocol: Literal["3.1.1", "5"] = "5"
+    client_id: str | None = Field(None, description="defaults to edge-<site>-<cabinet>")
+    username: str | None = None
+    password: str | None = Field(None, description="secret: redacted in diagnostics")
+    keepalive_s: int = Field(30, ge=5, le=1200)
+    topic_prefix: str = Field("cabinet", pattern=r"^[A-Za-z0-9_\-/]+$")
+    max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK")
+    batch_samples: int = Field(200, ge=1, le=10000, description="samples per telemetry message when replaying")
+    reconnect_min_s: float = Field(1.0, ge=0.1, le=60)
+    reconnect_max_s: float = Field(120.0, ge=1, le=3600)
+    tls: Tls = Tls()
+
+
+class Telemetry(Section):
+    interval_s: float = Field(1.0, ge=0.1, le=3600, description="aggregation interval of samples, s")
+    store_max_mb: float = Field(256.0, ge=1, le=100000,
+                                description="size bound of the store, MB; oldest telemetry goes first")
+    mqtt: Mqtt = Mqtt()

@@ -1,0 +1,179 @@
+"""The control loop: evaluate the safety core, apply its decision to modules, contactor, pump and fan.
+
+- Evaluated at once on every safety-relevant frame (:meth:`Controller.evaluate_now`) and on a fixed
+  tick (``control.tick_ms``) that catches silence: stale inputs and lost modules.
+- The watchdog is fed from the tick loop only, so a stalled loop gets the service restarted.
+- Any exception escapes :meth:`Controller.run` after :meth:`Controller.fail_safe` has switched the
+  modules off and opened the contactor; the daemon then exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from drivers.power_modules.bank import ModuleBank
+from edge.config import Config
+from edge.limits.core import evaluate
+from edge.state import CabinetState
+from hal.clock import Clock
+from hal.pin import Pin
+from hal.watchdog import WDT
+
+log = logging.getLogger(__name__)
+
+EventSink = Callable[[str, str, dict[str, Any]], None]
+
+
+@dataclass
+class Outputs:
+    contactor: Pin
+    pump: Pin
+    fan: Pin
+
+    def all_off(self) -> None:
+        self.contactor.off()
+        self.pump.off()
+        self.fan.off()
+
+
+@dataclass
+class ExternalLimit:
+    amps: float
+    expires_at: float | None  # monotonic s, None = until cleared
+    source: str
+
+
+class Controller:
+    def __init__(self, config: Config, state: CabinetState, bank: ModuleBank, outputs: Outputs,
+                 wdt: WDT, clock: Clock, on_event: EventSink) -> None:
+        self.config = config
+        self.limits_cfg = config.limits.model_dump()
+        self.state = state
+        self.bank = bank
+        self.outputs = outputs
+        self.wdt = wdt
+        self.clock = clock
+        self.on_event = on_event
+        self.core_state: dict[str, Any] | None = None
+        self.decision: dict[str, Any] | None = None
+        self.external_limit: ExternalLimit | None = None
+        self.stopped_by: str | None = None
+        self.requested_current_a = config.control.requested_current_a
+        self._clear_requests: list[str] = []
+        self._clear_results: list[tuple[list[str], list[list[str]]]] = []
+        self.ticks = 0
+        self.evaluations = 0
+        self.tick_periods_ms: list[float] = []
+
+    # -- commands from CLI / cloud (never able to raise anything above the config) ------------------
+    def set_external_limit(self, amps: float, duration_s: float | None, source: str) -> None:
+        now = self.clock.monotonic()
+        self.external_limit = ExternalLimit(amps, now + duration_s if duration_s else None, source)
+
+    def clear_external_limit(self) -> None:
+        self.external_limit = None
+
+    def stop(self, source: str) -> None:
+        self.stopped_by = source
+
+    def resume(self) -> None:
+        self.stopped_by = None
+
+    def request_clear(self, fault: str) -> tuple[bool, str]:
+        """Ask the core to clear a latched fault; answered by the very next evaluation."""
+        self._clear_requests.append(fault)
+        self.evaluate_now()
+        cleared, refused = self._clear_results[-1] if self._clear_results else ([], [])
+        if fault in cleared:
+            return True, "cleared"
+        reason = next((r[1] for r in refused if r[0] == fault), "not latched")
+        return False, reason
+
+    # -- evaluation ---------------------------------------------------------------------------------
+    def evaluate_now(self) -> dict[str, Any]:
+        now = self.clock.monotonic()
+        self.bank.check(now)
+        ext = self.external_limit
+        if ext is not None and ext.expires_at is not None and now >= ext.expires_at:
+            self.on_event("limit_expired", "external_limit", {"amps": ext.amps, "source": ext.source})
+            self.external_limit = ext = None
+        snap = self.state.limits_snapshot(
+            now,
+            request_a=self.requested_current_a,
+            external_limit_a=ext.amps if ext else None,
+            stop=self.stopped_by is not None,
+            voltage_v=self.config.control.output_voltage_v,
+            modules_available=len(self.bank.available()),
+            module_max_a=self.bank.max_current_a_per_module,
+            grid_configured=self.state.inputs.grid_meter is not None,
+            clear=self._clear_requests,
+        )
+        snap["inputs"].update(self.state.output_measurements(now))
+        self._clear_requests = []
+        decision, self.core_state = evaluate(snap, self.limits_cfg, self.core_state)
+        self._clear_results = [(decision["cleared"], decision["clear_refused"])]
+        self._apply(decision)
+        self._report_changes(self.decision, decision)
+        self.decision = decision
+        self.evaluations += 1
+        return decision
+
+    def _apply(self, d: dict[str, Any]) -> None:
+        # Modules first (0 A / off), then the contactor: never open it before asking for 0 A.
+        self.bank.apply(d["enable"], self.config.control.output_voltage_v, d["limit_a"])
+        self.outputs.contactor.value(1 if d["contactor"] else 0)
+        self.outputs.pump.value(1 if d["pump"] else 0)
+        self.outputs.fan.value(1 if d["fan"] > 0 else 0)
+
+    def _report_changes(self, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
+        before = set(old["faults"]) if old else set()
+        after = set(new["faults"])
+        for name in sorted(after - before):
+            self.on_event("fault_raised", name, {"detail": new["fault_details"][name]})
+        for name in sorted(before - after):
+            self.on_event("fault_cleared", name, {})
+        for name in new["cleared"]:
+            self.on_event("fault_cleared_by_request", name, {})
+        if old is None or old["rule"] != new["rule"]:
+            self.on_event("limit_rule", new["rule"], {"reason": new["reason"], "limit_a": round(new["target_a"], 1)})
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Tick until ``stopping`` is set. Exceptions propagate after the fail-safe."""
+        tick_s = self.config.control.tick_ms / 1000.0
+        loop = asyncio.get_running_loop()
+        next_t = loop.time()
+        last = None
+        try:
+            while not stopping.is_set():
+                self.evaluate_now()
+                self.wdt.feed()
+                self.ticks += 1
+                now = loop.time()
+                if last is not None:
+                    self.tick_periods_ms.append((now - last) * 1000.0)
+                    if len(self.tick_periods_ms) > 10000:
+                        del self.tick_periods_ms[:5000]
+                last = now
+                next_t += tick_s
+                if next_t < now:  # overran: do not try to catch up with a burst
+                    next_t = now + tick_s
+                try:
+                    await asyncio.wait_for(stopping.wait(), timeout=max(0.0, next_t - loop.time()))
+                except TimeoutError:
+                    pass
+        except BaseException:
+            self.fail_safe()
+            raise
+
+    def fail_safe(self) -> None:
+        """Output off, contactor open. Each step is tried even if an earlier one fails."""
+        for step in (self.bank.all_off, self.outputs.contactor.off, self.outputs.fan.off):
+            try:
+                step()
+            except Exception:
+                log.exception("fail-safe step %s failed", getattr(step, "__name__", step))
+        # The pump keeps running if it can: hot pins cool faster with coolant moving.

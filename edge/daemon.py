@@ -1,0 +1,324 @@
+"""The daemon: wires config, hal, drivers, control, telemetry and the API on one asyncio loop.
+
+Lifecycle guarantees:
+- SIGTERM / SIGINT: modules off, contactor open, store flushed, exit 0 (well within 2 s).
+- Any unhandled error in a daemon task: modules off, contactor open, traceback logged, exit 1, so
+  systemd restarts us; power modules switch off on their own if we go silent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from typing import Any
+
+import can
+
+from drivers.cable.monitor import CableMonitor
+from drivers.meters.models import MODELS
+from drivers.meters.reader import MeterCommError, MeterReader, ModbusLine
+from drivers.power_modules.bank import ModuleBank
+from drivers.power_modules.codec import Frame, ModuleCodec
+from drivers.power_modules.infypower import InfyPowerCodec
+from drivers.readings import OK, STALE, Reading
+from edge import __version__
+from edge.api.server import ApiServer
+from edge.config import Config
+from edge.control import Controller, Outputs
+from edge.state import CabinetState, InputMap
+from edge.telemetry.sampler import Sampler
+from edge.telemetry.store import Store
+from hal.can import CanPort, CanSendError, CanSettings
+from hal.clock import LinuxClock
+from hal.pin import Pin, SimBoard, make_pin
+from hal.serial import SerialSettings
+from hal.watchdog import make_wdt
+
+log = logging.getLogger("edge.daemon")
+
+CODECS: dict[str, type[ModuleCodec]] = {"infypower": InfyPowerCodec}
+
+
+class Daemon:
+    def __init__(self, config: Config, board: SimBoard | None = None, status_line: bool = False) -> None:
+        self.config = config
+        self.status_line = status_line
+        self.clock = LinuxClock()
+        self.started = time.monotonic()
+        self.stopping = asyncio.Event()
+        self.ports: dict[str, CanPort] = {}
+        self.lines: dict[str, ModbusLine] = {}
+        self.meters: list[tuple[MeterReader, Any]] = []
+        self.send_errors = 0
+        self.meter_status: dict[str, dict[str, Any]] = {}
+
+        o = config.outputs
+        pins: list[Pin]
+        if o.backend == "sim":
+            board = board or SimBoard()
+            pins = [board.pin(o.contactor), board.pin(o.pump), board.pin(o.fan)]
+        else:
+            pins = [make_pin(o.backend, o.contactor), make_pin(o.backend, o.pump), make_pin(o.backend, o.fan)]
+        self.outputs = Outputs(*pins)
+        self.wdt = make_wdt(config.watchdog.backend, config.watchdog.timeout_ms)
+        self.store = Store(config.storage.data_dir, config.telemetry.store_max_mb)
+        self.sampler = Sampler()
+
+        for bus in config.can:
+            self.ports[bus.name] = CanPort(CanSettings(
+                name=bus.name, interface=bus.interface, channel=bus.channel, bitrate=bus.bitrate,
+                rx_queue=bus.rx_queue, send_timeout_s=bus.send_timeout_ms / 1000.0))
+        pm = config.power_modules
+        self.module_port = self.ports[pm.bus]
+        self.bank = ModuleBank(CODECS[pm.protocol](), list(pm.addresses), pm.lost_after_ms / 1000.0,
+                               self._send_frame, pm.max_current_a)
+        self.cables = {c.name: CableMonitor(c.name, c.node_id) for c in config.cable}
+        self.cable_bus = {c.name: c.bus for c in config.cable}
+        grid = next((m.name for m in config.meters if m.role == "grid"), None)
+        self.state = CabinetState(InputMap(cable=config.cable[0].name if config.cable else None, grid_meter=grid))
+        self.controller = Controller(config, self.state, self.bank, self.outputs, self.wdt, self.clock, self.event)
+
+        for line in config.serial:
+            self.lines[line.name] = ModbusLine.serial(
+                SerialSettings(line.port, line.baudrate, line.bytesize, line.parity, line.stopbits),
+                timeout_s=max((m.timeout_ms for m in config.meters if m.line == line.name), default=500) / 1000.0)
+        for tcp in config.modbus_tcp:
+            self.lines[tcp.name] = ModbusLine.tcp(tcp.host, tcp.port, 1.0)
+        for m in config.meters:
+            self.meters.append((MeterReader(m.name, MODELS[m.model], self.lines[m.line], m.device_id), m))
+            self.meter_status[m.name] = {"ok": False, "errors": 0, "last_error": None}
+        self.api = ApiServer(config.api, self)
+
+    # -- events --------------------------------------------------------------------------------------
+    def event(self, kind: str, name: str, data: dict[str, Any]) -> None:
+        level = logging.WARNING if kind == "fault_raised" else logging.INFO
+        detail = data.get("detail") or data.get("reason") or ""
+        log.log(level, "%s %s%s", kind, name, f": {detail}" if detail else "")
+        self.store.append("event", int(time.time() * 1000), {"kind": kind, "name": name, **data})
+
+    def _send_frame(self, frame: Frame) -> None:
+        try:
+            self.module_port.send(can.Message(arbitration_id=frame.arbitration_id, data=frame.data,
+                                              is_extended_id=frame.is_extended_id))
+        except CanSendError as exc:
+            # Not fatal here: the modules fall back to off on their own when we cannot reach them.
+            self.send_errors += 1
+            if self.send_errors in (1, 10, 100) or self.send_errors % 1000 == 0:
+                log.error("%s (%d send errors so far)", exc, self.send_errors)
+
+    # -- tasks ---------------------------------------------------------------------------------------
+    async def _can_rx(self, name: str, port: CanPort) -> None:
+        cables = [mon for cname, mon in self.cables.items() if self.cable_bus[cname] == name]
+        is_module_bus = port is self.module_port
+        while True:
+            msg: can.Message | None = await port.recv()
+            safety = False
+            while msg is not None:
+                now = self.clock.monotonic()
+                data = bytes(msg.data)
+                if is_module_bus:
+                    reply = self.bank.handle(msg.arbitration_id, data, now)
+                    if reply is not None:
+                        self._module_readings(reply.address, now)
+                        safety = safety or reply.alarms is not None
+                for mon in cables:
+                    readings = mon.decode(msg.arbitration_id, data, now)
+                    if readings:
+                        self._readings(readings)
+                        safety = True
+                msg = port.recv_nowait()
+            if safety:
+                self.controller.evaluate_now()
+
+    def _module_readings(self, address: int, now: float) -> None:
+        prefix = f"module.{address}."
+        self._readings([r for r in self.bank.readings("module", now) if r.signal.startswith(prefix)])
+
+    def _readings(self, readings: list[Reading]) -> None:
+        self.state.update(readings)
+        for r in readings:
+            self.sampler.add(r)
+
+    async def _module_poll(self) -> None:
+        codec = self.bank.codec
+        period = self.config.power_modules.poll_ms / 1000.0
+        while True:
+            start = time.monotonic()
+            for addr in self.bank.modules:
+                for frame in self.bank.poll_frames(addr):
+                    self._send_frame(frame)
+                    await asyncio.sleep(codec.command_spacing_s)
+            self._module_readings_all()
+            await asyncio.sleep(max(0.0, period - (time.monotonic() - start)))
+
+    def _module_readings_all(self) -> None:
+        now = self.clock.monotonic()
+        for r in self.bank.readings("module", now):
+            if r.quality != OK:
+                self.state.update([r])
+
+    async def _meter_poll(self, reader: MeterReader, cfg: Any) -> None:
+        period = cfg.poll_ms / 1000.0
+        stale_s = cfg.stale_after_ms / 1000.0
+        status = self.meter_status[reader.name]
+        last_ok = self.clock.monotonic()
+        while True:
+            start = time.monotonic()
+            try:
+                readings = await asyncio.wait_for(reader.poll(), timeout=cfg.timeout_ms / 1000.0 * 3)
+                self._readings(readings)
+                last_ok = self.clock.monotonic()
+                status.update(ok=True)
+            except (MeterCommError, TimeoutError, OSError) as exc:
+                status["errors"] += 1
+                status["last_error"] = str(exc) or type(exc).__name__
+                now = self.clock.monotonic()
+                if status["ok"]:
+                    log.warning("meter %s: no answer (%s)", reader.name, status["last_error"])
+                if now - last_ok > stale_s:
+                    status["ok"] = False
+                    prefix = reader.name + "."
+                    self.state.update([Reading(r.signal, r.value, r.unit, r.t, STALE)
+                                       for s, r in list(self.state.readings.items()) if s.startswith(prefix)])
+            await asyncio.sleep(max(0.0, period - (time.monotonic() - start)))
+
+    async def _telemetry(self) -> None:
+        interval = self.config.telemetry.interval_s
+        while True:
+            await asyncio.sleep(interval)
+            self._flush_telemetry()
+
+    def _flush_telemetry(self) -> None:
+        d = self.controller.decision
+        now = self.clock.monotonic()
+        if d is not None:
+            self.sampler.add(Reading("control.limit_a", d["limit_a"], "A", now))
+        samples = self.sampler.flush()
+        if samples:
+            self.store.append("telemetry", int(time.time() * 1000),
+                              {"interval_s": self.config.telemetry.interval_s, "samples": samples})
+
+    async def _status_line(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            print(self.status_text(), flush=True)
+
+    def status_text(self) -> str:
+        def val(sig: str, fmt: str = "{:.1f}") -> str:
+            r = self.state.get(sig)
+            if r is None:
+                return "--"
+            return fmt.format(r.value) + ("" if r.quality == OK else f"({r.quality})")
+        grid = next((m.name for m, _ in self.meters if m.name == self.state.inputs.grid_meter), None)
+        cable = self.state.inputs.cable
+        d = self.controller.decision or {}
+        mods = " ".join(
+            f"M{a}:{m.voltage_v:.0f}V/{m.current_a:.0f}A" + ("(lost)" if m.lost else "")
+            for a, m in self.bank.modules.items())
+        parts = [
+            f"grid {val(f'{grid}.Power.Active.Import', '{:.0f}')} W" if grid else "grid --",
+            mods,
+            f"pins {val(f'{cable}.pin_dc_plus_c')}/{val(f'{cable}.pin_dc_minus_c')} °C" if cable else "",
+            f"flow {val(f'{cable}.coolant_flow_lpm')} l/min" if cable else "",
+            f"limit {d.get('limit_a', 0.0):.0f} A <- {d.get('reason', 'starting')}",
+            f"faults {','.join(d.get('faults', [])) or 'none'}",
+            f"backlog {self.store.backlog()}",
+        ]
+        return " | ".join(p for p in parts if p)
+
+    def status(self) -> dict[str, Any]:
+        """Everything a technician or the API needs about the cabinet right now."""
+        d = self.controller.decision or {}
+        now = self.clock.monotonic()
+        return {
+            "cabinet_id": self.config.cabinet.cabinet_id,
+            "site_id": self.config.cabinet.site_id,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started, 1),
+            "limit_a": round(d.get("limit_a", 0.0), 1),
+            "target_a": round(d.get("target_a", 0.0), 1),
+            "rule": d.get("rule"),
+            "reason": d.get("reason"),
+            "enable": d.get("enable", False),
+            "faults": d.get("fault_details", {}),
+            "latched": d.get("latched", []),
+            "outputs": {"contactor": self.outputs.contactor.value(), "pump": self.outputs.pump.value(),
+                        "fan": self.outputs.fan.value()},
+            "modules": {str(a): {"lost": m.lost, "voltage_v": m.voltage_v, "current_a": m.current_a,
+                                 "temperature_c": m.temperature_c, "alarms": sorted(m.alarms),
+                                 "set_current_a": m.set_current_a, "on": m.output_on}
+                        for a, m in self.bank.modules.items()},
+            "meters": self.meter_status,
+            "readings": {s: {"value": r.value, "unit": r.unit, "quality": r.quality, "age_s": round(now - r.t, 3)}
+                         for s, r in sorted(self.state.readings.items())},
+            "telemetry": {"backlog": self.store.backlog(), "last_seq": self.store.last_seq(),
+                          "write_errors": self.store.write_errors},
+            "can": {n: vars(p.stats) for n, p in self.ports.items()},
+        }
+
+    # -- run -----------------------------------------------------------------------------------------
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.stopping.set)
+        for port in self.ports.values():
+            port.start(loop)
+        self.bank.all_off()  # start from a known state whatever the modules did before us
+        self.event("started", "daemon", {"version": __version__})
+        tasks = [asyncio.create_task(self._can_rx(n, p), name=f"can-rx-{n}") for n, p in self.ports.items()]
+        tasks.append(asyncio.create_task(self._module_poll(), name="module-poll"))
+        tasks += [asyncio.create_task(self._meter_poll(r, c), name=f"meter-{r.name}") for r, c in self.meters]
+        tasks.append(asyncio.create_task(self._telemetry(), name="telemetry"))
+        tasks.append(asyncio.create_task(self.api.serve(), name="api"))
+        if self.status_line:
+            tasks.append(asyncio.create_task(self._status_line(), name="status-line"))
+        control = asyncio.create_task(self.controller.run(self.stopping), name="control")
+        self.controller.evaluate_now()
+        self.wdt.ready()
+        self.wdt.status("running")
+        code = 0
+        try:
+            done, _ = await asyncio.wait([control, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                exc = t.exception() if not t.cancelled() else None
+                if exc is not None:
+                    log.error("fatal error in %s; outputs off, contactor open", t.get_name(),
+                              exc_info=(type(exc), exc, exc.__traceback__))
+                    code = 1
+        finally:
+            self.wdt.stopping()
+            self.controller.fail_safe()
+            self.outputs.all_off()
+            for t in [control, *tasks]:
+                t.cancel()
+            await asyncio.gather(control, *tasks, return_exceptions=True)
+            self._flush_telemetry()
+            self.event("stopped", "daemon", {"exit_code": code})
+            self._close()
+        return code
+
+    def _close(self) -> None:
+        for closer in [*(p.close for p in self.ports.values()), *(ln.close for ln in self.lines.values()),
+                       self.api.close, self.store.close]:
+            try:
+                closer()
+            except Exception:
+                log.exception("while closing")
+
+
+def run_daemon(config: Config, board: SimBoard | None = None, status_line: bool = False) -> int:
+    async def main() -> int:
+        # built inside the loop: pymodbus clients bind to the running loop when created
+        return await Daemon(config, board, status_line).run()
+
+    try:
+        return asyncio.run(main())
+    except KeyboardInterrupt:
+        return 0
+    except Exception:
+        log.exception("daemon failed to start or stop cleanly")
+        sys.stderr.flush()
+        return 1

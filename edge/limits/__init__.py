@@ -1,0 +1,1 @@
+"""The pure safety core. See core.py; runs unchanged under MicroPython."""

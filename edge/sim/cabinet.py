@@ -1,0 +1,156 @@
+"""The whole simulated cabinet, for ``edge run --sim`` and as a test fixture.
+
+``SimCabinet(config)`` builds the peers for what the config names (meters on serial lines, power
+modules and cable monitors on CAN buses), and :meth:`SimCabinet.patched_config` returns the config the
+daemon should use: serial ports point at the simulator's pseudo-terminals, CAN buses at ``virtual``
+channels private to this cabinet, outputs at the simulated board. Fault knobs are plain methods.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import os
+import threading
+from typing import Any
+
+import can
+
+from drivers.meters.models import MODELS
+from edge.config import Config
+from edge.sim.can_devices import SimCanDevices
+from edge.sim.meter import SimMeter, serial_server
+from edge.sim.physics import ModuleModel, Physics
+from edge.sim.serial_link import SerialLink
+from hal.pin import SimBoard
+
+log = logging.getLogger(__name__)
+PHYSICS_STEP_S = 0.05
+_instance = itertools.count(1)
+
+
+class SimCabinet:
+    def __init__(self, config: Config, pace_serial: bool = False) -> None:
+        self.config = config
+        self.board = SimBoard()
+        self.lock = threading.Lock()
+        self.physics = Physics(modules={a: ModuleModel(a) for a in config.power_modules.addresses})
+        self._tag = f"sim{os.getpid()}-{next(_instance)}"
+        self.links: dict[str, SerialLink] = {}
+        self.meters: dict[str, SimMeter] = {}
+        for line in config.serial:
+            self.links[line.name] = SerialLink(line.baudrate if pace_serial else None)
+        for m in config.meters:
+            if m.line in self.links:
+                self.meters[m.name] = SimMeter(MODELS[m.model], m.device_id, self._meter_values)
+        self.can_channels = {bus.name: f"{self._tag}-{bus.name}" for bus in config.can}
+        cable = config.cable[0] if config.cable else None
+        dev_bus_name = config.power_modules.bus
+        self._dev_bus = can.Bus(interface="virtual", channel=self.can_channels[dev_bus_name],
+                                receive_own_messages=False)
+        self.can = SimCanDevices(self._dev_bus, self.physics, self.lock,
+                                 cable_node=cable.node_id if cable else 1,
+                                 cable_name=cable.name if cable else "cable")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread = threading.Thread(target=self._thread_main, name="sim-cabinet", daemon=True)
+        self._ready = threading.Event()
+        self._stopping = threading.Event()
+
+    # -- configuration the daemon uses ---------------------------------------------------------------
+    def patched_config(self) -> Config:
+        data: dict[str, Any] = self.config.model_dump()
+        for line in data["serial"]:
+            line["port"] = self.links[line["name"]].host_path
+        for bus in data["can"]:
+            bus.update(interface="virtual", channel=self.can_channels[bus["name"]])
+        data["outputs"]["backend"] = "sim"
+        return Config.model_validate(data)
+
+    # -- lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        for link in self.links.values():
+            link.start()
+        self.can.start()
+        self._thread.start()
+        if not self._ready.wait(timeout=5.0):
+            raise RuntimeError("simulated cabinet did not start within 5 s")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(lambda: None)
+        self._thread.join(timeout=3.0)
+        self.can.stop()
+        self._dev_bus.shutdown()
+        for link in self.links.values():
+            link.close()
+
+    def _thread_main(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        try:
+            loop.run_until_complete(self._main())
+        finally:
+            loop.close()
+
+    async def _main(self) -> None:
+        servers = []
+        serving = []
+        for line in self.config.serial:
+            meters = [self.meters[m.name] for m in self.config.meters if m.line == line.name]
+            if meters:
+                server = serial_server(meters, self.links[line.name].device_path, line.baudrate)
+                servers.append(server)
+                serving.append(asyncio.ensure_future(server.serve_forever()))
+        self._ready.set()
+        while not self._stopping.is_set():
+            with self.lock:
+                self.physics.contactor = bool(self.board.level(self.config.outputs.contactor))
+                self.physics.pump_on = bool(self.board.level(self.config.outputs.pump))
+                self.physics.step(PHYSICS_STEP_S)
+            await asyncio.sleep(PHYSICS_STEP_S)
+        for server in servers:
+            await server.shutdown()
+
+    def _meter_values(self) -> dict[str, float]:
+        with self.lock:
+            p = self.physics
+            vals: dict[str, float] = {"Frequency": 50.0, "Energy.Active.Import.Register": p.import_kwh,
+                                      "Energy.Active.Export.Register": 0.0}
+            total = 0.0
+            for i in range(3):
+                ph = f"L{i + 1}"
+                watts = p.grid_v[i] * p.grid_a[i] * 0.98
+                total += watts
+                vals.update({f"Voltage.{ph}": p.grid_v[i], f"Current.Import.{ph}": p.grid_a[i],
+                             f"Power.Active.Import.{ph}": watts, f"Power.Factor.{ph}": 0.98})
+            vals["Power.Active.Import"] = total
+            return vals
+
+    # -- fault knobs ---------------------------------------------------------------------------------
+    def set_pump_failed(self, failed: bool) -> None:
+        with self.lock:
+            self.physics.pump_failed = failed
+
+    def set_cable_silent(self, silent: bool) -> None:
+        self.can.cable_silent = silent
+
+    def set_cable_frozen(self, frozen: bool) -> None:
+        self.can.cable_frozen = frozen
+
+    def set_module_silent(self, address: int, silent: bool) -> None:
+        with self.lock:
+            self.physics.modules[address].silent = silent
+
+    def set_module_alarm(self, address: int, alarm: str, on: bool) -> None:
+        with self.lock:
+            alarms = self.physics.modules[address].alarms
+            (alarms.add if on else alarms.discard)(alarm)
+
+    def set_meter_silent(self, name: str, silent: bool) -> None:
+        self.meters[name].silent = silent
+
+    def set_vehicle_demand(self, amps: float) -> None:
+        with self.lock:
+            self.physics.vehicle_demand_a = amps

@@ -1,0 +1,1 @@
+"""Telemetry: sampler (aggregate per interval) -> store (SQLite WAL) -> uplink (MQTT, acked delete)."""

@@ -1,0 +1,123 @@
+"""Shared fixtures: temporary configs, a daemon in a subprocess, waiting on conditions with deadlines."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SIM_TOML = (REPO / "edge" / "sim" / "sim.toml").read_text()
+EXAMPLE_TOML = (REPO / "deploy" / "config.example.toml").read_text()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> Any:
+    """Poll ``condition`` until it returns something truthy; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    last_exc: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - condition may fail until the peer is up
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}" +
+                         (f" (last error: {last_exc})" if last_exc else ""))
+
+
+def sim_config_text(tmp: Path, extra: str = "") -> str:
+    """The built-in sim config with data dir and socket moved into ``tmp``."""
+    text = SIM_TOML.replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp}/edge.sock"')
+    text = text.replace('data_dir = ".edge-sim"', f'data_dir = "{tmp}/data"')
+    text = text.replace('backend = "systemd"          # talks', 'backend = "sim"          # talks')
+    return text + "\n" + extra
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def edge_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("NOTIFY_SOCKET", None)
+    return env
+
+
+def api_request(sock_path: str, req: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(sock_path)
+        s.sendall(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while not buf.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return dict(json.loads(buf))
+
+
+class DaemonProcess:
+    def __init__(self, config_file: Path, socket_path: str, sim: bool = True) -> None:
+        args = [sys.executable, "-m", "edge", "run", "--config", str(config_file)]
+        if sim:
+            args.append("--sim")
+        self.socket_path = socket_path
+        self.log_path = config_file.parent / "daemon.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=edge_env(),
+                                     cwd=config_file.parent)
+
+    def status(self) -> dict[str, Any]:
+        answer = api_request(self.socket_path, {"cmd": "status"})
+        assert answer["ok"], answer
+        return dict(answer["data"])
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        wait_for(lambda: self.proc.poll() is None and os.path.exists(self.socket_path) and self.status(),
+                 timeout, what=f"daemon API at {self.socket_path}\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 5.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            self._log.close()
+
+
+@pytest.fixture
+def sim_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
+    started: list[DaemonProcess] = []
+
+    def start(extra: str = "") -> DaemonProcess:
+        cfg = tmp_path / "config.toml"
+        cfg.write_text(sim_config_text(tmp_path, extra))
+        d = DaemonProcess(cfg, str(tmp_path / "edge.sock"))
+        started.append(d)
+        d.wait_ready()
+        return d
+
+    yield start
+    for d in started:
+        d.stop(signal.SIGKILL) if d.proc.poll() is None else d.stop()
