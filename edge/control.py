@@ -64,6 +64,9 @@ class Controller:
         self.stopped_by: str | None = None
         self.requested_current_a = config.control.requested_current_a
         self._clear_requests: list[str] = []
+        # self-test of pump and fan: honoured only while the DC output is off (see _apply)
+        self.test_outputs: dict[str, bool] = {}
+        self.test_outputs_until = 0.0
         self._clear_results: list[tuple[list[str], list[list[str]]]] = []
         self.ticks = 0
         self.evaluations = 0
@@ -82,6 +85,11 @@ class Controller:
 
     def resume(self) -> None:
         self.stopped_by = None
+
+    def set_test_outputs(self, pump: bool | None, fan: bool | None, duration_s: float) -> None:
+        """Run pump and/or fan for a self-test. Ignored while the output is enabled."""
+        self.test_outputs = {k: v for k, v in (("pump", pump), ("fan", fan)) if v is not None}
+        self.test_outputs_until = self.clock.monotonic() + duration_s
 
     def request_clear(self, fault: str) -> tuple[bool, str]:
         """Ask the core to clear a latched fault; answered by the very next evaluation."""
@@ -126,8 +134,12 @@ class Controller:
         # Modules first (0 A / off), then the contactor: never open it before asking for 0 A.
         self.bank.apply(d["enable"], self.config.control.output_voltage_v, d["limit_a"])
         self.outputs.contactor.value(1 if d["contactor"] else 0)
-        self.outputs.pump.value(1 if d["pump"] else 0)
-        self.outputs.fan.value(1 if d["fan"] > 0 else 0)
+        pump, fan = d["pump"], d["fan"] > 0
+        if self.test_outputs and not d["enable"] and self.clock.monotonic() < self.test_outputs_until:
+            pump = self.test_outputs.get("pump", pump)
+            fan = self.test_outputs.get("fan", fan)
+        self.outputs.pump.value(1 if pump else 0)
+        self.outputs.fan.value(1 if fan else 0)
 
     def _report_changes(self, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
         before = set(old["faults"]) if old else set()

@@ -1,0 +1,1 @@
+"""Bus scans for commissioning: ``edge scan can`` and ``edge scan modbus``."""
