@@ -31,6 +31,7 @@ from edge.control import Controller, Outputs
 from edge.state import CabinetState, InputMap
 from edge.telemetry.sampler import Sampler
 from edge.telemetry.store import Store
+from edge.telemetry.uplink import Uplink
 from hal.can import CanPort, CanSendError, CanSettings
 from hal.clock import LinuxClock
 from hal.pin import Pin, SimBoard, make_pin
@@ -91,6 +92,18 @@ class Daemon:
             self.meters.append((MeterReader(m.name, MODELS[m.model], self.lines[m.line], m.device_id), m))
             self.meter_status[m.name] = {"ok": False, "errors": 0, "last_error": None}
         self.api = ApiServer(config.api, self)
+        # -- telemetry uplink (edge/telemetry/uplink.py; docs/TELEMETRY.md) --------------------------
+        mq = config.telemetry.mqtt
+        self.uplink: Uplink | None = None
+        if mq.enabled:
+            self.uplink = Uplink(mq, config.cabinet.site_id, config.cabinet.cabinet_id, self.store,
+                                 max_current_a=config.limits.max_output_current_a,
+                                 remote_clear_allowed=config.limits.remote_clear_allowed,
+                                 controller=self.controller, state_source=self.mqtt_state,
+                                 on_event=self.event, interval_s=config.telemetry.interval_s,
+                                 version=__version__)
+        self.store_fault: str | None = None
+        # -- end telemetry uplink ---------------------------------------------------------------------
 
     # -- events --------------------------------------------------------------------------------------
     def event(self, kind: str, name: str, data: dict[str, Any]) -> None:
@@ -200,6 +213,43 @@ class Daemon:
         if samples:
             self.store.append("telemetry", int(time.time() * 1000),
                               {"interval_s": self.config.telemetry.interval_s, "samples": samples})
+        self._check_store()
+
+    # -- telemetry store health and MQTT state (edge/telemetry; docs/TELEMETRY.md) ----------------------
+    STORE_FAULT = "telemetry_store_error"
+
+    def _check_store(self) -> None:
+        """A failing store is a fault of its own: reported, never a reason to stop control."""
+        why = self.store.degraded
+        if why and not self.store_fault:
+            self.store_fault = (f"telemetry store write failed ({why}); {self.store.write_errors} "
+                                f"records lost so far; control unaffected")
+            self.event("fault_raised", self.STORE_FAULT, {"detail": self.store_fault})
+        elif not why and self.store_fault:
+            self.store_fault = None
+            self.event("fault_cleared", self.STORE_FAULT, {})
+        elif why:
+            self.store_fault = (f"telemetry store write failed ({why}); {self.store.write_errors} "
+                                f"records lost so far; control unaffected")
+
+    def mqtt_state(self) -> dict[str, Any]:
+        """The retained ``state`` message body (schema: edge/schemas/mqtt-v1.schema.json#state)."""
+        d = self.controller.decision or {}
+        ext = self.controller.external_limit
+        ext_d = None
+        if ext is not None:
+            left = None if ext.expires_at is None else max(0.0, ext.expires_at - self.clock.monotonic())
+            ext_d = {"amps": ext.amps, "source": ext.source,
+                     "expires_in_s": None if left is None else float(round(left))}
+        faults = dict(d.get("fault_details", {}))
+        if self.store_fault:
+            faults[self.STORE_FAULT] = self.store_fault
+        return {"limit_a": round(float(d.get("limit_a", 0.0)), 1), "rule": d.get("rule"),
+                "reason": d.get("reason"), "enable": bool(d.get("enable", False)), "faults": faults,
+                "latched": list(d.get("latched", [])), "external_limit": ext_d,
+                "stopped_by": self.controller.stopped_by,
+                "modules": {str(a): {"lost": m.lost, "on": m.output_on} for a, m in self.bank.modules.items()},
+                "telemetry_store": {"degraded": self.store.degraded, "write_errors": self.store.write_errors}}
 
     async def _status_line(self) -> None:
         while True:
@@ -243,7 +293,8 @@ class Daemon:
             "rule": d.get("rule"),
             "reason": d.get("reason"),
             "enable": d.get("enable", False),
-            "faults": d.get("fault_details", {}),
+            "faults": {**d.get("fault_details", {}),
+                       **({self.STORE_FAULT: self.store_fault} if self.store_fault else {})},
             "latched": d.get("latched", []),
             "outputs": {"contactor": self.outputs.contactor.value(), "pump": self.outputs.pump.value(),
                         "fan": self.outputs.fan.value()},
@@ -254,8 +305,8 @@ class Daemon:
             "meters": self.meter_status,
             "readings": {s: {"value": r.value, "unit": r.unit, "quality": r.quality, "age_s": round(now - r.t, 3)}
                          for s, r in sorted(self.state.readings.items())},
-            "telemetry": {"backlog": self.store.backlog(), "last_seq": self.store.last_seq(),
-                          "write_errors": self.store.write_errors},
+            "telemetry": {**self.store.stats(),
+                          "uplink": self.uplink.status() if self.uplink else {"enabled": False}},
             "can": {n: vars(p.stats) for n, p in self.ports.items()},
         }
 
@@ -273,6 +324,8 @@ class Daemon:
         tasks += [asyncio.create_task(self._meter_poll(r, c), name=f"meter-{r.name}") for r, c in self.meters]
         tasks.append(asyncio.create_task(self._telemetry(), name="telemetry"))
         tasks.append(asyncio.create_task(self.api.serve(), name="api"))
+        if self.uplink is not None:
+            tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
         if self.status_line:
             tasks.append(asyncio.create_task(self._status_line(), name="status-line"))
         control = asyncio.create_task(self.controller.run(self.stopping), name="control")

@@ -1,4 +1,8 @@
-"""Aggregate readings per interval: min, max, mean and last per signal, with unit and quality."""
+"""Aggregate readings per interval: min, max, mean and last per signal, with unit and quality.
+
+Each sample also carries the OCPP measurand (and phase/location) of its signal where one exists
+(:mod:`edge.telemetry.measurands`), so the stored JSON is already the JSON that goes out.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.readings import OK, Reading
+from edge.telemetry.measurands import ocpp_fields
+
+
+SIGNIFICANT_DIGITS = 10  # covers a u64 register scaled 0.01 kWh; drops float32->double noise digits
+
+
+def _r(v: float) -> float:
+    return float(f"{v:.{SIGNIFICANT_DIGITS}g}")
 
 
 @dataclass
@@ -45,8 +57,9 @@ class Sampler:
             good = a.n > 0
             out.append({
                 "signal": sig, "unit": a.unit, "quality": a.quality, "n": a.n,
-                "min": a.lo if good else None, "max": a.hi if good else None,
-                "mean": a.total / a.n if good else None, "last": a.last if good else None,
+                "min": _r(a.lo) if good else None, "max": _r(a.hi) if good else None,
+                "mean": _r(a.total / a.n) if good else None, "last": _r(a.last) if good else None,
+                **dict(ocpp_fields(sig)),
             })
         self._aggs.clear()
         return out

@@ -1,0 +1,121 @@
+"""The telemetry store: ordered, bounded, restart-proof, and never a reason to stop control."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+import edge.telemetry.store as store_mod
+from edge.telemetry.store import Store
+from tests.uplink_harness import interval_payload
+
+
+def _fill(store: Store, n: int, kind: str = "telemetry") -> list[int]:
+    out = []
+    for i in range(n):
+        payload = interval_payload(i) if kind == "telemetry" else {"kind": "fault_raised", "name": f"f{i}"}
+        seq = store.append(kind, 1_700_000_000_000 + i, payload)
+        assert seq is not None
+        out.append(seq)
+    return out
+
+
+def test_seq_is_monotonic_across_restarts_even_after_everything_was_acknowledged(tmp_path: Path):
+    s = Store(str(tmp_path))
+    first = _fill(s, 5)
+    s.delete(first)
+    assert s.backlog() == 0
+    s.close()
+    s = Store(str(tmp_path))
+    assert s.last_seq() == first[-1]
+    again = _fill(s, 3)
+    assert again == [first[-1] + 1, first[-1] + 2, first[-1] + 3]
+    s.close()
+
+
+def test_pending_is_in_seq_order_and_keeps_unit_and_quality(tmp_path: Path):
+    s = Store(str(tmp_path))
+    seqs = _fill(s, 3) + _fill(s, 2, "event") + _fill(s, 1)
+    rows = s.pending_raw(0, None, 100)
+    assert [r.seq for r in rows] == seqs
+    assert [r.kind for r in rows] == ["telemetry"] * 3 + ["event"] * 2 + ["telemetry"]
+    samples = s.pending(0, 1)[0].payload["samples"]
+    volt = next(x for x in samples if x["signal"] == "grid.Voltage.L1")
+    assert volt["unit"] == "V" and volt["quality"] == "ok" and volt["measurand"] == "Voltage"
+    assert volt["min"] <= volt["mean"] <= volt["max"]
+    s.close()
+
+
+def test_size_bound_evicts_oldest_telemetry_first_and_keeps_events(tmp_path: Path):
+    s = Store(str(tmp_path), max_mb=1.0)
+    events = _fill(s, 20, "event")
+    _fill(s, 400)  # ~8 kB each: 3 MB of telemetry into a 1 MB store
+    s.enforce_bound()
+    assert s.used_bytes() <= s.max_bytes
+    kept = s.pending_raw(0, None, 100000)
+    assert [r.seq for r in kept if r.kind == "event"] == events, "events must outlive telemetry"
+    tele = [r.seq for r in kept if r.kind == "telemetry"]
+    assert tele and tele == list(range(tele[0], tele[-1] + 1)), "only the oldest telemetry goes"
+    assert tele[-1] == s.last_seq(), "the newest telemetry is kept"
+    assert s.evicted >= 400 - len(tele) and s.evicted_events == 0
+    s.close()
+
+
+def _pin_file_size(s: Store) -> None:
+    """Simulate a full disk: SQLite may not grow the file by another page. SQLite then fails writes with
+    SQLITE_FULL, the very error (and code path) it reports when the file system returns ENOSPC."""
+    pages = s._db.execute("PRAGMA page_count").fetchone()[0]
+    s._db.execute(f"PRAGMA max_page_count = {pages}")
+
+
+def test_disk_full_is_counted_and_reported_never_raised(tmp_path: Path):
+    s = Store(str(tmp_path))
+    _fill(s, 2, "event")  # nothing to evict but events... which eviction drops only as a last resort
+    s._db.execute("DELETE FROM records")
+    _pin_file_size(s)
+    results = [s.append("telemetry", 1_700_000_000_000 + i, interval_payload(i)) for i in range(50)]
+    assert None in results
+    assert s.write_errors > 0
+    assert s.degraded and "full" in s.degraded
+    s.close()
+
+
+def test_disk_full_makes_room_for_new_events_by_dropping_old_telemetry(tmp_path: Path):
+    s = Store(str(tmp_path))
+    old = _fill(s, 200)
+    _pin_file_size(s)
+    seqs = [s.append("event", 1_700_000_000_000 + i, {"kind": "fault_raised", "name": "x", "detail": "y" * 2000})
+            for i in range(200)]
+    assert all(seq is not None for seq in seqs), "events find room while old telemetry can go"
+    assert s.write_errors > 0 and s.degraded  # the full disk is still reported
+    remaining = {r.seq for r in s.pending_raw(0, None, 100000)}
+    assert old[0] not in remaining and set(seqs) <= remaining
+    s.close()
+
+
+def test_degraded_clears_after_writes_succeed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(store_mod, "DEGRADED_HOLD_S", 0.0)
+    s = Store(str(tmp_path))
+    _pin_file_size(s)
+    while s.append("telemetry", 1_700_000_000_000, interval_payload(0)) is not None:
+        pass
+    s._db.execute("PRAGMA max_page_count = 1000000")
+    assert s.append("telemetry", 1_700_000_000_000, interval_payload(1)) is not None
+    assert s.degraded is None and s.write_errors >= 1
+    s.close()
+
+
+def test_a_non_json_value_is_a_counted_error_not_an_exception(tmp_path: Path):
+    s = Store(str(tmp_path))
+    assert s.append("telemetry", 1, {"x": float("nan")}) is None
+    assert s.write_errors == 1
+    s.close()
+
+
+def test_store_file_is_wal_mode(tmp_path: Path):
+    s = Store(str(tmp_path))
+    s.close()
+    mode = sqlite3.connect(tmp_path / "telemetry.sqlite3").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
