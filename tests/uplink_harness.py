@@ -35,6 +35,10 @@ CABINET_SIGNALS: list[tuple[str, str, float]] = [
 ]
 
 
+# a few signals per interval, for tests that move thousands of records
+FEW_SIGNALS = [CABINET_SIGNALS[0], CABINET_SIGNALS[3], CABINET_SIGNALS[14], CABINET_SIGNALS[-8], CABINET_SIGNALS[-1]]
+
+
 def interval_payload(i: int, signals: list[tuple[str, str, float]] = CABINET_SIGNALS,
                      readings_per_signal: int = 2) -> dict[str, Any]:
     s = Sampler()
@@ -64,9 +68,10 @@ class UplinkHarness:
     def start(self) -> None:
         self.task = self.call(lambda: self.loop.create_task(self.uplink.run()))
 
-    def append_telemetry(self, n: int, start: int = 0, t0_ms: int | None = None) -> list[int]:
+    def append_telemetry(self, n: int, start: int = 0, t0_ms: int | None = None,
+                         signals: list[tuple[str, str, float]] = CABINET_SIGNALS) -> list[int]:
         t0 = t0_ms or int(time.time() * 1000) - n * 1000
-        payloads = [interval_payload(start + i) for i in range(n)]
+        payloads = [interval_payload(start + i, signals) for i in range(n)]
 
         def go() -> list[int]:
             return [s for i, p in enumerate(payloads) if (s := self.store.append("telemetry", t0 + i * 1000, p))]

@@ -298,6 +298,9 @@ class Uplink:
         if self.stats.connected:
             self.stats.disconnects += 1
             log.warning("MQTT connection lost (%s); telemetry buffered", why)
+        else:  # closed before CONNACK: TLS refused, bad credentials, broker going down
+            self.stats.connect_failures += 1
+            self.stats.last_error = self.stats.last_error or f"connection closed before CONNACK: {why}"
         self.stats.connected = False
 
     def _acked(self, mid: int, failed: bool, why: str) -> None:
