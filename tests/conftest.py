@@ -121,3 +121,7 @@ def sim_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     yield start
     for d in started:
         d.stop(signal.SIGKILL) if d.proc.poll() is None else d.stop()
+
+
+# -- MQTT: a real mosquitto per test (tests/mqtt_broker.py) ------------------------------------------
+from tests.mqtt_broker import mqtt_broker  # noqa: E402,F401

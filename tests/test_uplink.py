@@ -69,7 +69,7 @@ def test_broker_absent_at_start_everything_is_buffered_then_delivered_in_seq_ord
 
     h = UplinkHarness(tmp_path / "data", cfg(broker.port, protocol=protocol, batch_samples=100))
     cleanup.append(h)
-    seqs = h.append_telemetry(120) + [h.append_event("fault_raised", "coolant_flow_low", detail="1.2 l/min")]
+    seqs = [*h.append_telemetry(120), h.append_event("fault_raised", "coolant_flow_low", detail="1.2 l/min")]
     h.start()
     wait_for(lambda: h.uplink.stats.connect_failures >= 2, 10, what="uplink retrying while broker is down")
     assert h.backlog() == len(seqs) and h.uplink.stats.messages_sent == 0
@@ -167,7 +167,8 @@ def test_username_and_password_from_config(tmp_path: Path, cleanup):
     cleanup.append(wrong)
     wrong.append_telemetry(2)
     wrong.start()
-    wait_for(lambda: (wrong.uplink.stats.last_error or "").startswith("broker refused"), 10, what="bad password refused")
+    wait_for(lambda: (wrong.uplink.stats.last_error or "").startswith("broker refused"), 10,
+             what="bad password refused")
     right = UplinkHarness(tmp_path / "d2", cfg(broker.port, username="cab-1", password="s3cret"))
     cleanup.append(right)
     right.append_telemetry(2)

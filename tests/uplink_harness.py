@@ -78,7 +78,8 @@ class UplinkHarness:
         return self.call(go)
 
     def append_event(self, kind: str, name: str, **data: Any) -> int:
-        seq = self.call(lambda: self.store.append("event", int(time.time() * 1000), {"kind": kind, "name": name, **data}))
+        payload = {"kind": kind, "name": name, **data}
+        seq = self.call(lambda: self.store.append("event", int(time.time() * 1000), payload))
         assert seq
         return seq
 

@@ -13,7 +13,6 @@ from typing import Any
 from drivers.readings import OK, Reading
 from edge.telemetry.measurands import ocpp_fields
 
-
 SIGNIFICANT_DIGITS = 10  # covers a u64 register scaled 0.01 kWh; drops float32->double noise digits
 
 

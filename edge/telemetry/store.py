@@ -87,7 +87,8 @@ class Store:
         try:
             text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
         except ValueError as exc:  # NaN/inf have no JSON form: a bug upstream, not a disk problem
-            return self._failed(f"record not JSON-safe: {exc}")
+            self._failed(f"record not JSON-safe: {exc}")
+            return None
         seq = self._insert(kind, t_ms, text)
         if seq is None:
             return None
@@ -103,15 +104,16 @@ class Store:
         try:
             return int(self._db.execute(sql, (kind, t_ms, text)).lastrowid or 0)
         except sqlite3.Error as exc:
-            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
-                return self._failed(str(exc))
             self._failed(str(exc))  # counted and reported even if eviction makes room
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                return None
             if self._evict_oldest(FULL_EVICT_ROWS) == 0:
                 return None
             try:
                 return int(self._db.execute(sql, (kind, t_ms, text)).lastrowid or 0)
             except sqlite3.Error as exc2:
-                return self._failed(str(exc2))
+                self._failed(str(exc2))
+                return None
 
     def _failed(self, why: str) -> None:
         self.write_errors += 1
@@ -120,7 +122,6 @@ class Store:
         if self.write_errors in (1, 10, 100) or self.write_errors % 1000 == 0:
             log.error("telemetry store write failed (%s): record dropped, control continues "
                       "(%d failures so far)", why, self.write_errors)
-        return None
 
     @property
     def degraded(self) -> str | None:

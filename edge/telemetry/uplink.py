@@ -230,7 +230,7 @@ class Uplink:
                 try:
                     self.pump()
                     self._publish_state_if_changed()
-                except Exception as exc:  # noqa: BLE001 - logged and counted; control must go on
+                except Exception as exc:  # logged and counted; control must go on
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
                     log.exception("uplink step failed; will retry")
         finally:
@@ -355,7 +355,7 @@ class Uplink:
 
     def _batches(self, rows: list[RawRecord], limit: int) -> list[list[RawRecord]]:
         buf = deque(rows)
-        out = []
+        out: list[list[RawRecord]] = []
         while buf and len(out) < limit:
             out.append(self._take_batch(buf))
         return out
@@ -437,7 +437,7 @@ class Uplink:
         except commands.Rejected as rej:
             result = commands.Result(rej.cmd_id, name[:64], commands.REJECTED, rej.reason)
             args = {}
-        except Exception as exc:  # noqa: BLE001 - a bad command must never take the daemon down
+        except Exception as exc:  # a bad command must never take the daemon down
             log.exception("command %s failed", name)
             result = commands.Result(None, name[:64], commands.REJECTED, f"internal error: {type(exc).__name__}")
             args = {}
