@@ -124,4 +124,8 @@ def sim_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
 
 
 # -- MQTT: a real mosquitto per test (tests/mqtt_broker.py) ------------------------------------------
-from tests.mqtt_broker import mqtt_broker  # noqa: E402,F401
+@pytest.fixture
+def mqtt_broker(tmp_path: Path) -> Iterator[Any]:
+    """A started mosquitto on a free loopback port (tests.mqtt_broker.Broker), killed on teardown."""
+    from tests.mqtt_broker import running_broker  # imported here: mqtt_broker imports this module
+    yield from running_broker(tmp_path / "broker")

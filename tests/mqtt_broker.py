@@ -22,7 +22,6 @@ from typing import Any
 
 import jsonschema
 import paho.mqtt.client as mqtt
-import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -220,10 +219,11 @@ class Consumer:
         self.client.loop_stop()
 
 
-@pytest.fixture
-def mqtt_broker(tmp_path: Path) -> Iterator[Broker]:
-    """A started mosquitto on a free loopback port, stopped (SIGKILL) on teardown."""
-    b = Broker(tmp_path / "broker")
+def running_broker(workdir: Path) -> Iterator[Broker]:
+    """Body of the ``mqtt_broker`` fixture (tests/conftest.py): started, killed on teardown."""
+    b = Broker(workdir)
     b.start()
-    yield b
-    b.stop(signal.SIGKILL)
+    try:
+        yield b
+    finally:
+        b.stop(signal.SIGKILL)

@@ -185,3 +185,15 @@ def test_reconnect_backoff_doubles_to_the_maximum_with_jitter():
     assert delays[-1] >= 60.0
     fleet = [backoff_s(8, 1.0, 120.0, random.Random(i)) for i in range(200)]
     assert max(fleet) - min(fleet) > 30.0, "200 cabinets must not reconnect in the same second"
+
+
+def test_a_broken_tls_config_leaves_telemetry_in_the_store_and_never_raises(tmp_path: Path, cleanup):
+    events: list[tuple[str, str, dict]] = []
+    h = UplinkHarness(tmp_path / "data", cfg(1883, tls=Tls(enabled=True, ca_file=str(tmp_path / "missing.pem"))),
+                      on_event=lambda k, n, d: events.append((k, n, d)))
+    cleanup.append(h)
+    h.append_telemetry(2)
+    h.start()
+    wait_for(lambda: (h.uplink.stats.last_error or "").startswith("uplink not started"), 5, what="error reported")
+    assert events and events[0][0] == "uplink_error"
+    assert h.task is not None and not h.task.done() and h.backlog() == 2

@@ -201,7 +201,9 @@ class Store:
         if not seqs:
             return
         try:
-            self._db.executemany("DELETE FROM records WHERE seq = ?", [(s,) for s in seqs])
+            for i in range(0, len(seqs), 500):  # one statement (one commit) per ack, not one per record
+                chunk = seqs[i:i + 500]
+                self._db.execute(f"DELETE FROM records WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
         except sqlite3.Error as exc:
             log.warning("could not delete %d acknowledged records (%s): they will be sent again", len(seqs), exc)
 

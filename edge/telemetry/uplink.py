@@ -56,6 +56,17 @@ EventSink = Callable[[str, str, dict[str, Any]], None]
 StateSource = Callable[[], dict[str, Any]]
 
 
+class _PahoShutdownNoise(logging.Filter):
+    """paho 2.2 logs "Client is not connected" as an ERROR on every clean stop of its thread."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+PAHO_LOG = logging.getLogger("edge.telemetry.paho")
+PAHO_LOG.addFilter(_PahoShutdownNoise())
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -136,6 +147,7 @@ class Uplink:
         self._wake = asyncio.Event()
         self._last_state: str | None = None
         self._paused_until = 0.0
+        self._closing = False
         self._client: mqtt.Client | None = None
         self._head = json.dumps({"cabinet_id": cabinet_id, "site_id": site_id}, separators=(",", ":"))[1:-1]
 
@@ -152,6 +164,7 @@ class Uplink:
             client.tls_set(ca_certs=c.tls.ca_file, certfile=c.tls.cert_file, keyfile=c.tls.key_file,
                            cert_reqs=ssl.CERT_REQUIRED)
             client.tls_insecure_set(c.tls.insecure)
+        client.enable_logger(PAHO_LOG)  # errors inside paho callbacks end up in our log
         client.max_inflight_messages_set(self.window)
         client.will_set(self.topics.status, self._status_payload("offline"), qos=1, retain=True)
         client.on_connect = self._cb_connect
@@ -250,6 +263,7 @@ class Uplink:
         if client is None:
             return
         self._client = None
+        self._closing = True
         try:
             if self.stats.connected:
                 client.publish(self.topics.status, self._status_payload("offline"), qos=1, retain=True)
@@ -295,7 +309,9 @@ class Uplink:
                         self.cfg.host, self.cfg.port, self.stats.connect_failures, self.stats.next_reconnect_s or 0)
 
     def _disconnected(self, why: str) -> None:
-        if self.stats.connected:
+        if self._closing:
+            log.info("MQTT disconnected (%s)", why)
+        elif self.stats.connected:
             self.stats.disconnects += 1
             log.warning("MQTT connection lost (%s); telemetry buffered", why)
         else:  # closed before CONNACK: TLS refused, bad credentials, broker going down
