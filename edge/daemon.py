@@ -257,7 +257,18 @@ class Daemon:
             "telemetry": {"backlog": self.store.backlog(), "last_seq": self.store.last_seq(),
                           "write_errors": self.store.write_errors},
             "can": {n: vars(p.stats) for n, p in self.ports.items()},
+            "control": self._control_stats(),
         }
+
+    def _control_stats(self) -> dict[str, Any]:
+        periods = sorted(self.controller.tick_periods_ms)
+
+        def pct(q: float) -> float | None:
+            return round(periods[min(len(periods) - 1, int(q * len(periods)))], 2) if periods else None
+
+        return {"ticks": self.controller.ticks, "evaluations": self.controller.evaluations,
+                "tick_ms": self.config.control.tick_ms, "tick_p50_ms": pct(0.5), "tick_p99_ms": pct(0.99),
+                "tick_max_ms": round(periods[-1], 2) if periods else None}
 
     # -- run -----------------------------------------------------------------------------------------
     async def run(self) -> int:
