@@ -683,7 +683,9 @@ do_rollback() {
 	prev=$(previous_release)
 	if [[ -z $prev ]] || [[ ! -d $RELEASES/$prev ]]; then die "no previous release to roll back to"; fi
 	note "rolling back from $(current_release) to $prev"
-	check_config "$prev"
+	# Advisory only: a rollback is what the operator asked for, even when the old release would reject
+	# a config already edited for the new one (it then fails to start, and we say so).
+	(check_config "$prev") || warn "the config check with $prev failed; rolling back anyway"
 	switch_to "$prev"
 	if ((START)); then
 		restart_and_check "$prev" || die "$prev does not come up either: see journalctl -u $APP" 4
