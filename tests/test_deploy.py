@@ -10,10 +10,14 @@ from __future__ import annotations
 import configparser
 import hashlib
 import os
+import pwd
+import selectors
 import shutil
+import socket
 import stat
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
@@ -392,3 +396,83 @@ def test_install_builds_a_real_venv_from_this_source_tree(inst: Installer, tmp_p
                             capture_output=True, text=True, timeout=30, check=False)
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == release
+
+
+# ---- mosquitto bridge example ------------------------------------------------------------------------
+
+MOSQUITTO = shutil.which("mosquitto") or next((p for p in ("/usr/sbin/mosquitto",) if os.access(p, os.X_OK)), None)
+
+
+def bridge_config_for_test(tmp_path: Path, text: str) -> Path:
+    """The example with local paths, a free loopback port and a closed loopback port as the cloud."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (tmp_path / "passwd").write_text("")
+    text = (text.replace("/etc/mosquitto/cabinet-edge.passwd", str(tmp_path / "passwd"))
+            .replace("persistence true", "persistence false")
+            .replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
+            .replace("broker.example.com:8883", "127.0.0.1:1"))
+    # As root mosquitto drops to user "mosquitto", which cannot enter pytest's private tmp dir.
+    text = f"user {pwd.getpwuid(os.getuid()).pw_name}\n" + text
+    conf = tmp_path / "bridge.conf"
+    conf.write_text(text)
+    return conf
+
+
+def mosquitto_accepts(conf: Path) -> tuple[bool, str]:
+    """Start mosquitto on conf; True once it reports running, False when it exits first."""
+    assert MOSQUITTO
+    proc = subprocess.Popen([MOSQUITTO, "-v", "-c", str(conf)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    seen: list[str] = []
+    deadline = time.monotonic() + 15
+    try:
+        with selectors.DefaultSelector() as sel:
+            assert proc.stdout
+            sel.register(proc.stdout, selectors.EVENT_READ)
+            while time.monotonic() < deadline:
+                if not sel.select(timeout=deadline - time.monotonic()):
+                    break
+                line = proc.stdout.readline()
+                if not line:  # exited
+                    return False, "".join(seen)
+                seen.append(line)
+                if " running" in line:
+                    return True, "".join(seen)
+        return False, "timeout\n" + "".join(seen)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+        if proc.stdout:
+            proc.stdout.close()
+
+
+BRIDGE_EXAMPLE = REPO / "deploy" / "mosquitto-bridge.conf.example"
+
+
+@pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (make test installs it)")
+def test_mosquitto_bridge_example_is_accepted_by_mosquitto(tmp_path: Path) -> None:
+    ok, log = mosquitto_accepts(bridge_config_for_test(tmp_path, BRIDGE_EXAMPLE.read_text()))
+    assert ok, log
+    assert "local SUBSCRIBE on topic cabinet/SITE/CABINET/telemetry" in log
+
+
+@pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (make test installs it)")
+def test_mosquitto_check_notices_a_broken_line(tmp_path: Path) -> None:
+    text = BRIDGE_EXAMPLE.read_text().replace("cleansession false", "cleansession perhaps")
+    ok, _ = mosquitto_accepts(bridge_config_for_test(tmp_path, text))
+    assert not ok
+
+
+def test_bridge_sends_telemetry_out_and_commands_in_without_echo() -> None:
+    topics = [line.split()[1:] for line in BRIDGE_EXAMPLE.read_text().splitlines() if line.startswith("topic ")]
+    directions = {topic: direction for topic, direction, *_ in topics}
+    assert directions["cabinet/SITE/CABINET/telemetry"] == "out"
+    assert directions["cabinet/SITE/CABINET/cmd/#"] == "in"
+    assert "both" not in directions.values()
+    assert all(qos == "1" for *_, qos in topics)
