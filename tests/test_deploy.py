@@ -11,6 +11,7 @@ import configparser
 import hashlib
 import os
 import pwd
+import re
 import selectors
 import shutil
 import socket
@@ -476,3 +477,14 @@ def test_bridge_sends_telemetry_out_and_commands_in_without_echo() -> None:
     assert directions["cabinet/SITE/CABINET/cmd/#"] == "in"
     assert "both" not in directions.values()
     assert all(qos == "1" for *_, qos in topics)
+
+
+def test_deploy_doc_mentions_only_options_install_sh_has() -> None:
+    doc = (REPO / "docs" / "DEPLOY.md").read_text()
+    usage = subprocess.run(["bash", str(REPO / "deploy" / "install.sh"), "--help"], capture_output=True,
+                           text=True, timeout=30, check=True).stdout
+    install_lines = [line for line in doc.splitlines() if "install.sh" in line or line.startswith("--")]
+    options = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", "\n".join(install_lines)))
+    options -= {"--no-index", "--find-links"}  # pip's, passed through --pip-arg
+    assert options, "the doc shows install.sh options"
+    assert {o for o in options if o not in usage} == set()

@@ -90,7 +90,7 @@ def test_status_is_one_line(manager: FakeServiceManager) -> None:
 @pytest.mark.xfail(
     reason="sdnotify 0.3 encodes latin-1 and drops what latin-1 cannot hold; systemd ignores a STATUS= that "
     "is not UTF-8, so 'limit 150 A <- cable DC+ pin 82.4 °C' never shows in systemctl status. "
-    "Needs hal/watchdog.py to send UTF-8 itself (see docs/DEPLOY.md, reported to the hal owner).",
+    "Needs hal/watchdog.py to send UTF-8 itself (reported to the hal owner).",
     strict=False,
 )
 def test_status_with_degree_sign_reaches_systemd_as_utf8(manager: FakeServiceManager) -> None:
