@@ -571,8 +571,13 @@ wait_ready() {
 	note "$UNIT is up with release $1"
 }
 
-restart_and_check() { # restart_and_check VERSION
-	host systemctl restart "$UNIT"
+# restart_and_check VERSION. `systemctl restart` of a Type=notify unit returns when READY=1 arrived or
+# the start failed (bounded by TimeoutStartSec=); wait_ready then confirms it and that it stays up.
+restart_and_check() {
+	if ! host systemctl restart "$UNIT"; then
+		warn "$UNIT did not start with release $1"
+		return 1
+	fi
 	wait_ready "$1"
 }
 
@@ -586,8 +591,8 @@ activate() {
 		return 0
 	fi
 	switch_to "$new"
-	if ((START == 0)) || ((CONFIG_CREATED)); then
-		((CONFIG_CREATED)) && note "not starting: edit $ETC/config.toml first (docs/DEPLOY.md)"
+	if ((START == 0)) || ((CONFIG_CREATED)) || [[ ! -f $ETC/config.toml ]]; then
+		if ((START)); then note "not starting: edit $ETC/config.toml first (docs/DEPLOY.md)"; fi
 		return 0
 	fi
 	if restart_and_check "$new"; then
