@@ -154,6 +154,23 @@ def test_install_places_release_units_udev_config_and_data_dir(inst: Installer) 
     assert "systemctl daemon-reload" in actions and "udevadm control --reload" in actions
 
 
+@pytest.mark.skipif(shutil.which("systemctl") is None, reason="systemctl is not installed")
+def test_prefix_enable_makes_the_links_systemctl_enable_makes(inst: Installer, tmp_path: Path) -> None:
+    inst.install()
+    reference = tmp_path / "reference"
+    (reference / ROOT_UNITS).mkdir(parents=True)
+    units = ["cabinet-edge.service", "cabinet-edge-can0.service"]
+    for unit in units:
+        shutil.copy(REPO / "systemd" / unit, reference / ROOT_UNITS / unit)
+    subprocess.run(["systemctl", f"--root={reference}", "enable", *units], capture_output=True, timeout=60,
+                   check=True)
+
+    def links(root: Path) -> dict[str, str]:
+        return {str(p.relative_to(root)): os.readlink(p) for p in (root / ROOT_UNITS).rglob("*") if p.is_symlink()}
+
+    assert links(inst.root) == links(reference)
+
+
 def test_fresh_install_with_new_config_does_not_start_the_service(inst: Installer) -> None:
     out = inst.install().stdout
     assert "edit" in out and not any("restart" in a for a in inst.host_actions())
