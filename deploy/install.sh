@@ -358,7 +358,7 @@ disable_unit() { # disable_unit UNIT (stops it too)
 	local link
 	while IFS= read -r link; do
 		run rm -f -- "$link"
-		rmdir --ignore-fail-on-non-empty "$(dirname "$link")" 2>/dev/null || true
+		((DRY_RUN)) || rmdir --ignore-fail-on-non-empty "$(dirname "$link")" 2>/dev/null || true
 	done < <(find "$UNIT_DIR" -path "*.wants/$1" 2>/dev/null)
 }
 

@@ -11,13 +11,14 @@ import configparser
 import hashlib
 import os
 import pwd
+import queue
 import re
-import selectors
 import shutil
 import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -443,21 +444,29 @@ def mosquitto_accepts(conf: Path) -> tuple[bool, str]:
     assert MOSQUITTO
     proc = subprocess.Popen([MOSQUITTO, "-v", "-c", str(conf)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)  # exited
+
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
     seen: list[str] = []
     deadline = time.monotonic() + 15
     try:
-        with selectors.DefaultSelector() as sel:
-            assert proc.stdout
-            sel.register(proc.stdout, selectors.EVENT_READ)
-            while time.monotonic() < deadline:
-                if not sel.select(timeout=deadline - time.monotonic()):
-                    break
-                line = proc.stdout.readline()
-                if not line:  # exited
-                    return False, "".join(seen)
-                seen.append(line)
-                if " running" in line:
-                    return True, "".join(seen)
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                line = lines.get(timeout=remaining)
+            except queue.Empty:
+                break
+            if line is None:
+                return False, "".join(seen)
+            seen.append(line)
+            if " running" in line:
+                return True, "".join(seen)
         return False, "timeout\n" + "".join(seen)
     finally:
         proc.terminate()
@@ -466,6 +475,7 @@ def mosquitto_accepts(conf: Path) -> tuple[bool, str]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+        reader.join(timeout=5)
         if proc.stdout:
             proc.stdout.close()
 
