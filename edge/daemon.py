@@ -190,6 +190,10 @@ class Daemon:
         while True:
             await asyncio.sleep(interval)
             self._flush_telemetry()
+            d = self.controller.decision
+            if d is not None:
+                faults = ",".join(d["faults"]) or "none"
+                self.wdt.status(f"limit {d['limit_a']:.0f} A <- {d['reason']}; faults {faults}")
 
     def _flush_telemetry(self) -> None:
         d = self.controller.decision

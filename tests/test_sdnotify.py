@@ -87,12 +87,6 @@ def test_status_is_one_line(manager: FakeServiceManager) -> None:
     assert manager.next_message() == "STATUS=two lines"
 
 
-@pytest.mark.xfail(
-    reason="sdnotify 0.3 encodes latin-1 and drops what latin-1 cannot hold; systemd ignores a STATUS= that "
-    "is not UTF-8, so 'limit 150 A <- cable DC+ pin 82.4 °C' never shows in systemctl status. "
-    "Needs hal/watchdog.py to send UTF-8 itself (reported to the hal owner).",
-    strict=False,
-)
 def test_status_with_degree_sign_reaches_systemd_as_utf8(manager: FakeServiceManager) -> None:
     wdt = SystemdWDT()
     wdt.status("limit 150 A <- cable DC+ pin 82.4 °C")
