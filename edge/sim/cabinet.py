@@ -51,7 +51,8 @@ class SimCabinet:
                                 receive_own_messages=False)
         self.can = SimCanDevices(self._dev_bus, self.physics, self.lock,
                                  cable_node=cable.node_id if cable else 1,
-                                 cable_name=cable.name if cable else "cable")
+                                 cable_name=cable.name if cable else "cable",
+                                 protocol=config.power_modules.protocol)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._thread_main, name="sim-cabinet", daemon=True)
         self._ready = threading.Event()
