@@ -81,6 +81,10 @@ class CableMonitor:
     def frame_ids(self) -> frozenset[int]:
         return frozenset(self._messages)
 
+    def message_name(self, arbitration_id: int) -> str | None:
+        msg = self._messages.get(arbitration_id)
+        return msg.name if msg is not None else None
+
     def reset_counters(self) -> None:
         """Forget counters (after a silence the next frame starts a new sequence)."""
         self._last_counter.clear()

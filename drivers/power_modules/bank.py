@@ -227,7 +227,7 @@ class ModuleBank:
 
     def _service(self, mod: ModuleState, now: float) -> None:
         """Send the next step towards ``mod.wanted`` if the command spacing allows it."""
-        if mod.wanted is None or mod.lost or now - mod.last_command_t < self.codec.command_spacing_s:
+        if mod.wanted is None or mod.lost or now - mod.last_command_t < self.codec.command_spacing_s - 1e-9:
             return
         volts, amps, on = mod.wanted
         if (volts, amps) != (mod.set_voltage_v, mod.set_current_a):
