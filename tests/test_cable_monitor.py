@@ -131,10 +131,9 @@ def test_values_go_stale_after_the_configured_age_once_per_silence():
     assert mon.stale(10.5) == []  # reported once per silence
 
 
-def test_a_message_never_received_is_stale_with_nan_not_absent():
+def test_a_message_never_received_is_left_missing_for_the_safety_core_to_name():
     mon = CableMonitor("cable", stale_after_s=0.3)
-    r = by_signal(mon.stale(1.0))
-    assert r["cable.pin_dc_plus_c"].quality == STALE and math.isnan(r["cable.pin_dc_plus_c"].value)
+    assert mon.stale(100.0) == []
 
 
 def test_first_frame_after_a_silence_starts_a_new_counter_sequence():
@@ -143,5 +142,4 @@ def test_first_frame_after_a_silence_starts_a_new_counter_sequence():
     mon.decode(fid, data, 1.0)
     fid, data = frame(mon, "CABLE_TEMPS", 9)  # after 2 s of silence: a jump is expected
     assert {x.quality for x in mon.decode(fid, data, 3.0)} == {OK}
-    assert mon.stale(3.1) == [] or all(r.signal.startswith("cable.coolant_f") or "pressure" in r.signal
-                                       or "leak" in r.signal for r in mon.stale(3.1))
+    assert mon.stale(3.1) == []  # fresh again

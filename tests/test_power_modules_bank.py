@@ -61,7 +61,7 @@ def test_lost_after_must_be_shorter_than_the_modules_own_watchdog():
 
 
 def test_demand_is_split_equally_across_available_modules_and_capped_per_module():
-    bank, clock, sent, _ = make_bank()
+    bank, clock, _sent, _ = make_bank()
     present(bank, clock, (1, 2, 3))
     bank.apply(True, 400.0, 90.0)
     settle(bank, clock)
@@ -120,7 +120,7 @@ def test_a_present_module_is_polled_every_poll_period():
 
 
 def test_recovery_restores_setpoints_before_the_lost_fault_clears():
-    bank, clock, sent, events = make_bank(addresses=(1, 2))
+    bank, clock, _sent, _events = make_bank(addresses=(1, 2))
     present(bank, clock, (1, 2))
     clock.t += 3.5
     answer(bank, 1, clock.t)
@@ -207,7 +207,7 @@ def test_force_lost_marks_every_module_lost_until_it_answers_again():
 
 
 def test_all_off_is_a_group_command_whatever_the_state():
-    bank, clock, sent, _ = make_bank()
+    bank, _clock, sent, _ = make_bank()
     bank.all_off()
     ids = {infy.parse_id(f.arbitration_id) for f in sent}
     assert {(i.device, i.destination, i.command) for i in ids} == {(0x0B, 0x3F, 0x1C), (0x0B, 0x3F, 0x1A)}

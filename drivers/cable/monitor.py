@@ -138,22 +138,15 @@ class CableMonitor:
     def stale(self, now: float) -> list[Reading]:
         """Stale copies of the values of every message silent for longer than ``stale_after_s``.
 
-        Reported once per silence (the copies keep their receive time, so their age keeps growing);
-        a message never received yields NaN values received "now" so a missing sensor is never "no limit".
+        Reported once per silence (the copies keep their receive time, so their age keeps growing).
+        A message never received yields nothing: the safety core names such an input "missing".
         """
         out: list[Reading] = []
-        for fid, msg in self._messages.items():
-            last = self._last_rx.get(fid)
-            if last is not None and now - last <= self.stale_after_s:
-                continue
-            if fid in self._stale_reported:
+        for fid, last in self._last_rx.items():
+            if now - last <= self.stale_after_s or fid in self._stale_reported:
                 continue
             self._stale_reported.add(fid)
-            if last is None:
-                out += [Reading(f"{self.name}.{_BY_DBC[s.name].reading}", float("nan"), _BY_DBC[s.name].unit,
-                                now, STALE) for s in msg.signals if s.name in _BY_DBC]
-            else:
-                out += [Reading(r.signal, r.value, r.unit, r.t, STALE) for r in self._last.get(fid, [])]
+            out += [Reading(r.signal, r.value, r.unit, r.t, STALE) for r in self._last.get(fid, [])]
         return out
 
     def encode(self, message: str, values: dict[str, float]) -> tuple[int, bytes]:
