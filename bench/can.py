@@ -201,7 +201,7 @@ def main() -> int:
     print(f"{'figure':<35} {'value':>9}  {'limit/reference':<19} {'ratio':>9}")
     for name, value, ref, ratio in rows:
         r = f"{ratio:,.1f}x" if ratio is not None else ""
-        print(f"{name:<35} {value:>9}  {ref:<19} {r:>9}")
+        print(f"{name:<35} {value:>9}  {ref:<19} {r:>9}".rstrip())
     return 0 if cpu_rate >= goal else 1
 
 

@@ -90,10 +90,16 @@ def test_a_silent_module_is_lost_after_the_configured_time_and_told_zero_amps_an
     cmds = commands(sent, 3)
     assert (infy.CMD_SET_OUTPUT, infy.encode_set_output(0.0, 0.0)) in cmds
     assert (infy.CMD_ON_OFF, infy.encode_on_off(False)) in cmds
-    # the others take its share at once (a reduction for nobody, so spacing applies only to raising)
+    # it was on: until its own 10 s watchdog has surely switched it off, the others do not take over
+    # its share (it may have lost only its transmitter and still deliver 30 A)
     bank.apply(True, 400.0, 90.0)
     settle(bank, clock)
-    assert bank.available() == [1, 2]
+    assert bank.available() == [1, 2] and bank.possibly_delivering(clock.t) == [3]
+    assert bank.modules[1].set_current_a == bank.modules[2].set_current_a == 30.0
+    clock.t = bank.modules[3].last_seen + 10.0
+    bank.apply(True, 400.0, 90.0)
+    settle(bank, clock)
+    assert bank.possibly_delivering(clock.t) == []
     assert bank.modules[1].set_current_a == bank.modules[2].set_current_a == 45.0
 
 

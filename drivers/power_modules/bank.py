@@ -8,7 +8,11 @@
   (0 A and off until it is back in the split), then its ``lost`` fault is cleared and it rejoins the
   split at the next :meth:`apply`. A replaced module therefore never runs on its power-on defaults.
 - Frames from addresses that are not configured are counted and ignored; they never touch state.
-- Demand is split equally across the modules that are present and free of blocking alarms.
+- Demand is split equally across the modules that are present and free of blocking alarms. A module
+  that was ON when it was lost keeps its place in the divisor until the module's own comms watchdog
+  (``codec.module_comms_timeout_s``) has passed since its last answer: if it lost only its transmitter
+  and still delivers, the others must not take over its share on top (EVerest's driver keeps a silent
+  module in its capabilities for 15 s for the same reason). The output is lower meanwhile, never higher.
 - Command spacing: a change that raises or keeps the output (higher current, switching on, a new
   voltage) waits until ``codec.command_spacing_s`` has passed since the previous command to that module
   (latest value wins). A REDUCTION (lower current, switching off) is sent at once together with
@@ -50,6 +54,7 @@ class ModuleState:
     set_current_a: float = 0.0
     output_on: bool = False
     restored: bool = False  # set-points re-sent since the last time it was lost
+    on_at_loss: bool = False  # it was switched on when it went silent: it may still be delivering
     wanted: tuple[float, float, bool] | None = None  # set-points waiting for the command spacing
     last_command_t: float = float("-inf")
     next_poll_t: float = 0.0
@@ -166,6 +171,7 @@ class ModuleBank:
 
     def _lose(self, mod: ModuleState, now: float, reason: str) -> None:
         mod.lost, mod.restored = True, False
+        mod.on_at_loss = mod.output_on and mod.set_current_a > 0
         mod.backoff_s = self.poll_period_s
         mod.next_poll_t = now
         mod.lost_reported = True
@@ -184,6 +190,12 @@ class ModuleBank:
     def available(self) -> list[int]:
         return [a for a, m in self.modules.items() if m.available]
 
+    def possibly_delivering(self, now: float) -> list[int]:
+        """Lost modules that were on and whose own comms watchdog may not have switched them off yet."""
+        timeout = self.codec.module_comms_timeout_s
+        return [a for a, m in self.modules.items()
+                if m.lost and m.on_at_loss and m.last_seen is not None and now - m.last_seen < timeout]
+
     def capacity_a(self) -> float:
         return self.max_current_a_per_module * len(self.available())
 
@@ -191,7 +203,9 @@ class ModuleBank:
         """Split ``total_current_a`` equally across available modules; others get 0 A and off."""
         now = self._clock()
         avail = self.available()
-        share = min(self.max_current_a_per_module, total_current_a / len(avail)) if avail and enable else 0.0
+        ghosts = len(self.possibly_delivering(now))
+        share = min(self.max_current_a_per_module, total_current_a / (len(avail) + ghosts)) \
+            if avail and enable else 0.0
         share = max(0.0, share)
         for addr, mod in self.modules.items():
             on = enable and addr in avail and share > 0
@@ -302,4 +316,5 @@ class ModuleBank:
 
     def status(self) -> dict[str, Any]:
         return {"foreign_frames": self.foreign_frames, "foreign_addresses": sorted(self.foreign_addresses),
-                "frames_sent": self.frames_sent, "pending": self.pending()}
+                "frames_sent": self.frames_sent, "pending": self.pending(),
+                "possibly_delivering": self.possibly_delivering(self._clock())}
