@@ -126,14 +126,19 @@ class Daemon:
             self.can_faults[name] = detail
             self.event("fault_raised", name, {"detail": detail})
             if port is self.module_port:
-                # we cannot reach the modules: they are lost, so the limit goes to 0 A and the contactor opens
-                self.bank.force_lost(self.clock.monotonic(), f"CAN {port.settings.name} bus off")
-                self.controller.evaluate_now()
+                # We cannot reach the modules: they are lost, so the limit goes to 0 A and the contactor
+                # opens. Deferred to the next loop turn: this can be called from inside a send of an
+                # evaluation in progress, which must not be re-entered.
+                asyncio.get_running_loop().call_soon(self._module_bus_off, port.settings.name)
         elif old == BUS_OFF:
             self.can_faults.pop(name, None)
             self.event("fault_cleared", name, {"reason": reason})
         elif new != old:
             self.event("can_state", port.settings.name, {"state": new, "reason": reason})
+
+    def _module_bus_off(self, bus: str) -> None:
+        self.bank.force_lost(self.clock.monotonic(), f"CAN {bus} bus off")
+        self.controller.evaluate_now()
 
     # -- tasks ---------------------------------------------------------------------------------------
     async def _can_rx(self, name: str, port: CanPort) -> None:

@@ -172,3 +172,20 @@ def test_bus_off_raises_a_fault_drives_zero_amps_and_recovers_by_reopening(tmp_p
     assert seen["status"]["bus_off"] == 1 and seen["status"]["reopens"] >= 1
     ev = events(daemon)
     assert ("fault_raised", "can_bus_off") in ev and ("fault_cleared", "can_bus_off") in ev
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # python-can's rx thread dies
+def test_adapter_gone_underneath_is_bus_off_then_the_bus_is_reopened(tmp_path):
+    seen = {}
+
+    async def body(daemon, cab, intruder):
+        await until(lambda: charging(daemon, cab) and len(daemon.bank.available()) == 4, what="charging")
+        daemon.module_port.bus.shutdown()  # like a USB adapter pulled out: sends and receives fail
+        await until(lambda: "can_bus_off" in daemon.status()["faults"], timeout=3, what="can_bus_off fault")
+        await until(lambda: daemon.controller.decision["limit_a"] == 0.0, timeout=1, what="0 A")
+        seen["contactor"] = daemon.outputs.contactor.value()
+        await until(lambda: "can_bus_off" not in daemon.status()["faults"], timeout=5, what="re-opened")
+        await until(lambda: len(daemon.bank.available()) == 4, timeout=6, what="modules back")
+
+    code, _ = run(tmp_path, body)
+    assert code == 0 and seen["contactor"] == 0
