@@ -10,9 +10,10 @@ Guarantees:
 - The timeout of a read is the wire time of that block plus the device's smoothed turnaround time and
   four times its deviation (RFC 6298 style), clamped to [timeout_min, timeout_max].
 - After ``absent_after`` consecutive timeouts a device is absent: it is re-probed with one small read
-  after a back-off that doubles from ``backoff_initial`` to ``backoff_max``. Meanwhile the others on the
-  line keep their rate, because an absent device costs one timeout per back-off interval only.
-- A value not refreshed for ``stale_after`` is re-published with quality ``stale`` (same value, same
+  after a back-off that doubles from ``backoff_initial`` to ``backoff_max``, with the timeout it had
+  learnt before it went away (``timeout_max`` if it never answered). Meanwhile the others on the line
+  keep their rate: an absent device costs one short timeout per back-off interval.
+- A value not refreshed for ``stale_after`` (plus the extra period of slow registers) is re-published with quality ``stale`` (same value, same
   time stamp). CRC/header errors, NaN/inf or "not available", values outside the table's plausible range,
   a falling energy counter and (optional) a frozen meter give quality ``invalid`` and an event.
 """
@@ -80,6 +81,12 @@ class AdaptiveTimeout:
             self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - t)
             self.srtt = 0.875 * self.srtt + 0.125 * t
 
+    def on_timeout(self, used_s: float) -> None:
+        """No reply within ``used_s``: the device may just have become slower. Back off (RFC 6298): the
+        next timeout is at least twice this one, so a slowed-down device is caught again."""
+        if self.srtt is not None:
+            self.srtt = min(self.max_s, max(2 * self.srtt, used_s))
+
     def timeout_s(self, wire_s: float) -> float:
         if self.srtt is None:
             return self.max_s  # nothing learnt yet: be patient
@@ -132,8 +139,13 @@ class MeterPoller:
             return self.next_probe
         return min(sig.next_read for sig in self.signals.values())
 
+    def stale_after(self, reg: Register) -> float:
+        """Age at which a value is stale: ``stale_after`` for fast registers; slow ones get their
+        longer period on top, so an energy counter read every 5 s is not stale between two reads."""
+        return self.s.stale_after_s + self.period(reg) - self.s.fast_period_s
+
     def next_stale(self) -> float:
-        ts = [sig.last_ok_t + self.s.stale_after_s for sig in self.signals.values()
+        ts = [sig.last_ok_t + self.stale_after(sig.reg) for sig in self.signals.values()
               if sig.last_ok_t is not None and not sig.stale]
         return min(ts) if ts else math.inf
 
@@ -171,10 +183,13 @@ class MeterPoller:
         answered = failed = decoded = False
         for block in blocks:
             wire_s = (REQUEST_OVERHEAD_BYTES + 2 * block.count) * line.char_time_s
+            timeout_s = self.timeout.timeout_s(wire_s)
             try:
-                words, rtt = await line.read_timed(self.device_id, block, self.timeout.timeout_s(wire_s))
+                words, rtt = await line.read_timed(self.device_id, block, timeout_s)
             except MeterTimeout as exc:
                 failed = True
+                if not self.absent:
+                    self.timeout.on_timeout(timeout_s)  # probes of an absent device keep its last good estimate
                 self.last_error = str(exc)
                 break  # a silent device: do not spend the line's time on its other blocks
             except MeterCrcError as exc:
@@ -223,7 +238,7 @@ class MeterPoller:
         """Re-publish values older than ``stale_after`` once, as ``stale``."""
         out: list[Reading] = []
         for sig in self.signals.values():
-            if sig.last_ok_t is not None and not sig.stale and now - sig.last_ok_t >= self.s.stale_after_s:
+            if sig.last_ok_t is not None and not sig.stale and now - sig.last_ok_t >= self.stale_after(sig.reg):
                 sig.stale = True
                 out.append(Reading(f"{self.name}.{sig.reg.signal}", sig.value, sig.reg.unit, sig.last_ok_t, STALE))
         events: list[Event] = []
@@ -315,6 +330,7 @@ class LinePoller:
             if meter.next_due() <= now:
                 readings, events = await meter.poll(self.line)
                 self._emit(sink, on_event, readings, events)
+                await asyncio.sleep(0)  # let the rest of the daemon run between two polls, whatever happened
                 continue
             wake = min([meter.next_due(), *(m.next_stale() for m in self.meters), now + self.max_sleep_s])
             await asyncio.sleep(max(0.0, wake - now))

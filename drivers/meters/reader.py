@@ -2,7 +2,8 @@
 
 Guarantees:
 - one transaction at a time on the line (an asyncio lock), with at least the RTU silent interval
-  t3.5 between the end of one exchange and the next request;
+  t3.5 between the end of one exchange and the next request; after a timeout on RTU the same device
+  gets no request for as long again, so its late reply cannot pass for the answer to the next one;
 - every read has its own timeout (the caller's, adaptive per device) enforced here, not by pymodbus;
 - a reply whose CRC or header is wrong raises :class:`MeterCrcError` as soon as the frame is complete,
   instead of the silent discard-and-time-out of pymodbus' RTU framer (we watch the received bytes
@@ -83,6 +84,7 @@ class ModbusLine:
         self.stats = LineStats()
         self._last_end = 0.0
         self._expect: _Expect | None = None
+        self._quiet_until: dict[int, float] = {}
 
     @classmethod
     def serial(cls, settings: SerialSettings, timeout_s: float = _LIBRARY_TIMEOUT_S,
@@ -140,6 +142,9 @@ class ModbusLine:
 
     async def read_timed(self, device_id: int, block: Block, timeout_s: float) -> tuple[list[int], float]:
         """Like :meth:`read`, also returning the time from request to complete reply, s."""
+        quiet = self._quiet_until.get(device_id, 0.0) - time.monotonic()
+        if quiet > 0:
+            await asyncio.sleep(quiet)  # outside the lock: the other devices on the line go ahead
         async with self.lock:
             wait = self._last_end + self.gap_s - time.monotonic()
             if wait > 0:
@@ -149,6 +154,13 @@ class ModbusLine:
             try:
                 words = await self._read_locked(device_id, block, timeout_s)
                 return words, time.monotonic() - t0
+            except MeterTimeout:
+                # RTU has no transaction id: a late reply would be taken for the answer to the next
+                # request to the same device (replies from other ids are skipped by the framer). So this
+                # device gets no request for as long again; the others on the line are not held up.
+                if self.char_time_s:
+                    self._quiet_until[device_id] = time.monotonic() + timeout_s
+                raise
             finally:
                 self._expect = None
                 self._last_end = time.monotonic()

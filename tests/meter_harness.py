@@ -1,0 +1,100 @@
+"""Test harness: simulated meters behind a pymodbus server on a pty (RTU through pyserial) or loopback TCP.
+
+Not a test module; imported by tests/test_meter_*.py and bench/modbus.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from drivers.meters.models import MeterModel, generic_model
+from drivers.meters.planner import Block
+from drivers.meters.reader import MeterCommError, ModbusLine
+from edge.sim.meter import SimMeter, serial_server, tcp_server
+from edge.sim.serial_link import SerialLink
+from hal.serial import SerialSettings
+
+VALUES: dict[str, float] = {
+    "Voltage.L1": 230.1, "Voltage.L2": 231.4, "Voltage.L3": 229.8,
+    "Current.Import.L1": 10.5, "Current.Import.L2": 11.25, "Current.Import.L3": 9.0,
+    "Power.Active.Import.L1": 2400.0, "Power.Active.Import.L2": 2550.5, "Power.Active.Import.L3": -1500.0,
+    "Power.Active.Import": 3450.5, "Power.Factor.L1": 0.98, "Power.Factor.L2": -0.5, "Power.Factor.L3": 1.0,
+    "Frequency": 50.0, "Energy.Active.Import.Register": 1234.5, "Energy.Active.Export.Register": 12.5,
+}
+
+GENERIC = generic_model("generic:sub", [
+    {"signal": "Voltage.L1", "address": 0x100, "type": "u32", "scale": 0.1, "unit": "V", "function_code": 3},
+    {"signal": "Current.Import.L1", "address": 0x104, "type": "s32", "scale": 0.001, "unit": "A",
+     "function_code": 3, "word_order": "little"},
+    {"signal": "Power.Active.Import", "address": 0x110, "type": "float32", "unit": "W", "function_code": 3},
+    {"signal": "Energy.Active.Import.Register", "address": 0x200, "type": "u64", "scale": 0.01, "unit": "kWh",
+     "function_code": 3},
+], rejects_gaps=True)
+
+
+async def until(cond: Callable[[], Awaitable[bool] | bool], timeout: float, what: str) -> None:
+    """Await ``cond`` (sync or async) until truthy, failing after ``timeout`` s (no blind sleeps)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        res = cond()
+        if isinstance(res, Awaitable):
+            res = await res
+        if res:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class MeterBench:
+    """``async with MeterBench([(model, id), ...]) as b:`` -> b.line, b.sims[id], b.link (RTU only)."""
+
+    def __init__(self, meters: list[tuple[MeterModel, int]], tcp: bool = False, baudrate: int = 115200,
+                 pace: bool = False, values: dict[str, float] | None = None) -> None:
+        self.values = dict(VALUES if values is None else values)
+        self.sims = {dev: SimMeter(model, dev, lambda: self.values) for model, dev in meters}
+        self.tcp = tcp
+        self.baudrate = baudrate
+        self.link: SerialLink | None = None if tcp else SerialLink(baudrate if pace else None)
+        self.server: Any = None
+        self._task: asyncio.Future[Any] | None = None
+        self.line: ModbusLine
+
+    async def __aenter__(self) -> MeterBench:
+        if self.link is not None:
+            self.link.start()
+            self.server = serial_server(list(self.sims.values()), self.link.device_path, self.baudrate)
+            self.line = ModbusLine.serial(SerialSettings(self.link.host_path, self.baudrate), name="rs485")
+        else:
+            from tests.conftest import free_port
+
+            port = free_port()
+            self.server = tcp_server(list(self.sims.values()), "127.0.0.1", port)
+            self.line = ModbusLine.tcp("127.0.0.1", port, name="tcp")
+        self._task = asyncio.ensure_future(self.server.serve_forever())
+        first = next(iter(self.sims.values()))
+        reg = first.model.registers[0]
+        probe = Block(reg.function_code, reg.address, reg.words, (reg,))
+
+        async def answers() -> bool:
+            with contextlib.suppress(MeterCommError):
+                await self.line.read(first.device_id, probe, 0.2)
+                return True
+            return False
+
+        await until(answers, 5.0, "the simulated meter server to answer")
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.line.close()
+        await self.server.shutdown()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self.link is not None:
+            self.link.close()
