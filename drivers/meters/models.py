@@ -46,6 +46,7 @@ class Signature:
     register: Register
     values: tuple[int, ...] = ()
     in_range: tuple[float, float] | None = None
+    variants: tuple[tuple[int, str], ...] = ()  # raw value -> model name when one table serves several
 
     def raw(self, words: list[int]) -> int:
         ordered = words if self.register.word_order == "big" else list(reversed(words))
@@ -133,7 +134,8 @@ ABB_B23 = MeterModel(
         _abb("Power.Factor.L3", 0x5B3D, "s16", "-", 0.001),
     ),
     # Model register u32 holds ASCII "B23 " / "B24 ".
-    signature=Signature(_abb("model", 0x8960, "u32", "-", 1.0), values=(0x42323320, 0x42323420)),
+    signature=Signature(_abb("model", 0x8960, "u32", "-", 1.0), values=(0x42323320, 0x42323420),
+                        variants=((0x42323420, "abb_b24"),)),
 )
 
 

@@ -91,9 +91,22 @@ class SimMeter:
             registers[off : off + len(words)] = words
 
 
+async def _never_answer(*_args: object) -> ExcCodes | None:
+    await asyncio.sleep(3600)
+    return None
+
+
+def _devices(meters: list[SimMeter]) -> list[SimDevice]:
+    # Id 0 stands for every id not listed. Without it pymodbus' simulator answers unknown ids with an
+    # exception; on a real line an absent device is silent, and scans and tests must see that.
+    absent = SimDevice(id=0, simdata=[SimData(0, count=0x10000, values=0, datatype=DataType.REGISTERS)],
+                       action=_never_answer)
+    return [m.device for m in meters] + [absent]
+
+
 def serial_server(meters: list[SimMeter], port: str, baudrate: int) -> ModbusSerialServer:
-    return ModbusSerialServer([m.device for m in meters], port=port, baudrate=baudrate)
+    return ModbusSerialServer(_devices(meters), port=port, baudrate=baudrate)
 
 
 def tcp_server(meters: list[SimMeter], host: str, port: int) -> ModbusTcpServer:
-    return ModbusTcpServer([m.device for m in meters], address=(host, port))
+    return ModbusTcpServer(_devices(meters), address=(host, port))
