@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,6 +18,7 @@ from drivers.meters.reader import MeterCommError, ModbusLine
 from edge.sim.meter import SimMeter, serial_server, tcp_server
 from edge.sim.serial_link import SerialLink
 from hal.serial import SerialSettings
+from tests.conftest import free_port, wait_for
 
 VALUES: dict[str, float] = {
     "Voltage.L1": 230.1, "Voltage.L2": 231.4, "Voltage.L3": 229.8,
@@ -70,8 +72,6 @@ class MeterBench:
             self.server = serial_server(list(self.sims.values()), self.link.device_path, self.baudrate)
             self.line = ModbusLine.serial(SerialSettings(self.link.host_path, self.baudrate), name="rs485")
         else:
-            from tests.conftest import free_port
-
             port = free_port()
             self.server = tcp_server(list(self.sims.values()), "127.0.0.1", port)
             self.line = ModbusLine.tcp("127.0.0.1", port, name="tcp")
@@ -96,5 +96,65 @@ class MeterBench:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        if self.link is not None:
+            self.link.close()
+
+
+class ServerThread:
+    """A pymodbus server on its own loop in a thread (the scan command runs its own asyncio.run)."""
+
+    def __init__(self, meters: list[tuple[MeterModel, int]], tcp: bool, baudrate: int = 9600,
+                 pace: bool = False) -> None:
+        self.sims = [SimMeter(m, dev, lambda: VALUES) for m, dev in meters]
+        self.tcp = tcp
+        self.baudrate = baudrate
+        self.link = None if tcp else SerialLink(baudrate if pace else None)
+        self.port = free_port() if tcp else 0
+        self.loop = asyncio.new_event_loop()
+        self.started = threading.Event()
+        self.server: Any = None
+        self.thread = threading.Thread(target=self._main, daemon=True)
+
+    def _main(self) -> None:
+        self.loop.run_until_complete(self._serve())
+
+    async def _serve(self) -> None:
+        if self.link is not None:
+            self.server = serial_server(self.sims, self.link.device_path, self.baudrate)
+        else:
+            self.server = tcp_server(self.sims, "127.0.0.1", self.port)
+        task = asyncio.ensure_future(self.server.serve_forever())
+        self.started.set()
+        await task
+
+    def __enter__(self) -> ServerThread:
+        if self.link is not None:
+            self.link.start()
+        self.thread.start()
+        assert self.started.wait(5)
+        wait_for(self._answers, 5, what="simulated meters answering")
+        return self
+
+    def _answers(self) -> bool:
+        async def probe() -> bool:
+            if self.link is not None:
+                line = ModbusLine.serial(SerialSettings(self.link.host_path, self.baudrate), name="probe")
+            else:
+                line = ModbusLine.tcp("127.0.0.1", self.port, name="probe")
+            sim = self.sims[0]
+            reg = sim.model.registers[0]
+            try:
+                await line.read(sim.device_id, Block(reg.function_code, reg.address, reg.words, (reg,)), 0.5)
+                return True
+            except MeterCommError:
+                return False
+            finally:
+                line.close()
+
+        return asyncio.run(probe())
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(5)
+        self.thread.join(5)
         if self.link is not None:
             self.link.close()

@@ -2,79 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import threading
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from pymodbus.client import ModbusSerialClient, ModbusTcpClient
-from pymodbus.exceptions import ModbusException
 
-from drivers.meters.models import ABB_B23, EM24, SDM630, MeterModel
+from drivers.meters.models import ABB_B23, EM24, SDM630
 from edge.config import parse_config
 from edge.scan.modbus import modbus_command, parse_ids
-from edge.sim.meter import SimMeter, serial_server, tcp_server
-from edge.sim.serial_link import SerialLink
-from tests.conftest import free_port, wait_for
-from tests.meter_harness import VALUES
+from tests.conftest import free_port
+from tests.meter_harness import ServerThread
 
 pytestmark = pytest.mark.timeout(60)
-
-
-class ServerThread:
-    """A pymodbus server on its own loop in a thread (the scan command runs its own asyncio.run)."""
-
-    def __init__(self, meters: list[tuple[MeterModel, int]], tcp: bool) -> None:
-        self.sims = [SimMeter(m, dev, lambda: VALUES) for m, dev in meters]
-        self.tcp = tcp
-        self.link = None if tcp else SerialLink()
-        self.port = free_port() if tcp else 0
-        self.loop = asyncio.new_event_loop()
-        self.started = threading.Event()
-        self.server: Any = None
-        self.thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self) -> None:
-        self.loop.run_until_complete(self._serve())
-
-    async def _serve(self) -> None:
-        if self.link is not None:
-            self.server = serial_server(self.sims, self.link.device_path, 9600)
-        else:
-            self.server = tcp_server(self.sims, "127.0.0.1", self.port)
-        task = asyncio.ensure_future(self.server.serve_forever())
-        self.started.set()
-        await task
-
-    def __enter__(self) -> ServerThread:
-        if self.link is not None:
-            self.link.start()
-        self.thread.start()
-        assert self.started.wait(5)
-        wait_for(self._answers, 5, what="simulated meters answering")
-        return self
-
-    def _answers(self) -> bool:
-        if self.link is not None:
-            client: Any = ModbusSerialClient(self.link.host_path, baudrate=9600, timeout=0.2, retries=0)
-        else:
-            client = ModbusTcpClient("127.0.0.1", port=self.port, timeout=0.2, retries=0)
-        try:
-            return bool(client.connect()) and not client.read_input_registers(0, count=2, device_id=1).isError()
-        except ModbusException:
-            return False
-        finally:
-            client.close()
-
-    def __exit__(self, *exc: object) -> None:
-        asyncio.run_coroutine_threadsafe(self.server.shutdown(), self.loop).result(5)
-        self.thread.join(5)
-        if self.link is not None:
-            self.link.close()
 
 
 @pytest.fixture(params=["rtu-pty", "tcp"])

@@ -72,11 +72,11 @@ class SerialLink:
 
     def _write(self, fd: int, data: bytes) -> None:
         if self.pace_baudrate:
-            # pace like a UART: one character time per byte
+            # pace like a UART: a byte is delivered once its whole character time has passed
             t_char = char_time_s(self.pace_baudrate)
             start = time.monotonic()
             for i, byte in enumerate(data):
-                due = start + i * t_char
+                due = start + (i + 1) * t_char
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
