@@ -100,7 +100,8 @@ def main() -> None:
             per = wall / n
             wire = wire_time_s(blocks, baud)
             goal = "<=1.2" if baud == 9600 else "-"
-            print(f"{model.name:10s} {baud:6d} {n:3d} {per * 1000:11.1f} {wire * 1000:8.1f} {per / wire:5.2f} {goal:>6s}")
+            print(f"{model.name:10s} {baud:6d} {n:3d} {per * 1000:11.1f} {wire * 1000:8.1f} {per / wire:5.2f} "
+                  f"{goal:>6s}")
     print()
     print("## Throughput over the unpaced pty at 115200 baud (client thread CPU per snapshot)")
     print(f"{'model':10s} {'snapshots/s':>11s} {'requests/s':>10s} {'CPU ms/snap':>11s}")

@@ -144,7 +144,7 @@ def test_garbled_reply_is_caught_at_once_marks_its_block_invalid_and_raises_an_e
         async with MeterBench([(SDM630, 1)]) as b:
             assert b.link is not None
             m = MeterPoller("m", SDM630, 1, FAST)
-            first, _ = await m.poll(b.line)
+            await m.poll(b.line)
             b.link.garble_next = 1
             for sig in m.signals.values():
                 sig.next_read = 0.0

@@ -195,13 +195,14 @@ def test_generic_meter_config_errors_name_the_key_and_the_allowed_values(edit, e
 
 def test_generic_registers_overlapping_in_one_function_code_are_refused():
     text = GENERIC_TOML.replace("function_code = 3", "function_code = 4").replace("address = 0x20", "address = 0x11")
-    with pytest.raises(ConfigError, match="Energy.Active.Import.Register at address 17 overlaps Voltage.L1"):
+    with pytest.raises(ConfigError, match=r"Energy\.Active\.Import\.Register at address 17 overlaps Voltage\.L1"):
         parse_config(EXAMPLE_TOML + text)
 
 
 def test_generic_model_without_registers_and_bad_bounds_are_refused():
     with pytest.raises(ConfigError, match="needs a register table"):
-        parse_config(EXAMPLE_TOML + '[[meters]]\nname = "x"\nmodel = "generic"\nline = "rs485-grid"\nrole = "charger"\n')
+        parse_config(EXAMPLE_TOML + '[[meters]]\nname = "x"\nmodel = "generic"\nline = "rs485-grid"\n'
+                     'role = "charger"\n')
     with pytest.raises(ConfigError, match="timeout_min_ms"):
         parse_config(EXAMPLE_TOML.replace("timeout_ms = 500", "timeout_ms = 60\ntimeout_min_ms = 100"))
 

@@ -27,7 +27,7 @@ def line(request: pytest.FixtureRequest) -> Iterator[tuple[ServerThread, list[st
 
 
 def test_scan_finds_and_identifies_every_meter_and_prints_a_config_snippet_that_validates(line):
-    srv, args = line
+    _srv, args = line
     t0 = time.monotonic()
     result = CliRunner().invoke(modbus_command, [*args, "--ids", "1-6", "--timeout", "150"])
     elapsed = time.monotonic() - t0
@@ -46,7 +46,7 @@ def test_scan_finds_and_identifies_every_meter_and_prints_a_config_snippet_that_
 
 
 def test_scan_json_lists_found_ids_only(line):
-    srv, args = line
+    _srv, args = line
     result = CliRunner().invoke(modbus_command, [*args, "--ids", "2,3,4", "--timeout", "100", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

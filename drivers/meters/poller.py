@@ -13,9 +13,10 @@ Guarantees:
   after a back-off that doubles from ``backoff_initial`` to ``backoff_max``, with the timeout it had
   learnt before it went away (``timeout_max`` if it never answered). Meanwhile the others on the line
   keep their rate: an absent device costs one short timeout per back-off interval.
-- A value not refreshed for ``stale_after`` (plus the extra period of slow registers) is re-published with quality ``stale`` (same value, same
-  time stamp). CRC/header errors, NaN/inf or "not available", values outside the table's plausible range,
-  a falling energy counter and (optional) a frozen meter give quality ``invalid`` and an event.
+- A value not refreshed for ``stale_after`` (plus the extra period of slow registers) is re-published
+  with quality ``stale`` (same value, same time stamp).
+- CRC/header errors, NaN/inf or "not available", values outside the table's plausible range, a falling
+  energy counter and (optional) a frozen meter give quality ``invalid`` and an event.
 """
 
 from __future__ import annotations

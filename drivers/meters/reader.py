@@ -100,7 +100,8 @@ class ModbusLine:
             retries=0,
             reconnect_delay=0.1,
             reconnect_delay_max=2.0,
-            trace_packet=lambda sending, data: line._trace(sending, data),
+            # late binding on purpose: the line object exists only once its client does
+            trace_packet=lambda sending, data: line._trace(sending, data),  # noqa: PLW0108
         )
         line = cls(client, interframe_gap_s(settings.baudrate), name, char_time_s(settings.baudrate))
         return line

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -9,10 +10,9 @@ from pydantic import Field, model_validator
 from edge.config.base import Section
 from edge.config.hardware import Name
 
-
 # --- meters (owned by the meters area; register tables live in drivers/meters/models.py) -----------
 # These Literals must list the keys of drivers.meters.models.MODELS / registers.TYPES / models.PLAUSIBLE;
-# tests/test_meter_config.py checks that they do.
+# tests/test_meter_models.py checks that they do.
 MeterModelName = Literal["sdm630", "abb_b23", "abb_b24", "em24", "generic"]
 
 
@@ -69,7 +69,7 @@ class Meter(Section):
         if dup:
             raise ValueError(f"registers: signal(s) {dup} listed twice")
         spans = sorted((r.function_code, r.address, r.address + _WORDS[r.type], r.signal) for r in self.registers)
-        for a, b in zip(spans, spans[1:], strict=False):
+        for a, b in itertools.pairwise(spans):
             if a[0] == b[0] and b[1] < a[2]:
                 raise ValueError(f"registers: {b[3]} at address {b[1]} overlaps {a[3]} ({a[1]}..{a[2] - 1})")
         wide = [r.signal for r in self.registers if _WORDS[r.type] > self.max_registers_per_request]

@@ -35,8 +35,8 @@ class Found:
 def parse_ids(text: str) -> list[int]:
     """``1-247``, ``1,3,5-9`` -> sorted unique ids, each 1..247."""
     ids: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
+    for raw in text.split(","):
+        part = raw.strip()
         if not part:
             continue
         lo, _, hi = part.partition("-")
@@ -113,7 +113,7 @@ async def _scan(line: ModbusLine, ids: list[int], timeout_s: float, bar: Any) ->
     try:
         try:
             connected = await asyncio.wait_for(line.client.connect(), max(1.0, timeout_s))
-        except (asyncio.TimeoutError, OSError):
+        except (TimeoutError, OSError):
             connected = False
         if not connected:
             raise click.ClickException(f"cannot open {line.name}: check the port or host (see docs/METERS.md)")

@@ -106,7 +106,7 @@ class SimCabinet:
             loop.close()
 
     async def _main(self) -> None:
-        servers = []
+        servers: list[Any] = []
         serving = []
         for line in self.config.serial:
             meters = [self.meters[m.name] for m in self.config.meters if m.line == line.name]
@@ -117,9 +117,9 @@ class SimCabinet:
         for tcp in self.config.modbus_tcp:
             meters = [self.meters[m.name] for m in self.config.meters if m.line == tcp.name]
             if meters:
-                server = tcp_server(meters, "127.0.0.1", self.tcp_ports[tcp.name])
-                servers.append(server)
-                serving.append(asyncio.ensure_future(server.serve_forever()))
+                tserver = tcp_server(meters, "127.0.0.1", self.tcp_ports[tcp.name])
+                servers.append(tserver)
+                serving.append(asyncio.ensure_future(tserver.serve_forever()))
         self._ready.set()
         while not self._stopping.is_set():
             with self.lock:
