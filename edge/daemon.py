@@ -174,12 +174,19 @@ class Daemon:
                 self.state.update([r])
 
     async def _meter_poll(self, line: LinePoller) -> None:
-        def sink(readings: list[Reading]) -> None:
-            self._readings(readings)
+        def refresh() -> None:
             for m in line.meters:
                 self.meter_status[m.name] = m.status()
 
-        await line.run(sink, self.event)
+        def sink(readings: list[Reading]) -> None:
+            self._readings(readings)
+            refresh()
+
+        def on_event(kind: str, name: str, data: dict[str, Any]) -> None:
+            self.event(kind, name, data)
+            refresh()
+
+        await line.run(sink, on_event)
 
     async def _telemetry(self) -> None:
         interval = self.config.telemetry.interval_s

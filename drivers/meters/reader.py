@@ -1,5 +1,8 @@
 """One Modbus connection (RTU through pyserial, or TCP) shared by every meter on it.
 
+Scheduling, decoding and reading quality live in drivers/meters/poller.py; this module only moves
+blocks of registers, safely.
+
 Guarantees:
 - one transaction at a time on the line (an asyncio lock), with at least the RTU silent interval
   t3.5 between the end of one exchange and the next request; after a timeout on RTU the same device
@@ -15,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from dataclasses import dataclass, field
 
@@ -23,13 +25,8 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 from pymodbus.framer import FramerRTU
 
-from drivers.meters.models import MeterModel
-from drivers.meters.planner import Block, plan_blocks
-from drivers.meters.registers import DecodeError, decode_words
-from drivers.readings import INVALID, OK, Reading
+from drivers.meters.planner import Block
 from hal.serial import SerialSettings, char_time_s, interframe_gap_s
-
-log = logging.getLogger(__name__)
 
 # pymodbus' own timeout only backs up ours (which cancels the request first).
 _LIBRARY_TIMEOUT_S = 10.0
@@ -210,38 +207,3 @@ class ModbusLine:
 
     def close(self) -> None:
         self.client.close()
-
-
-@dataclass
-class MeterReader:
-    """Read a whole model table once (no scheduling; see drivers.meters.poller for that)."""
-
-    name: str
-    model: MeterModel
-    line: ModbusLine
-    device_id: int
-    timeout_s: float = 0.5
-    blocks: list[Block] = field(init=False)
-
-    def __post_init__(self) -> None:
-        defined = self.model.defined()
-        self.blocks = plan_blocks(self.model.registers, self.model.max_registers_per_request,
-                                  allow_gaps=not self.model.rejects_gaps,
-                                  defined=lambda fc, a: (fc, a) in defined)
-
-    async def poll(self) -> list[Reading]:
-        """Read every register of the model once. Raises :class:`MeterCommError` when the meter fails."""
-        readings: list[Reading] = []
-        for block in self.blocks:
-            words = await self.line.read(self.device_id, block, self.timeout_s)
-            now = time.monotonic()
-            for reg in block.registers:
-                off = reg.address - block.start
-                try:
-                    value = decode_words(reg, words[off : off + reg.words])
-                    quality = OK
-                except DecodeError as exc:
-                    log.warning("meter %s: %s", self.name, exc)
-                    value, quality = float("nan"), INVALID
-                readings.append(Reading(f"{self.name}.{reg.signal}", value, reg.unit, now, quality))
-        return readings
