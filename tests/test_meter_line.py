@@ -261,3 +261,25 @@ def test_lost_grid_meter_reaches_the_safety_core_and_the_fallback_applies_after_
             await task
             assert math.isfinite(state.readings["grid.Current.Import.L1"].value)
     run(main())
+
+
+def test_late_replies_are_never_taken_for_the_answer_to_a_later_request():
+    settings = PollSettings(fast_period_s=0.05, slow_period_s=0.05, timeout_min_s=0.02, timeout_max_s=0.08,
+                            stale_after_s=5, backoff_initial_s=0.1, backoff_max_s=0.2)
+
+    async def main() -> None:
+        async with MeterBench([(SDM630, 1), (EM24, 2)]) as b:
+            col = Collector()
+            b.sims[1].delay_s = 0.12  # always answers, always after our longest timeout
+            b.sims[2].values = lambda: {**VALUES, "Current.Import.L1": 42.0}
+            meters = [MeterPoller("m1", SDM630, 1, settings), MeterPoller("m2", EM24, 2, settings)]
+            lp = LinePoller(b.line, meters)
+            task = asyncio.ensure_future(lp.run(col.sink, col.event))
+            await until(lambda: meters[0].polls >= 8 and meters[1].good_polls >= 8, 5, "polls on both meters")
+            lp.stopping.set()
+            await task
+            assert [r for r in col.readings if r.signal.startswith("m1.") and r.quality == OK] == []
+            m2 = [r for r in col.readings if r.signal == "m2.Current.Import.L1"]
+            assert m2 and all(r.quality == OK and r.value == pytest.approx(42.0) for r in m2)
+            assert b.sims[1].reads >= 2  # the slow meter did answer, late, and was ignored
+    run(main())

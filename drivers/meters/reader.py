@@ -117,11 +117,12 @@ class ModbusLine:
             self.stats.bytes_out += len(data)
             return data
         exp = self._expect
-        if exp is None or not crc or len(data) < 5:
+        if exp is None or not crc or len(data) < 5 or data[0] != exp.device_id:
+            # another id first: a late reply from another device, which the framer skips
             return data
-        if data[0] == exp.device_id and data[1] == exp.function_code | 0x80:
+        if data[1] == exp.function_code | 0x80:
             size = 5
-        elif data[0] == exp.device_id and data[1] == exp.function_code and data[2] == 2 * exp.count:
+        elif data[1] == exp.function_code and data[2] == 2 * exp.count:
             size = 5 + 2 * exp.count
         else:
             size = 0  # wrong header: garbled once we hold as many bytes as the real reply would have
