@@ -25,6 +25,7 @@ from edge.sim.can_devices import SimCanDevices
 from edge.sim.meter import SimMeter, serial_server, tcp_server
 from edge.sim.physics import ModuleModel, Physics
 from edge.sim.serial_link import SerialLink
+from hal.can import CAN_ERR_BUSOFF
 from hal.pin import SimBoard
 
 log = logging.getLogger(__name__)
@@ -176,6 +177,13 @@ class SimCabinet:
 
     def set_meter_silent(self, name: str, silent: bool) -> None:
         self.meters[name].silent = silent
+
+    def inject_bus_off(self) -> None:
+        """What a controller's CAN chip reports when it went bus-off: an error frame with CAN_ERR_BUSOFF.
+
+        On a virtual bus it reaches the daemon as it would through socketcan; the daemon then re-opens.
+        """
+        self._dev_bus.send(can.Message(arbitration_id=CAN_ERR_BUSOFF, data=bytes(8), is_error_frame=True))
 
     def set_sessions(self, on: bool) -> None:
         self.sessions = on
