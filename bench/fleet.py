@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import multiprocessing as mp
 import random
 import re
@@ -104,6 +105,7 @@ class Backend:
 # -- worker process: a slice of the fleet -------------------------------------------------------------
 def worker(names: list[str], port: int, args: argparse.Namespace, work: str, go: Any, stop: Any,
            out: Any) -> None:
+    logging.basicConfig(level=logging.ERROR)  # 200 "connection lost" warnings per restart say nothing new
     asyncio.run(_worker(names, port, args, Path(work), go, stop, out))
 
 

@@ -129,6 +129,8 @@ def main() -> int:
             ("bytes per sample (JSON)", f"{st.bytes_sent / (n * n_sig):.0f} B", "-", "-"),
             ("wire volume", f"{st.bytes_sent / 1048576:,.0f} MB ({st.bytes_sent / 1048576 / acked_s:.1f} MB/s)",
              "-", "-"),
+            ("longest uplink step on the event loop", f"{st.longest_step_ms:.1f} ms", "control tick 100 ms",
+             f"{st.longest_step_ms / 100:.2f}"),
             ("lost records", f"{lost}", "0", "ok" if lost == 0 else "FAIL"),
             ("duplicates at the consumer", f"{consumer.dups}", "dup only with same seq", "-"),
         ]

