@@ -55,8 +55,8 @@ def test_the_stub_check_rejects_a_module_micropython_does_not_have(tmp_path):
 def test_safety_core_imports_nothing_under_micropython(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(
-        "import sys\nsys.path.insert(0, %r)\nbefore = set(sys.modules)\nimport core\n"
-        "print(sorted(set(sys.modules) - before))\n" % str(CORE.parent))
+        f"import sys\nsys.path.insert(0, {str(CORE.parent)!r})\nbefore = set(sys.modules)\nimport core\n"
+        "print(sorted(set(sys.modules) - before))\n")
     res = subprocess.run([micropython_binary(), str(script)], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "['core']"
