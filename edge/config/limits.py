@@ -74,6 +74,9 @@ class GridRule(Section):
     efficiency: float = Field(0.95, ge=0.5, le=1.0, description="AC->DC efficiency of the modules")
     meter_loss_ms: int = Field(5000, ge=500, le=600000, description="ms without a good grid reading before fallback")
     fallback_ac_a: float = Field(16.0, ge=0, le=4000, description="A per phase allowed while the grid meter is lost")
+    settle_ms: int = Field(1500, ge=0, le=30000,
+                           description="ms of charger output history; its smallest value is our share of the "
+                                       "meter reading (meter and modules are read at different times)")
 
 
 class PlausibilityRule(Section):

@@ -124,6 +124,7 @@ def initial_state() -> dict:
         "last": {},  # input -> [value, t_received] of the last accepted sample (rate of change)
         "grid_ok_t": None,  # receive time of the last good grid reading
         "grid_limit_a": None,
+        "charger_w": [],  # [t_received, W] of the output measurements within grid.settle_ms
         "pump_until": -1.0,
         "pump_since": None,  # t the pump was commanded on (flow checks count from here)
     }
@@ -430,9 +431,23 @@ def _rule_grid(c: _Ctx) -> None:
             if phases[i] > worst:
                 worst, worst_i = phases[i], i + 1
         headroom = rule["fuse_a"] - rule["margin_a"] - worst
-        charger_ac = 0.0  # our own share of the metered current, which we may keep
-        if out_v is not None and out_a is not None and out_a > 0:
-            charger_ac = out_v * out_a / rule["efficiency"] / (3.0 * rule["phase_voltage_v"])
+        # our own share of the metered current, which we may keep. The meter and the modules are read
+        # at different times: take the output power the meter saw, i.e. the smaller of the two output
+        # samples around the meter reading (the smallest in history when none is older), so a meter
+        # reading from before an increase cannot make room for that increase a second time.
+        hist = [h for h in state["charger_w"] if c.t - h[0] <= rule["settle_ms"] / 1000.0]
+        if out_v is not None and out_a is not None:
+            t_out = c.inputs["output_a"][1]
+            if not hist or hist[-1][0] < t_out:
+                hist.append([t_out, max(0.0, out_v * out_a)])
+        state["charger_w"] = hist
+        around = []  # type: list
+        for i in range(len(hist)):
+            if hist[i][0] <= t_rx and (i + 1 == len(hist) or hist[i + 1][0] > t_rx):
+                around = hist[i:i + 2]
+        pick = around or hist
+        charger_w = min([h[1] for h in pick]) if pick else 0.0
+        charger_ac = charger_w / rule["efficiency"] / (3.0 * rule["phase_voltage_v"])
         allowed_ac = max(0.0, charger_ac + headroom)
         state["grid_limit_a"] = allowed_ac * per_phase_to_dc
         c.limit(state["grid_limit_a"], "grid", "site fuse: L%d at %s A of %s A (margin %s A)" % (
