@@ -297,11 +297,11 @@ def evaluate_cost(n: int) -> tuple[float, float | None]:
     from edge.config.limits import LimitsConfig
     cfg = LimitsConfig().model_dump()
     snap = json.loads(json.dumps(SNAPSHOT))
-    d, state = core.evaluate(snap, cfg, None)
+    _, state = core.evaluate(snap, cfg, None)
     t0 = time.perf_counter()
     for i in range(n):
         snap["t"] = 100.0 + i * 0.001
-        d, state = core.evaluate(snap, cfg, state)
+        _, state = core.evaluate(snap, cfg, state)
     cpython_us = (time.perf_counter() - t0) / n * 1e6
     mp = Path(sys.executable).parent / "micropython"
     if not mp.exists():
@@ -349,14 +349,14 @@ def main() -> int:
     rows.append(("evaluate() CPython", f"{cp_us:.1f} us", "tick 100 ms", f"{cp_us / 100_000:.5f}"))
     if mp_us is not None:
         rows.append(("evaluate() MicroPython (unix)", f"{mp_us:.1f} us", "tick 100 ms", f"{mp_us / 100_000:.5f}"))
-    widths = [max(len(r[i]) for r in rows + [("figure", "value", "limit/reference", "ratio")]) for i in range(4)]
     head = ("figure", "value", "limit/reference", "ratio")
+    widths = [max(len(r[i]) for r in [*rows, head]) for i in range(4)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
     print("  ".join("-" * w for w in widths))
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
     ok = all(r["p99"] <= GOAL_P99_MS and r["misses"] == 0 for r in results.values())
-    print("goal p99 <= %.0f ms: %s" % (GOAL_P99_MS, "met" if ok else "NOT met"))
+    print(f"goal p99 <= {GOAL_P99_MS:.0f} ms: {'met' if ok else 'NOT met'}")
     return 0
 
 
