@@ -134,21 +134,29 @@ def _load_can(channel: str, stop: threading.Event, sent: list[int]) -> None:
         bus.shutdown()
 
 
-async def _store_churn(daemon: Daemon, stop: threading.Event, done: list[int]) -> None:
-    """Stand-in for an MQTT backlog drain: write, read and delete records on the daemon's loop."""
+async def _store_churn(daemon: Daemon, stop: threading.Event, done: list[int], in_thread: bool) -> None:
+    """Stand-in for an MQTT backlog drain: write, read and delete records, on the daemon's loop (as the
+    store is used today) or, with ``in_thread``, in a worker thread (the fix BENCHMARKS.md proposes)."""
     n = 0
     payload = {"samples": [{"signal": "Current.Import.L1", "value": 12.5, "unit": "A"}] * 5}
-    while not stop.is_set():
+
+    def batch() -> None:
         for _ in range(25):
             daemon.store.append("telemetry", int(time.time() * 1000), payload)
         recs = daemon.store.pending(limit=25)
         daemon.store.delete([r.seq for r in recs])
+
+    while not stop.is_set():
+        if in_thread:
+            await asyncio.to_thread(batch)
+        else:
+            batch()
         n += 25
         await asyncio.sleep(0.01)
     done.append(n)
 
 
-def run_reaction(events: int, loads: frozenset[str]) -> dict[str, Any]:
+def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="edge-bench-"))
     cfg = parse_config(_config_text(tmp, 100 if "meter" in loads else 1000))
     cab = SimCabinet(cfg)
@@ -236,7 +244,9 @@ def run_reaction(events: int, loads: frozenset[str]) -> dict[str, Any]:
     async def main() -> tuple[int, Daemon]:
         daemon = Daemon(pcfg, board=cab.board)
         run = asyncio.create_task(daemon.run())
-        churn = asyncio.create_task(_store_churn(daemon, stop_load, churned)) if "store" in loads else None
+        churn = None
+        if "store" in loads:
+            churn = asyncio.create_task(_store_churn(daemon, stop_load, churned, store_thread))
         try:
             await asyncio.to_thread(driver, daemon)
         finally:
@@ -323,6 +333,8 @@ def main() -> int:
     ap.add_argument("--events", type=int, default=10_000, help="events per run (default 10,000)")
     ap.add_argument("--load", default="can,meter,store",
                     help="loads for the second run: any of can,meter,store (default all)")
+    ap.add_argument("--store-thread", action="store_true",
+                    help="do the store load in a worker thread instead of on the daemon's loop")
     ap.add_argument("--calls", type=int, default=20_000, help="evaluate() calls for the cost figure")
     args = ap.parse_args()
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -331,7 +343,7 @@ def main() -> int:
     loads = frozenset(x for x in args.load.split(",") if x)
     for label, chosen in (("idle", frozenset()), ("under load", loads)):
         print(f"running {args.events} events {label} {sorted(chosen) or ''} ...", flush=True)
-        results[label] = run_reaction(args.events, chosen)
+        results[label] = run_reaction(args.events, chosen, args.store_thread)
     cp_us, mp_us = evaluate_cost(args.calls)
 
     rows: list[tuple[str, str, str, str]] = []
