@@ -117,7 +117,12 @@ class Controller:
             voltage_v=self.config.control.output_voltage_v,
             modules_available=len(self.bank.available()),
             module_max_a=self.bank.max_current_a_per_module,
+            modules_configured=len(self.bank.modules),
+            modules_lost=[a for a, m in self.bank.modules.items() if m.lost],
+            modules_alarm=[[a, sorted(m.alarms & m.blocking_alarms)] for a, m in self.bank.modules.items()
+                           if not m.lost and m.alarms & m.blocking_alarms],
             grid_configured=self.state.inputs.grid_meter is not None,
+            ambient_configured=self.state.inputs.ambient is not None,
             clear=self._clear_requests,
         )
         snap["inputs"].update(self.state.output_measurements(now))
@@ -132,6 +137,9 @@ class Controller:
 
     def _apply(self, d: dict[str, Any]) -> None:
         # Modules first (0 A / off), then the contactor: never open it before asking for 0 A.
+        if not d["enable"] and any(m.output_on or m.set_current_a > 0 for m in self.bank.modules.values()):
+            # stopping: one group command reaches every module with two frames, before the per-module ones
+            self.bank.all_off()
         self.bank.apply(d["enable"], self.config.control.output_voltage_v, d["limit_a"])
         self.outputs.contactor.value(1 if d["contactor"] else 0)
         pump, fan = d["pump"], d["fan"] > 0
@@ -145,7 +153,8 @@ class Controller:
         before = set(old["faults"]) if old else set()
         after = set(new["faults"])
         for name in sorted(after - before):
-            self.on_event("fault_raised", name, {"detail": new["fault_details"][name]})
+            self.on_event("fault_raised", name, {"detail": new["fault_details"][name],
+                                                 "docs": new["fault_docs"][name]})
         for name in sorted(before - after):
             self.on_event("fault_cleared", name, {})
         for name in new["cleared"]:

@@ -90,7 +90,8 @@ class Daemon:
         # --- end CAN ---
         self.cable_bus = {c.name: c.bus for c in config.cable}
         grid = next((m.name for m in config.meters if m.role == "grid"), None)
-        self.state = CabinetState(InputMap(cable=config.cable[0].name if config.cable else None, grid_meter=grid))
+        self.state = CabinetState(InputMap(cable=config.cable[0].name if config.cable else None, grid_meter=grid,
+                                           ambient=config.limits.ambient_signal))
         self.controller = Controller(config, self.state, self.bank, self.outputs, self.wdt, self.clock, self.event)
 
         # -- meters: one LinePoller per line (drivers/meters/poller.py) --------------------------------

@@ -19,13 +19,17 @@ class InputMap:
     cable: str | None
     grid_meter: str | None
     module_prefix: str = "module"
+    ambient: str | None = None  # reading named by limits.ambient_signal
 
     def core_inputs(self) -> dict[str, str]:
         m: dict[str, str] = {}
         if self.cable:
             for core_name, suffix in (("pin_dc_plus_c", "pin_dc_plus_c"), ("pin_dc_minus_c", "pin_dc_minus_c"),
-                                      ("coolant_out_c", "coolant_out_c"), ("coolant_flow_lpm", "coolant_flow_lpm")):
+                                      ("coolant_out_c", "coolant_out_c"), ("coolant_flow_lpm", "coolant_flow_lpm"),
+                                      ("coolant_leak", "leak")):
                 m[core_name] = f"{self.cable}.{suffix}"
+        if self.ambient:
+            m["ambient_c"] = self.ambient
         if self.grid_meter:
             for i in (1, 2, 3):
                 m[f"grid_l{i}_a"] = f"{self.grid_meter}.Current.Import.L{i}"
@@ -59,13 +63,20 @@ class CabinetState:
         return snap
 
     def _hottest_module(self, now: float) -> list[Any] | None:
+        """Hottest temperature of the modules that answer. Lost modules are left out (their share is
+        removed); if every reported temperature is stale the newest one goes in as it is, so the core
+        sees a stale input instead of no input."""
         best: Reading | None = None
+        newest: Reading | None = None
         prefix = self.inputs.module_prefix + "."
         for sig, r in self.readings.items():
-            if sig.startswith(prefix) and sig.endswith(".temperature_c") and r.quality == OK:
-                if best is None or r.value > best.value:
+            if sig.startswith(prefix) and sig.endswith(".temperature_c"):
+                if r.quality == OK and (best is None or r.value > best.value):
                     best = r
-        return [best.value, best.t, best.quality] if best is not None else None
+                if newest is None or r.t > newest.t:
+                    newest = r
+        chosen = best or newest
+        return [chosen.value, chosen.t, chosen.quality] if chosen is not None else None
 
     def output_measurements(self, now: float) -> dict[str, list[Any]]:
         """Sum of module output currents and the highest module voltage, as core inputs."""

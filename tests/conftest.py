@@ -36,9 +36,26 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
                          (f" (last error: {last_exc})" if last_exc else ""))
 
 
+def _drop_tables(text: str, headers: set[str]) -> str:
+    """Remove the ``[table]`` blocks named in ``headers`` (TOML forbids defining a table twice)."""
+    out, skipping = [], False
+    for line in text.splitlines():
+        stripped = line.strip()
+        if stripped.startswith("["):
+            skipping = stripped.split("#")[0].strip() in headers
+        if not skipping:
+            out.append(line)
+    return "\n".join(out) + "\n"
+
+
 def sim_config_text(tmp: Path, extra: str = "") -> str:
-    """The built-in sim config with data dir and socket moved into ``tmp``."""
-    text = SIM_TOML.replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp}/edge.sock"')
+    """The built-in sim config with data dir and socket moved into ``tmp``.
+
+    Tables in ``extra`` replace the same tables of the built-in config (e.g. ``[limits.grid]``).
+    """
+    redefined = {ln.strip().split("#")[0].strip() for ln in extra.splitlines()
+                 if ln.strip().startswith("[") and not ln.strip().startswith("[[")}
+    text = _drop_tables(SIM_TOML, redefined).replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp}/edge.sock"')
     text = text.replace('data_dir = ".edge-sim"', f'data_dir = "{tmp}/data"')
     text = text.replace('backend = "systemd"          # talks', 'backend = "sim"          # talks')
     return text + "\n" + extra

@@ -89,8 +89,8 @@ def test_either_vendor_charges_loses_a_silent_module_and_recovers_it(tmp_path, p
     code, daemon = run(tmp_path, body, protocol)
     assert code == 0
     ev = events(daemon)
-    assert ("fault_raised", "module_2_lost") in ev and ("fault_cleared", "module_2_lost") in ev
-    assert ev.index(("fault_raised", "module_2_lost")) < ev.index(("fault_cleared", "module_2_lost"))
+    assert ("fault_raised", "module_lost_2") in ev and ("fault_cleared", "module_lost_2") in ev
+    assert ev.index(("fault_raised", "module_lost_2")) < ev.index(("fault_cleared", "module_lost_2"))
 
 
 def test_module_alarm_is_raised_and_cleared_as_events_and_foreign_frames_are_ignored(tmp_path):

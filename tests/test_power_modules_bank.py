@@ -86,7 +86,7 @@ def test_a_silent_module_is_lost_after_the_configured_time_and_told_zero_amps_an
     clock.t += 0.2
     ev = bank.check(clock.t)
     assert ev.lost == [3] and bank.modules[3].lost
-    assert ("fault_raised", "module_3_lost") in [(k, n) for k, n, _ in events]
+    assert ("module_lost", "module_3") in [(k, n) for k, n, _ in events]
     cmds = commands(sent, 3)
     assert (infy.CMD_SET_OUTPUT, infy.encode_set_output(0.0, 0.0)) in cmds
     assert (infy.CMD_ON_OFF, infy.encode_on_off(False)) in cmds
@@ -143,7 +143,7 @@ def test_recovery_restores_setpoints_before_the_lost_fault_clears():
     ev = bank.check(clock.t)
     assert ev.recovered == [2]
     restore = [i for i, s in enumerate(order) if s in ("frame 0x1c to 2", "frame 0x1a to 2")]
-    cleared = order.index("fault_cleared module_2_lost")
+    cleared = order.index("module_recovered module_2")
     assert len(restore) == 2 and max(restore) < cleared, order
     # then it rejoins the split
     bank.apply(True, 400.0, 40.0)

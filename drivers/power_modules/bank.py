@@ -152,7 +152,7 @@ class ModuleBank:
                     self._tx(frame)
                 if mod.lost_reported:
                     mod.lost_reported = False
-                    self._event("fault_cleared", f"module_{mod.address}_lost", {"module": mod.address})
+                    self._event("module_recovered", f"module_{mod.address}", {"module": mod.address})
                 else:
                     self._event("module_found", f"module_{mod.address}", {"module": mod.address})
                 ev.recovered.append(mod.address)
@@ -175,7 +175,9 @@ class ModuleBank:
         mod.backoff_s = self.poll_period_s
         mod.next_poll_t = now
         mod.lost_reported = True
-        self._event("fault_raised", f"module_{mod.address}_lost",
+        # The fault itself (module_lost_<addr>) is raised by the safety core from the lost list; this
+        # event carries the bank's own detail (why, when) for the event log.
+        self._event("module_lost", f"module_{mod.address}",
                     {"module": mod.address, "detail": f"power module {mod.address} lost: {reason}"})
         # It may still hear us: tell it 0 A and off now rather than wait for its own watchdog.
         self._command(mod, 0.0, 0.0, False, now, force=True)

@@ -1,0 +1,62 @@
+"""The safety core is checked as MicroPython code: against MicroPython's own stdlib stubs with mypy, and
+by importing and running it in the ``micropython`` interpreter (the vector comparison is in
+tests/test_limits_vectors.py).
+
+What the stub check can and cannot show: ``micropython-stdlib-stubs`` is typeshed's stdlib cut down to the
+modules MicroPython ships, so an import MicroPython lacks (``dataclasses``, ``typing`` features,
+``math`` on ports built without it) fails the check. Its ``builtins`` are still CPython's, so a str or
+dict method MicroPython lacks is NOT caught here; the interpreter run in the vector test catches those.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.test_limits_vectors import micropython_binary
+
+REPO = Path(__file__).resolve().parent.parent
+CORE = REPO / "edge" / "limits" / "core.py"
+
+
+def _stubs_dir() -> Path:
+    try:
+        dist = importlib.metadata.distribution("micropython-stdlib-stubs")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("micropython-stdlib-stubs not installed (pip install -e '.[test]')")
+    return Path(str(dist.locate_file("stdlib"))).parent
+
+
+def _mypy_with_micropython_stubs(path: Path) -> subprocess.CompletedProcess[str]:
+    # no site-packages and no project config: only MicroPython's stdlib is visible to the checked file
+    return subprocess.run(
+        [sys.executable, "-m", "mypy", "--custom-typeshed-dir", str(_stubs_dir()), "--no-site-packages",
+         "--config-file", "/dev/null", "--python-version", "3.11", "--check-untyped-defs",
+         "--warn-unused-ignores", "--no-incremental", str(path)],
+        capture_output=True, text=True, timeout=120, cwd=path.parent)
+
+
+def test_safety_core_type_checks_against_micropython_stdlib_stubs():
+    res = _mypy_with_micropython_stubs(CORE)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_the_stub_check_rejects_a_module_micropython_does_not_have(tmp_path):
+    bad = tmp_path / "uses_dataclasses.py"
+    bad.write_text("import dataclasses\n")
+    res = _mypy_with_micropython_stubs(bad)
+    assert res.returncode != 0 and "dataclasses" in res.stdout
+
+
+def test_safety_core_imports_nothing_under_micropython(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(CORE.parent)!r})\nbefore = set(sys.modules)\nimport core\n"
+        "print(sorted(set(sys.modules) - before))\n")
+    res = subprocess.run([micropython_binary(), str(script)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "['core']"
