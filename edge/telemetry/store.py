@@ -41,6 +41,7 @@ DEGRADED_HOLD_S = 30.0  # a write error keeps the fault raised this long after t
 CHECK_EVERY = 64        # appends between two checks of the size bound
 EVICT_TO = 0.9          # evict down to this fraction of the bound, so eviction is not run per append
 FULL_EVICT_ROWS = 64    # telemetry rows dropped to make room when SQLite reports the disk full
+BUSY_TIMEOUT_MS = 2000  # the uplink thread's deletes hold the write lock for a few ms at most
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,66 @@ class RawRecord:
     payload: str
 
 
-class Store:
+class _Records:
+    """Reading and acknowledging, shared by the writer (Store) and the uplink's own view (StoreView)."""
+
+    _db: sqlite3.Connection
+
+    def pending(self, after_seq: int = 0, limit: int = 500, kind: str | None = None) -> list[Record]:
+        q = "SELECT seq, kind, t_ms, payload FROM records WHERE seq > ?"
+        args: list[Any] = [after_seq]
+        if kind:
+            q += " AND kind = ?"
+            args.append(kind)
+        q += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        return [Record(s, k, t, json.loads(p)) for s, k, t, p in self._db.execute(q, args)]
+
+    def pending_raw(self, after_seq: int, upto_seq: int | None, limit: int) -> list[RawRecord]:
+        """Records with ``after_seq < seq <= upto_seq`` in seq order, payload unparsed."""
+        q = "SELECT seq, kind, t_ms, payload FROM records WHERE seq > ?"
+        args: list[Any] = [after_seq]
+        if upto_seq is not None:
+            q += " AND seq <= ?"
+            args.append(upto_seq)
+        q += " ORDER BY seq LIMIT ?"
+        args.append(limit)
+        return [RawRecord(*row) for row in self._db.execute(q, args)]
+
+    def delete(self, seqs: list[int]) -> None:
+        """Forget acknowledged records. A failure only means they are sent again (same seq)."""
+        if not seqs:
+            return
+        try:
+            for i in range(0, len(seqs), 500):  # one statement (one commit) per ack, not one per record
+                chunk = seqs[i:i + 500]
+                self._db.execute(f"DELETE FROM records WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+        except sqlite3.Error as exc:
+            log.warning("could not delete %d acknowledged records (%s): they will be sent again", len(seqs), exc)
+
+    def backlog(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+
+    def last_seq(self) -> int:
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
+        return int(row[0]) if row else 0
+
+
+
+class StoreView(_Records):
+    """A second connection to the same store for the uplink's own thread (WAL: readers never block the
+    writer; an acknowledged delete holds the write lock for one short statement)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+
+    def close(self) -> None:
+        self._db.close()
+
+
+class Store(_Records):
     def __init__(self, data_dir: str, max_mb: float = 256.0) -> None:
         os.makedirs(data_dir, exist_ok=True)
         self.path = os.path.join(data_dir, "telemetry.sqlite3")
@@ -78,6 +138,7 @@ class Store:
         # NORMAL in WAL: a committed transaction survives a process kill; a power cut may lose the
         # last few, never corrupt the file.
         self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         self._db.executescript(SCHEMA)
         self.page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
 
@@ -174,46 +235,6 @@ class Store:
         self.evicted += got
         return int(got)
 
-    # -- reading and acknowledging -------------------------------------------------------------------
-    def pending(self, after_seq: int = 0, limit: int = 500, kind: str | None = None) -> list[Record]:
-        q = "SELECT seq, kind, t_ms, payload FROM records WHERE seq > ?"
-        args: list[Any] = [after_seq]
-        if kind:
-            q += " AND kind = ?"
-            args.append(kind)
-        q += " ORDER BY seq LIMIT ?"
-        args.append(limit)
-        return [Record(s, k, t, json.loads(p)) for s, k, t, p in self._db.execute(q, args)]
-
-    def pending_raw(self, after_seq: int, upto_seq: int | None, limit: int) -> list[RawRecord]:
-        """Records with ``after_seq < seq <= upto_seq`` in seq order, payload unparsed."""
-        q = "SELECT seq, kind, t_ms, payload FROM records WHERE seq > ?"
-        args: list[Any] = [after_seq]
-        if upto_seq is not None:
-            q += " AND seq <= ?"
-            args.append(upto_seq)
-        q += " ORDER BY seq LIMIT ?"
-        args.append(limit)
-        return [RawRecord(*row) for row in self._db.execute(q, args)]
-
-    def delete(self, seqs: list[int]) -> None:
-        """Forget acknowledged records. A failure only means they are sent again (same seq)."""
-        if not seqs:
-            return
-        try:
-            for i in range(0, len(seqs), 500):  # one statement (one commit) per ack, not one per record
-                chunk = seqs[i:i + 500]
-                self._db.execute(f"DELETE FROM records WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
-        except sqlite3.Error as exc:
-            log.warning("could not delete %d acknowledged records (%s): they will be sent again", len(seqs), exc)
-
-    def backlog(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
-
-    def last_seq(self) -> int:
-        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
-        return int(row[0]) if row else 0
-
     def stats(self) -> dict[str, Any]:
         return {"backlog": self.backlog(), "last_seq": self.last_seq(), "write_errors": self.write_errors,
                 "evicted": self.evicted, "evicted_events": self.evicted_events, "degraded": self.degraded}
@@ -223,3 +244,4 @@ class Store:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._db.close()
+

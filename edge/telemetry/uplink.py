@@ -1,9 +1,13 @@
 """MQTT uplink: forward the store to the broker with QoS 1, delete a record only after its PUBACK.
 
-Threads: paho's network loop runs in its own thread (``loop_start``); every paho callback only hands
-its data to the asyncio loop with ``call_soon_threadsafe``. Store access, batching and command handling
-happen on the daemon's event loop in short steps (at most one in-flight window per step), so the
-control path never waits on the network. ``publish()`` only queues a packet for paho's thread.
+Threads, so that the control path (the daemon's asyncio loop) never waits on network or disk:
+- paho's network loop runs in its own thread (``loop_start``); callbacks only hand data on.
+- delivery (reading the store through its own SQLite connection, batching, publishing, deleting on
+  PUBACK, resync on connect) runs in one uplink thread fed by a queue: connect, disconnect and PUBACK
+  callbacks and "new record" kicks are queued there, in order.
+- commands and the retained state run on the asyncio loop (``call_soon_threadsafe``), because they
+  touch the controller; the daemon's own appends stay on the loop (one INSERT per record).
+``publish()`` only queues a packet for paho's thread.
 
 Delivery (at least once, consumers drop duplicates by ``seq``):
 - On every (re)connect the uplink *resyncs*: records up to the store's last seq at that moment are the
@@ -23,8 +27,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import queue
 import random
 import ssl
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -38,7 +44,7 @@ from paho.mqtt.properties import Properties
 
 from edge.config.telemetry import Mqtt
 from edge.telemetry import commands
-from edge.telemetry.store import EVENT, RawRecord, Store
+from edge.telemetry.store import EVENT, RawRecord, Store, StoreView
 from edge.telemetry.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -145,7 +151,10 @@ class Uplink:
         self._cur = _Cursor()
         self._attempt = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._wake = asyncio.Event()
+        self._io_q: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._io_thread: threading.Thread | None = None
+        self._kick_pending = False
+        self._view: StoreView | None = None
         self._last_state: str | None = None
         self._paused_until = 0.0
         self._closing = False
@@ -197,24 +206,49 @@ class Uplink:
             except RuntimeError:  # loop closed while we were shutting down
                 pass
 
+    def _to_io(self, fn: Callable[..., None], *args: Any) -> None:
+        self._io_q.put(lambda: fn(*args))
+
+    def kick(self) -> None:
+        """Ask the uplink thread for a pump (from any thread); coalesced while one is queued."""
+        if not self._kick_pending:
+            self._kick_pending = True
+            self._io_q.put(self._kicked)
+
+    def _kicked(self) -> None:
+        self._kick_pending = False
+        self.pump()
+
+    def _io_main(self) -> None:
+        self._view = StoreView(self.store.path)
+        try:
+            while (fn := self._io_q.get()) is not None:
+                try:
+                    fn()
+                except Exception as exc:  # logged and counted; the next kick retries
+                    self.stats.last_error = f"{type(exc).__name__}: {exc}"
+                    log.exception("uplink step failed; will retry")
+        finally:
+            self._view.close()
+
     # paho thread: hand everything over, touch nothing shared
     def _cb_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
-            self._to_loop(self._connect_refused, str(reason))
+            self._to_io(self._connect_refused, str(reason))
             return
         self._attempt = 0
-        self._to_loop(self._connected, bool(flags.session_present))
+        self._to_io(self._connected, bool(flags.session_present))
 
     def _cb_connect_fail(self, client: mqtt.Client, _u: Any) -> None:
         self._set_delay(client)
-        self._to_loop(self._connect_failed)
+        self._to_io(self._connect_failed)
 
     def _cb_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         self._set_delay(client)
-        self._to_loop(self._disconnected, str(reason))
+        self._to_io(self._disconnected, str(reason))
 
     def _cb_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: Any, _p: Any) -> None:
-        self._to_loop(self._acked, mid, bool(reason.is_failure), str(reason))
+        self._to_io(self._acked, mid, bool(reason.is_failure), str(reason))
 
     def _cb_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
         self._to_loop(self._command, msg.topic, bytes(msg.payload))
@@ -224,6 +258,8 @@ class Uplink:
         """Run until cancelled. Never raises anything but CancelledError: telemetry must not stop control."""
         self._loop = asyncio.get_running_loop()
         self.store.on_append.append(self._on_append)
+        self._io_thread = threading.Thread(target=self._io_main, name="mqtt-uplink", daemon=True)
+        self._io_thread.start()
         try:
             # spread the first connects of a fleet that powers up together
             await asyncio.sleep(self.rnd.uniform(0, self.cfg.reconnect_min_s))
@@ -236,13 +272,9 @@ class Uplink:
                 self._emit("uplink_error", "mqtt", {"detail": str(exc)})
                 await asyncio.Event().wait()
             while True:
+                await asyncio.sleep(self._tick_s())
+                self.kick()  # a safety net: every append kicks already
                 try:
-                    await asyncio.wait_for(self._wake.wait(), timeout=self._tick_s())
-                except TimeoutError:
-                    pass
-                self._wake.clear()
-                try:
-                    self.pump()
                     self._publish_state_if_changed()
                 except Exception as exc:  # logged and counted; control must go on
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
@@ -253,13 +285,20 @@ class Uplink:
             await self._shutdown()
 
     def _tick_s(self) -> float:
-        # wake-ups come with every stored record; this tick only catches state changes and pauses
+        # every stored record kicks the uplink thread; this tick catches state changes and pauses
         return max(0.05, min(1.0, self.interval_s / 2))
 
     def _on_append(self, _seq: int) -> None:
-        self._wake.set()
+        self.kick()
 
     async def _shutdown(self) -> None:
+        self._io_q.put(None)
+        io = self._io_thread
+        if io is not None:
+            try:
+                await asyncio.wait_for(asyncio.to_thread(io.join), timeout=SHUTDOWN_WAIT_S)
+            except TimeoutError:
+                log.warning("MQTT uplink thread did not stop within %.1f s", SHUTDOWN_WAIT_S)
         client = self._client
         if client is None:
             return
@@ -286,15 +325,15 @@ class Uplink:
             return
         client.subscribe(self.topics.cmd_filter, qos=1)
         client.publish(self.topics.status, self._status_payload("online"), qos=1, retain=True)
-        self._last_state = None
-        self._publish_state_if_changed()
+        self._to_loop(self._publish_state_if_changed, True)  # state lives on the loop; retained anew
         self.pump()
 
     def _resync(self) -> None:
         """Forget what is in flight; everything still in the store is backlog from here on."""
         self._inflight.clear()
         self._live_inflight = 0
-        last = self.store.last_seq()
+        assert self._view is not None
+        last = self._view.last_seq()
         self._cur = _Cursor(live_from=last, live_after=last)
 
     def _connect_refused(self, why: str) -> None:
@@ -336,7 +375,8 @@ class Uplink:
             return
         self.stats.messages_acked += 1
         self.stats.records_delivered += entry.records
-        self.store.delete(entry.seqs)
+        assert self._view is not None
+        self._view.delete(entry.seqs)
         self.pump()
 
     def pump(self) -> None:
@@ -351,12 +391,13 @@ class Uplink:
 
     def _pump(self) -> None:
         client = self._client
-        if client is None or not self.stats.connected or time.monotonic() < self._paused_until:
+        view = self._view
+        if client is None or view is None or not self.stats.connected or time.monotonic() < self._paused_until:
             return
         cur = self._cur
         # live
         while len(self._inflight) < self.window:
-            rows = self.store.pending_raw(cur.live_after, None, LIVE_ROWS)
+            rows = view.pending_raw(cur.live_after, None, LIVE_ROWS)
             if not rows:
                 break
             for batch in self._batches(rows, limit=self.window - len(self._inflight)):
@@ -369,7 +410,7 @@ class Uplink:
         while not cur.backlog_done and len(self._inflight) - self._live_inflight < self.backlog_window \
                 and len(self._inflight) < self.window:
             if not cur.buf:
-                rows = self.store.pending_raw(cur.backlog_after, cur.live_from, PREFETCH_ROWS)
+                rows = view.pending_raw(cur.backlog_after, cur.live_from, PREFETCH_ROWS)
                 if not rows:
                     cur.backlog_done = True
                     break
