@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import time
+from collections import deque
 from typing import Any
 
 import can
@@ -90,6 +91,9 @@ class Daemon:
         for m in config.meters:
             self.meters.append((MeterReader(m.name, MODELS[m.model], self.lines[m.line], m.device_id), m))
             self.meter_status[m.name] = {"ok": False, "errors": 0, "last_error": None}
+        # -- api (CLI issue): recent events for `edge events`, kept beside the store because the
+        # uplink deletes delivered records from it
+        self.recent_events: deque[dict[str, Any]] = deque(maxlen=1000)
         self.api = ApiServer(config.api, self)
 
     # -- events --------------------------------------------------------------------------------------
@@ -97,7 +101,11 @@ class Daemon:
         level = logging.WARNING if kind == "fault_raised" else logging.INFO
         detail = data.get("detail") or data.get("reason") or ""
         log.log(level, "%s %s%s", kind, name, f": {detail}" if detail else "")
-        self.store.append("event", int(time.time() * 1000), {"kind": kind, "name": name, **data})
+        t_ms = int(time.time() * 1000)
+        payload = {"kind": kind, "name": name, **data}
+        seq = self.store.append("event", t_ms, payload)
+        self.recent_events.append({"seq": seq if seq is not None else -len(self.recent_events) - 1, "t_ms": t_ms,
+                                   **payload})
 
     def _send_frame(self, frame: Frame) -> None:
         try:
@@ -257,7 +265,21 @@ class Daemon:
             "telemetry": {"backlog": self.store.backlog(), "last_seq": self.store.last_seq(),
                           "write_errors": self.store.write_errors},
             "can": {n: vars(p.stats) for n, p in self.ports.items()},
+            # -- api (CLI issue): what `edge status` needs to explain the limit and the operator's actions
+            "hardware_limit_a": self.config.limits.max_output_current_a,
+            "external_limit": self._external_limit_status(now),
+            "stopped_by": self.controller.stopped_by,
+            "selftest": {"active": bool(self.controller.test_outputs) and now < self.controller.test_outputs_until,
+                         "outputs": dict(self.controller.test_outputs)},
+            "time_ms": int(time.time() * 1000),
         }
+
+    def _external_limit_status(self, now: float) -> dict[str, Any] | None:
+        ext = self.controller.external_limit
+        if ext is None:
+            return None
+        return {"amps": ext.amps, "source": ext.source,
+                "remaining_s": round(ext.expires_at - now, 1) if ext.expires_at is not None else None}
 
     # -- run -----------------------------------------------------------------------------------------
     async def run(self) -> int:
