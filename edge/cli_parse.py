@@ -11,7 +11,7 @@ import time
 from datetime import datetime
 
 _CURRENT = re.compile(r"^\s*(?P<num>[+-]?\d+(?:\.\d+)?)\s*(?P<unit>[A-Za-z]*)\s*$")
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(d|h|m|s|min)", re.IGNORECASE)
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(min|d|h|m|s)", re.IGNORECASE)
 _UNIT_S = {"d": 86400.0, "h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0}
 
 

@@ -61,9 +61,9 @@ def machine_state(st: dict[str, Any]) -> str:
     if st.get("enable"):
         amps = sum((m.get("current_a") or 0.0) for m in st.get("modules", {}).values() if not m.get("lost"))
         return "CHARGING" if amps > 1.0 else "READY"
-    if (st.get("target_a") or 0) <= 0 and st.get("faults"):
-        return "OFF (fault)"
-    return "OFF"
+    if (st.get("target_a") or 0) <= 0:
+        return "OFF (fault)" if st.get("faults") else "OFF"
+    return "STARTING"
 
 
 def _who(source: str | None) -> str:
