@@ -1,7 +1,7 @@
 """Who is on the other end of the control socket, and what they may do.
 
 The kernel tells us the peer's uid and gid at connect time (``SO_PEERCRED``); the user's groups come
-from the user database (``os.getgrouplist``), so removing someone from the admin group in /etc/group
+from the user database (``pwd`` primary group + ``os.getgrouplist``) plus the gid the peer runs with, so removing someone from the admin group in /etc/group
 takes effect at their next request, without waiting for them to log out. Root is always admin.
 A peer whose uid has no user entry gets only its primary group.
 """
@@ -38,8 +38,10 @@ def peer_of(sock: socket.socket) -> Peer:
 
 def describe(pid: int, uid: int, gid: int) -> Peer:
     try:
-        user = pwd.getpwuid(uid).pw_name
-        gids = set(os.getgrouplist(user, gid))
+        entry = pwd.getpwuid(uid)
+        user = entry.pw_name
+        # the user's primary group (passwd), the supplementary ones (group), and the gid it runs with now
+        gids = set(os.getgrouplist(user, entry.pw_gid)) | {gid}
     except KeyError:
         user, gids = f"uid{uid}", {gid}
     names = set()
