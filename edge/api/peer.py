@@ -1,8 +1,9 @@
 """Who is on the other end of the control socket, and what they may do.
 
 The kernel tells us the peer's uid and gid at connect time (``SO_PEERCRED``); the user's groups come
-from the user database (``pwd`` primary group + ``os.getgrouplist``) plus the gid the peer runs with, so removing someone from the admin group in /etc/group
-takes effect at their next request, without waiting for them to log out. Root is always admin.
+from the user database (``pwd`` primary group + ``os.getgrouplist``) plus the gid the peer runs with,
+so removing someone from the admin group in /etc/group takes effect at their next request, without
+waiting for them to log out. Root is always admin.
 A peer whose uid has no user entry gets only its primary group.
 """
 
