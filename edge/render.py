@@ -94,8 +94,9 @@ def fault_lines(faults: dict[str, str], latched: Iterable[str]) -> list[str]:
     latched = set(latched)
     out: list[str] = []
     for i, (name, detail) in enumerate(sorted(faults.items())):
-        tag = "LATCHED " if name in latched else ""
-        out += _wrap("faults" if i == 0 else "", f"{name}  {tag}{detail.removesuffix(' (latched)')}")
+        out.append(f"{'faults' if i == 0 else '':<{LABEL}}{name}" + ("  LATCHED" if name in latched else ""))
+        out += textwrap.wrap(detail.removesuffix(" (latched)"), WIDTH, initial_indent=" " * (LABEL + 2),
+                             subsequent_indent=" " * (LABEL + 4), break_on_hyphens=False)
         if name in latched:
             out.append(f"{'':<{LABEL + 2}}-> fix the cause, then: edge clear {name}")
     return out
@@ -130,11 +131,15 @@ def module_lines(st: dict[str, Any]) -> list[str]:
         return ["modules  none configured"]
     out = [f"{'modules':<{LABEL}}{'#':>3}  {'state':<6}{'V':>7}{'A':>8}{'°C':>7}  alarms"]
     for addr, m in sorted(mods.items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else 0):
-        state = "LOST" if m.get("lost") else ("on" if m.get("on") else "off")
+        lost = bool(m.get("lost"))
+        state = "LOST" if lost else ("on" if m.get("on") else "off")
         temp = m.get("temperature_c")
-        alarms = ",".join(m.get("alarms") or []) or "-"
-        line = (f"{'':<{LABEL}}{addr:>3}  {state:<6}{(m.get('voltage_v') or 0.0):>7.1f}"
-                f"{(m.get('current_a') or 0.0):>8.1f}{(f'{temp:.1f}' if temp is not None else '--'):>7}  {alarms}")
+        alarms = ",".join(m.get("alarms") or []) or ("no answer" if lost else "-")
+        v, a = m.get("voltage_v") or 0.0, m.get("current_a") or 0.0
+        # a lost module's last values are history, not measurements: never show them as if live
+        v_txt, a_txt = ("--", "--") if lost else (f"{v:.1f}", f"{a:.1f}")
+        t_txt = "--" if lost or temp is None else f"{temp:.1f}"
+        line = f"{'':<{LABEL}}{addr:>3}  {state:<6}{v_txt:>7}{a_txt:>8}{t_txt:>7}  {alarms}"
         out.append(line[:WIDTH])
     return out
 

@@ -17,12 +17,18 @@ from edge.daemon import Daemon
 from edge.sim.cabinet import SimCabinet
 from tests.conftest import edge_env, sim_config_text
 
+# Relaxed on purpose, so these CLI scenarios see one fault at a time: the safety core (not under test
+# here) can latch `over_current` while the modules ramp down after a trip, and `*_implausible` when two
+# evaluations a few ms apart see a 0.1 °C step (reported to the integrator).
 EXTRA = """
 [limits.grid]
 fuse_a = 400.0
 
 [limits.plausibility]
 max_rate_c_per_s = 500.0
+
+[limits.over_current]
+tolerance_a = 100.0
 """
 
 
@@ -83,7 +89,8 @@ def test_coolant_trip_is_cleared_only_once_flow_is_back_and_the_clear_names_the_
         assert code == 0
         assert "state    TRIPPED" in out
         assert re.search(r"^limit +0 A  <- tripped: coolant_flow_low$", out, re.M), out
-        assert re.search(r"coolant_flow_low  LATCHED coolant flow \d\.\d\d l/min below 1\.00", out), out
+        assert re.search(r"^faults   coolant_flow_low  LATCHED\n +coolant flow \d\.\d\d l/min below 1\.00", out,
+                         re.M), out
         assert "-> fix the cause, then: edge clear coolant_flow_low" in out
         code, out, _ = await edge("faults", "--json")
         assert json.loads(out)["faults"]["coolant_flow_low"]["latched"] is True
@@ -117,7 +124,7 @@ def test_lost_module_shows_as_lost_and_the_limit_names_the_remaining_modules(tmp
         await until(lambda: daemon.controller.decision["rule"] == "modules", what="modules rule")
         code, out, _ = await edge("status")
         assert code == 0
-        assert re.search(r"^ +2  LOST ", out, re.M), out
+        assert re.search(r"^ +2  LOST +-- +-- +--  no answer$", out, re.M), out
         assert re.search(r"^limit +150 A  <- 3 power module\(s\) available$", out, re.M), out
         cab.set_module_silent(2, False)
         await until(lambda: not daemon.bank.modules[2].lost, timeout=10, what="module 2 back")
