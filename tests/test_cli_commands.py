@@ -330,3 +330,41 @@ def test_config_check_json(tmp_path):
     res = CliRunner().invoke(main, ["config", "check", str(bad), "--json"])
     data = json.loads(res.stdout)
     assert res.exit_code == 2 and data["ok"] is False and "meters[0].poll_ms = 5" in data["problems"][0]
+
+
+def _spawn(args: list[str], **kw: Any) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-m", "edge", *args], env=edge_env(), **kw)
+
+
+def test_watch_redraws_in_place_on_a_terminal_and_ctrl_c_exits_0(daemon):
+    import os
+    import pty
+    import signal
+
+    primary, secondary = pty.openpty()
+    proc = _spawn(["watch", "--interval", "0.2", "--socket", daemon.socket_path], stdout=secondary,
+                  stderr=subprocess.PIPE)
+    os.close(secondary)
+    seen = b""
+
+    def frames() -> int:
+        nonlocal seen
+        seen += os.read(primary, 65536)
+        return seen.count(b"\x1b[H\x1b[2J")
+    try:
+        wait_for(lambda: frames() >= 2, timeout=15, what="two in-place frames")
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=5) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(primary)
+    assert b"cabinet sim-cab" in seen and b"(Ctrl-C to leave)" in seen
+    assert b"Traceback" not in proc.stderr.read()  # type: ignore[union-attr]
+
+
+def test_oversized_request_gets_bad_request(daemon):
+    ans = api_request(daemon.socket_path, {"cmd": "status", "args": {"x": "y" * 70_000}})
+    assert ans["ok"] is False and ans["code"] == "bad_request" and "longer than" in ans["error"]
+    assert daemon.status()["cabinet_id"] == "sim-cab"  # the daemon is fine
