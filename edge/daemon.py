@@ -198,6 +198,10 @@ class Daemon:
         while True:
             await asyncio.sleep(interval)
             self._flush_telemetry()
+            d = self.controller.decision
+            if d is not None:
+                faults = ",".join(d["faults"]) or "none"
+                self.wdt.status(f"limit {d['limit_a']:.0f} A <- {d['reason']}; faults {faults}")
 
     def _flush_telemetry(self) -> None:
         d = self.controller.decision
@@ -265,6 +269,7 @@ class Daemon:
             "telemetry": {"backlog": self.store.backlog(), "last_seq": self.store.last_seq(),
                           "write_errors": self.store.write_errors},
             "can": {n: vars(p.stats) for n, p in self.ports.items()},
+            "control": self._control_stats(),
             # -- api (CLI issue): what `edge status` needs to explain the limit and the operator's actions
             "hardware_limit_a": self.config.limits.max_output_current_a,
             "external_limit": self._external_limit_status(now),
@@ -273,6 +278,16 @@ class Daemon:
                          "outputs": dict(self.controller.test_outputs)},
             "time_ms": int(time.time() * 1000),
         }
+
+    def _control_stats(self) -> dict[str, Any]:
+        periods = sorted(self.controller.tick_periods_ms)
+
+        def pct(q: float) -> float | None:
+            return round(periods[min(len(periods) - 1, int(q * len(periods)))], 2) if periods else None
+
+        return {"ticks": self.controller.ticks, "evaluations": self.controller.evaluations,
+                "tick_ms": self.config.control.tick_ms, "tick_p50_ms": pct(0.5), "tick_p99_ms": pct(0.99),
+                "tick_max_ms": round(periods[-1], 2) if periods else None}
 
     def _external_limit_status(self, now: float) -> dict[str, Any] | None:
         ext = self.controller.external_limit

@@ -15,10 +15,9 @@ Backends:
 from __future__ import annotations
 
 import os
+import socket
 import time
 from abc import ABC, abstractmethod
-
-import sdnotify
 
 
 class WDT(ABC):
@@ -41,10 +40,37 @@ class WDT(ABC):
         """Tell the service manager a clean stop has begun."""
 
 
+class _Notifier:
+    """sd_notify(3) over ``$NOTIFY_SOCKET``.
+
+    Why not the ``sdnotify`` package: version 0.3 encodes messages as latin-1 and silently drops
+    what latin-1 cannot hold; systemd ignores a ``STATUS=`` that is not valid UTF-8, so a status like
+    "cable DC+ pin 82.4 °C" never reached ``systemctl status`` (tests/test_sdnotify.py shows it).
+    The protocol is one datagram per message, so this is the whole implementation.
+    """
+
+    def __init__(self) -> None:
+        path = os.environ.get("NOTIFY_SOCKET", "")
+        if path.startswith("@"):
+            path = "\0" + path[1:]  # abstract namespace socket
+        self._addr = path
+        self._sock: socket.socket | None = None
+        if path:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+    def notify(self, message: str) -> None:
+        if self._sock is None:
+            return  # not started by systemd: nothing to tell
+        try:
+            self._sock.sendto(message.encode("utf-8"), self._addr)
+        except OSError:
+            pass  # the service manager going away must never stop the control loop
+
+
 class SystemdWDT(WDT):
     def __init__(self, id: int = 0, timeout: int = 5000) -> None:  # noqa: A002
         super().__init__(id, timeout)
-        self._notifier = sdnotify.SystemdNotifier()
+        self._notifier = _Notifier()
 
     def feed(self) -> None:
         self._notifier.notify("WATCHDOG=1")

@@ -19,6 +19,7 @@ import can
 
 from drivers.meters.models import MODELS
 from edge.config import Config
+from edge.sim import control
 from edge.sim.can_devices import SimCanDevices
 from edge.sim.meter import SimMeter, serial_server
 from edge.sim.physics import ModuleModel, Physics
@@ -56,6 +57,8 @@ class SimCabinet:
         self._thread = threading.Thread(target=self._thread_main, name="sim-cabinet", daemon=True)
         self._ready = threading.Event()
         self._stopping = threading.Event()
+        self.sessions = False
+        self._session_t = 0.0
 
     # -- configuration the daemon uses ---------------------------------------------------------------
     def patched_config(self) -> Config:
@@ -103,8 +106,10 @@ class SimCabinet:
                 server = serial_server(meters, self.links[line.name].device_path, line.baudrate)
                 servers.append(server)
                 serving.append(asyncio.ensure_future(server.serve_forever()))
+        serving.append(asyncio.ensure_future(control.serve(self, control.socket_path_for(self.config.api.socket))))
         self._ready.set()
         while not self._stopping.is_set():
+            self._session_step()
             with self.lock:
                 self.physics.contactor = bool(self.board.level(self.config.outputs.contactor))
                 self.physics.pump_on = bool(self.board.level(self.config.outputs.pump))
@@ -150,6 +155,34 @@ class SimCabinet:
 
     def set_meter_silent(self, name: str, silent: bool) -> None:
         self.meters[name].silent = silent
+
+    def set_sessions(self, on: bool) -> None:
+        self.sessions = on
+        self._session_t = 0.0
+
+    # plug in -> charge -> unplug -> idle, seconds from the start of a cycle
+    SESSION_PLAN = ((0.0, 0.0), (5.0, 180.0), (50.0, 60.0), (60.0, 0.0))
+    SESSION_CYCLE_S = 70.0
+
+    def _session_step(self) -> None:
+        if not self.sessions:
+            return
+        self._session_t = (self._session_t + PHYSICS_STEP_S) % self.SESSION_CYCLE_S
+        demand = 0.0
+        for start, amps in self.SESSION_PLAN:
+            if self._session_t >= start:
+                demand = amps
+        with self.lock:
+            self.physics.vehicle_demand_a = demand
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            p = self.physics
+            return {"output_a": p.output_a, "pin_plus_c": p.pin_plus_c, "pin_minus_c": p.pin_minus_c,
+                    "flow_lpm": p.flow_lpm, "coolant_out_c": p.coolant_out_c, "contactor": p.contactor,
+                    "pump_on": p.pump_on, "vehicle_demand_a": p.vehicle_demand_a, "grid_a": list(p.grid_a),
+                    "modules": {a: {"on": m.on, "set_a": m.set_a, "out_a": m.out_a, "silent": m.silent,
+                                    "alarms": sorted(m.alarms)} for a, m in p.modules.items()}}
 
     def set_vehicle_demand(self, amps: float) -> None:
         with self.lock:

@@ -1,0 +1,91 @@
+"""Fault knobs of a running simulated cabinet, over a Unix socket beside the daemon's API socket.
+
+``edge run --sim`` serves ``sim-control.sock`` in the directory of ``api.socket``; the soak bench and
+tests drive faults through it while the daemon runs in another process. One JSON object per line:
+
+    {"knob": "pump_failed", "value": true}
+    {"knob": "module_silent", "address": 2, "value": true}
+    {"knob": "module_alarm", "address": 1, "alarm": "over_temperature", "value": true}
+    {"knob": "meter_silent", "meter": "grid", "value": true}
+    {"knob": "cable_silent" | "cable_frozen", "value": true}
+    {"knob": "vehicle_demand_a", "value": 150.0}
+    {"knob": "sessions", "value": true}         # cycle plug-in / charge / unplug
+    {"get": "physics"}
+
+Answers ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from edge.sim.cabinet import SimCabinet
+
+SOCKET_NAME = "sim-control.sock"
+
+
+def socket_path_for(api_socket: str) -> str:
+    return os.path.join(os.path.dirname(os.path.abspath(api_socket)), SOCKET_NAME)
+
+
+def apply(cabinet: SimCabinet, req: dict[str, Any]) -> dict[str, Any]:
+    if req.get("get") == "physics":
+        return {"ok": True, "physics": cabinet.snapshot()}
+    knob = req.get("knob")
+    value = req.get("value")
+    try:
+        if knob == "pump_failed":
+            cabinet.set_pump_failed(bool(value))
+        elif knob == "cable_silent":
+            cabinet.set_cable_silent(bool(value))
+        elif knob == "cable_frozen":
+            cabinet.set_cable_frozen(bool(value))
+        elif knob == "module_silent":
+            cabinet.set_module_silent(int(req["address"]), bool(value))
+        elif knob == "module_alarm":
+            cabinet.set_module_alarm(int(req["address"]), str(req["alarm"]), bool(value))
+        elif knob == "meter_silent":
+            cabinet.set_meter_silent(str(req["meter"]), bool(value))
+        elif knob == "vehicle_demand_a":
+            cabinet.set_vehicle_demand(float(value if value is not None else 0.0))
+        elif knob == "sessions":
+            cabinet.set_sessions(bool(value))
+        else:
+            return {"ok": False, "error": f"unknown knob {knob!r}"}
+    except (KeyError, TypeError, ValueError) as exc:
+        return {"ok": False, "error": f"bad request for knob {knob!r}: {exc!r}"}
+    return {"ok": True}
+
+
+async def serve(cabinet: SimCabinet, path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+    async def client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while line := await reader.readline():
+                try:
+                    req = json.loads(line)
+                    answer = apply(cabinet, req) if isinstance(req, dict) else {"ok": False, "error": "not an object"}
+                except ValueError as exc:
+                    answer = {"ok": False, "error": f"bad JSON: {exc}"}
+                writer.write(json.dumps(answer).encode() + b"\n")
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_unix_server(client, path=path)
+    try:
+        async with server:
+            await server.serve_forever()
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
