@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edge.api.client import Client  # noqa: E402
-from edge.config import parse_config  # noqa: E402
-from edge.daemon import Daemon  # noqa: E402
-from edge.sim.cabinet import SimCabinet  # noqa: E402
+from edge.api.client import Client
+from edge.config import parse_config
+from edge.daemon import Daemon
+from edge.sim.cabinet import SimCabinet
 
 SIM = (Path(__file__).resolve().parent.parent / "edge" / "sim" / "sim.toml").read_text()
 

@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from edge.cli import main
+from tests.cli_support import quiet_sim
 from tests.conftest import DaemonProcess, api_request, sim_config_text, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching to other users needs root")
@@ -44,9 +45,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory):
     sock_dir = tempfile.mkdtemp(prefix="edge-perm-", dir="/tmp")
     os.chmod(sock_dir, 0o755)
     sock = f"{sock_dir}/edge.sock"
-    text = sim_config_text(tmp).replace(f'socket = "{tmp}/edge.sock"',
-                                        f'socket = "{sock}"\ngroup = "nogroup"\nadmin_group = "daemon"')
-    text = text.replace("[telemetry.mqtt]\n", "[telemetry.mqtt]\nenabled = false\n")
+    text = quiet_sim(sim_config_text(tmp), api={"socket": sock, "group": "nogroup", "admin_group": "daemon"})
     cfg = tmp / "config.toml"
     cfg.write_text(text)
     d = DaemonProcess(cfg, sock)
@@ -160,9 +159,7 @@ def test_daemon_checks_credentials_even_if_the_socket_file_is_opened_up(daemon):
 
 def test_missing_group_is_logged_and_the_socket_stays_root_only(tmp_path):
     cfg = tmp_path / "config.toml"
-    text = sim_config_text(tmp_path).replace(f'socket = "{tmp_path}/edge.sock"',
-                                             f'socket = "{tmp_path}/edge.sock"\ngroup = "no-such-group-xyz"')
-    cfg.write_text(text.replace("[telemetry.mqtt]\n", "[telemetry.mqtt]\nenabled = false\n"))
+    cfg.write_text(quiet_sim(sim_config_text(tmp_path), api={"group": "no-such-group-xyz"}))
     d = DaemonProcess(cfg, str(tmp_path / "edge.sock"))
     try:
         d.wait_ready()

@@ -18,29 +18,23 @@ import pytest
 from click.testing import CliRunner
 
 from edge.cli import main
+from tests.cli_support import quiet_sim
 from tests.conftest import DaemonProcess, api_request, edge_env, sim_config_text, wait_for
 
 # Pins derate from 20 °C so the simulated cabinet (pins ~25 °C) runs on a named temperature rule; the site
 # fuse is large so the grid does not hide it; plausibility is relaxed (not under test here).
-EXTRA = """
-[limits.pin_temperature]
-derate_start_c = 20.0
-derate_end_c = 90.0
-trip_c = 95.0
-
-[limits.grid]
-fuse_a = 400.0
-
-[limits.plausibility]
-max_rate_c_per_s = 500.0
-"""
+SETTINGS: dict[str, dict[str, Any]] = {
+    "limits.pin_temperature": {"derate_start_c": 20.0, "derate_end_c": 90.0, "trip_c": 95.0},
+    "limits.grid": {"fuse_a": 400.0},
+    "limits.plausibility": {"max_rate_c_per_s": 500.0},
+}
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory):
     tmp = tmp_path_factory.mktemp("cli")
     cfg = tmp / "config.toml"
-    cfg.write_text(sim_config_text(tmp, EXTRA).replace("[telemetry.mqtt]\n", "[telemetry.mqtt]\nenabled = false\n"))
+    cfg.write_text(quiet_sim(sim_config_text(tmp), **SETTINGS))
     d = DaemonProcess(cfg, str(tmp / "edge.sock"))
     d.wait_ready()
     yield d

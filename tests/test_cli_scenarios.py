@@ -15,21 +15,17 @@ from typing import Any
 from edge.config import parse_config
 from edge.daemon import Daemon
 from edge.sim.cabinet import SimCabinet
+from tests.cli_support import quiet_sim
 from tests.conftest import edge_env, sim_config_text
 
 # Relaxed on purpose, so these CLI scenarios see one fault at a time: the safety core (not under test
 # here) can latch `over_current` while the modules ramp down after a trip, and `*_implausible` when two
 # evaluations a few ms apart see a 0.1 °C step (reported to the integrator).
-EXTRA = """
-[limits.grid]
-fuse_a = 400.0
-
-[limits.plausibility]
-max_rate_c_per_s = 500.0
-
-[limits.over_current]
-tolerance_a = 100.0
-"""
+SETTINGS: dict[str, dict[str, Any]] = {
+    "limits.grid": {"fuse_a": 400.0},
+    "limits.plausibility": {"max_rate_c_per_s": 500.0},
+    "limits.over_current": {"tolerance_a": 100.0},
+}
 
 
 class Cli:
@@ -45,7 +41,7 @@ class Cli:
 
 
 def run_scenario(tmp_path: Path, body: Callable[[Daemon, SimCabinet, Cli], Awaitable[None]]) -> None:
-    text = sim_config_text(tmp_path, EXTRA).replace("[telemetry.mqtt]\n", "[telemetry.mqtt]\nenabled = false\n")
+    text = quiet_sim(sim_config_text(tmp_path), **SETTINGS)
     cab = SimCabinet(parse_config(text))
     cab.start()
     try:

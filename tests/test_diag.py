@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from edge.cli import main
 from edge.diag import REDACTED, redact, redact_toml_text
+from tests.cli_support import quiet_sim
 from tests.conftest import DaemonProcess, sim_config_text
 
 PASSWORD = "hunter2-Sup3r-S3cret-pw"
@@ -23,9 +24,8 @@ KEY_MATERIAL = "KEYMATERIAL-9f8e7d6c5b4a"
 def secret_config(tmp: Path) -> str:
     key = tmp / "client.key"
     key.write_text(f"-----BEGIN PRIVATE KEY-----\n{KEY_MATERIAL}\n-----END PRIVATE KEY-----\n")
-    tls = f'[telemetry.mqtt.tls]\nkey_file = "{key}"\ncert_file = "{key}"\n'
-    mqtt = f'[telemetry.mqtt]\nenabled = false\nusername = "cab"\npassword = "{PASSWORD}"\n'
-    return sim_config_text(tmp, tls).replace("[telemetry.mqtt]\n", mqtt)
+    return quiet_sim(sim_config_text(tmp), telemetry__mqtt={"username": "cab", "password": PASSWORD},
+                     telemetry__mqtt__tls={"key_file": str(key), "cert_file": str(key)})
 
 
 @pytest.fixture(scope="module")
