@@ -166,20 +166,32 @@ def uplink_state(tel: dict[str, Any]) -> str:
     """Whatever the telemetry side reports; its keys may grow, so read them defensively."""
     nested = tel.get("uplink")
     up: dict[str, Any] = nested if isinstance(nested, dict) else tel
+    if up.get("enabled") is False:
+        return "disabled (telemetry.mqtt.enabled = false)"
     state = up.get("state")
     if state is None and "connected" in up:
         state = "connected" if up.get("connected") else "DISCONNECTED"
     if state is None:
         return "state not reported"
-    extra = up.get("broker") or up.get("host")
-    return f"{state}" + (f" ({extra})" if extra else "")
+    text = str(state)
+    if up.get("broker") or up.get("host"):
+        text += f" to {up.get('broker') or up.get('host')}"
+    if not up.get("connected", True) and up.get("last_error"):
+        text += f": {up['last_error']}"
+        if up.get("next_reconnect_s") is not None:
+            text += f", retry in {duration(up['next_reconnect_s'])}"
+    return text
 
 
 def uplink_lines(st: dict[str, Any]) -> list[str]:
     tel = st.get("telemetry") or {}
-    text = f"{uplink_state(tel)}  backlog {tel.get('backlog', '--')} records  last seq {tel.get('last_seq', '--')}"
+    text = f"{uplink_state(tel)};  backlog {tel.get('backlog', '--')} records, last seq {tel.get('last_seq', '--')}"
     if tel.get("write_errors"):
-        text += f"  STORE WRITE ERRORS {tel['write_errors']}"
+        text += f";  STORE WRITE ERRORS {tel['write_errors']}"
+    if tel.get("degraded"):
+        text += ";  STORE DEGRADED"
+    if tel.get("evicted"):
+        text += f";  {tel['evicted']} records evicted (store full)"
     return _wrap("uplink", text)
 
 
