@@ -163,7 +163,8 @@ def store_stats(store: Store) -> dict[str, Any]:
             sizes[key] = os.path.getsize(store.path + suffix)
         except OSError:
             sizes[key] = None
-    more = store.stats() if callable(getattr(store, "stats", None)) else {}  # the telemetry side's own figures
+    stats = getattr(store, "stats", None)  # the telemetry side's own figures, where the store has them
+    more: dict[str, Any] = stats() if callable(stats) else {}
     return {**more, "path": store.path, "backlog": store.backlog(), "last_seq": store.last_seq(),
             "write_errors": store.write_errors, "evicted": getattr(store, "evicted", None),
             "max_bytes": getattr(store, "max_bytes", None), **sizes}
