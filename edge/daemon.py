@@ -270,13 +270,6 @@ class Daemon:
                           "write_errors": self.store.write_errors},
             "can": {n: vars(p.stats) for n, p in self.ports.items()},
             "control": self._control_stats(),
-            # -- api (CLI issue): what `edge status` needs to explain the limit and the operator's actions
-            "hardware_limit_a": self.config.limits.max_output_current_a,
-            "external_limit": self._external_limit_status(now),
-            "stopped_by": self.controller.stopped_by,
-            "selftest": {"active": bool(self.controller.test_outputs) and now < self.controller.test_outputs_until,
-                         "outputs": dict(self.controller.test_outputs)},
-            "time_ms": int(time.time() * 1000),
         }
 
     def _control_stats(self) -> dict[str, Any]:
@@ -288,13 +281,6 @@ class Daemon:
         return {"ticks": self.controller.ticks, "evaluations": self.controller.evaluations,
                 "tick_ms": self.config.control.tick_ms, "tick_p50_ms": pct(0.5), "tick_p99_ms": pct(0.99),
                 "tick_max_ms": round(periods[-1], 2) if periods else None}
-
-    def _external_limit_status(self, now: float) -> dict[str, Any] | None:
-        ext = self.controller.external_limit
-        if ext is None:
-            return None
-        return {"amps": ext.amps, "source": ext.source,
-                "remaining_s": round(ext.expires_at - now, 1) if ext.expires_at is not None else None}
 
     # -- run -----------------------------------------------------------------------------------------
     async def run(self) -> int:

@@ -94,10 +94,28 @@ def audit(ctx: Context, what: str, args: dict[str, Any], ok: bool, result: str) 
 
 
 # -- read ------------------------------------------------------------------------------------------
+def full_status(daemon: DaemonView) -> dict[str, Any]:
+    """The daemon's status plus what a technician needs to understand operator actions."""
+    ctl = daemon.controller
+    now = ctl.clock.monotonic()
+    ext = ctl.external_limit
+    return {
+        **daemon.status(),
+        "hardware_limit_a": daemon.config.limits.max_output_current_a,
+        "external_limit": None if ext is None else {
+            "amps": ext.amps, "source": ext.source,
+            "remaining_s": round(ext.expires_at - now, 1) if ext.expires_at is not None else None},
+        "stopped_by": ctl.stopped_by,
+        "selftest": {"active": bool(ctl.test_outputs) and now < ctl.test_outputs_until,
+                     "outputs": dict(ctl.test_outputs)},
+        "time_ms": int(time.time() * 1000),
+    }
+
+
 @command("status", READ)
 async def _status(ctx: Context, args: NoArgs) -> dict[str, Any]:
     """Everything about the cabinet right now (the content of `edge status`)."""
-    return ctx.daemon.status()
+    return full_status(ctx.daemon)
 
 
 @command("whoami", READ)
@@ -112,7 +130,7 @@ async def _whoami(ctx: Context, args: NoArgs) -> dict[str, Any]:
 @command("faults", READ)
 async def _faults(ctx: Context, args: NoArgs) -> dict[str, Any]:
     """Active faults with detail, whether latched, and how to clear them."""
-    st = ctx.daemon.status()
+    st = full_status(ctx.daemon)
     latched = set(st.get("latched", []))
     out = {}
     for name, detail in sorted(st.get("faults", {}).items()):
@@ -175,7 +193,7 @@ async def _diag(ctx: Context, args: NoArgs) -> dict[str, Any]:
     """What `edge diag` bundles from the daemon: redacted config, store, events, status, versions."""
     d = ctx.daemon
     return {"config": redact(d.config.model_dump(mode="json")), "store": store_stats(d.store),
-            "events": collect_events(d, None, 500), "status": d.status(),
+            "events": collect_events(d, None, 500), "status": full_status(d),
             "daemon": {"pid": os.getpid(), "python": sys.version, "platform": platform.platform(),
                        "packages": package_versions()}}
 

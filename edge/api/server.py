@@ -15,7 +15,7 @@ import logging
 import os
 from typing import Any
 
-from edge.api.commands import COMMANDS, Context, DaemonView, WatchArgs, parse_args
+from edge.api.commands import COMMANDS, Context, DaemonView, WatchArgs, full_status, parse_args
 from edge.api.peer import Peer, Policy, peer_of
 from edge.api.protocol import MAX_LINE_BYTES, ProtocolError, encode, error, ok, parse_request
 from edge.config.schema import Api
@@ -116,7 +116,7 @@ class ApiServer:
     async def _watch(self, req_id: Any, args: WatchArgs, writer: asyncio.StreamWriter) -> None:
         sent = 0
         while args.count is None or sent < args.count:
-            writer.write(encode(ok(req_id, self.daemon.status())))
+            writer.write(encode(ok(req_id, full_status(self.daemon))))
             await writer.drain()
             sent += 1
             if args.count is None or sent < args.count:
