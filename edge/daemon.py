@@ -22,8 +22,8 @@ from drivers.cable.monitor import CableMonitor
 from drivers.meters.models import MODELS
 from drivers.meters.reader import MeterCommError, MeterReader, ModbusLine
 from drivers.power_modules.bank import ModuleBank
-from drivers.power_modules.codec import Frame, ModuleCodec
-from drivers.power_modules.infypower import InfyPowerCodec
+from drivers.power_modules.codec import Frame
+from drivers.power_modules.registry import CODECS  # vendor name -> codec class (one entry per vendor)
 from drivers.readings import OK, STALE, Reading
 from edge import __version__
 from edge.api.server import ApiServer
@@ -32,7 +32,7 @@ from edge.control import Controller, Outputs
 from edge.state import CabinetState, InputMap
 from edge.telemetry.sampler import Sampler
 from edge.telemetry.store import Store
-from hal.can import CanPort, CanSendError, CanSettings
+from hal.can import BUS_OFF, CanPort, CanSendError, CanSettings
 from hal.clock import LinuxClock
 from hal.pin import Pin, SimBoard, make_pin
 from hal.serial import SerialSettings
@@ -40,7 +40,6 @@ from hal.watchdog import make_wdt
 
 log = logging.getLogger("edge.daemon")
 
-CODECS: dict[str, type[ModuleCodec]] = {"infypower": InfyPowerCodec}
 
 
 class Daemon:
@@ -68,15 +67,25 @@ class Daemon:
         self.store = Store(config.storage.data_dir, config.telemetry.store_max_mb)
         self.sampler = Sampler()
 
+        # --- CAN (drivers/power_modules, drivers/cable, hal/can.py; docs/CAN.md) ---
+        pm = config.power_modules
+        codec = CODECS[pm.protocol]()
+        self.cables = {c.name: CableMonitor(c.name, c.node_id, stale_after_s=c.stale_after_ms / 1000.0)
+                       for c in config.cable}
+        self.can_faults: dict[str, str] = {}
+        self.can_unknown_frames = 0
+        self.can_decode_errors = 0
         for bus in config.can:
             self.ports[bus.name] = CanPort(CanSettings(
                 name=bus.name, interface=bus.interface, channel=bus.channel, bitrate=bus.bitrate,
-                rx_queue=bus.rx_queue, send_timeout_s=bus.send_timeout_ms / 1000.0))
-        pm = config.power_modules
+                rx_queue=bus.rx_queue, send_timeout_s=bus.send_timeout_ms / 1000.0,
+                filters=can_filters(config, bus.name, codec.reply_mask(), self.cables)),
+                on_health=self._can_health)
         self.module_port = self.ports[pm.bus]
-        self.bank = ModuleBank(CODECS[pm.protocol](), list(pm.addresses), pm.lost_after_ms / 1000.0,
-                               self._send_frame, pm.max_current_a)
-        self.cables = {c.name: CableMonitor(c.name, c.node_id) for c in config.cable}
+        self.bank = ModuleBank(codec, list(pm.addresses), pm.lost_after_ms / 1000.0,
+                               self._send_frame, pm.max_current_a, poll_period_s=pm.poll_ms / 1000.0,
+                               clock=self.clock.monotonic, on_event=self.event)
+        # --- end CAN ---
         self.cable_bus = {c.name: c.bus for c in config.cable}
         grid = next((m.name for m in config.meters if m.role == "grid"), None)
         self.state = CabinetState(InputMap(cable=config.cable[0].name if config.cable else None, grid_meter=grid))
@@ -117,6 +126,28 @@ class Daemon:
             if self.send_errors in (1, 10, 100) or self.send_errors % 1000 == 0:
                 log.error("%s (%d send errors so far)", exc, self.send_errors)
 
+    # -- CAN health (hal/can.py) -------------------------------------------------------------------
+    def _can_health(self, port: CanPort, old: str, new: str, reason: str) -> None:
+        name = f"can_bus_off.{port.settings.name}" if port is not self.module_port else "can_bus_off"
+        if new == BUS_OFF:
+            detail = f"CAN {port.settings.name} bus off: {reason}; re-opening with backoff (docs/CAN.md)"
+            self.can_faults[name] = detail
+            self.event("fault_raised", name, {"detail": detail})
+            if port is self.module_port:
+                # We cannot reach the modules: they are lost, so the limit goes to 0 A and the contactor
+                # opens. Deferred to the next loop turn: this can be called from inside a send of an
+                # evaluation in progress, which must not be re-entered.
+                asyncio.get_running_loop().call_soon(self._module_bus_off, port.settings.name)
+        elif old == BUS_OFF:
+            self.can_faults.pop(name, None)
+            self.event("fault_cleared", name, {"reason": reason})
+        elif new != old:
+            self.event("can_state", port.settings.name, {"state": new, "reason": reason})
+
+    def _module_bus_off(self, bus: str) -> None:
+        self.bank.force_lost(self.clock.monotonic(), f"CAN {bus} bus off")
+        self.controller.evaluate_now()
+
     # -- tasks ---------------------------------------------------------------------------------------
     async def _can_rx(self, name: str, port: CanPort) -> None:
         cables = [mon for cname, mon in self.cables.items() if self.cable_bus[cname] == name]
@@ -126,24 +157,50 @@ class Daemon:
             safety = False
             while msg is not None:
                 now = self.clock.monotonic()
+                if msg.is_remote_frame or not msg.is_extended_id:
+                    self.can_unknown_frames += 1  # none of our protocols uses them
+                    msg = port.recv_nowait()
+                    continue
                 data = bytes(msg.data)
-                if is_module_bus:
-                    reply = self.bank.handle(msg.arbitration_id, data, now)
-                    if reply is not None:
-                        self._module_readings(reply.address, now)
-                        safety = safety or reply.alarms is not None
-                for mon in cables:
-                    readings = mon.decode(msg.arbitration_id, data, now)
-                    if readings:
-                        self._readings(readings)
-                        safety = True
+                known = False
+                try:
+                    if is_module_bus:
+                        reply = self.bank.handle(msg.arbitration_id, data, now)
+                        if reply is not None:
+                            known = True
+                            self._module_readings(reply.address, now)
+                            safety = safety or reply.alarms is not None
+                    for mon in cables:
+                        readings = mon.decode(msg.arbitration_id, data, now)
+                        if readings:
+                            known = True
+                            self._readings(readings)
+                            safety = True
+                except (ValueError, KeyError, IndexError, TypeError, ArithmeticError) as exc:
+                    # a decoder bug or a frame nobody foresaw must not stop the safety path
+                    self.can_decode_errors += 1
+                    if self.can_decode_errors in (1, 10, 100) or self.can_decode_errors % 1000 == 0:
+                        log.error("CAN %s: frame 0x%X %s not decoded: %r", name, msg.arbitration_id,
+                                  data.hex(), exc)
+                if not known:
+                    self.can_unknown_frames += 1
                 msg = port.recv_nowait()
             if safety:
                 self.controller.evaluate_now()
 
+    async def _can_watch(self) -> None:
+        """Cable values go stale when their frames stop; module set-points wait for their spacing."""
+        while True:
+            now = self.clock.monotonic()
+            for mon in self.cables.values():
+                stale = mon.stale(now)
+                if stale:
+                    self._readings(stale)
+            self.bank.flush(now)
+            await asyncio.sleep(0.05)
+
     def _module_readings(self, address: int, now: float) -> None:
-        prefix = f"module.{address}."
-        self._readings([r for r in self.bank.readings("module", now) if r.signal.startswith(prefix)])
+        self._readings(self.bank.module_readings("module", address, now))
 
     def _readings(self, readings: list[Reading]) -> None:
         self.state.update(readings)
@@ -151,16 +208,15 @@ class Daemon:
             self.sampler.add(r)
 
     async def _module_poll(self) -> None:
-        codec = self.bank.codec
-        period = self.config.power_modules.poll_ms / 1000.0
+        """Poll present modules every poll_ms, lost ones with backoff; requests spaced by the codec."""
+        spacing = self.bank.codec.command_spacing_s
         while True:
-            start = time.monotonic()
-            for addr in self.bank.modules:
+            for addr in self.bank.polls_due(self.clock.monotonic()):
                 for frame in self.bank.poll_frames(addr):
                     self._send_frame(frame)
-                    await asyncio.sleep(codec.command_spacing_s)
+                    await asyncio.sleep(spacing)
             self._module_readings_all()
-            await asyncio.sleep(max(0.0, period - (time.monotonic() - start)))
+            await asyncio.sleep(spacing)
 
     def _module_readings_all(self) -> None:
         now = self.clock.monotonic()
@@ -255,7 +311,7 @@ class Daemon:
             "rule": d.get("rule"),
             "reason": d.get("reason"),
             "enable": d.get("enable", False),
-            "faults": d.get("fault_details", {}),
+            "faults": {**d.get("fault_details", {}), **self.can_faults},
             "latched": d.get("latched", []),
             "outputs": {"contactor": self.outputs.contactor.value(), "pump": self.outputs.pump.value(),
                         "fan": self.outputs.fan.value()},
@@ -268,7 +324,9 @@ class Daemon:
                          for s, r in sorted(self.state.readings.items())},
             "telemetry": {"backlog": self.store.backlog(), "last_seq": self.store.last_seq(),
                           "write_errors": self.store.write_errors},
-            "can": {n: vars(p.stats) for n, p in self.ports.items()},
+            "can": {n: p.status() for n, p in self.ports.items()},
+            "can_frames": {"unknown": self.can_unknown_frames, "decode_errors": self.can_decode_errors,
+                           **self.bank.status()},
             "control": self._control_stats(),
         }
 
@@ -293,6 +351,8 @@ class Daemon:
         self.event("started", "daemon", {"version": __version__})
         tasks = [asyncio.create_task(self._can_rx(n, p), name=f"can-rx-{n}") for n, p in self.ports.items()]
         tasks.append(asyncio.create_task(self._module_poll(), name="module-poll"))
+        tasks.append(asyncio.create_task(self._can_watch(), name="can-watch"))
+        tasks += [asyncio.create_task(p.supervise(), name=f"can-supervise-{n}") for n, p in self.ports.items()]
         tasks += [asyncio.create_task(self._meter_poll(r, c), name=f"meter-{r.name}") for r, c in self.meters]
         tasks.append(asyncio.create_task(self._telemetry(), name="telemetry"))
         tasks.append(asyncio.create_task(self.api.serve(), name="api"))
@@ -330,6 +390,18 @@ class Daemon:
                 closer()
             except Exception:
                 log.exception("while closing")
+
+
+def can_filters(config: Config, bus: str, module_reply: tuple[int, int],
+                cables: dict[str, CableMonitor]) -> tuple[tuple[int, int, bool], ...]:
+    """The ids this bus needs (module replies, cable frames): kernel/hardware filters where supported."""
+    out: list[tuple[int, int, bool]] = []
+    if config.power_modules.bus == bus:
+        out.append((module_reply[0], module_reply[1], True))
+    for c in config.cable:
+        if c.bus == bus:
+            out += [(fid, 0x1FFFFFFF, True) for fid in sorted(cables[c.name].frame_ids)]
+    return tuple(out)
 
 
 def run_daemon(config: Config, board: SimBoard | None = None, status_line: bool = False) -> int:

@@ -5,11 +5,20 @@ for a USB-serial adapter (or a pseudo-terminal in cross-process tests), ``virtua
 simulated cabinet, or any other python-can interface. No caller branches on which one it is.
 
 Guarantees:
-- Reception never blocks the bus thread: frames go into a bounded queue; when it is full the oldest
-  frame is dropped and counted (a flood cannot grow memory, and fresh frames win over stale ones).
+- Reception never blocks the bus thread and never grows memory: the Notifier thread appends to a
+  bounded deque (when full the oldest frame is dropped and counted: fresh frames win over stale ones)
+  and wakes the loop at most once per batch, so a flood cannot queue up callbacks either.
 - ``send`` has a timeout; a failed send is counted and raised as :class:`CanSendError` so callers
   can treat it as a fault instead of a crash.
-- Error frames are counted and never handed to protocol decoders.
+- Error frames are counted, classified (linux/can/error.h bits in the id, controller state in data[1])
+  and never handed to protocol decoders.
+- Bus health: ``bus_off`` when an error frame says so, when python-can's ``bus.state`` reports ERROR
+  (interfaces that support it), when the receive thread died (adapter unplugged) or after
+  ``send_error_limit`` consecutive send failures; ``passive`` on error-passive. Health changes go to
+  ``on_health(port, old, new, reason)`` on the loop thread. :meth:`CanPort.supervise` re-opens a bus
+  that is off with a doubling backoff (``reopen_min_s`` .. ``reopen_max_s``).
+- Filters: on socketcan they are handed to the kernel (``can_filters``); other interfaces get the same
+  filters applied in the Notifier thread, before anything reaches the loop. Error frames always pass.
 """
 
 from __future__ import annotations
@@ -17,12 +26,39 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import can
 
 log = logging.getLogger(__name__)
+
+# linux/can/error.h: error class bits in the id of an error frame
+CAN_ERR_TX_TIMEOUT = 0x001
+CAN_ERR_LOSTARB = 0x002
+CAN_ERR_CRTL = 0x004
+CAN_ERR_PROT = 0x008
+CAN_ERR_TRX = 0x010
+CAN_ERR_ACK = 0x020
+CAN_ERR_BUSOFF = 0x040
+CAN_ERR_BUSERROR = 0x080
+CAN_ERR_RESTARTED = 0x100
+CAN_ERR_CNT = 0x200
+# data[1] of a CAN_ERR_CRTL frame
+CAN_ERR_CRTL_RX_OVERFLOW = 0x01
+CAN_ERR_CRTL_TX_OVERFLOW = 0x02
+CAN_ERR_CRTL_RX_WARNING = 0x04
+CAN_ERR_CRTL_TX_WARNING = 0x08
+CAN_ERR_CRTL_RX_PASSIVE = 0x10
+CAN_ERR_CRTL_TX_PASSIVE = 0x20
+CAN_ERR_CRTL_ACTIVE = 0x40
+
+ACTIVE, PASSIVE, BUS_OFF = "active", "passive", "bus_off"
+KERNEL_FILTER_INTERFACES = frozenset({"socketcan"})
+ERROR_QUEUE = 64
 
 
 class CanSendError(RuntimeError):
@@ -39,6 +75,9 @@ class CanSettings:
     send_timeout_s: float = 0.05
     extra: dict[str, Any] = field(default_factory=dict)
     filters: tuple[tuple[int, int, bool], ...] = ()  # (can_id, can_mask, extended)
+    reopen_min_s: float = 0.5
+    reopen_max_s: float = 30.0
+    send_error_limit: int = 10
 
 
 @dataclass
@@ -46,49 +85,133 @@ class CanStats:
     rx: int = 0
     tx: int = 0
     dropped: int = 0
+    filtered: int = 0
     error_frames: int = 0
     send_errors: int = 0
+    bus_off: int = 0
+    error_passive: int = 0
+    reopens: int = 0
+
+
+def classify_error_frame(arbitration_id: int, data: bytes) -> tuple[str | None, str]:
+    """(new health or None, description) for one error frame, per linux/can/error.h."""
+    cls = arbitration_id & 0x1FFFFFFF
+    what = []
+    for bit, name in ((CAN_ERR_TX_TIMEOUT, "tx timeout"), (CAN_ERR_LOSTARB, "lost arbitration"),
+                      (CAN_ERR_CRTL, "controller"), (CAN_ERR_PROT, "protocol violation"),
+                      (CAN_ERR_TRX, "transceiver"), (CAN_ERR_ACK, "no ack"), (CAN_ERR_BUSOFF, "bus off"),
+                      (CAN_ERR_BUSERROR, "bus error"), (CAN_ERR_RESTARTED, "controller restarted")):
+        if cls & bit:
+            what.append(name)
+    desc = ", ".join(what) or f"error frame 0x{cls:X}"
+    if cls & CAN_ERR_BUSOFF:
+        return BUS_OFF, desc
+    if cls & CAN_ERR_RESTARTED:
+        return ACTIVE, desc
+    if cls & CAN_ERR_CRTL and len(data) > 1:
+        ctrl = data[1]
+        if ctrl & (CAN_ERR_CRTL_RX_PASSIVE | CAN_ERR_CRTL_TX_PASSIVE):
+            return PASSIVE, desc + " (error passive)"
+        if ctrl & CAN_ERR_CRTL_ACTIVE:
+            return ACTIVE, desc + " (back to error active)"
+    return None, desc
+
+
+HealthSink = Callable[["CanPort", str, str, str], None]
 
 
 class CanPort:
-    """One CAN bus: python-can bus + Notifier thread + bounded asyncio queue."""
+    """One CAN bus: python-can bus + Notifier thread + bounded queue + health supervision."""
 
-    def __init__(self, settings: CanSettings, bus: can.BusABC | None = None) -> None:
+    def __init__(self, settings: CanSettings, bus: can.BusABC | None = None,
+                 on_health: HealthSink | None = None) -> None:
         self.settings = settings
         self.stats = CanStats()
-        self._bus = bus if bus is not None else open_bus(settings)
+        self.health = ACTIVE
+        self.health_reason = ""
+        self.on_health = on_health
+        self._soft_filters = () if settings.interface in KERNEL_FILTER_INTERFACES else settings.filters
+        self._bus: can.BusABC | None = bus if bus is not None else open_bus(settings)
         self._queue: collections.deque[can.Message] = collections.deque(maxlen=settings.rx_queue)
+        self._errors: collections.deque[can.Message] = collections.deque(maxlen=ERROR_QUEUE)
         self._wake = asyncio.Event()
+        self._wake_pending = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._notifier: can.Notifier | None = None
+        self._send_fail_run = 0
+        self._reopen_at: float | None = None
+        self._backoff_s = settings.reopen_min_s
+        self._last_off_t: float | None = None
+        self._lock = threading.Lock()
 
     @property
     def bus(self) -> can.BusABC:
+        if self._bus is None:
+            raise CanSendError(f"CAN {self.settings.name}: bus is closed (re-opening)")
         return self._bus
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._notifier = can.Notifier(self._bus, [self._on_frame], timeout=0.1)
+        if self._bus is not None:
+            self._notifier = can.Notifier(self._bus, [self._on_frame], timeout=0.1)
 
+    # -- receive (Notifier thread) ------------------------------------------------------------------
     def _on_frame(self, msg: can.Message) -> None:
-        # Runs in the Notifier thread; hand over to the loop thread without blocking.
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(self._enqueue, msg)
-        except RuntimeError:  # loop closing during shutdown
-            pass
-
-    def _enqueue(self, msg: can.Message) -> None:
         if msg.is_error_frame:
-            self.stats.error_frames += 1
-            return
-        if len(self._queue) == self._queue.maxlen:
-            self.stats.dropped += 1
-        self._queue.append(msg)
-        self.stats.rx += 1
+            self._errors.append(msg)
+        else:
+            if self._soft_filters and not _matches(self._soft_filters, msg):
+                self.stats.filtered += 1
+                return
+            q = self._queue
+            if len(q) == q.maxlen:
+                self.stats.dropped += 1
+            q.append(msg)
+            self.stats.rx += 1
+        if not self._wake_pending:
+            loop = self._loop
+            if loop is None or loop.is_closed():
+                return
+            self._wake_pending = True
+            try:
+                loop.call_soon_threadsafe(self._wake_up)
+            except RuntimeError:  # loop closing during shutdown
+                pass
+
+    # -- loop thread ---------------------------------------------------------------------------------
+    def _wake_up(self) -> None:
+        self._wake_pending = False
+        while self._errors:
+            self._error_frame(self._errors.popleft())
         self._wake.set()
+
+    def _error_frame(self, msg: can.Message) -> None:
+        self.stats.error_frames += 1
+        new, desc = classify_error_frame(msg.arbitration_id, bytes(msg.data))
+        if new is not None:
+            self._set_health(new, desc)
+
+    def _set_health(self, new: str, reason: str) -> None:
+        old = self.health
+        if new == old:
+            return
+        self.health, self.health_reason = new, reason
+        now = time.monotonic()
+        if new == BUS_OFF:
+            self.stats.bus_off += 1
+            # repeated bus-off soon after a reopen: back off further; after a quiet minute start again
+            if self._last_off_t is not None and now - self._last_off_t < 60.0:
+                self._backoff_s = min(self.settings.reopen_max_s, self._backoff_s * 2)
+            else:
+                self._backoff_s = self.settings.reopen_min_s
+            self._last_off_t = now
+            self._reopen_at = now + self._backoff_s
+        elif new == PASSIVE:
+            self.stats.error_passive += 1
+        log.log(logging.WARNING if new != ACTIVE else logging.INFO, "CAN %s: %s -> %s (%s)",
+                self.settings.name, old, new, reason)
+        if self.on_health is not None:
+            self.on_health(self, old, new, reason)
 
     async def recv(self) -> can.Message:
         while not self._queue:
@@ -99,19 +222,107 @@ class CanPort:
     def recv_nowait(self) -> can.Message | None:
         return self._queue.popleft() if self._queue else None
 
+    def queued(self) -> int:
+        return len(self._queue)
+
     def send(self, msg: can.Message) -> None:
+        bus = self._bus
+        if bus is None:
+            self.stats.send_errors += 1
+            raise CanSendError(f"CAN {self.settings.name}: bus is closed (re-opening after {self.health_reason})")
         try:
-            self._bus.send(msg, timeout=self.settings.send_timeout_s)
+            bus.send(msg, timeout=self.settings.send_timeout_s)
         except can.CanError as exc:
             self.stats.send_errors += 1
+            self._send_fail_run += 1
+            if self._send_fail_run >= self.settings.send_error_limit and self.health != BUS_OFF:
+                self._set_health(BUS_OFF, f"{self._send_fail_run} sends failed in a row: {exc}")
             raise CanSendError(f"CAN {self.settings.name}: send of id 0x{msg.arbitration_id:X} failed: {exc}") from exc
+        self._send_fail_run = 0
         self.stats.tx += 1
 
+    # -- supervision ---------------------------------------------------------------------------------
+    def check(self, now: float | None = None) -> None:
+        """Poll what can only be polled: python-can's bus state and a dead receive thread."""
+        now = time.monotonic() if now is None else now
+        bus, notifier = self._bus, self._notifier
+        if bus is None:
+            return
+        if notifier is not None and notifier.exception is not None and self.health != BUS_OFF:
+            self._set_health(BUS_OFF, f"receive failed: {notifier.exception}")
+            return
+        try:
+            state = bus.state
+        except (NotImplementedError, can.CanError, OSError):
+            return
+        if state == can.BusState.ERROR:
+            self._set_health(BUS_OFF, "interface reports bus state ERROR")
+        elif state == can.BusState.PASSIVE:
+            self._set_health(PASSIVE, "interface reports error passive")
+
+    def reopen_due(self, now: float) -> bool:
+        return self.health == BUS_OFF and self._reopen_at is not None and now >= self._reopen_at
+
+    def reopen(self) -> None:
+        """Close and re-open the bus (blocking: run it in an executor). Health becomes active on success."""
+        with self._lock:
+            self.stats.reopens += 1
+            self._close_bus()
+            try:
+                bus = open_bus(self.settings)
+            except (can.CanError, OSError, ValueError) as exc:
+                self._reopen_at = time.monotonic() + self._backoff_s
+                self._backoff_s = min(self.settings.reopen_max_s, self._backoff_s * 2)
+                log.warning("CAN %s: re-open failed (%s); next try in %.1f s", self.settings.name, exc,
+                            self._reopen_at - time.monotonic())
+                return
+            self._bus = bus
+            self._send_fail_run = 0
+            self._reopen_at = None
+            if self._loop is not None:
+                self._notifier = can.Notifier(bus, [self._on_frame], timeout=0.1)
+
+    async def supervise(self, period_s: float = 0.1) -> None:
+        """Forever: check health, re-open a bus that is off when its backoff is over."""
+        loop = asyncio.get_running_loop()
+        while True:
+            now = time.monotonic()
+            self.check(now)
+            if self.reopen_due(now):
+                await loop.run_in_executor(None, self.reopen)
+                if self._bus is not None:
+                    self._set_health(ACTIVE, "bus re-opened")
+            await asyncio.sleep(period_s)
+
+    def _close_bus(self) -> None:
+        notifier, bus = self._notifier, self._bus
+        self._notifier, self._bus = None, None
+        if notifier is not None:
+            try:
+                notifier.stop(timeout=0.5)
+            except (can.CanError, OSError, RuntimeError) as exc:
+                log.debug("CAN %s: notifier stop: %s", self.settings.name, exc)
+        if bus is not None:
+            try:
+                bus.shutdown()
+            except (can.CanError, OSError) as exc:
+                log.debug("CAN %s: shutdown: %s", self.settings.name, exc)
+
     def close(self) -> None:
-        if self._notifier is not None:
-            self._notifier.stop(timeout=0.5)
-            self._notifier = None
-        self._bus.shutdown()
+        with self._lock:
+            self._close_bus()
+
+    def status(self) -> dict[str, Any]:
+        return {"health": self.health, "reason": self.health_reason, "queued": len(self._queue),
+                **vars(self.stats)}
+
+
+def _matches(filters: tuple[tuple[int, int, bool], ...], msg: can.Message) -> bool:
+    aid, ext = msg.arbitration_id, msg.is_extended_id
+    for cid, mask, fext in filters:
+        if fext == ext and (aid ^ cid) & mask == 0:
+            return True
+    return False
 
 
 def open_bus(settings: CanSettings) -> can.BusABC:
@@ -121,7 +332,7 @@ def open_bus(settings: CanSettings) -> can.BusABC:
     else:
         # virtual buses deliver our own frames to other virtual clients only; keep sim traffic local
         kwargs.setdefault("receive_own_messages", False)
-    if settings.filters:
+    if settings.filters and settings.interface in KERNEL_FILTER_INTERFACES:
         kwargs["can_filters"] = [
             {"can_id": cid, "can_mask": mask, "extended": ext} for cid, mask, ext in settings.filters
         ]

@@ -2,26 +2,41 @@
 
 - Presence: a module is ``lost`` when it has not answered for ``lost_after_s``, which must be shorter
   than the module's own comms watchdog so the controller knows before the module switches itself off.
+  A lost module is told 0 A and off at once (it may still hear us even if we cannot hear it) and is
+  re-polled with a doubling backoff (``poll_period_s`` .. ``max_backoff_s``) until it answers again.
+- Recovery: a module that answers again is first sent the set-points the controller wants for it now
+  (0 A and off until it is back in the split), then its ``lost`` fault is cleared and it rejoins the
+  split at the next :meth:`apply`. A replaced module therefore never runs on its power-on defaults.
 - Frames from addresses that are not configured are counted and ignored; they never touch state.
-- Demand is split equally across the modules that are present and free of alarms.
-- A module that comes back gets its last set-points and on/off state re-sent before it is counted as
-  available again.
-The bank does not own a clock or a bus: time is passed in and frames go out through ``send``.
+- Demand is split equally across the modules that are present and free of blocking alarms. A module
+  that was ON when it was lost keeps its place in the divisor until the module's own comms watchdog
+  (``codec.module_comms_timeout_s``) has passed since its last answer: if it lost only its transmitter
+  and still delivers, the others must not take over its share on top (EVerest's driver keeps a silent
+  module in its capabilities for 15 s for the same reason). The output is lower meanwhile, never higher.
+- Command spacing: a change that raises or keeps the output (higher current, switching on, a new
+  voltage) waits until ``codec.command_spacing_s`` has passed since the previous command to that module
+  (latest value wins). A REDUCTION (lower current, switching off) is sent at once together with
+  everything else pending for that module: when safety and the protocol's pacing disagree, safety wins.
+- Module alarms and presence changes are reported through ``on_event`` (kind, name, data).
+The bank does not own a bus: frames go out through ``send``; time comes from ``clock``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from drivers.power_modules.codec import Frame, ModuleCodec, ModuleReply
 from drivers.readings import OK, STALE, Reading
 
-# Alarms that take a module out of the split (the module cannot deliver its share).
-BLOCKING_ALARMS = frozenset({
-    "output_short", "fault", "protection", "over_temperature", "output_over_voltage", "discharge_abnormal",
-    "fan_fault", "comms_interrupted", "phase_lost", "input_under_voltage", "input_over_voltage", "pfc_off",
-})
+EventSink = Callable[[str, str, dict[str, Any]], None]
+MAX_FOREIGN_ADDRESSES = 256  # remembered for diagnostics; the count itself is unbounded
+
+
+def _no_events(kind: str, name: str, data: dict[str, Any]) -> None:
+    return None
 
 
 @dataclass
@@ -32,15 +47,24 @@ class ModuleState:
     current_a: float = 0.0
     temperature_c: float | None = None
     alarms: frozenset[str] = frozenset()
+    blocking_alarms: frozenset[str] = frozenset()
     lost: bool = True
+    lost_reported: bool = False  # a "lost" fault was raised and must be cleared on recovery
     set_voltage_v: float = 0.0
     set_current_a: float = 0.0
     output_on: bool = False
     restored: bool = False  # set-points re-sent since the last time it was lost
+    on_at_loss: bool = False  # it was switched on when it went silent: it may still be delivering
+    wanted: tuple[float, float, bool] | None = None  # set-points waiting for the command spacing
+    last_command_t: float = float("-inf")
+    next_poll_t: float = 0.0
+    backoff_s: float = 0.0
+    answers: int = 0
+    capabilities: dict[str, float] = field(default_factory=dict)
 
     @property
     def available(self) -> bool:
-        return not self.lost and self.restored and not (self.alarms & BLOCKING_ALARMS)
+        return not self.lost and self.restored and not (self.alarms & self.blocking_alarms)
 
 
 @dataclass
@@ -51,110 +75,246 @@ class BankEvents:
 
 class ModuleBank:
     def __init__(self, codec: ModuleCodec, addresses: list[int], lost_after_s: float,
-                 send: Callable[[Frame], None], max_current_a_per_module: float) -> None:
+                 send: Callable[[Frame], None], max_current_a_per_module: float, *,
+                 poll_period_s: float = 1.0, max_backoff_s: float = 5.0,
+                 clock: Callable[[], float] = time.monotonic, on_event: EventSink | None = None) -> None:
         if lost_after_s >= codec.module_comms_timeout_s:
             raise ValueError(
                 f"lost_after_s ({lost_after_s} s) must be shorter than the module's own comms timeout "
                 f"({codec.module_comms_timeout_s} s) so the controller notices first"
             )
+        if not addresses:
+            raise ValueError("a module bank needs at least one module address")
         self.codec = codec
         self.lost_after_s = lost_after_s
         self.max_current_a_per_module = max_current_a_per_module
+        self.poll_period_s = poll_period_s
+        self.max_backoff_s = max(max_backoff_s, poll_period_s)
         self._send = send
-        self.modules: dict[int, ModuleState] = {a: ModuleState(a) for a in addresses}
+        self._clock = clock
+        self._event = on_event or _no_events
+        blocking = frozenset(codec.blocking_alarms)
+        self.modules: dict[int, ModuleState] = {
+            a: ModuleState(a, blocking_alarms=blocking, backoff_s=poll_period_s) for a in addresses}
         self.foreign_frames = 0
         self.foreign_addresses: set[int] = set()
+        self.frames_sent = 0
 
     # -- receive -------------------------------------------------------------------------------------
     def handle(self, arbitration_id: int, data: bytes, now: float) -> ModuleReply | None:
+        """Decode one frame; None when it is not a reply of a configured module. Never raises on bad data."""
         reply = self.codec.decode(arbitration_id, bytes(data))
         if reply is None:
             return None
         mod = self.modules.get(reply.address)
         if mod is None:
             self.foreign_frames += 1
-            self.foreign_addresses.add(reply.address)
+            if len(self.foreign_addresses) < MAX_FOREIGN_ADDRESSES:
+                self.foreign_addresses.add(reply.address)
             return None
         mod.last_seen = now
+        mod.answers += 1
         if reply.voltage_v is not None:
             mod.voltage_v = reply.voltage_v
         if reply.current_a is not None:
             mod.current_a = reply.current_a
         if reply.temperature_c is not None:
             mod.temperature_c = reply.temperature_c
-        if reply.alarms is not None:
+        if reply.extra and "max_current_a" in reply.extra:
+            mod.capabilities = dict(reply.extra)
+        if reply.alarms is not None and reply.alarms != mod.alarms:
+            self._alarm_events(mod, reply.alarms)
             mod.alarms = reply.alarms
         return reply
 
+    def _alarm_events(self, mod: ModuleState, new: frozenset[str]) -> None:
+        for name in sorted(new - mod.alarms):
+            self._event("module_alarm_raised", f"module_{mod.address}_{name}",
+                        {"module": mod.address, "alarm": name, "blocking": name in mod.blocking_alarms})
+        for name in sorted(mod.alarms - new):
+            self._event("module_alarm_cleared", f"module_{mod.address}_{name}",
+                        {"module": mod.address, "alarm": name, "blocking": name in mod.blocking_alarms})
+
     def check(self, now: float) -> BankEvents:
-        """Mark silent modules lost and returning ones recovered (after restoring their set-points)."""
+        """Mark silent modules lost and returning ones recovered; send set-points whose spacing is over."""
         ev = BankEvents()
         for mod in self.modules.values():
             silent = mod.last_seen is None or now - mod.last_seen > self.lost_after_s
             if silent and not mod.lost:
-                mod.lost, mod.restored = True, False
+                self._lose(mod, now, f"no answer for {self.lost_after_s:.1f} s")
                 ev.lost.append(mod.address)
             elif not silent and mod.lost:
                 mod.lost = False
-                self._restore(mod)
+                mod.backoff_s = 0.0
+                mod.next_poll_t = now  # poll at the normal rate again, starting now
+                self._restore(mod, now)
+                for frame in self.codec.identify(mod.address):
+                    self._tx(frame)
+                if mod.lost_reported:
+                    mod.lost_reported = False
+                    self._event("fault_cleared", f"module_{mod.address}_lost", {"module": mod.address})
+                else:
+                    self._event("module_found", f"module_{mod.address}", {"module": mod.address})
                 ev.recovered.append(mod.address)
+        self.flush(now)
         return ev
 
-    def _restore(self, mod: ModuleState) -> None:
-        for frame in self.codec.set_output(mod.address, mod.set_voltage_v, mod.set_current_a):
-            self._send(frame)
-        for frame in self.codec.output_on(mod.address, mod.output_on):
-            self._send(frame)
+    def force_lost(self, now: float, reason: str) -> list[int]:
+        """Mark every module lost at once (the bus is off: we cannot reach them). Returns the addresses."""
+        out = []
+        for mod in self.modules.values():
+            if not mod.lost:
+                self._lose(mod, now, reason)
+                out.append(mod.address)
+            mod.last_seen = None  # only a new answer after this brings it back
+        return out
+
+    def _lose(self, mod: ModuleState, now: float, reason: str) -> None:
+        mod.lost, mod.restored = True, False
+        mod.on_at_loss = mod.output_on and mod.set_current_a > 0
+        mod.backoff_s = self.poll_period_s
+        mod.next_poll_t = now
+        mod.lost_reported = True
+        self._event("fault_raised", f"module_{mod.address}_lost",
+                    {"module": mod.address, "detail": f"power module {mod.address} lost: {reason}"})
+        # It may still hear us: tell it 0 A and off now rather than wait for its own watchdog.
+        self._command(mod, 0.0, 0.0, False, now, force=True)
+
+    def _restore(self, mod: ModuleState, now: float) -> None:
+        volts, amps, on = mod.wanted if mod.wanted is not None else (mod.set_voltage_v, mod.set_current_a,
+                                                                      mod.output_on)
+        self._command(mod, volts, amps, on, now, force=True)
         mod.restored = True
 
     # -- command -------------------------------------------------------------------------------------
     def available(self) -> list[int]:
         return [a for a, m in self.modules.items() if m.available]
 
+    def possibly_delivering(self, now: float) -> list[int]:
+        """Lost modules that were on and whose own comms watchdog may not have switched them off yet."""
+        timeout = self.codec.module_comms_timeout_s
+        return [a for a, m in self.modules.items()
+                if m.lost and m.on_at_loss and m.last_seen is not None and now - m.last_seen < timeout]
+
     def capacity_a(self) -> float:
         return self.max_current_a_per_module * len(self.available())
 
     def apply(self, enable: bool, voltage_v: float, total_current_a: float) -> None:
         """Split ``total_current_a`` equally across available modules; others get 0 A and off."""
+        now = self._clock()
         avail = self.available()
-        share = min(self.max_current_a_per_module, total_current_a / len(avail)) if avail and enable else 0.0
+        ghosts = len(self.possibly_delivering(now))
+        share = min(self.max_current_a_per_module, total_current_a / (len(avail) + ghosts)) \
+            if avail and enable else 0.0
+        share = max(0.0, share)
         for addr, mod in self.modules.items():
             on = enable and addr in avail and share > 0
             amps = share if on else 0.0
             volts = voltage_v if on else 0.0
             if mod.lost:
                 # remember for the restore; a lost module is not addressed
+                mod.wanted = (volts, amps, on)
                 mod.set_voltage_v, mod.set_current_a, mod.output_on = volts, amps, on
                 continue
-            if (volts, amps) != (mod.set_voltage_v, mod.set_current_a):
-                for frame in self.codec.set_output(addr, volts, amps):
-                    self._send(frame)
-                mod.set_voltage_v, mod.set_current_a = volts, amps
-            if on != mod.output_on:
-                for frame in self.codec.output_on(addr, on):
-                    self._send(frame)
-                mod.output_on = on
+            self._command(mod, volts, amps, on, now)
+
+    def _command(self, mod: ModuleState, volts: float, amps: float, on: bool, now: float,
+                 force: bool = False) -> None:
+        reduction = amps < mod.set_current_a or (mod.output_on and not on)
+        if force or reduction:
+            frames: list[Frame] = []
+            if force or (volts, amps) != (mod.set_voltage_v, mod.set_current_a):
+                frames += self.codec.set_output(mod.address, volts, amps)
+            if force or on != mod.output_on:
+                frames += self.codec.output_on(mod.address, on)
+            for frame in frames:
+                self._tx(frame)
+            mod.set_voltage_v, mod.set_current_a, mod.output_on = volts, amps, on
+            mod.wanted = None
+            mod.last_command_t = now
+            return
+        if (volts, amps, on) == (mod.set_voltage_v, mod.set_current_a, mod.output_on):
+            mod.wanted = None
+            return
+        mod.wanted = (volts, amps, on)
+        self._service(mod, now)
+
+    def _service(self, mod: ModuleState, now: float) -> None:
+        """Send the next step towards ``mod.wanted`` if the command spacing allows it."""
+        if mod.wanted is None or mod.lost or now - mod.last_command_t < self.codec.command_spacing_s - 1e-9:
+            return
+        volts, amps, on = mod.wanted
+        if (volts, amps) != (mod.set_voltage_v, mod.set_current_a):
+            for frame in self.codec.set_output(mod.address, volts, amps):
+                self._tx(frame)
+            mod.set_voltage_v, mod.set_current_a = volts, amps
+        elif on != mod.output_on:
+            for frame in self.codec.output_on(mod.address, on):
+                self._tx(frame)
+            mod.output_on = on
+        mod.last_command_t = now
+        if (volts, amps, on) == (mod.set_voltage_v, mod.set_current_a, mod.output_on):
+            mod.wanted = None
+
+    def flush(self, now: float) -> None:
+        for mod in self.modules.values():
+            self._service(mod, now)
+
+    def pending(self) -> int:
+        return sum(1 for m in self.modules.values() if m.wanted is not None and not m.lost)
 
     def all_off(self) -> None:
         """Group command: every module off and 0 A, whatever we think their state is."""
         for frame in self.codec.set_output(None, 0.0, 0.0) + self.codec.output_on(None, False):
-            self._send(frame)
+            self._tx(frame)
+        now = self._clock()
         for mod in self.modules.values():
             mod.set_voltage_v, mod.set_current_a, mod.output_on = 0.0, 0.0, False
+            mod.wanted = None
+            mod.last_command_t = now
 
+    def _tx(self, frame: Frame) -> None:
+        self.frames_sent += 1
+        self._send(frame)
+
+    # -- polling -------------------------------------------------------------------------------------
     def poll_frames(self, address: int) -> list[Frame]:
         return self.codec.poll(address)
+
+    def polls_due(self, now: float) -> list[int]:
+        """Addresses to poll now: present modules every ``poll_period_s``, lost ones with backoff."""
+        due = []
+        for mod in self.modules.values():
+            if now < mod.next_poll_t:
+                continue
+            due.append(mod.address)
+            if mod.lost:
+                mod.next_poll_t = now + mod.backoff_s
+                mod.backoff_s = min(self.max_backoff_s, mod.backoff_s * 2)
+            else:
+                mod.next_poll_t = now + self.poll_period_s
+        return due
 
     # -- readings ------------------------------------------------------------------------------------
     def readings(self, prefix: str, now: float) -> list[Reading]:
         out: list[Reading] = []
-        for addr, mod in self.modules.items():
-            t = mod.last_seen if mod.last_seen is not None else now
-            q = STALE if mod.lost else OK
-            p = f"{prefix}.{addr}"
-            out.append(Reading(f"{p}.voltage_v", mod.voltage_v, "V", t, q))
-            out.append(Reading(f"{p}.current_a", mod.current_a, "A", t, q))
-            if mod.temperature_c is not None:
-                out.append(Reading(f"{p}.temperature_c", mod.temperature_c, "°C", t, q))
-            out.append(Reading(f"{p}.present", 0.0 if mod.lost else 1.0, "", now, OK))
+        for addr in self.modules:
+            out += self.module_readings(prefix, addr, now)
         return out
+
+    def module_readings(self, prefix: str, addr: int, now: float) -> list[Reading]:
+        mod = self.modules[addr]
+        t = mod.last_seen if mod.last_seen is not None else now
+        q = STALE if mod.lost else OK
+        p = f"{prefix}.{addr}"
+        out = [Reading(f"{p}.voltage_v", mod.voltage_v, "V", t, q),
+               Reading(f"{p}.current_a", mod.current_a, "A", t, q)]
+        if mod.temperature_c is not None:
+            out.append(Reading(f"{p}.temperature_c", mod.temperature_c, "°C", t, q))
+        out.append(Reading(f"{p}.present", 0.0 if mod.lost else 1.0, "", now, OK))
+        return out
+
+    def status(self) -> dict[str, Any]:
+        return {"foreign_frames": self.foreign_frames, "foreign_addresses": sorted(self.foreign_addresses),
+                "frames_sent": self.frames_sent, "pending": self.pending(),
+                "possibly_delivering": self.possibly_delivering(self._clock())}

@@ -1,7 +1,8 @@
 """What every vendor codec provides. The ModuleBank and the control loop see only this.
 
 A codec is pure: it builds ``Frame`` values (29-bit id, 8 data bytes) and decodes replies; it never
-touches a bus or a clock. Adding a vendor is adding a module that defines a :class:`ModuleCodec`.
+touches a bus or a clock. Adding a vendor is adding a module that defines a :class:`ModuleCodec` and one
+entry in :data:`drivers.power_modules.registry.CODECS` (plus the name in the config's ``protocol`` Literal).
 """
 
 from __future__ import annotations
@@ -34,8 +35,12 @@ class ModuleCodec(Protocol):
     name: str
     #: the module's own comms watchdog: it switches its output off after this silence (s)
     module_comms_timeout_s: float
-    #: minimum spacing between two controller commands on the bus (s)
+    #: minimum spacing between two controller commands to one module (s)
     command_spacing_s: float
+    #: alarms that mean the module cannot deliver its share (it is taken out of the split)
+    blocking_alarms: frozenset[str]
+    #: every alarm name the codec can report, for docs and ``edge scan can``
+    alarm_names: frozenset[str]
 
     def set_output(self, address: int | None, voltage_v: float, current_a: float) -> list[Frame]:
         """Set voltage and current of one module, or of the whole group when ``address`` is None."""
@@ -47,8 +52,16 @@ class ModuleCodec(Protocol):
         """The read requests that refresh one module's state (output, status, temperature)."""
         ...
 
+    def discover(self) -> list[Frame]:
+        """Group/broadcast read requests that every module on the bus answers (commissioning scan)."""
+        ...
+
+    def identify(self, address: int) -> list[Frame]:
+        """Read requests for the module's fixed data (capabilities), sent once after it appears."""
+        ...
+
     def decode(self, arbitration_id: int, data: bytes) -> ModuleReply | None:
-        """Decode a reply; None when the frame is not a reply of this protocol."""
+        """Decode a reply; None when the frame is not a reply of this protocol. Never raises."""
         ...
 
     def reply_mask(self) -> tuple[int, int]:

@@ -3,10 +3,21 @@
 125 kbit/s, 29-bit ids, always 8 data bytes. Id layout:
 bits 28-26 error code, 25-22 device number (0x0A single module, 0x0B group), 21-16 command,
 15-8 destination, 7-0 source (controller 0xF0). Example: set V/I to module 1 -> 0x029C01F0.
+
+Replies come from the module (source = module address) to the controller (destination = 0xF0) with
+the command of the request. A reply with a non-zero error code (bits 28-26: 2 command invalid, 3 data
+invalid, 7 in start processing) carries no values and is ignored.
+
+Module temperature: neither PROTOCOLS.md nor EVerest's V1.13 driver (which reads only bytes 5-7 of the
+status reply) defines one. ASSUMPTION, to be checked against the module manual before field use: byte 4
+of the status reply is the module temperature in whole °C, unsigned, without offset. If the real field
+carried a +40 °C offset we would read 40 °C too hot and derate early: the error is on the safe side,
+which is why we do not assume an offset (see docs/CAN.md, "Assumptions").
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
@@ -16,18 +27,25 @@ CONTROLLER = 0xF0
 DEVICE_SINGLE = 0x0A
 DEVICE_GROUP = 0x0B
 BROADCAST = 0x3F
+MAX_MODULE_ADDRESS = 0x3E
 
 CMD_MODULE_COUNT = 0x02
 CMD_READ_OUTPUT = 0x03
 CMD_STATUS = 0x04
 CMD_CAPABILITIES = 0x0A
+CMD_BARCODE = 0x0B
 CMD_OUTPUT_AFTER_DIODE = 0x0C
 CMD_ON_OFF = 0x1A
 CMD_SET_OUTPUT = 0x1C
+READ_COMMANDS = frozenset({CMD_MODULE_COUNT, CMD_READ_OUTPUT, CMD_STATUS, CMD_CAPABILITIES, CMD_BARCODE,
+                           CMD_OUTPUT_AFTER_DIODE})
+
+ERROR_NAMES = {0: "normal", 2: "command invalid", 3: "data invalid", 7: "in start processing"}
 
 ZERO8 = bytes(8)
+U32_MAX = 0xFFFFFFFF
 
-# status bits: (byte index, bit) -> alarm name
+# status bits: (byte index, bit) -> alarm name (PROTOCOLS.md; EVerest CanPackets.cpp reads the same bits)
 STATUS_BITS: dict[tuple[int, int], str] = {
     (7, 0): "output_short",
     (7, 4): "sleeping",
@@ -49,8 +67,12 @@ STATUS_BITS: dict[tuple[int, int], str] = {
     (5, 6): "input_over_voltage",
     (5, 7): "pfc_off",
 }
+ALARM_NAMES = frozenset(STATUS_BITS.values())
 # states that are information, not a fault of the module
 INFORMATIONAL = frozenset({"sleeping", "dc_side_off", "walk_in", "power_limit", "load_sharing"})
+# the module cannot deliver its share: take it out of the split
+BLOCKING = ALARM_NAMES - INFORMATIONAL - {"id_repeat", "input_unbalanced"}
+TEMPERATURE_BYTE = 4
 
 
 def make_id(command: int, destination: int, source: int = CONTROLLER, device: int = DEVICE_SINGLE,
@@ -80,9 +102,10 @@ def parse_id(arbitration_id: int) -> InfyId:
 
 def encode_set_output(voltage_v: float, current_a: float) -> bytes:
     """Two u32 big-endian: millivolts then milliamps. 500 V / 20 A -> 00 07 A1 20 00 00 4E 20."""
-    if voltage_v < 0 or current_a < 0:
-        raise ValueError("voltage and current set-points must be >= 0")
-    return struct.pack(">II", int(round(voltage_v * 1000)), int(round(current_a * 1000)))
+    mv, ma = int(round(voltage_v * 1000)), int(round(current_a * 1000))
+    if not (0 <= mv <= U32_MAX and 0 <= ma <= U32_MAX):
+        raise ValueError(f"set-point {voltage_v} V / {current_a} A outside 0..4294967 V/A")
+    return struct.pack(">II", mv, ma)
 
 
 def decode_set_output(data: bytes) -> tuple[float, float]:
@@ -114,23 +137,49 @@ def encode_status(alarms: frozenset[str] | set[str], temperature_c: float | None
         if name in alarms:
             out[byte] |= 1 << bit
     if temperature_c is not None:
-        out[4] = max(0, min(255, int(round(temperature_c + 40))))
+        out[TEMPERATURE_BYTE] = max(0, min(255, int(round(temperature_c))))
     return bytes(out)
 
 
 def decode_status_temperature(data: bytes) -> float:
-    """Byte 4 of the status reply: module temperature, offset -40 °C.
+    """Byte 4 of the status reply, whole °C (ASSUMPTION, see the module docstring)."""
+    return float(data[TEMPERATURE_BYTE])
 
-    ASSUMPTION: PROTOCOLS.md names no temperature field in the status reply; this layout is ours and
-    must be checked against the module manual before field use (see docs/CAN.md).
-    """
-    return float(data[4]) - 40.0
+
+def encode_module_count(count: int) -> bytes:
+    return bytes([0, 0, count & 0xFF, 0, 0, 0, 0, 0])
+
+
+def encode_capabilities(max_voltage_v: float, min_voltage_v: float, max_current_a: float,
+                        rated_power_w: float) -> bytes:
+    """Four u16 BE: Vmax x1 V, Vmin x1 V, Imax x0.1 A, rated power x10 W."""
+    return struct.pack(">HHHH", int(round(max_voltage_v)), int(round(min_voltage_v)),
+                       int(round(max_current_a * 10)), int(round(rated_power_w / 10)))
+
+
+def decode_capabilities(data: bytes) -> dict[str, float]:
+    vmax, vmin, imax, power = struct.unpack(">HHHH", data[:8])
+    return {"max_voltage_v": float(vmax), "min_voltage_v": float(vmin), "max_current_a": imax / 10.0,
+            "rated_power_w": power * 10.0}
+
+
+def encode_after_diode(voltage_v: float, available_a: float) -> bytes:
+    return struct.pack(">HH", int(round(voltage_v * 10)), int(round(available_a * 10))) + bytes(4)
+
+
+def decode_after_diode(data: bytes) -> dict[str, float]:
+    """u16 BE x0.1: voltage outside the output diode, then the current the module can deliver."""
+    v, a = struct.unpack(">HH", data[:4])
+    return {"voltage_after_diode_v": v / 10.0, "available_current_a": a / 10.0}
 
 
 class InfyPowerCodec:
     name = "infypower"
     module_comms_timeout_s = 10.0
+    # EVerest spaces controller commands 50-200 ms apart; we use the lower bound per module
     command_spacing_s = 0.05
+    blocking_alarms = BLOCKING
+    alarm_names = ALARM_NAMES
 
     def __init__(self, controller_address: int = CONTROLLER) -> None:
         self.controller = controller_address
@@ -138,6 +187,8 @@ class InfyPowerCodec:
     def _frame(self, command: int, address: int | None, data: bytes) -> Frame:
         if address is None:
             return Frame(make_id(command, BROADCAST, self.controller, DEVICE_GROUP), data)
+        if not 0 <= address <= MAX_MODULE_ADDRESS:
+            raise ValueError(f"InfyPower module address must be 0..{MAX_MODULE_ADDRESS}, got {address}")
         return Frame(make_id(command, address, self.controller, DEVICE_SINGLE), data)
 
     def set_output(self, address: int | None, voltage_v: float, current_a: float) -> list[Frame]:
@@ -150,6 +201,12 @@ class InfyPowerCodec:
         # read requests carry 8 zero bytes, otherwise the module answers with an error
         return [self._frame(CMD_READ_OUTPUT, address, ZERO8), self._frame(CMD_STATUS, address, ZERO8)]
 
+    def discover(self) -> list[Frame]:
+        return [self._frame(CMD_MODULE_COUNT, None, ZERO8), self._frame(CMD_STATUS, None, ZERO8)]
+
+    def identify(self, address: int) -> list[Frame]:
+        return [self._frame(CMD_CAPABILITIES, address, ZERO8)]
+
     def reply_mask(self) -> tuple[int, int]:
         return (self.controller << 8, 0xFF << 8)
 
@@ -157,12 +214,21 @@ class InfyPowerCodec:
         fid = parse_id(arbitration_id)
         if fid.destination != self.controller or len(data) != 8 or fid.error != 0:
             return None
+        if fid.device not in (DEVICE_SINGLE, DEVICE_GROUP) or fid.source > MAX_MODULE_ADDRESS:
+            return None
         addr = fid.source
+        data = bytes(data)
         if fid.command == CMD_READ_OUTPUT:
             v, a = decode_output(data)
+            if not (math.isfinite(v) and math.isfinite(a)):  # NaN/inf: a reply we cannot use
+                return None
             return ModuleReply(addr, voltage_v=v, current_a=a)
         if fid.command == CMD_STATUS:
             return ModuleReply(addr, alarms=decode_status(data), temperature_c=decode_status_temperature(data))
         if fid.command == CMD_MODULE_COUNT:
             return ModuleReply(addr, module_count=data[2])
+        if fid.command == CMD_CAPABILITIES:
+            return ModuleReply(addr, extra=decode_capabilities(data))
+        if fid.command == CMD_OUTPUT_AFTER_DIODE:
+            return ModuleReply(addr, extra=decode_after_diode(data))
         return None

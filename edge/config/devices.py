@@ -23,7 +23,8 @@ class Meter(Section):
 
 class PowerModules(Section):
     bus: str = Field("can0", description="name of a [[can]] bus")
-    protocol: Literal["infypower"] = "infypower"
+    protocol: Literal["infypower", "uugreen"] = Field(
+        "infypower", description="vendor protocol; one codec per name in drivers/power_modules/registry.py")
     addresses: list[int] = Field(default_factory=lambda: [1, 2], min_length=1, max_length=60)
     lost_after_ms: int = Field(3000, ge=500, le=9000,
                                description="ms of silence before a module is lost; below the module's own 10 s")
@@ -37,6 +38,8 @@ class PowerModules(Section):
             raise ValueError("module addresses must be unique")
         if any(not 0 <= a <= 0x3E for a in self.addresses):
             raise ValueError("module addresses must be 0..62")
+        if self.protocol == "uugreen" and 0 in self.addresses:
+            raise ValueError("uugreen module address 0 is the broadcast address; use 1..62")
         return self
 
 

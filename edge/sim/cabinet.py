@@ -52,7 +52,8 @@ class SimCabinet:
                                 receive_own_messages=False)
         self.can = SimCanDevices(self._dev_bus, self.physics, self.lock,
                                  cable_node=cable.node_id if cable else 1,
-                                 cable_name=cable.name if cable else "cable")
+                                 cable_name=cable.name if cable else "cable",
+                                 protocol=config.power_modules.protocol)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._thread_main, name="sim-cabinet", daemon=True)
         self._ready = threading.Event()
@@ -117,6 +118,9 @@ class SimCabinet:
             await asyncio.sleep(PHYSICS_STEP_S)
         for server in servers:
             await server.shutdown()
+        for task in serving:
+            task.cancel()
+        await asyncio.gather(*serving, return_exceptions=True)
 
     def _meter_values(self) -> dict[str, float]:
         with self.lock:

@@ -1,8 +1,9 @@
-"""Simulated CAN peers: InfyPower power modules and one cable monitor on a python-can bus.
+"""Simulated CAN peers: power modules (InfyPower or UUGreen personality) and one cable monitor.
 
-Runs in the simulator's thread with its own python-can bus object (``virtual`` in-process, or any
+Runs in the simulator's threads with its own python-can bus object (``virtual`` in-process, or any
 interface such as ``slcan`` for cross-process tests). Modules answer requests like the real ones,
-switch themselves off after 10 s without controller frames, and can be made silent or raise alarms.
+switch themselves off after their comms watchdog without controller frames, and can be made silent or
+raise alarms. The personality (which protocol the modules speak) follows ``power_modules.protocol``.
 The cable monitor sends both DBC messages every 100 ms with a rolling counter; it can freeze (repeat
 the same frame) or fall silent.
 """
@@ -11,22 +12,140 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Protocol
 
 import can
 
 from drivers.cable.monitor import CableMonitor
 from drivers.power_modules import infypower as infy
-from edge.sim.physics import Physics
+from drivers.power_modules import uugreen as uu
+from edge.sim.physics import ModuleModel, Physics
 
 CABLE_PERIOD_S = 0.1
+Reply = tuple[int, bytes]
+
+
+class Personality(Protocol):
+    comms_timeout_s: float
+
+    def from_controller(self, msg: can.Message) -> bool: ...
+
+    def handle(self, msg: can.Message, modules: dict[int, ModuleModel]) -> list[Reply]:
+        """Apply a controller frame to the modules it addresses; the replies to send."""
+        ...
+
+    def chatter(self, address: int) -> Reply:
+        """A reply from a module nobody configured (foreign frames)."""
+        ...
+
+
+class InfyPersonality:
+    comms_timeout_s = infy.InfyPowerCodec.module_comms_timeout_s
+
+    def from_controller(self, msg: can.Message) -> bool:
+        return infy.parse_id(msg.arbitration_id).source == infy.CONTROLLER
+
+    def handle(self, msg: can.Message, modules: dict[int, ModuleModel]) -> list[Reply]:
+        fid = infy.parse_id(msg.arbitration_id)
+        data = bytes(msg.data)
+        if fid.device == infy.DEVICE_GROUP:
+            targets = list(modules.values())
+        else:
+            m = modules.get(fid.destination)
+            targets = [m] if m is not None else []
+        out: list[Reply] = []
+        for m in targets:
+            if m.silent:
+                continue
+            if len(data) != 8:
+                out.append((infy.make_id(fid.command, infy.CONTROLLER, m.address, error=3), bytes(8)))
+                continue
+            if fid.command == infy.CMD_SET_OUTPUT:
+                m.set_v, m.set_a = infy.decode_set_output(data)
+            elif fid.command == infy.CMD_ON_OFF:
+                m.on = data[0] == 0x00
+            elif fid.command in infy.READ_COMMANDS and data != infy.ZERO8:
+                # "read requests carry 8 zero bytes, otherwise the module answers with an error"
+                out.append((infy.make_id(fid.command, infy.CONTROLLER, m.address, error=3), bytes(8)))
+            elif fid.command == infy.CMD_READ_OUTPUT:
+                out.append(self._reply(m, fid.command, infy.encode_output(m.out_v, m.out_a)))
+            elif fid.command == infy.CMD_STATUS:
+                out.append(self._reply(m, fid.command, infy.encode_status(m.alarms, m.temp_c)))
+            elif fid.command == infy.CMD_MODULE_COUNT:
+                out.append(self._reply(m, fid.command, infy.encode_module_count(len(modules))))
+            elif fid.command == infy.CMD_CAPABILITIES:
+                out.append(self._reply(m, fid.command, infy.encode_capabilities(1000, 150, 50.0, 30000)))
+        return out
+
+    @staticmethod
+    def _reply(m: ModuleModel, command: int, data: bytes) -> Reply:
+        return infy.make_id(command, infy.CONTROLLER, source=m.address), data
+
+    def chatter(self, address: int) -> Reply:
+        return infy.make_id(infy.CMD_READ_OUTPUT, infy.CONTROLLER, source=address), infy.encode_output(999.0, 999.0)
+
+
+class UUGreenPersonality:
+    comms_timeout_s = uu.UUGreenCodec.module_comms_timeout_s
+
+    def from_controller(self, msg: can.Message) -> bool:
+        fid = uu.parse_id(msg.arbitration_id)
+        if fid.protocol != uu.PROTOCOL or fid.monitor != uu.MONITOR or len(msg.data) != 8:
+            return False
+        return msg.data[0] & 0xF in (uu.TYPE_SET, uu.TYPE_READ)
+
+    def handle(self, msg: can.Message, modules: dict[int, ModuleModel]) -> list[Reply]:
+        fid = uu.parse_id(msg.arbitration_id)
+        group, kind, command, value = uu.decode_data(bytes(msg.data))
+        if fid.module == uu.BROADCAST:
+            targets = list(modules.values())
+        else:
+            m = modules.get(fid.module)
+            targets = [m] if m is not None else []
+        out: list[Reply] = []
+        for m in targets:
+            if m.silent:
+                continue
+            if kind == uu.TYPE_SET:
+                if command == uu.CMD_VREF:
+                    m.set_v = value / 1000.0
+                elif command == uu.CMD_ILIMIT:
+                    m.set_a = value / 1000.0
+                elif command == uu.CMD_SHUTDOWN:
+                    m.on = value == 0
+                out.append((uu.make_id(m.address), uu.encode_data(uu.TYPE_SET_RESPONSE, command, value, group)))
+            else:
+                answer = {uu.CMD_VOUT: int(m.out_v * 1000), uu.CMD_IOUT: int(m.out_a * 1000),
+                          uu.CMD_STATUS: self._status_word(m),
+                          uu.CMD_INPUT_TEMPERATURE: int(m.temp_c * 1000) & 0xFFFFFFFF}.get(command, 0)
+                out.append((uu.make_id(m.address), uu.encode_data(uu.TYPE_READ_RESPONSE, command, answer, group)))
+        return out
+
+    @staticmethod
+    def _status_word(m: ModuleModel) -> int:
+        word = 0
+        for name in m.alarms:
+            if name.startswith("status_bit_"):
+                word |= 1 << int(name.rsplit("_", 1)[1])
+            elif name != "sleeping":
+                word |= 1  # any other simulated alarm shows as bit 0
+        return word
+
+    def chatter(self, address: int) -> Reply:
+        return uu.make_id(address), uu.encode_data(uu.TYPE_READ_RESPONSE, uu.CMD_VOUT, 999_000)
+
+
+PERSONALITIES: dict[str, type[Personality]] = {"infypower": InfyPersonality, "uugreen": UUGreenPersonality}
 
 
 class SimCanDevices:
     def __init__(self, bus: can.BusABC, physics: Physics, lock: threading.Lock, cable_node: int = 1,
-                 cable_name: str = "cable") -> None:
+                 cable_name: str = "cable", protocol: str = "infypower", cable_bus: can.BusABC | None = None) -> None:
         self.bus = bus
+        self.cable_bus = cable_bus or bus
         self.physics = physics
         self.lock = lock
+        self.personality: Personality = PERSONALITIES[protocol]()
         self.cable = CableMonitor(cable_name, cable_node)
         self.cable_silent = False
         self.cable_frozen = False
@@ -56,41 +175,24 @@ class SimCanDevices:
                 msg = self.bus.recv(timeout=0.05)
             except can.CanError:
                 continue
-            if msg is None or msg.is_error_frame or not msg.is_extended_id:
+            if msg is None or msg.is_error_frame or msg.is_remote_frame or not msg.is_extended_id:
                 continue
             self._handle(msg)
 
     def _handle(self, msg: can.Message) -> None:
-        fid = infy.parse_id(msg.arbitration_id)
-        if fid.source != infy.CONTROLLER:
+        if not self.personality.from_controller(msg):
             return
         self._last_controller_rx = time.monotonic()
         with self.lock:
-            if fid.device == infy.DEVICE_GROUP:
-                targets = list(self.physics.modules.values())
-            else:
-                m = self.physics.modules.get(fid.destination)
-                targets = [m] if m is not None else []
-            for m in targets:
-                if m.silent:
-                    continue
-                self.frames_handled += 1
-                if fid.command == infy.CMD_SET_OUTPUT:
-                    m.set_v, m.set_a = infy.decode_set_output(bytes(msg.data))
-                elif fid.command == infy.CMD_ON_OFF:
-                    m.on = msg.data[0] == 0x00
-                elif fid.command == infy.CMD_READ_OUTPUT and fid.device == infy.DEVICE_SINGLE:
-                    self._reply(m.address, infy.CMD_READ_OUTPUT, infy.encode_output(m.out_v, m.out_a))
-                elif fid.command == infy.CMD_STATUS and fid.device == infy.DEVICE_SINGLE:
-                    self._reply(m.address, infy.CMD_STATUS, infy.encode_status(m.alarms, m.temp_c))
+            replies = self.personality.handle(msg, self.physics.modules)
+            self.frames_handled += 1
+        for rid, data in replies:
+            self._send(self.bus, rid, data)
 
-    def _reply(self, address: int, command: int, data: bytes) -> None:
-        rid = infy.make_id(command, infy.CONTROLLER, source=address)
-        self._send(rid, data)
-
-    def _send(self, arbitration_id: int, data: bytes) -> None:
+    @staticmethod
+    def _send(bus: can.BusABC, arbitration_id: int, data: bytes) -> None:
         try:
-            self.bus.send(can.Message(arbitration_id=arbitration_id, data=data, is_extended_id=True), timeout=0.05)
+            bus.send(can.Message(arbitration_id=arbitration_id, data=data, is_extended_id=True), timeout=0.05)
         except can.CanError:
             pass
 
@@ -99,15 +201,15 @@ class SimCanDevices:
         next_t = time.monotonic()
         while not self._stop.is_set():
             now = time.monotonic()
-            if now - self._last_controller_rx > infy.InfyPowerCodec.module_comms_timeout_s:
+            if now - self._last_controller_rx > self.personality.comms_timeout_s:
                 with self.lock:
                     for m in self.physics.modules.values():
                         m.on = False  # the module's own comms watchdog
             if not self.cable_silent:
                 for fid, data in self._cable_frames():
-                    self._send(fid, data)
+                    self._send(self.cable_bus, fid, data)
             if self.foreign_module is not None:
-                self._reply(self.foreign_module, infy.CMD_READ_OUTPUT, infy.encode_output(999.0, 999.0))
+                self._send(self.bus, *self.personality.chatter(self.foreign_module))
             next_t += CABLE_PERIOD_S
             self._stop.wait(max(0.0, next_t - time.monotonic()))
 
@@ -124,7 +226,9 @@ class SimCanDevices:
                      "PinDcMinusSensorFault": int("PinDcMinusSensorFault" in faults),
                      "CoolantTempSensorFault": int("CoolantTempSensorFault" in faults)}
             cool = {"CoolantFlow": p.flow_lpm, "CoolantPressure": p.pressure_bar, "RollingCounter": self._counter,
-                    "FlowSensorFault": int("FlowSensorFault" in faults)}
+                    "FlowSensorFault": int("FlowSensorFault" in faults),
+                    "PressureSensorFault": int("PressureSensorFault" in faults),
+                    "LeakDetected": int("LeakDetected" in faults)}
         self._counter = (self._counter + 1) % 16
         frames = [self.cable.encode("CABLE_TEMPS", temps), self.cable.encode("CABLE_COOLANT", cool)]
         self._frozen_frames = frames
