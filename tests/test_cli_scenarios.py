@@ -123,7 +123,9 @@ def test_lost_module_shows_as_lost_and_the_limit_names_the_remaining_modules(tmp
         assert re.search(r"^ +2  LOST +-- +-- +--  no answer$", out, re.M), out
         assert re.search(r"^limit +150 A  <- 3 power module\(s\) available$", out, re.M), out
         cab.set_module_silent(2, False)
-        await until(lambda: not daemon.bank.modules[2].lost, timeout=10, what="module 2 back")
+        # back, and switched on again with the set-points of the others (restore takes a poll or two)
+        await until(lambda: not daemon.bank.modules[2].lost and daemon.bank.modules[2].output_on, timeout=10,
+                    what="module 2 back and on")
         code, out, _ = await edge("status")
         assert re.search(r"^ +2  on ", out, re.M), out
 
