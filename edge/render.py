@@ -195,6 +195,28 @@ def uplink_lines(st: dict[str, Any]) -> list[str]:
     return _wrap("uplink", text)
 
 
+def can_lines(st: dict[str, Any]) -> list[str]:
+    """One line for the CAN buses: health (bus-off, error-passive) and any loss, from the CAN side's keys."""
+    buses = st.get("can") or {}
+    if not buses:
+        return []
+    parts = []
+    for name, b in buses.items():
+        text = f"{name} {b.get('health', 'ok')}"
+        if b.get("reason"):
+            text += f" ({b['reason']})"
+        for key, label in (("dropped", "dropped"), ("error_frames", "error frames"), ("send_errors", "send errors"),
+                           ("bus_off", "bus-off"), ("reopens", "reopens")):
+            if b.get(key):
+                text += f" {label} {b[key]}"
+        parts.append(text)
+    frames = st.get("can_frames") or {}
+    for key, label in (("unknown", "unknown frames"), ("decode_errors", "decode errors")):
+        if frames.get(key):
+            parts.append(f"{label} {frames[key]}")
+    return _wrap("can", ";  ".join(parts))
+
+
 def output_line(st: dict[str, Any]) -> str:
     mods = [m for m in st.get("modules", {}).values() if not m.get("lost")]
     amps = sum((m.get("current_a") or 0.0) for m in mods)
@@ -211,7 +233,7 @@ def status_text(st: dict[str, Any], cable: str | None = None) -> str:
         head += f"   {time.strftime('%H:%M:%S %Z', time.localtime(st['time_ms'] / 1000))}"
     lines = [head[:WIDTH], output_line(st), *limit_lines(st),
              *fault_lines(st.get("faults", {}), st.get("latched", [])),
-             *module_lines(st), *cable_lines(st, cable), *meter_lines(st), *uplink_lines(st)]
+             *module_lines(st), *cable_lines(st, cable), *meter_lines(st), *can_lines(st), *uplink_lines(st)]
     return "\n".join(lines)
 
 

@@ -100,7 +100,7 @@ def test_status_names_the_rule_behind_the_limit_on_one_80_column_screen(daemon):
     assert re.search(r"^limit +\d+ A  <- cable DC[+-] pin \d+\.\d °C \(derating 20-90 °C\)$", out, re.M), out
     assert out.startswith("cabinet sim-cab @ sim-site")
     for fragment in ("state    CHARGING", "faults   none", "modules", "pin DC+", "pin DC-", "flow", "bar",
-                     "contactor CLOSED", "meter    grid ok", "kWh", "uplink", "backlog"):
+                     "contactor CLOSED", "meter    grid ok", "kWh", "can      can0", "uplink", "backlog"):
         assert fragment in out, f"{fragment!r} missing:\n{out}"
     for addr in ("1", "2", "3", "4"):
         assert re.search(rf"^ +{addr}  on ", out, re.M), out

@@ -46,6 +46,13 @@ def _status(**over: Any) -> dict[str, Any]:
     return st
 
 
+def test_can_bus_trouble_is_named_on_the_can_line():
+    out = status_text(_status(can={"can0": {"health": "bus-off", "reason": "no ACK", "dropped": 3, "rx": 10}},
+                              can_frames={"unknown": 7, "decode_errors": 0}))
+    assert "can      can0 bus-off (no ACK) dropped 3;  unknown frames 7" in out
+    assert "can      can0 active" in status_text(_status(can={"can0": {"health": "active", "rx": 1}}))
+
+
 def test_stale_and_invalid_values_never_look_good_and_lines_fit():
     out = status_text(_status())
     assert all(len(ln) <= WIDTH for ln in out.splitlines()), out
