@@ -19,12 +19,13 @@ from typing import Any
 import can
 
 from drivers.cable.monitor import CableMonitor
-from drivers.meters.models import MODELS
-from drivers.meters.reader import MeterCommError, MeterReader, ModbusLine
+from drivers.meters.models import model_for
+from drivers.meters.poller import LinePoller, MeterPoller, PollSettings
+from drivers.meters.reader import ModbusLine
 from drivers.power_modules.bank import ModuleBank
 from drivers.power_modules.codec import Frame
 from drivers.power_modules.registry import CODECS  # vendor name -> codec class (one entry per vendor)
-from drivers.readings import OK, STALE, Reading
+from drivers.readings import OK, Reading
 from edge import __version__
 from edge.api.server import ApiServer
 from edge.config import Config
@@ -51,7 +52,8 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.ports: dict[str, CanPort] = {}
         self.lines: dict[str, ModbusLine] = {}
-        self.meters: list[tuple[MeterReader, Any]] = []
+        self.meters: list[tuple[MeterPoller, Any]] = []
+        self.meter_lines: list[LinePoller] = []
         self.send_errors = 0
         self.meter_status: dict[str, dict[str, Any]] = {}
 
@@ -91,15 +93,26 @@ class Daemon:
         self.state = CabinetState(InputMap(cable=config.cable[0].name if config.cable else None, grid_meter=grid))
         self.controller = Controller(config, self.state, self.bank, self.outputs, self.wdt, self.clock, self.event)
 
+        # -- meters: one LinePoller per line (drivers/meters/poller.py) --------------------------------
         for line in config.serial:
             self.lines[line.name] = ModbusLine.serial(
-                SerialSettings(line.port, line.baudrate, line.bytesize, line.parity, line.stopbits),
-                timeout_s=max((m.timeout_ms for m in config.meters if m.line == line.name), default=500) / 1000.0)
+                SerialSettings(line.port, line.baudrate, line.bytesize, line.parity, line.stopbits), name=line.name)
         for tcp in config.modbus_tcp:
-            self.lines[tcp.name] = ModbusLine.tcp(tcp.host, tcp.port, 1.0)
+            self.lines[tcp.name] = ModbusLine.tcp(tcp.host, tcp.port, name=tcp.name)
         for m in config.meters:
-            self.meters.append((MeterReader(m.name, MODELS[m.model], self.lines[m.line], m.device_id), m))
+            model = model_for(m.model, m.name, [r.model_dump() for r in m.registers], m.max_registers_per_request,
+                              m.rejects_gaps)
+            settings = PollSettings(
+                fast_period_s=m.poll_ms / 1000.0, slow_period_s=m.slow_poll_ms / 1000.0,
+                timeout_min_s=m.timeout_min_ms / 1000.0, timeout_max_s=m.timeout_ms / 1000.0,
+                stale_after_s=m.stale_after_ms / 1000.0, backoff_initial_s=m.backoff_initial_ms / 1000.0,
+                backoff_max_s=m.backoff_max_ms / 1000.0, frozen_after_s=m.frozen_after_ms / 1000.0)
+            self.meters.append((MeterPoller(m.name, model, m.device_id, settings), m))
             self.meter_status[m.name] = {"ok": False, "errors": 0, "last_error": None}
+        for name, line_obj in self.lines.items():
+            on_line = [p for p, c in self.meters if c.line == name]
+            if on_line:
+                self.meter_lines.append(LinePoller(line_obj, on_line))
         # -- api (CLI issue): recent events for `edge events`, kept beside the store because the
         # uplink deletes delivered records from it
         self.recent_events: deque[dict[str, Any]] = deque(maxlen=1000)
@@ -224,30 +237,20 @@ class Daemon:
             if r.quality != OK:
                 self.state.update([r])
 
-    async def _meter_poll(self, reader: MeterReader, cfg: Any) -> None:
-        period = cfg.poll_ms / 1000.0
-        stale_s = cfg.stale_after_ms / 1000.0
-        status = self.meter_status[reader.name]
-        last_ok = self.clock.monotonic()
-        while True:
-            start = time.monotonic()
-            try:
-                readings = await asyncio.wait_for(reader.poll(), timeout=cfg.timeout_ms / 1000.0 * 3)
-                self._readings(readings)
-                last_ok = self.clock.monotonic()
-                status.update(ok=True)
-            except (MeterCommError, TimeoutError, OSError) as exc:
-                status["errors"] += 1
-                status["last_error"] = str(exc) or type(exc).__name__
-                now = self.clock.monotonic()
-                if status["ok"]:
-                    log.warning("meter %s: no answer (%s)", reader.name, status["last_error"])
-                if now - last_ok > stale_s:
-                    status["ok"] = False
-                    prefix = reader.name + "."
-                    self.state.update([Reading(r.signal, r.value, r.unit, r.t, STALE)
-                                       for s, r in list(self.state.readings.items()) if s.startswith(prefix)])
-            await asyncio.sleep(max(0.0, period - (time.monotonic() - start)))
+    async def _meter_poll(self, line: LinePoller) -> None:
+        def refresh() -> None:
+            for m in line.meters:
+                self.meter_status[m.name] = m.status()
+
+        def sink(readings: list[Reading]) -> None:
+            self._readings(readings)
+            refresh()
+
+        def on_event(kind: str, name: str, data: dict[str, Any]) -> None:
+            self.event(kind, name, data)
+            refresh()
+
+        await line.run(sink, on_event)
 
     async def _telemetry(self) -> None:
         interval = self.config.telemetry.interval_s
@@ -353,7 +356,7 @@ class Daemon:
         tasks.append(asyncio.create_task(self._module_poll(), name="module-poll"))
         tasks.append(asyncio.create_task(self._can_watch(), name="can-watch"))
         tasks += [asyncio.create_task(p.supervise(), name=f"can-supervise-{n}") for n, p in self.ports.items()]
-        tasks += [asyncio.create_task(self._meter_poll(r, c), name=f"meter-{r.name}") for r, c in self.meters]
+        tasks += [asyncio.create_task(self._meter_poll(ln), name=f"meters-{ln.line.name}") for ln in self.meter_lines]
         tasks.append(asyncio.create_task(self._telemetry(), name="telemetry"))
         tasks.append(asyncio.create_task(self.api.serve(), name="api"))
         if self.status_line:

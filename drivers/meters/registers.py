@@ -29,6 +29,9 @@ NOT_AVAILABLE: dict[str, int] = {
     "u64": 0xFFFFFFFFFFFFFFFF,
 }
 
+FAST = "fast"  # instantaneous values: polled every poll period
+SLOW = "slow"  # energy counters: change slowly, polled every slow period
+
 
 class DecodeError(ValueError):
     """The words cannot be a valid value (NaN/inf float, a not-available marker, wrong length)."""
@@ -43,6 +46,10 @@ class Register:
     scale: float = 1.0
     function_code: int = 4  # 3 = holding, 4 = input registers
     word_order: str = "big"  # "big": high word first; "little": low word first (Carlo Gavazzi)
+    period: str = FAST  # FAST or SLOW: which poll period keeps it fresh
+    valid_min: float | None = None  # a decoded value outside [valid_min, valid_max] is invalid
+    valid_max: float | None = None
+    counter: bool = False  # a cumulative counter: it never falls (a fall is invalid)
 
     @property
     def words(self) -> int:
@@ -70,6 +77,15 @@ def decode_words(reg: Register, words: list[int] | tuple[int, ...]) -> float:
         if marker is not None and struct.unpack(">" + fmt[1].upper(), raw)[0] == marker:
             raise DecodeError(f"{reg.signal}: device reports 'not available'")
     return float(value) * reg.scale
+
+
+def check_range(reg: Register, value: float) -> str | None:
+    """Why ``value`` cannot be a real measurement of ``reg``, or None when it is plausible."""
+    if reg.valid_min is not None and value < reg.valid_min:
+        return f"{reg.signal} = {value:g} {reg.unit} below {reg.valid_min:g}"
+    if reg.valid_max is not None and value > reg.valid_max:
+        return f"{reg.signal} = {value:g} {reg.unit} above {reg.valid_max:g}"
+    return None
 
 
 def encode_value(reg: Register, value: float) -> list[int]:

@@ -12,23 +12,31 @@ import asyncio
 import itertools
 import logging
 import os
+import socket
 import threading
 from typing import Any
 
 import can
 
-from drivers.meters.models import MODELS
+from drivers.meters.models import model_for
 from edge.config import Config
 from edge.sim import control
 from edge.sim.can_devices import SimCanDevices
-from edge.sim.meter import SimMeter, serial_server
+from edge.sim.meter import SimMeter, serial_server, tcp_server
 from edge.sim.physics import ModuleModel, Physics
 from edge.sim.serial_link import SerialLink
+from hal.can import CAN_ERR_BUSOFF
 from hal.pin import SimBoard
 
 log = logging.getLogger(__name__)
 PHYSICS_STEP_S = 0.05
 _instance = itertools.count(1)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 class SimCabinet:
@@ -42,9 +50,11 @@ class SimCabinet:
         self.meters: dict[str, SimMeter] = {}
         for line in config.serial:
             self.links[line.name] = SerialLink(line.baudrate if pace_serial else None)
+        self.tcp_ports: dict[str, int] = {t.name: _free_port() for t in config.modbus_tcp}
         for m in config.meters:
-            if m.line in self.links:
-                self.meters[m.name] = SimMeter(MODELS[m.model], m.device_id, self._meter_values)
+            model = model_for(m.model, m.name, [r.model_dump() for r in m.registers], m.max_registers_per_request,
+                              m.rejects_gaps)
+            self.meters[m.name] = SimMeter(model, m.device_id, self._meter_values)
         self.can_channels = {bus.name: f"{self._tag}-{bus.name}" for bus in config.can}
         cable = config.cable[0] if config.cable else None
         dev_bus_name = config.power_modules.bus
@@ -66,6 +76,8 @@ class SimCabinet:
         data: dict[str, Any] = self.config.model_dump()
         for line in data["serial"]:
             line["port"] = self.links[line["name"]].host_path
+        for tcp in data["modbus_tcp"]:
+            tcp.update(host="127.0.0.1", port=self.tcp_ports[tcp["name"]])
         for bus in data["can"]:
             bus.update(interface="virtual", channel=self.can_channels[bus["name"]])
         data["outputs"]["backend"] = "sim"
@@ -99,7 +111,7 @@ class SimCabinet:
             loop.close()
 
     async def _main(self) -> None:
-        servers = []
+        servers: list[Any] = []
         serving = []
         for line in self.config.serial:
             meters = [self.meters[m.name] for m in self.config.meters if m.line == line.name]
@@ -108,6 +120,12 @@ class SimCabinet:
                 servers.append(server)
                 serving.append(asyncio.ensure_future(server.serve_forever()))
         serving.append(asyncio.ensure_future(control.serve(self, control.socket_path_for(self.config.api.socket))))
+        for tcp in self.config.modbus_tcp:
+            meters = [self.meters[m.name] for m in self.config.meters if m.line == tcp.name]
+            if meters:
+                tserver = tcp_server(meters, "127.0.0.1", self.tcp_ports[tcp.name])
+                servers.append(tserver)
+                serving.append(asyncio.ensure_future(tserver.serve_forever()))
         self._ready.set()
         while not self._stopping.is_set():
             self._session_step()
@@ -159,6 +177,13 @@ class SimCabinet:
 
     def set_meter_silent(self, name: str, silent: bool) -> None:
         self.meters[name].silent = silent
+
+    def inject_bus_off(self) -> None:
+        """What a controller's CAN chip reports when it went bus-off: an error frame with CAN_ERR_BUSOFF.
+
+        On a virtual bus it reaches the daemon as it would through socketcan; the daemon then re-opens.
+        """
+        self._dev_bus.send(can.Message(arbitration_id=CAN_ERR_BUSOFF, data=bytes(8), is_error_frame=True))
 
     def set_sessions(self, on: bool) -> None:
         self.sessions = on

@@ -10,6 +10,7 @@ tests drive faults through it while the daemon runs in another process. One JSON
     {"knob": "cable_silent" | "cable_frozen", "value": true}
     {"knob": "vehicle_demand_a", "value": 150.0}
     {"knob": "sessions", "value": true}         # cycle plug-in / charge / unplug
+    {"knob": "can_bus_off"}                     # the controller's CAN chip reports bus-off
     {"get": "physics"}
 
 Answers ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
@@ -53,6 +54,8 @@ def apply(cabinet: SimCabinet, req: dict[str, Any]) -> dict[str, Any]:
             cabinet.set_meter_silent(str(req["meter"]), bool(value))
         elif knob == "vehicle_demand_a":
             cabinet.set_vehicle_demand(float(value if value is not None else 0.0))
+        elif knob == "can_bus_off":
+            cabinet.inject_bus_off()
         elif knob == "sessions":
             cabinet.set_sessions(bool(value))
         else:

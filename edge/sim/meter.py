@@ -2,6 +2,10 @@
 
 The register encoding comes from the same model table the daemon reads (so the simulator stays in
 step with the tables); the golden-vector tests check the tables against datasheet values separately.
+
+Only the addresses the table names (and the model's signature register) exist: a read that spans
+anything else gets "illegal data address", as a meter that rejects gaps would answer. Models that
+accept gaps get their registers grouped into padded blocks, so reading through small gaps works.
 """
 
 from __future__ import annotations
@@ -16,9 +20,31 @@ from pymodbus.simulator import DataType, SimData, SimDevice
 from drivers.meters.models import MeterModel
 from drivers.meters.registers import encode_value
 
+GAP_PAD = 32  # registers of padding a gap-tolerant simulated meter answers around its table
+
+
+def _address_blocks(model: MeterModel) -> list[tuple[int, int]]:
+    spans = sorted((r.address, r.end) for r in model.registers)
+    if model.signature is not None:
+        sig = model.signature.register
+        spans = sorted([*spans, (sig.address, sig.end)])
+    out: list[list[int]] = []
+    pad = 0 if model.rejects_gaps else GAP_PAD
+    for start, end in spans:
+        if out and start <= out[-1][1] + pad:
+            out[-1][1] = max(out[-1][1], end)
+        else:
+            out.append([start, end])
+    if pad:
+        # pad the block ends too, but never into a neighbour or past the address space
+        for i, blk in enumerate(out):
+            nxt = out[i + 1][0] if i + 1 < len(out) else 0x10000
+            blk[1] = min(blk[1] + pad, nxt)
+    return [(s, e) for s, e in out]
+
 
 class SimMeter:
-    """Values by signal name; knobs for silence, exception replies and slow replies."""
+    """Values by signal name; knobs for silence, exception replies, slow replies and raw word overrides."""
 
     def __init__(self, model: MeterModel, device_id: int, values: Callable[[], dict[str, float]]) -> None:
         self.model = model
@@ -28,10 +54,11 @@ class SimMeter:
         self.exception: ExcCodes | None = None
         self.delay_s = 0.0
         self.reads = 0
-        size = max(r.end for r in model.registers) + 8
+        self.raw: dict[str, list[int]] = {}  # signal -> words served instead of the encoded value
         self.device = SimDevice(
             id=device_id,
-            simdata=[SimData(0, count=size, values=0, datatype=DataType.REGISTERS)],
+            simdata=[SimData(s, count=e - s, values=0, datatype=DataType.REGISTERS)
+                     for s, e in _address_blocks(model)],
             action=self._action,
         )
 
@@ -45,17 +72,41 @@ class SimMeter:
             return self.exception
         self.reads += 1
         vals = self.values()
+        sig = self.model.signature
+        if sig is not None and sig.values:
+            self._put(registers, start_address, sig.register.address,
+                      encode_value(sig.register, float(sig.values[0])))
         for reg in self.model.registers:
-            if reg.signal in vals:
+            words = self.raw.get(reg.signal)
+            if words is None and reg.signal in vals:
                 words = encode_value(reg, vals[reg.signal])
-                off = reg.address - start_address
-                registers[off : off + len(words)] = words
+            if words is not None:
+                self._put(registers, start_address, reg.address, words)
         return None
+
+    @staticmethod
+    def _put(registers: list[int], start_address: int, address: int, words: list[int]) -> None:
+        off = address - start_address
+        if 0 <= off and off + len(words) <= len(registers):
+            registers[off : off + len(words)] = words
+
+
+async def _never_answer(*_args: object) -> ExcCodes | None:
+    await asyncio.sleep(3600)
+    return None
+
+
+def _devices(meters: list[SimMeter]) -> list[SimDevice]:
+    # Id 0 stands for every id not listed. Without it pymodbus' simulator answers unknown ids with an
+    # exception; on a real line an absent device is silent, and scans and tests must see that.
+    absent = SimDevice(id=0, simdata=[SimData(0, count=0x10000, values=0, datatype=DataType.REGISTERS)],
+                       action=_never_answer)
+    return [m.device for m in meters] + [absent]
 
 
 def serial_server(meters: list[SimMeter], port: str, baudrate: int) -> ModbusSerialServer:
-    return ModbusSerialServer([m.device for m in meters], port=port, baudrate=baudrate)
+    return ModbusSerialServer(_devices(meters), port=port, baudrate=baudrate)
 
 
 def tcp_server(meters: list[SimMeter], host: str, port: int) -> ModbusTcpServer:
-    return ModbusTcpServer([m.device for m in meters], address=(host, port))
+    return ModbusTcpServer(_devices(meters), address=(host, port))

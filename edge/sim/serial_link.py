@@ -2,7 +2,8 @@
 
 The simulated meter's pymodbus server opens one end, the daemon's pymodbus client the other, both
 through real pyserial. In the middle the link can pace bytes at a baud rate (11 bits per character)
-and inject faults: drop everything (a cut line) or flip a bit (a garbled frame -> CRC error).
+and inject faults: drop everything (a cut line) or flip a bit (a garbled frame -> CRC error). The
+simulated server writes each reply in one piece, so one read from its end is one frame.
 """
 
 from __future__ import annotations
@@ -62,19 +63,20 @@ class SerialLink:
                     self.bytes_host_to_device += len(data)
                     self._write(b, data)
                 else:
-                    if self.garble_next > 0:
+                    if self.garble_next > 0 and len(data) > 2:
+                        # flip one bit of the last byte (the CRC): header intact, CRC check fails
                         self.garble_next -= 1
-                        data = bytes([data[0]]) + bytes([data[1] ^ 0x10]) + data[2:] if len(data) > 1 else data
+                        data = data[:-1] + bytes([data[-1] ^ 0x10])
                     self.bytes_device_to_host += len(data)
                     self._write(a, data)
 
     def _write(self, fd: int, data: bytes) -> None:
         if self.pace_baudrate:
-            # pace like a UART: one character time per byte
+            # pace like a UART: a byte is delivered once its whole character time has passed
             t_char = char_time_s(self.pace_baudrate)
             start = time.monotonic()
             for i, byte in enumerate(data):
-                due = start + i * t_char
+                due = start + (i + 1) * t_char
                 delay = due - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
