@@ -108,7 +108,9 @@ def meter_lines(st: dict[str, Any]) -> list[str]:
         return ["meter    none configured"]
     out = []
     for name, ms in meters.items():
-        health = "ok" if ms.get("ok") else f"NO ANSWER ({ms.get('errors', 0)} errors: {ms.get('last_error')})"
+        health = "ok" if ms.get("ok") else f"NO ANSWER ({ms.get('errors', 0)} errors: {ms.get('last_error')}"
+        if not ms.get("ok"):
+            health += f"; retry in {duration(ms['backoff_s'])})" if ms.get("absent") and ms.get("backoff_s") else ")"
         v = "/".join(_reading(st, f"{name}.Voltage.L{i}", "{:.0f}") for i in (1, 2, 3))
         a = "/".join(_reading(st, f"{name}.Current.Import.L{i}", "{:.1f}") for i in (1, 2, 3))
         e = _reading(st, f"{name}.Energy.Active.Import.Register", "{:.2f}")

@@ -60,5 +60,8 @@ def test_stale_and_invalid_values_never_look_good_and_lines_fit():
     assert "pin DC+ 41.2 STALE °C" in out and "pin DC- -- INVALID °C" in out
     assert "state    OFF (fault)" in out
     assert "NO ANSWER (12 errors: no response)" in out
+    absent = status_text(_status(meters={"grid": {"ok": False, "absent": True, "errors": 40, "last_error": "timeout",
+                                                   "backoff_s": 30.0}}))
+    assert "NO ANSWER (40 errors: timeout; retry in 30 s)" in absent
     assert "over_temperature,fan_fail" in out
     assert "limit    0 A  <- cable DC+ pin stale" in out
