@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import statistics
 import sys
 import tempfile
@@ -42,7 +43,7 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--watchers", type=int, default=4)
     args = ap.parse_args()
-    tmp = Path(tempfile.mkdtemp(prefix="edge-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="edge-api-bench-"))
     text = (SIM.replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp}/edge.sock"')
             .replace('data_dir = ".edge-sim"', f'data_dir = "{tmp}/data"')
             .replace('backend = "systemd"', 'backend = "sim"')
@@ -92,6 +93,7 @@ def main() -> int:
         quiet, loaded = asyncio.run(run())
     finally:
         cab.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
     tick = 100.0
     n_req = len(results["status"]) + len(results["events"])
     rows = [
