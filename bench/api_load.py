@@ -20,12 +20,16 @@ import threading
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run as a script, bench/ comes first on sys.path, where bench/can.py would shadow python-can:
+# drop bench/ and put the repository root there instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
 
-from edge.api.client import Client
-from edge.config import parse_config
-from edge.daemon import Daemon
-from edge.sim.cabinet import SimCabinet
+from edge.api.client import Client, Unreachable  # noqa: E402
+from edge.config import parse_config  # noqa: E402
+from edge.daemon import Daemon  # noqa: E402
+from edge.sim.cabinet import SimCabinet  # noqa: E402
 
 SIM = (Path(__file__).resolve().parent.parent / "edge" / "sim" / "sim.toml").read_text()
 
@@ -58,14 +62,20 @@ def main() -> int:
         client = Client(f"{tmp}/edge.sock")
         while not stop.is_set():
             t0 = time.perf_counter()
-            client.request(cmd, {"limit": 200} if cmd == "events" else None)
+            try:
+                client.request(cmd, {"limit": 200} if cmd == "events" else None)
+            except Unreachable:
+                return  # the daemon stopped first
             results[cmd].append((time.perf_counter() - t0) * 1000.0)
 
     def watcher() -> None:
-        for _ in Client(f"{tmp}/edge.sock").stream("watch", {"interval_s": 0.1}):
-            frames[0] += 1
-            if stop.is_set():
-                return
+        try:
+            for _ in Client(f"{tmp}/edge.sock").stream("watch", {"interval_s": 0.1}):
+                frames[0] += 1
+                if stop.is_set():
+                    return
+        except Unreachable:
+            return  # the daemon stopped first
 
     async def run() -> tuple[list[float], list[float]]:
         daemon = Daemon(cab.patched_config(), board=cab.board)
