@@ -1,22 +1,23 @@
 """The ``edge`` command: daemon start, config check, and the technician's tools.
 
-Exit codes: 0 ok, 1 runtime failure, 2 bad usage or invalid configuration, 3 daemon not reachable.
+Exit codes (every command; docs/CLI.md): 0 ok, 1 failure, 2 bad usage or invalid input/config,
+3 daemon not reachable, 4 refused (permission, or not allowed in the cabinet's current state).
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import json
-import os
-import socket
 import sys
-from typing import Any
+from typing import NoReturn
 
 import click
 
+from edge.api.protocol import EXIT_DOWN, EXIT_FAIL, EXIT_OK, EXIT_USAGE
+from edge.cli_ops import OPS_COMMANDS
 from edge.config import Config, ConfigError, load_config, parse_config
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_DOWN = 0, 1, 2, 3
+__all__ = ["EXIT_DOWN", "EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "main"]
 DEFAULT_CONFIG = "/etc/cabinet-edge/config.toml"
 
 
@@ -30,10 +31,18 @@ def _load(path: str | None, sim: bool) -> Config:
     return load_config(path or DEFAULT_CONFIG)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80})
 @click.version_option(package_name="cabinet-edge")
 def main() -> None:
-    """cabinet-edge: DC fast-charger cabinet controller."""
+    """cabinet-edge: DC fast-charger cabinet controller.
+
+    Exit codes: 0 ok, 1 failure, 2 bad usage/invalid input, 3 daemon not
+    reachable, 4 refused (permission or cabinet state). See docs/CLI.md.
+    """
+
+
+for _cmd in OPS_COMMANDS:
+    main.add_command(_cmd)
 
 
 @main.command()
@@ -72,80 +81,69 @@ def config() -> None:
 
 @config.command("check")
 @click.argument("file", type=click.Path(dir_okay=False))
-def config_check(file: str) -> None:
+@click.option("--json", "as_json", is_flag=True, help="result as one JSON object: ok, problems, config")
+def config_check(file: str, as_json: bool) -> None:
     """Validate FILE: print the effective config and exit 0, or every problem and exit 2."""
     try:
         cfg = load_config(file)
     except ConfigError as exc:
+        if as_json:
+            click.echo(json.dumps({"file": file, "ok": False, "problems": exc.problems}, indent=2))
         click.echo(str(exc), err=True)
         click.echo(f"{file}: INVALID ({len(exc.problems)} problem(s)); see docs/CONFIG.md", err=True)
         sys.exit(EXIT_USAGE)
-    click.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    if as_json:
+        click.echo(json.dumps({"file": file, "ok": True, "problems": [], "config": cfg.model_dump(mode="json")},
+                              indent=2))
+    else:
+        click.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
     click.echo(f"{file}: OK", err=True)
 
 
-def _request(socket_path: str, req: dict[str, Any], timeout_s: float = 3.0) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout_s)
-        try:
-            s.connect(socket_path)
-        except FileNotFoundError:
-            _down(socket_path, "socket does not exist")
-        except PermissionError:
-            _down(socket_path, "permission denied (are you in group cabinet-edge?)")
-        except OSError as exc:
-            _down(socket_path, str(exc))
-        s.sendall(json.dumps(req).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    return dict(json.loads(buf))
+# -- scans: written in edge/scan/*.py by the meter and CAN work; registered here when present ----------
+_SCANS = (("can", "edge.scan.can", "can_command"), ("modbus", "edge.scan.modbus", "modbus_command"))
 
 
-def _down(path: str, why: str) -> None:
-    click.echo(f"daemon not reachable at {path}: {why}; is it running? "
-               "try: systemctl status cabinet-edge (or --socket PATH)", err=True)
-    sys.exit(EXIT_DOWN)
+class _ScanGroup(click.Group):
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is None and cmd_name in {name for name, _, _ in _SCANS}:
+            return _unavailable(cmd_name)
+        return found
 
 
-def _socket_path(socket_opt: str | None, config_path: str | None) -> str:
-    if socket_opt:
-        return socket_opt
-    if env := os.environ.get("EDGE_SOCKET"):
-        return env
-    if config_path or os.path.exists(DEFAULT_CONFIG):
-        try:
-            return load_config(config_path or DEFAULT_CONFIG).api.socket
-        except ConfigError:
-            pass
-    return "/run/cabinet-edge/edge.sock"
-
-
-@main.command()
-@click.option("--socket", "socket_opt", default=None, help="control socket path (or $EDGE_SOCKET)")
-@click.option("--config", "config_path", default=None, help="read the socket path from this config")
-@click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def status(socket_opt: str | None, config_path: str | None, as_json: bool) -> None:
-    """One screen: limit and why, faults, modules, cable, meters, uplink."""
-    answer = _request(_socket_path(socket_opt, config_path), {"cmd": "status"})
-    if not answer.get("ok"):
-        click.echo(f"error: {answer.get('error')}", err=True)
+def _unavailable(name: str) -> click.Command:
+    @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+    def missing() -> NoReturn:
+        click.echo(f"edge scan {name}: not available in this build ({_scan_errors.get(name)})", err=True)
         sys.exit(EXIT_FAIL)
-    data = answer["data"]
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-        return
-    click.echo(f"cabinet {data['cabinet_id']} (site {data['site_id']})  up {data['uptime_s']:.0f} s")
-    click.echo(f"limit {data['limit_a']:.0f} A  <- {data['reason']}")
-    faults = data["faults"]
-    click.echo("faults: " + (", ".join(f"{k} ({v})" for k, v in faults.items()) if faults else "faults: none"))
-    for addr, m in data["modules"].items():
-        state = "LOST" if m["lost"] else "ok"
-        click.echo(f"  module {addr}: {m['voltage_v']:.0f} V {m['current_a']:.1f} A  {state}")
-    click.echo(f"telemetry backlog {data['telemetry']['backlog']}")
+    return missing
+
+
+_scan_errors: dict[str, str] = {}
+
+
+@main.group(cls=_ScanGroup)
+def scan() -> None:
+    """Find devices for commissioning: `edge scan modbus`, `edge scan can`."""
+
+
+def _register_scans() -> None:
+    import importlib
+
+    for name, module, attr in _SCANS:
+        try:
+            cmd = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            _scan_errors[name] = f"{module}.{attr} missing: {exc}"
+            continue
+        scan.add_command(cmd, name)
+
+
+_register_scans()
+_available = [n for n, _, _ in _SCANS if n not in _scan_errors]
+scan.help = "Find devices for commissioning. Available: " + (", ".join(_available) or "none") + (
+    "; not in this build: " + ", ".join(_scan_errors) if _scan_errors else "") + "."
 
 
 if __name__ == "__main__":

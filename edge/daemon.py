@@ -13,6 +13,7 @@ import logging
 import signal
 import sys
 import time
+from collections import deque
 from typing import Any
 
 import can
@@ -114,6 +115,9 @@ class Daemon:
             on_line = [p for p, c in self.meters if c.line == name]
             if on_line:
                 self.meter_lines.append(LinePoller(line_obj, on_line))
+        # -- api (CLI issue): recent events for `edge events`, kept beside the store because the
+        # uplink deletes delivered records from it
+        self.recent_events: deque[dict[str, Any]] = deque(maxlen=1000)
         self.api = ApiServer(config.api, self)
         # -- telemetry uplink (edge/telemetry/uplink.py; docs/TELEMETRY.md) --------------------------
         mq = config.telemetry.mqtt
@@ -133,7 +137,11 @@ class Daemon:
         level = logging.WARNING if kind == "fault_raised" else logging.INFO
         detail = data.get("detail") or data.get("reason") or ""
         log.log(level, "%s %s%s", kind, name, f": {detail}" if detail else "")
-        self.store.append("event", int(time.time() * 1000), {"kind": kind, "name": name, **data})
+        t_ms = int(time.time() * 1000)
+        payload = {"kind": kind, "name": name, **data}
+        seq = self.store.append("event", t_ms, payload)
+        self.recent_events.append({"seq": seq if seq is not None else -len(self.recent_events) - 1, "t_ms": t_ms,
+                                   **payload})
 
     def _send_frame(self, frame: Frame) -> None:
         try:

@@ -26,9 +26,14 @@ class Control(Section):
 
 
 class Api(Section):
-    socket: str = Field("/run/cabinet-edge/edge.sock", description="path of the local control socket")
-    group: str = Field("cabinet-edge", description="group allowed to read (status, faults, events)")
-    admin_group: str = Field("cabinet-edge-admin", description="group allowed to change (clear, limits, tests)")
+    """Local control socket for the `edge` CLI (protocol and permissions: docs/CLI.md)."""
+
+    socket: str = Field("/run/cabinet-edge/edge.sock",
+                        description="path of the local control socket; created with mode 0660, owned by `group`")
+    group: str = Field("cabinet-edge", description="group allowed to read (status, faults, events, watch, diag)")
+    admin_group: str = Field("cabinet-edge-admin",
+                             description="group also allowed to change (clear, limit, stop/resume, selftest); "
+                                         "root always may")
 
 
 class Storage(Section):

@@ -1,0 +1,133 @@
+"""Control API under load: request latency, and whether API clients disturb the safety tick.
+
+Runs the daemon in this process on the simulated cabinet, measures the control tick period for a
+quiet window, then again while client threads hammer the socket (status, events) and watch
+streams run, as a crowd of technicians and scripts would. Prints one table:
+figure, value, limit/reference, ratio.
+
+    PYTHONPATH=. python bench/api_load.py [--seconds 5] [--clients 4] [--watchers 4]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+# Run as a script, bench/ comes first on sys.path, where bench/can.py would shadow python-can:
+# drop bench/ and put the repository root there instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+sys.path.insert(0, str(_HERE.parent))
+
+from edge.api.client import Client, Unreachable  # noqa: E402
+from edge.config import parse_config  # noqa: E402
+from edge.daemon import Daemon  # noqa: E402
+from edge.sim.cabinet import SimCabinet  # noqa: E402
+
+SIM = (Path(__file__).resolve().parent.parent / "edge" / "sim" / "sim.toml").read_text()
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q / 100.0 * len(s)))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--clients", type=int, default=4)
+    ap.add_argument("--watchers", type=int, default=4)
+    args = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="edge-api-bench-"))
+    text = (SIM.replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp}/edge.sock"')
+            .replace('data_dir = ".edge-sim"', f'data_dir = "{tmp}/data"')
+            .replace('backend = "systemd"', 'backend = "sim"')
+            .replace("[telemetry.mqtt]\n", "[telemetry.mqtt]\nenabled = false\n"))
+    cab = SimCabinet(parse_config(text))
+    cab.start()
+    results: dict[str, list[float]] = {"status": [], "events": []}
+    frames = [0]
+    stop = threading.Event()
+
+    def hammer(cmd: str) -> None:
+        client = Client(f"{tmp}/edge.sock")
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                client.request(cmd, {"limit": 200} if cmd == "events" else None)
+            except Unreachable:
+                return  # the daemon stopped first
+            results[cmd].append((time.perf_counter() - t0) * 1000.0)
+
+    def watcher() -> None:
+        try:
+            for _ in Client(f"{tmp}/edge.sock").stream("watch", {"interval_s": 0.1}):
+                frames[0] += 1
+                if stop.is_set():
+                    return
+        except Unreachable:
+            return  # the daemon stopped first
+
+    async def run() -> tuple[list[float], list[float]]:
+        daemon = Daemon(cab.patched_config(), board=cab.board)
+        task = asyncio.create_task(daemon.run())
+        while not Path(f"{tmp}/edge.sock").exists():
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(2.0)  # start-up transients out of the way
+        daemon.controller.tick_periods_ms.clear()
+        await asyncio.sleep(args.seconds)
+        quiet = list(daemon.controller.tick_periods_ms)
+        daemon.controller.tick_periods_ms.clear()
+        threads = [threading.Thread(target=hammer, args=("status" if i % 2 == 0 else "events",), daemon=True)
+                   for i in range(args.clients)]
+        threads += [threading.Thread(target=watcher, daemon=True) for _ in range(args.watchers)]
+        for t in threads:
+            t.start()
+        await asyncio.sleep(args.seconds)
+        loaded = list(daemon.controller.tick_periods_ms)
+        stop.set()
+        daemon.stopping.set()
+        await asyncio.wait_for(task, 5)
+        return quiet, loaded
+
+    try:
+        quiet, loaded = asyncio.run(run())
+    finally:
+        cab.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    tick = 100.0
+    n_req = len(results["status"]) + len(results["events"])
+    rows = [
+        ("status round trip p50", pct(results["status"], 50), "ms", 100.0),
+        ("status round trip p99", pct(results["status"], 99), "ms", 100.0),
+        ("events(200) round trip p99", pct(results["events"], 99), "ms", 100.0),
+        ("requests served", n_req / args.seconds, "/s", None),
+        ("watch frames", frames[0] / args.seconds, "/s", None),
+        ("tick period p50, quiet", pct(quiet, 50), "ms", tick),
+        ("tick period p99, quiet", pct(quiet, 99), "ms", tick * 1.5),
+        ("tick period max, quiet", max(quiet), "ms", tick * 2),
+        ("tick period p50, API load", pct(loaded, 50), "ms", tick),
+        ("tick period p99, API load", pct(loaded, 99), "ms", tick * 1.5),
+        ("tick period max, API load", max(loaded), "ms", tick * 2),
+        ("tick period stdev quiet/load", statistics.pstdev(quiet), "ms", statistics.pstdev(loaded)),
+    ]
+    print(f"{'figure':<30}{'value':>10}  {'unit':<5}{'limit/ref':>10}{'ratio':>8}")
+    for name, value, unit, ref in rows:
+        ratio = f"{value / ref:.2f}" if ref else "-"
+        ref_txt = f"{ref:.1f}" if ref else "-"
+        print(f"{name:<30}{value:>10.2f}  {unit:<5}{ref_txt:>10}{ratio:>8}")
+    print(f"({args.clients} request clients, {args.watchers} watch streams at 0.1 s, {args.seconds:g} s per window)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

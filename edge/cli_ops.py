@@ -1,0 +1,387 @@
+"""The technician's commands that talk to the running daemon over the control socket.
+
+Each command: human text by default, ``--json`` for scripts (the daemon's answer, or on error
+``{"ok": false, "code": ..., "error": ...}``), and the exit codes of :mod:`edge.api.protocol`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import pwd
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from edge import diag, render
+from edge.api.client import ApiError, Client, Unreachable
+from edge.api.protocol import EXIT_DOWN, EXIT_FAIL, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, exit_code
+from edge.cli_parse import parse_current_a, parse_duration_s, parse_since_ms
+from edge.config import ConfigError, load_config
+
+DEFAULT_CONFIG = "/etc/cabinet-edge/config.toml"
+DEFAULT_SOCKET = "/run/cabinet-edge/edge.sock"
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def client_options(f: F) -> F:
+    f = click.option("--json", "as_json", is_flag=True, help="machine-readable output (JSON)")(f)
+    f = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+                     help=f"take the socket path from this config (default {DEFAULT_CONFIG})")(f)
+    f = click.option("--socket", "socket_opt", envvar="EDGE_SOCKET", default=None, metavar="PATH",
+                     help=f"control socket (or $EDGE_SOCKET; default from the config, else {DEFAULT_SOCKET})")(f)
+    return f
+
+
+def socket_path(socket_opt: str | None, config_path: str | None) -> str:
+    if socket_opt:
+        return socket_opt
+    if config_path:
+        try:
+            return load_config(config_path).api.socket
+        except ConfigError as exc:
+            click.echo(f"edge: cannot take the socket path from {config_path}: {exc.problems[0]}", err=True)
+            sys.exit(EXIT_USAGE)
+    if os.access(DEFAULT_CONFIG, os.R_OK):
+        try:
+            return load_config(DEFAULT_CONFIG).api.socket
+        except ConfigError:
+            pass  # `edge config check` reports it; the default socket may still answer
+    return DEFAULT_SOCKET
+
+
+def _me() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid{os.getuid()}"
+
+
+def unreachable(exc: Unreachable, as_json: bool) -> NoReturn:
+    if exc.kind == "permission":
+        code = EXIT_REFUSED
+        msg = (f"edge: permission denied on {exc.path}: {_me()} is not in the socket's group; "
+               f"fix: sudo usermod -aG cabinet-edge {_me()}, then log in again (or use sudo)")
+    else:
+        code = EXIT_DOWN
+        fix = {"missing": "is the daemon running? sudo systemctl status cabinet-edge",
+               "refused": "the daemon is not running: sudo systemctl start cabinet-edge",
+               "timeout": "the daemon is hung or overloaded: sudo journalctl -u cabinet-edge -n 50",
+               "closed": "the daemon is restarting? try again, see sudo journalctl -u cabinet-edge -n 50",
+               }.get(exc.kind, "sudo systemctl status cabinet-edge")
+        msg = f"edge: daemon not reachable at {exc.path}: {exc.why}; {fix} (or --socket PATH)"
+    if as_json:
+        click.echo(json.dumps({"ok": False, "code": "unreachable" if code == EXIT_DOWN else "forbidden",
+                               "error": msg, "socket": exc.path}))
+    click.echo(msg, err=True)
+    sys.exit(code)
+
+
+def failed(exc: ApiError, as_json: bool, what: str) -> NoReturn:
+    if as_json:
+        click.echo(json.dumps({"ok": False, "code": exc.code, "error": exc.message}))
+    click.echo(f"edge {what}: {exc.code.replace('_', ' ')}: {exc.message}", err=True)
+    sys.exit(exit_code(exc.code))
+
+
+def call(ctx_args: dict[str, Any], what: str, cmd: str, args: dict[str, Any] | None = None,
+         timeout_s: float | None = None) -> dict[str, Any]:
+    client = Client(socket_path(ctx_args["socket_opt"], ctx_args["config_path"]))
+    try:
+        return client.request(cmd, args, timeout_s)
+    except Unreachable as exc:
+        unreachable(exc, ctx_args["as_json"])
+    except ApiError as exc:
+        failed(exc, ctx_args["as_json"], what)
+
+
+def emit_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _conn(socket_opt: str | None, config_path: str | None, as_json: bool) -> dict[str, Any]:
+    return {"socket_opt": socket_opt, "config_path": config_path, "as_json": as_json}
+
+
+# -- read -------------------------------------------------------------------------------------------
+@click.command()
+@client_options
+def status(socket_opt: str | None, config_path: str | None, as_json: bool) -> None:
+    """One screen: state, limit and WHY, faults, modules, cable, meter, uplink."""
+    data = call(_conn(socket_opt, config_path, as_json), "status", "status")
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(render.status_text(data))
+
+
+@click.command()
+@client_options
+@click.option("--interval", "interval_s", type=click.FloatRange(0.2, 60.0), default=1.0, show_default=True,
+              help="seconds between refreshes")
+@click.option("--count", type=click.IntRange(1, None), default=None, help="stop after N refreshes")
+def watch(socket_opt: str | None, config_path: str | None, as_json: bool, interval_s: float,
+          count: int | None) -> None:
+    """`edge status`, refreshed in place until Ctrl-C (--json: one object per line)."""
+    conn = _conn(socket_opt, config_path, as_json)
+    client = Client(socket_path(socket_opt, config_path), timeout_s=max(5.0, interval_s * 3))
+    in_place = sys.stdout.isatty() and not as_json
+    args: dict[str, Any] = {"interval_s": interval_s}
+    if count is not None:
+        args["count"] = count
+    seen = 0
+    try:
+        for data in client.stream("watch", args):
+            if as_json:
+                click.echo(json.dumps(data, ensure_ascii=False))
+            elif in_place:
+                click.echo("\x1b[H\x1b[2J" + render.status_text(data) + "\n\n(Ctrl-C to leave)", nl=False)
+            else:
+                click.echo(("\n" if seen else "") + render.status_text(data))
+            seen += 1
+            if count is not None and seen >= count:
+                break
+    except Unreachable as exc:
+        unreachable(exc, conn["as_json"])
+    except ApiError as exc:
+        failed(exc, as_json, "watch")
+    except KeyboardInterrupt:
+        pass
+    if in_place:
+        click.echo()
+    sys.exit(EXIT_OK)
+
+
+@click.command()
+@client_options
+def faults(socket_opt: str | None, config_path: str | None, as_json: bool) -> None:
+    """Active faults, which are latched, and how to clear them."""
+    data = call(_conn(socket_opt, config_path, as_json), "faults", "faults")
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(render.faults_text(data))
+
+
+def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_since_ms(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@click.command()
+@client_options
+@click.option("--since", callback=_since, default=None, metavar="10m|ISO",
+              help="only events after this: a duration ago (10m, 2h, 1d) or an ISO time")
+@click.option("--limit", type=click.IntRange(1, 1000), default=200, show_default=True, help="newest N events")
+def events(socket_opt: str | None, config_path: str | None, as_json: bool, since: int | None, limit: int) -> None:
+    """Events (faults, clears, limit rules, operator commands), oldest first."""
+    args: dict[str, Any] = {"limit": limit}
+    if since is not None:
+        args["since_ms"] = max(0, since)
+    data = call(_conn(socket_opt, config_path, as_json), "events", "events", args)
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(render.events_text(data["events"]))
+
+
+@click.command()
+@client_options
+def whoami(socket_opt: str | None, config_path: str | None, as_json: bool) -> None:
+    """Who the daemon thinks you are, and whether you may change things."""
+    data = call(_conn(socket_opt, config_path, as_json), "whoami", "whoami")
+    if as_json:
+        emit_json(data)
+        return
+    may = "read and change" if data["admin"] else f"read only (changing needs group {data['admin_group']})"
+    click.echo(f"{data['user']} (uid {data['uid']}), groups {', '.join(data['groups'])}: {may}")
+
+
+# -- change -----------------------------------------------------------------------------------------
+@click.command()
+@client_options
+@click.argument("fault")
+def clear(socket_opt: str | None, config_path: str | None, as_json: bool, fault: str) -> None:
+    """Clear latched FAULT (refused while its condition is still present)."""
+    data = call(_conn(socket_opt, config_path, as_json), "clear", "clear", {"fault": fault})
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f"cleared {fault}; recorded as {_me()}")
+
+
+def _current(ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return parse_current_a(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = parse_duration_s(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    if seconds > 7 * 86400:
+        raise click.BadParameter(f"{value!r} is longer than 7 days; use `edge limit set` without --for instead")
+    return seconds
+
+
+@click.group()
+def limit() -> None:
+    """Set or clear an operator current limit (it can only lower the limit)."""
+
+
+@limit.command("set", context_settings={"ignore_unknown_options": True})
+@client_options
+@click.argument("current", metavar="CURRENT", callback=_current)
+@click.option("--for", "duration_s", callback=_duration, default=None, metavar="DURATION",
+              help="expires after this (30m, 2h, 1h30m); until `edge limit clear` when not given")
+def limit_set(socket_opt: str | None, config_path: str | None, as_json: bool, current: float,
+              duration_s: float | None) -> None:
+    """Limit the output to CURRENT (with unit: 120A) for a while.
+
+    Never above the hardware limit; the lowest of all rules always wins.
+    """
+    conn = _conn(socket_opt, config_path, as_json)
+    args: dict[str, Any] = {"amps": current}
+    if duration_s is not None:
+        args["duration_s"] = duration_s
+    data = call(conn, "limit set", "limit_set", args)
+    if as_json:
+        emit_json(data)
+        return
+    until = ("until `edge limit clear`" if duration_s is None else
+             f"for {render.duration(duration_s)} (until {render.clock(data['expires_at_ms'])})")
+    click.echo(f"operator limit {current:g} A {until}")
+    st = call(conn, "limit set", "status")
+    click.echo(f"limit now {st['target_a']:.0f} A  <- {st['reason']}")
+
+
+@limit.command("clear")
+@client_options
+def limit_clear(socket_opt: str | None, config_path: str | None, as_json: bool) -> None:
+    """Remove the operator current limit."""
+    data = call(_conn(socket_opt, config_path, as_json), "limit clear", "limit_clear")
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(data["result"])
+
+
+@click.command()
+@client_options
+def stop(socket_opt: str | None, config_path: str | None, as_json: bool) -> None:
+    """Stop charging: 0 A, output off, contactor open, until `edge resume`."""
+    data = call(_conn(socket_opt, config_path, as_json), "stop", "stop")
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(f"stopped: output {'still on (ramping down)' if data['enable'] else 'off'}, "
+                   "contactor open; `edge resume` to charge again")
+
+
+@click.command()
+@client_options
+def resume(socket_opt: str | None, config_path: str | None, as_json: bool) -> None:
+    """Undo `edge stop` (latched faults still hold until cleared)."""
+    data = call(_conn(socket_opt, config_path, as_json), "resume", "resume")
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(("resumed" if data["resumed"] else "was not stopped") +
+                   f"; limit {data['target_a']:.0f} A  <- {data['reason']}")
+
+
+@click.command()
+@client_options
+@click.option("--seconds", "duration_s", type=click.FloatRange(1.0, 60.0), default=5.0, show_default=True,
+              help="how long pump and fan run")
+def selftest(socket_opt: str | None, config_path: str | None, as_json: bool, duration_s: float) -> None:
+    """Run pump and fan with the output off; report flow and temperatures (refused while charging)."""
+    if not as_json:
+        click.echo(f"running pump and fan for {duration_s:g} s ...", err=True)
+    data = call(_conn(socket_opt, config_path, as_json), "selftest", "selftest", {"duration_s": duration_s},
+                timeout_s=duration_s + 10.0)
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(render.selftest_text(data))
+    sys.exit(EXIT_OK if data["verdict"] in ("pass", "warn") else EXIT_FAIL)
+
+
+@click.command("diag")
+@client_options
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="bundle to write (default edge-diag-<cabinet>-<time>.tar.gz here)")
+def diag_cmd(socket_opt: str | None, config_path: str | None, as_json: bool, output: str | None) -> None:
+    """Write a diagnostics bundle for the manufacturer (no passwords or keys)."""
+    files: dict[str, str | bytes] = {}
+    notes: list[str] = []
+    path = socket_path(socket_opt, config_path)
+    daemon: dict[str, Any] | None = None
+    try:
+        daemon = Client(path, timeout_s=10.0).request("diag")
+    except (Unreachable, ApiError) as exc:
+        notes.append(f"daemon not reachable at {path}: {exc}; status, events and store statistics are missing")
+    cabinet = "unknown"
+    if daemon is not None:
+        cabinet = str(daemon["status"].get("cabinet_id", cabinet))
+        files["config.json"] = diag.to_json(daemon["config"])
+        files["status.json"] = diag.to_json(daemon["status"])
+        files["status.txt"] = render.status_text(daemon["status"]) + "\n"
+        files["events.json"] = diag.to_json(daemon["events"])
+        files["events.txt"] = render.events_text(daemon["events"]) + "\n"
+        files["store.json"] = diag.to_json(daemon["store"])
+        files["daemon.json"] = diag.to_json(daemon["daemon"])
+    cfg_file = config_path or DEFAULT_CONFIG
+    try:
+        cfg = load_config(cfg_file)
+        files["config-file.json"] = diag.to_json(diag.redact(cfg.model_dump(mode="json")))
+        cabinet = cfg.cabinet.cabinet_id if cabinet == "unknown" else cabinet
+    except ConfigError as exc:
+        if daemon is None or config_path is not None or os.path.exists(cfg_file):
+            notes.append(f"config file: {exc.problems[0]}")
+        try:
+            with open(cfg_file, encoding="utf-8", errors="replace") as f:
+                files["config-file.toml.redacted"] = diag.redact_toml_text(f.read())
+        except OSError:
+            pass
+    files["versions.json"] = diag.to_json(diag.system_versions())
+    files["journal.txt"] = diag.journal()
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    output = output or f"edge-diag-{cabinet}-{stamp}.tar.gz"
+    manifest = [f"cabinet-edge diagnostics of cabinet {cabinet}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+                f"made by {_me()} with socket {path}",
+                "secrets: values of keys naming a password/secret/token/key passphrase are <redacted>;",
+                "         TLS certificate and key files are never read, only their paths appear.",
+                "", "files:"]
+    manifest += [f"  {name}" for name in sorted(files)]
+    manifest += ["", "notes:"] + [f"  {n}" for n in notes or ["none"]]
+    files["MANIFEST.txt"] = "\n".join(manifest) + "\n"
+    top = os.path.basename(output).removesuffix(".tar.gz").removesuffix(".tgz")
+    try:
+        members = diag.write_bundle(output, files, top)
+    except OSError as exc:
+        click.echo(f"edge diag: cannot write {output}: {exc}", err=True)
+        sys.exit(EXIT_FAIL)
+    if as_json:
+        emit_json({"ok": True, "output": output, "members": members, "notes": notes})
+    else:
+        click.echo(f"wrote {output} ({os.path.getsize(output)} bytes, {len(members)} files)")
+        for n in notes:
+            click.echo(f"note: {n}", err=True)
+
+
+OPS_COMMANDS: list[click.Command] = [status, watch, faults, events, whoami, clear, limit, stop, resume, selftest,
+                                     diag_cmd]

@@ -1,0 +1,299 @@
+"""Human output of the CLI: plain text that fits an 80-column terminal, most important line first.
+
+Pure functions from the daemon's JSON answers to text, so what `edge status` shows is testable without
+a terminal. Missing values print as ``--``; a value whose quality is not ``ok`` carries the quality in
+capitals (``41.2 STALE``), so a frozen sensor never looks like a good one.
+"""
+
+from __future__ import annotations
+
+import textwrap
+import time
+from collections.abc import Iterable
+from typing import Any
+
+WIDTH = 80
+LABEL = 9  # width of the left label column
+
+
+def _wrap(label: str, text: str, indent: int = LABEL) -> list[str]:
+    first = f"{label:<{indent}}"
+    return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=" " * (indent + 2),
+                         break_on_hyphens=False) or [first.rstrip()]
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "--"
+    s = int(max(0, seconds))
+    d, s = divmod(s, 86400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d} d {h} h"
+    if h:
+        return f"{h} h {m:02d} m"
+    if m:
+        return f"{m} m {s:02d} s"
+    return f"{s} s"
+
+
+def clock(t_ms: int | float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t_ms / 1000.0))
+
+
+def _reading(st: dict[str, Any], signal: str, fmt: str = "{:.1f}") -> str:
+    r = st.get("readings", {}).get(signal)
+    if not r or r.get("value") is None:
+        return "--" if not r else f"-- {str(r.get('quality', '')).upper()}"
+    text = fmt.format(r["value"])
+    return text if r.get("quality") == "ok" else f"{text} {str(r.get('quality')).upper()}"
+
+
+def machine_state(st: dict[str, Any]) -> str:
+    rule = st.get("rule")
+    if rule == "trip":
+        return "TRIPPED"
+    if rule == "stop" or st.get("stopped_by"):
+        return "STOPPED"
+    if st.get("selftest", {}).get("active"):
+        return "SELF-TEST"
+    if st.get("enable"):
+        amps = sum((m.get("current_a") or 0.0) for m in st.get("modules", {}).values() if not m.get("lost"))
+        return "CHARGING" if amps > 1.0 else "READY"
+    if (st.get("target_a") or 0) <= 0:
+        return "OFF (fault)" if st.get("faults") else "OFF"
+    return "STARTING"
+
+
+def _who(source: str | None) -> str:
+    if not source:
+        return "?"
+    return source.split(":", 1)[1] if source.startswith("cli:") else source
+
+
+def limit_lines(st: dict[str, Any]) -> list[str]:
+    target = st.get("target_a") or 0.0
+    lines = _wrap("limit", f"{target:.0f} A  <- {st.get('reason') or 'starting'}")
+    applied = st.get("limit_a") or 0.0
+    if abs(applied - target) >= 1.0:
+        lines.append(f"{'':<{LABEL}}now {applied:.0f} A, " + ("ramping up" if applied < target else "going down"))
+    ext = st.get("external_limit")
+    if ext:
+        left = "until cleared" if ext.get("remaining_s") is None else f"{duration(ext['remaining_s'])} left"
+        lines.append(f"{'':<{LABEL}}operator limit {ext['amps']:.0f} A by {_who(ext.get('source'))}, {left}"
+                     "  (edge limit clear)")
+    if st.get("stopped_by"):
+        lines.append(f"{'':<{LABEL}}stopped by {_who(st['stopped_by'])}  (edge resume)")
+    return lines
+
+
+def fault_lines(faults: dict[str, str], latched: Iterable[str]) -> list[str]:
+    if not faults:
+        return ["faults   none"]
+    latched = set(latched)
+    out: list[str] = []
+    for i, (name, detail) in enumerate(sorted(faults.items())):
+        out.append(f"{'faults' if i == 0 else '':<{LABEL}}{name}" + ("  LATCHED" if name in latched else ""))
+        out += textwrap.wrap(detail.removesuffix(" (latched)"), WIDTH, initial_indent=" " * (LABEL + 2),
+                             subsequent_indent=" " * (LABEL + 4), break_on_hyphens=False)
+        if name in latched:
+            out.append(f"{'':<{LABEL + 2}}-> fix the cause, then: edge clear {name}")
+    return out
+
+
+def meter_lines(st: dict[str, Any]) -> list[str]:
+    meters = st.get("meters", {})
+    if not meters:
+        return ["meter    none configured"]
+    out = []
+    for name, ms in meters.items():
+        health = "ok" if ms.get("ok") else f"NO ANSWER ({ms.get('errors', 0)} errors: {ms.get('last_error')}"
+        if not ms.get("ok"):
+            health += f"; retry in {duration(ms['backoff_s'])})" if ms.get("absent") and ms.get("backoff_s") else ")"
+        v = "/".join(_reading(st, f"{name}.Voltage.L{i}", "{:.0f}") for i in (1, 2, 3))
+        a = "/".join(_reading(st, f"{name}.Current.Import.L{i}", "{:.1f}") for i in (1, 2, 3))
+        e = _reading(st, f"{name}.Energy.Active.Import.Register", "{:.2f}")
+        out += _wrap("meter", f"{name} {health}  {v} V  {a} A")
+        out.append(f"{'':<{LABEL + 2}}P {_kw(st, f'{name}.Power.Active.Import')}  E {e} kWh")
+    return out
+
+
+def _kw(st: dict[str, Any], signal: str) -> str:
+    r = st.get("readings", {}).get(signal)
+    if not r or r.get("value") is None:
+        return "-- kW"
+    text = f"{r['value'] / 1000.0:.1f} kW"
+    return text if r.get("quality") == "ok" else f"{text} {str(r.get('quality')).upper()}"
+
+
+def module_lines(st: dict[str, Any]) -> list[str]:
+    mods = st.get("modules", {})
+    if not mods:
+        return ["modules  none configured"]
+    out = [f"{'modules':<{LABEL}}{'#':>3}  {'state':<6}{'V':>7}{'A':>8}{'°C':>7}  alarms"]
+    for addr, m in sorted(mods.items(), key=lambda kv: int(kv[0]) if str(kv[0]).isdigit() else 0):
+        lost = bool(m.get("lost"))
+        state = "LOST" if lost else ("on" if m.get("on") else "off")
+        temp = m.get("temperature_c")
+        alarms = ",".join(m.get("alarms") or []) or ("no answer" if lost else "-")
+        v, a = m.get("voltage_v") or 0.0, m.get("current_a") or 0.0
+        # a lost module's last values are history, not measurements: never show them as if live
+        v_txt, a_txt = ("--", "--") if lost else (f"{v:.1f}", f"{a:.1f}")
+        t_txt = "--" if lost or temp is None else f"{temp:.1f}"
+        line = f"{'':<{LABEL}}{addr:>3}  {state:<6}{v_txt:>7}{a_txt:>8}{t_txt:>7}  {alarms}"
+        out.append(line[:WIDTH])
+    return out
+
+
+def cable_lines(st: dict[str, Any], cable: str | None) -> list[str]:
+    if cable is None:
+        return ["cable    none configured"]
+    c = cable
+    leak = st.get("readings", {}).get(f"{c}.leak")
+    leak_txt = "" if not leak else ("  LEAK DETECTED" if leak.get("value") else "")
+    o = st.get("outputs", {})
+    return [
+        f"{'cable':<{LABEL}}pin DC+ {_reading(st, f'{c}.pin_dc_plus_c')} °C   "
+        f"pin DC- {_reading(st, f'{c}.pin_dc_minus_c')} °C{leak_txt}",
+        f"{'coolant':<{LABEL}}in {_reading(st, f'{c}.coolant_in_c')} °C  out {_reading(st, f'{c}.coolant_out_c')} °C"
+        f"  flow {_reading(st, f'{c}.coolant_flow_lpm', '{:.2f}')} l/min"
+        f"  {_reading(st, f'{c}.coolant_pressure_bar', '{:.2f}')} bar",
+        f"{'outputs':<{LABEL}}contactor {'CLOSED' if o.get('contactor') else 'open'}"
+        f"  pump {'on' if o.get('pump') else 'off'}  fan {'on' if o.get('fan') else 'off'}",
+    ]
+
+
+def uplink_state(tel: dict[str, Any]) -> str:
+    """Whatever the telemetry side reports; its keys may grow, so read them defensively."""
+    nested = tel.get("uplink")
+    up: dict[str, Any] = nested if isinstance(nested, dict) else tel
+    if up.get("enabled") is False:
+        return "disabled (telemetry.mqtt.enabled = false)"
+    state = up.get("state")
+    if state is None and "connected" in up:
+        state = "connected" if up.get("connected") else "DISCONNECTED"
+    if state is None:
+        return "state not reported"
+    text = str(state)
+    if up.get("broker") or up.get("host"):
+        text += f" to {up.get('broker') or up.get('host')}"
+    if not up.get("connected", True) and up.get("last_error"):
+        text += f": {up['last_error']}"
+        if up.get("next_reconnect_s") is not None:
+            text += f", retry in {duration(up['next_reconnect_s'])}"
+    return text
+
+
+def uplink_lines(st: dict[str, Any]) -> list[str]:
+    tel = st.get("telemetry") or {}
+    text = f"{uplink_state(tel)};  backlog {tel.get('backlog', '--')} records, last seq {tel.get('last_seq', '--')}"
+    if tel.get("write_errors"):
+        text += f";  STORE WRITE ERRORS {tel['write_errors']}"
+    if tel.get("degraded"):
+        text += ";  STORE DEGRADED"
+    if tel.get("evicted"):
+        text += f";  {tel['evicted']} records evicted (store full)"
+    return _wrap("uplink", text)
+
+
+def can_lines(st: dict[str, Any]) -> list[str]:
+    """One line for the CAN buses: health (bus-off, error-passive) and any loss, from the CAN side's keys."""
+    buses = st.get("can") or {}
+    if not buses:
+        return []
+    parts = []
+    for name, b in buses.items():
+        text = f"{name} {b.get('health', 'ok')}"
+        if b.get("reason"):
+            text += f" ({b['reason']})"
+        for key, label in (("dropped", "dropped"), ("error_frames", "error frames"), ("send_errors", "send errors"),
+                           ("bus_off", "bus-off"), ("reopens", "reopens")):
+            if b.get(key):
+                text += f" {label} {b[key]}"
+        parts.append(text)
+    frames = st.get("can_frames") or {}
+    for key, label in (("unknown", "unknown frames"), ("decode_errors", "decode errors")):
+        if frames.get(key):
+            parts.append(f"{label} {frames[key]}")
+    return _wrap("can", ";  ".join(parts))
+
+
+def output_line(st: dict[str, Any]) -> str:
+    mods = [m for m in st.get("modules", {}).values() if not m.get("lost")]
+    amps = sum((m.get("current_a") or 0.0) for m in mods)
+    volts = max([(m.get("voltage_v") or 0.0) for m in mods], default=0.0)
+    return f"{'state':<{LABEL}}{machine_state(st):<12}output {volts:.0f} V  {amps:.1f} A  {volts * amps / 1000:.1f} kW"
+
+
+def status_text(st: dict[str, Any], cable: str | None = None) -> str:
+    if cable is None:
+        cable = next((s.split(".", 1)[0] for s in st.get("readings", {}) if s.endswith(".pin_dc_plus_c")), None)
+    head = (f"cabinet {st.get('cabinet_id')} @ {st.get('site_id')}   up {duration(st.get('uptime_s'))}"
+            f"   edge {st.get('version')}")
+    if st.get("time_ms"):
+        head += f"   {time.strftime('%H:%M:%S %Z', time.localtime(st['time_ms'] / 1000))}"
+    lines = [head[:WIDTH], output_line(st), *limit_lines(st),
+             *fault_lines(st.get("faults", {}), st.get("latched", [])),
+             *module_lines(st), *cable_lines(st, cable), *meter_lines(st), *can_lines(st), *uplink_lines(st)]
+    return "\n".join(lines)
+
+
+def faults_text(data: dict[str, Any]) -> str:
+    faults = data.get("faults", {})
+    lines = []
+    if not faults:
+        lines.append("no active faults")
+    for name, f in faults.items():
+        detail = str(f.get("detail")).removesuffix(" (latched)")
+        lines += _wrap(name, ("LATCHED: " if f.get("latched") else "") + detail, indent=max(LABEL, len(name) + 2))
+        lines.append(f"{'':<4}-> {f.get('hint')}")
+    for addr, alarms in (data.get("module_alarms") or {}).items():
+        lines.append(f"module {addr} alarms: {', '.join(alarms)}")
+    lines += _wrap("limit", f"{(data.get('limit_a') or 0):.0f} A  <- {data.get('reason')}")
+    return "\n".join(lines)
+
+
+def event_detail(ev: dict[str, Any]) -> str:
+    if ev.get("kind") == "command":
+        args = " ".join(f"{k}={v}" for k, v in (ev.get("args") or {}).items() if v is not None)
+        return f"by {ev.get('user')} (uid {ev.get('uid')}){': ' + args if args else ''} -> {ev.get('result')}"
+    skip = {"seq", "t_ms", "kind", "name"}
+    for key in ("detail", "reason", "result"):
+        if ev.get(key):
+            rest = {k: v for k, v in ev.items() if k not in skip and k != key}
+            return str(ev[key]) + ("  " + " ".join(f"{k}={v}" for k, v in rest.items()) if rest else "")
+    return " ".join(f"{k}={v}" for k, v in ev.items() if k not in skip)
+
+
+def events_text(events: list[dict[str, Any]]) -> str:
+    if not events:
+        return "no events in that period"
+    lines = []
+    for ev in events:
+        head = f"{clock(ev['t_ms'])} {ev.get('kind')} {ev.get('name')}"
+        detail = event_detail(ev)
+        lines += textwrap.wrap(f"{head}: {detail}" if detail else head, WIDTH, subsequent_indent=" " * 20,
+                               break_on_hyphens=False)
+    return "\n".join(lines)
+
+
+def selftest_text(r: dict[str, Any]) -> str:
+    def fmt(v: float | None, spec: str = "{:.1f}") -> str:
+        return "--" if v is None else spec.format(v)
+    b, a = r.get("before", {}), r.get("after", {})
+    rows = [("coolant flow", "coolant_flow_lpm", "l/min", "{:.2f}"),
+            ("coolant pressure", "coolant_pressure_bar", "bar", "{:.2f}"),
+            ("coolant in", "coolant_in_c", "°C", "{:.1f}"), ("coolant out", "coolant_out_c", "°C", "{:.1f}"),
+            ("pin DC+", "pin_dc_plus_c", "°C", "{:.1f}"), ("pin DC-", "pin_dc_minus_c", "°C", "{:.1f}")]
+    out = [f"self-test: pump and fan on for {r.get('duration_s'):g} s with the output off",
+           f"{'':<18}{'before':>10}{'after':>10}"]
+    for label, key, unit, spec in rows:
+        out.append(f"{label:<18}{fmt(b.get(key), spec):>10}{fmt(a.get(key), spec):>10}  {unit}")
+    lo, hi = fmt(r.get("flow_min_lpm"), "{:.2f}"), fmt(r.get("flow_max_lpm"), "{:.2f}")
+    out.append(f"flow during test  min {lo}  max {hi} l/min (full current needs {r.get('flow_full_current_lpm'):g})")
+    seen = r.get("outputs_seen", {})
+    pump, fan = ("yes" if seen.get(k) else "NO" for k in ("pump", "fan"))
+    out.append(f"outputs seen on   pump {pump}  fan {fan}")
+    out += _wrap("result", f"{str(r.get('verdict')).upper()}: {r.get('why')}", indent=18)
+    return "\n".join(out)
