@@ -25,10 +25,10 @@ class Mqtt(Section):
     client_id: str | None = Field(None, description="defaults to edge-<site>-<cabinet>")
     username: str | None = None
     password: str | None = Field(None, description="secret: redacted in diagnostics")
-    keepalive_s: int = Field(30, ge=5, le=1200, description="s; the broker sends the will after 1.5x this")
+    keepalive_s: int = Field(30, ge=5, le=1200, description="the broker sends the last will after 1.5x this")
     session_expiry_s: int = Field(604800, ge=0, le=4294967295,
-                                  description="MQTT 5 session expiry, s: the broker keeps our session (queued "
-                                              "commands, unacked messages) this long offline; default 7 days")
+                                  description="MQTT 5: the broker keeps our session (queued commands, "
+                                              "unacknowledged messages) this long while we are offline; 7 days")
     topic_prefix: str = Field("cabinet", pattern=r"^[A-Za-z0-9_\-/]+$")
     max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK")
     batch_samples: int = Field(200, ge=1, le=10000, description="samples per telemetry message when replaying")
