@@ -67,7 +67,7 @@ class Daemon:
             pins = [make_pin(o.backend, o.contactor), make_pin(o.backend, o.pump), make_pin(o.backend, o.fan)]
         self.outputs = Outputs(*pins)
         self.wdt = make_wdt(config.watchdog.backend, config.watchdog.timeout_ms)
-        self.store = Store(config.storage.data_dir, config.telemetry.store_max_mb)
+        self.store = Store(config.storage.data_dir, config.telemetry.store_max_mb, config.telemetry.min_free_mb)
         self.sampler = Sampler()
 
         # --- CAN (drivers/power_modules, drivers/cable, hal/can.py; docs/CAN.md) ---

@@ -53,6 +53,9 @@ def sim_config_text(tmp: Path, extra: str = "") -> str:
 
     Tables in ``extra`` replace the same tables of the built-in config (e.g. ``[limits.grid]``).
     """
+    if "[telemetry.mqtt]" not in extra:
+        # never deliver to (and delete for) a broker that happens to run on the developer's 1883
+        extra += "\n[telemetry.mqtt]\nenabled = false\n"
     redefined = {ln.strip().split("#")[0].strip() for ln in extra.splitlines()
                  if ln.strip().startswith("[") and not ln.strip().startswith("[[")}
     text = _drop_tables(SIM_TOML, redefined).replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp}/edge.sock"')

@@ -181,10 +181,13 @@ def test_rising_grid_load_lowers_the_charger_current_so_the_site_fuse_holds(tmp_
         t0 = await until(lambda: max(cab.physics.grid_a) > fuse_a, timeout=2, what="grid over the fuse")
         await until(lambda: max(cab.physics.grid_a) <= fuse_a - margin_a + 0.5, timeout=5, what="fuse respected")
         seen["settle_s"] = time.monotonic() - t0
-        # and it stays so while charging goes on
+        # and it stays so while charging goes on: on a loaded machine the meter and module samples can
+        # be far apart, the core then takes the smaller own share (safe side) and holds a moment before
+        # ramping back, so watch until the output is back (bounded) and at least 1.5 s
         worst = 0.0
         end = time.monotonic() + 1.5
-        while time.monotonic() < end:
+        deadline = time.monotonic() + 8.0
+        while time.monotonic() < end or (cab.physics.output_a <= 10.0 and time.monotonic() < deadline):
             worst = max(worst, *cab.physics.grid_a)
             await asyncio.sleep(0.02)
         seen["worst"] = worst

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
@@ -119,3 +120,16 @@ def test_store_file_is_wal_mode(tmp_path: Path):
     s.close()
     mode = sqlite3.connect(tmp_path / "telemetry.sqlite3").execute("PRAGMA journal_mode").fetchone()[0]
     assert mode == "wal"
+
+
+def test_disk_nearly_full_drops_telemetry_keeps_events_and_reports_it(tmp_path):
+    st = os.statvfs(tmp_path)
+    free_mb = st.f_bavail * st.f_frsize / 1048576
+    store = Store(str(tmp_path / "low"), min_free_mb=free_mb * 2 + 1)  # more than this disk has free
+    assert store.append("telemetry", 1, {"x": 1}) is None
+    assert store.dropped_low_disk == 1
+    assert store.degraded is not None and "disk nearly full" in store.degraded
+    seq = store.append("event", 2, {"kind": "fault_raised"})
+    assert seq is not None  # the last space is kept for events
+    roomy = Store(str(tmp_path / "ok"), min_free_mb=0.0)  # 0 switches the check off
+    assert roomy.append("telemetry", 1, {"x": 1}) is not None and roomy.degraded is None

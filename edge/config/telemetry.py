@@ -41,4 +41,7 @@ class Telemetry(Section):
     interval_s: float = Field(1.0, ge=0.1, le=3600, description="aggregation interval of samples, s")
     store_max_mb: float = Field(256.0, ge=1, le=100000,
                                 description="size bound of the store, MB; oldest telemetry goes first")
+    min_free_mb: float = Field(64.0, ge=0, le=100000,
+                               description="free disk space, MB, below which new telemetry is dropped "
+                                           "(events still kept) and telemetry_store_error raised; 0 = off")
     mqtt: Mqtt = Mqtt()

@@ -122,8 +122,13 @@ class StoreView(_Records):
 
 
 class Store(_Records):
-    def __init__(self, data_dir: str, max_mb: float = 256.0) -> None:
+    def __init__(self, data_dir: str, max_mb: float = 256.0, min_free_mb: float = 0.0) -> None:
         os.makedirs(data_dir, exist_ok=True)
+        self.data_dir = data_dir
+        self.min_free_bytes = int(min_free_mb * 1024 * 1024)
+        self.dropped_low_disk = 0
+        self._free_checked_t = -1e9
+        self._disk_low = False
         self.path = os.path.join(data_dir, "telemetry.sqlite3")
         self.max_bytes = int(max_mb * 1024 * 1024)
         self.write_errors = 0
@@ -150,6 +155,10 @@ class Store(_Records):
         except ValueError as exc:  # NaN/inf have no JSON form: a bug upstream, not a disk problem
             self._failed(f"record not JSON-safe: {exc}")
             return None
+        if kind == "telemetry" and self._disk_nearly_full():
+            # Keep the last of the space for events (faults, commands): they matter more than samples.
+            self.dropped_low_disk += 1
+            return None
         seq = self._insert(kind, t_ms, text)
         if seq is None:
             return None
@@ -175,6 +184,25 @@ class Store(_Records):
             except sqlite3.Error as exc2:
                 self._failed(str(exc2))
                 return None
+
+    def _disk_nearly_full(self) -> bool:
+        """Free space below ``min_free_mb``, checked at most once a second (statvfs is a syscall)."""
+        if self.min_free_bytes <= 0:
+            return False
+        now = time.monotonic()
+        if now - self._free_checked_t >= 1.0:
+            self._free_checked_t = now
+            try:
+                st = os.statvfs(self.data_dir)
+                free = st.f_bavail * st.f_frsize
+            except OSError as exc:
+                self._failed(f"cannot read free disk space: {exc}")
+                return False
+            self._disk_low = free < self.min_free_bytes
+            if self._disk_low:
+                self._failed(f"disk nearly full: {free / 1048576:.1f} MB free, below "
+                             f"{self.min_free_bytes / 1048576:.0f} MB; telemetry dropped, events kept")
+        return self._disk_low
 
     def _failed(self, why: str) -> None:
         self.write_errors += 1
@@ -237,7 +265,8 @@ class Store(_Records):
 
     def stats(self) -> dict[str, Any]:
         return {"backlog": self.backlog(), "last_seq": self.last_seq(), "write_errors": self.write_errors,
-                "evicted": self.evicted, "evicted_events": self.evicted_events, "degraded": self.degraded}
+                "evicted": self.evicted, "evicted_events": self.evicted_events, "degraded": self.degraded,
+                "dropped_low_disk": self.dropped_low_disk}
 
     def close(self) -> None:
         try:
