@@ -22,7 +22,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -37,26 +36,13 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from tests.conftest import sim_config_text  # noqa: E402  (repo on sys.path first)
+from tests.conftest import api_request as _request  # noqa: E402  (repo on sys.path first)
+from tests.conftest import sim_config_text  # noqa: E402
 from tests.mqtt_broker import Broker, Consumer  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
 POLL_S = 0.05
-
-
-def _request(path: str, req: dict[str, Any], timeout: float = 3.0) -> dict[str, Any]:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(json.dumps(req).encode() + b"\n")
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(1 << 20)
-            if not chunk:
-                break
-            buf += chunk
-    return dict(json.loads(buf))
 
 
 @dataclass

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import json
 import os
 import signal
@@ -46,6 +48,21 @@ def _drop_tables(text: str, headers: set[str]) -> str:
         if not skipping:
             out.append(line)
     return "\n".join(out) + "\n"
+
+
+async def until(cond: Callable[[], Any], timeout: float = 15.0, what: str = "", interval: float = 0.005) -> float:
+    """Await ``cond`` (a plain or an async callable) until it is truthy, on the running loop; returns the
+    monotonic time it held. Fails the test after ``timeout`` s: a deadline, never a blind sleep."""
+    deadline = time.monotonic() + timeout
+    while True:
+        res = cond()
+        if inspect.isawaitable(res):
+            res = await res
+        if res:
+            return time.monotonic()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what or cond}")
+        await asyncio.sleep(interval)
 
 
 def sim_config_text(tmp: Path, extra: str = "") -> str:

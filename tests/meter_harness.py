@@ -8,8 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from drivers.meters.models import MeterModel, generic_model
@@ -18,7 +16,7 @@ from drivers.meters.reader import MeterCommError, ModbusLine
 from edge.sim.meter import SimMeter, serial_server, tcp_server
 from edge.sim.serial_link import SerialLink
 from hal.serial import SerialSettings
-from tests.conftest import free_port, wait_for
+from tests.conftest import free_port, until, wait_for
 
 VALUES: dict[str, float] = {
     "Voltage.L1": 230.1, "Voltage.L2": 231.4, "Voltage.L3": 229.8,
@@ -36,20 +34,6 @@ GENERIC = generic_model("generic:sub", [
     {"signal": "Energy.Active.Import.Register", "address": 0x200, "type": "u64", "scale": 0.01, "unit": "kWh",
      "function_code": 3},
 ], rejects_gaps=True)
-
-
-async def until(cond: Callable[[], Awaitable[bool] | bool], timeout: float, what: str) -> None:
-    """Await ``cond`` (sync or async) until truthy, failing after ``timeout`` s (no blind sleeps)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        res = cond()
-        if isinstance(res, Awaitable):
-            res = await res
-        if res:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 class MeterBench:

@@ -20,22 +20,13 @@ from edge.config import parse_config
 from edge.daemon import Daemon
 from edge.sim.cabinet import SimCabinet
 from hal import can as hcan
-from tests.conftest import sim_config_text
+from tests.conftest import sim_config_text, until
 
 
 def config_text(tmp_path: Path, protocol: str = "infypower", lost_after_ms: int = 800) -> str:
     text = sim_config_text(tmp_path)
     extra = f'protocol = "{protocol}"\nlost_after_ms = {lost_after_ms}\n'
     return text.replace("[power_modules]\n", "[power_modules]\n" + extra)
-
-
-async def until(cond, timeout=10.0, what=""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out: {what}")
 
 
 def run(tmp_path: Path, body, protocol: str = "infypower"):

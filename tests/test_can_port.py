@@ -13,6 +13,7 @@ import pytest
 
 from hal import can as hcan
 from hal.can import CanPort, CanSendError, CanSettings
+from tests.conftest import until
 
 _chan = itertools.count()
 
@@ -20,15 +21,6 @@ _chan = itertools.count()
 def settings(**kw) -> CanSettings:
     kw.setdefault("channel", f"test-port-{next(_chan)}")
     return CanSettings(name="t", interface="virtual", **kw)
-
-
-async def until(cond, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 def ext(aid: int, data: bytes = bytes(8)) -> can.Message:

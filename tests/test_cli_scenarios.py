@@ -7,7 +7,6 @@ import asyncio
 import json
 import re
 import sys
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ from edge.config import parse_config
 from edge.daemon import Daemon
 from edge.sim.cabinet import SimCabinet
 from tests.cli_support import quiet_sim
-from tests.conftest import edge_env, sim_config_text
+from tests.conftest import edge_env, sim_config_text, until
 
 # Relaxed on purpose, so these CLI scenarios see one fault at a time: the safety core (not under test
 # here) can latch `over_current` while the modules ramp down after a trip, and `*_implausible` when two
@@ -58,16 +57,6 @@ def run_scenario(tmp_path: Path, body: Callable[[Daemon, SimCabinet, Cli], Await
         assert asyncio.run(main()) == 0
     finally:
         cab.stop()
-
-
-async def until(cond: Callable[[], Any], timeout: float = 15.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or cond}")
 
 
 def charging(daemon: Daemon) -> bool:

@@ -16,6 +16,7 @@ from edge.config import parse_config
 from edge.daemon import Daemon
 from edge.sim.cabinet import SimCabinet
 from tests.conftest import sim_config_text, wait_for
+from tests.conftest import until as _until
 
 
 def _reading_ok(status: dict, signal_name: str) -> bool:
@@ -68,15 +69,6 @@ def _in_process(tmp_path: Path, body, patch=None):
         return asyncio.run(main())
     finally:
         cab.stop()
-
-
-async def _until(cond, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def test_stop_request_turns_outputs_off(tmp_path):

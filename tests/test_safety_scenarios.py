@@ -19,7 +19,7 @@ from edge.daemon import Daemon
 from edge.sim import physics
 from edge.sim.cabinet import SimCabinet
 from edge.sim.can_devices import CABLE_PERIOD_S
-from tests.conftest import sim_config_text
+from tests.conftest import sim_config_text, until
 
 # quick start (short hold, fast ramp) and a site fuse large enough not to be the limit
 FAST = """
@@ -56,16 +56,6 @@ def run_cabinet(tmp_path: Path, body: Body, extra: str = FAST, lost_after_ms: in
         cab.stop()
     assert code == 0
     return daemon
-
-
-async def until(cond: Callable[[], Any], timeout: float = 10.0, what: str = "") -> float:
-    """Wait for ``cond`` (checked every 5 ms on the daemon's loop); returns the monotonic time it held."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return time.monotonic()
-        await asyncio.sleep(0.005)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or cond}")
 
 
 def _decision(daemon: Daemon) -> dict[str, Any]:

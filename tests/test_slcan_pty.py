@@ -15,7 +15,7 @@ from drivers.cable.monitor import CableMonitor
 from drivers.power_modules.bank import ModuleBank
 from drivers.power_modules.infypower import InfyPowerCodec
 from hal.can import CanPort, CanSendError, CanSettings
-from tests.conftest import REPO, edge_env
+from tests.conftest import REPO, edge_env, until
 
 
 @pytest.fixture
@@ -32,15 +32,6 @@ def slcan_peer():
             proc.kill()
         proc.wait(timeout=5)
         os.close(slave)
-
-
-async def until(cond, timeout=5.0, what=""):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"timed out: {what}")
 
 
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # python-can's rx thread dies

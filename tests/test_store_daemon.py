@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-import time
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,8 @@ import edge.telemetry.store as store_mod
 from edge.config import parse_config
 from edge.daemon import Daemon
 from edge.sim.cabinet import SimCabinet
+from tests.conftest import until as _until
 from tests.mqtt_sim import mqtt_sim_config
-
-
-async def _until(cond, timeout: float = 15.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_disk_full_raises_a_store_fault_and_control_keeps_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
