@@ -104,10 +104,17 @@ class SimCabinet:
 
     def _thread_main(self) -> None:
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         self._loop = loop
         try:
             loop.run_until_complete(self._main())
         finally:
+            # pymodbus leaves per-connection tasks behind after shutdown(): end them before closing
+            pending = asyncio.all_tasks(loop)
+            for task in pending:
+                task.cancel()
+            if pending:
+                loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.close()
 
     async def _main(self) -> None:
