@@ -34,7 +34,7 @@ from edge.state import CabinetState, InputMap
 from edge.telemetry.sampler import Sampler
 from edge.telemetry.store import Store
 from edge.telemetry.uplink import Uplink
-from hal.can import BUS_OFF, CanPort, CanSendError, CanSettings
+from hal.can import ACTIVE, BUS_OFF, CanPort, CanSendError, CanSettings
 from hal.clock import LinuxClock
 from hal.pin import Pin, SimBoard, make_pin
 from hal.serial import SerialSettings
@@ -402,6 +402,8 @@ class Daemon:
             loop.add_signal_handler(sig, self.stopping.set)
         for port in self.ports.values():
             port.start(loop)
+            if port.health == BUS_OFF:  # could not be opened at all: same fault as a bus-off
+                self._can_health(port, ACTIVE, BUS_OFF, port.health_reason)
         self.bank.all_off()  # start from a known state whatever the modules did before us
         self.event("started", "daemon", {"version": __version__})
         tasks = [asyncio.create_task(self._can_rx(n, p), name=f"can-rx-{n}") for n, p in self.ports.items()]

@@ -131,7 +131,15 @@ class CanPort:
         self.health_reason = ""
         self.on_health = on_health
         self._soft_filters = () if settings.interface in KERNEL_FILTER_INTERFACES else settings.filters
-        self._bus: can.BusABC | None = bus if bus is not None else open_bus(settings)
+        self._bus: can.BusABC | None = bus
+        opened_failed: str | None = None
+        if bus is None:
+            try:
+                self._bus = open_bus(settings)
+            except (can.CanError, OSError, ValueError) as exc:
+                # Start closed rather than crash: the bus may come up later (cable, interface, driver);
+                # supervise() keeps trying with backoff and the owner sees health == bus_off meanwhile.
+                opened_failed = f"cannot open {settings.interface} {settings.channel}: {exc}"
         self._queue: collections.deque[can.Message] = collections.deque(maxlen=settings.rx_queue)
         self._errors: collections.deque[can.Message] = collections.deque(maxlen=ERROR_QUEUE)
         self._wake = asyncio.Event()
@@ -143,6 +151,12 @@ class CanPort:
         self._backoff_s = settings.reopen_min_s
         self._last_off_t: float | None = None
         self._lock = threading.Lock()
+        if opened_failed is not None:
+            self.health, self.health_reason = BUS_OFF, opened_failed
+            self.stats.bus_off += 1
+            self._reopen_at = time.monotonic() + self._backoff_s
+            log.error("CAN %s: %s; is the interface up (ip -details link show %s)? retrying with backoff",
+                      settings.name, opened_failed, settings.channel)
 
     @property
     def bus(self) -> can.BusABC:

@@ -232,3 +232,23 @@ def test_socketcan_gets_kernel_filters_and_others_do_not(monkeypatch):
     seen.clear()
     hcan.open_bus(CanSettings(name="x", interface="slcan", channel="/dev/ttyACM0", filters=f))
     assert "can_filters" not in seen and seen["bitrate"] == 125_000
+
+
+def test_a_bus_that_cannot_be_opened_starts_closed_as_bus_off_and_is_retried():
+    # socketcan on an interface that does not exist (or a kernel without AF_CAN): a real open failure
+    port = CanPort(CanSettings(name="t", interface="socketcan", channel="edge-test-no-such-can9",
+                               reopen_min_s=0.05, reopen_max_s=0.2))
+    assert port.health == hcan.BUS_OFF and "cannot open socketcan" in port.health_reason
+    with pytest.raises(CanSendError):
+        port.send(can.Message(arbitration_id=1, data=b"", is_extended_id=True))
+
+    async def main() -> None:
+        port.start(asyncio.get_running_loop())
+        task = asyncio.create_task(port.supervise(period_s=0.02))
+        await until(lambda: port.stats.reopens >= 2, timeout=3, what="re-open attempts")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    assert port.health == hcan.BUS_OFF  # still closed: nothing to open
+    port.close()
