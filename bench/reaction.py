@@ -64,6 +64,7 @@ from edge.daemon import Daemon  # noqa: E402
 from edge.limits import core  # noqa: E402
 from edge.sim.cabinet import SimCabinet  # noqa: E402
 from edge.telemetry.store import SCHEMA as STORE_SCHEMA  # noqa: E402
+from edge.telemetry.store import Store  # noqa: E402
 from tests.conftest import sim_config_text  # noqa: E402
 from tests.mqtt_broker import Broker  # noqa: E402
 from tests.uplink_harness import interval_payload  # noqa: E402
@@ -226,6 +227,30 @@ def _watch_uplink(daemon: Daemon, stop: threading.Event, samples: list[tuple[flo
             samples.append((time.monotonic(), up.stats.records_delivered, up.stats.connected))
 
 
+class InsertTimer:
+    """Times the daemon's own store INSERTs (events, telemetry intervals), which run on its event loop:
+    one waiting for SQLite's write lock holds up everything else on the loop, the safety path included."""
+
+    def __init__(self) -> None:
+        self.ms: list[float] = []
+        self._orig = Store._insert
+
+    def __enter__(self) -> InsertTimer:
+        orig, ms = self._orig, self.ms
+
+        def timed(store: Store, kind: str, t_ms: int, text: str) -> int | None:
+            t = time.perf_counter()
+            try:
+                return orig(store, kind, t_ms, text)
+            finally:
+                ms.append((time.perf_counter() - t) * 1000.0)
+        Store._insert = timed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        Store._insert = self._orig  # type: ignore[method-assign]
+
+
 def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False,
                  backlog: int = 0) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="edge-bench-"))
@@ -238,7 +263,11 @@ def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False,
         print(f"  store pre-filled: {backlog:,} intervals, {store_mb:,.0f} MB in {prefill_s:.1f} s", flush=True)
         broker.start()
     try:
-        return _run_reaction(tmp, events, loads, store_thread, broker, out)
+        with InsertTimer() as inserts:
+            res = _run_reaction(tmp, events, loads, store_thread, broker, out)
+        res.update(inserts=len(inserts.ms), inserts_slow=sum(1 for x in inserts.ms if x > 10.0),
+                   insert_max_ms=max(inserts.ms, default=0.0))
+        return res
     finally:
         if broker is not None:
             broker.stop(signal.SIGKILL)
@@ -488,6 +517,9 @@ def main() -> int:
             ref = f"goal {limit:.0f} ms" if key != "max" else f"IEC {limit:.0f} ms"
             rows.append((f"reaction {key}, {label}", f"{r[key]:.2f} ms", ref, f"{r[key] / limit:.2f}"))
         rows.append((f"missed (> 200 ms), {label}", f"{r['misses']} of {r['events']}", "0", "-"))
+    for label, r in results.items():
+        rows.append((f"store INSERTs on the loop > 10 ms, {label}",
+                      f"{r['inserts_slow']} of {r['inserts']}, max {r['insert_max_ms']:.0f} ms", "0", "-"))
     loaded = results["under load"]
     rows.append(("loaded run length", f"{loaded['elapsed_s']:.1f} s", "-", "-"))
     if "can" in loads:
