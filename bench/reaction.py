@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
 import shutil
@@ -89,6 +90,9 @@ fuse_a = 400.0
 # measured here, goes out at once: drivers/power_modules/bank.py). With 50 ms every event would wait that
 # long for the rise before it, and 10,000 events would take 10 min per run.
 BENCH_SPACING_S = 0.002
+# How long to wait for the derate frame before counting the event as missed: longer than the store's
+# SQLite busy_timeout (2 s), the longest the daemon's loop can wait for the write lock.
+MISS_S = 2.5
 STORE_MAX_MB = 16384.0  # the pre-filled backlog must not be evicted (default bound 256 MB)
 LAST_WINDOW_S = 2.0     # "still draining" = records delivered in the last 2 s of the measurement
 
@@ -105,7 +109,7 @@ def _config_text(tmp: Path, meter_poll_ms: int, mqtt_port: int | None) -> str:
 def prefill_backlog(data_dir: Path, n: int) -> tuple[float, float]:
     """``n`` one-second telemetry intervals (40 signals, encoded as Store.append encodes them) written into
     the store before the daemon opens it: one transaction, no journal (a bench file, written once), then
-    switched to WAL as the daemon expects. Returns (seconds, store MB)."""
+    switched to WAL as the daemon expects, and synced to disk. Returns (seconds, store MB)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     path = data_dir / "telemetry.sqlite3"
     texts = [json.dumps(interval_payload(i), separators=(",", ":"), allow_nan=False) for i in range(1000)]
@@ -123,6 +127,7 @@ def prefill_backlog(data_dir: Path, n: int) -> tuple[float, float]:
         db.execute("PRAGMA journal_mode=WAL")
     finally:
         db.close()
+    os.sync()  # the write-back of GBs must not run during the measurement
     return time.perf_counter() - t, path.stat().st_size / 1048576
 
 
@@ -354,7 +359,7 @@ def _run_reaction(tmp: Path, events: int, loads: frozenset[str], store_thread: b
                 while probe.recv(timeout=0) is not None:
                     pass
                 t0 = cable.temps(80.0)
-                end = time.time() + 0.2
+                end = time.time() + MISS_S
                 hit = None
                 while time.time() < end:
                     msg = probe.recv(timeout=0.2)
@@ -410,12 +415,15 @@ def _run_reaction(tmp: Path, events: int, loads: frozenset[str], store_thread: b
     elapsed = out["elapsed"]
     misses = out["misses"]
     reactions.sort()
+    everything = reactions + [math.inf] * misses
     stats = daemon.ports[pcfg.can[0].name].stats
     res = {
         "events": events, "misses": misses, "elapsed_s": elapsed,
-        "p50": statistics.median(reactions) if reactions else float("nan"),
-        "p99": reactions[int(len(reactions) * 0.99) - 1] if reactions else float("nan"),
-        "max": reactions[-1] if reactions else float("nan"),
+        # a missed event counts as longer than any measured one (inf), so p99 and max include it
+        "p50": statistics.median(everything) if everything else float("nan"),
+        "p99": everything[int(len(everything) * 0.99) - 1] if everything else float("nan"),
+        "max": everything[-1] if everything else float("nan"),
+        "over_iec": sum(1 for x in reactions if x > IEC_SHUTDOWN_MS) + misses,
         "can_load_fps": (can_sent[0] / elapsed) if can_sent else 0.0,
         "store_rps": (churned[0] / elapsed) if churned else 0.0,
         "meter_rps": out["meter_requests"] / elapsed,
@@ -492,9 +500,9 @@ def main() -> int:
     ap.add_argument("--load", default="can,meter,mqtt",
                     help="loads for the second run, any of can,meter,mqtt,store (default can,meter,mqtt; "
                          "store = the old stand-in for the MQTT drain: store work on the daemon's loop)")
-    ap.add_argument("--backlog", type=int, default=1_200_000,
-                    help="telemetry intervals pre-filled into the store for the mqtt load (default 1,200,000, "
-                         "~9.4 GB of disk: it must outlast the loaded run, ~5,000 rec/s drained on 2 cores)")
+    ap.add_argument("--backlog", type=int, default=1_500_000,
+                    help="telemetry intervals pre-filled into the store for the mqtt load (default 1,500,000, "
+                         "~12 GB of disk: it must outlast the loaded run, ~5,000 rec/s drained on 2 cores)")
     ap.add_argument("--store-thread", action="store_true",
                     help="do the store load in a worker thread instead of on the daemon's loop")
     ap.add_argument("--calls", type=int, default=20_000, help="evaluate() calls for the cost figure")
@@ -515,10 +523,15 @@ def main() -> int:
         for key in ("p50", "p99", "max"):
             limit = GOAL_P99_MS if key != "max" else IEC_SHUTDOWN_MS
             ref = f"goal {limit:.0f} ms" if key != "max" else f"IEC {limit:.0f} ms"
-            rows.append((f"reaction {key}, {label}", f"{r[key]:.2f} ms", ref, f"{r[key] / limit:.2f}"))
-        rows.append((f"missed (> 200 ms), {label}", f"{r['misses']} of {r['events']}", "0", "-"))
+            if math.isinf(r[key]):
+                rows.append((f"reaction {key}, {label}", f"> {MISS_S * 1000:.0f} ms", ref,
+                             f"> {MISS_S * 1000 / limit:.0f}"))
+            else:
+                rows.append((f"reaction {key}, {label}", f"{r[key]:.2f} ms", ref, f"{r[key] / limit:.2f}"))
+        rows.append((f"missed (> {MISS_S * 1000:.0f} ms), {label}", f"{r['misses']} of {r['events']}", "0", "-"))
+        rows.append((f"events > 50 ms, {label}", f"{r['over_iec']} of {r['events']}", "0", "-"))
     for label, r in results.items():
-        rows.append((f"store INSERTs on the loop > 10 ms, {label}",
+        rows.append((f"loop INSERTs > 10 ms, {label}",
                       f"{r['inserts_slow']} of {r['inserts']}, max {r['insert_max_ms']:.0f} ms", "0", "-"))
     loaded = results["under load"]
     rows.append(("loaded run length", f"{loaded['elapsed_s']:.1f} s", "-", "-"))
@@ -527,22 +540,22 @@ def main() -> int:
                      f"{loaded['can_load_fps'] / BUS_FPS_125K:.2f}"))
     rows.append(("load: CAN rx frames dropped", str(loaded["rx_dropped"]), "0", "-"))
     if "meter" in loads:
-        rows.append(("load: Modbus requests to the meter", f"{loaded['meter_rps']:.1f} /s", "poll 100 ms", "-"))
+        rows.append(("load: Modbus requests", f"{loaded['meter_rps']:.1f} /s", "poll 100 ms", "-"))
     ok_drain = True
     if "mqtt" in loads:
         ok_drain = loaded["still_draining"]
         rows += [
             ("load: MQTT backlog pre-filled", f"{loaded['backlog']:,} rec ({loaded['store_mb']:,.0f} MB)",
-             "40 signals, ~8 kB/rec", "-"),
+             "40 signals/rec", "-"),
             ("load: MQTT drain during the run", f"{loaded['drain_rps']:,.0f} rec/s",
-             "idle 6,678 (bench/uplink.py)", f"{loaded['drain_rps'] / 6678:.2f}"),
+             "uplink.py: 6,678", f"{loaded['drain_rps'] / 6678:.2f}"),
             (f"load: MQTT drain, last {LAST_WINDOW_S:.0f} s", f"{loaded['drain_last_rps']:,.0f} rec/s", "> 0",
              "ok" if loaded["drain_last_rps"] > 0 else "STOPPED"),
-            ("load: pre-filled left at the end", f"{loaded['backlog_left']:,} rec", "> 0 (still draining)",
+            ("load: pre-filled left at end", f"{loaded['backlog_left']:,} rec", "> 0 (still draining)",
              "ok" if loaded["still_draining"] else "DRAINED"),
             ("load: MQTT acked msgs / wire", f"{loaded['uplink_msgs']:,} / {loaded['uplink_mb']:,.0f} MB", "-", "-"),
             ("load: uplink disconnects", str(loaded["uplink_disconnects"]), "0", "-"),
-            ("load: longest uplink step (thread)", f"{loaded['uplink_longest_step_ms']:.1f} ms", "-", "-"),
+            ("load: longest uplink step", f"{loaded['uplink_longest_step_ms']:.1f} ms", "-", "-"),
         ]
     if "store" in loads:
         where = "worker thread" if args.store_thread else "on the loop"
