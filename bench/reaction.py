@@ -6,7 +6,8 @@
 
 (``-m``, not as a file: bench/can.py would shadow python-can.)
 
-Set-up: the daemon runs in-process (its own asyncio loop in a thread) on the simulated cabinet; power
+Set-up: the daemon runs in-process (its asyncio loop on the main thread, this script's driver in a
+thread beside it) on the simulated cabinet; power
 modules are the simulator's, on a python-can ``virtual`` bus. The simulator's cable monitor is silenced
 and this script is the cable monitor: it sends CABLE_TEMPS / CABLE_COOLANT frames with correct rolling
 counters. One event = a frame with both pins at 80 °C (limit 200 A -> 100 A, 25 A per module), sent
@@ -29,6 +30,11 @@ Load (``under load``, default ``--load can,meter,mqtt``):
   still being delivered and the store not yet empty when the last event was measured.
 - ``store`` (old stand-in, off by default): store append + read + delete on the daemon's loop at about
   2,500 records/s (``--store-thread``: in a worker thread).
+
+An event without a derate frame within 2.5 s (longer than the store's SQLite busy_timeout) is missed
+and counts as longer than every measured one in p99 and max. The daemon's own store INSERTs (events,
+telemetry intervals) run on its loop and are timed too: under the MQTT drain they wait for SQLite's
+write lock, which the uplink thread takes for every acknowledged message.
 
 Also: cost of one ``evaluate()`` call under CPython and under MicroPython (same snapshot).
 """
