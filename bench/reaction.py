@@ -142,7 +142,9 @@ def _backlog_left(data_dir: Path, prefilled: int) -> int:
     does not block the daemon). The daemon's own records (one per second, sent live) do not count."""
     db = sqlite3.connect(data_dir / "telemetry.sqlite3", isolation_level=None)
     try:
-        return int(db.execute("SELECT COUNT(*) FROM records WHERE seq <= ?", (prefilled,)).fetchone()[0])
+        # through the (kind, seq) index: the table itself holds GBs
+        return int(db.execute("SELECT COUNT(*) FROM records WHERE kind = 'telemetry' AND seq <= ?",
+                              (prefilled,)).fetchone()[0])
     finally:
         db.close()
 
