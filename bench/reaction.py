@@ -1,21 +1,40 @@
 """Safety reaction time: over-temperature cable frame on the bus -> derate command frame on the bus.
 
-    python bench/reaction.py                # 10,000 events idle + 10,000 under load, evaluate() cost
-    python bench/reaction.py --events 2000  # quicker
+    PYTHONPATH=. python -m bench.reaction                # 10,000 events idle + 10,000 under load
+    PYTHONPATH=. python -m bench.reaction --events 2000  # quicker (use a smaller --backlog too)
+    PYTHONPATH=. python -m bench.reaction --load can,meter,store  # the old stand-in for the MQTT drain
 
-Set-up: the daemon runs in-process (its own asyncio loop in a thread) on the simulated cabinet; power
+(``-m``, not as a file: bench/can.py would shadow python-can.)
+
+Set-up: the daemon runs in-process (its asyncio loop on the main thread, this script's driver in a
+thread beside it) on the simulated cabinet; power
 modules are the simulator's, on a python-can ``virtual`` bus. The simulator's cable monitor is silenced
 and this script is the cable monitor: it sends CABLE_TEMPS / CABLE_COOLANT frames with correct rolling
 counters. One event = a frame with both pins at 80 °C (limit 200 A -> 100 A, 25 A per module), sent
 after a frame at 65 °C that let the limit rise again. The reaction is the time from the event frame's
 send to the first set-point frame with <= 25 A that the daemon puts on the bus (virtual-bus timestamps,
 both ``time.time()`` at send). Bench config: no raise hold, 1000 A/s ramp and a loose rate-of-change
-check, so that events can follow each other every few ms (the defaults would hold the limit 2 s).
+check, and, once warmed up, 2 ms instead of 50 ms command spacing of the modules' codec (only increases
+wait for it; the measured reduction is sent at once in any case), so that events can follow each other
+every few ms (the defaults would hold the limit 2 s and space the rise 50 ms).
 
-Load (``with load``): foreign CAN frames at the nominal full rate of the bus (954 frames/s at 125 kbit/s,
-PROTOCOLS.md), the grid meter polled every 100 ms over the pty (Modbus RTU at 115200 baud), and, as a
-stand-in for an MQTT backlog draining (no MQTT uplink on this branch), the telemetry store is written,
-read and deleted on the daemon's loop at about 2,500 records/s.
+Load (``under load``, default ``--load can,meter,mqtt``):
+- ``can``: foreign CAN frames at the nominal full rate of the bus (954 frames/s at 125 kbit/s,
+  PROTOCOLS.md) from a thread of this script;
+- ``meter``: the grid meter polled every 100 ms over the pty (Modbus RTU at 115200 baud);
+- ``mqtt``: a real MQTT backlog drain. A real mosquitto (tests.mqtt_broker.Broker) on a free loopback
+  port, the daemon's ``[telemetry.mqtt]`` pointed at it, and the daemon's store pre-filled before start
+  with ``--backlog`` telemetry intervals of the simulated cabinet's 40 signals (~8 kB each, the same
+  records bench/uplink.py drains). The daemon's own uplink drains it (its own thread and SQLite
+  connection, QoS 1, delete on PUBACK) for the whole measurement; the script checks that records were
+  still being delivered and the store not yet empty when the last event was measured.
+- ``store`` (old stand-in, off by default): store append + read + delete on the daemon's loop at about
+  2,500 records/s (``--store-thread``: in a worker thread).
+
+An event without a derate frame within 2.5 s (longer than the store's SQLite busy_timeout) is missed
+and counts as longer than every measured one in p99 and max. The daemon's own store INSERTs (events,
+telemetry intervals) run on its loop and are timed too: under the MQTT drain they wait for SQLite's
+write lock, which the uplink thread takes for every acknowledged message.
 
 Also: cost of one ``evaluate()`` call under CPython and under MicroPython (same snapshot).
 """
@@ -25,8 +44,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import platform
+import shutil
+import signal
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -47,6 +70,11 @@ from edge.config import parse_config  # noqa: E402
 from edge.daemon import Daemon  # noqa: E402
 from edge.limits import core  # noqa: E402
 from edge.sim.cabinet import SimCabinet  # noqa: E402
+from edge.telemetry.store import SCHEMA as STORE_SCHEMA  # noqa: E402
+from edge.telemetry.store import Store  # noqa: E402
+from tests.conftest import sim_config_text  # noqa: E402
+from tests.mqtt_broker import Broker  # noqa: E402
+from tests.uplink_harness import interval_payload  # noqa: E402
 
 GOAL_P99_MS = 5.0
 IEC_SHUTDOWN_MS = 50.0  # IEC 61851-23: error shutdown within 50 ms (PROTOCOLS.md)
@@ -64,13 +92,61 @@ fuse_a = 400.0
 """
 
 
-def _config_text(tmp: Path, meter_poll_ms: int) -> str:
-    text = (REPO / "edge" / "sim" / "sim.toml").read_text()
-    text = text.replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp}/edge.sock"')
-    text = text.replace('data_dir = ".edge-sim"', f'data_dir = "{tmp}/data"')
-    text = text.replace('backend = "systemd"', 'backend = "sim"')
-    text = text.replace("poll_ms = 250", f"poll_ms = {meter_poll_ms}")
-    return text + BENCH_LIMITS
+# The modules' codec spaces commands 50 ms apart; only increases wait for it (a reduction, what is
+# measured here, goes out at once: drivers/power_modules/bank.py). With 50 ms every event would wait that
+# long for the rise before it, and 10,000 events would take 10 min per run.
+BENCH_SPACING_S = 0.002
+# How long to wait for the derate frame before counting the event as missed: longer than the store's
+# SQLite busy_timeout (2 s), the longest the daemon's loop can wait for the write lock.
+MISS_S = 2.5
+STORE_MAX_MB = 16384.0  # the pre-filled backlog must not be evicted (default bound 256 MB)
+LAST_WINDOW_S = 2.0     # "still draining" = records delivered in the last 2 s of the measurement
+
+
+def _config_text(tmp: Path, meter_poll_ms: int, mqtt_port: int | None) -> str:
+    # sim_config_text replaces the built-in [limits.grid]; uplink off unless a broker is given
+    extra = BENCH_LIMITS + f"\n[telemetry]\nstore_max_mb = {STORE_MAX_MB}\n"
+    if mqtt_port is not None:  # as tests/mqtt_sim.py configures it
+        extra += (f'\n[telemetry.mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\nreconnect_min_s = 0.1\n'
+                  f'reconnect_max_s = 1.0\nkeepalive_s = 5\n')
+    return sim_config_text(tmp, extra).replace("poll_ms = 250", f"poll_ms = {meter_poll_ms}")
+
+
+def prefill_backlog(data_dir: Path, n: int) -> tuple[float, float]:
+    """``n`` one-second telemetry intervals (40 signals, encoded as Store.append encodes them) written into
+    the store before the daemon opens it: one transaction, no journal (a bench file, written once), then
+    switched to WAL as the daemon expects, and synced to disk. Returns (seconds, store MB)."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "telemetry.sqlite3"
+    texts = [json.dumps(interval_payload(i), separators=(",", ":"), allow_nan=False) for i in range(1000)]
+    t0_ms = int(time.time() * 1000) - n * 1000
+    t = time.perf_counter()
+    db = sqlite3.connect(path, isolation_level=None)
+    try:
+        db.execute("PRAGMA journal_mode=OFF")
+        db.execute("PRAGMA synchronous=OFF")
+        db.executescript(STORE_SCHEMA)  # the daemon's own schema (AUTOINCREMENT seq from 1)
+        db.execute("BEGIN")
+        db.executemany("INSERT INTO records(kind, t_ms, payload) VALUES ('telemetry', ?, ?)",
+                       ((t0_ms + i * 1000, texts[i % 1000]) for i in range(n)))
+        db.execute("COMMIT")
+        db.execute("PRAGMA journal_mode=WAL")
+    finally:
+        db.close()
+    os.sync()  # the write-back of GBs must not run during the measurement
+    return time.perf_counter() - t, path.stat().st_size / 1048576
+
+
+def _backlog_left(data_dir: Path, prefilled: int) -> int:
+    """Pre-filled records (seq 1..prefilled) not yet delivered, read through a connection of our own (WAL:
+    does not block the daemon). The daemon's own records (one per second, sent live) do not count."""
+    db = sqlite3.connect(data_dir / "telemetry.sqlite3", isolation_level=None)
+    try:
+        # through the (kind, seq) index: the table itself holds GBs
+        return int(db.execute("SELECT COUNT(*) FROM records WHERE kind = 'telemetry' AND seq <= ?",
+                              (prefilled,)).fetchone()[0])
+    finally:
+        db.close()
 
 
 class CableSender:
@@ -156,9 +232,65 @@ async def _store_churn(daemon: Daemon, stop: threading.Event, done: list[int], i
     done.append(n)
 
 
-def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False) -> dict[str, Any]:
+def _watch_uplink(daemon: Daemon, stop: threading.Event, samples: list[tuple[float, int, bool]]) -> None:
+    """(monotonic, records delivered, connected) every 0.25 s: shows the drain went on all along."""
+    while not stop.wait(0.25):
+        up = daemon.uplink
+        if up is not None:
+            samples.append((time.monotonic(), up.stats.records_delivered, up.stats.connected))
+
+
+class InsertTimer:
+    """Times the daemon's own store INSERTs (events, telemetry intervals), which run on its event loop:
+    one waiting for SQLite's write lock holds up everything else on the loop, the safety path included."""
+
+    def __init__(self) -> None:
+        self.ms: list[float] = []
+        self._orig = Store._insert
+
+    def __enter__(self) -> InsertTimer:
+        orig, ms = self._orig, self.ms
+
+        def timed(store: Store, kind: str, t_ms: int, text: str) -> int | None:
+            t = time.perf_counter()
+            try:
+                return orig(store, kind, t_ms, text)
+            finally:
+                ms.append((time.perf_counter() - t) * 1000.0)
+        Store._insert = timed  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        Store._insert = self._orig  # type: ignore[method-assign]
+
+
+def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False,
+                 backlog: int = 0) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="edge-bench-"))
-    cfg = parse_config(_config_text(tmp, 100 if "meter" in loads else 1000))
+    broker: Broker | None = None
+    out: dict[str, Any] = {}
+    if "mqtt" in loads:
+        broker = Broker(tmp / "broker")
+        prefill_s, store_mb = prefill_backlog(tmp / "data", backlog)
+        out.update(backlog=backlog, prefill_s=prefill_s, store_mb=store_mb)
+        print(f"  store pre-filled: {backlog:,} intervals, {store_mb:,.0f} MB in {prefill_s:.1f} s", flush=True)
+        broker.start()
+    try:
+        with InsertTimer() as inserts:
+            res = _run_reaction(tmp, events, loads, store_thread, broker, out)
+        res.update(inserts=len(inserts.ms), inserts_slow=sum(1 for x in inserts.ms if x > 10.0),
+                   insert_max_ms=max(inserts.ms, default=0.0))
+        return res
+    finally:
+        if broker is not None:
+            broker.stop(signal.SIGKILL)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _run_reaction(tmp: Path, events: int, loads: frozenset[str], store_thread: bool, broker: Broker | None,
+                  out: dict[str, Any]) -> dict[str, Any]:
+    cfg = parse_config(_config_text(tmp, 100 if "meter" in loads else 1000,
+                                    broker.port if broker is not None else None))
     cab = SimCabinet(cfg)
     cab.start()
     cab.set_cable_silent(True)
@@ -169,7 +301,8 @@ def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False)
     stop_load = threading.Event()
     can_sent: list[int] = []
     churned: list[int] = []
-    out: dict[str, Any] = {}
+    uplink_samples: list[tuple[float, int, bool]] = []
+    line_name = cfg.meters[0].line
 
     def driver(daemon: Daemon) -> None:
         """Runs in a thread beside the daemon's loop (which must own the main thread for signals)."""
@@ -181,37 +314,50 @@ def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False)
 
         ka = threading.Thread(target=keepalive, daemon=True)
         ka.start()
+        watch = None
         try:
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 cable.temps(65.0)
                 d = daemon.controller.decision
-                if d and d["limit_a"] >= 199.0 and d["enable"]:
+                up_ok = daemon.uplink is None or daemon.uplink.stats.records_delivered > 0
+                if d and d["limit_a"] >= 199.0 and d["enable"] and up_ok:
                     break
                 time.sleep(0.02)
             else:
-                raise RuntimeError(f"cabinet did not reach 200 A: {daemon.controller.decision}")
+                raise RuntimeError(f"cabinet did not reach 200 A (or the uplink did not start draining): "
+                                   f"{daemon.controller.decision}, uplink "
+                                   f"{daemon.uplink.status() if daemon.uplink else None}")
+            # after the warm-up, when the module poll task has read the real spacing for its polls
+            daemon.bank.codec.command_spacing_s = BENCH_SPACING_S  # type: ignore[misc]
             load_thread = None
             if "can" in loads:
                 load_thread = threading.Thread(target=_load_can, args=(channel, stop_load, can_sent), daemon=True)
                 load_thread.start()
+            if daemon.uplink is not None:
+                watch = threading.Thread(target=_watch_uplink, args=(daemon, stop_load, uplink_samples),
+                                         daemon=True)
+                watch.start()
             while probe.recv(timeout=0) is not None:
                 pass
             reactions: list[float] = []
             misses = 0
             t_start = time.monotonic()
+            meter_req0 = daemon.lines[line_name].stats.requests
+            delivered0 = daemon.uplink.stats.records_delivered if daemon.uplink else 0
             skipped = 0
             first = True
             while len(reactions) + misses < events:
                 # let the limit rise again (1000 A/s, no hold) and wait until the rise is on the bus, so
                 # that the event frame must cause a reduction; coolant frames make further evaluations
-                cable.temps(65.0)
                 end = time.time() + 0.2
                 risen = first  # at 200 A after the warm-up
                 first = False
                 while time.time() < end and not risen:
-                    msg = probe.recv(timeout=0.05)
-                    risen = msg is not None and _is_rise(msg)
+                    cable.temps(65.0)  # again every few ms: the rise waits for the command spacing
+                    t_rx = time.time() + 0.002
+                    while not risen and (msg := probe.recv(timeout=max(0.0, t_rx - time.time()))) is not None:
+                        risen = _is_rise(msg)
                 if not risen:
                     skipped += 1
                     if skipped > events:
@@ -221,7 +367,7 @@ def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False)
                 while probe.recv(timeout=0) is not None:
                     pass
                 t0 = cable.temps(80.0)
-                end = time.time() + 0.2
+                end = time.time() + MISS_S
                 hit = None
                 while time.time() < end:
                     msg = probe.recv(timeout=0.2)
@@ -232,7 +378,17 @@ def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False)
                     misses += 1
                 else:
                     reactions.append((hit - t0) * 1000.0)
-            out.update(reactions=reactions, misses=misses, elapsed=time.monotonic() - t_start, skipped=skipped)
+            t_end = time.monotonic()
+            out.update(reactions=reactions, misses=misses, elapsed=t_end - t_start, skipped=skipped,
+                       meter_requests=daemon.lines[line_name].stats.requests - meter_req0)
+            if daemon.uplink is not None:
+                st = daemon.uplink.stats
+                out.update(delivered=st.records_delivered - delivered0,
+                           backlog_left=_backlog_left(tmp / "data", out["backlog"]),
+                           uplink_connected=st.connected, uplink_disconnects=st.disconnects,
+                           uplink_longest_step_ms=st.longest_step_ms, uplink_msgs=st.messages_acked,
+                           uplink_mb=st.bytes_sent / 1048576,
+                           last_window=[(t, n, c) for t, n, c in uplink_samples if t >= t_end - LAST_WINDOW_S])
             stop_load.set()
             if load_thread is not None:
                 load_thread.join(2)
@@ -240,6 +396,8 @@ def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False)
             stop_load.set()
             keepalive_stop.set()
             ka.join(1)
+            if watch is not None:
+                watch.join(1)
 
     async def main() -> tuple[int, Daemon]:
         daemon = Daemon(pcfg, board=cab.board)
@@ -254,7 +412,7 @@ def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False)
             if churn is not None:
                 await churn
             daemon.stopping.set()
-        return await asyncio.wait_for(run, timeout=10), daemon
+        return await asyncio.wait_for(run, timeout=30), daemon
 
     try:
         code, daemon = asyncio.run(main())
@@ -265,16 +423,29 @@ def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False)
     elapsed = out["elapsed"]
     misses = out["misses"]
     reactions.sort()
+    everything = reactions + [math.inf] * misses
     stats = daemon.ports[pcfg.can[0].name].stats
-    return {
+    res = {
         "events": events, "misses": misses, "elapsed_s": elapsed,
-        "p50": statistics.median(reactions) if reactions else float("nan"),
-        "p99": reactions[int(len(reactions) * 0.99) - 1] if reactions else float("nan"),
-        "max": reactions[-1] if reactions else float("nan"),
+        # a missed event counts as longer than any measured one (inf), so p99 and max include it
+        "p50": statistics.median(everything) if everything else float("nan"),
+        "p99": everything[int(len(everything) * 0.99) - 1] if everything else float("nan"),
+        "max": everything[-1] if everything else float("nan"),
+        "over_iec": sum(1 for x in reactions if x > IEC_SHUTDOWN_MS) + misses,
         "can_load_fps": (can_sent[0] / elapsed) if can_sent else 0.0,
         "store_rps": (churned[0] / elapsed) if churned else 0.0,
+        "meter_rps": out["meter_requests"] / elapsed,
         "rx_dropped": stats.dropped, "exit_code": code, "skipped": out["skipped"],
     }
+    if "delivered" in out:
+        win = out["last_window"]
+        last_rps = (win[-1][1] - win[0][1]) / (win[-1][0] - win[0][0]) if len(win) >= 2 else 0.0
+        res.update({k: out[k] for k in ("backlog", "prefill_s", "store_mb", "delivered", "backlog_left",
+                                        "uplink_connected", "uplink_disconnects", "uplink_longest_step_ms",
+                                        "uplink_msgs", "uplink_mb")},
+                   drain_rps=out["delivered"] / elapsed, drain_last_rps=last_rps,
+                   still_draining=out["backlog_left"] > 0 and last_rps > 0 and all(c for _, _, c in win))
+    return res
 
 
 SNAPSHOT = {
@@ -328,22 +499,31 @@ def evaluate_cost(n: int) -> tuple[float, float | None]:
         return cpython_us, float(res.stdout.strip())
 
 
+LOADS = ("can", "meter", "mqtt", "store")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=10_000, help="events per run (default 10,000)")
-    ap.add_argument("--load", default="can,meter,store",
-                    help="loads for the second run: any of can,meter,store (default all)")
+    ap.add_argument("--load", default="can,meter,mqtt",
+                    help="loads for the second run, any of can,meter,mqtt,store (default can,meter,mqtt; "
+                         "store = the old stand-in for the MQTT drain: store work on the daemon's loop)")
+    ap.add_argument("--backlog", type=int, default=1_500_000,
+                    help="telemetry intervals pre-filled into the store for the mqtt load (default 1,500,000, "
+                         "~12 GB of disk: it must outlast the loaded run, ~5,000 rec/s drained on 2 cores)")
     ap.add_argument("--store-thread", action="store_true",
                     help="do the store load in a worker thread instead of on the daemon's loop")
     ap.add_argument("--calls", type=int, default=20_000, help="evaluate() calls for the cost figure")
     args = ap.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"{time.strftime('%Y-%m-%d')}")
-    results = {}
     loads = frozenset(x for x in args.load.split(",") if x)
+    if loads - set(LOADS):
+        ap.error(f"--load: unknown {','.join(sorted(loads - set(LOADS)))}; choose from {','.join(LOADS)}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    results = {}
     for label, chosen in (("idle", frozenset()), ("under load", loads)):
         print(f"running {args.events} events {label} {sorted(chosen) or ''} ...", flush=True)
-        results[label] = run_reaction(args.events, chosen, args.store_thread)
+        results[label] = run_reaction(args.events, chosen, args.store_thread, args.backlog)
     cp_us, mp_us = evaluate_cost(args.calls)
 
     rows: list[tuple[str, str, str, str]] = []
@@ -351,13 +531,43 @@ def main() -> int:
         for key in ("p50", "p99", "max"):
             limit = GOAL_P99_MS if key != "max" else IEC_SHUTDOWN_MS
             ref = f"goal {limit:.0f} ms" if key != "max" else f"IEC {limit:.0f} ms"
-            rows.append((f"reaction {key}, {label}", f"{r[key]:.2f} ms", ref, f"{r[key] / limit:.2f}"))
-        rows.append((f"missed (> 200 ms), {label}", f"{r['misses']} of {r['events']}", "0", "-"))
+            if math.isinf(r[key]):
+                rows.append((f"reaction {key}, {label}", f"> {MISS_S * 1000:.0f} ms", ref,
+                             f"> {MISS_S * 1000 / limit:.0f}"))
+            else:
+                rows.append((f"reaction {key}, {label}", f"{r[key]:.2f} ms", ref, f"{r[key] / limit:.2f}"))
+        rows.append((f"missed (> {MISS_S * 1000:.0f} ms), {label}", f"{r['misses']} of {r['events']}", "0", "-"))
+        rows.append((f"events > 50 ms, {label}", f"{r['over_iec']} of {r['events']}", "0", "-"))
+    for label, r in results.items():
+        rows.append((f"loop INSERTs > 10 ms, {label}",
+                      f"{r['inserts_slow']} of {r['inserts']}, max {r['insert_max_ms']:.0f} ms", "0", "-"))
     loaded = results["under load"]
-    rows.append(("load: foreign CAN frames", f"{loaded['can_load_fps']:.0f} /s", f"{BUS_FPS_125K} /s (125k)",
-                 f"{loaded['can_load_fps'] / BUS_FPS_125K:.2f}"))
-    rows.append(("load: store write+read+delete", f"{loaded['store_rps']:.0f} rec/s", "-", "-"))
+    rows.append(("loaded run length", f"{loaded['elapsed_s']:.1f} s", "-", "-"))
+    if "can" in loads:
+        rows.append(("load: foreign CAN frames", f"{loaded['can_load_fps']:.0f} /s", f"{BUS_FPS_125K} /s (125k)",
+                     f"{loaded['can_load_fps'] / BUS_FPS_125K:.2f}"))
     rows.append(("load: CAN rx frames dropped", str(loaded["rx_dropped"]), "0", "-"))
+    if "meter" in loads:
+        rows.append(("load: Modbus requests", f"{loaded['meter_rps']:.1f} /s", "poll 100 ms", "-"))
+    ok_drain = True
+    if "mqtt" in loads:
+        ok_drain = loaded["still_draining"]
+        rows += [
+            ("load: MQTT backlog pre-filled", f"{loaded['backlog']:,} rec ({loaded['store_mb']:,.0f} MB)",
+             "40 signals/rec", "-"),
+            ("load: MQTT drain during the run", f"{loaded['drain_rps']:,.0f} rec/s",
+             "uplink.py: 6,678", f"{loaded['drain_rps'] / 6678:.2f}"),
+            (f"load: MQTT drain, last {LAST_WINDOW_S:.0f} s", f"{loaded['drain_last_rps']:,.0f} rec/s", "> 0",
+             "ok" if loaded["drain_last_rps"] > 0 else "STOPPED"),
+            ("load: pre-filled left at end", f"{loaded['backlog_left']:,} rec", "> 0 (still draining)",
+             "ok" if loaded["still_draining"] else "DRAINED"),
+            ("load: MQTT acked msgs / wire", f"{loaded['uplink_msgs']:,} / {loaded['uplink_mb']:,.0f} MB", "-", "-"),
+            ("load: uplink disconnects", str(loaded["uplink_disconnects"]), "0", "-"),
+            ("load: longest uplink step", f"{loaded['uplink_longest_step_ms']:.1f} ms", "-", "-"),
+        ]
+    if "store" in loads:
+        where = "worker thread" if args.store_thread else "on the loop"
+        rows.append((f"load: store w+r+d ({where})", f"{loaded['store_rps']:.0f} rec/s", "-", "-"))
     rows.append(("evaluate() CPython", f"{cp_us:.1f} us", "tick 100 ms", f"{cp_us / 100_000:.5f}"))
     if mp_us is not None:
         rows.append(("evaluate() MicroPython (unix)", f"{mp_us:.1f} us", "tick 100 ms", f"{mp_us / 100_000:.5f}"))
@@ -369,6 +579,10 @@ def main() -> int:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)))
     ok = all(r["p99"] <= GOAL_P99_MS and r["misses"] == 0 for r in results.values())
     print(f"goal p99 <= {GOAL_P99_MS:.0f} ms: {'met' if ok else 'NOT met'}")
+    if not ok_drain:
+        print("NOT VALID as an MQTT-drain figure: the backlog was drained (or the drain stopped) before the "
+              "end of the loaded run; raise --backlog")
+        return 1
     return 0
 
 
