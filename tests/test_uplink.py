@@ -194,6 +194,8 @@ def test_a_broken_tls_config_leaves_telemetry_in_the_store_and_never_raises(tmp_
     cleanup.append(h)
     h.append_telemetry(2)
     h.start()
-    wait_for(lambda: (h.uplink.stats.last_error or "").startswith("uplink not started"), 5, what="error reported")
-    assert events and events[0][0] == "uplink_error"
+    # the error is recorded first, the event follows on the loop: wait for both
+    wait_for(lambda: (h.uplink.stats.last_error or "").startswith("uplink not started") and events, 5,
+             what="error reported")
+    assert events[0][0] == "uplink_error"
     assert h.task is not None and not h.task.done() and h.backlog() == 2
