@@ -134,9 +134,10 @@ def faults() -> list[Fault]:
 
 
 class Soak:
-    def __init__(self, workdir: Path, duration_s: float, interval_s: float = 1.0, log: Callable[[str], None] = print
-                 ) -> None:
+    def __init__(self, workdir: Path, duration_s: float, interval_s: float = 1.0, log: Callable[[str], None] = print,
+                 memprobe: Path | None = None) -> None:
         self.dir = workdir
+        self.memprobe = memprobe
         self.duration_s = duration_s
         self.log = log
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -207,7 +208,10 @@ class Soak:
         env.pop("NOTIFY_SOCKET", None)
         log = open(self.dir / "daemon.log", "ab")
         self.spawned_at = time.monotonic()
-        self.proc = subprocess.Popen([sys.executable, "-m", "edge", "run", "--sim", "--config", str(self.config)],
+        edge = ["run", "--sim", "--config", str(self.config)]
+        launcher = ["-m", "edge"] if self.memprobe is None else \
+            [str(REPO / "bench" / "memprobe.py"), "--out", str(self.memprobe), "--"]
+        self.proc = subprocess.Popen([sys.executable, *launcher, *edge],
                                      stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
         log.close()
         self.lives += 1
@@ -490,8 +494,9 @@ def problems(summary: dict[str, Any], growth_bound_mb: float) -> list[str]:
     return out
 
 
-def run_soak(workdir: Path, duration_s: float, log: Callable[[str], None] = print) -> dict[str, Any]:
-    soak = Soak(workdir, duration_s, log=log)
+def run_soak(workdir: Path, duration_s: float, log: Callable[[str], None] = print,
+             memprobe: Path | None = None) -> dict[str, Any]:
+    soak = Soak(workdir, duration_s, log=log, memprobe=memprobe)
     try:
         records = soak.run()
         return summarize(soak, records, duration_s)
@@ -520,12 +525,16 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
     ap.add_argument("--report", type=Path, default=None, help="write the table into this markdown file")
     ap.add_argument("--json", type=Path, default=None, help="write the full summary as JSON")
+    ap.add_argument("--memprobe", type=Path, default=None,
+                    help="run the daemon under bench/memprobe.py (tracemalloc) with its logs in this directory; "
+                         "for finding a leak only: it doubles memory and costs CPU")
     args = ap.parse_args()
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         work = args.workdir or Path(tmp)
-        summary = run_soak(work, args.duration, log=lambda m: print(m, file=sys.stderr, flush=True))
+        summary = run_soak(work, args.duration, log=lambda m: print(m, file=sys.stderr, flush=True),
+                           memprobe=args.memprobe)
     text = table(summary)
     print(text)
     if args.json:

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from array import array
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,35 @@ from hal.watchdog import WDT
 log = logging.getLogger(__name__)
 
 EventSink = Callable[[str, str, dict[str, Any]], None]
+
+
+TICK_PERIODS_KEPT = 10000  # ~17 minutes at the default 100 ms tick
+
+
+class RecentPeriods:
+    """The last TICK_PERIODS_KEPT tick periods (ms) in a ring allocated once, so the statistics cost the
+    same memory from the first tick to the thousandth hour (a trimmed list made the soak's memory saw)."""
+
+    def __init__(self, size: int = TICK_PERIODS_KEPT) -> None:
+        self._buf = array("d", bytes(8 * size))
+        self._next = 0
+        self._count = 0
+
+    def append(self, period_ms: float) -> None:
+        self._buf[self._next] = period_ms
+        self._next = (self._next + 1) % len(self._buf)
+        self._count = min(self._count + 1, len(self._buf))
+
+    def clear(self) -> None:
+        self._next = self._count = 0
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __iter__(self) -> Iterator[float]:
+        start = (self._next - self._count) % len(self._buf)
+        for i in range(self._count):
+            yield self._buf[(start + i) % len(self._buf)]
 
 
 @dataclass
@@ -70,7 +100,7 @@ class Controller:
         self._clear_results: list[tuple[list[str], list[list[str]]]] = []
         self.ticks = 0
         self.evaluations = 0
-        self.tick_periods_ms: list[float] = []
+        self.tick_periods_ms = RecentPeriods()
 
     # -- commands from CLI / cloud (never able to raise anything above the config) ------------------
     def set_external_limit(self, amps: float, duration_s: float | None, source: str) -> None:
@@ -176,8 +206,6 @@ class Controller:
                 now = loop.time()
                 if last is not None:
                     self.tick_periods_ms.append((now - last) * 1000.0)
-                    if len(self.tick_periods_ms) > 10000:
-                        del self.tick_periods_ms[:5000]
                 last = now
                 next_t += tick_s
                 if next_t < now:  # overran: do not try to catch up with a burst

@@ -18,6 +18,7 @@ import os
 import socket
 import time
 from abc import ABC, abstractmethod
+from collections import deque
 
 
 class WDT(ABC):
@@ -97,12 +98,17 @@ class DevWDT(SystemdWDT):
         super().feed()
 
 
+SIM_MESSAGES_KEPT = 100
+
+
 class SimWDT(WDT):
     def __init__(self, id: int = 0, timeout: int = 5000) -> None:  # noqa: A002
         super().__init__(id, timeout)
         self.feeds = 0
         self.last_feed = time.monotonic()
-        self.messages: list[str] = []
+        # the last messages only: the daemon sends a STATUS line every telemetry interval, and a list
+        # grew 0.5 MB per hour in the soak (docs/RELIABILITY.md)
+        self.messages: deque[str] = deque(maxlen=SIM_MESSAGES_KEPT)
 
     def feed(self) -> None:
         self.feeds += 1

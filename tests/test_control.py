@@ -168,3 +168,20 @@ def test_a_silent_module_is_lost_by_address_and_its_share_goes_to_the_others(tmp
     assert rig.bank.modules[1].set_current_a == pytest.approx(50.0)
     d = rig.step()  # it answers again: restored, fault gone
     assert "module_lost_2" not in d["faults"]
+
+
+def test_recent_tick_periods_keep_the_last_n_in_order_in_fixed_memory():
+    from edge.control import RecentPeriods
+
+    r = RecentPeriods(size=10)
+    assert list(r) == [] and len(r) == 0
+    for i in range(3):
+        r.append(float(i))
+    assert list(r) == [0.0, 1.0, 2.0]
+    size_before = r._buf.buffer_info()[1]
+    for i in range(3, 25):
+        r.append(float(i))
+    assert list(r) == [float(i) for i in range(15, 25)] and len(r) == 10
+    assert r._buf.buffer_info()[1] == size_before  # never grows
+    r.clear()
+    assert list(r) == [] and len(r) == 0

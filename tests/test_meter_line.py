@@ -284,3 +284,25 @@ def test_late_replies_are_never_taken_for_the_answer_to_a_later_request():
             assert m2 and all(r.quality == OK and r.value == pytest.approx(42.0) for r in m2)
             assert b.sims[1].reads >= 2  # the slow meter did answer, late, and was ignored
     run(main())
+
+
+def test_a_silent_simulated_meter_keeps_no_request_pending():
+    # The simulator once parked each unanswered request in an hour-long sleep: one task per poll stayed
+    # alive, and the soak's memory grew ~2 MB/h while a meter was silent now and then.
+    from drivers.meters.planner import Block
+    from drivers.meters.reader import MeterCommError
+
+    async def main() -> None:
+        async with MeterBench([(SDM630, 1)]) as b:
+            reg = SDM630.registers[0]
+            blk = Block(reg.function_code, reg.address, reg.words, (reg,))
+            await asyncio.sleep(0.05)
+            before = len(asyncio.all_tasks())
+            b.sims[1].silent = True
+            for _ in range(20):
+                with pytest.raises(MeterCommError):
+                    await b.line.read(1, blk, 0.05)
+            b.sims[1].silent = False
+            await until(lambda: len(asyncio.all_tasks()) <= before, 2, "no request left pending")
+            assert (await b.line.read(1, blk, 0.5)) is not None  # and it answers again
+    run(main())

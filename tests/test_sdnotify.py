@@ -170,3 +170,17 @@ def test_daemon_sends_ready_and_watchdog(manager: FakeServiceManager, tmp_path: 
             proc.wait(timeout=5)
         if proc.stdout:
             proc.stdout.close()
+
+
+def test_sim_wdt_keeps_only_the_last_messages() -> None:
+    # the daemon sends a STATUS line every telemetry interval: a simulated cabinet running for days
+    # must not keep every one of them (the soak measured 0.5 MB/h before this bound)
+    from hal.watchdog import SIM_MESSAGES_KEPT, SimWDT
+
+    wdt = SimWDT()
+    wdt.ready()
+    for i in range(SIM_MESSAGES_KEPT * 5):
+        wdt.status(f"limit {i} A")
+    assert len(wdt.messages) == SIM_MESSAGES_KEPT
+    assert wdt.messages[-1] == f"STATUS=limit {SIM_MESSAGES_KEPT * 5 - 1} A"
+    assert "READY=1" not in wdt.messages

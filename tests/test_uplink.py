@@ -199,3 +199,30 @@ def test_a_broken_tls_config_leaves_telemetry_in_the_store_and_never_raises(tmp_
              what="error reported")
     assert events[0][0] == "uplink_error"
     assert h.task is not None and not h.task.done() and h.backlog() == 2
+
+
+def test_a_backlog_drain_deletes_acknowledged_records_in_group_commits(tmp_path: Path, cleanup,
+                                                                        monkeypatch: pytest.MonkeyPatch):
+    # One delete transaction per PUBACK held SQLite's write lock ~1,000 times a second during a drain and
+    # stalled the control loop's inserts; PUBACKs arriving in a burst must share one delete.
+    from edge.telemetry.store import StoreView
+
+    deletes: list[int] = []
+    real_delete = StoreView.delete
+
+    def counting(self: StoreView, seqs: list[int]) -> None:
+        deletes.append(len(seqs))
+        real_delete(self, seqs)
+    monkeypatch.setattr(StoreView, "delete", counting)
+
+    broker = Broker(tmp_path / "broker")
+    cleanup.append(broker)
+    broker.start()
+    h = UplinkHarness(tmp_path / "data", cfg(broker.port, batch_samples=10))  # ~one record per message
+    cleanup.append(h)
+    seqs = h.append_telemetry(1500, signals=FEW_SIGNALS)
+    h.start()
+    wait_for(lambda: h.backlog() == 0, 60, what="backlog drained")
+    acked = h.uplink.stats.messages_acked
+    assert sum(deletes) >= len(seqs) and acked >= 300
+    assert len(deletes) * 3 <= acked, f"{len(deletes)} delete transactions for {acked} PUBACKs"

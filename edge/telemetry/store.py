@@ -15,6 +15,7 @@ All methods are called from the daemon's event-loop thread; nothing here blocks 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -93,10 +94,17 @@ class _Records:
         if not seqs:
             return
         try:
-            for i in range(0, len(seqs), 500):  # one statement (one commit) per ack, not one per record
+            # one transaction (one hold of the write lock) for the whole list; 500 per statement keeps
+            # under SQLite's host-parameter limit
+            self._db.execute("BEGIN")
+            for i in range(0, len(seqs), 500):
                 chunk = seqs[i:i + 500]
                 self._db.execute(f"DELETE FROM records WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
+            self._db.execute("COMMIT")
         except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    self._db.execute("ROLLBACK")
             log.warning("could not delete %d acknowledged records (%s): they will be sent again", len(seqs), exc)
 
     def backlog(self) -> int:

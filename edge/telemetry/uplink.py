@@ -57,6 +57,14 @@ SCHEMA_CMD_RESULT = "cabinet-edge/cmd-result/1"
 PREFETCH_ROWS = 128         # backlog rows read from SQLite at once (~1 MB: keeps each loop step short)
 LIVE_ROWS = 256             # live rows read per step
 SHUTDOWN_WAIT_S = 1.0       # longest wait for paho's thread when the daemon stops
+# Acknowledged records are deleted as a group commit, not one transaction per PUBACK: during a backlog
+# drain (~1,000 PUBACKs/s) per-ack deletes held SQLite's write lock so often that the control loop's
+# inserts waited in the busy handler (reaction max 103 ms, docs/RELIABILITY.md). A delete waits for a
+# pause of DELETE_LINGER_S in the PUBACKs, at most DELETE_EVERY_S. A kill before it only means those
+# records are sent again under the same seq.
+DELETE_LINGER_S = 0.005
+DELETE_EVERY_S = 0.1
+DELETE_MAX_ROWS = 5000
 
 EventSink = Callable[[str, str, dict[str, Any]], None]
 StateSource = Callable[[], dict[str, Any]]
@@ -155,6 +163,8 @@ class Uplink:
         self._io_thread: threading.Thread | None = None
         self._kick_pending = False
         self._view: StoreView | None = None
+        self._acked_seqs: list[int] = []  # acknowledged, not yet deleted (uplink thread only)
+        self._acked_since = 0.0
         self._last_state: str | None = None
         self._paused_until = 0.0
         self._closing = False
@@ -222,14 +232,35 @@ class Uplink:
     def _io_main(self) -> None:
         self._view = StoreView(self.store.path)
         try:
-            while (fn := self._io_q.get()) is not None:
+            while True:
+                wait = None
+                if self._acked_seqs:
+                    wait = self._acked_since + DELETE_EVERY_S - time.monotonic()
+                    if wait <= 0:  # due: a busy queue must not starve the deletes
+                        self._flush_deletes()
+                        wait = None
+                    else:  # group commit: delete as soon as PUBACKs stop coming in a burst
+                        wait = min(wait, DELETE_LINGER_S)
+                try:
+                    fn = self._io_q.get(timeout=wait)
+                except queue.Empty:
+                    self._flush_deletes()
+                    continue
+                if fn is None:
+                    break
                 try:
                     fn()
                 except Exception as exc:  # logged and counted; the next kick retries
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
                     log.exception("uplink step failed; will retry")
         finally:
+            self._flush_deletes()
             self._view.close()
+
+    def _flush_deletes(self) -> None:
+        if self._acked_seqs and self._view is not None:
+            seqs, self._acked_seqs = self._acked_seqs, []
+            self._view.delete(seqs)
 
     # paho thread: hand everything over, touch nothing shared
     def _cb_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
@@ -332,6 +363,7 @@ class Uplink:
         """Forget what is in flight; everything still in the store is backlog from here on."""
         self._inflight.clear()
         self._live_inflight = 0
+        self._flush_deletes()  # acknowledged records must not come back as backlog
         assert self._view is not None
         last = self._view.last_seq()
         self._cur = _Cursor(live_from=last, live_after=last)
@@ -375,8 +407,11 @@ class Uplink:
             return
         self.stats.messages_acked += 1
         self.stats.records_delivered += entry.records
-        assert self._view is not None
-        self._view.delete(entry.seqs)
+        if not self._acked_seqs:
+            self._acked_since = time.monotonic()
+        self._acked_seqs.extend(entry.seqs)
+        if len(self._acked_seqs) >= DELETE_MAX_ROWS:
+            self._flush_deletes()
         self.pump()
 
     def pump(self) -> None:
