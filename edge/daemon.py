@@ -67,7 +67,8 @@ class Daemon:
             pins = [make_pin(o.backend, o.contactor), make_pin(o.backend, o.pump), make_pin(o.backend, o.fan)]
         self.outputs = Outputs(*pins)
         self.wdt = make_wdt(config.watchdog.backend, config.watchdog.timeout_ms)
-        self.store = Store(config.storage.data_dir, config.telemetry.store_max_mb, config.telemetry.min_free_mb)
+        self.store = Store(config.storage.data_dir, config.telemetry.store_max_mb, config.telemetry.min_free_mb,
+                           background=True)  # the loop never waits for SQLite's write lock
         self.sampler = Sampler()
 
         # --- CAN (drivers/power_modules, drivers/cable, hal/can.py; docs/CAN.md) ---

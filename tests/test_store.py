@@ -10,6 +10,7 @@ import pytest
 
 import edge.telemetry.store as store_mod
 from edge.telemetry.store import Store
+from tests.conftest import wait_for
 from tests.uplink_harness import interval_payload
 
 
@@ -133,3 +134,89 @@ def test_disk_nearly_full_drops_telemetry_keeps_events_and_reports_it(tmp_path):
     assert seq is not None  # the last space is kept for events
     roomy = Store(str(tmp_path / "ok"), min_free_mb=0.0)  # 0 switches the check off
     assert roomy.append("telemetry", 1, {"x": 1}) is not None and roomy.degraded is None
+
+
+def test_background_append_gives_seqs_at_once_and_commits_them_in_order(tmp_path: Path):
+    s = Store(str(tmp_path), background=True)
+    woken: list[int] = []
+    s.on_append.append(woken.append)
+    seqs = _fill(s, 50) + _fill(s, 5, "event")
+    assert seqs == list(range(1, 56)) and s.last_seq() == 55
+    assert s.backlog() == 55  # queued records count as backlog before their commit
+    assert s.flush(5.0)
+    assert [r.seq for r in s.pending_raw(0, None, 1000)] == seqs
+    assert woken and woken[-1] == 55, "the uplink is woken after the commit, with the newest seq"
+    s.close()
+
+
+def test_background_close_commits_everything_queued(tmp_path: Path):
+    s = Store(str(tmp_path), background=True)
+    seqs = _fill(s, 300)
+    s.close()  # no flush first: close must not lose the queue
+    again = Store(str(tmp_path))
+    assert [r.seq for r in again.pending_raw(0, None, 1000)] == seqs
+    assert again.append("event", 1, {"kind": "fault_raised"}) == seqs[-1] + 1
+    again.close()
+
+
+def test_background_append_does_not_wait_for_a_held_write_lock(tmp_path: Path):
+    # The uplink thread's deletes hold SQLite's write lock now and then; the control loop's appends must
+    # return at once and be committed when the lock is free.
+    import threading
+
+    s = Store(str(tmp_path), background=True)
+    holder = sqlite3.connect(s.path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")  # the write lock, as a long delete would hold it
+    release = threading.Event()
+    seqs: list[int] = []
+
+    def appends() -> None:
+        seqs.extend(_fill(s, 20))
+        release.set()
+    t = threading.Thread(target=appends)
+    t.start()
+    # appends that waited for the lock would need busy_timeout (2 s) each and then fail
+    assert release.wait(1.5), "append waited for the write lock"
+    holder.execute("COMMIT")
+    t.join()
+    assert s.flush(5.0)
+    assert [r.seq for r in s.pending_raw(0, None, 100)] == seqs and s.write_errors == 0
+    holder.close()
+    s.close()
+
+
+def test_background_write_failure_is_retried_in_order_until_there_is_room(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch):
+    # disk full: records wait in memory, in seq order, and are written when there is room again; the
+    # consumer sees no seq missing
+    monkeypatch.setattr(store_mod, "DEGRADED_HOLD_S", 0.3)
+    monkeypatch.setattr(store_mod, "RETRY_S", 0.05)
+    s = Store(str(tmp_path), background=True)
+    _fill(s, 2, "event")
+    assert s.flush(5.0)
+    s._wdb.execute("DELETE FROM records")
+    pages = s._wdb.execute("PRAGMA page_count").fetchone()[0]
+    s._wdb.execute(f"PRAGMA max_page_count = {pages}")
+    seqs = [s.append("telemetry", 1_700_000_000_000 + i, interval_payload(i)) for i in range(50)]
+    seqs.append(s.append("event", 1, {"kind": "fault_raised", "name": "x"}))
+    assert None not in seqs  # never raises, never drops while it can hold
+    assert not s.flush(0.5), "nothing can be written while the disk is full"
+    assert s.write_errors > 0 and "full" in (s.last_error or "") and s.degraded
+    assert s.backlog() == len(seqs)
+    s._wdb.execute("PRAGMA max_page_count = 1000000")  # room again
+    assert s.flush(5.0)
+    assert [r.seq for r in s.pending_raw(0, None, 1000)] == seqs, "every seq written, in order"
+    wait_for(lambda: s.degraded is None, 5, what="degraded clears once writes succeed")
+    s.close()
+
+
+def test_held_records_beyond_the_bound_drop_oldest_telemetry_first():
+    from collections import deque
+
+    held = deque([(1, "event", 0, ""), (2, "telemetry", 0, ""), (3, "telemetry", 0, ""), (4, "event", 0, ""),
+                  (5, "telemetry", 0, "")])
+    assert store_mod._shed(held, 5) == 0 and len(held) == 5
+    assert store_mod._shed(held, 3) == 2
+    assert [r[0] for r in held] == [1, 4, 5]
+    assert store_mod._shed(held, 1) == 2  # telemetry 5 first, then the oldest event
+    assert [r[0] for r in held] == [4]

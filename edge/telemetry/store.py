@@ -10,7 +10,13 @@ Guarantees:
   ``DEGRADED_HOLD_S``; the daemon reports that as the fault ``telemetry_store_error``. On "disk full" the
   store first evicts old telemetry and retries once, so new events still find room.
 
-All methods are called from the daemon's event-loop thread; nothing here blocks on the network.
+Threads: with ``background=True`` (the daemon) :meth:`Store.append` only encodes the record, gives it
+its seq and queues it; a writer thread with its own SQLite connection commits what is queued in one
+transaction. The event loop then never waits for SQLite's write lock, which the uplink thread's deletes
+hold now and then (docs/RELIABILITY.md: INSERTs on the loop stalled the safety reaction up to 100 ms). A
+record is *recorded* once committed, a few milliseconds after ``append``; a kill in between loses only
+that tail, never a seq in the middle. With ``background=False`` (tests, tools) ``append`` commits before
+it returns. Reads run on the caller's connection; in WAL mode they never wait for a writer.
 """
 
 from __future__ import annotations
@@ -19,8 +25,11 @@ import contextlib
 import json
 import logging
 import os
+import queue
 import sqlite3
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,6 +52,10 @@ CHECK_EVERY = 64        # appends between two checks of the size bound
 EVICT_TO = 0.9          # evict down to this fraction of the bound, so eviction is not run per append
 FULL_EVICT_ROWS = 64    # telemetry rows dropped to make room when SQLite reports the disk full
 BUSY_TIMEOUT_MS = 2000  # the uplink thread's deletes hold the write lock for a few ms at most
+WRITE_BATCH = 500       # records committed in one transaction by the writer thread, at most
+RETRY_S = 0.5           # a failed commit is retried this often (disk full: until there is room again)
+MAX_HELD = 1000         # records kept in memory while commits fail (~8 MB of 40-signal intervals)
+CLOSE_WAIT_S = 5.0      # longest wait for the writer thread to commit what is queued at close
 
 
 @dataclass(frozen=True)
@@ -129,8 +142,44 @@ class StoreView(_Records):
         self._db.close()
 
 
+def _shed(held: deque[_Row], limit: int) -> int:
+    """Drop records from ``held`` beyond ``limit``: the oldest telemetry first, events only when no
+    telemetry is left. Returns how many were dropped (their seqs are then missing at the consumer)."""
+    excess = len(held) - limit
+    if excess <= 0:
+        return 0
+    keep: deque[_Row] = deque()
+    dropped = 0
+    for row in held:
+        if dropped < excess and row[1] == TELEMETRY:
+            dropped += 1
+        else:
+            keep.append(row)
+    while dropped < excess and keep:
+        keep.popleft()
+        dropped += 1
+    held.clear()
+    held.extend(keep)
+    log.error("telemetry store: %d records dropped, writes have failed for too long", dropped)
+    return dropped
+
+
+def _connect(path: str) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db.execute("PRAGMA journal_mode=WAL")
+    # NORMAL in WAL: a committed transaction survives a process kill; a power cut may lose the
+    # last few, never corrupt the file.
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    return db
+
+
+_Row = tuple[int, str, int, str]  # seq, kind, t_ms, payload JSON
+
+
 class Store(_Records):
-    def __init__(self, data_dir: str, max_mb: float = 256.0, min_free_mb: float = 0.0) -> None:
+    def __init__(self, data_dir: str, max_mb: float = 256.0, min_free_mb: float = 0.0,
+                 background: bool = False) -> None:
         os.makedirs(data_dir, exist_ok=True)
         self.data_dir = data_dir
         self.min_free_bytes = int(min_free_mb * 1024 * 1024)
@@ -146,18 +195,26 @@ class Store(_Records):
         self._last_error_t = -1e9
         self._appends = 0
         self.on_append: list[Callable[[int], None]] = []  # called with the new seq (uplink wake-up)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL: a committed transaction survives a process kill; a power cut may lose the
-        # last few, never corrupt the file.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        self._db = _connect(self.path)
         self._db.executescript(SCHEMA)
         self.page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
+        row = self._db.execute("SELECT MAX(seq) FROM records").fetchone()
+        # seqs are given out here, not by AUTOINCREMENT, so append() can return one before the commit
+        self._next_seq = max(_Records.last_seq(self), int(row[0] or 0)) + 1
+        self._wdb = self._db  # the connection that writes
+        self._queue: queue.SimpleQueue[_Row | None] | None = None
+        self._unwritten = 0
+        self._cond = threading.Condition()
+        self._writer: threading.Thread | None = None
+        if background:
+            self._wdb = _connect(self.path)
+            self._queue = queue.SimpleQueue()
+            self._writer = threading.Thread(target=self._write_main, name="store-writer", daemon=True)
+            self._writer.start()
 
     # -- writing -------------------------------------------------------------------------------------
     def append(self, kind: str, t_ms: int, payload: dict[str, Any]) -> int | None:
-        """Add one record; returns its seq, or None when the write failed (counted, never raised)."""
+        """Add one record; returns its seq, or None when it was dropped (counted, never raised)."""
         try:
             text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
         except ValueError as exc:  # NaN/inf have no JSON form: a bug upstream, not a disk problem
@@ -167,31 +224,96 @@ class Store(_Records):
             # Keep the last of the space for events (faults, commands): they matter more than samples.
             self.dropped_low_disk += 1
             return None
-        seq = self._insert(kind, t_ms, text)
-        if seq is None:
+        seq = self._next_seq
+        self._next_seq += 1
+        if self._queue is not None:
+            with self._cond:
+                self._unwritten += 1
+            self._queue.put((seq, kind, t_ms, text))
+            return seq
+        if not self._commit([(seq, kind, t_ms, text)]):
+            self._next_seq = seq  # nothing was written: the seq is given to the next record
             return None
-        self._appends += 1
-        if self._appends % CHECK_EVERY == 0:
-            self.enforce_bound()
-        for cb in self.on_append:
-            cb(seq)
         return seq
 
-    def _insert(self, kind: str, t_ms: int, text: str) -> int | None:
-        sql = "INSERT INTO records(kind, t_ms, payload) VALUES (?, ?, ?)"
-        try:
-            return int(self._db.execute(sql, (kind, t_ms, text)).lastrowid or 0)
-        except sqlite3.Error as exc:
-            self._failed(str(exc))  # counted and reported even if eviction makes room
-            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
-                return None
-            if self._evict_oldest(FULL_EVICT_ROWS) == 0:
-                return None
+    def flush(self, timeout: float = CLOSE_WAIT_S) -> bool:
+        """Wait until everything appended is committed (or dropped); True if it was in time."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._unwritten == 0, timeout)
+
+    def _write_main(self) -> None:
+        """Commit queued records in seq order. A failed commit (disk full, I/O error) is kept and retried
+        every RETRY_S, newer records queue behind it: nothing is skipped, so no seq goes missing unless
+        more than MAX_HELD records pile up (then the oldest telemetry goes first, counted and logged)."""
+        assert self._queue is not None
+        held: deque[_Row] = deque()
+        next_try = 0.0
+        stop = False
+        while True:
+            wait = max(0.0, next_try - time.monotonic()) if held else None
             try:
-                return int(self._db.execute(sql, (kind, t_ms, text)).lastrowid or 0)
-            except sqlite3.Error as exc2:
-                self._failed(str(exc2))
-                return None
+                item = self._queue.get(timeout=wait)
+                while item is not None:
+                    held.append(item)
+                    item = self._queue.get_nowait()
+                stop = True
+            except queue.Empty:
+                pass
+            if stop:
+                next_try = 0.0  # one last attempt for what is held
+            while held and time.monotonic() >= next_try:
+                batch = [held[i] for i in range(min(WRITE_BATCH, len(held)))]
+                if self._commit(batch):
+                    for _ in batch:
+                        held.popleft()
+                    self._written(len(batch))
+                else:
+                    next_try = time.monotonic() + RETRY_S
+                    self._written(_shed(held, MAX_HELD))
+                    if stop:
+                        break
+            if stop:
+                if held:
+                    log.error("telemetry store closed with %d records not written (%s)", len(held), self.last_error)
+                    self._written(len(held))
+                return
+
+    def _written(self, n: int) -> None:
+        """``n`` queued records are done with (committed or dropped)."""
+        if n:
+            with self._cond:
+                self._unwritten -= n
+                self._cond.notify_all()
+
+    def _commit(self, rows: list[_Row]) -> bool:
+        """Write ``rows`` in one transaction; on "disk full" evict old telemetry and retry once."""
+        ok = self._insert(rows)
+        if ok is None:
+            if self._evict_oldest(FULL_EVICT_ROWS) > 0:
+                ok = self._insert(rows)
+        if not ok:
+            return False
+        self._appends += len(rows)
+        if self._appends // CHECK_EVERY != (self._appends - len(rows)) // CHECK_EVERY:
+            self.enforce_bound()
+        for cb in self.on_append:
+            cb(rows[-1][0])
+        return True
+
+    def _insert(self, rows: list[_Row]) -> bool | None:
+        """True when committed; None when the disk is full (eviction may help); False otherwise."""
+        db = self._wdb
+        try:
+            db.execute("BEGIN")
+            db.executemany("INSERT INTO records(seq, kind, t_ms, payload) VALUES (?, ?, ?, ?)", rows)
+            db.execute("COMMIT")
+            return True
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            self._failed(str(exc))  # counted and reported even if eviction makes room
+            return None if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL else False
 
     def _disk_nearly_full(self) -> bool:
         """Free space below ``min_free_mb``, checked at most once a second (statvfs is a syscall)."""
@@ -217,8 +339,9 @@ class Store(_Records):
         self.last_error = why
         self._last_error_t = time.monotonic()
         if self.write_errors in (1, 10, 100) or self.write_errors % 1000 == 0:
-            log.error("telemetry store write failed (%s): record dropped, control continues "
-                      "(%d failures so far)", why, self.write_errors)
+            what = "record dropped" if self._queue is None else "records held in memory and retried"
+            log.error("telemetry store write failed (%s): %s, control continues (%d failures so far)",
+                      why, what, self.write_errors)
 
     @property
     def degraded(self) -> str | None:
@@ -227,10 +350,19 @@ class Store(_Records):
             return self.last_error
         return None
 
+    # -- reading -------------------------------------------------------------------------------------
+    def backlog(self) -> int:
+        """Records not yet acknowledged, including those queued for the writer."""
+        return super().backlog() + self._unwritten
+
+    def last_seq(self) -> int:
+        """The newest seq given out (committed a few ms later in background mode)."""
+        return self._next_seq - 1
+
     # -- size bound ----------------------------------------------------------------------------------
     def used_bytes(self) -> int:
-        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
-        free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        pages = int(self._wdb.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self._wdb.execute("PRAGMA freelist_count").fetchone()[0])
         return (pages - free) * self.page_size
 
     def enforce_bound(self) -> int:
@@ -238,7 +370,8 @@ class Store(_Records):
         dropped = 0
         try:
             used = self.used_bytes()
-            while used > self.max_bytes and (n := self.backlog()) > 0:
+            while used > self.max_bytes and (n := int(self._wdb.execute("SELECT COUNT(*) FROM records")
+                                                      .fetchone()[0])) > 0:
                 per_row = max(1, used // n)
                 rows = max(1, int((used - self.max_bytes * EVICT_TO) // per_row) + 1)
                 got = self._evict_oldest(rows)
@@ -256,12 +389,12 @@ class Store(_Records):
     def _evict_oldest(self, rows: int) -> int:
         """Delete up to ``rows`` oldest telemetry records; oldest events only when no telemetry is left."""
         try:
-            cur = self._db.execute(
+            cur = self._wdb.execute(
                 "DELETE FROM records WHERE seq IN (SELECT seq FROM records WHERE kind = ? ORDER BY seq LIMIT ?)",
                 (TELEMETRY, rows))
             got = cur.rowcount
             if got == 0:
-                cur = self._db.execute(
+                cur = self._wdb.execute(
                     "DELETE FROM records WHERE seq IN (SELECT seq FROM records ORDER BY seq LIMIT ?)", (rows,))
                 got = cur.rowcount
                 self.evicted_events += got
@@ -277,8 +410,17 @@ class Store(_Records):
                 "dropped_low_disk": self.dropped_low_disk}
 
     def close(self) -> None:
+        """Commit what is queued, checkpoint the WAL into the file, close."""
+        if self._writer is not None and self._queue is not None:
+            self._queue.put(None)
+            self._writer.join(CLOSE_WAIT_S)
+            if self._writer.is_alive():
+                log.error("telemetry store writer did not finish within %.0f s; %d records not written",
+                          CLOSE_WAIT_S, self._unwritten)
+            else:
+                self._wdb.close()
+            self._writer = None
         try:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         finally:
             self._db.close()
-
