@@ -7,6 +7,7 @@ Each command: human text by default, ``--json`` for scripts (the daemon's answer
 from __future__ import annotations
 
 import datetime as _dt
+import grp
 import json
 import os
 import pwd
@@ -61,11 +62,20 @@ def _me() -> str:
         return f"uid{os.getuid()}"
 
 
+def _socket_group(path: str) -> str:
+    """The group that owns the socket (api.group of that daemon's config), else the packaged default."""
+    try:
+        return grp.getgrgid(os.stat(path).st_gid).gr_name
+    except (OSError, KeyError):
+        return "cabinet-edge"
+
+
 def unreachable(exc: Unreachable, as_json: bool) -> NoReturn:
     if exc.kind == "permission":
         code = EXIT_REFUSED
-        msg = (f"edge: permission denied on {exc.path}: {_me()} is not in the socket's group; "
-               f"fix: sudo usermod -aG cabinet-edge {_me()}, then log in again (or use sudo)")
+        group = _socket_group(exc.path)
+        msg = (f"edge: permission denied on {exc.path}: {_me()} is not in the socket's group {group}; "
+               f"fix: sudo usermod -aG {group} {_me()}, then log in again (or use sudo)")
     else:
         code = EXIT_DOWN
         fix = {"missing": "is the daemon running? sudo systemctl status cabinet-edge",
