@@ -291,7 +291,9 @@ def selftest_text(r: dict[str, Any]) -> str:
     for label, key, unit, spec in rows:
         out.append(f"{label:<18}{fmt(b.get(key), spec):>10}{fmt(a.get(key), spec):>10}  {unit}")
     lo, hi = fmt(r.get("flow_min_lpm"), "{:.2f}"), fmt(r.get("flow_max_lpm"), "{:.2f}")
-    out.append(f"flow during test  min {lo}  max {hi} l/min (full current needs {r.get('flow_full_current_lpm'):g})")
+    held = fmt(r.get("flow_settled_lpm"), "{:.2f}")
+    out.append(f"flow during test  held {held}  min {lo}  max {hi} l/min "
+               f"(full current needs {r.get('flow_full_current_lpm'):g})")
     seen = r.get("outputs_seen", {})
     pump, fan = ("yes" if seen.get(k) else "NO" for k in ("pump", "fan"))
     out.append(f"outputs seen on   pump {pump}  fan {fan}")

@@ -150,3 +150,14 @@ def test_remote_clear_when_allowed_answers_with_the_core_reason(tmp_path: Path, 
     finally:
         d.stop()
         be.close()
+
+
+def test_selftest_judges_the_flow_the_pump_holds_not_its_best_moment():
+    from edge.api.commands import settled_flow
+
+    assert settled_flow([]) is None
+    # a surge at spin-up, then the pump fails: the verdict must see the low flow
+    assert settled_flow([0.0, 4.5, 5.0, 0.4, 0.3, 0.3]) == 0.3
+    # a slow spin-up that then holds full flow passes on the held value
+    assert settled_flow([0.0, 0.5, 1.5, 4.0, 4.1, 4.0]) == 4.0
+    assert settled_flow([3.2]) == 3.2

@@ -290,6 +290,13 @@ def _cable_values(st: dict[str, Any], cable: str | None) -> dict[str, float | No
     return out
 
 
+def settled_flow(flows: list[float]) -> float | None:
+    """The flow the pump holds: the median of the second half of the readings (after spin-up). The
+    highest reading would pass a pump that surges once and then fails."""
+    tail = sorted(flows[len(flows) // 2:])
+    return tail[len(tail) // 2] if tail else None
+
+
 @command("selftest", ADMIN, SelftestArgs)
 async def _selftest(ctx: Context, args: SelftestArgs) -> dict[str, Any]:
     """Run pump and fan with the output off; report coolant flow and temperatures before, during, after."""
@@ -326,21 +333,23 @@ async def _selftest(ctx: Context, args: SelftestArgs) -> dict[str, Any]:
         after = _cable_values(d.status(), cable)
     rule = d.config.limits.coolant_flow
     max_flow = max(flows) if flows else None
+    flow = settled_flow(flows)
     if aborted:
         verdict, why = "aborted", aborted
     elif not args.pump:
         verdict, why = "pass", "pump not tested"
-    elif max_flow is None:
+    elif flow is None:
         verdict, why = "fail", "no valid coolant flow reading during the test"
-    elif max_flow >= rule.derate_start_lpm:
-        verdict, why = "pass", f"flow {max_flow:.2f} l/min >= {rule.derate_start_lpm:g} l/min (full current)"
-    elif max_flow >= rule.trip_lpm:
-        verdict, why = "warn", (f"flow {max_flow:.2f} l/min below {rule.derate_start_lpm:g} l/min: "
+    elif flow >= rule.derate_start_lpm:
+        verdict, why = "pass", f"flow {flow:.2f} l/min >= {rule.derate_start_lpm:g} l/min (full current)"
+    elif flow >= rule.trip_lpm:
+        verdict, why = "warn", (f"flow {flow:.2f} l/min below {rule.derate_start_lpm:g} l/min: "
                                 "charging will be derated; check coolant level and filter")
     else:
-        verdict, why = "fail", (f"flow {max_flow:.2f} l/min below trip {rule.trip_lpm:g} l/min with the pump on: "
+        verdict, why = "fail", (f"flow {flow:.2f} l/min below trip {rule.trip_lpm:g} l/min with the pump on: "
                                 "check pump, fuse, coolant level, kinked hose")
     result = {"verdict": verdict, "why": why, "duration_s": args.duration_s, "before": before, "after": after,
+              "flow_settled_lpm": flow,
               "flow_min_lpm": min(flows) if flows else None, "flow_max_lpm": max_flow,
               "outputs_seen": outputs_seen, "flow_full_current_lpm": rule.derate_start_lpm,
               "flow_trip_lpm": rule.trip_lpm}
