@@ -161,3 +161,27 @@ def test_selftest_judges_the_flow_the_pump_holds_not_its_best_moment():
     # a slow spin-up that then holds full flow passes on the held value
     assert settled_flow([0.0, 0.5, 1.5, 4.0, 4.1, 4.0]) == 4.0
     assert settled_flow([3.2]) == 3.2
+
+
+def test_events_delivered_and_deleted_from_the_store_are_still_listed_from_memory(tmp_path):
+    # once the uplink has delivered an event the store forgets it; `edge events` still lists it, merged
+    # by seq with what is still waiting in the store, oldest first
+    import json
+    from collections import deque
+    from types import SimpleNamespace
+
+    from edge.api.commands import collect_events
+    from edge.telemetry.store import Store
+
+    store = Store(str(tmp_path))
+    delivered = [store.append("event", 1000 + i, {"kind": "fault_raised", "name": f"f{i}"}) for i in range(3)]
+    recent = deque(json.dumps({"seq": s, "t_ms": 1000 + i, "kind": "fault_raised", "name": f"f{i}"})
+                   for i, s in enumerate(delivered))
+    store.delete(delivered[:2])  # acknowledged by the broker
+    waiting = store.append("event", 2000, {"kind": "fault_cleared", "name": "f0"})
+    view = SimpleNamespace(store=store, recent_events=recent)
+    events = collect_events(view, None, 10)  # type: ignore[arg-type]
+    assert [e["seq"] for e in events] == [*delivered, waiting]
+    assert [e["name"] for e in events] == ["f0", "f1", "f2", "f0"] and events[-1]["kind"] == "fault_cleared"
+    assert [e["seq"] for e in collect_events(view, 1001, 10)] == [delivered[1], delivered[2], waiting]  # type: ignore[arg-type]
+    store.close()

@@ -61,8 +61,11 @@ def test_daemon_killed_with_sigkill_mid_stream_delivers_every_committed_record_a
                  what=f"every seq 1..{last} at the consumer ({left} were in the store at the kill)")
         wait_for(lambda: consumer.on("status")[-1].body["status"] == "online", 10, what="birth after restart")
         recs = [r for leaf in ("telemetry", "events") for r in consumer.records(leaf)]
-        assert all(r["replayed"] for r in recs if last - left < r["seq"] <= last), \
-            "records from before the restart are marked replayed"
+        # Each record still in the store at the kill is re-sent marked replayed. One of them may also have
+        # arrived live before: the broker forwarded it but stopped before its PUBACK reached us (QoS 1:
+        # a duplicate under the same seq, never a loss).
+        replayed = {r["seq"] for r in recs if r["replayed"]}
+        assert set(range(last - left + 1, last + 1)) <= replayed, "records from before the restart are replayed"
         assert not consumer.errors, consumer.errors[:3]
         st = d.status()["telemetry"]
         assert st["uplink"]["connected"] and st["write_errors"] == 0

@@ -8,6 +8,7 @@ accepted or not, becomes an event in the store (who, what, result) and so goes o
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import platform
 import sys
@@ -35,7 +36,7 @@ class DaemonView(Protocol):
     config: Config
     controller: Controller
     store: Store
-    recent_events: deque[dict[str, Any]]
+    recent_events: deque[str]  # JSON objects with seq and t_ms
 
     def status(self) -> dict[str, Any]: ...
 
@@ -151,7 +152,8 @@ def collect_events(daemon: DaemonView, since_ms: int | None, limit: int) -> list
     by_seq: dict[int, dict[str, Any]] = {}
     for rec in daemon.store.pending(0, 100_000, kind="event"):
         by_seq[rec.seq] = {"seq": rec.seq, "t_ms": rec.t_ms, **rec.payload}
-    for ev in daemon.recent_events:
+    for text in daemon.recent_events:
+        ev = json.loads(text)
         by_seq.setdefault(ev["seq"], ev)
     events = [by_seq[s] for s in sorted(by_seq) if since_ms is None or by_seq[s]["t_ms"] >= since_ms]
     return events[-limit:]
