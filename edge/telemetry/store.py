@@ -30,7 +30,7 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +76,24 @@ class RawRecord:
     payload: str
 
 
+@contextlib.contextmanager
+def _transaction(db: sqlite3.Connection) -> Iterator[None]:
+    """One explicit transaction (one hold of the write lock); rolled back if anything in it fails."""
+    db.execute("BEGIN")
+    try:
+        yield
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        raise
+
+
+def _count(db: sqlite3.Connection) -> int:
+    return int(db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+
+
 class _Records:
     """Reading and acknowledging, shared by the writer (Store) and the uplink's own view (StoreView)."""
 
@@ -107,21 +125,16 @@ class _Records:
         if not seqs:
             return
         try:
-            # one transaction (one hold of the write lock) for the whole list; 500 per statement keeps
-            # under SQLite's host-parameter limit
-            self._db.execute("BEGIN")
-            for i in range(0, len(seqs), 500):
-                chunk = seqs[i:i + 500]
-                self._db.execute(f"DELETE FROM records WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
-            self._db.execute("COMMIT")
+            # one transaction for the whole list; 500 per statement keeps under SQLite's parameter limit
+            with _transaction(self._db):
+                for i in range(0, len(seqs), 500):
+                    chunk = seqs[i:i + 500]
+                    self._db.execute(f"DELETE FROM records WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
         except sqlite3.Error as exc:
-            if self._db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    self._db.execute("ROLLBACK")
             log.warning("could not delete %d acknowledged records (%s): they will be sent again", len(seqs), exc)
 
     def backlog(self) -> int:
-        return int(self._db.execute("SELECT COUNT(*) FROM records").fetchone()[0])
+        return _count(self._db)
 
     def last_seq(self) -> int:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
@@ -302,16 +315,11 @@ class Store(_Records):
 
     def _insert(self, rows: list[_Row]) -> bool | None:
         """True when committed; None when the disk is full (eviction may help); False otherwise."""
-        db = self._wdb
         try:
-            db.execute("BEGIN")
-            db.executemany("INSERT INTO records(seq, kind, t_ms, payload) VALUES (?, ?, ?, ?)", rows)
-            db.execute("COMMIT")
+            with _transaction(self._wdb):
+                self._wdb.executemany("INSERT INTO records(seq, kind, t_ms, payload) VALUES (?, ?, ?, ?)", rows)
             return True
         except sqlite3.Error as exc:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
             self._failed(str(exc))  # counted and reported even if eviction makes room
             return None if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL else False
 
@@ -370,8 +378,7 @@ class Store(_Records):
         dropped = 0
         try:
             used = self.used_bytes()
-            while used > self.max_bytes and (n := int(self._wdb.execute("SELECT COUNT(*) FROM records")
-                                                      .fetchone()[0])) > 0:
+            while used > self.max_bytes and (n := _count(self._wdb)) > 0:
                 per_row = max(1, used // n)
                 rows = max(1, int((used - self.max_bytes * EVICT_TO) // per_row) + 1)
                 got = self._evict_oldest(rows)
