@@ -48,10 +48,12 @@ def main() -> int:
     ap.add_argument("--watchers", type=int, default=4)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="edge-api-bench-"))
-    text = (SIM.replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp}/edge.sock"')
-            .replace('data_dir = ".edge-sim"', f'data_dir = "{tmp}/data"')
-            .replace('backend = "systemd"', 'backend = "sim"')
-            .replace("[telemetry.mqtt]\n", "[telemetry.mqtt]\nenabled = false\n"))
+    text = (
+        SIM.replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp}/edge.sock"')
+        .replace('data_dir = ".edge-sim"', f'data_dir = "{tmp}/data"')
+        .replace('backend = "systemd"', 'backend = "sim"')
+        .replace("[telemetry.mqtt]\n", "[telemetry.mqtt]\nenabled = false\n")
+    )
     cab = SimCabinet(parse_config(text))
     cab.start()
     results: dict[str, list[float]] = {"status": [], "events": []}
@@ -87,8 +89,10 @@ def main() -> int:
         await asyncio.sleep(args.seconds)
         quiet = list(daemon.controller.tick_periods_ms)
         daemon.controller.tick_periods_ms.clear()
-        threads = [threading.Thread(target=hammer, args=("status" if i % 2 == 0 else "events",), daemon=True)
-                   for i in range(args.clients)]
+        threads = [
+            threading.Thread(target=hammer, args=("status" if i % 2 == 0 else "events",), daemon=True)
+            for i in range(args.clients)
+        ]
         threads += [threading.Thread(target=watcher, daemon=True) for _ in range(args.watchers)]
         for t in threads:
             t.start()

@@ -103,14 +103,14 @@ class Backend:
 
 
 # -- worker process: a slice of the fleet -------------------------------------------------------------
-def worker(names: list[str], port: int, args: argparse.Namespace, work: str, go: Any, stop: Any,
-           out: Any) -> None:
+def worker(names: list[str], port: int, args: argparse.Namespace, work: str, go: Any, stop: Any, out: Any) -> None:
     logging.basicConfig(level=logging.ERROR)  # 200 "connection lost" warnings per restart say nothing new
     asyncio.run(_worker(names, port, args, Path(work), go, stop, out))
 
 
-async def _worker(names: list[str], port: int, args: argparse.Namespace, work: Path, go: Any, stop: Any,
-                  out: Any) -> None:
+async def _worker(
+    names: list[str], port: int, args: argparse.Namespace, work: Path, go: Any, stop: Any, out: Any
+) -> None:
     payloads = [interval_payload(i) for i in range(50)]
     t0_ms = int(time.time() * 1000) - args.backlog * 1000
     cabs: list[tuple[str, Store, Uplink]] = []
@@ -119,15 +119,30 @@ async def _worker(names: list[str], port: int, args: argparse.Namespace, work: P
         store = Store(str(work / name), 64)
         for k in range(args.backlog):
             store.append("telemetry", t0_ms + k * 1000, payloads[k % 50])
-        cfg = Mqtt(port=port, reconnect_min_s=args.reconnect_min_s, reconnect_max_s=30.0,
-                   batch_samples=200, max_inflight=20, keepalive_s=30)
-        up = Uplink(cfg, "fleet", name, store, max_current_a=200.0, remote_clear_allowed=False,
-                    interval_s=1.0, rnd=random.Random(name))
+        cfg = Mqtt(
+            port=port,
+            reconnect_min_s=args.reconnect_min_s,
+            reconnect_max_s=30.0,
+            batch_samples=200,
+            max_inflight=20,
+            keepalive_s=30,
+        )
+        up = Uplink(
+            cfg,
+            "fleet",
+            name,
+            store,
+            max_current_a=200.0,
+            remote_clear_allowed=False,
+            interval_s=1.0,
+            rnd=random.Random(name),
+        )
         real = up._connected
 
         def hooked(session_present: bool, real: Any = real) -> None:
             connects.append(time.time())
             real(session_present)
+
         up._connected = hooked  # type: ignore[method-assign]
         cabs.append((name, store, up))
     expected = dict.fromkeys(names, args.backlog)
@@ -161,8 +176,18 @@ async def _worker(names: list[str], port: int, args: argparse.Namespace, work: P
     await asyncio.gather(*tasks, return_exceptions=True)
     for _, s, _ in cabs:
         s.close()
-    out.put(("done", {"expected": expected, "connects": connects, "samples": samples, "left": left,
-                      "bytes": sum(up.stats.bytes_sent for _, _, up in cabs)}))
+    out.put(
+        (
+            "done",
+            {
+                "expected": expected,
+                "connects": connects,
+                "samples": samples,
+                "left": left,
+                "bytes": sum(up.stats.bytes_sent for _, _, up in cabs),
+            },
+        )
+    )
 
 
 def acked_between(samples: list[tuple[float, int]], t1: float, t2: float) -> int:
@@ -176,8 +201,10 @@ def run(args: argparse.Namespace, broker: Broker, work: Path) -> list[tuple[str,
     names = [f"cab{i:04d}" for i in range(args.cabinets)]
     ctx = mp.get_context("spawn")
     go, stop, out = ctx.Event(), ctx.Event(), ctx.Queue()
-    procs = [ctx.Process(target=worker, args=(names[i::args.procs], broker.port, args, str(work), go, stop, out))
-             for i in range(args.procs)]
+    procs = [
+        ctx.Process(target=worker, args=(names[i :: args.procs], broker.port, args, str(work), go, stop, out))
+        for i in range(args.procs)
+    ]
     for p in procs:
         p.start()
     for _ in procs:
@@ -210,26 +237,43 @@ def run(args: argparse.Namespace, broker: Broker, work: Path) -> list[tuple[str,
         expected.update(r["expected"])
     connects = sorted(t for r in results for t in r["connects"])
     acked = sum(acked_between(r["samples"], t1, t2) for r in results)
-    first = [t - t_start for t in connects if t < t_start + 60][:args.cabinets]
+    first = [t - t_start for t in connects if t < t_start + 60][: args.cabinets]
     rows = [
         ("cabinets (uplinks) / worker processes", f"{args.cabinets} / {args.procs}", "-", "-"),
-        ("first connects: 10% / 50% / 100% after start",
-         f"{first[len(first) // 10]:.2f} / {first[len(first) // 2]:.2f} / {first[-1]:.2f} s",
-         f"jitter window 0..{args.reconnect_min_s:g} s", "-"),
-        (f"backlogs drained ({args.backlog} intervals each)", f"{drained_s:.1f} s",
-         f"{args.cabinets * args.backlog:,} records", f"{args.cabinets * args.backlog / drained_s:,.0f} rec/s"),
+        (
+            "first connects: 10% / 50% / 100% after start",
+            f"{first[len(first) // 10]:.2f} / {first[len(first) // 2]:.2f} / {first[-1]:.2f} s",
+            f"jitter window 0..{args.reconnect_min_s:g} s",
+            "-",
+        ),
+        (
+            f"backlogs drained ({args.backlog} intervals each)",
+            f"{drained_s:.1f} s",
+            f"{args.cabinets * args.backlog:,} records",
+            f"{args.cabinets * args.backlog / drained_s:,.0f} rec/s",
+        ),
         ("steady state: uplink messages acked/s", f"{acked / (t2 - t1):,.0f}", f"{args.cabinets}/s produced", "-"),
         ("broker $SYS publish/messages/received per s", f"{recv / (t2 - t1):,.0f}", "PUBLISH in", "-"),
-        ("broker $SYS publish/messages/sent per s", f"{sent / (t2 - t1):,.0f}",
-         f"to {args.consumers} {'plain' if args.no_shared else 'shared'} consumer(s) + $SYS", "-"),
+        (
+            "broker $SYS publish/messages/sent per s",
+            f"{sent / (t2 - t1):,.0f}",
+            f"to {args.consumers} {'plain' if args.no_shared else 'shared'} consumer(s) + $SYS",
+            "-",
+        ),
         ("broker $SYS bytes/received per s", f"{rx_bytes / (t2 - t1) / 1e6:.2f} MB/s", "steady state", "-"),
     ]
     if restart_at is not None:
-        again = [t - restart_at for t in connects if t > restart_at][:args.cabinets]
+        again = [t - restart_at for t in connects if t > restart_at][: args.cabinets]
         if again:
-            rows.append(("reconnect storm: 10% / 50% / 100% after restart",
-                         f"{again[len(again) // 10]:.2f} / {again[len(again) // 2]:.2f} / {again[-1]:.2f} s "
-                         f"({len(again)} cabinets)", "backoff with jitter", "-"))
+            rows.append(
+                (
+                    "reconnect storm: 10% / 50% / 100% after restart",
+                    f"{again[len(again) // 10]:.2f} / {again[len(again) // 2]:.2f} / {again[-1]:.2f} s "
+                    f"({len(again)} cabinets)",
+                    "backoff with jitter",
+                    "-",
+                )
+            )
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and any(len(backend.seqs[c]) < n for c, n in expected.items()):
         time.sleep(0.1)

@@ -29,8 +29,21 @@ from typing import Any, TextIO
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
-                                               "fsmblks", "uordblks", "fordblks", "keepcost")]
+    _fields_ = [
+        (n, ctypes.c_size_t)
+        for n in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def _lib(name: str) -> Any:
@@ -44,8 +57,13 @@ def _rss_kb() -> int:
     return int(Path(f"/proc/{os.getpid()}/statm").read_text().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
 
 
-def _write_growth(f: TextIO, snap: tracemalloc.Snapshot, base: tracemalloc.Snapshot,
-                  types: collections.Counter[str], base_types: collections.Counter[str]) -> None:
+def _write_growth(
+    f: TextIO,
+    snap: tracemalloc.Snapshot,
+    base: tracemalloc.Snapshot,
+    types: collections.Counter[str],
+    base_types: collections.Counter[str],
+) -> None:
     for st in snap.compare_to(base, "traceback")[:12]:
         if st.size_diff <= 0:
             continue
@@ -71,7 +89,8 @@ def probe(out: Path, every_s: float, base_s: float) -> None:
         time.sleep(every_s)
         elapsed = time.monotonic() - t0
         snap = tracemalloc.take_snapshot().filter_traces(
-            [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, __file__)])
+            [tracemalloc.Filter(False, tracemalloc.__file__), tracemalloc.Filter(False, __file__)]
+        )
         types = collections.Counter(type(o).__name__ for o in gc.get_objects())
         heap = ""
         if libc is not None and hasattr(libc, "mallinfo2"):
@@ -79,8 +98,10 @@ def probe(out: Path, every_s: float, base_s: float) -> None:
             heap = f" heap_in_use={mi.uordblks // 1024} kB heap_free={mi.fordblks // 1024} kB"
         sq = f" sqlite={sqlite.sqlite3_memory_used() // 1024} kB" if sqlite is not None else ""
         with path.open("a") as f:
-            f.write(f"=== t={elapsed:.0f} s rss={_rss_kb()} kB python={tracemalloc.get_traced_memory()[0] // 1024} kB"
-                    f"{sq}{heap} threads={threading.active_count()}\n")
+            f.write(
+                f"=== t={elapsed:.0f} s rss={_rss_kb()} kB python={tracemalloc.get_traced_memory()[0] // 1024} kB"
+                f"{sq}{heap} threads={threading.active_count()}\n"
+            )
             if base is None and elapsed >= base_s:
                 base, base_types = snap, types
             elif base is not None:

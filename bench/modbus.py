@@ -31,22 +31,30 @@ from tests.test_planner import brute_force
 
 MODELS: list[MeterModel] = [SDM630, ABB_B23, EM24, GENERIC]
 DEVICE_ID = 1
-SETTINGS = PollSettings(fast_period_s=0.1, slow_period_s=0.1, timeout_min_s=0.05, timeout_max_s=2.0,
-                        stale_after_s=60.0)
+SETTINGS = PollSettings(fast_period_s=0.1, slow_period_s=0.1, timeout_min_s=0.05, timeout_max_s=2.0, stale_after_s=60.0)
 
 
 def plan_for(model: MeterModel) -> list[Block]:
     defined = model.defined()
-    return plan_blocks(model.registers, model.max_registers_per_request, allow_gaps=not model.rejects_gaps,
-                       defined=lambda fc, a: (fc, a) in defined)
+    return plan_blocks(
+        model.registers,
+        model.max_registers_per_request,
+        allow_gaps=not model.rejects_gaps,
+        defined=lambda fc, a: (fc, a) in defined,
+    )
 
 
 def wire_time_s(blocks: list[Block], baud: int) -> float:
     return sum(rtu_wire_time_s(baud, 8, 5 + 2 * b.count) for b in blocks)
 
 
-async def _snapshots(port: str, baud: int, model: MeterModel, count: int | None, seconds: float | None,
-                     ) -> tuple[int, float, float]:
+async def _snapshots(
+    port: str,
+    baud: int,
+    model: MeterModel,
+    count: int | None,
+    seconds: float | None,
+) -> tuple[int, float, float]:
     """(snapshots, wall s, client thread CPU s) polling full snapshots."""
     line = ModbusLine.serial(SerialSettings(port, baud), name="bench")
     poller = MeterPoller("m", model, DEVICE_ID, SETTINGS)
@@ -62,8 +70,13 @@ async def _snapshots(port: str, baud: int, model: MeterModel, count: int | None,
     return n, wall, cpu
 
 
-def measure(model: MeterModel, baud: int, pace: bool, count: int | None, seconds: float | None,
-            ) -> tuple[int, float, float]:
+def measure(
+    model: MeterModel,
+    baud: int,
+    pace: bool,
+    count: int | None,
+    seconds: float | None,
+) -> tuple[int, float, float]:
     with ServerThread([(model, DEVICE_ID)], tcp=False, baudrate=baud, pace=pace) as srv:
         assert srv.link is not None
         return asyncio.run(_snapshots(srv.link.host_path, baud, model, count, seconds))
@@ -76,20 +89,26 @@ def main() -> None:
     reps = {9600: 3, 19200: 5, 115200: 20} if not args.quick else {9600: 1, 19200: 1, 115200: 3}
     rate_s = 1.0 if args.quick else 2.0
 
-    print(f"# Modbus meters benchmark  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  "
-          f"{os.cpu_count()} cores  Python {platform.python_version()}")
+    print(
+        f"# Modbus meters benchmark  {time.strftime('%Y-%m-%d %H:%M')}  {platform.node()}  "
+        f"{os.cpu_count()} cores  Python {platform.python_version()}"
+    )
     print()
     print("## Plan per full snapshot (RTU bytes = 8 request + 5 + 2N response per read)")
-    print(f"{'model':10s} {'regs':>4s} {'requests':>8s} {'bf min':>6s} {'bytes':>6s} {'bf min':>6s} "
-          f"{'ratio':>5s}  {'fewest reads any size':>21s}")
+    print(
+        f"{'model':10s} {'regs':>4s} {'requests':>8s} {'bf min':>6s} {'bytes':>6s} {'bf min':>6s} "
+        f"{'ratio':>5s}  {'fewest reads any size':>21s}"
+    )
     for model in MODELS:
         blocks = plan_for(model)
         nbytes, nreq = plan_cost(blocks)
         defined = None if not model.rejects_gaps else {a for _, a in model.defined()}
         bf_bytes, bf_req = brute_force(list(model.registers), model.max_registers_per_request, defined)
         fewest = _fewest_requests(model)
-        print(f"{model.name:10s} {len(model.registers):4d} {nreq:8d} {bf_req:6d} {nbytes:6d} {bf_bytes:6d} "
-              f"{nbytes / bf_bytes:5.2f}  {fewest:21d}")
+        print(
+            f"{model.name:10s} {len(model.registers):4d} {nreq:8d} {bf_req:6d} {nbytes:6d} {bf_bytes:6d} "
+            f"{nbytes / bf_bytes:5.2f}  {fewest:21d}"
+        )
     print()
     print("## Time per full snapshot on a paced line (pace: 11 bits/baud per byte, both directions)")
     print(f"{'model':10s} {'baud':>6s} {'n':>3s} {'measured ms':>11s} {'wire ms':>8s} {'ratio':>5s} {'goal':>6s}")
@@ -100,8 +119,9 @@ def main() -> None:
             per = wall / n
             wire = wire_time_s(blocks, baud)
             goal = "<=1.2" if baud == 9600 else "-"
-            print(f"{model.name:10s} {baud:6d} {n:3d} {per * 1000:11.1f} {wire * 1000:8.1f} {per / wire:5.2f} "
-                  f"{goal:>6s}")
+            print(
+                f"{model.name:10s} {baud:6d} {n:3d} {per * 1000:11.1f} {wire * 1000:8.1f} {per / wire:5.2f} {goal:>6s}"
+            )
     print()
     print("## Throughput over the unpaced pty at 115200 baud (client thread CPU per snapshot)")
     print(f"{'model':10s} {'snapshots/s':>11s} {'requests/s':>10s} {'CPU ms/snap':>11s}")
@@ -119,8 +139,9 @@ def _fewest_requests(model: MeterModel) -> int:
         start = None
         prev_end = 0
         for r in regs:
-            gap_ok = start is not None and (not model.rejects_gaps or
-                                            all((fc, a) in defined for a in range(prev_end, r.address)))
+            gap_ok = start is not None and (
+                not model.rejects_gaps or all((fc, a) in defined for a in range(prev_end, r.address))
+            )
             if start is None or not gap_ok or r.end - start > model.max_registers_per_request:
                 out += 1
                 start = r.address

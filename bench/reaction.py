@@ -100,15 +100,17 @@ BENCH_SPACING_S = 0.002
 # SQLite busy_timeout (2 s), the longest the daemon's loop can wait for the write lock.
 MISS_S = 2.5
 STORE_MAX_MB = 16384.0  # the pre-filled backlog must not be evicted (default bound 256 MB)
-LAST_WINDOW_S = 2.0     # "still draining" = records delivered in the last 2 s of the measurement
+LAST_WINDOW_S = 2.0  # "still draining" = records delivered in the last 2 s of the measurement
 
 
 def _config_text(tmp: Path, meter_poll_ms: int, mqtt_port: int | None) -> str:
     # sim_config_text replaces the built-in [limits.grid]; uplink off unless a broker is given
     extra = BENCH_LIMITS + f"\n[telemetry]\nstore_max_mb = {STORE_MAX_MB}\n"
     if mqtt_port is not None:  # as tests/mqtt_sim.py configures it
-        extra += (f'\n[telemetry.mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\nreconnect_min_s = 0.1\n'
-                  f'reconnect_max_s = 1.0\nkeepalive_s = 5\n')
+        extra += (
+            f'\n[telemetry.mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\nreconnect_min_s = 0.1\n'
+            f"reconnect_max_s = 1.0\nkeepalive_s = 5\n"
+        )
     return sim_config_text(tmp, extra).replace("poll_ms = 250", f"poll_ms = {meter_poll_ms}")
 
 
@@ -127,8 +129,10 @@ def prefill_backlog(data_dir: Path, n: int) -> tuple[float, float]:
         db.execute("PRAGMA synchronous=OFF")
         db.executescript(STORE_SCHEMA)  # the daemon's own schema (AUTOINCREMENT seq from 1)
         db.execute("BEGIN")
-        db.executemany("INSERT INTO records(kind, t_ms, payload) VALUES ('telemetry', ?, ?)",
-                       ((t0_ms + i * 1000, texts[i % 1000]) for i in range(n)))
+        db.executemany(
+            "INSERT INTO records(kind, t_ms, payload) VALUES ('telemetry', ?, ?)",
+            ((t0_ms + i * 1000, texts[i % 1000]) for i in range(n)),
+        )
         db.execute("COMMIT")
         db.execute("PRAGMA journal_mode=WAL")
     finally:
@@ -143,8 +147,9 @@ def _backlog_left(data_dir: Path, prefilled: int) -> int:
     db = sqlite3.connect(data_dir / "telemetry.sqlite3", isolation_level=None)
     try:
         # through the (kind, seq) index: the table itself holds GBs
-        return int(db.execute("SELECT COUNT(*) FROM records WHERE kind = 'telemetry' AND seq <= ?",
-                              (prefilled,)).fetchone()[0])
+        return int(
+            db.execute("SELECT COUNT(*) FROM records WHERE kind = 'telemetry' AND seq <= ?", (prefilled,)).fetchone()[0]
+        )
     finally:
         db.close()
 
@@ -168,8 +173,10 @@ class CableSender:
         return t0
 
     def temps(self, pin_c: float) -> float:
-        return self.send("CABLE_TEMPS", {"PinTempDcPlus": pin_c, "PinTempDcMinus": pin_c, "CoolantInletTemp": 25.0,
-                                         "CoolantOutletTemp": 30.0})
+        return self.send(
+            "CABLE_TEMPS",
+            {"PinTempDcPlus": pin_c, "PinTempDcMinus": pin_c, "CoolantInletTemp": 25.0, "CoolantOutletTemp": 30.0},
+        )
 
     def coolant(self) -> float:
         return self.send("CABLE_COOLANT", {"CoolantFlow": 5.0, "CoolantPressure": 1.7})
@@ -258,6 +265,7 @@ class InsertTimer:
                 return orig(store, kind, t_ms, payload)
             finally:
                 ms.append((time.perf_counter() - t) * 1000.0)
+
         Store.append = timed  # type: ignore[method-assign]
         return self
 
@@ -265,8 +273,7 @@ class InsertTimer:
         Store.append = self._orig  # type: ignore[method-assign]
 
 
-def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False,
-                 backlog: int = 0) -> dict[str, Any]:
+def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False, backlog: int = 0) -> dict[str, Any]:
     tmp = Path(tempfile.mkdtemp(prefix="edge-bench-"))
     broker: Broker | None = None
     out: dict[str, Any] = {}
@@ -279,8 +286,11 @@ def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False,
     try:
         with InsertTimer() as inserts:
             res = _run_reaction(tmp, events, loads, store_thread, broker, out)
-        res.update(inserts=len(inserts.ms), inserts_slow=sum(1 for x in inserts.ms if x > 10.0),
-                   insert_max_ms=max(inserts.ms, default=0.0))
+        res.update(
+            inserts=len(inserts.ms),
+            inserts_slow=sum(1 for x in inserts.ms if x > 10.0),
+            insert_max_ms=max(inserts.ms, default=0.0),
+        )
         return res
     finally:
         if broker is not None:
@@ -288,10 +298,12 @@ def run_reaction(events: int, loads: frozenset[str], store_thread: bool = False,
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run_reaction(tmp: Path, events: int, loads: frozenset[str], store_thread: bool, broker: Broker | None,
-                  out: dict[str, Any]) -> dict[str, Any]:
-    cfg = parse_config(_config_text(tmp, 100 if "meter" in loads else 1000,
-                                    broker.port if broker is not None else None))
+def _run_reaction(
+    tmp: Path, events: int, loads: frozenset[str], store_thread: bool, broker: Broker | None, out: dict[str, Any]
+) -> dict[str, Any]:
+    cfg = parse_config(
+        _config_text(tmp, 100 if "meter" in loads else 1000, broker.port if broker is not None else None)
+    )
     cab = SimCabinet(cfg)
     cab.start()
     cab.set_cable_silent(True)
@@ -326,9 +338,11 @@ def _run_reaction(tmp: Path, events: int, loads: frozenset[str], store_thread: b
                     break
                 time.sleep(0.02)
             else:
-                raise RuntimeError(f"cabinet did not reach 200 A (or the uplink did not start draining): "
-                                   f"{daemon.controller.decision}, uplink "
-                                   f"{daemon.uplink.status() if daemon.uplink else None}")
+                raise RuntimeError(
+                    f"cabinet did not reach 200 A (or the uplink did not start draining): "
+                    f"{daemon.controller.decision}, uplink "
+                    f"{daemon.uplink.status() if daemon.uplink else None}"
+                )
             # after the warm-up, when the module poll task has read the real spacing for its polls
             daemon.bank.codec.command_spacing_s = BENCH_SPACING_S  # type: ignore[misc]
             load_thread = None
@@ -336,8 +350,7 @@ def _run_reaction(tmp: Path, events: int, loads: frozenset[str], store_thread: b
                 load_thread = threading.Thread(target=_load_can, args=(channel, stop_load, can_sent), daemon=True)
                 load_thread.start()
             if daemon.uplink is not None:
-                watch = threading.Thread(target=_watch_uplink, args=(daemon, stop_load, uplink_samples),
-                                         daemon=True)
+                watch = threading.Thread(target=_watch_uplink, args=(daemon, stop_load, uplink_samples), daemon=True)
                 watch.start()
             while probe.recv(timeout=0) is not None:
                 pass
@@ -380,16 +393,25 @@ def _run_reaction(tmp: Path, events: int, loads: frozenset[str], store_thread: b
                 else:
                     reactions.append((hit - t0) * 1000.0)
             t_end = time.monotonic()
-            out.update(reactions=reactions, misses=misses, elapsed=t_end - t_start, skipped=skipped,
-                       meter_requests=daemon.lines[line_name].stats.requests - meter_req0)
+            out.update(
+                reactions=reactions,
+                misses=misses,
+                elapsed=t_end - t_start,
+                skipped=skipped,
+                meter_requests=daemon.lines[line_name].stats.requests - meter_req0,
+            )
             if daemon.uplink is not None:
                 st = daemon.uplink.stats
-                out.update(delivered=st.records_delivered - delivered0,
-                           backlog_left=_backlog_left(tmp / "data", out["backlog"]),
-                           uplink_connected=st.connected, uplink_disconnects=st.disconnects,
-                           uplink_longest_step_ms=st.longest_step_ms, uplink_msgs=st.messages_acked,
-                           uplink_mb=st.bytes_sent / 1048576,
-                           last_window=[(t, n, c) for t, n, c in uplink_samples if t >= t_end - LAST_WINDOW_S])
+                out.update(
+                    delivered=st.records_delivered - delivered0,
+                    backlog_left=_backlog_left(tmp / "data", out["backlog"]),
+                    uplink_connected=st.connected,
+                    uplink_disconnects=st.disconnects,
+                    uplink_longest_step_ms=st.longest_step_ms,
+                    uplink_msgs=st.messages_acked,
+                    uplink_mb=st.bytes_sent / 1048576,
+                    last_window=[(t, n, c) for t, n, c in uplink_samples if t >= t_end - LAST_WINDOW_S],
+                )
             stop_load.set()
             if load_thread is not None:
                 load_thread.join(2)
@@ -427,7 +449,9 @@ def _run_reaction(tmp: Path, events: int, loads: frozenset[str], store_thread: b
     everything = reactions + [math.inf] * misses
     stats = daemon.ports[pcfg.can[0].name].stats
     res = {
-        "events": events, "misses": misses, "elapsed_s": elapsed,
+        "events": events,
+        "misses": misses,
+        "elapsed_s": elapsed,
         # a missed event counts as longer than any measured one (inf), so p99 and max include it
         "p50": statistics.median(everything) if everything else float("nan"),
         "p99": everything[int(len(everything) * 0.99) - 1] if everything else float("nan"),
@@ -436,28 +460,62 @@ def _run_reaction(tmp: Path, events: int, loads: frozenset[str], store_thread: b
         "can_load_fps": (can_sent[0] / elapsed) if can_sent else 0.0,
         "store_rps": (churned[0] / elapsed) if churned else 0.0,
         "meter_rps": out["meter_requests"] / elapsed,
-        "rx_dropped": stats.dropped, "exit_code": code, "skipped": out["skipped"],
+        "rx_dropped": stats.dropped,
+        "exit_code": code,
+        "skipped": out["skipped"],
     }
     if "delivered" in out:
         win = out["last_window"]
         last_rps = (win[-1][1] - win[0][1]) / (win[-1][0] - win[0][0]) if len(win) >= 2 else 0.0
-        res.update({k: out[k] for k in ("backlog", "prefill_s", "store_mb", "delivered", "backlog_left",
-                                        "uplink_connected", "uplink_disconnects", "uplink_longest_step_ms",
-                                        "uplink_msgs", "uplink_mb")},
-                   drain_rps=out["delivered"] / elapsed, drain_last_rps=last_rps,
-                   still_draining=out["backlog_left"] > 0 and last_rps > 0 and all(c for _, _, c in win))
+        res.update(
+            {
+                k: out[k]
+                for k in (
+                    "backlog",
+                    "prefill_s",
+                    "store_mb",
+                    "delivered",
+                    "backlog_left",
+                    "uplink_connected",
+                    "uplink_disconnects",
+                    "uplink_longest_step_ms",
+                    "uplink_msgs",
+                    "uplink_mb",
+                )
+            },
+            drain_rps=out["delivered"] / elapsed,
+            drain_last_rps=last_rps,
+            still_draining=out["backlog_left"] > 0 and last_rps > 0 and all(c for _, _, c in win),
+        )
     return res
 
 
 SNAPSHOT = {
-    "t": 100.0, "request_a": 200.0, "external_limit_a": None, "stop": False, "voltage_v": 400.0,
-    "modules_available": 4, "module_max_a": 50.0, "modules_configured": 4, "modules_lost": [],
-    "modules_alarm": [], "grid_configured": True, "ambient_configured": False, "clear": [],
-    "inputs": {"pin_dc_plus_c": [72.0, 100.0, "ok"], "pin_dc_minus_c": [71.0, 100.0, "ok"],
-               "coolant_out_c": [35.0, 100.0, "ok"], "coolant_flow_lpm": [5.0, 100.0, "ok"],
-               "module_temp_c": [50.0, 99.5, "ok"], "output_a": [180.0, 99.5, "ok"],
-               "output_v": [400.0, 99.5, "ok"], "grid_l1_a": [40.0, 99.8, "ok"],
-               "grid_l2_a": [42.0, 99.8, "ok"], "grid_l3_a": [41.0, 99.8, "ok"]},
+    "t": 100.0,
+    "request_a": 200.0,
+    "external_limit_a": None,
+    "stop": False,
+    "voltage_v": 400.0,
+    "modules_available": 4,
+    "module_max_a": 50.0,
+    "modules_configured": 4,
+    "modules_lost": [],
+    "modules_alarm": [],
+    "grid_configured": True,
+    "ambient_configured": False,
+    "clear": [],
+    "inputs": {
+        "pin_dc_plus_c": [72.0, 100.0, "ok"],
+        "pin_dc_minus_c": [71.0, 100.0, "ok"],
+        "coolant_out_c": [35.0, 100.0, "ok"],
+        "coolant_flow_lpm": [5.0, 100.0, "ok"],
+        "module_temp_c": [50.0, 99.5, "ok"],
+        "output_a": [180.0, 99.5, "ok"],
+        "output_v": [400.0, 99.5, "ok"],
+        "grid_l1_a": [40.0, 99.8, "ok"],
+        "grid_l2_a": [42.0, 99.8, "ok"],
+        "grid_l3_a": [41.0, 99.8, "ok"],
+    },
 }
 
 MP_SCRIPT = """
@@ -477,6 +535,7 @@ print(time.ticks_diff(time.ticks_us(), t0) / n)
 
 def evaluate_cost(n: int) -> tuple[float, float | None]:
     from edge.config.limits import LimitsConfig
+
     cfg = LimitsConfig().model_dump()
     snap = json.loads(json.dumps(SNAPSHOT))
     _, state = core.evaluate(snap, cfg, None)
@@ -492,8 +551,12 @@ def evaluate_cost(n: int) -> tuple[float, float | None]:
         script, data = Path(tmp) / "cost.py", Path(tmp) / "data.json"
         script.write_text(MP_SCRIPT)
         data.write_text(json.dumps({"snapshot": SNAPSHOT, "config": cfg, "n": n}))
-        res = subprocess.run([str(mp), "-X", "heapsize=16M", str(script), str(REPO / "edge" / "limits"), str(data)],
-                             capture_output=True, text=True, timeout=300)
+        res = subprocess.run(
+            [str(mp), "-X", "heapsize=16M", str(script), str(REPO / "edge" / "limits"), str(data)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         if res.returncode != 0:
             print(res.stderr, file=sys.stderr)
             return cpython_us, None
@@ -506,21 +569,33 @@ LOADS = ("can", "meter", "mqtt", "store")
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=10_000, help="events per run (default 10,000)")
-    ap.add_argument("--load", default="can,meter,mqtt",
-                    help="loads for the second run, any of can,meter,mqtt,store (default can,meter,mqtt; "
-                         "store = the old stand-in for the MQTT drain: store work on the daemon's loop)")
-    ap.add_argument("--backlog", type=int, default=1_500_000,
-                    help="telemetry intervals pre-filled into the store for the mqtt load (default 1,500,000, "
-                         "~12 GB of disk: it must outlast the loaded run, ~5,000 rec/s drained on 2 cores)")
-    ap.add_argument("--store-thread", action="store_true",
-                    help="do the store load in a worker thread instead of on the daemon's loop")
+    ap.add_argument(
+        "--load",
+        default="can,meter,mqtt",
+        help="loads for the second run, any of can,meter,mqtt,store (default can,meter,mqtt; "
+        "store = the old stand-in for the MQTT drain: store work on the daemon's loop)",
+    )
+    ap.add_argument(
+        "--backlog",
+        type=int,
+        default=1_500_000,
+        help="telemetry intervals pre-filled into the store for the mqtt load (default 1,500,000, "
+        "~12 GB of disk: it must outlast the loaded run, ~5,000 rec/s drained on 2 cores)",
+    )
+    ap.add_argument(
+        "--store-thread",
+        action="store_true",
+        help="do the store load in a worker thread instead of on the daemon's loop",
+    )
     ap.add_argument("--calls", type=int, default=20_000, help="evaluate() calls for the cost figure")
     args = ap.parse_args()
     loads = frozenset(x for x in args.load.split(",") if x)
     if loads - set(LOADS):
         ap.error(f"--load: unknown {','.join(sorted(loads - set(LOADS)))}; choose from {','.join(LOADS)}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    print(
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    )
     results = {}
     for label, chosen in (("idle", frozenset()), ("under load", loads)):
         print(f"running {args.events} events {label} {sorted(chosen) or ''} ...", flush=True)
@@ -533,20 +608,33 @@ def main() -> int:
             limit = GOAL_P99_MS if key != "max" else IEC_SHUTDOWN_MS
             ref = f"goal {limit:.0f} ms" if key != "max" else f"IEC {limit:.0f} ms"
             if math.isinf(r[key]):
-                rows.append((f"reaction {key}, {label}", f"> {MISS_S * 1000:.0f} ms", ref,
-                             f"> {MISS_S * 1000 / limit:.0f}"))
+                rows.append(
+                    (f"reaction {key}, {label}", f"> {MISS_S * 1000:.0f} ms", ref, f"> {MISS_S * 1000 / limit:.0f}")
+                )
             else:
                 rows.append((f"reaction {key}, {label}", f"{r[key]:.2f} ms", ref, f"{r[key] / limit:.2f}"))
         rows.append((f"missed (> {MISS_S * 1000:.0f} ms), {label}", f"{r['misses']} of {r['events']}", "0", "-"))
         rows.append((f"events > 50 ms, {label}", f"{r['over_iec']} of {r['events']}", "0", "-"))
     for label, r in results.items():
-        rows.append((f"loop store appends > 10 ms, {label}",
-                      f"{r['inserts_slow']} of {r['inserts']}, max {r['insert_max_ms']:.2f} ms", "0", "-"))
+        rows.append(
+            (
+                f"loop store appends > 10 ms, {label}",
+                f"{r['inserts_slow']} of {r['inserts']}, max {r['insert_max_ms']:.2f} ms",
+                "0",
+                "-",
+            )
+        )
     loaded = results["under load"]
     rows.append(("loaded run length", f"{loaded['elapsed_s']:.1f} s", "-", "-"))
     if "can" in loads:
-        rows.append(("load: foreign CAN frames", f"{loaded['can_load_fps']:.0f} /s", f"{BUS_FPS_125K} /s (125k)",
-                     f"{loaded['can_load_fps'] / BUS_FPS_125K:.2f}"))
+        rows.append(
+            (
+                "load: foreign CAN frames",
+                f"{loaded['can_load_fps']:.0f} /s",
+                f"{BUS_FPS_125K} /s (125k)",
+                f"{loaded['can_load_fps'] / BUS_FPS_125K:.2f}",
+            )
+        )
     rows.append(("load: CAN rx frames dropped", str(loaded["rx_dropped"]), "0", "-"))
     if "meter" in loads:
         rows.append(("load: Modbus requests", f"{loaded['meter_rps']:.1f} /s", "poll 100 ms", "-"))
@@ -554,14 +642,30 @@ def main() -> int:
     if "mqtt" in loads:
         ok_drain = loaded["still_draining"]
         rows += [
-            ("load: MQTT backlog pre-filled", f"{loaded['backlog']:,} rec ({loaded['store_mb']:,.0f} MB)",
-             "40 signals/rec", "-"),
-            ("load: MQTT drain during the run", f"{loaded['drain_rps']:,.0f} rec/s",
-             "uplink.py: 6,678", f"{loaded['drain_rps'] / 6678:.2f}"),
-            (f"load: MQTT drain, last {LAST_WINDOW_S:.0f} s", f"{loaded['drain_last_rps']:,.0f} rec/s", "> 0",
-             "ok" if loaded["drain_last_rps"] > 0 else "STOPPED"),
-            ("load: pre-filled left at end", f"{loaded['backlog_left']:,} rec", "> 0 (still draining)",
-             "ok" if loaded["still_draining"] else "DRAINED"),
+            (
+                "load: MQTT backlog pre-filled",
+                f"{loaded['backlog']:,} rec ({loaded['store_mb']:,.0f} MB)",
+                "40 signals/rec",
+                "-",
+            ),
+            (
+                "load: MQTT drain during the run",
+                f"{loaded['drain_rps']:,.0f} rec/s",
+                "uplink.py: 6,678",
+                f"{loaded['drain_rps'] / 6678:.2f}",
+            ),
+            (
+                f"load: MQTT drain, last {LAST_WINDOW_S:.0f} s",
+                f"{loaded['drain_last_rps']:,.0f} rec/s",
+                "> 0",
+                "ok" if loaded["drain_last_rps"] > 0 else "STOPPED",
+            ),
+            (
+                "load: pre-filled left at end",
+                f"{loaded['backlog_left']:,} rec",
+                "> 0 (still draining)",
+                "ok" if loaded["still_draining"] else "DRAINED",
+            ),
             ("load: MQTT acked msgs / wire", f"{loaded['uplink_msgs']:,} / {loaded['uplink_mb']:,.0f} MB", "-", "-"),
             ("load: uplink disconnects", str(loaded["uplink_disconnects"]), "0", "-"),
             ("load: longest uplink step", f"{loaded['uplink_longest_step_ms']:.1f} ms", "-", "-"),
@@ -581,8 +685,10 @@ def main() -> int:
     ok = all(r["p99"] <= GOAL_P99_MS and r["misses"] == 0 for r in results.values())
     print(f"goal p99 <= {GOAL_P99_MS:.0f} ms: {'met' if ok else 'NOT met'}")
     if not ok_drain:
-        print("NOT VALID as an MQTT-drain figure: the backlog was drained (or the drain stopped) before the "
-              "end of the loaded run; raise --backlog")
+        print(
+            "NOT VALID as an MQTT-drain figure: the backlog was drained (or the drain stopped) before the "
+            "end of the loaded run; raise --backlog"
+        )
         return 1
     return 0
 

@@ -75,6 +75,7 @@ class Fault:
 def _fault_named(*names: str) -> Callable[[dict[str, Any]], str | None]:
     def detect(st: dict[str, Any]) -> str | None:
         return next((n for n in names if n in st["faults"]), None)
+
     return detect
 
 
@@ -103,39 +104,86 @@ def _uplink_up(st: dict[str, Any]) -> bool:
 
 def faults() -> list[Fault]:
     return [
-        Fault("meter silent", lambda s: s.knob(knob="meter_silent", meter="grid", value=True),
-              _fault_named("grid_meter_lost"), lambda s: s.knob(knob="meter_silent", meter="grid", value=False),
-              _none_of("grid_meter_lost")),
-        Fault("power module silent and back", lambda s: s.knob(knob="module_silent", address=2, value=True),
-              _fault_named("module_lost_2"), lambda s: s.knob(knob="module_silent", address=2, value=False),
-              _none_of("module_lost_2")),
-        Fault("module alarm", lambda s: s.knob(knob="module_alarm", address=3, alarm="over_temperature", value=True),
-              _module_alarm_detect,
-              lambda s: s.knob(knob="module_alarm", address=3, alarm="over_temperature", value=False),
-              lambda st: not st["modules"]["3"]["alarms"]),
-        Fault("coolant pump stop", lambda s: s.knob(knob="pump_failed", value=True),
-              _fault_named("coolant_flow_low"), lambda s: s.knob(knob="pump_failed", value=False),
-              _none_of("coolant_flow_low"), clear_faults=("coolant_flow_low",)),
-        Fault("pin sensor frozen", lambda s: s.knob(knob="cable_frozen", value=True),
-              _fault_named("pin_dc_plus_invalid", "pin_dc_plus_stale"),
-              lambda s: s.knob(knob="cable_frozen", value=False),
-              _none_of("pin_dc_plus_invalid", "pin_dc_plus_stale")),
-        Fault("pin sensor silent", lambda s: s.knob(knob="cable_silent", value=True),
-              _fault_named("pin_dc_plus_stale"), lambda s: s.knob(knob="cable_silent", value=False),
-              _none_of("pin_dc_plus_stale")),
-        Fault("CAN bus-off", lambda s: s.knob(knob="can_bus_off"), _fault_named("can_bus_off"),
-              lambda s: None, _none_of("can_bus_off")),
-        Fault("broker killed and restarted", lambda s: s.broker.stop(signal.SIGTERM), _uplink_down,
-              lambda s: s.broker.start(), _uplink_up, hold_s=3.0, detect_timeout_s=70.0),
-        Fault("disk nearly full", lambda s: s.fill_disk(), _fault_named("telemetry_store_error"),
-              lambda s: s.free_disk(), _none_of("telemetry_store_error"), hold_s=3.0,
-              clear_timeout_s=60.0),  # the store reports healthy after 30 s of good writes
+        Fault(
+            "meter silent",
+            lambda s: s.knob(knob="meter_silent", meter="grid", value=True),
+            _fault_named("grid_meter_lost"),
+            lambda s: s.knob(knob="meter_silent", meter="grid", value=False),
+            _none_of("grid_meter_lost"),
+        ),
+        Fault(
+            "power module silent and back",
+            lambda s: s.knob(knob="module_silent", address=2, value=True),
+            _fault_named("module_lost_2"),
+            lambda s: s.knob(knob="module_silent", address=2, value=False),
+            _none_of("module_lost_2"),
+        ),
+        Fault(
+            "module alarm",
+            lambda s: s.knob(knob="module_alarm", address=3, alarm="over_temperature", value=True),
+            _module_alarm_detect,
+            lambda s: s.knob(knob="module_alarm", address=3, alarm="over_temperature", value=False),
+            lambda st: not st["modules"]["3"]["alarms"],
+        ),
+        Fault(
+            "coolant pump stop",
+            lambda s: s.knob(knob="pump_failed", value=True),
+            _fault_named("coolant_flow_low"),
+            lambda s: s.knob(knob="pump_failed", value=False),
+            _none_of("coolant_flow_low"),
+            clear_faults=("coolant_flow_low",),
+        ),
+        Fault(
+            "pin sensor frozen",
+            lambda s: s.knob(knob="cable_frozen", value=True),
+            _fault_named("pin_dc_plus_invalid", "pin_dc_plus_stale"),
+            lambda s: s.knob(knob="cable_frozen", value=False),
+            _none_of("pin_dc_plus_invalid", "pin_dc_plus_stale"),
+        ),
+        Fault(
+            "pin sensor silent",
+            lambda s: s.knob(knob="cable_silent", value=True),
+            _fault_named("pin_dc_plus_stale"),
+            lambda s: s.knob(knob="cable_silent", value=False),
+            _none_of("pin_dc_plus_stale"),
+        ),
+        Fault(
+            "CAN bus-off",
+            lambda s: s.knob(knob="can_bus_off"),
+            _fault_named("can_bus_off"),
+            lambda s: None,
+            _none_of("can_bus_off"),
+        ),
+        Fault(
+            "broker killed and restarted",
+            lambda s: s.broker.stop(signal.SIGTERM),
+            _uplink_down,
+            lambda s: s.broker.start(),
+            _uplink_up,
+            hold_s=3.0,
+            detect_timeout_s=70.0,
+        ),
+        Fault(
+            "disk nearly full",
+            lambda s: s.fill_disk(),
+            _fault_named("telemetry_store_error"),
+            lambda s: s.free_disk(),
+            _none_of("telemetry_store_error"),
+            hold_s=3.0,
+            clear_timeout_s=60.0,
+        ),  # the store reports healthy after 30 s of good writes
     ]
 
 
 class Soak:
-    def __init__(self, workdir: Path, duration_s: float, interval_s: float = 1.0, log: Callable[[str], None] = print,
-                 memprobe: Path | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        duration_s: float,
+        interval_s: float = 1.0,
+        log: Callable[[str], None] = print,
+        memprobe: Path | None = None,
+    ) -> None:
         self.dir = workdir
         self.memprobe = memprobe
         self.duration_s = duration_s
@@ -167,8 +215,9 @@ class Soak:
         """The data directory on a small tmpfs of its own, so "disk full" is a real ENOSPC."""
         if os.geteuid() != 0:
             return False
-        res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "soak-data", str(self.data_dir)],
-                             capture_output=True, timeout=10)
+        res = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=64m", "soak-data", str(self.data_dir)], capture_output=True, timeout=10
+        )
         return res.returncode == 0
 
     def fill_disk(self) -> None:
@@ -197,9 +246,11 @@ class Soak:
             subprocess.run(["umount", "-l", str(self.data_dir)], capture_output=True, timeout=10)
 
     def write_config(self) -> None:
-        extra = (f"\n[telemetry]\ninterval_s = {self.interval_s}\nmin_free_mb = 16.0\n"
-                 f"\n[telemetry.mqtt]\nhost = \"127.0.0.1\"\nport = {self.broker.port}\n"
-                 "reconnect_min_s = 0.5\nreconnect_max_s = 4.0\n")
+        extra = (
+            f"\n[telemetry]\ninterval_s = {self.interval_s}\nmin_free_mb = 16.0\n"
+            f'\n[telemetry.mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port}\n'
+            "reconnect_min_s = 0.5\nreconnect_max_s = 4.0\n"
+        )
         self.config.write_text(sim_config_text(self.dir, extra))
 
     # -- daemon --------------------------------------------------------------------------------------
@@ -209,10 +260,14 @@ class Soak:
         log = open(self.dir / "daemon.log", "ab")
         self.spawned_at = time.monotonic()
         edge = ["run", "--sim", "--config", str(self.config)]
-        launcher = ["-m", "edge"] if self.memprobe is None else \
-            [str(REPO / "bench" / "memprobe.py"), "--out", str(self.memprobe), "--"]
-        self.proc = subprocess.Popen([sys.executable, *launcher, *edge],
-                                     stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir)
+        launcher = (
+            ["-m", "edge"]
+            if self.memprobe is None
+            else [str(REPO / "bench" / "memprobe.py"), "--out", str(self.memprobe), "--"]
+        )
+        self.proc = subprocess.Popen(
+            [sys.executable, *launcher, *edge], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir
+        )
         log.close()
         self.lives += 1
         self._wait(lambda: self.status() is not None and os.path.exists(self.sim_sock), 20, "daemon ready")
@@ -300,11 +355,13 @@ class Soak:
         f.restore(self)
         try:
             for name in f.clear_faults:
+
                 def cleared_now(name: str = name) -> bool:
                     st = self.status()
                     if st is None or name not in st.get("latched", []):
                         return True
                     return bool(self.clear(name).get("ok"))
+
                 self._wait(cleared_now, f.clear_timeout_s, f"clear {name}")
             self._wait(lambda: (st := self.status()) and f.cleared(st), f.clear_timeout_s, f"{f.name} cleared")
             r.cleared += 1
@@ -334,6 +391,7 @@ class Soak:
 
         def arrived() -> bool:
             return len(self.consumer.on("telemetry")) > n0
+
         self._wait(arrived, 30, "first telemetry")
         self.first_telemetry_s.append(time.monotonic() - spawned)
 
@@ -350,8 +408,7 @@ class Soak:
             self.results["disk nearly full"] = FaultResult("disk nearly full", notes={"not run: needs root (tmpfs)"})
         killed = False
         kill_at = time.monotonic() + self.duration_s * 0.4
-        while time.monotonic() < t_end or not self.results or any(
-                self.results.get(f.name) is None for f in campaign):
+        while time.monotonic() < t_end or not self.results or any(self.results.get(f.name) is None for f in campaign):
             for f in campaign:
                 if not killed and time.monotonic() >= kill_at:
                     self.run_daemon_kill()
@@ -386,9 +443,17 @@ class Soak:
         dup_seqs = len(received) - len(unique)
         schema_errors = self.consumer.errors
         self.consumer.close()
-        return {"exit_code_sigterm": code, "last_seq": last_seq, "received": len(received),
-                "unique": len(unique), "kept_in_store": len(kept), "lost": lost, "duplicates": dup_seqs,
-                "schema_errors": schema_errors[:5], "schema_error_count": len(schema_errors)}
+        return {
+            "exit_code_sigterm": code,
+            "last_seq": last_seq,
+            "received": len(received),
+            "unique": len(unique),
+            "kept_in_store": len(kept),
+            "lost": lost,
+            "duplicates": dup_seqs,
+            "schema_errors": schema_errors[:5],
+            "schema_error_count": len(schema_errors),
+        }
 
 
 def summarize(s: Soak, records: dict[str, Any], duration_s: float) -> dict[str, Any]:
@@ -397,7 +462,7 @@ def summarize(s: Soak, records: dict[str, Any], duration_s: float) -> dict[str, 
     longest = max(lives, key=lambda lf: sum(1 for _, x, _ in rss if x == lf)) if lives else 0
     pts = [(t, kb) for t, lf, kb in rss if lf == longest]
     # steady state: skip the first fifth of the longest life (imports, caches, first sessions)
-    pts = pts[len(pts) // 5:]
+    pts = pts[len(pts) // 5 :]
     growth_mb_h = 0.0
     if len(pts) >= 10:
         ts = [t for t, _ in pts]
@@ -422,11 +487,19 @@ def summarize(s: Soak, records: dict[str, Any], duration_s: float) -> dict[str, 
         "tick_p99_ms": max(p99) if p99 else None,
         "tick_max_ms": max(mx) if mx else None,
         "first_telemetry_s": s.first_telemetry_s,
-        "faults": {name: {"injected": r.injected, "detected": r.detected, "cleared": r.cleared,
-                          "detect_s_max": max(r.detect_s) if r.detect_s else None,
-                          "detect_s_median": statistics.median(r.detect_s) if r.detect_s else None,
-                          "clear_s_max": max(r.clear_s) if r.clear_s else None,
-                          "rules": sorted(r.rules), "notes": sorted(r.notes)} for name, r in s.results.items()},
+        "faults": {
+            name: {
+                "injected": r.injected,
+                "detected": r.detected,
+                "cleared": r.cleared,
+                "detect_s_max": max(r.detect_s) if r.detect_s else None,
+                "detect_s_median": statistics.median(r.detect_s) if r.detect_s else None,
+                "clear_s_max": max(r.clear_s) if r.clear_s else None,
+                "rules": sorted(r.rules),
+                "notes": sorted(r.notes),
+            }
+            for name, r in s.results.items()
+        },
         "records": records,
         "exit_codes": s.exit_codes,
     }
@@ -447,8 +520,13 @@ def table(summary: dict[str, Any]) -> str:
     add("RSS peak, MB", summary["rss_peak_mb"], 60.0, "<= 60 MB steady")
     add("RSS at end, MB", summary["rss_end_mb"], 60.0, "<= 60 MB steady")
     add("RSS growth in window, MB", summary["rss_growth_mb"], None, "")
-    add("RSS growth, MB/h", summary["rss_growth_mb_per_h"], 1.0,
-        f"< 1 MB/h (over {summary['growth_window_s']:.0f} s)", "{:.2f}")
+    add(
+        "RSS growth, MB/h",
+        summary["rss_growth_mb_per_h"],
+        1.0,
+        f"< 1 MB/h (over {summary['growth_window_s']:.0f} s)",
+        "{:.2f}",
+    )
     add("CPU, % of one core", summary["cpu_percent_of_one_core"], 15.0, "<= 15 % (incl. simulator)")
     add("control tick p50, ms", summary["tick_p50_ms"], 100.0, "period 100 ms", "{:.2f}")
     add("control tick p99, ms", summary["tick_p99_ms"], 100.0, "period 100 ms", "{:.2f}")
@@ -462,10 +540,18 @@ def table(summary: dict[str, Any]) -> str:
     rows.append(("duplicates (same seq)", str(rec["duplicates"]), "allowed, same seq", ""))
     rows.append(("schema violations", str(rec["schema_error_count"]), "0", ""))
     for name, r in summary["faults"].items():
-        detail = (f"{r['detected']}/{r['injected']} detected, {r['cleared']} cleared; "
-                  f"detect max {f(r['detect_s_max'], '{:.2f}')} s; " + "; ".join(r["rules"] + r["notes"]))
-        rows.append((f"fault: {name}", "ok" if r["detected"] == r["injected"] == r["cleared"] and r["injected"]
-                     else "FAIL", detail, ""))
+        detail = (
+            f"{r['detected']}/{r['injected']} detected, {r['cleared']} cleared; "
+            f"detect max {f(r['detect_s_max'], '{:.2f}')} s; " + "; ".join(r["rules"] + r["notes"])
+        )
+        rows.append(
+            (
+                f"fault: {name}",
+                "ok" if r["detected"] == r["injected"] == r["cleared"] and r["injected"] else "FAIL",
+                detail,
+                "",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     lines = [f"| {r[0]:<{widths[0]}} | {r[1]:>{widths[1]}} | {r[2]:<{widths[2]}} | {r[3]} |" for r in rows]
     lines.insert(1, "|" + "|".join("-" * (w + 2) for w in [*widths, 5]) + "|")
@@ -494,8 +580,9 @@ def problems(summary: dict[str, Any], growth_bound_mb: float) -> list[str]:
     return out
 
 
-def run_soak(workdir: Path, duration_s: float, log: Callable[[str], None] = print,
-             memprobe: Path | None = None) -> dict[str, Any]:
+def run_soak(
+    workdir: Path, duration_s: float, log: Callable[[str], None] = print, memprobe: Path | None = None
+) -> dict[str, Any]:
     soak = Soak(workdir, duration_s, log=log, memprobe=memprobe)
     try:
         records = soak.run()
@@ -507,15 +594,17 @@ def run_soak(workdir: Path, duration_s: float, log: Callable[[str], None] = prin
 def write_report(path: Path, summary: dict[str, Any], text: str) -> None:
     heading = "## Soak and fault campaign"
     machine = f"{os.cpu_count()} cores, {os.uname().machine}, Python {sys.version.split()[0]}"
-    body = (f"{heading}\n\nCommand: `python -m bench.soak --duration {summary['duration_s']:.0f}`. "
-            f"Machine: {machine}. Date: {time.strftime('%Y-%m-%d')}.\n"
-            "CPU and memory are of the `edge run --sim` process, which also runs the simulator.\n\n"
-            f"{text}\n")
+    body = (
+        f"{heading}\n\nCommand: `python -m bench.soak --duration {summary['duration_s']:.0f}`. "
+        f"Machine: {machine}. Date: {time.strftime('%Y-%m-%d')}.\n"
+        "CPU and memory are of the `edge run --sim` process, which also runs the simulator.\n\n"
+        f"{text}\n"
+    )
     old = path.read_text() if path.exists() else "# Benchmarks\n"
     start = old.find(heading)
     if start >= 0:
         end = old.find("\n## ", start + len(heading))
-        old = old[:start] + old[end + 1:] if end >= 0 else old[:start]
+        old = old[:start] + old[end + 1 :] if end >= 0 else old[:start]
     path.write_text(old.rstrip("\n") + "\n\n" + body)
 
 
@@ -525,16 +614,21 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
     ap.add_argument("--report", type=Path, default=None, help="write the table into this markdown file")
     ap.add_argument("--json", type=Path, default=None, help="write the full summary as JSON")
-    ap.add_argument("--memprobe", type=Path, default=None,
-                    help="run the daemon under bench/memprobe.py (tracemalloc) with its logs in this directory; "
-                         "for finding a leak only: it doubles memory and costs CPU")
+    ap.add_argument(
+        "--memprobe",
+        type=Path,
+        default=None,
+        help="run the daemon under bench/memprobe.py (tracemalloc) with its logs in this directory; "
+        "for finding a leak only: it doubles memory and costs CPU",
+    )
     args = ap.parse_args()
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="soak-") as tmp:
         work = args.workdir or Path(tmp)
-        summary = run_soak(work, args.duration, log=lambda m: print(m, file=sys.stderr, flush=True),
-                           memprobe=args.memprobe)
+        summary = run_soak(
+            work, args.duration, log=lambda m: print(m, file=sys.stderr, flush=True), memprobe=args.memprobe
+        )
     text = table(summary)
     print(text)
     if args.json:

@@ -90,8 +90,13 @@ def main() -> int:
     rows: list[tuple[str, str, str, str]] = []
     try:
         broker.start()
-        cfg = Mqtt(port=broker.port, batch_samples=args.batch_samples, max_inflight=args.inflight,
-                   reconnect_min_s=0.1, reconnect_max_s=1.0)
+        cfg = Mqtt(
+            port=broker.port,
+            batch_samples=args.batch_samples,
+            max_inflight=args.inflight,
+            reconnect_min_s=0.1,
+            reconnect_max_s=1.0,
+        )
         h = UplinkHarness(work / "data", cfg, store_max_mb=4096)
         # -- ingest ------------------------------------------------------------------------------------
         payloads = [interval_payload(i) for i in range(1000)]  # sampler output, built outside the timing
@@ -103,13 +108,21 @@ def main() -> int:
             for i in range(n):
                 app("telemetry", t0_ms + i * 1000, payloads[i % 1000])
             return time.perf_counter() - t
+
         ingest_s = h.call(ingest, timeout=3600)
         ingest_rate = n * n_sig / ingest_s
         store_mb = (work / "data" / "telemetry.sqlite3").stat().st_size / 1048576
-        rows.append(("store ingest", f"{ingest_rate:,.0f} samples/s", ">= 10,000 samples/s",
-                     f"{ingest_rate / 10000:.1f}x"))
-        rows.append(("store size for the backlog", f"{store_mb:,.0f} MB ({n:,} intervals x {n_sig} signals)",
-                     "store_max_mb default 256", f"{store_mb / 256:.2f}x"))
+        rows.append(
+            ("store ingest", f"{ingest_rate:,.0f} samples/s", ">= 10,000 samples/s", f"{ingest_rate / 10000:.1f}x")
+        )
+        rows.append(
+            (
+                "store size for the backlog",
+                f"{store_mb:,.0f} MB ({n:,} intervals x {n_sig} signals)",
+                "store_max_mb default 256",
+                f"{store_mb / 256:.2f}x",
+            )
+        )
         # -- drain ------------------------------------------------------------------------------------
         consumer = SeqCounter(broker.port)
         lags: list[float] = []
@@ -121,6 +134,7 @@ def main() -> int:
                 t_probe = time.perf_counter()
                 await asyncio.sleep(0.010)
                 lags.append((time.perf_counter() - t_probe - 0.010) * 1000.0)
+
         h.call(lambda: h.loop.create_task(probe()))
         t = time.perf_counter()
         h.start()
@@ -133,18 +147,33 @@ def main() -> int:
         st = h.uplink.stats
         lost = n - len(consumer.seqs & set(range(1, n + 1)))
         rows += [
-            (f"{args.hours:g} h backlog drain (store empty, all acked)", f"{acked_s:.1f} s", "<= 60 s",
-             f"{acked_s / 60:.2f}"),
+            (
+                f"{args.hours:g} h backlog drain (store empty, all acked)",
+                f"{acked_s:.1f} s",
+                "<= 60 s",
+                f"{acked_s / 60:.2f}",
+            ),
             ("... until the consumer has every seq", f"{drain_s:.1f} s", "<= 60 s", f"{drain_s / 60:.2f}"),
-            ("messages", f"{st.messages_sent:,} ({st.messages_sent / acked_s:,.0f}/s)",
-             f"batch_samples {args.batch_samples}, inflight {args.inflight}", "-"),
+            (
+                "messages",
+                f"{st.messages_sent:,} ({st.messages_sent / acked_s:,.0f}/s)",
+                f"batch_samples {args.batch_samples}, inflight {args.inflight}",
+                "-",
+            ),
             ("records/s", f"{n / acked_s:,.0f}", "1 /s live", f"{n / acked_s:,.0f}x"),
             ("bytes per sample (JSON)", f"{st.bytes_sent / (n * n_sig):.0f} B", "-", "-"),
-            ("wire volume", f"{st.bytes_sent / 1048576:,.0f} MB ({st.bytes_sent / 1048576 / acked_s:.1f} MB/s)",
-             "-", "-"),
-            ("event-loop lag during the drain p99 / max",
-             f"{lags[int(len(lags) * 0.99)]:.2f} / {lags[-1]:.2f} ms", "safety reaction goal 5 ms (p99)",
-             f"{lags[int(len(lags) * 0.99)] / 5:.2f}"),
+            (
+                "wire volume",
+                f"{st.bytes_sent / 1048576:,.0f} MB ({st.bytes_sent / 1048576 / acked_s:.1f} MB/s)",
+                "-",
+                "-",
+            ),
+            (
+                "event-loop lag during the drain p99 / max",
+                f"{lags[int(len(lags) * 0.99)]:.2f} / {lags[-1]:.2f} ms",
+                "safety reaction goal 5 ms (p99)",
+                f"{lags[int(len(lags) * 0.99)] / 5:.2f}",
+            ),
             ("longest uplink step (its own thread)", f"{st.longest_step_ms:.1f} ms", "-", "-"),
             ("lost records", f"{lost}", "0", "ok" if lost == 0 else "FAIL"),
             ("duplicates at the consumer", f"{consumer.dups}", "dup only with same seq", "-"),
@@ -155,8 +184,10 @@ def main() -> int:
         broker.stop(signal.SIGKILL)
         shutil.rmtree(work, ignore_errors=True)
     w = [max(len(r[i]) for r in [*rows, ("figure", "value", "limit/reference", "ratio")]) for i in range(4)]
-    print(f"Telemetry uplink bench: {n:,} intervals x {n_sig} signals, batch_samples={args.batch_samples}, "
-          f"max_inflight={args.inflight}")
+    print(
+        f"Telemetry uplink bench: {n:,} intervals x {n_sig} signals, batch_samples={args.batch_samples}, "
+        f"max_inflight={args.inflight}"
+    )
     for r in [("figure", "value", "limit/reference", "ratio"), tuple("-" * x for x in w), *rows]:
         print(" | ".join(c.ljust(w[i]) for i, c in enumerate(r)))
     return 0 if all(r[3] != "FAIL" for r in rows) else 1

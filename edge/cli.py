@@ -46,8 +46,13 @@ for _cmd in OPS_COMMANDS:
 
 
 @main.command()
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help=f"config file (default {DEFAULT_CONFIG}; built-in sim config with --sim)")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help=f"config file (default {DEFAULT_CONFIG}; built-in sim config with --sim)",
+)
 @click.option("--sim", is_flag=True, help="run on the built-in simulated cabinet")
 @click.option("--status-line", is_flag=True, help="print a one-line status every second")
 def run(config_path: str | None, sim: bool, status_line: bool) -> None:
@@ -93,8 +98,9 @@ def config_check(file: str, as_json: bool) -> None:
         click.echo(f"{file}: INVALID ({len(exc.problems)} problem(s)); see docs/CONFIG.md", err=True)
         sys.exit(EXIT_USAGE)
     if as_json:
-        click.echo(json.dumps({"file": file, "ok": True, "problems": [], "config": cfg.model_dump(mode="json")},
-                              indent=2))
+        click.echo(
+            json.dumps({"file": file, "ok": True, "problems": [], "config": cfg.model_dump(mode="json")}, indent=2)
+        )
     else:
         click.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
     click.echo(f"{file}: OK", err=True)
@@ -117,6 +123,7 @@ def _unavailable(name: str) -> click.Command:
     def missing() -> NoReturn:
         click.echo(f"edge scan {name}: not available in this build ({_scan_errors.get(name)})", err=True)
         sys.exit(EXIT_FAIL)
+
     return missing
 
 
@@ -142,8 +149,12 @@ def _register_scans() -> None:
 
 _register_scans()
 _available = [n for n, _, _ in _SCANS if n not in _scan_errors]
-scan.help = "Find devices for commissioning. Available: " + (", ".join(_available) or "none") + (
-    "; not in this build: " + ", ".join(_scan_errors) if _scan_errors else "") + "."
+scan.help = (
+    "Find devices for commissioning. Available: "
+    + (", ".join(_available) or "none")
+    + ("; not in this build: " + ", ".join(_scan_errors) if _scan_errors else "")
+    + "."
+)
 
 
 if __name__ == "__main__":

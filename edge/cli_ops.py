@@ -31,10 +31,21 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def client_options(f: F) -> F:
     f = click.option("--json", "as_json", is_flag=True, help="machine-readable output (JSON)")(f)
-    f = click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-                     help=f"take the socket path from this config (default {DEFAULT_CONFIG})")(f)
-    f = click.option("--socket", "socket_opt", envvar="EDGE_SOCKET", default=None, metavar="PATH",
-                     help=f"control socket (or $EDGE_SOCKET; default from the config, else {DEFAULT_SOCKET})")(f)
+    f = click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help=f"take the socket path from this config (default {DEFAULT_CONFIG})",
+    )(f)
+    f = click.option(
+        "--socket",
+        "socket_opt",
+        envvar="EDGE_SOCKET",
+        default=None,
+        metavar="PATH",
+        help=f"control socket (or $EDGE_SOCKET; default from the config, else {DEFAULT_SOCKET})",
+    )(f)
     return f
 
 
@@ -74,19 +85,30 @@ def unreachable(exc: Unreachable, as_json: bool) -> NoReturn:
     if exc.kind == "permission":
         code = EXIT_REFUSED
         group = _socket_group(exc.path)
-        msg = (f"edge: permission denied on {exc.path}: {_me()} is not in the socket's group {group}; "
-               f"fix: sudo usermod -aG {group} {_me()}, then log in again (or use sudo)")
+        msg = (
+            f"edge: permission denied on {exc.path}: {_me()} is not in the socket's group {group}; "
+            f"fix: sudo usermod -aG {group} {_me()}, then log in again (or use sudo)"
+        )
     else:
         code = EXIT_DOWN
-        fix = {"missing": "is the daemon running? sudo systemctl status cabinet-edge",
-               "refused": "the daemon is not running: sudo systemctl start cabinet-edge",
-               "timeout": "the daemon is hung or overloaded: sudo journalctl -u cabinet-edge -n 50",
-               "closed": "the daemon is restarting? try again, see sudo journalctl -u cabinet-edge -n 50",
-               }.get(exc.kind, "sudo systemctl status cabinet-edge")
+        fix = {
+            "missing": "is the daemon running? sudo systemctl status cabinet-edge",
+            "refused": "the daemon is not running: sudo systemctl start cabinet-edge",
+            "timeout": "the daemon is hung or overloaded: sudo journalctl -u cabinet-edge -n 50",
+            "closed": "the daemon is restarting? try again, see sudo journalctl -u cabinet-edge -n 50",
+        }.get(exc.kind, "sudo systemctl status cabinet-edge")
         msg = f"edge: daemon not reachable at {exc.path}: {exc.why}; {fix} (or --socket PATH)"
     if as_json:
-        click.echo(json.dumps({"ok": False, "code": "unreachable" if code == EXIT_DOWN else "forbidden",
-                               "error": msg, "socket": exc.path}))
+        click.echo(
+            json.dumps(
+                {
+                    "ok": False,
+                    "code": "unreachable" if code == EXIT_DOWN else "forbidden",
+                    "error": msg,
+                    "socket": exc.path,
+                }
+            )
+        )
     click.echo(msg, err=True)
     sys.exit(code)
 
@@ -98,8 +120,9 @@ def failed(exc: ApiError, as_json: bool, what: str) -> NoReturn:
     sys.exit(exit_code(exc.code))
 
 
-def call(ctx_args: dict[str, Any], what: str, cmd: str, args: dict[str, Any] | None = None,
-         timeout_s: float | None = None) -> dict[str, Any]:
+def call(
+    ctx_args: dict[str, Any], what: str, cmd: str, args: dict[str, Any] | None = None, timeout_s: float | None = None
+) -> dict[str, Any]:
     client = Client(socket_path(ctx_args["socket_opt"], ctx_args["config_path"]))
     try:
         return client.request(cmd, args, timeout_s)
@@ -131,11 +154,16 @@ def status(socket_opt: str | None, config_path: str | None, as_json: bool) -> No
 
 @click.command()
 @client_options
-@click.option("--interval", "interval_s", type=click.FloatRange(0.2, 60.0), default=1.0, show_default=True,
-              help="seconds between refreshes")
+@click.option(
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(0.2, 60.0),
+    default=1.0,
+    show_default=True,
+    help="seconds between refreshes",
+)
 @click.option("--count", type=click.IntRange(1, None), default=None, help="stop after N refreshes")
-def watch(socket_opt: str | None, config_path: str | None, as_json: bool, interval_s: float,
-          count: int | None) -> None:
+def watch(socket_opt: str | None, config_path: str | None, as_json: bool, interval_s: float, count: int | None) -> None:
     """`edge status`, refreshed in place until Ctrl-C (--json: one object per line)."""
     conn = _conn(socket_opt, config_path, as_json)
     client = Client(socket_path(socket_opt, config_path), timeout_s=max(5.0, interval_s * 3))
@@ -188,8 +216,13 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> int
 
 @click.command()
 @client_options
-@click.option("--since", callback=_since, default=None, metavar="10m|ISO",
-              help="only events after this: a duration ago (10m, 2h, 1d) or an ISO time")
+@click.option(
+    "--since",
+    callback=_since,
+    default=None,
+    metavar="10m|ISO",
+    help="only events after this: a duration ago (10m, 2h, 1d) or an ISO time",
+)
 @click.option("--limit", type=click.IntRange(1, 1000), default=200, show_default=True, help="newest N events")
 def events(socket_opt: str | None, config_path: str | None, as_json: bool, since: int | None, limit: int) -> None:
     """Events (faults, clears, limit rules, operator commands), oldest first."""
@@ -255,10 +288,17 @@ def limit() -> None:
 @limit.command("set", context_settings={"ignore_unknown_options": True})
 @client_options
 @click.argument("current", metavar="CURRENT", callback=_current)
-@click.option("--for", "duration_s", callback=_duration, default=None, metavar="DURATION",
-              help="expires after this (30m, 2h, 1h30m); until `edge limit clear` when not given")
-def limit_set(socket_opt: str | None, config_path: str | None, as_json: bool, current: float,
-              duration_s: float | None) -> None:
+@click.option(
+    "--for",
+    "duration_s",
+    callback=_duration,
+    default=None,
+    metavar="DURATION",
+    help="expires after this (30m, 2h, 1h30m); until `edge limit clear` when not given",
+)
+def limit_set(
+    socket_opt: str | None, config_path: str | None, as_json: bool, current: float, duration_s: float | None
+) -> None:
     """Limit the output to CURRENT (with unit: 120A) for a while.
 
     Never above the hardware limit; the lowest of all rules always wins.
@@ -271,8 +311,11 @@ def limit_set(socket_opt: str | None, config_path: str | None, as_json: bool, cu
     if as_json:
         emit_json(data)
         return
-    until = ("until `edge limit clear`" if duration_s is None else
-             f"for {render.duration(duration_s)} (until {render.clock(data['expires_at_ms'])})")
+    until = (
+        "until `edge limit clear`"
+        if duration_s is None
+        else f"for {render.duration(duration_s)} (until {render.clock(data['expires_at_ms'])})"
+    )
     click.echo(f"operator limit {current:g} A {until}")
     st = call(conn, "limit set", "status")
     click.echo(f"limit now {st['target_a']:.0f} A  <- {st['reason']}")
@@ -297,8 +340,10 @@ def stop(socket_opt: str | None, config_path: str | None, as_json: bool) -> None
     if as_json:
         emit_json(data)
     else:
-        click.echo(f"stopped: output {'still on (ramping down)' if data['enable'] else 'off'}, "
-                   "contactor open; `edge resume` to charge again")
+        click.echo(
+            f"stopped: output {'still on (ramping down)' if data['enable'] else 'off'}, "
+            "contactor open; `edge resume` to charge again"
+        )
 
 
 @click.command()
@@ -309,20 +354,33 @@ def resume(socket_opt: str | None, config_path: str | None, as_json: bool) -> No
     if as_json:
         emit_json(data)
     else:
-        click.echo(("resumed" if data["resumed"] else "was not stopped") +
-                   f"; limit {data['target_a']:.0f} A  <- {data['reason']}")
+        click.echo(
+            ("resumed" if data["resumed"] else "was not stopped")
+            + f"; limit {data['target_a']:.0f} A  <- {data['reason']}"
+        )
 
 
 @click.command()
 @client_options
-@click.option("--seconds", "duration_s", type=click.FloatRange(1.0, 60.0), default=5.0, show_default=True,
-              help="how long pump and fan run")
+@click.option(
+    "--seconds",
+    "duration_s",
+    type=click.FloatRange(1.0, 60.0),
+    default=5.0,
+    show_default=True,
+    help="how long pump and fan run",
+)
 def selftest(socket_opt: str | None, config_path: str | None, as_json: bool, duration_s: float) -> None:
     """Run pump and fan with the output off; report flow and temperatures (refused while charging)."""
     if not as_json:
         click.echo(f"running pump and fan for {duration_s:g} s ...", err=True)
-    data = call(_conn(socket_opt, config_path, as_json), "selftest", "selftest", {"duration_s": duration_s},
-                timeout_s=duration_s + 10.0)
+    data = call(
+        _conn(socket_opt, config_path, as_json),
+        "selftest",
+        "selftest",
+        {"duration_s": duration_s},
+        timeout_s=duration_s + 10.0,
+    )
     if as_json:
         emit_json(data)
     else:
@@ -332,8 +390,14 @@ def selftest(socket_opt: str | None, config_path: str | None, as_json: bool, dur
 
 @click.command("diag")
 @client_options
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="bundle to write (default edge-diag-<cabinet>-<time>.tar.gz here)")
+@click.option(
+    "-o",
+    "--output",
+    "output",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="bundle to write (default edge-diag-<cabinet>-<time>.tar.gz here)",
+)
 def diag_cmd(socket_opt: str | None, config_path: str | None, as_json: bool, output: str | None) -> None:
     """Write a diagnostics bundle for the manufacturer (no passwords or keys)."""
     files: dict[str, str | bytes] = {}
@@ -371,11 +435,14 @@ def diag_cmd(socket_opt: str | None, config_path: str | None, as_json: bool, out
     files["journal.txt"] = diag.journal()
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     output = output or f"edge-diag-{cabinet}-{stamp}.tar.gz"
-    manifest = [f"cabinet-edge diagnostics of cabinet {cabinet}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
-                f"made by {_me()} with socket {path}",
-                "secrets: values of keys naming a password/secret/token/key passphrase are <redacted>;",
-                "         TLS certificate and key files are never read, only their paths appear.",
-                "", "files:"]
+    manifest = [
+        f"cabinet-edge diagnostics of cabinet {cabinet}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        f"made by {_me()} with socket {path}",
+        "secrets: values of keys naming a password/secret/token/key passphrase are <redacted>;",
+        "         TLS certificate and key files are never read, only their paths appear.",
+        "",
+        "files:",
+    ]
     manifest += [f"  {name}" for name in sorted(files)]
     manifest += ["", "notes:"] + [f"  {n}" for n in notes or ["none"]]
     files["MANIFEST.txt"] = "\n".join(manifest) + "\n"
@@ -393,5 +460,16 @@ def diag_cmd(socket_opt: str | None, config_path: str | None, as_json: bool, out
             click.echo(f"note: {n}", err=True)
 
 
-OPS_COMMANDS: list[click.Command] = [status, watch, faults, events, whoami, clear, limit, stop, resume, selftest,
-                                     diag_cmd]
+OPS_COMMANDS: list[click.Command] = [
+    status,
+    watch,
+    faults,
+    events,
+    whoami,
+    clear,
+    limit,
+    stop,
+    resume,
+    selftest,
+    diag_cmd,
+]

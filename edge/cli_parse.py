@@ -57,6 +57,8 @@ def parse_since_ms(text: str, now_s: float | None = None) -> int:
     try:
         dt = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise ValueError(f"{text!r} is neither a duration (10m, 2h, 1d) nor an ISO time "
-                         "(2026-11-26T13:00, local time unless it ends in Z or +hh:mm)") from None
+        raise ValueError(
+            f"{text!r} is neither a duration (10m, 2h, 1d) nor an ISO time "
+            "(2026-11-26T13:00, local time unless it ends in Z or +hh:mm)"
+        ) from None
     return int(dt.timestamp() * 1000)

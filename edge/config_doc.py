@@ -23,8 +23,19 @@ BEGIN = "<!-- BEGIN GENERATED: python -m edge.config_doc --write docs/CONFIG.md 
 END = "<!-- END GENERATED -->"
 
 # unit from the key's suffix (STYLE: units in names); longest suffix first
-UNITS = (("_a_per_s", "A/s"), ("_c_per_s", "°C/s"), ("_lpm", "l/min"), ("_ms", "ms"), ("_mb", "MB"),
-         ("_kw", "kW"), ("_bar", "bar"), ("_a", "A"), ("_v", "V"), ("_c", "°C"), ("_s", "s"))
+UNITS = (
+    ("_a_per_s", "A/s"),
+    ("_c_per_s", "°C/s"),
+    ("_lpm", "l/min"),
+    ("_ms", "ms"),
+    ("_mb", "MB"),
+    ("_kw", "kW"),
+    ("_bar", "bar"),
+    ("_a", "A"),
+    ("_v", "V"),
+    ("_c", "°C"),
+    ("_s", "s"),
+)
 
 
 KEY_UNITS = {"baudrate": "bit/s", "bitrate": "bit/s", "efficiency": "ratio", "addresses": "-"}
@@ -62,8 +73,14 @@ def _type_text(annotation: Any) -> str:
 def _range_text(field: FieldInfo) -> str:
     parts = []
     for m in field.metadata:
-        for attr, sym in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"), ("min_length", "min length"),
-                          ("max_length", "max length")):
+        for attr, sym in (
+            ("ge", ">="),
+            ("gt", ">"),
+            ("le", "<="),
+            ("lt", "<"),
+            ("min_length", "min length"),
+            ("max_length", "max length"),
+        ):
             value = getattr(m, attr, None)
             if value is not None:
                 parts.append(f"{sym} {value:g}" if isinstance(value, (int, float)) else f"{sym} {value}")
@@ -96,8 +113,9 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def sections(model: type[BaseModel], path: str = "", default: BaseModel | None = None,
-             repeated: bool = False) -> list[str]:
+def sections(
+    model: type[BaseModel], path: str = "", default: BaseModel | None = None, repeated: bool = False
+) -> list[str]:
     rows: list[str] = []
     nested: list[str] = []
     for key, field in model.model_fields.items():
@@ -105,13 +123,28 @@ def sections(model: type[BaseModel], path: str = "", default: BaseModel | None =
         if sub is not None:
             sub_default = None
             if not sub_repeated:
-                sub_default = getattr(default, key) if default is not None else (
-                    field.default if isinstance(field.default, BaseModel) else None)
+                sub_default = (
+                    getattr(default, key)
+                    if default is not None
+                    else (field.default if isinstance(field.default, BaseModel) else None)
+                )
             nested += sections(sub, f"{path}.{key}" if path else key, sub_default, sub_repeated)
             continue
-        rows.append("| " + " | ".join(_cell(c) for c in (
-            f"`{key}`", unit_of(key), _type_text(field.annotation), _default_text(field, default, key),
-            _range_text(field), field.description or "")) + " |")
+        rows.append(
+            "| "
+            + " | ".join(
+                _cell(c)
+                for c in (
+                    f"`{key}`",
+                    unit_of(key),
+                    _type_text(field.annotation),
+                    _default_text(field, default, key),
+                    _range_text(field),
+                    field.description or "",
+                )
+            )
+            + " |"
+        )
     out: list[str] = []
     if rows:
         header = f"[[{path}]]" if repeated else f"[{path}]"

@@ -78,8 +78,16 @@ class ExternalLimit:
 
 
 class Controller:
-    def __init__(self, config: Config, state: CabinetState, bank: ModuleBank, outputs: Outputs,
-                 wdt: WDT, clock: Clock, on_event: EventSink) -> None:
+    def __init__(
+        self,
+        config: Config,
+        state: CabinetState,
+        bank: ModuleBank,
+        outputs: Outputs,
+        wdt: WDT,
+        clock: Clock,
+        on_event: EventSink,
+    ) -> None:
         self.config = config
         self.limits_cfg = config.limits.model_dump()
         self.state = state
@@ -149,8 +157,11 @@ class Controller:
             module_max_a=self.bank.max_current_a_per_module,
             modules_configured=len(self.bank.modules),
             modules_lost=[a for a, m in self.bank.modules.items() if m.lost],
-            modules_alarm=[[a, sorted(m.alarms & m.blocking_alarms)] for a, m in self.bank.modules.items()
-                           if not m.lost and m.alarms & m.blocking_alarms],
+            modules_alarm=[
+                [a, sorted(m.alarms & m.blocking_alarms)]
+                for a, m in self.bank.modules.items()
+                if not m.lost and m.alarms & m.blocking_alarms
+            ],
             grid_configured=self.state.inputs.grid_meter is not None,
             ambient_configured=self.state.inputs.ambient is not None,
             clear=self._clear_requests,
@@ -183,8 +194,7 @@ class Controller:
         before = set(old["faults"]) if old else set()
         after = set(new["faults"])
         for name in sorted(after - before):
-            self.on_event("fault_raised", name, {"detail": new["fault_details"][name],
-                                                 "docs": new["fault_docs"][name]})
+            self.on_event("fault_raised", name, {"detail": new["fault_details"][name], "docs": new["fault_docs"][name]})
         for name in sorted(before - after):
             self.on_event("fault_cleared", name, {})
         for name in new["cleared"]:

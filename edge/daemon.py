@@ -46,7 +46,6 @@ RECENT_EVENTS = 1000  # kept in memory for `edge events` (also the API's most pe
 TICK_STATS_EVERY_S = 1.0  # tick jitter percentiles are recomputed at most this often
 
 
-
 class Daemon:
     def __init__(self, config: Config, board: SimBoard | None = None, status_line: bool = False) -> None:
         self.config = config
@@ -70,49 +69,77 @@ class Daemon:
             pins = [make_pin(o.backend, o.contactor), make_pin(o.backend, o.pump), make_pin(o.backend, o.fan)]
         self.outputs = Outputs(*pins)
         self.wdt = make_wdt(config.watchdog.backend, config.watchdog.timeout_ms)
-        self.store = Store(config.storage.data_dir, config.telemetry.store_max_mb, config.telemetry.min_free_mb,
-                           background=True)  # the loop never waits for SQLite's write lock
+        self.store = Store(
+            config.storage.data_dir, config.telemetry.store_max_mb, config.telemetry.min_free_mb, background=True
+        )  # the loop never waits for SQLite's write lock
         self.sampler = Sampler()
 
         # --- CAN (drivers/power_modules, drivers/cable, hal/can.py; docs/CAN.md) ---
         pm = config.power_modules
         codec = CODECS[pm.protocol]()
-        self.cables = {c.name: CableMonitor(c.name, c.node_id, stale_after_s=c.stale_after_ms / 1000.0)
-                       for c in config.cable}
+        self.cables = {
+            c.name: CableMonitor(c.name, c.node_id, stale_after_s=c.stale_after_ms / 1000.0) for c in config.cable
+        }
         self.can_faults: dict[str, str] = {}
         self.can_unknown_frames = 0
         self.can_decode_errors = 0
         for bus in config.can:
-            self.ports[bus.name] = CanPort(CanSettings(
-                name=bus.name, interface=bus.interface, channel=bus.channel, bitrate=bus.bitrate,
-                rx_queue=bus.rx_queue, send_timeout_s=bus.send_timeout_ms / 1000.0,
-                filters=can_filters(config, bus.name, codec.reply_mask(), self.cables)),
-                on_health=self._can_health)
+            self.ports[bus.name] = CanPort(
+                CanSettings(
+                    name=bus.name,
+                    interface=bus.interface,
+                    channel=bus.channel,
+                    bitrate=bus.bitrate,
+                    rx_queue=bus.rx_queue,
+                    send_timeout_s=bus.send_timeout_ms / 1000.0,
+                    filters=can_filters(config, bus.name, codec.reply_mask(), self.cables),
+                ),
+                on_health=self._can_health,
+            )
         self.module_port = self.ports[pm.bus]
-        self.bank = ModuleBank(codec, list(pm.addresses), pm.lost_after_ms / 1000.0,
-                               self._send_frame, pm.max_current_a, poll_period_s=pm.poll_ms / 1000.0,
-                               clock=self.clock.monotonic, on_event=self.event)
+        self.bank = ModuleBank(
+            codec,
+            list(pm.addresses),
+            pm.lost_after_ms / 1000.0,
+            self._send_frame,
+            pm.max_current_a,
+            poll_period_s=pm.poll_ms / 1000.0,
+            clock=self.clock.monotonic,
+            on_event=self.event,
+        )
         # --- end CAN ---
         self.cable_bus = {c.name: c.bus for c in config.cable}
         grid = next((m.name for m in config.meters if m.role == "grid"), None)
-        self.state = CabinetState(InputMap(cable=config.cable[0].name if config.cable else None, grid_meter=grid,
-                                           ambient=config.limits.ambient_signal))
+        self.state = CabinetState(
+            InputMap(
+                cable=config.cable[0].name if config.cable else None,
+                grid_meter=grid,
+                ambient=config.limits.ambient_signal,
+            )
+        )
         self.controller = Controller(config, self.state, self.bank, self.outputs, self.wdt, self.clock, self.event)
 
         # -- meters: one LinePoller per line (drivers/meters/poller.py) --------------------------------
         for line in config.serial:
             self.lines[line.name] = ModbusLine.serial(
-                SerialSettings(line.port, line.baudrate, line.bytesize, line.parity, line.stopbits), name=line.name)
+                SerialSettings(line.port, line.baudrate, line.bytesize, line.parity, line.stopbits), name=line.name
+            )
         for tcp in config.modbus_tcp:
             self.lines[tcp.name] = ModbusLine.tcp(tcp.host, tcp.port, name=tcp.name)
         for m in config.meters:
-            model = model_for(m.model, m.name, [r.model_dump() for r in m.registers], m.max_registers_per_request,
-                              m.rejects_gaps)
+            model = model_for(
+                m.model, m.name, [r.model_dump() for r in m.registers], m.max_registers_per_request, m.rejects_gaps
+            )
             settings = PollSettings(
-                fast_period_s=m.poll_ms / 1000.0, slow_period_s=m.slow_poll_ms / 1000.0,
-                timeout_min_s=m.timeout_min_ms / 1000.0, timeout_max_s=m.timeout_ms / 1000.0,
-                stale_after_s=m.stale_after_ms / 1000.0, backoff_initial_s=m.backoff_initial_ms / 1000.0,
-                backoff_max_s=m.backoff_max_ms / 1000.0, frozen_after_s=m.frozen_after_ms / 1000.0)
+                fast_period_s=m.poll_ms / 1000.0,
+                slow_period_s=m.slow_poll_ms / 1000.0,
+                timeout_min_s=m.timeout_min_ms / 1000.0,
+                timeout_max_s=m.timeout_ms / 1000.0,
+                stale_after_s=m.stale_after_ms / 1000.0,
+                backoff_initial_s=m.backoff_initial_ms / 1000.0,
+                backoff_max_s=m.backoff_max_ms / 1000.0,
+                frozen_after_s=m.frozen_after_ms / 1000.0,
+            )
             self.meters.append((MeterPoller(m.name, model, m.device_id, settings), m))
             self.meter_status[m.name] = {"ok": False, "errors": 0, "last_error": None}
         for name, line_obj in self.lines.items():
@@ -130,12 +157,19 @@ class Daemon:
         mq = config.telemetry.mqtt
         self.uplink: Uplink | None = None
         if mq.enabled:
-            self.uplink = Uplink(mq, config.cabinet.site_id, config.cabinet.cabinet_id, self.store,
-                                 max_current_a=config.limits.max_output_current_a,
-                                 remote_clear_allowed=config.limits.remote_clear_allowed,
-                                 controller=self.controller, state_source=self.mqtt_state,
-                                 on_event=self.event, interval_s=config.telemetry.interval_s,
-                                 version=__version__)
+            self.uplink = Uplink(
+                mq,
+                config.cabinet.site_id,
+                config.cabinet.cabinet_id,
+                self.store,
+                max_current_a=config.limits.max_output_current_a,
+                remote_clear_allowed=config.limits.remote_clear_allowed,
+                controller=self.controller,
+                state_source=self.mqtt_state,
+                on_event=self.event,
+                interval_s=config.telemetry.interval_s,
+                version=__version__,
+            )
         self.store_fault: str | None = None
         # -- end telemetry uplink ---------------------------------------------------------------------
 
@@ -147,14 +181,19 @@ class Daemon:
         t_ms = int(time.time() * 1000)
         payload = {"kind": kind, "name": name, **data}
         seq = self.store.append("event", t_ms, payload)
-        self.recent_events.append(json.dumps(
-            {"seq": seq if seq is not None else -len(self.recent_events) - 1, "t_ms": t_ms, **payload},
-            separators=(",", ":"), default=str))
+        self.recent_events.append(
+            json.dumps(
+                {"seq": seq if seq is not None else -len(self.recent_events) - 1, "t_ms": t_ms, **payload},
+                separators=(",", ":"),
+                default=str,
+            )
+        )
 
     def _send_frame(self, frame: Frame) -> None:
         try:
-            self.module_port.send(can.Message(arbitration_id=frame.arbitration_id, data=frame.data,
-                                              is_extended_id=frame.is_extended_id))
+            self.module_port.send(
+                can.Message(arbitration_id=frame.arbitration_id, data=frame.data, is_extended_id=frame.is_extended_id)
+            )
         except CanSendError as exc:
             # Not fatal here: the modules fall back to off on their own when we cannot reach them.
             self.send_errors += 1
@@ -215,8 +254,7 @@ class Daemon:
                     # a decoder bug or a frame nobody foresaw must not stop the safety path
                     self.can_decode_errors += 1
                     if self.can_decode_errors in (1, 10, 100) or self.can_decode_errors % 1000 == 0:
-                        log.error("CAN %s: frame 0x%X %s not decoded: %r", name, msg.arbitration_id,
-                                  data.hex(), exc)
+                        log.error("CAN %s: frame 0x%X %s not decoded: %r", name, msg.arbitration_id, data.hex(), exc)
                 if not known:
                     self.can_unknown_frames += 1
                 msg = port.recv_nowait()
@@ -291,8 +329,11 @@ class Daemon:
             self.sampler.add(Reading("control.limit_a", d["limit_a"], "A", now))
         samples = self.sampler.flush()
         if samples:
-            self.store.append("telemetry", int(time.time() * 1000),
-                              {"interval_s": self.config.telemetry.interval_s, "samples": samples})
+            self.store.append(
+                "telemetry",
+                int(time.time() * 1000),
+                {"interval_s": self.config.telemetry.interval_s, "samples": samples},
+            )
         self._check_store()
 
     # -- telemetry store health and MQTT state (edge/telemetry; docs/TELEMETRY.md) ----------------------
@@ -302,15 +343,19 @@ class Daemon:
         """A failing store is a fault of its own: reported, never a reason to stop control."""
         why = self.store.degraded
         if why and not self.store_fault:
-            self.store_fault = (f"telemetry store write failed ({why}); {self.store.write_errors} "
-                                f"records lost so far; control unaffected")
+            self.store_fault = (
+                f"telemetry store write failed ({why}); {self.store.write_errors} "
+                f"records lost so far; control unaffected"
+            )
             self.event("fault_raised", self.STORE_FAULT, {"detail": self.store_fault})
         elif not why and self.store_fault:
             self.store_fault = None
             self.event("fault_cleared", self.STORE_FAULT, {})
         elif why:
-            self.store_fault = (f"telemetry store write failed ({why}); {self.store.write_errors} "
-                                f"records lost so far; control unaffected")
+            self.store_fault = (
+                f"telemetry store write failed ({why}); {self.store.write_errors} "
+                f"records lost so far; control unaffected"
+            )
 
     def mqtt_state(self) -> dict[str, Any]:
         """The retained ``state`` message body (schema: edge/schemas/mqtt-v1.schema.json#state)."""
@@ -319,17 +364,26 @@ class Daemon:
         ext_d = None
         if ext is not None:
             left = None if ext.expires_at is None else max(0.0, ext.expires_at - self.clock.monotonic())
-            ext_d = {"amps": ext.amps, "source": ext.source,
-                     "expires_in_s": None if left is None else float(round(left))}
+            ext_d = {
+                "amps": ext.amps,
+                "source": ext.source,
+                "expires_in_s": None if left is None else float(round(left)),
+            }
         faults = {**d.get("fault_details", {}), **self.can_faults}
         if self.store_fault:
             faults[self.STORE_FAULT] = self.store_fault
-        return {"limit_a": round(float(d.get("limit_a", 0.0)), 1), "rule": d.get("rule"),
-                "reason": d.get("reason"), "enable": bool(d.get("enable", False)), "faults": faults,
-                "latched": list(d.get("latched", [])), "external_limit": ext_d,
-                "stopped_by": self.controller.stopped_by,
-                "modules": {str(a): {"lost": m.lost, "on": m.output_on} for a, m in self.bank.modules.items()},
-                "telemetry_store": {"degraded": self.store.degraded, "write_errors": self.store.write_errors}}
+        return {
+            "limit_a": round(float(d.get("limit_a", 0.0)), 1),
+            "rule": d.get("rule"),
+            "reason": d.get("reason"),
+            "enable": bool(d.get("enable", False)),
+            "faults": faults,
+            "latched": list(d.get("latched", [])),
+            "external_limit": ext_d,
+            "stopped_by": self.controller.stopped_by,
+            "modules": {str(a): {"lost": m.lost, "on": m.output_on} for a, m in self.bank.modules.items()},
+            "telemetry_store": {"degraded": self.store.degraded, "write_errors": self.store.write_errors},
+        }
 
     async def _status_line(self) -> None:
         while True:
@@ -342,12 +396,14 @@ class Daemon:
             if r is None:
                 return "--"
             return fmt.format(r.value) + ("" if r.quality == OK else f"({r.quality})")
+
         grid = next((m.name for m, _ in self.meters if m.name == self.state.inputs.grid_meter), None)
         cable = self.state.inputs.cable
         d = self.controller.decision or {}
         mods = " ".join(
             f"M{a}:{m.voltage_v:.0f}V/{m.current_a:.0f}A" + ("(lost)" if m.lost else "")
-            for a, m in self.bank.modules.items())
+            for a, m in self.bank.modules.items()
+        )
         parts = [
             f"grid {val(f'{grid}.Power.Active.Import', '{:.0f}')} W" if grid else "grid --",
             mods,
@@ -373,23 +429,41 @@ class Daemon:
             "rule": d.get("rule"),
             "reason": d.get("reason"),
             "enable": d.get("enable", False),
-            "faults": {**d.get("fault_details", {}), **self.can_faults,
-                       **({self.STORE_FAULT: self.store_fault} if self.store_fault else {})},
+            "faults": {
+                **d.get("fault_details", {}),
+                **self.can_faults,
+                **({self.STORE_FAULT: self.store_fault} if self.store_fault else {}),
+            },
             "latched": d.get("latched", []),
-            "outputs": {"contactor": self.outputs.contactor.value(), "pump": self.outputs.pump.value(),
-                        "fan": self.outputs.fan.value()},
-            "modules": {str(a): {"lost": m.lost, "voltage_v": m.voltage_v, "current_a": m.current_a,
-                                 "temperature_c": m.temperature_c, "alarms": sorted(m.alarms),
-                                 "set_current_a": m.set_current_a, "on": m.output_on}
-                        for a, m in self.bank.modules.items()},
+            "outputs": {
+                "contactor": self.outputs.contactor.value(),
+                "pump": self.outputs.pump.value(),
+                "fan": self.outputs.fan.value(),
+            },
+            "modules": {
+                str(a): {
+                    "lost": m.lost,
+                    "voltage_v": m.voltage_v,
+                    "current_a": m.current_a,
+                    "temperature_c": m.temperature_c,
+                    "alarms": sorted(m.alarms),
+                    "set_current_a": m.set_current_a,
+                    "on": m.output_on,
+                }
+                for a, m in self.bank.modules.items()
+            },
             "meters": self.meter_status,
-            "readings": {s: {"value": r.value, "unit": r.unit, "quality": r.quality, "age_s": round(now - r.t, 3)}
-                         for s, r in sorted(self.state.readings.items())},
-            "telemetry": {**self.store.stats(),
-                          "uplink": self.uplink.status() if self.uplink else {"enabled": False}},
+            "readings": {
+                s: {"value": r.value, "unit": r.unit, "quality": r.quality, "age_s": round(now - r.t, 3)}
+                for s, r in sorted(self.state.readings.items())
+            },
+            "telemetry": {**self.store.stats(), "uplink": self.uplink.status() if self.uplink else {"enabled": False}},
             "can": {n: p.status() for n, p in self.ports.items()},
-            "can_frames": {"unknown": self.can_unknown_frames, "decode_errors": self.can_decode_errors,
-                           **self.bank.status()},
+            "can_frames": {
+                "unknown": self.can_unknown_frames,
+                "decode_errors": self.can_decode_errors,
+                **self.bank.status(),
+            },
             "control": self._control_stats(),
         }
 
@@ -403,11 +477,19 @@ class Daemon:
 
             def pct(q: float) -> float | None:
                 return round(periods[min(len(periods) - 1, int(q * len(periods)))], 2) if periods else None
-            jitter = {"tick_p50_ms": pct(0.5), "tick_p99_ms": pct(0.99),
-                      "tick_max_ms": round(periods[-1], 2) if periods else None}
+
+            jitter = {
+                "tick_p50_ms": pct(0.5),
+                "tick_p99_ms": pct(0.99),
+                "tick_max_ms": round(periods[-1], 2) if periods else None,
+            }
             self._tick_stats = (now, jitter)
-        return {"ticks": self.controller.ticks, "evaluations": self.controller.evaluations,
-                "tick_ms": self.config.control.tick_ms, **jitter}
+        return {
+            "ticks": self.controller.ticks,
+            "evaluations": self.controller.evaluations,
+            "tick_ms": self.config.control.tick_ms,
+            **jitter,
+        }
 
     # -- run -----------------------------------------------------------------------------------------
     async def run(self) -> int:
@@ -441,8 +523,11 @@ class Daemon:
             for t in done:
                 exc = t.exception() if not t.cancelled() else None
                 if exc is not None:
-                    log.error("fatal error in %s; outputs off, contactor open", t.get_name(),
-                              exc_info=(type(exc), exc, exc.__traceback__))
+                    log.error(
+                        "fatal error in %s; outputs off, contactor open",
+                        t.get_name(),
+                        exc_info=(type(exc), exc, exc.__traceback__),
+                    )
                     code = 1
         finally:
             self.wdt.stopping()
@@ -457,16 +542,21 @@ class Daemon:
         return code
 
     def _close(self) -> None:
-        for closer in [*(p.close for p in self.ports.values()), *(ln.close for ln in self.lines.values()),
-                       self.api.close, self.store.close]:
+        for closer in [
+            *(p.close for p in self.ports.values()),
+            *(ln.close for ln in self.lines.values()),
+            self.api.close,
+            self.store.close,
+        ]:
             try:
                 closer()
             except Exception:
                 log.exception("while closing")
 
 
-def can_filters(config: Config, bus: str, module_reply: tuple[int, int],
-                cables: dict[str, CableMonitor]) -> tuple[tuple[int, int, bool], ...]:
+def can_filters(
+    config: Config, bus: str, module_reply: tuple[int, int], cables: dict[str, CableMonitor]
+) -> tuple[tuple[int, int, bool], ...]:
     """The ids this bus needs (module replies, cable frames): kernel/hardware filters where supported."""
     out: list[tuple[int, int, bool]] = []
     if config.power_modules.bus == bus:

@@ -25,8 +25,17 @@ from typing import Any
 
 SECRET_WORDS = ("password", "passwd", "secret", "token", "passphrase", "psk", "private")
 REDACTED = "<redacted>"
-PACKAGES = ("cabinet-edge", "pymodbus", "pyserial", "python-can", "paho-mqtt", "cantools", "click", "pydantic",
-            "sdnotify")
+PACKAGES = (
+    "cabinet-edge",
+    "pymodbus",
+    "pyserial",
+    "python-can",
+    "paho-mqtt",
+    "cantools",
+    "click",
+    "pydantic",
+    "sdnotify",
+)
 JOURNAL_LINES = 500
 
 
@@ -52,7 +61,7 @@ def redact_toml_text(text: str) -> str:
     out = []
     for line in text.splitlines():
         m = _TOML_SECRET.match(line)
-        out.append(f"{m.group(1)}\"{REDACTED}\"" if m and is_secret_key(m.group(2)) else line)
+        out.append(f'{m.group(1)}"{REDACTED}"' if m and is_secret_key(m.group(2)) else line)
     return "\n".join(out) + "\n"
 
 
@@ -73,8 +82,14 @@ def system_versions() -> dict[str, Any]:
             os_release = dict(line.rstrip().split("=", 1) for line in f if "=" in line)
     except OSError:
         pass
-    return {"python": sys.version, "executable": sys.executable, "platform": platform.platform(),
-            "uname": list(platform.uname()), "os_release": os_release, "packages": package_versions()}
+    return {
+        "python": sys.version,
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "uname": list(platform.uname()),
+        "os_release": os_release,
+        "packages": package_versions(),
+    }
 
 
 def journal(unit: str = "cabinet-edge", lines: int = JOURNAL_LINES) -> str:
@@ -82,8 +97,12 @@ def journal(unit: str = "cabinet-edge", lines: int = JOURNAL_LINES) -> str:
     if exe is None:
         return f"journalctl not available on this system: no logs of unit {unit} collected\n"
     try:
-        res = subprocess.run([exe, "-u", unit, "-n", str(lines), "--no-pager", "-o", "short-iso"],
-                             capture_output=True, text=True, timeout=20)
+        res = subprocess.run(
+            [exe, "-u", unit, "-n", str(lines), "--no-pager", "-o", "short-iso"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return f"journalctl -u {unit} failed: {exc}\n"
     if res.returncode != 0:

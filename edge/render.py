@@ -18,8 +18,9 @@ LABEL = 9  # width of the left label column
 
 def _wrap(label: str, text: str, indent: int = LABEL) -> list[str]:
     first = f"{label:<{indent}}"
-    return textwrap.wrap(text, WIDTH, initial_indent=first, subsequent_indent=" " * (indent + 2),
-                         break_on_hyphens=False) or [first.rstrip()]
+    return textwrap.wrap(
+        text, WIDTH, initial_indent=first, subsequent_indent=" " * (indent + 2), break_on_hyphens=False
+    ) or [first.rstrip()]
 
 
 def duration(seconds: float | None) -> str:
@@ -81,8 +82,9 @@ def limit_lines(st: dict[str, Any]) -> list[str]:
     ext = st.get("external_limit")
     if ext:
         left = "until cleared" if ext.get("remaining_s") is None else f"{duration(ext['remaining_s'])} left"
-        lines.append(f"{'':<{LABEL}}operator limit {ext['amps']:.0f} A by {_who(ext.get('source'))}, {left}"
-                     "  (edge limit clear)")
+        lines.append(
+            f"{'':<{LABEL}}operator limit {ext['amps']:.0f} A by {_who(ext.get('source'))}, {left}  (edge limit clear)"
+        )
     if st.get("stopped_by"):
         lines.append(f"{'':<{LABEL}}stopped by {_who(st['stopped_by'])}  (edge resume)")
     return lines
@@ -95,8 +97,13 @@ def fault_lines(faults: dict[str, str], latched: Iterable[str]) -> list[str]:
     out: list[str] = []
     for i, (name, detail) in enumerate(sorted(faults.items())):
         out.append(f"{'faults' if i == 0 else '':<{LABEL}}{name}" + ("  LATCHED" if name in latched else ""))
-        out += textwrap.wrap(detail.removesuffix(" (latched)"), WIDTH, initial_indent=" " * (LABEL + 2),
-                             subsequent_indent=" " * (LABEL + 4), break_on_hyphens=False)
+        out += textwrap.wrap(
+            detail.removesuffix(" (latched)"),
+            WIDTH,
+            initial_indent=" " * (LABEL + 2),
+            subsequent_indent=" " * (LABEL + 4),
+            break_on_hyphens=False,
+        )
         if name in latched:
             out.append(f"{'':<{LABEL + 2}}-> fix the cause, then: edge clear {name}")
     return out
@@ -207,8 +214,13 @@ def can_lines(st: dict[str, Any]) -> list[str]:
         text = f"{name} {b.get('health', 'ok')}"
         if b.get("reason"):
             text += f" ({b['reason']})"
-        for key, label in (("dropped", "dropped"), ("error_frames", "error frames"), ("send_errors", "send errors"),
-                           ("bus_off", "bus-off"), ("reopens", "reopens")):
+        for key, label in (
+            ("dropped", "dropped"),
+            ("error_frames", "error frames"),
+            ("send_errors", "send errors"),
+            ("bus_off", "bus-off"),
+            ("reopens", "reopens"),
+        ):
             if b.get(key):
                 text += f" {label} {b[key]}"
         parts.append(text)
@@ -229,13 +241,23 @@ def output_line(st: dict[str, Any]) -> str:
 def status_text(st: dict[str, Any], cable: str | None = None) -> str:
     if cable is None:
         cable = next((s.split(".", 1)[0] for s in st.get("readings", {}) if s.endswith(".pin_dc_plus_c")), None)
-    head = (f"cabinet {st.get('cabinet_id')} @ {st.get('site_id')}   up {duration(st.get('uptime_s'))}"
-            f"   edge {st.get('version')}")
+    head = (
+        f"cabinet {st.get('cabinet_id')} @ {st.get('site_id')}   up {duration(st.get('uptime_s'))}"
+        f"   edge {st.get('version')}"
+    )
     if st.get("time_ms"):
         head += f"   {time.strftime('%H:%M:%S %Z', time.localtime(st['time_ms'] / 1000))}"
-    lines = [head[:WIDTH], output_line(st), *limit_lines(st),
-             *fault_lines(st.get("faults", {}), st.get("latched", [])),
-             *module_lines(st), *cable_lines(st, cable), *meter_lines(st), *can_lines(st), *uplink_lines(st)]
+    lines = [
+        head[:WIDTH],
+        output_line(st),
+        *limit_lines(st),
+        *fault_lines(st.get("faults", {}), st.get("latched", [])),
+        *module_lines(st),
+        *cable_lines(st, cable),
+        *meter_lines(st),
+        *can_lines(st),
+        *uplink_lines(st),
+    ]
     return "\n".join(lines)
 
 
@@ -273,27 +295,37 @@ def events_text(events: list[dict[str, Any]]) -> str:
     for ev in events:
         head = f"{clock(ev['t_ms'])} {ev.get('kind')} {ev.get('name')}"
         detail = event_detail(ev)
-        lines += textwrap.wrap(f"{head}: {detail}" if detail else head, WIDTH, subsequent_indent=" " * 20,
-                               break_on_hyphens=False)
+        lines += textwrap.wrap(
+            f"{head}: {detail}" if detail else head, WIDTH, subsequent_indent=" " * 20, break_on_hyphens=False
+        )
     return "\n".join(lines)
 
 
 def selftest_text(r: dict[str, Any]) -> str:
     def fmt(v: float | None, spec: str = "{:.1f}") -> str:
         return "--" if v is None else spec.format(v)
+
     b, a = r.get("before", {}), r.get("after", {})
-    rows = [("coolant flow", "coolant_flow_lpm", "l/min", "{:.2f}"),
-            ("coolant pressure", "coolant_pressure_bar", "bar", "{:.2f}"),
-            ("coolant in", "coolant_in_c", "°C", "{:.1f}"), ("coolant out", "coolant_out_c", "°C", "{:.1f}"),
-            ("pin DC+", "pin_dc_plus_c", "°C", "{:.1f}"), ("pin DC-", "pin_dc_minus_c", "°C", "{:.1f}")]
-    out = [f"self-test: pump and fan on for {r.get('duration_s'):g} s with the output off",
-           f"{'':<18}{'before':>10}{'after':>10}"]
+    rows = [
+        ("coolant flow", "coolant_flow_lpm", "l/min", "{:.2f}"),
+        ("coolant pressure", "coolant_pressure_bar", "bar", "{:.2f}"),
+        ("coolant in", "coolant_in_c", "°C", "{:.1f}"),
+        ("coolant out", "coolant_out_c", "°C", "{:.1f}"),
+        ("pin DC+", "pin_dc_plus_c", "°C", "{:.1f}"),
+        ("pin DC-", "pin_dc_minus_c", "°C", "{:.1f}"),
+    ]
+    out = [
+        f"self-test: pump and fan on for {r.get('duration_s'):g} s with the output off",
+        f"{'':<18}{'before':>10}{'after':>10}",
+    ]
     for label, key, unit, spec in rows:
         out.append(f"{label:<18}{fmt(b.get(key), spec):>10}{fmt(a.get(key), spec):>10}  {unit}")
     lo, hi = fmt(r.get("flow_min_lpm"), "{:.2f}"), fmt(r.get("flow_max_lpm"), "{:.2f}")
     held = fmt(r.get("flow_settled_lpm"), "{:.2f}")
-    out.append(f"flow during test  held {held}  min {lo}  max {hi} l/min "
-               f"(full current needs {r.get('flow_full_current_lpm'):g})")
+    out.append(
+        f"flow during test  held {held}  min {lo}  max {hi} l/min "
+        f"(full current needs {r.get('flow_full_current_lpm'):g})"
+    )
     seen = r.get("outputs_seen", {})
     pump, fan = ("yes" if seen.get(k) else "NO" for k in ("pump", "fan"))
     out.append(f"outputs seen on   pump {pump}  fan {fan}")

@@ -24,9 +24,13 @@ class InputMap:
     def core_inputs(self) -> dict[str, str]:
         m: dict[str, str] = {}
         if self.cable:
-            for core_name, suffix in (("pin_dc_plus_c", "pin_dc_plus_c"), ("pin_dc_minus_c", "pin_dc_minus_c"),
-                                      ("coolant_out_c", "coolant_out_c"), ("coolant_flow_lpm", "coolant_flow_lpm"),
-                                      ("coolant_leak", "leak")):
+            for core_name, suffix in (
+                ("pin_dc_plus_c", "pin_dc_plus_c"),
+                ("pin_dc_minus_c", "pin_dc_minus_c"),
+                ("coolant_out_c", "coolant_out_c"),
+                ("coolant_flow_lpm", "coolant_flow_lpm"),
+                ("coolant_leak", "leak"),
+            ):
                 m[core_name] = f"{self.cable}.{suffix}"
         if self.ambient:
             m["ambient_c"] = self.ambient

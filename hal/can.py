@@ -97,10 +97,17 @@ def classify_error_frame(arbitration_id: int, data: bytes) -> tuple[str | None, 
     """(new health or None, description) for one error frame, per linux/can/error.h."""
     cls = arbitration_id & 0x1FFFFFFF
     what = []
-    for bit, name in ((CAN_ERR_TX_TIMEOUT, "tx timeout"), (CAN_ERR_LOSTARB, "lost arbitration"),
-                      (CAN_ERR_CRTL, "controller"), (CAN_ERR_PROT, "protocol violation"),
-                      (CAN_ERR_TRX, "transceiver"), (CAN_ERR_ACK, "no ack"), (CAN_ERR_BUSOFF, "bus off"),
-                      (CAN_ERR_BUSERROR, "bus error"), (CAN_ERR_RESTARTED, "controller restarted")):
+    for bit, name in (
+        (CAN_ERR_TX_TIMEOUT, "tx timeout"),
+        (CAN_ERR_LOSTARB, "lost arbitration"),
+        (CAN_ERR_CRTL, "controller"),
+        (CAN_ERR_PROT, "protocol violation"),
+        (CAN_ERR_TRX, "transceiver"),
+        (CAN_ERR_ACK, "no ack"),
+        (CAN_ERR_BUSOFF, "bus off"),
+        (CAN_ERR_BUSERROR, "bus error"),
+        (CAN_ERR_RESTARTED, "controller restarted"),
+    ):
         if cls & bit:
             what.append(name)
     desc = ", ".join(what) or f"error frame 0x{cls:X}"
@@ -123,8 +130,9 @@ HealthSink = Callable[["CanPort", str, str, str], None]
 class CanPort:
     """One CAN bus: python-can bus + Notifier thread + bounded queue + health supervision."""
 
-    def __init__(self, settings: CanSettings, bus: can.BusABC | None = None,
-                 on_health: HealthSink | None = None) -> None:
+    def __init__(
+        self, settings: CanSettings, bus: can.BusABC | None = None, on_health: HealthSink | None = None
+    ) -> None:
         self.settings = settings
         self.stats = CanStats()
         self.health = ACTIVE
@@ -155,8 +163,12 @@ class CanPort:
             self.health, self.health_reason = BUS_OFF, opened_failed
             self.stats.bus_off += 1
             self._reopen_at = time.monotonic() + self._backoff_s
-            log.error("CAN %s: %s; is the interface up (ip -details link show %s)? retrying with backoff",
-                      settings.name, opened_failed, settings.channel)
+            log.error(
+                "CAN %s: %s; is the interface up (ip -details link show %s)? retrying with backoff",
+                settings.name,
+                opened_failed,
+                settings.channel,
+            )
 
     @property
     def bus(self) -> can.BusABC:
@@ -222,8 +234,14 @@ class CanPort:
             self._reopen_at = now + self._backoff_s
         elif new == PASSIVE:
             self.stats.error_passive += 1
-        log.log(logging.WARNING if new != ACTIVE else logging.INFO, "CAN %s: %s -> %s (%s)",
-                self.settings.name, old, new, reason)
+        log.log(
+            logging.WARNING if new != ACTIVE else logging.INFO,
+            "CAN %s: %s -> %s (%s)",
+            self.settings.name,
+            old,
+            new,
+            reason,
+        )
         if self.on_health is not None:
             self.on_health(self, old, new, reason)
 
@@ -287,8 +305,12 @@ class CanPort:
             except (can.CanError, OSError, ValueError) as exc:
                 self._reopen_at = time.monotonic() + self._backoff_s
                 self._backoff_s = min(self.settings.reopen_max_s, self._backoff_s * 2)
-                log.warning("CAN %s: re-open failed (%s); next try in %.1f s", self.settings.name, exc,
-                            self._reopen_at - time.monotonic())
+                log.warning(
+                    "CAN %s: re-open failed (%s); next try in %.1f s",
+                    self.settings.name,
+                    exc,
+                    self._reopen_at - time.monotonic(),
+                )
                 return
             self._bus = bus
             self._send_fail_run = 0
@@ -327,8 +349,7 @@ class CanPort:
             self._close_bus()
 
     def status(self) -> dict[str, Any]:
-        return {"health": self.health, "reason": self.health_reason, "queued": len(self._queue),
-                **vars(self.stats)}
+        return {"health": self.health, "reason": self.health_reason, "queued": len(self._queue), **vars(self.stats)}
 
 
 def _matches(filters: tuple[tuple[int, int, bool], ...], msg: can.Message) -> bool:

@@ -23,9 +23,8 @@ def toml_set(text: str, section: str, **keys: Any) -> str:
     if start is None:
         return text.rstrip("\n") + f"\n\n[{section}]\n" + "\n".join(new) + "\n"
     end = next((i for i in range(start + 1, len(lines)) if lines[i].lstrip().startswith("[")), len(lines))
-    body = [ln for ln in lines[start + 1:end]
-            if not any(re.match(rf"^\s*{re.escape(k)}\s*=", ln) for k in keys)]
-    return "\n".join([*lines[:start + 1], *new, *body, *lines[end:]]) + "\n"
+    body = [ln for ln in lines[start + 1 : end] if not any(re.match(rf"^\s*{re.escape(k)}\s*=", ln) for k in keys)]
+    return "\n".join([*lines[: start + 1], *new, *body, *lines[end:]]) + "\n"
 
 
 def quiet_sim(text: str, **sections: dict[str, Any]) -> str:

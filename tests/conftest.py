@@ -34,8 +34,10 @@ def wait_for(condition: Callable[[], Any], timeout: float = 10.0, interval: floa
         except Exception as exc:  # noqa: BLE001 - condition may fail until the peer is up
             last_exc = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what or condition}" +
-                         (f" (last error: {last_exc})" if last_exc else ""))
+    raise AssertionError(
+        f"timed out after {timeout} s waiting for {what or condition}"
+        + (f" (last error: {last_exc})" if last_exc else "")
+    )
 
 
 def _drop_tables(text: str, headers: set[str]) -> str:
@@ -73,8 +75,11 @@ def sim_config_text(tmp: Path, extra: str = "") -> str:
     if "[telemetry.mqtt]" not in extra:
         # never deliver to (and delete for) a broker that happens to run on the developer's 1883
         extra += "\n[telemetry.mqtt]\nenabled = false\n"
-    redefined = {ln.strip().split("#")[0].strip() for ln in extra.splitlines()
-                 if ln.strip().startswith("[") and not ln.strip().startswith("[[")}
+    redefined = {
+        ln.strip().split("#")[0].strip()
+        for ln in extra.splitlines()
+        if ln.strip().startswith("[") and not ln.strip().startswith("[[")
+    }
     text = _drop_tables(SIM_TOML, redefined).replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp}/edge.sock"')
     text = text.replace('data_dir = ".edge-sim"', f'data_dir = "{tmp}/data"')
     text = text.replace('backend = "systemd"          # talks', 'backend = "sim"          # talks')
@@ -116,8 +121,9 @@ class DaemonProcess:
         self.socket_path = socket_path
         self.log_path = config_file.parent / "daemon.log"
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, env=edge_env(),
-                                     cwd=config_file.parent)
+        self.proc = subprocess.Popen(
+            args, stdout=self._log, stderr=subprocess.STDOUT, env=edge_env(), cwd=config_file.parent
+        )
 
     def status(self) -> dict[str, Any]:
         answer = api_request(self.socket_path, {"cmd": "status"})
@@ -125,8 +131,11 @@ class DaemonProcess:
         return dict(answer["data"])
 
     def wait_ready(self, timeout: float = 15.0) -> None:
-        wait_for(lambda: self.proc.poll() is None and os.path.exists(self.socket_path) and self.status(),
-                 timeout, what=f"daemon API at {self.socket_path}\n{self.log()}")
+        wait_for(
+            lambda: self.proc.poll() is None and os.path.exists(self.socket_path) and self.status(),
+            timeout,
+            what=f"daemon API at {self.socket_path}\n{self.log()}",
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
@@ -165,4 +174,5 @@ def sim_daemon(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
 def mqtt_broker(tmp_path: Path) -> Iterator[Any]:
     """A started mosquitto on a free loopback port (tests.mqtt_broker.Broker), killed on teardown."""
     from tests.mqtt_broker import running_broker  # imported here: mqtt_broker imports this module
+
     yield from running_broker(tmp_path / "broker")

@@ -19,28 +19,62 @@ from hal.serial import SerialSettings
 from tests.conftest import free_port, until, wait_for
 
 VALUES: dict[str, float] = {
-    "Voltage.L1": 230.1, "Voltage.L2": 231.4, "Voltage.L3": 229.8,
-    "Current.Import.L1": 10.5, "Current.Import.L2": 11.25, "Current.Import.L3": 9.0,
-    "Power.Active.Import.L1": 2400.0, "Power.Active.Import.L2": 2550.5, "Power.Active.Import.L3": -1500.0,
-    "Power.Active.Import": 3450.5, "Power.Factor.L1": 0.98, "Power.Factor.L2": -0.5, "Power.Factor.L3": 1.0,
-    "Frequency": 50.0, "Energy.Active.Import.Register": 1234.5, "Energy.Active.Export.Register": 12.5,
+    "Voltage.L1": 230.1,
+    "Voltage.L2": 231.4,
+    "Voltage.L3": 229.8,
+    "Current.Import.L1": 10.5,
+    "Current.Import.L2": 11.25,
+    "Current.Import.L3": 9.0,
+    "Power.Active.Import.L1": 2400.0,
+    "Power.Active.Import.L2": 2550.5,
+    "Power.Active.Import.L3": -1500.0,
+    "Power.Active.Import": 3450.5,
+    "Power.Factor.L1": 0.98,
+    "Power.Factor.L2": -0.5,
+    "Power.Factor.L3": 1.0,
+    "Frequency": 50.0,
+    "Energy.Active.Import.Register": 1234.5,
+    "Energy.Active.Export.Register": 12.5,
 }
 
-GENERIC = generic_model("generic:sub", [
-    {"signal": "Voltage.L1", "address": 0x100, "type": "u32", "scale": 0.1, "unit": "V", "function_code": 3},
-    {"signal": "Current.Import.L1", "address": 0x104, "type": "s32", "scale": 0.001, "unit": "A",
-     "function_code": 3, "word_order": "little"},
-    {"signal": "Power.Active.Import", "address": 0x110, "type": "float32", "unit": "W", "function_code": 3},
-    {"signal": "Energy.Active.Import.Register", "address": 0x200, "type": "u64", "scale": 0.01, "unit": "kWh",
-     "function_code": 3},
-], rejects_gaps=True)
+GENERIC = generic_model(
+    "generic:sub",
+    [
+        {"signal": "Voltage.L1", "address": 0x100, "type": "u32", "scale": 0.1, "unit": "V", "function_code": 3},
+        {
+            "signal": "Current.Import.L1",
+            "address": 0x104,
+            "type": "s32",
+            "scale": 0.001,
+            "unit": "A",
+            "function_code": 3,
+            "word_order": "little",
+        },
+        {"signal": "Power.Active.Import", "address": 0x110, "type": "float32", "unit": "W", "function_code": 3},
+        {
+            "signal": "Energy.Active.Import.Register",
+            "address": 0x200,
+            "type": "u64",
+            "scale": 0.01,
+            "unit": "kWh",
+            "function_code": 3,
+        },
+    ],
+    rejects_gaps=True,
+)
 
 
 class MeterBench:
     """``async with MeterBench([(model, id), ...]) as b:`` -> b.line, b.sims[id], b.link (RTU only)."""
 
-    def __init__(self, meters: list[tuple[MeterModel, int]], tcp: bool = False, baudrate: int = 115200,
-                 pace: bool = False, values: dict[str, float] | None = None) -> None:
+    def __init__(
+        self,
+        meters: list[tuple[MeterModel, int]],
+        tcp: bool = False,
+        baudrate: int = 115200,
+        pace: bool = False,
+        values: dict[str, float] | None = None,
+    ) -> None:
         self.values = dict(VALUES if values is None else values)
         self.sims = {dev: SimMeter(model, dev, lambda: self.values) for model, dev in meters}
         self.tcp = tcp
@@ -87,8 +121,9 @@ class MeterBench:
 class ServerThread:
     """A pymodbus server on its own loop in a thread (the scan command runs its own asyncio.run)."""
 
-    def __init__(self, meters: list[tuple[MeterModel, int]], tcp: bool, baudrate: int = 9600,
-                 pace: bool = False) -> None:
+    def __init__(
+        self, meters: list[tuple[MeterModel, int]], tcp: bool, baudrate: int = 9600, pace: bool = False
+    ) -> None:
         self.sims = [SimMeter(m, dev, lambda: VALUES) for m, dev in meters]
         self.tcp = tcp
         self.baudrate = baudrate

@@ -48,16 +48,57 @@ def make_certs(d: Path) -> TlsFiles:
     def run(*args: str) -> None:
         subprocess.run(["openssl", *args], check=True, cwd=d, capture_output=True, timeout=30)
 
-    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
-        "-keyout", "ca.key", "-out", "ca.pem", "-subj", "/CN=cabinet-edge test CA")
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-days",
+        "2",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=cabinet-edge test CA",
+    )
     ext = d / "server.ext"
     ext.write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n")
     for name, subj in (("server", "/CN=localhost"), ("client", "/CN=edge-test-client")):
-        run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-            "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subj)
+        run(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            "-subj",
+            subj,
+        )
         extra = ["-extfile", str(ext)] if name == "server" else []
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
-            "-days", "2", "-out", f"{name}.pem", *extra)
+        run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            f"{name}.pem",
+            *extra,
+        )
     return TlsFiles(d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key")
 
 
@@ -85,8 +126,13 @@ class Broker:
             "sys_interval 1",
         ]
         if tls:
-            lines += [f"cafile {tls.ca}", f"certfile {tls.server_cert}", f"keyfile {tls.server_key}",
-                      "require_certificate true", "use_identity_as_username true"]
+            lines += [
+                f"cafile {tls.ca}",
+                f"certfile {tls.server_cert}",
+                f"keyfile {tls.server_key}",
+                "require_certificate true",
+                "use_identity_as_username true",
+            ]
         self.conf.write_text("\n".join(lines) + "\n" + extra_conf)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = self.dir / "mosquitto.log"
@@ -103,6 +149,7 @@ class Broker:
             with socket.socket() as s:
                 s.settimeout(0.2)
                 return s.connect_ex(("127.0.0.1", self.port)) == 0
+
         wait_for(accepting, timeout, what=f"mosquitto on port {self.port}")
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -145,8 +192,9 @@ class Consumer:
 
     def __post_init__(self) -> None:
         self.lock = threading.Lock()
-        self.validators = {leaf: jsonschema.Draft202012Validator(schema.for_topic_leaf(leaf))
-                           for leaf in schema.DEF_BY_LEAF}
+        self.validators = {
+            leaf: jsonschema.Draft202012Validator(schema.for_topic_leaf(leaf)) for leaf in schema.DEF_BY_LEAF
+        }
         self._validated = 0
         self._errors: list[str] = []
         self.connected = threading.Event()
@@ -184,7 +232,7 @@ class Consumer:
     def errors(self) -> list[str]:
         """Schema violations among every message received so far (each message validated once)."""
         with self.lock:
-            todo = self.messages[self._validated:]
+            todo = self.messages[self._validated :]
             self._validated = len(self.messages)
         for m in todo:
             leaf = m.topic.rsplit("/", 1)[-1]

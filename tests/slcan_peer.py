@@ -68,7 +68,7 @@ def main() -> None:
                     out += b"\r"
                 elif text[0] == "T" and len(text) >= 10 and opened:
                     aid, dlc = int(text[1:9], 16), int(text[9])
-                    frame = Frame(aid, bytes.fromhex(text[10:10 + 2 * dlc]), True)
+                    frame = Frame(aid, bytes.fromhex(text[10 : 10 + 2 * dlc]), True)
                     if personality.from_controller(frame):
                         for rid, data in personality.handle(frame, modules):  # type: ignore[arg-type]
                             out += encode(rid, data)
@@ -80,8 +80,13 @@ def main() -> None:
         if time.monotonic() >= next_cable:
             next_cable += CABLE_PERIOD_S
             if opened:
-                values = {"PinTempDcPlus": 40.0, "PinTempDcMinus": 39.5, "CoolantInletTemp": 25.0,
-                          "CoolantOutletTemp": 28.0, "RollingCounter": counter}
+                values = {
+                    "PinTempDcPlus": 40.0,
+                    "PinTempDcMinus": 39.5,
+                    "CoolantInletTemp": 25.0,
+                    "CoolantOutletTemp": 28.0,
+                    "RollingCounter": counter,
+                }
                 out += encode(*cable.encode("CABLE_TEMPS", values))
                 counter = (counter + 1) % 16
         if out:

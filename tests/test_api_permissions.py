@@ -75,7 +75,7 @@ def run_as(user: str, group: str, extra_groups: list[str], sock: str, *args: str
             code = 1
         data = json.dumps(out).encode()
         while data:
-            data = data[os.write(w, data):]
+            data = data[os.write(w, data) :]
         os._exit(code)
     os.close(w)
     chunks = []
@@ -113,8 +113,14 @@ def test_reader_can_read_but_cannot_change_anything(daemon):
     assert run_as("nobody", "nogroup", [], sock, "events")["code"] == 0
     who = run_as("nobody", "nogroup", [], sock, "whoami")
     assert "read only (changing needs group daemon)" in who["stdout"]
-    for args in (["limit", "set", "10A"], ["limit", "clear"], ["stop"], ["resume"], ["clear", "coolant_flow_low"],
-                 ["selftest", "--seconds", "1"]):
+    for args in (
+        ["limit", "set", "10A"],
+        ["limit", "clear"],
+        ["stop"],
+        ["resume"],
+        ["clear", "coolant_flow_low"],
+        ["selftest", "--seconds", "1"],
+    ):
         res = run_as("nobody", "nogroup", [], sock, *args)
         assert res["code"] == 4, (args, res)
         assert "forbidden" in res["stderr"] and "not in group daemon" in res["stderr"], res

@@ -15,10 +15,16 @@ def test_request_defaults_version_and_args_and_echoes_id():
     assert (req.cmd, req.args, req.id, req.v) == ("status", {}, "abc", VERSION)
 
 
-@pytest.mark.parametrize(("line", "code"), [
-    (b"not json", "bad_request"), (b"[1, 2]", "bad_request"), (b'{"args": {}}', "bad_request"),
-    (b'{"cmd": "status", "args": [1]}', "bad_request"), (b'{"v": 2, "cmd": "status"}', "unsupported_version"),
-])
+@pytest.mark.parametrize(
+    ("line", "code"),
+    [
+        (b"not json", "bad_request"),
+        (b"[1, 2]", "bad_request"),
+        (b'{"args": {}}', "bad_request"),
+        (b'{"cmd": "status", "args": [1]}', "bad_request"),
+        (b'{"v": 2, "cmd": "status"}', "unsupported_version"),
+    ],
+)
 def test_malformed_requests_get_a_code(line, code):
     with pytest.raises(ProtocolError) as err:
         parse_request(line)
@@ -29,8 +35,13 @@ def test_answers_are_one_line_of_strict_json_with_nan_as_null():
     line = encode(ok(7, {"value": float("nan"), "nested": [float("inf"), 1.5]}))
     assert line.endswith(b"\n") and line.count(b"\n") == 1
     assert json.loads(line) == {"v": 1, "id": 7, "ok": True, "data": {"value": None, "nested": [None, 1.5]}}
-    assert json.loads(encode(error(None, "refused", "busy"))) == {"v": 1, "id": None, "ok": False,
-                                                                  "code": "refused", "error": "busy"}
+    assert json.loads(encode(error(None, "refused", "busy"))) == {
+        "v": 1,
+        "id": None,
+        "ok": False,
+        "code": "refused",
+        "error": "busy",
+    }
 
 
 def test_every_error_code_maps_to_a_documented_exit_code():

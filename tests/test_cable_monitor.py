@@ -30,9 +30,14 @@ def test_dbc_defines_every_signal_the_safety_core_needs_with_units_and_ranges():
     cool = db.get_message_by_name("CABLE_COOLANT")
     assert temps.frame_id == 0x18FF5101 and cool.frame_id == 0x18FF5201
     assert temps.is_extended_frame and temps.length == 8
-    for msg, sig, unit in ((temps, "PinTempDcPlus", "degC"), (temps, "PinTempDcMinus", "degC"),
-                           (temps, "CoolantInletTemp", "degC"), (temps, "CoolantOutletTemp", "degC"),
-                           (cool, "CoolantFlow", "l/min"), (cool, "CoolantPressure", "bar")):
+    for msg, sig, unit in (
+        (temps, "PinTempDcPlus", "degC"),
+        (temps, "PinTempDcMinus", "degC"),
+        (temps, "CoolantInletTemp", "degC"),
+        (temps, "CoolantOutletTemp", "degC"),
+        (cool, "CoolantFlow", "l/min"),
+        (cool, "CoolantPressure", "bar"),
+    ):
         s = msg.get_signal_by_name(sig)
         assert s.unit == unit and s.minimum is not None and s.maximum is not None
     for msg in (temps, cool):
@@ -88,16 +93,24 @@ def test_value_outside_the_dbc_range_is_invalid_and_others_stay_ok():
     assert r["cable.coolant_pressure_bar"].quality == OK
 
 
-@pytest.mark.parametrize(("bit", "signal"), [("PinDcPlusSensorFault", "cable.pin_dc_plus_c"),
-                                             ("PinDcMinusSensorFault", "cable.pin_dc_minus_c"),
-                                             ("CoolantTempSensorFault", "cable.coolant_out_c")])
+@pytest.mark.parametrize(
+    ("bit", "signal"),
+    [
+        ("PinDcPlusSensorFault", "cable.pin_dc_plus_c"),
+        ("PinDcMinusSensorFault", "cable.pin_dc_minus_c"),
+        ("CoolantTempSensorFault", "cable.coolant_out_c"),
+    ],
+)
 def test_sensor_fault_status_bit_marks_its_value_invalid(bit, signal):
     mon = CableMonitor("cable")
     fid, data = frame(mon, "CABLE_TEMPS", 0, **{bit: 1})
     r = by_signal(mon.decode(fid, data, 1.0))
     assert r[signal].quality == INVALID
-    others = {s: x.quality for s, x in r.items() if s != signal and not (
-        bit == "CoolantTempSensorFault" and s in ("cable.coolant_in_c", "cable.coolant_out_c"))}
+    others = {
+        s: x.quality
+        for s, x in r.items()
+        if s != signal and not (bit == "CoolantTempSensorFault" and s in ("cable.coolant_in_c", "cable.coolant_out_c"))
+    }
     assert set(others.values()) == {OK}
 
 

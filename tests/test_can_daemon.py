@@ -35,6 +35,7 @@ def run(tmp_path: Path, body, protocol: str = "infypower"):
     cab.start()
     intruder = can.Bus(interface="virtual", channel=cab.can_channels["can0"])
     try:
+
         async def main():
             daemon = Daemon(cab.patched_config(), board=cab.board)
             task = asyncio.create_task(daemon.run())
@@ -43,6 +44,7 @@ def run(tmp_path: Path, body, protocol: str = "infypower"):
             finally:
                 daemon.stopping.set()
             return await asyncio.wait_for(task, timeout=5), daemon
+
         return asyncio.run(main())
     finally:
         intruder.shutdown()
@@ -109,28 +111,32 @@ def test_malformed_frames_never_stop_the_daemon(tmp_path):
     rng = random.Random(7)
     bad = [
         can.Message(arbitration_id=0x029C01F0 & 0x1FFFFFFF | 0, data=b"\x01", is_extended_id=True),  # short
-        can.Message(arbitration_id=(0x0A << 22) | (0x03 << 16) | (0xF0 << 8) | 1, data=b"\x00" * 3,
-                    is_extended_id=True),                                                       # reply, short
-        can.Message(arbitration_id=(0x0A << 22) | (0x04 << 16) | (0xF0 << 8) | 1, data=b"",
-                    is_extended_id=True),                                                       # status, empty
-        can.Message(arbitration_id=0x18FF5101, data=b"\xff" * 3, is_extended_id=True),          # cable, short
-        can.Message(arbitration_id=0x18FF5201, data=b"\xff" * 8, is_extended_id=True),          # out of range
-        can.Message(arbitration_id=0x123, data=b"\x01\x02", is_extended_id=False),               # standard id
+        can.Message(
+            arbitration_id=(0x0A << 22) | (0x03 << 16) | (0xF0 << 8) | 1, data=b"\x00" * 3, is_extended_id=True
+        ),  # reply, short
+        can.Message(
+            arbitration_id=(0x0A << 22) | (0x04 << 16) | (0xF0 << 8) | 1, data=b"", is_extended_id=True
+        ),  # status, empty
+        can.Message(arbitration_id=0x18FF5101, data=b"\xff" * 3, is_extended_id=True),  # cable, short
+        can.Message(arbitration_id=0x18FF5201, data=b"\xff" * 8, is_extended_id=True),  # out of range
+        can.Message(arbitration_id=0x123, data=b"\x01\x02", is_extended_id=False),  # standard id
         can.Message(arbitration_id=0x18FF5101, is_remote_frame=True, dlc=8, is_extended_id=True),  # remote
-        can.Message(arbitration_id=hcan.CAN_ERR_PROT | hcan.CAN_ERR_BUSERROR, data=bytes(8),
-                    is_error_frame=True),                                                       # error frame
-        can.Message(arbitration_id=hcan.CAN_ERR_CRTL, data=b"", is_error_frame=True),           # short error
+        can.Message(
+            arbitration_id=hcan.CAN_ERR_PROT | hcan.CAN_ERR_BUSERROR, data=bytes(8), is_error_frame=True
+        ),  # error frame
+        can.Message(arbitration_id=hcan.CAN_ERR_CRTL, data=b"", is_error_frame=True),  # short error
     ]
-    bad += [can.Message(arbitration_id=rng.getrandbits(29), data=rng.randbytes(rng.randint(0, 8)),
-                        is_extended_id=True) for _ in range(300)]
+    bad += [
+        can.Message(arbitration_id=rng.getrandbits(29), data=rng.randbytes(rng.randint(0, 8)), is_extended_id=True)
+        for _ in range(300)
+    ]
 
     async def body(daemon, cab, intruder):
         await until(lambda: charging(daemon, cab), what="charging")
         evals = daemon.controller.evaluations
         for m in bad:
             intruder.send(m)
-        await until(lambda: daemon.can_unknown_frames >= 2 and daemon.ports["can0"].stats.error_frames >= 2,
-                    timeout=3)
+        await until(lambda: daemon.can_unknown_frames >= 2 and daemon.ports["can0"].stats.error_frames >= 2, timeout=3)
         await until(lambda: daemon.controller.evaluations > evals + 5, timeout=3)
         st = daemon.status()
         assert st["can"]["can0"]["health"] == "active"

@@ -31,17 +31,20 @@ def error_frame(cls: int, data: bytes = bytes(8)) -> can.Message:
     return can.Message(arbitration_id=cls, data=data, is_error_frame=True, is_extended_id=False)
 
 
-@pytest.mark.parametrize(("cls", "data", "health"), [
-    (hcan.CAN_ERR_BUSOFF, bytes(8), hcan.BUS_OFF),
-    (hcan.CAN_ERR_CRTL, bytes([0, hcan.CAN_ERR_CRTL_TX_PASSIVE]) + bytes(6), hcan.PASSIVE),
-    (hcan.CAN_ERR_CRTL, bytes([0, hcan.CAN_ERR_CRTL_RX_PASSIVE]) + bytes(6), hcan.PASSIVE),
-    (hcan.CAN_ERR_CRTL, bytes([0, hcan.CAN_ERR_CRTL_ACTIVE]) + bytes(6), hcan.ACTIVE),
-    (hcan.CAN_ERR_CRTL, bytes([0, hcan.CAN_ERR_CRTL_RX_WARNING]) + bytes(6), None),
-    (hcan.CAN_ERR_RESTARTED, bytes(8), hcan.ACTIVE),
-    (hcan.CAN_ERR_PROT | hcan.CAN_ERR_BUSERROR, bytes(8), None),
-    (hcan.CAN_ERR_ACK, bytes(8), None),
-    (hcan.CAN_ERR_CRTL, b"", None),  # short error frame: no controller byte, no crash
-])
+@pytest.mark.parametrize(
+    ("cls", "data", "health"),
+    [
+        (hcan.CAN_ERR_BUSOFF, bytes(8), hcan.BUS_OFF),
+        (hcan.CAN_ERR_CRTL, bytes([0, hcan.CAN_ERR_CRTL_TX_PASSIVE]) + bytes(6), hcan.PASSIVE),
+        (hcan.CAN_ERR_CRTL, bytes([0, hcan.CAN_ERR_CRTL_RX_PASSIVE]) + bytes(6), hcan.PASSIVE),
+        (hcan.CAN_ERR_CRTL, bytes([0, hcan.CAN_ERR_CRTL_ACTIVE]) + bytes(6), hcan.ACTIVE),
+        (hcan.CAN_ERR_CRTL, bytes([0, hcan.CAN_ERR_CRTL_RX_WARNING]) + bytes(6), None),
+        (hcan.CAN_ERR_RESTARTED, bytes(8), hcan.ACTIVE),
+        (hcan.CAN_ERR_PROT | hcan.CAN_ERR_BUSERROR, bytes(8), None),
+        (hcan.CAN_ERR_ACK, bytes(8), None),
+        (hcan.CAN_ERR_CRTL, b"", None),  # short error frame: no controller byte, no crash
+    ],
+)
 def test_error_frames_are_classified_by_the_linux_error_h_bits(cls, data, health):
     new, desc = hcan.classify_error_frame(cls, data)
     assert new == health and desc
@@ -236,8 +239,11 @@ def test_socketcan_gets_kernel_filters_and_others_do_not(monkeypatch):
 
 def test_a_bus_that_cannot_be_opened_starts_closed_as_bus_off_and_is_retried():
     # socketcan on an interface that does not exist (or a kernel without AF_CAN): a real open failure
-    port = CanPort(CanSettings(name="t", interface="socketcan", channel="edge-test-no-such-can9",
-                               reopen_min_s=0.05, reopen_max_s=0.2))
+    port = CanPort(
+        CanSettings(
+            name="t", interface="socketcan", channel="edge-test-no-such-can9", reopen_min_s=0.05, reopen_max_s=0.2
+        )
+    )
     assert port.health == hcan.BUS_OFF and "cannot open socketcan" in port.health_reason
     with pytest.raises(CanSendError):
         port.send(can.Message(arbitration_id=1, data=b"", is_extended_id=True))

@@ -53,33 +53,69 @@ def edge_json(d: DaemonProcess, *args: str) -> Any:
 
 
 def charging(d: DaemonProcess) -> dict[str, Any]:
-    return wait_for(lambda: (s := d.status())["enable"] and s["outputs"]["contactor"] and s, timeout=15,
-                    what="the simulated vehicle charging")
+    return wait_for(
+        lambda: (s := d.status())["enable"] and s["outputs"]["contactor"] and s,
+        timeout=15,
+        what="the simulated vehicle charging",
+    )
 
 
-READING = {"type": "object", "required": ["value", "unit", "quality", "age_s"],
-           "properties": {"quality": {"enum": ["ok", "stale", "invalid"]}, "value": {"type": ["number", "null"]}}}
+READING = {
+    "type": "object",
+    "required": ["value", "unit", "quality", "age_s"],
+    "properties": {"quality": {"enum": ["ok", "stale", "invalid"]}, "value": {"type": ["number", "null"]}},
+}
 STATUS_SCHEMA = {
     "type": "object",
-    "required": ["cabinet_id", "site_id", "version", "uptime_s", "limit_a", "target_a", "rule", "reason", "enable",
-                 "faults", "latched", "outputs", "modules", "meters", "readings", "telemetry", "hardware_limit_a",
-                 "external_limit", "stopped_by"],
+    "required": [
+        "cabinet_id",
+        "site_id",
+        "version",
+        "uptime_s",
+        "limit_a",
+        "target_a",
+        "rule",
+        "reason",
+        "enable",
+        "faults",
+        "latched",
+        "outputs",
+        "modules",
+        "meters",
+        "readings",
+        "telemetry",
+        "hardware_limit_a",
+        "external_limit",
+        "stopped_by",
+    ],
     "properties": {
-        "limit_a": {"type": "number", "minimum": 0}, "reason": {"type": "string", "minLength": 1},
+        "limit_a": {"type": "number", "minimum": 0},
+        "reason": {"type": "string", "minLength": 1},
         "faults": {"type": "object", "additionalProperties": {"type": "string"}},
         "latched": {"type": "array", "items": {"type": "string"}},
         "outputs": {"type": "object", "required": ["contactor", "pump", "fan"]},
-        "modules": {"type": "object", "additionalProperties": {
-            "type": "object", "required": ["lost", "voltage_v", "current_a", "temperature_c", "alarms", "on"]}},
+        "modules": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "required": ["lost", "voltage_v", "current_a", "temperature_c", "alarms", "on"],
+            },
+        },
         "readings": {"type": "object", "additionalProperties": READING},
         "telemetry": {"type": "object", "required": ["backlog", "last_seq"]},
         "external_limit": {"type": ["object", "null"]},
     },
 }
-EVENT = {"type": "object", "required": ["seq", "t_ms", "kind", "name"],
-         "properties": {"seq": {"type": "integer"}, "t_ms": {"type": "integer"}, "kind": {"type": "string"}}}
-ERROR_SCHEMA = {"type": "object", "required": ["ok", "code", "error"],
-                "properties": {"ok": {"const": False}, "code": {"type": "string"}, "error": {"type": "string"}}}
+EVENT = {
+    "type": "object",
+    "required": ["seq", "t_ms", "kind", "name"],
+    "properties": {"seq": {"type": "integer"}, "t_ms": {"type": "integer"}, "kind": {"type": "string"}},
+}
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["ok", "code", "error"],
+    "properties": {"ok": {"const": False}, "code": {"type": "string"}, "error": {"type": "string"}},
+}
 
 
 def assert_fits_80_columns(text: str) -> None:
@@ -89,9 +125,14 @@ def assert_fits_80_columns(text: str) -> None:
 
 # -- read -------------------------------------------------------------------------------------------
 def test_status_names_the_rule_behind_the_limit_on_one_80_column_screen(daemon):
-    wait_for(lambda: (s := charging(daemon))["rule"] in ("pin_dc_plus_c", "pin_dc_minus_c")
-             and sum(m["current_a"] for m in s["modules"].values()) > 1, timeout=20,
-             what="charging, with the pin temperature rule the lowest limit")
+    wait_for(
+        lambda: (
+            (s := charging(daemon))["rule"] in ("pin_dc_plus_c", "pin_dc_minus_c")
+            and sum(m["current_a"] for m in s["modules"].values()) > 1
+        ),
+        timeout=20,
+        what="charging, with the pin temperature rule the lowest limit",
+    )
     res = edge(daemon, "status")
     assert res.exit_code == 0, res.output
     out = res.stdout
@@ -100,8 +141,21 @@ def test_status_names_the_rule_behind_the_limit_on_one_80_column_screen(daemon):
     limit_line = r"^limit +\d+ A  <- cable DC[+-] pin \d+\.\d °C \(derating 20-90 °C\)(; rising \d+ A/s)?$"
     assert re.search(limit_line, out, re.M), out
     assert out.startswith("cabinet sim-cab @ sim-site")
-    for fragment in ("state    CHARGING", "faults   none", "modules", "pin DC+", "pin DC-", "flow", "bar",
-                     "contactor CLOSED", "meter    grid ok", "kWh", "can      can0", "uplink", "backlog"):
+    for fragment in (
+        "state    CHARGING",
+        "faults   none",
+        "modules",
+        "pin DC+",
+        "pin DC-",
+        "flow",
+        "bar",
+        "contactor CLOSED",
+        "meter    grid ok",
+        "kWh",
+        "can      can0",
+        "uplink",
+        "backlog",
+    ):
         assert fragment in out, f"{fragment!r} missing:\n{out}"
     for addr in ("1", "2", "3", "4"):
         assert re.search(rf"^ +{addr}  on ", out, re.M), out
@@ -141,8 +195,9 @@ def test_faults_lists_none_when_healthy(daemon):
 
 def test_events_are_ordered_and_since_filters(daemon):
     data = edge_json(daemon, "events")
-    jsonschema.validate(data, {"type": "object", "required": ["events"],
-                               "properties": {"events": {"type": "array", "items": EVENT}}})
+    jsonschema.validate(
+        data, {"type": "object", "required": ["events"], "properties": {"events": {"type": "array", "items": EVENT}}}
+    )
     seqs = [e["seq"] for e in data["events"]]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert data["events"][0]["kind"] == "started"
@@ -154,7 +209,7 @@ def test_events_are_ordered_and_since_filters(daemon):
     recent = edge_json(daemon, "events", "--since", "1s")["events"]
     assert all(e["kind"] != "started" for e in recent)
     iso = edge_json(daemon, "events", "--since", "2000-01-01T00:00:00Z")["events"]
-    assert [e["seq"] for e in iso] == seqs[-len(iso):] and iso[0]["kind"] == "started"
+    assert [e["seq"] for e in iso] == seqs[-len(iso) :] and iso[0]["kind"] == "started"
     res = edge(daemon, "events", "--since", "yesterday")
     assert res.exit_code == 2 and "neither a duration" in res.stderr
 
@@ -186,13 +241,16 @@ def test_limit_set_lowers_the_limit_names_who_and_expires_or_clears(daemon):
     assert ("limit_set", "root", 0, True) in cmds and ("limit_clear", "root", 0, True) in cmds
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["120"], "has no unit; write it like 120A"),
-    (["-5A"], "cannot be negative"),
-    (["120kW"], "unit must be A"),
-    (["100A", "--for", "30"], "write it like 30m or 30s"),
-    (["100A", "--for", "8d"], "longer than 7 days"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["120"], "has no unit; write it like 120A"),
+        (["-5A"], "cannot be negative"),
+        (["120kW"], "unit must be A"),
+        (["100A", "--for", "30"], "write it like 30m or 30s"),
+        (["100A", "--for", "8d"], "longer than 7 days"),
+    ],
+)
 def test_bad_limit_arguments_exit_2_with_a_clear_message(daemon, args, message):
     before = daemon.status()["telemetry"]["last_seq"]
     res = edge(daemon, "limit", "set", *args)
@@ -286,8 +344,10 @@ def test_socket_path_comes_from_env_or_config(daemon, monkeypatch):
 
 def test_exit_codes_hold_for_the_real_command(daemon):
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "edge", *args], capture_output=True, text=True,
-                              env=edge_env(), timeout=30)
+        return subprocess.run(
+            [sys.executable, "-m", "edge", *args], capture_output=True, text=True, env=edge_env(), timeout=30
+        )
+
     assert run("status", "--socket", daemon.socket_path).returncode == 0
     res = run("limit", "set", "120", "--socket", daemon.socket_path)
     assert res.returncode == 2 and "write it like 120A" in res.stderr
@@ -337,8 +397,9 @@ def test_watch_redraws_in_place_on_a_terminal_and_ctrl_c_exits_0(daemon):
     import signal
 
     primary, secondary = pty.openpty()
-    proc = _spawn(["watch", "--interval", "0.2", "--socket", daemon.socket_path], stdout=secondary,
-                  stderr=subprocess.PIPE)
+    proc = _spawn(
+        ["watch", "--interval", "0.2", "--socket", daemon.socket_path], stdout=secondary, stderr=subprocess.PIPE
+    )
     os.close(secondary)
     seen = b""
 
@@ -346,6 +407,7 @@ def test_watch_redraws_in_place_on_a_terminal_and_ctrl_c_exits_0(daemon):
         nonlocal seen
         seen += os.read(primary, 65536)
         return seen.count(b"\x1b[H\x1b[2J")
+
     try:
         wait_for(lambda: frames() >= 2, timeout=15, what="two in-place frames")
         proc.send_signal(signal.SIGINT)

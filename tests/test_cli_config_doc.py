@@ -14,8 +14,13 @@ def test_config_reference_is_up_to_date():
 def test_reference_lists_every_section_with_unit_default_and_range():
     doc = generate()
     assert doc.startswith(BEGIN) and doc.endswith(END)
-    for header in ("### `[cabinet]`", "### `[[meters]]`", "### `[limits.pin_temperature]`", "### `[api]`",
-                   "### `[telemetry.mqtt.tls]`"):
+    for header in (
+        "### `[cabinet]`",
+        "### `[[meters]]`",
+        "### `[limits.pin_temperature]`",
+        "### `[api]`",
+        "### `[telemetry.mqtt.tls]`",
+    ):
         assert header in doc, header
     assert "| `trip_c` | °C | number | 95 | >= -40, <= 200 |" in doc  # default from the parent's instance
     assert "| `trip_c` | °C | number | 65 | >= -40, <= 200 |" in doc  # coolant: another default
@@ -24,5 +29,7 @@ def test_reference_lists_every_section_with_unit_default_and_range():
 
 
 def test_units_come_from_key_suffixes():
-    assert [unit_of(k) for k in ("fuse_a", "tick_ms", "ramp_up_a_per_s", "coolant_flow_lpm", "interval_s",
-                                 "baudrate", "latch")] == ["A", "ms", "A/s", "l/min", "s", "bit/s", ""]
+    assert [
+        unit_of(k)
+        for k in ("fuse_a", "tick_ms", "ramp_up_a_per_s", "coolant_flow_lpm", "interval_s", "baudrate", "latch")
+    ] == ["A", "ms", "A/s", "l/min", "s", "bit/s", ""]

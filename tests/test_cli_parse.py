@@ -14,20 +14,25 @@ def test_current_with_unit_is_accepted(text, amps):
     assert parse_current_a(text) == amps
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("120", "has no unit; write it like 120A"),
-    ("-5A", "cannot be negative"),
-    ("120kW", "unit must be A"),
-    ("fast", "is not a current"),
-    ("", "is not a current"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("120", "has no unit; write it like 120A"),
+        ("-5A", "cannot be negative"),
+        ("120kW", "unit must be A"),
+        ("fast", "is not a current"),
+        ("", "is not a current"),
+    ],
+)
 def test_bad_current_gets_a_message_that_says_how_to_write_it(text, message):
     with pytest.raises(ValueError, match=message):
         parse_current_a(text)
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("1h30m", 5400), ("90s", 90), ("2h", 7200),
-                                               ("1d", 86400), ("45min", 2700), ("1.5h", 5400)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("30m", 1800), ("1h30m", 5400), ("90s", 90), ("2h", 7200), ("1d", 86400), ("45min", 2700), ("1.5h", 5400)],
+)
 def test_durations_need_units(text, seconds):
     assert parse_duration_s(text) == seconds
 
@@ -46,7 +51,8 @@ def test_bare_number_duration_suggests_units():
 def test_since_accepts_a_duration_ago_or_an_iso_time():
     now = 1_800_000_000.0
     assert parse_since_ms("10m", now) == int((now - 600) * 1000)
-    assert parse_since_ms("2026-11-26T13:00:00Z", now) == int(datetime.fromisoformat("2026-11-26T13:00:00+00:00")
-                                                              .timestamp() * 1000)
+    assert parse_since_ms("2026-11-26T13:00:00Z", now) == int(
+        datetime.fromisoformat("2026-11-26T13:00:00+00:00").timestamp() * 1000
+    )
     with pytest.raises(ValueError, match="neither a duration"):
         parse_since_ms("yesterday", now)

@@ -33,8 +33,16 @@ class Cli:
 
     async def __call__(self, *args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "edge", *args, "--socket", self.sock, env=edge_env(),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            sys.executable,
+            "-m",
+            "edge",
+            *args,
+            "--socket",
+            self.sock,
+            env=edge_env(),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
         out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
         return proc.returncode or 0, out.decode(), err.decode()
 
@@ -44,6 +52,7 @@ def run_scenario(tmp_path: Path, body: Callable[[Daemon, SimCabinet, Cli], Await
     cab = SimCabinet(parse_config(text))
     cab.start()
     try:
+
         async def main() -> int:
             daemon = Daemon(cab.patched_config(), board=cab.board)
             run = asyncio.create_task(daemon.run())
@@ -68,15 +77,19 @@ def test_coolant_trip_is_cleared_only_once_flow_is_back_and_the_clear_names_the_
     async def body(daemon: Daemon, cab: SimCabinet, edge: Cli) -> None:
         await until(lambda: charging(daemon), what="charging")
         cab.set_pump_failed(True)
-        await until(lambda: "coolant_flow_low" in daemon.controller.decision["latched"], timeout=15,
-                    what="coolant_flow_low to latch")
+        await until(
+            lambda: "coolant_flow_low" in daemon.controller.decision["latched"],
+            timeout=15,
+            what="coolant_flow_low to latch",
+        )
         code, out, _ = await edge("status")
         assert code == 0
         assert "state    TRIPPED" in out
         tripped = r"^limit +0 A  <- tripped: coolant_flow_low: coolant flow \d+\.\d+ l/min below 1\.00$"
         assert re.search(tripped, out, re.M), out
-        assert re.search(r"^faults   coolant_flow_low  LATCHED\n +coolant flow \d\.\d\d l/min below 1\.00", out,
-                         re.M), out
+        assert re.search(
+            r"^faults   coolant_flow_low  LATCHED\n +coolant flow \d\.\d\d l/min below 1\.00", out, re.M
+        ), out
         assert "-> fix the cause, then: edge clear coolant_flow_low" in out
         code, out, _ = await edge("faults", "--json")
         assert json.loads(out)["faults"]["coolant_flow_low"]["latched"] is True
@@ -92,8 +105,11 @@ def test_coolant_trip_is_cleared_only_once_flow_is_back_and_the_clear_names_the_
         assert code == 0 and "cleared coolant_flow_low; recorded as root" in out, out + err
         assert "coolant_flow_low" not in daemon.controller.decision["latched"]
         code, out, _ = await edge("events", "--json", "--since", "1m")
-        clears = [(e["kind"], e["name"], e.get("user"), e.get("ok")) for e in json.loads(out)["events"]
-                  if e["name"] in ("clear", "coolant_flow_low")]
+        clears = [
+            (e["kind"], e["name"], e.get("user"), e.get("ok"))
+            for e in json.loads(out)["events"]
+            if e["name"] in ("clear", "coolant_flow_low")
+        ]
         assert ("command", "clear", "root", False) in clears
         assert clears.index(("command", "clear", "root", True)) > clears.index(("command", "clear", "root", False))
         assert ("fault_cleared_by_request", "coolant_flow_low", None, None) in clears
@@ -115,8 +131,11 @@ def test_lost_module_shows_as_lost_and_the_limit_names_the_remaining_modules(tmp
         assert re.search(modules, out, re.M), out
         cab.set_module_silent(2, False)
         # back, and switched on again with the set-points of the others (restore takes a poll or two)
-        await until(lambda: not daemon.bank.modules[2].lost and daemon.bank.modules[2].output_on, timeout=10,
-                    what="module 2 back and on")
+        await until(
+            lambda: not daemon.bank.modules[2].lost and daemon.bank.modules[2].output_on,
+            timeout=10,
+            what="module 2 back and on",
+        )
         code, out, _ = await edge("status")
         assert re.search(r"^ +2  on ", out, re.M), out
 

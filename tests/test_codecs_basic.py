@@ -56,9 +56,16 @@ def test_infypower_output_reply_decodes_floats():
 
 def test_cable_monitor_counter_repeat_marks_frame_invalid():
     mon = CableMonitor("cable")
-    fid, data = mon.encode("CABLE_TEMPS", {"PinTempDcPlus": 45.0, "PinTempDcMinus": 44.0,
-                                          "CoolantInletTemp": 25.0, "CoolantOutletTemp": 30.0,
-                                          "RollingCounter": 5})
+    fid, data = mon.encode(
+        "CABLE_TEMPS",
+        {
+            "PinTempDcPlus": 45.0,
+            "PinTempDcMinus": 44.0,
+            "CoolantInletTemp": 25.0,
+            "CoolantOutletTemp": 30.0,
+            "RollingCounter": 5,
+        },
+    )
     first = {r.signal: r for r in mon.decode(fid, data, 1.0)}
     assert first["cable.pin_dc_plus_c"].quality == OK
     assert math.isclose(first["cable.pin_dc_plus_c"].value, 45.0, abs_tol=0.05)

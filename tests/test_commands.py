@@ -23,21 +23,24 @@ def _parse(name: str, body: object, remote_clear: bool = False) -> commands.Comm
     return parse(name, raw, max_current_a=200.0, remote_clear_allowed=remote_clear, now_ms=NOW_MS)
 
 
-@pytest.mark.parametrize("name, body, reason", [
-    ("set-current-limit", {"id": "a1", "amps": 250, "duration_s": 60}, "above hardware limit 200 A"),
-    ("set-current-limit", {"id": "a1", "amps": -1, "duration_s": 60}, "amps = -1 A outside"),
-    ("set-current-limit", {"id": "a1", "amps": "100", "duration_s": 60}, "amps must be a number in A"),
-    ("set-current-limit", {"id": "a1", "amps": 100}, "duration_s must be a number in s"),
-    ("set-current-limit", {"id": "a1", "amps": 100, "duration_s": 10 ** 6}, "outside 1..86400 s"),
-    ("set-current-limit", {"id": "a1", "amps": 100, "duration_s": 60, "force": True}, "unexpected field(s) force"),
-    ("set-current-limit", {"id": "a1", "amps": 100, "duration_s": 60, "t_ms": NOW_MS - 3_600_000}, "s old"),
-    ("clear-fault", {"id": "a1", "fault": "coolant_flow_low"}, "remote clears disabled"),
-    ("self-destruct", {"id": "a1"}, "unknown command 'self-destruct'"),
-    ("stop", b"{not json", "payload is not JSON"),
-    ("stop", [1, 2], "payload must be a JSON object"),
-    ("stop", {"amps": 1}, "id missing or invalid"),
-    ("stop", b"x" * 5000, "exceeds 4096"),
-])
+@pytest.mark.parametrize(
+    "name, body, reason",
+    [
+        ("set-current-limit", {"id": "a1", "amps": 250, "duration_s": 60}, "above hardware limit 200 A"),
+        ("set-current-limit", {"id": "a1", "amps": -1, "duration_s": 60}, "amps = -1 A outside"),
+        ("set-current-limit", {"id": "a1", "amps": "100", "duration_s": 60}, "amps must be a number in A"),
+        ("set-current-limit", {"id": "a1", "amps": 100}, "duration_s must be a number in s"),
+        ("set-current-limit", {"id": "a1", "amps": 100, "duration_s": 10**6}, "outside 1..86400 s"),
+        ("set-current-limit", {"id": "a1", "amps": 100, "duration_s": 60, "force": True}, "unexpected field(s) force"),
+        ("set-current-limit", {"id": "a1", "amps": 100, "duration_s": 60, "t_ms": NOW_MS - 3_600_000}, "s old"),
+        ("clear-fault", {"id": "a1", "fault": "coolant_flow_low"}, "remote clears disabled"),
+        ("self-destruct", {"id": "a1"}, "unknown command 'self-destruct'"),
+        ("stop", b"{not json", "payload is not JSON"),
+        ("stop", [1, 2], "payload must be a JSON object"),
+        ("stop", {"amps": 1}, "id missing or invalid"),
+        ("stop", b"x" * 5000, "exceeds 4096"),
+    ],
+)
 def test_bad_commands_are_rejected_with_a_reason(name, body, reason):
     with pytest.raises(Rejected) as exc:
         _parse(name, body)
@@ -57,8 +60,9 @@ def test_a_limit_exactly_at_the_hardware_limit_is_accepted():
 
 
 def test_clear_fault_is_parsed_only_when_remote_clears_are_allowed():
-    assert _parse("clear-fault", {"id": "c", "fault": "coolant_flow_low"}, remote_clear=True).args == \
-        {"fault": "coolant_flow_low"}
+    assert _parse("clear-fault", {"id": "c", "fault": "coolant_flow_low"}, remote_clear=True).args == {
+        "fault": "coolant_flow_low"
+    }
 
 
 class Backend(Consumer):
@@ -69,12 +73,17 @@ class Backend(Consumer):
         return t0
 
     def result(self, cmd_id: str | None, after: int = 0) -> dict:
-        return wait_for(lambda: [m.body for m in self.on("cmd-result")[after:] if m.body["id"] == cmd_id], 3,
-                        interval=0.01, what=f"cmd-result for {cmd_id}")[-1]
+        return wait_for(
+            lambda: [m.body for m in self.on("cmd-result")[after:] if m.body["id"] == cmd_id],
+            3,
+            interval=0.01,
+            what=f"cmd-result for {cmd_id}",
+        )[-1]
 
 
 def test_commands_over_mqtt_are_answered_within_a_second_and_bounded_by_local_limits(
-        tmp_path: Path, mqtt_broker: Broker):
+    tmp_path: Path, mqtt_broker: Broker
+):
     cfg = tmp_path / "config.toml"
     cfg.write_text(mqtt_sim_config(tmp_path, mqtt_broker.port))
     d = DaemonProcess(cfg, str(tmp_path / "edge.sock"))
@@ -98,9 +107,11 @@ def test_commands_over_mqtt_are_answered_within_a_second_and_bounded_by_local_li
         ok = ask("set-current-limit", {"id": "dr-2", "amps": 20, "duration_s": 30}, "dr-2")
         assert ok["result"] == "accepted", ok
         wait_for(lambda: d.status()["limit_a"] <= 20.0, 5, what="limit follows the command")
-        st = wait_for(lambda: [m.body for m in be.on("state")
-                               if (m.body.get("external_limit") or {}).get("amps") == 20],
-                      5, what="state with the external limit")[-1]
+        st = wait_for(
+            lambda: [m.body for m in be.on("state") if (m.body.get("external_limit") or {}).get("amps") == 20],
+            5,
+            what="state with the external limit",
+        )[-1]
         assert st["external_limit"]["source"] == "cloud:dr-2"
 
         garbage = ask("stop", b"\xff\xfe not json", None)
@@ -112,8 +123,11 @@ def test_commands_over_mqtt_are_answered_within_a_second_and_bounded_by_local_li
 
         assert ask("stop", {"id": "s-1", "reason": "grid emergency"}, "s-1")["result"] == "accepted"
         wait_for(lambda: d.status()["limit_a"] == 0.0, 5, what="stopped")
-        wait_for(lambda: [m for m in be.on("state") if m.body.get("stopped_by") == "cloud:s-1"], 5,
-                 what="state shows the cloud stop")
+        wait_for(
+            lambda: [m for m in be.on("state") if m.body.get("stopped_by") == "cloud:s-1"],
+            5,
+            what="state shows the cloud stop",
+        )
         assert ask("resume", {"id": "r-1"}, "r-1")["result"] == "accepted"
         n_state = len(be.on("state"))
         assert ask("request-state", {"id": "q-1"}, "q-1")["result"] == "accepted"
@@ -124,10 +138,19 @@ def test_commands_over_mqtt_are_answered_within_a_second_and_bounded_by_local_li
 
         def events() -> list[dict]:
             return be.records("events")
+
         wait_for(lambda: any(e["kind"] == "limit_expired" for e in events()), 5, what="limit expired by itself")
         logged = {(e.get("id"), e["result"]) for e in events() if e["kind"] == "command"}
-        assert {("dr-1", "rejected"), ("dr-2", "accepted"), (None, "rejected"), ("u-1", "rejected"),
-                ("c-1", "rejected"), ("s-1", "accepted"), ("r-1", "accepted"), ("q-1", "accepted")} <= logged
+        assert {
+            ("dr-1", "rejected"),
+            ("dr-2", "accepted"),
+            (None, "rejected"),
+            ("u-1", "rejected"),
+            ("c-1", "rejected"),
+            ("s-1", "accepted"),
+            ("r-1", "accepted"),
+            ("q-1", "accepted"),
+        } <= logged
         assert d.proc.poll() is None, "bad commands never take the daemon down"
         assert not be.errors, be.errors[:3]
     finally:
@@ -175,8 +198,10 @@ def test_events_delivered_and_deleted_from_the_store_are_still_listed_from_memor
 
     store = Store(str(tmp_path))
     delivered = [store.append("event", 1000 + i, {"kind": "fault_raised", "name": f"f{i}"}) for i in range(3)]
-    recent = deque(json.dumps({"seq": s, "t_ms": 1000 + i, "kind": "fault_raised", "name": f"f{i}"})
-                   for i, s in enumerate(delivered))
+    recent = deque(
+        json.dumps({"seq": s, "t_ms": 1000 + i, "kind": "fault_raised", "name": f"f{i}"})
+        for i, s in enumerate(delivered)
+    )
     store.delete(delivered[:2])  # acknowledged by the broker
     waiting = store.append("event", 2000, {"kind": "fault_cleared", "name": "f0"})
     view = SimpleNamespace(store=store, recent_events=recent)

@@ -15,8 +15,13 @@ from tests.conftest import EXAMPLE_TOML, SIM_TOML, edge_env
 
 
 def check(path: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge", "config", "check", str(path)],
-                          capture_output=True, text=True, env=edge_env(), timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "edge", "config", "check", str(path)],
+        capture_output=True,
+        text=True,
+        env=edge_env(),
+        timeout=30,
+    )
 
 
 def test_example_config_loads_with_every_section():
@@ -30,17 +35,26 @@ def test_builtin_sim_config_loads():
     assert parse_config(SIM_TOML).outputs.backend == "sim"
 
 
-@pytest.mark.parametrize(("old", "new", "expected"), [
-    ("trip_c = 95.0", "trip_c = 300.0",
-     ["config.toml:", "limits.pin_temperature.trip_c = 300.0", "less than or equal to 200"]),
-    ("derate_start_c = 70.0", "derate_strat_c = 70.0",
-     ["limits.pin_temperature.derate_strat_c", "unknown key", "allowed keys: derate_end_c, derate_start_c"]),
-    ("device_id = 1 ", 'device_id = "one" ', ["meters[0].device_id = 'one'", "valid integer"]),
-    ("baudrate = 9600 ", "baudrate = 9601 ", ["serial[0].baudrate = 9601", "9600"]),
-    ('line = "rs485-grid"', 'line = "rs485-nope"', ["line 'rs485-nope' is not a [[serial]]"]),
-    ("derate_end_c = 90.0", "derate_end_c = 60.0", ["need derate_start_c < derate_end_c <= trip_c"]),
-    ("lost_after_ms = 3000", "lost_after_ms = 12000", ["power_modules.lost_after_ms = 12000", "9000"]),
-])
+@pytest.mark.parametrize(
+    ("old", "new", "expected"),
+    [
+        (
+            "trip_c = 95.0",
+            "trip_c = 300.0",
+            ["config.toml:", "limits.pin_temperature.trip_c = 300.0", "less than or equal to 200"],
+        ),
+        (
+            "derate_start_c = 70.0",
+            "derate_strat_c = 70.0",
+            ["limits.pin_temperature.derate_strat_c", "unknown key", "allowed keys: derate_end_c, derate_start_c"],
+        ),
+        ("device_id = 1 ", 'device_id = "one" ', ["meters[0].device_id = 'one'", "valid integer"]),
+        ("baudrate = 9600 ", "baudrate = 9601 ", ["serial[0].baudrate = 9601", "9600"]),
+        ('line = "rs485-grid"', 'line = "rs485-nope"', ["line 'rs485-nope' is not a [[serial]]"]),
+        ("derate_end_c = 90.0", "derate_end_c = 60.0", ["need derate_start_c < derate_end_c <= trip_c"]),
+        ("lost_after_ms = 3000", "lost_after_ms = 12000", ["power_modules.lost_after_ms = 12000", "9000"]),
+    ],
+)
 def test_each_mistake_names_key_value_and_allowed(old, new, expected):
     assert old in EXAMPLE_TOML, old
     bad = EXAMPLE_TOML.replace(old, new, 1)
@@ -87,11 +101,14 @@ def test_config_check_cli_valid_prints_effective_config(tmp_path):
     assert "OK" in res.stderr
 
 
-@pytest.mark.parametrize("content", [
-    EXAMPLE_TOML + "\n[bogus]\nx = 1\n",
-    EXAMPLE_TOML.replace("[cabinet]", "[cabinet", 1),
-    EXAMPLE_TOML.replace("tick_ms = 100", "tick_ms = -5", 1),
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        EXAMPLE_TOML + "\n[bogus]\nx = 1\n",
+        EXAMPLE_TOML.replace("[cabinet]", "[cabinet", 1),
+        EXAMPLE_TOML.replace("tick_ms = 100", "tick_ms = -5", 1),
+    ],
+)
 def test_config_check_cli_refuses_with_exit_2(tmp_path, content):
     f = tmp_path / "bad.toml"
     f.write_text(content)

@@ -34,15 +34,28 @@ class Rig:
         self.frames: list[Frame] = []
         self.fail_send = False
         pm = self.config.power_modules
-        self.bank = ModuleBank(infy.InfyPowerCodec(), list(pm.addresses), pm.lost_after_ms / 1000.0, self._send,
-                               pm.max_current_a, clock=self.clock.monotonic)
+        self.bank = ModuleBank(
+            infy.InfyPowerCodec(),
+            list(pm.addresses),
+            pm.lost_after_ms / 1000.0,
+            self._send,
+            pm.max_current_a,
+            clock=self.clock.monotonic,
+        )
         board = SimBoard()
         self.outputs = Outputs(board.pin("contactor"), board.pin("pump"), board.pin("fan"))
         self.wdt = SimWDT()
         self.state = CabinetState(InputMap(cable="cable", grid_meter=None))
         self.events: list[tuple[str, str, dict[str, Any]]] = []
-        self.ctl = Controller(self.config, self.state, self.bank, self.outputs, self.wdt, self.clock,
-                              lambda k, n, d: self.events.append((k, n, d)))
+        self.ctl = Controller(
+            self.config,
+            self.state,
+            self.bank,
+            self.outputs,
+            self.wdt,
+            self.clock,
+            lambda k, n, d: self.events.append((k, n, d)),
+        )
 
     def _send(self, frame: Frame) -> None:
         if self.fail_send:
@@ -56,8 +69,11 @@ class Rig:
         self.state.update([Reading(f"cable.{k}", v, "", now) for k, v in values.items()])
         for addr in self.bank.modules:
             if addr not in silent_modules:
-                self.bank.handle(infy.make_id(infy.CMD_READ_OUTPUT, infy.CONTROLLER, source=addr),
-                                 infy.encode_output(400.0, 0.0), now)
+                self.bank.handle(
+                    infy.make_id(infy.CMD_READ_OUTPUT, infy.CONTROLLER, source=addr),
+                    infy.encode_output(400.0, 0.0),
+                    now,
+                )
 
     def step(self, seconds: float = 0.1, **kw: Any) -> dict[str, Any]:
         self.clock.advance(seconds)
@@ -143,8 +159,11 @@ def test_a_derating_commands_each_module_its_share_at_once(tmp_path):
     rig.frames.clear()
     d = rig.step(pin_dc_plus_c=80.0, pin_dc_minus_c=78.0)  # 200 A * (90-80)/(90-70) = 100 A
     assert d["limit_a"] == pytest.approx(100.0)
-    shares = {infy.parse_id(f.arbitration_id).destination: infy.decode_set_output(f.data)[1]
-              for f in rig.frames if infy.parse_id(f.arbitration_id).command == infy.CMD_SET_OUTPUT}
+    shares = {
+        infy.parse_id(f.arbitration_id).destination: infy.decode_set_output(f.data)[1]
+        for f in rig.frames
+        if infy.parse_id(f.arbitration_id).command == infy.CMD_SET_OUTPUT
+    }
     assert shares == {a: pytest.approx(25.0) for a in rig.config.power_modules.addresses}
 
 

@@ -26,20 +26,42 @@ def _reading_ok(status: dict, signal_name: str) -> bool:
 
 def test_sim_daemon_reads_meter_modules_and_cable(sim_daemon):
     d = sim_daemon()
-    st = wait_for(lambda: (s := d.status()) and all(_reading_ok(s, k) for k in (
-        "grid.Voltage.L1", "grid.Current.Import.L1", "grid.Energy.Active.Import.Register",
-        "module.1.voltage_v", "module.4.current_a", "cable.pin_dc_plus_c", "cable.coolant_flow_lpm")) and s,
-        timeout=15, what="readings from meter, modules and cable")
+    st = wait_for(
+        lambda: (
+            (s := d.status())
+            and all(
+                _reading_ok(s, k)
+                for k in (
+                    "grid.Voltage.L1",
+                    "grid.Current.Import.L1",
+                    "grid.Energy.Active.Import.Register",
+                    "module.1.voltage_v",
+                    "module.4.current_a",
+                    "cable.pin_dc_plus_c",
+                    "cable.coolant_flow_lpm",
+                )
+            )
+            and s
+        ),
+        timeout=15,
+        what="readings from meter, modules and cable",
+    )
     assert 220.0 < st["readings"]["grid.Voltage.L1"]["value"] < 240.0
     assert st["readings"]["grid.Voltage.L1"]["unit"] == "V"
     assert all(not m["lost"] for m in st["modules"].values())
     # values are live: the energy counter of the meter keeps rising while the vehicle charges
     e0 = st["readings"]["grid.Energy.Active.Import.Register"]["value"]
-    wait_for(lambda: d.status()["readings"]["grid.Energy.Active.Import.Register"]["value"] > e0, timeout=10,
-             what="meter energy to increase")
+    wait_for(
+        lambda: d.status()["readings"]["grid.Energy.Active.Import.Register"]["value"] > e0,
+        timeout=10,
+        what="meter energy to increase",
+    )
     # the vehicle draws current once limits allow it
-    wait_for(lambda: d.status()["limit_a"] > 0 and sum(m["current_a"] for m in d.status()["modules"].values()) > 1,
-             timeout=15, what="output current")
+    wait_for(
+        lambda: d.status()["limit_a"] > 0 and sum(m["current_a"] for m in d.status()["modules"].values()) > 1,
+        timeout=15,
+        what="output current",
+    )
 
 
 def test_sigterm_stops_cleanly_within_two_seconds(sim_daemon, tmp_path):
@@ -61,11 +83,13 @@ def _in_process(tmp_path: Path, body, patch=None):
     cab = SimCabinet(cfg)
     cab.start()
     try:
+
         async def main():
             daemon = Daemon(cab.patched_config(), board=cab.board)
             run = asyncio.create_task(daemon.run())
             await body(daemon, cab, run)
             return await asyncio.wait_for(run, timeout=5), daemon
+
         return asyncio.run(main())
     finally:
         cab.stop()

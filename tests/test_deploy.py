@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-STAND_IN_EXAMPLE = '# stand-in for deploy/config.example.toml\n[can]\nbitrate = 125000\n'
+STAND_IN_EXAMPLE = "# stand-in for deploy/config.example.toml\n[can]\nbitrate = 125000\n"
 ROOT_UNITS = "etc/systemd/system"
 
 
@@ -45,8 +45,9 @@ class Installer:
         self.root = tmp_path / "root"
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CABINET_EDGE_")}
 
-    def run(self, *args: str, ready: str | None = "true", edge: str | None = None, check: bool = True,
-            prefix: bool = True) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *args: str, ready: str | None = "true", edge: str | None = None, check: bool = True, prefix: bool = True
+    ) -> subprocess.CompletedProcess[str]:
         env = dict(self.env)
         if ready is not None:
             env["CABINET_EDGE_READY_CMD"] = ready
@@ -123,6 +124,7 @@ def fake_edge(tmp_path: Path, check_exit: int) -> str:
 
 # ---- fresh install ------------------------------------------------------------------------------------
 
+
 def test_install_creates_users_and_groups(inst: Installer) -> None:
     inst.install()
     passwd, group = inst.accounts("passwd"), inst.accounts("group")
@@ -163,8 +165,7 @@ def test_prefix_enable_makes_the_links_systemctl_enable_makes(inst: Installer, t
     units = ["cabinet-edge.service", "cabinet-edge-can0.service"]
     for unit in units:
         shutil.copy(REPO / "systemd" / unit, reference / ROOT_UNITS / unit)
-    subprocess.run(["systemctl", f"--root={reference}", "enable", *units], capture_output=True, timeout=60,
-                   check=True)
+    subprocess.run(["systemctl", f"--root={reference}", "enable", *units], capture_output=True, timeout=60, check=True)
 
     def links(root: Path) -> dict[str, str]:
         return {str(p.relative_to(root)): os.readlink(p) for p in (root / ROOT_UNITS).rglob("*") if p.is_symlink()}
@@ -194,6 +195,7 @@ def test_networkd_can_mode_ships_the_network_file_instead_of_the_unit(inst: Inst
 
 # ---- dry run and idempotence -------------------------------------------------------------------------
 
+
 def test_dry_run_on_an_empty_root_changes_nothing(inst: Installer) -> None:
     out = inst.install("1.0", "--dry-run").stdout
     assert not inst.root.exists()
@@ -219,6 +221,7 @@ def test_second_install_changes_nothing(inst: Installer) -> None:
 
 # ---- config safety -----------------------------------------------------------------------------------
 
+
 def test_existing_config_is_never_overwritten_and_example_goes_beside(inst: Installer) -> None:
     config = inst.with_config("# the site's own config\n[meters]\nport = '/dev/rs485-grid'\n")
     original = config.read_bytes()
@@ -237,6 +240,7 @@ def test_invalid_config_stops_an_update_before_switching(inst: Installer, tmp_pa
 
 
 # ---- updates and rollback ----------------------------------------------------------------------------
+
 
 def test_update_switches_current_restarts_and_keeps_config_and_data(inst: Installer) -> None:
     config = inst.with_config()
@@ -269,7 +273,7 @@ def test_update_waits_for_readiness_within_the_timeout(inst: Installer, tmp_path
     inst.with_config()
     inst.install("1.0")
     marker = tmp_path / "looked-once"
-    ready = f'[ -e {marker} ] || {{ touch {marker}; exit 1; }}'
+    ready = f"[ -e {marker} ] || {{ touch {marker}; exit 1; }}"
     result = inst.run("--skip-venv", "--version", "2.0", "--settle", "0", "--ready-timeout", "5", ready=ready)
     assert inst.current() == "releases/2.0" and marker.exists(), result.stdout
 
@@ -292,6 +296,7 @@ def test_old_releases_are_pruned_but_current_and_previous_kept(inst: Installer) 
 
 
 # ---- uninstall ---------------------------------------------------------------------------------------
+
 
 def test_uninstall_keeps_config_data_and_accounts(inst: Installer) -> None:
     config = inst.with_config()
@@ -328,9 +333,8 @@ def test_install_after_uninstall_keeps_the_old_config(inst: Installer) -> None:
 
 # ---- misuse ------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize(
-    "args", [("--bogus",), ("--purge",), ("--can", "wifi"), ("--ready-timeout", "soon")], ids=str
-)
+
+@pytest.mark.parametrize("args", [("--bogus",), ("--purge",), ("--can", "wifi"), ("--ready-timeout", "soon")], ids=str)
 def test_bad_options_are_refused(inst: Installer, args: tuple[str, ...]) -> None:
     result = inst.run(*args, check=False)
     assert result.returncode == 64 and "ERROR" in result.stderr
@@ -353,12 +357,14 @@ def test_real_install_without_root_is_refused(inst: Installer) -> None:
 SHELL_SCRIPTS = sorted((REPO / "deploy").glob("*.sh"))
 
 
-@pytest.mark.skipif(shutil.which("shellcheck") is None,
-                    reason="shellcheck is not installed (apt-get install shellcheck)")
+@pytest.mark.skipif(
+    shutil.which("shellcheck") is None, reason="shellcheck is not installed (apt-get install shellcheck)"
+)
 @pytest.mark.parametrize("script", SHELL_SCRIPTS, ids=lambda p: p.name)
 def test_shell_scripts_are_shellcheck_clean(script: Path) -> None:
-    result = subprocess.run(["shellcheck", "--severity=style", str(script)], capture_output=True, text=True,
-                            timeout=60, check=False)
+    result = subprocess.run(
+        ["shellcheck", "--severity=style", str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0, result.stdout
 
 
@@ -369,6 +375,7 @@ def test_install_script_is_strict_bash() -> None:
 
 
 # ---- a real venv -------------------------------------------------------------------------------------
+
 
 def build_wheel_of_this_tree(out: Path) -> Path:
     """A pure-Python wheel of this checkout, built with the standard library only (the build backend
@@ -387,10 +394,14 @@ def build_wheel_of_this_tree(out: Path) -> Path:
                 if file.is_file() and "__pycache__" not in file.parts:
                     zf.write(file, str(file.relative_to(REPO)))
         zf.writestr(f"{dist}.dist-info/METADATA", f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
-        zf.writestr(f"{dist}.dist-info/WHEEL", "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
-                    "Tag: py3-none-any\n")
-        zf.writestr(f"{dist}.dist-info/entry_points.txt",
-                    "[console_scripts]\n" + cfg["options.entry_points"]["console_scripts"].strip() + "\n")
+        zf.writestr(
+            f"{dist}.dist-info/WHEEL",
+            "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        )
+        zf.writestr(
+            f"{dist}.dist-info/entry_points.txt",
+            "[console_scripts]\n" + cfg["options.entry_points"]["console_scripts"].strip() + "\n",
+        )
         records = [*zf.namelist(), f"{dist}.dist-info/RECORD"]
         zf.writestr(f"{dist}.dist-info/RECORD", "".join(f"{r},,\n" for r in records))
     return wheel
@@ -405,14 +416,30 @@ def test_install_builds_a_real_venv_from_this_source_tree(inst: Installer, tmp_p
     wheel = build_wheel_of_this_tree(tmp_path)
     # --no-deps --no-index: no network in tests; the dependencies are pip's job on the board.
     # Without the dependencies the real `edge config check` cannot run, so a stand-in answers it.
-    inst.run("--wheel", str(wheel), "--python", python, "--pip-arg=--no-deps", "--pip-arg=--no-index",
-             "--settle", "0", "--ready-timeout", "0", edge=fake_edge(tmp_path, 0))
+    inst.run(
+        "--wheel",
+        str(wheel),
+        "--python",
+        python,
+        "--pip-arg=--no-deps",
+        "--pip-arg=--no-index",
+        "--settle",
+        "0",
+        "--ready-timeout",
+        "0",
+        edge=fake_edge(tmp_path, 0),
+    )
     version = wheel.name.split("-")[1]
     release = inst.path(f"opt/cabinet-edge/releases/{version}")
     assert inst.current() == f"releases/{version}"
     assert (release / "bin" / "edge").exists(), "console script from setup.cfg"
-    result = subprocess.run([str(release / "bin" / "python"), "-c", "import hal, drivers, sys; print(sys.prefix)"],
-                            capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run(
+        [str(release / "bin" / "python"), "-c", "import hal, drivers, sys; print(sys.prefix)"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
     assert Path(result.stdout.strip()) == release
 
@@ -428,10 +455,12 @@ def bridge_config_for_test(tmp_path: Path, text: str) -> Path:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     (tmp_path / "passwd").write_text("")
-    text = (text.replace("/etc/mosquitto/cabinet-edge.passwd", str(tmp_path / "passwd"))
-            .replace("persistence true", "persistence false")
-            .replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
-            .replace("broker.example.com:8883", "127.0.0.1:1"))
+    text = (
+        text.replace("/etc/mosquitto/cabinet-edge.passwd", str(tmp_path / "passwd"))
+        .replace("persistence true", "persistence false")
+        .replace("listener 1883 127.0.0.1", f"listener {port} 127.0.0.1")
+        .replace("broker.example.com:8883", "127.0.0.1:1")
+    )
     # As root mosquitto drops to user "mosquitto", which cannot enter pytest's private tmp dir.
     text = f"user {pwd.getpwuid(os.getuid()).pw_name}\n" + text
     conf = tmp_path / "bridge.conf"
@@ -442,8 +471,9 @@ def bridge_config_for_test(tmp_path: Path, text: str) -> Path:
 def mosquitto_accepts(conf: Path) -> tuple[bool, str]:
     """Start mosquitto on conf; True once it reports running, False when it exits first."""
     assert MOSQUITTO
-    proc = subprocess.Popen([MOSQUITTO, "-v", "-c", str(conf)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [MOSQUITTO, "-v", "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     lines: queue.Queue[str | None] = queue.Queue()
 
     def pump() -> None:
@@ -508,8 +538,9 @@ def test_bridge_sends_telemetry_out_and_commands_in_without_echo() -> None:
 
 def test_deploy_doc_mentions_only_options_install_sh_has() -> None:
     doc = (REPO / "docs" / "DEPLOY.md").read_text()
-    usage = subprocess.run(["bash", str(REPO / "deploy" / "install.sh"), "--help"], capture_output=True,
-                           text=True, timeout=30, check=True).stdout
+    usage = subprocess.run(
+        ["bash", str(REPO / "deploy" / "install.sh"), "--help"], capture_output=True, text=True, timeout=30, check=True
+    ).stdout
     install_lines = [line for line in doc.splitlines() if "install.sh" in line or line.startswith("--")]
     options = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]+)", "\n".join(install_lines)))
     options -= {"--no-index", "--find-links"}  # pip's, passed through --pip-arg

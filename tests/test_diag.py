@@ -24,8 +24,11 @@ KEY_MATERIAL = "KEYMATERIAL-9f8e7d6c5b4a"
 def secret_config(tmp: Path) -> str:
     key = tmp / "client.key"
     key.write_text(f"-----BEGIN PRIVATE KEY-----\n{KEY_MATERIAL}\n-----END PRIVATE KEY-----\n")
-    return quiet_sim(sim_config_text(tmp), telemetry__mqtt={"username": "cab", "password": PASSWORD},
-                     telemetry__mqtt__tls={"key_file": str(key), "cert_file": str(key)})
+    return quiet_sim(
+        sim_config_text(tmp),
+        telemetry__mqtt={"username": "cab", "password": PASSWORD},
+        telemetry__mqtt__tls={"key_file": str(key), "cert_file": str(key)},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +64,19 @@ def test_bundle_holds_config_versions_events_logs_store_and_status_without_secre
     assert res.exit_code == 0, res.output
     assert f"wrote {out}" in res.stdout
     files = bundle(out)
-    assert set(files) >= {"MANIFEST.txt", "config.json", "config-file.json", "status.json", "status.txt",
-                          "events.json", "events.txt", "store.json", "daemon.json", "versions.json", "journal.txt"}
+    assert set(files) >= {
+        "MANIFEST.txt",
+        "config.json",
+        "config-file.json",
+        "status.json",
+        "status.txt",
+        "events.json",
+        "events.txt",
+        "store.json",
+        "daemon.json",
+        "versions.json",
+        "journal.txt",
+    }
     manifest = files["MANIFEST.txt"].decode()
     assert "cabinet sim-cab" in manifest and all(f"  {name}" in manifest for name in files if name != "MANIFEST.txt")
     config = json.loads(files["config.json"])
@@ -109,9 +123,14 @@ def test_config_that_does_not_parse_is_included_redacted(tmp_path):
 
 
 def test_redaction_covers_any_secret_named_key_at_any_depth():
-    data = {"a": {"password": "x", "api_token": "y", "list": [{"client_secret": "z", "keep": 1}]},
-            "password": None, "key_file": "/etc/k.pem"}
-    assert redact(data) == {"a": {"password": REDACTED, "api_token": REDACTED,
-                                  "list": [{"client_secret": REDACTED, "keep": 1}]},
-                            "password": None, "key_file": "/etc/k.pem"}
+    data = {
+        "a": {"password": "x", "api_token": "y", "list": [{"client_secret": "z", "keep": 1}]},
+        "password": None,
+        "key_file": "/etc/k.pem",
+    }
+    assert redact(data) == {
+        "a": {"password": REDACTED, "api_token": REDACTED, "list": [{"client_secret": REDACTED, "keep": 1}]},
+        "password": None,
+        "key_file": "/etc/k.pem",
+    }
     assert redact_toml_text('  passphrase = "abc"  # x\nhost = "h"') == f'  passphrase = "{REDACTED}"\nhost = "h"\n'

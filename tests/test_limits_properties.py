@@ -16,8 +16,17 @@ from hypothesis import strategies as st
 from edge.config.limits import LimitsConfig
 from edge.limits.core import SAFETY_INPUTS, evaluate
 
-LATCHABLE = ["pin_over_temperature", "coolant_over_temperature", "module_over_temperature", "coolant_flow_low",
-             "coolant_leak", "over_current", "over_voltage", "pins_disagree", "pin_dc_plus_implausible"]
+LATCHABLE = [
+    "pin_over_temperature",
+    "coolant_over_temperature",
+    "module_over_temperature",
+    "coolant_flow_low",
+    "coolant_leak",
+    "over_current",
+    "over_voltage",
+    "pins_disagree",
+    "pin_dc_plus_implausible",
+]
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -54,34 +63,59 @@ def sequences(draw: Any) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     stale_s = cfg["sensor_stale_ms"] / 1000.0
     t = 0.0
     snaps = []
-    v = {"pin_dc_plus_c": 40.0, "pin_dc_minus_c": 40.0, "coolant_out_c": 30.0, "coolant_flow_lpm": 5.0,
-         "module_temp_c": 40.0, "output_a": 100.0, "output_v": 400.0, "coolant_leak": 0.0,
-         "grid_l1_a": 30.0, "grid_l2_a": 30.0, "grid_l3_a": 30.0}
-    bounds = {"pin_dc_plus_c": (-20.0, 130.0, 3.0), "pin_dc_minus_c": (-20.0, 130.0, 3.0),
-              "coolant_out_c": (-20.0, 90.0, 2.0), "coolant_flow_lpm": (0.0, 8.0, 0.5),
-              "module_temp_c": (-20.0, 120.0, 2.0), "output_a": (0.0, 600.0, 40.0),
-              "output_v": (0.0, 1200.0, 50.0), "coolant_leak": (0.0, 0.0, 0.0),
-              "grid_l1_a": (0.0, 120.0, 5.0), "grid_l2_a": (0.0, 120.0, 5.0), "grid_l3_a": (0.0, 120.0, 5.0)}
+    v = {
+        "pin_dc_plus_c": 40.0,
+        "pin_dc_minus_c": 40.0,
+        "coolant_out_c": 30.0,
+        "coolant_flow_lpm": 5.0,
+        "module_temp_c": 40.0,
+        "output_a": 100.0,
+        "output_v": 400.0,
+        "coolant_leak": 0.0,
+        "grid_l1_a": 30.0,
+        "grid_l2_a": 30.0,
+        "grid_l3_a": 30.0,
+    }
+    bounds = {
+        "pin_dc_plus_c": (-20.0, 130.0, 3.0),
+        "pin_dc_minus_c": (-20.0, 130.0, 3.0),
+        "coolant_out_c": (-20.0, 90.0, 2.0),
+        "coolant_flow_lpm": (0.0, 8.0, 0.5),
+        "module_temp_c": (-20.0, 120.0, 2.0),
+        "output_a": (0.0, 600.0, 40.0),
+        "output_v": (0.0, 1200.0, 50.0),
+        "coolant_leak": (0.0, 0.0, 0.0),
+        "grid_l1_a": (0.0, 120.0, 5.0),
+        "grid_l2_a": (0.0, 120.0, 5.0),
+        "grid_l3_a": (0.0, 120.0, 5.0),
+    }
     for _ in range(draw(st.integers(1, 40))):
         t += draw(st.sampled_from([0.001, 0.01, 0.05, 0.1, 0.1, 0.1, 0.3, 1.0, 3.0]))
         inputs = {}
         for name, (lo, hi, step) in bounds.items():
-            v[name] = _walk(draw, v[name], lo, hi, step) if name != "coolant_leak" else float(
-                draw(st.integers(0, 30)) == 0)
+            v[name] = (
+                _walk(draw, v[name], lo, hi, step) if name != "coolant_leak" else float(draw(st.integers(0, 30)) == 0)
+            )
             e = _entry(draw, v[name], t, stale_s)
             if e is not None:
                 inputs[name] = e
-        snaps.append({
-            "t": t, "inputs": inputs,
-            "request_a": draw(st.sampled_from([0.0, 50.0, 200.0, 1000.0, 1000.0, 1000.0])),
-            "external_limit_a": draw(st.sampled_from([None, None, None, 0.0, 80.0, 5000.0])),
-            "stop": draw(st.integers(0, 9)) == 0,
-            "voltage_v": 400.0,
-            "modules_available": draw(st.sampled_from([0, 1, 3, 4, 4, 4])), "modules_configured": 4,
-            "module_max_a": 50.0, "modules_lost": [], "modules_alarm": [],
-            "grid_configured": draw(st.booleans()),
-            "clear": draw(st.lists(st.sampled_from(LATCHABLE), max_size=3)),
-        })
+        snaps.append(
+            {
+                "t": t,
+                "inputs": inputs,
+                "request_a": draw(st.sampled_from([0.0, 50.0, 200.0, 1000.0, 1000.0, 1000.0])),
+                "external_limit_a": draw(st.sampled_from([None, None, None, 0.0, 80.0, 5000.0])),
+                "stop": draw(st.integers(0, 9)) == 0,
+                "voltage_v": 400.0,
+                "modules_available": draw(st.sampled_from([0, 1, 3, 4, 4, 4])),
+                "modules_configured": 4,
+                "module_max_a": 50.0,
+                "modules_lost": [],
+                "modules_alarm": [],
+                "grid_configured": draw(st.booleans()),
+                "clear": draw(st.lists(st.sampled_from(LATCHABLE), max_size=3)),
+            }
+        )
     return cfg, snaps
 
 
@@ -118,8 +152,12 @@ def test_stale_or_invalid_safety_input_gives_zero_amps_in_the_same_evaluation(se
         last["inputs"][name] = [40.0, t, "invalid"]
     d = _run(cfg, [*snaps[:-1], last])[-1]
     assert d["limit_a"] == 0.0 and not d["enable"] and not d["contactor"]
-    prefix = {"pin_dc_plus_c": "pin_dc_plus", "pin_dc_minus_c": "pin_dc_minus", "coolant_out_c": "coolant_out",
-              "coolant_flow_lpm": "coolant_flow"}[name]
+    prefix = {
+        "pin_dc_plus_c": "pin_dc_plus",
+        "pin_dc_minus_c": "pin_dc_minus",
+        "coolant_out_c": "coolant_out",
+        "coolant_flow_lpm": "coolant_flow",
+    }[name]
     assert any(f.startswith(prefix + "_") for f in d["faults"]), d["faults"]
 
 

@@ -51,12 +51,16 @@ def load_cases() -> list[dict[str, Any]]:
             config = _merge(base_config, defaults["fast_config"]) if case.get("fast") else base_config
             config = LimitsConfig.model_validate(_merge(config, case.get("config", {}))).model_dump()
             steps = [defaults["warm_up"] if s.get("warm_up") else s for s in case["steps"]]
-            cases.append({
-                "name": case["name"], "file": path.name, "config": config,
-                "snapshot": _merge(defaults["snapshot"], case.get("snapshot", {})),
-                "fresh": _merge(defaults["fresh"], case.get("fresh", {})),
-                "steps": steps,
-            })
+            cases.append(
+                {
+                    "name": case["name"],
+                    "file": path.name,
+                    "config": config,
+                    "snapshot": _merge(defaults["snapshot"], case.get("snapshot", {})),
+                    "fresh": _merge(defaults["fresh"], case.get("fresh", {})),
+                    "steps": steps,
+                }
+            )
     names = [c["name"] for c in cases]
     assert len(names) == len(set(names)), "vector names must be unique"
     return cases
@@ -66,8 +70,7 @@ CASES = load_cases()
 
 
 def _run(interpreter: list[str], resolved: Path) -> str:
-    res = subprocess.run([*interpreter, str(RUNNER), str(CORE_DIR), str(resolved)], capture_output=True,
-                         timeout=60)
+    res = subprocess.run([*interpreter, str(RUNNER), str(CORE_DIR), str(resolved)], capture_output=True, timeout=60)
     assert res.returncode == 0, f"{interpreter} failed:\n{res.stderr.decode(errors='replace')}"
     return res.stdout.decode()
 
@@ -76,8 +79,10 @@ def _run(interpreter: list[str], resolved: Path) -> str:
 def outputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     resolved = tmp_path_factory.mktemp("vectors") / "resolved.json"
     resolved.write_text(json.dumps(CASES, ensure_ascii=False))
-    return {"cpython": _run([sys.executable], resolved),
-            "micropython": _run([micropython_binary(), "-X", "heapsize=16M"], resolved)}
+    return {
+        "cpython": _run([sys.executable], resolved),
+        "micropython": _run([micropython_binary(), "-X", "heapsize=16M"], resolved),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +146,21 @@ def test_every_fault_and_rule_of_the_core_is_exercised_by_a_vector():
     families = {core.fault_doc(f) for f in faults}
     missing = {core.DOCS + doc for doc in core.FAULT_DOCS.values()} - families
     assert not missing, f"no vector raises a fault documented at {sorted(missing)}"
-    all_rules = {"hardware", "request", "external", "modules", "sensor", "pin_dc_plus_c", "pin_dc_minus_c",
-                 "coolant_out_c", "module_temp_c", "ambient_c", "coolant_flow", "grid", "grid_fallback", "trip",
-                 "stop"}
+    all_rules = {
+        "hardware",
+        "request",
+        "external",
+        "modules",
+        "sensor",
+        "pin_dc_plus_c",
+        "pin_dc_minus_c",
+        "coolant_out_c",
+        "module_temp_c",
+        "ambient_c",
+        "coolant_flow",
+        "grid",
+        "grid_fallback",
+        "trip",
+        "stop",
+    }
     assert all_rules - rules == set(), f"no vector names rule(s) {sorted(all_rules - rules)}"

@@ -40,8 +40,12 @@ def test_daemon_reads_rtu_grid_meter_and_generic_tcp_meter_with_status(sim_daemo
 
     def both() -> bool:
         r = d.status()["readings"]
-        want = ("grid.Current.Import.L1", "grid.Voltage.L3", "sub.Current.Import.L1",
-                "sub.Energy.Active.Import.Register")
+        want = (
+            "grid.Current.Import.L1",
+            "grid.Voltage.L3",
+            "sub.Current.Import.L1",
+            "sub.Energy.Active.Import.Register",
+        )
         return all(s in r and r[s]["quality"] == "ok" for s in want)
 
     wait_for(both, timeout=10, what=f"readings from both meters\n{d.log()}")

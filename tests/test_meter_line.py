@@ -20,8 +20,15 @@ from tests.meter_harness import GENERIC, VALUES, MeterBench, until
 
 pytestmark = pytest.mark.timeout(40)
 MODELS = [SDM630, ABB_B23, EM24, GENERIC]
-FAST = PollSettings(fast_period_s=0.1, slow_period_s=0.5, timeout_min_s=0.03, timeout_max_s=0.25,
-                    stale_after_s=0.5, backoff_initial_s=0.3, backoff_max_s=1.2)
+FAST = PollSettings(
+    fast_period_s=0.1,
+    slow_period_s=0.5,
+    timeout_min_s=0.03,
+    timeout_max_s=0.25,
+    stale_after_s=0.5,
+    backoff_initial_s=0.3,
+    backoff_max_s=1.2,
+)
 
 
 class Collector:
@@ -65,6 +72,7 @@ def test_each_model_reads_every_signal_end_to_end(model, tcp):
             assert events == []
             _check_full_snapshot(model, readings, "m")
             assert b.line.stats.requests - before == len(poller.plan(list(model.registers)))
+
     run(main())
 
 
@@ -95,6 +103,7 @@ def test_three_meters_on_one_line_with_one_missing_the_others_keep_their_poll_ra
             assert meters[2].polls - probes0 <= 4
             assert meters[2].absent and meters[2].backoff_s > FAST.backoff_initial_s
             assert [r for r in col.readings if not r.signal.startswith("m3") and r.quality != OK] == []
+
     run(main())
 
 
@@ -109,12 +118,19 @@ def test_absent_meter_is_reprobed_and_recovers_with_an_event():
             await until(lambda: m.absent, 3, "meter absent")
             b.sims[1].silent = False
             await until(lambda: not m.absent, 3, "meter recovered")
-            await until(lambda: col.latest.get("m.Energy.Active.Import.Register") is not None
-                        and col.latest["m.Energy.Active.Import.Register"].quality == OK, 2, "fresh energy")
+            await until(
+                lambda: (
+                    col.latest.get("m.Energy.Active.Import.Register") is not None
+                    and col.latest["m.Energy.Active.Import.Register"].quality == OK
+                ),
+                2,
+                "fresh energy",
+            )
             lp.stopping.set()
             await task
             kinds = [k for k, _, _ in col.events]
             assert kinds.index("meter_lost") < kinds.index("meter_recovered")
+
     run(main())
 
 
@@ -136,6 +152,7 @@ def test_exception_response_raises_an_event_and_values_go_stale_after_the_config
             assert FAST.stale_after_s <= age < FAST.stale_after_s + 0.3
             assert time.monotonic() - t_fail >= FAST.stale_after_s - 2 * FAST.fast_period_s
             assert not m.absent  # it answers, with exceptions: present but failing
+
     run(main())
 
 
@@ -152,8 +169,9 @@ def test_garbled_reply_is_caught_at_once_marks_its_block_invalid_and_raises_an_e
             readings, events = await m.poll(b.line)
             assert time.monotonic() - t0 < FAST.timeout_max_s  # not a silent discard + timeout
             bad = [r for r in readings if r.quality == INVALID]
-            assert bad and {r.signal for r in bad} == {f"m.{x.signal}" for x in m.plan(list(SDM630.registers))[0]
-                                                       .registers}
+            assert bad and {r.signal for r in bad} == {
+                f"m.{x.signal}" for x in m.plan(list(SDM630.registers))[0].registers
+            }
             assert any(d.get("reason") == "crc" for _, _, d in events)
             assert b.line.stats.crc_errors == 1
             # the next frame is clean again
@@ -161,6 +179,7 @@ def test_garbled_reply_is_caught_at_once_marks_its_block_invalid_and_raises_an_e
                 sig.next_read = 0.0
             again, _ = await m.poll(b.line)
             assert all(r.quality == OK for r in again)
+
     run(main())
 
 
@@ -185,15 +204,19 @@ def test_slow_replies_raise_the_adaptive_timeout_and_fast_ones_lower_it_within_b
             for _ in range(15):
                 await m.poll(b.line, now=time.monotonic() + 100)
             assert m.timeout.timeout_s(0.0) < slow
+
     run(main())
 
 
-@pytest.mark.parametrize(("signal", "words", "reason"), [
-    ("Current.Import.L2", [0x7FC0, 0x0000], "not a finite number"),
-    ("Voltage.L1", [0x7F80, 0x0000], "not a finite number"),
-    ("Frequency", [0x4316, 0x0000], "above 70"),  # 150.0 Hz
-    ("Energy.Active.Import.Register", [0x4499, 0x4000], "fell from 1234.5 to 1226"),  # 1226.0 kWh
-])
+@pytest.mark.parametrize(
+    ("signal", "words", "reason"),
+    [
+        ("Current.Import.L2", [0x7FC0, 0x0000], "not a finite number"),
+        ("Voltage.L1", [0x7F80, 0x0000], "not a finite number"),
+        ("Frequency", [0x4316, 0x0000], "above 70"),  # 150.0 Hz
+        ("Energy.Active.Import.Register", [0x4499, 0x4000], "fell from 1234.5 to 1226"),  # 1226.0 kWh
+    ],
+)
 def test_bad_values_are_invalid_with_an_event_and_the_rest_stays_ok(signal, words, reason):
     async def main() -> None:
         async with MeterBench([(SDM630, 1)]) as b:
@@ -207,6 +230,7 @@ def test_bad_values_are_invalid_with_an_event_and_the_rest_stays_ok(signal, word
             assert by[f"m.{signal}"].quality == INVALID
             assert all(r.quality == OK for s, r in by.items() if s != f"m.{signal}")
             assert [d["reason"] for _, _, d in events] == ["invalid"] and reason in events[0][2]["detail"]
+
     run(main())
 
 
@@ -224,6 +248,7 @@ def test_frozen_meter_is_invalid_until_a_value_moves():
             await until(lambda: col.latest["m.Voltage.L1"].quality == OK, 2, "values trusted again")
             lp.stopping.set()
             await task
+
     run(main())
 
 
@@ -241,14 +266,26 @@ def test_lost_grid_meter_reaches_the_safety_core_and_the_fallback_applies_after_
             core: dict[str, Any] = {"state": None}
 
             def faults() -> dict[str, str]:
-                snap = state.limits_snapshot(time.monotonic(), request_a=100.0, voltage_v=400.0, modules_available=2,
-                                             module_max_a=50.0, grid_configured=True)
+                snap = state.limits_snapshot(
+                    time.monotonic(),
+                    request_a=100.0,
+                    voltage_v=400.0,
+                    modules_available=2,
+                    module_max_a=50.0,
+                    grid_configured=True,
+                )
                 decision, core["state"] = evaluate(snap, limits, core["state"])
-                return dict(decision["faults"]) if isinstance(decision["faults"], dict) else \
-                    {f: "" for f in decision["faults"]}
+                return (
+                    dict(decision["faults"])
+                    if isinstance(decision["faults"], dict)
+                    else {f: "" for f in decision["faults"]}
+                )
 
-            await until(lambda: "grid.Current.Import.L3" in state.readings and "grid_meter_lost" not in faults(),
-                        2, "grid meter good")
+            await until(
+                lambda: "grid.Current.Import.L3" in state.readings and "grid_meter_lost" not in faults(),
+                2,
+                "grid meter good",
+            )
             b.sims[1].silent = True
             t_silent = time.monotonic()
             await until(lambda: "grid_meter_lost" in faults(), 3, "grid fallback")
@@ -261,12 +298,20 @@ def test_lost_grid_meter_reaches_the_safety_core_and_the_fallback_applies_after_
             lp.stopping.set()
             await task
             assert math.isfinite(state.readings["grid.Current.Import.L1"].value)
+
     run(main())
 
 
 def test_late_replies_are_never_taken_for_the_answer_to_a_later_request():
-    settings = PollSettings(fast_period_s=0.05, slow_period_s=0.05, timeout_min_s=0.02, timeout_max_s=0.08,
-                            stale_after_s=5, backoff_initial_s=0.1, backoff_max_s=0.2)
+    settings = PollSettings(
+        fast_period_s=0.05,
+        slow_period_s=0.05,
+        timeout_min_s=0.02,
+        timeout_max_s=0.08,
+        stale_after_s=5,
+        backoff_initial_s=0.1,
+        backoff_max_s=0.2,
+    )
 
     async def main() -> None:
         async with MeterBench([(SDM630, 1), (EM24, 2)]) as b:
@@ -283,6 +328,7 @@ def test_late_replies_are_never_taken_for_the_answer_to_a_later_request():
             m2 = [r for r in col.readings if r.signal == "m2.Current.Import.L1"]
             assert m2 and all(r.quality == OK and r.value == pytest.approx(42.0) for r in m2)
             assert b.sims[1].reads >= 2  # the slow meter did answer, late, and was ignored
+
     run(main())
 
 
@@ -305,4 +351,5 @@ def test_a_silent_simulated_meter_keeps_no_request_pending():
             b.sims[1].silent = False
             await until(lambda: len(asyncio.all_tasks()) <= before, 2, "no request left pending")
             assert (await b.line.read(1, blk, 0.5)) is not None  # and it answers again
+
     run(main())

@@ -66,9 +66,11 @@ def _reg(model: MeterModel, signal: str) -> Register:
     return next(r for r in model.registers if r.signal == signal)
 
 
-@pytest.mark.parametrize(("model", "vector"), [(SDM630, v) for v in SDM630_VECTORS] +
-                         [(ABB_B23, v) for v in ABB_VECTORS] + [(EM24, v) for v in EM24_VECTORS],
-                         ids=lambda x: x.name if isinstance(x, MeterModel) else x[0])
+@pytest.mark.parametrize(
+    ("model", "vector"),
+    [(SDM630, v) for v in SDM630_VECTORS] + [(ABB_B23, v) for v in ABB_VECTORS] + [(EM24, v) for v in EM24_VECTORS],
+    ids=lambda x: x.name if isinstance(x, MeterModel) else x[0],
+)
 def test_golden_vector_decodes_to_datasheet_value_and_unit(model, vector):
     signal, address, fc, words, value, unit = vector
     reg = _reg(model, signal)
@@ -82,11 +84,16 @@ def test_every_model_has_per_phase_voltage_current_power_pf_and_totals(model):
     signals = {r.signal for r in model.registers}
     for ph in ("L1", "L2", "L3"):
         assert {f"Voltage.{ph}", f"Current.Import.{ph}", f"Power.Active.Import.{ph}", f"Power.Factor.{ph}"} <= signals
-    assert {"Power.Active.Import", "Frequency", "Energy.Active.Import.Register",
-            "Energy.Active.Export.Register"} <= signals
+    assert {
+        "Power.Active.Import",
+        "Frequency",
+        "Energy.Active.Import.Register",
+        "Energy.Active.Export.Register",
+    } <= signals
     units = {r.signal.split(".")[0]: r.unit for r in model.registers}
     assert units == {"Voltage": "V", "Current": "A", "Power": "W", "Frequency": "Hz", "Energy": "kWh"} | (
-        {"Power": units["Power"]})
+        {"Power": units["Power"]}
+    )
     assert all(r.unit == "-" for r in model.registers if r.signal.startswith("Power.Factor"))
     models.check_model(model)
 
@@ -97,14 +104,17 @@ def test_energy_counters_are_slow_and_monotonic_everything_else_fast():
             assert (r.period == "slow") == (r.unit == "kWh") == r.counter, r
 
 
-@pytest.mark.parametrize(("model", "signal", "words"), [
-    (ABB_B23, "Voltage.L1", [0xFFFF, 0xFFFF]),
-    (ABB_B23, "Power.Active.Import", [0x7FFF, 0xFFFF]),
-    (ABB_B23, "Energy.Active.Import.Register", [0xFFFF] * 4),
-    (ABB_B23, "Frequency", [0xFFFF]),
-    (ABB_B23, "Power.Factor.L1", [0x7FFF]),
-    (EM24, "Voltage.L1", [0xFFFF, 0x7FFF]),  # s32 0x7FFFFFFF, low word first
-])
+@pytest.mark.parametrize(
+    ("model", "signal", "words"),
+    [
+        (ABB_B23, "Voltage.L1", [0xFFFF, 0xFFFF]),
+        (ABB_B23, "Power.Active.Import", [0x7FFF, 0xFFFF]),
+        (ABB_B23, "Energy.Active.Import.Register", [0xFFFF] * 4),
+        (ABB_B23, "Frequency", [0xFFFF]),
+        (ABB_B23, "Power.Factor.L1", [0x7FFF]),
+        (EM24, "Voltage.L1", [0xFFFF, 0x7FFF]),  # s32 0x7FFFFFFF, low word first
+    ],
+)
 def test_not_available_markers_are_decode_errors(model, signal, words):
     with pytest.raises(DecodeError, match="not available"):
         decode_words(_reg(model, signal), words)
@@ -170,8 +180,9 @@ unit = "kWh"
 def test_generic_meter_table_comes_from_the_config():
     cfg = parse_config(EXAMPLE_TOML + GENERIC_TOML)
     m = cfg.meters[-1]
-    model = model_for(m.model, m.name, [r.model_dump() for r in m.registers], m.max_registers_per_request,
-                      m.rejects_gaps)
+    model = model_for(
+        m.model, m.name, [r.model_dump() for r in m.registers], m.max_registers_per_request, m.rejects_gaps
+    )
     assert model.rejects_gaps and model.max_registers_per_request == 40
     volts = _reg(model, "Voltage.L1")
     assert (volts.address, volts.function_code, volts.period) == (0x10, 3, "fast")
@@ -181,11 +192,14 @@ def test_generic_meter_table_comes_from_the_config():
     assert decode_words(energy, [0x4240, 0x000F]) == pytest.approx(10000.0)
 
 
-@pytest.mark.parametrize(("edit", "expect"), [
-    ('unit = "V"', ('unit = "mV"', "meters[1].registers[0].unit", "'V', 'A', 'W', 'Hz', 'kWh' or '-'")),
-    ('type = "u32"', ('type = "int32"', "meters[1].registers[0].type", "'u16'")),
-    ("function_code = 3", ("function_code = 6", "meters[1].registers[0].function_code", "3 or 4")),
-])
+@pytest.mark.parametrize(
+    ("edit", "expect"),
+    [
+        ('unit = "V"', ('unit = "mV"', "meters[1].registers[0].unit", "'V', 'A', 'W', 'Hz', 'kWh' or '-'")),
+        ('type = "u32"', ('type = "int32"', "meters[1].registers[0].type", "'u16'")),
+        ("function_code = 3", ("function_code = 6", "meters[1].registers[0].function_code", "3 or 4")),
+    ],
+)
 def test_generic_meter_config_errors_name_the_key_and_the_allowed_values(edit, expect):
     new, key, allowed = expect
     with pytest.raises(ConfigError) as err:
@@ -201,16 +215,22 @@ def test_generic_registers_overlapping_in_one_function_code_are_refused():
 
 def test_generic_model_without_registers_and_bad_bounds_are_refused():
     with pytest.raises(ConfigError, match="needs a register table"):
-        parse_config(EXAMPLE_TOML + '[[meters]]\nname = "x"\nmodel = "generic"\nline = "rs485-grid"\n'
-                     'role = "charger"\n')
+        parse_config(
+            EXAMPLE_TOML + '[[meters]]\nname = "x"\nmodel = "generic"\nline = "rs485-grid"\nrole = "charger"\n'
+        )
     with pytest.raises(ConfigError, match="timeout_min_ms"):
         parse_config(EXAMPLE_TOML.replace("timeout_ms = 500", "timeout_ms = 60\ntimeout_min_ms = 100"))
 
 
 def test_overlapping_generic_registers_are_a_model_error():
     with pytest.raises(ModelError, match="overlaps"):
-        generic_model("x", [{"signal": "Voltage.L1", "address": 0, "type": "u32", "unit": "V"},
-                            {"signal": "Voltage.L2", "address": 1, "type": "u16", "unit": "V"}])
+        generic_model(
+            "x",
+            [
+                {"signal": "Voltage.L1", "address": 0, "type": "u32", "unit": "V"},
+                {"signal": "Voltage.L2", "address": 1, "type": "u16", "unit": "V"},
+            ],
+        )
 
 
 def test_register_nan_value_is_never_ok():

@@ -34,10 +34,27 @@ def _stubs_dir() -> Path:
 def _mypy_with_micropython_stubs(path: Path) -> subprocess.CompletedProcess[str]:
     # no site-packages and no project config: only MicroPython's stdlib is visible to the checked file
     return subprocess.run(
-        [sys.executable, "-m", "mypy", "--custom-typeshed-dir", str(_stubs_dir()), "--no-site-packages",
-         "--config-file", "/dev/null", "--python-version", "3.11", "--check-untyped-defs",
-         "--warn-unused-ignores", "--no-incremental", str(path)],
-        capture_output=True, text=True, timeout=120, cwd=path.parent)
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--custom-typeshed-dir",
+            str(_stubs_dir()),
+            "--no-site-packages",
+            "--config-file",
+            "/dev/null",
+            "--python-version",
+            "3.11",
+            "--check-untyped-defs",
+            "--warn-unused-ignores",
+            "--no-incremental",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=path.parent,
+    )
 
 
 def test_safety_core_type_checks_against_micropython_stdlib_stubs():
@@ -56,7 +73,8 @@ def test_safety_core_imports_nothing_under_micropython(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(
         f"import sys\nsys.path.insert(0, {str(CORE.parent)!r})\nbefore = set(sys.modules)\nimport core\n"
-        "print(sorted(set(sys.modules) - before))\n")
+        "print(sorted(set(sys.modules) - before))\n"
+    )
     res = subprocess.run([micropython_binary(), str(script)], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "['core']"

@@ -38,7 +38,7 @@ def test_scan_finds_and_identifies_every_meter_and_prints_a_config_snippet_that_
         assert f'model = "{model}"' in out and f"device_id = {dev}" in out
     # bounded: three absent ids cost one timeout each, the found ones a few quick reads
     assert elapsed < 6 * 0.15 + 2.0
-    snippet = out[out.index("# paste"):]
+    snippet = out[out.index("# paste") :]
     cfg = parse_config('[cabinet]\nsite_id = "s"\ncabinet_id = "c"\n[[can]]\nname = "can0"\n' + snippet)
     assert [(m.device_id, m.model) for m in cfg.meters] == [(1, "sdm630"), (3, "abb_b23"), (5, "em24")]
     assert [m.role for m in cfg.meters] == ["grid", "charger", "charger"]
@@ -54,8 +54,9 @@ def test_scan_json_lists_found_ids_only(line):
 
 
 def test_scan_of_an_unreachable_gateway_fails_with_a_clear_message():
-    result = CliRunner().invoke(modbus_command, ["--host", "127.0.0.1", "--tcp-port", str(free_port()),
-                                                 "--ids", "1", "--timeout", "100"])
+    result = CliRunner().invoke(
+        modbus_command, ["--host", "127.0.0.1", "--tcp-port", str(free_port()), "--ids", "1", "--timeout", "100"]
+    )
     assert result.exit_code == 1 and "cannot open" in result.output
 
 

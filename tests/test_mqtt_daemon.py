@@ -34,7 +34,8 @@ def _store_tail(tmp: Path) -> tuple[int, int]:
 
 
 def test_daemon_killed_with_sigkill_mid_stream_delivers_every_committed_record_after_restart(
-        tmp_path: Path, mqtt_broker: Broker):
+    tmp_path: Path, mqtt_broker: Broker
+):
     consumer = Consumer(mqtt_broker.port)
     d = None
     try:
@@ -57,8 +58,11 @@ def test_daemon_killed_with_sigkill_mid_stream_delivers_every_committed_record_a
 
         mqtt_broker.start()
         d = _start(tmp_path, text)
-        wait_for(lambda: _seqs(consumer) >= set(range(1, last + 1)), 20,
-                 what=f"every seq 1..{last} at the consumer ({left} were in the store at the kill)")
+        wait_for(
+            lambda: _seqs(consumer) >= set(range(1, last + 1)),
+            20,
+            what=f"every seq 1..{last} at the consumer ({left} were in the store at the kill)",
+        )
         wait_for(lambda: consumer.on("status")[-1].body["status"] == "online", 10, what="birth after restart")
         recs = [r for leaf in ("telemetry", "events") for r in consumer.records(leaf)]
         # Each record still in the store at the kill is re-sent marked replayed. One of them may also have

@@ -19,8 +19,7 @@ ROOT = jsonschema.Draft202012Validator(schema.load())
 
 
 def _uplink(tmp_path: Path) -> Uplink:
-    return Uplink(Mqtt(), "site-001", "cab-017", Store(str(tmp_path)), max_current_a=200.0,
-                  remote_clear_allowed=False)
+    return Uplink(Mqtt(), "site-001", "cab-017", Store(str(tmp_path)), max_current_a=200.0, remote_clear_allowed=False)
 
 
 def test_schema_file_is_shipped_as_package_data_and_is_a_valid_schema():
@@ -32,8 +31,9 @@ def test_schema_file_is_shipped_as_package_data_and_is_a_valid_schema():
 @pytest.mark.parametrize("replayed", [True, False])
 def test_encoded_batches_validate_and_carry_ids_seq_range_and_units(tmp_path: Path, replayed: bool):
     up = _uplink(tmp_path)
-    recs = [RawRecord(10 + i, "telemetry", 1_764_160_000_000 + i * 1000, json.dumps(interval_payload(i)))
-            for i in range(3)]
+    recs = [
+        RawRecord(10 + i, "telemetry", 1_764_160_000_000 + i * 1000, json.dumps(interval_payload(i))) for i in range(3)
+    ]
     msg = json.loads(up.encode(recs, replayed))
     ROOT.validate(msg)
     assert (msg["cabinet_id"], msg["site_id"], msg["seq_first"], msg["seq_last"]) == ("cab-017", "site-001", 10, 12)
@@ -45,8 +45,7 @@ def test_encoded_batches_validate_and_carry_ids_seq_range_and_units(tmp_path: Pa
 
 def test_a_message_without_cabinet_id_or_with_a_wrong_unit_type_is_rejected_by_the_schema(tmp_path: Path):
     up = _uplink(tmp_path)
-    good = json.loads(up.encode([RawRecord(1, "telemetry", 1_764_160_000_000, json.dumps(interval_payload(0)))],
-                                False))
+    good = json.loads(up.encode([RawRecord(1, "telemetry", 1_764_160_000_000, json.dumps(interval_payload(0)))], False))
     bad = dict(good)
     del bad["cabinet_id"]
     with pytest.raises(jsonschema.ValidationError):
@@ -57,19 +56,22 @@ def test_a_message_without_cabinet_id_or_with_a_wrong_unit_type_is_rejected_by_t
         ROOT.validate(bad)
 
 
-@pytest.mark.parametrize("signal, expected", [
-    ("grid.Voltage.L1", {"measurand": "Voltage", "phase": "L1-N"}),
-    ("grid.Current.Import.L3", {"measurand": "Current.Import", "phase": "L3"}),
-    ("grid.Power.Active.Import", {"measurand": "Power.Active.Import"}),
-    ("grid.Power.Active.Import.L2", {"measurand": "Power.Active.Import", "phase": "L2"}),
-    ("grid.Energy.Active.Import.Register", {"measurand": "Energy.Active.Import.Register"}),
-    ("cable.pin_dc_plus_c", {"measurand": "Temperature", "location": "Outlet", "point": "pin_dc_plus"}),
-    ("cable.coolant_out_c", {"measurand": "Temperature", "location": "Cable", "point": "coolant_out"}),
-    ("module.3.temperature_c", {"measurand": "Temperature", "location": "Body"}),
-    ("control.limit_a", {"measurand": "Current.Offered", "location": "Outlet"}),
-    ("cable.coolant_flow_lpm", {}),
-    ("grid.Voltage.L9", {}),
-])
+@pytest.mark.parametrize(
+    "signal, expected",
+    [
+        ("grid.Voltage.L1", {"measurand": "Voltage", "phase": "L1-N"}),
+        ("grid.Current.Import.L3", {"measurand": "Current.Import", "phase": "L3"}),
+        ("grid.Power.Active.Import", {"measurand": "Power.Active.Import"}),
+        ("grid.Power.Active.Import.L2", {"measurand": "Power.Active.Import", "phase": "L2"}),
+        ("grid.Energy.Active.Import.Register", {"measurand": "Energy.Active.Import.Register"}),
+        ("cable.pin_dc_plus_c", {"measurand": "Temperature", "location": "Outlet", "point": "pin_dc_plus"}),
+        ("cable.coolant_out_c", {"measurand": "Temperature", "location": "Cable", "point": "coolant_out"}),
+        ("module.3.temperature_c", {"measurand": "Temperature", "location": "Body"}),
+        ("control.limit_a", {"measurand": "Current.Offered", "location": "Outlet"}),
+        ("cable.coolant_flow_lpm", {}),
+        ("grid.Voltage.L9", {}),
+    ],
+)
 def test_signals_map_to_ocpp_measurands_where_one_exists(signal: str, expected: dict):
     assert dict(ocpp_fields(signal)) == expected
 

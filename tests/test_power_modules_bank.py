@@ -21,9 +21,17 @@ def make_bank(addresses=(1, 2, 3), lost_after_s=3.0):
     clock = Clock()
     sent: list[Frame] = []
     events: list[tuple[str, str, dict]] = []
-    bank = ModuleBank(infy.InfyPowerCodec(), list(addresses), lost_after_s, sent.append, 50.0,
-                      poll_period_s=1.0, max_backoff_s=8.0, clock=clock,
-                      on_event=lambda k, n, d: events.append((k, n, d)))
+    bank = ModuleBank(
+        infy.InfyPowerCodec(),
+        list(addresses),
+        lost_after_s,
+        sent.append,
+        50.0,
+        poll_period_s=1.0,
+        max_backoff_s=8.0,
+        clock=clock,
+        on_event=lambda k, n, d: events.append((k, n, d)),
+    )
     return bank, clock, sent, events
 
 
@@ -134,8 +142,9 @@ def test_recovery_restores_setpoints_before_the_lost_fault_clears():
     assert bank.modules[2].lost
     bank.apply(True, 400.0, 40.0)  # while 2 is lost: it is remembered as 0 A / off for 2
     order: list[str] = []
-    bank._send = lambda f: order.append(f"frame {infy.parse_id(f.arbitration_id).command:#x} "
-                                        f"to {infy.parse_id(f.arbitration_id).destination}")
+    bank._send = lambda f: order.append(
+        f"frame {infy.parse_id(f.arbitration_id).command:#x} to {infy.parse_id(f.arbitration_id).destination}"
+    )
     bank._event = lambda k, n, d: order.append(f"{k} {n}")
     clock.t += 0.5
     answer(bank, 1, clock.t)

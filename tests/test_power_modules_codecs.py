@@ -64,8 +64,12 @@ def test_infypower_capabilities_reply_scales_per_protocol():
     rid = (0x0A << 22) | (0x0A << 16) | (0xF0 << 8) | 0x05
     reply = infy.InfyPowerCodec().decode(rid, bytes.fromhex("03E8009603E80BB8"))
     assert reply is not None and reply.address == 5
-    assert reply.extra == {"max_voltage_v": 1000.0, "min_voltage_v": 150.0, "max_current_a": 100.0,
-                           "rated_power_w": 30000.0}
+    assert reply.extra == {
+        "max_voltage_v": 1000.0,
+        "min_voltage_v": 150.0,
+        "max_current_a": 100.0,
+        "rated_power_w": 30000.0,
+    }
 
 
 def test_infypower_module_count_is_byte_2():
@@ -80,15 +84,18 @@ def test_infypower_output_reply_is_two_big_endian_floats():
     assert reply is not None and (reply.voltage_v, reply.current_a) == (400.0, 31.5)
 
 
-@pytest.mark.parametrize("arbitration_id, data", [
-    (infy.make_id(0x03, 0xF0, 1, error=3), struct.pack(">ff", 1.0, 1.0)),  # error code: data invalid
-    (infy.make_id(0x03, 0xF1, 1), struct.pack(">ff", 1.0, 1.0)),           # for another controller
-    (infy.make_id(0x03, 0xF0, 1), b"\x00" * 7),                            # wrong DLC
-    (infy.make_id(0x03, 0xF0, 1), b""),                                    # empty
-    (infy.make_id(0x03, 0xF0, 1), struct.pack(">ff", float("nan"), 1.0)),  # NaN
-    (infy.make_id(0x1C, 0x01, 0xF0), bytes(8)),                            # our own command
-    (infy.make_id(0x03, 0xF0, 0x50), bytes(8)),                            # source is not a module address
-])
+@pytest.mark.parametrize(
+    "arbitration_id, data",
+    [
+        (infy.make_id(0x03, 0xF0, 1, error=3), struct.pack(">ff", 1.0, 1.0)),  # error code: data invalid
+        (infy.make_id(0x03, 0xF1, 1), struct.pack(">ff", 1.0, 1.0)),  # for another controller
+        (infy.make_id(0x03, 0xF0, 1), b"\x00" * 7),  # wrong DLC
+        (infy.make_id(0x03, 0xF0, 1), b""),  # empty
+        (infy.make_id(0x03, 0xF0, 1), struct.pack(">ff", float("nan"), 1.0)),  # NaN
+        (infy.make_id(0x1C, 0x01, 0xF0), bytes(8)),  # our own command
+        (infy.make_id(0x03, 0xF0, 0x50), bytes(8)),  # source is not a module address
+    ],
+)
 def test_infypower_frames_that_are_not_usable_replies_decode_to_none(arbitration_id, data):
     assert infy.InfyPowerCodec().decode(arbitration_id, data) is None
 
@@ -201,8 +208,12 @@ def test_infypower_status_round_trips(alarms, temp):
 @given(vmax=st.integers(0, 65535), vmin=st.integers(0, 65535), i10=st.integers(0, 65535), p10=st.integers(0, 65535))
 def test_infypower_capabilities_round_trip(vmax, vmin, i10, p10):
     data = infy.encode_capabilities(vmax, vmin, i10 / 10, p10 * 10)
-    assert infy.decode_capabilities(data) == {"max_voltage_v": vmax, "min_voltage_v": vmin,
-                                              "max_current_a": i10 / 10, "rated_power_w": p10 * 10.0}
+    assert infy.decode_capabilities(data) == {
+        "max_voltage_v": vmax,
+        "min_voltage_v": vmin,
+        "max_current_a": i10 / 10,
+        "rated_power_w": p10 * 10.0,
+    }
 
 
 @given(mv=st.integers(0, 0xFFFFFFFF), addr=st.integers(1, 127), cmd=st.sampled_from([0, 1]))

@@ -42,6 +42,7 @@ def run_cabinet(tmp_path: Path, body: Body, extra: str = FAST, lost_after_ms: in
     cab = SimCabinet(parse_config(text))
     cab.start()
     try:
+
         async def main() -> tuple[int, Daemon]:
             daemon = Daemon(cab.patched_config(), board=cab.board)
             run = asyncio.create_task(daemon.run())
@@ -63,8 +64,11 @@ def _decision(daemon: Daemon) -> dict[str, Any]:
 
 
 async def _charging(daemon: Daemon, cab: SimCabinet, amps: float) -> None:
-    await until(lambda: _decision(daemon)["limit_a"] >= amps and cab.physics.output_a >= amps * 0.9,
-                timeout=20, what=f"charging at {amps} A")
+    await until(
+        lambda: _decision(daemon)["limit_a"] >= amps and cab.physics.output_a >= amps * 0.9,
+        timeout=20,
+        what=f"charging at {amps} A",
+    )
 
 
 def test_coolant_pump_stop_derates_then_trips_within_the_configured_times(tmp_path):
@@ -97,8 +101,11 @@ def test_coolant_pump_stop_derates_then_trips_within_the_configured_times(tmp_pa
     assert derated[0][0] < seen["trip_s"]
     # flow decays with the pump's time constant; below trip_lpm the trip waits trip_delay_ms
     below_trip_s = physics.FLOW_TAU_S * math.log(physics.NOMINAL_FLOW_LPM / flow.trip_lpm)
-    assert flow.trip_delay_ms / 1000.0 <= seen["trip_s"] <= (
-        below_trip_s + flow.trip_delay_ms / 1000.0 + CABLE_PERIOD_S + 0.3), seen["trip_s"]
+    assert (
+        flow.trip_delay_ms / 1000.0
+        <= seen["trip_s"]
+        <= (below_trip_s + flow.trip_delay_ms / 1000.0 + CABLE_PERIOD_S + 0.3)
+    ), seen["trip_s"]
     contactor, set_points = seen["outputs"]
     assert contactor == 0 and set_points == [0.0] * len(set_points)
     ok, why = seen["refused"]
@@ -106,11 +113,14 @@ def test_coolant_pump_stop_derates_then_trips_within_the_configured_times(tmp_pa
     assert "coolant_flow_low" not in seen["after_clear"]["latched"]
 
 
-@pytest.mark.parametrize(("fault", "knob", "bound_s"), [
-    ("pin_dc_plus_invalid", "status_bit", CABLE_PERIOD_S + 0.1),  # next frame, evaluated at once
-    ("pin_dc_plus_invalid", "frozen", CABLE_PERIOD_S + 0.1),      # repeated rolling counter
-    ("pin_dc_plus_stale", "silent", 0.3 + 0.1),                   # stale after 300 ms, next 100 ms tick
-])
+@pytest.mark.parametrize(
+    ("fault", "knob", "bound_s"),
+    [
+        ("pin_dc_plus_invalid", "status_bit", CABLE_PERIOD_S + 0.1),  # next frame, evaluated at once
+        ("pin_dc_plus_invalid", "frozen", CABLE_PERIOD_S + 0.1),  # repeated rolling counter
+        ("pin_dc_plus_stale", "silent", 0.3 + 0.1),  # stale after 300 ms, next 100 ms tick
+    ],
+)
 def test_pin_sensor_fault_gives_zero_amps_by_the_next_tick_and_names_the_sensor(tmp_path, fault, knob, bound_s):
     seen: dict[str, Any] = {}
 
@@ -123,8 +133,9 @@ def test_pin_sensor_fault_gives_zero_amps_by_the_next_tick_and_names_the_sensor(
         else:
             cab.set_cable_silent(True)
         t0 = time.monotonic()
-        t1 = await until(lambda: all(m.set_current_a == 0.0 for m in daemon.bank.modules.values()), timeout=3,
-                         what="modules at 0 A")
+        t1 = await until(
+            lambda: all(m.set_current_a == 0.0 for m in daemon.bank.modules.values()), timeout=3, what="modules at 0 A"
+        )
         seen["reaction_s"] = t1 - t0
         seen["decision"] = _decision(daemon)
         seen["contactor"] = daemon.outputs.contactor.value()
@@ -145,8 +156,11 @@ def test_one_silent_module_loses_its_share_and_is_named(tmp_path):
         await until(lambda: "module_lost_2" in _decision(daemon)["faults"], timeout=5, what="module_lost_2")
         # the lost module may still deliver its old share until its own 10 s comms watchdog switches it
         # off, so that share stays free (docs/CAN.md): 150 A over 4 shares for now
-        await until(lambda: all(daemon.bank.modules[a].set_current_a == pytest.approx(150.0 / 4) for a in (1, 3, 4)),
-                    timeout=3, what="the others get their new share")
+        await until(
+            lambda: all(daemon.bank.modules[a].set_current_a == pytest.approx(150.0 / 4) for a in (1, 3, 4)),
+            timeout=3,
+            what="the others get their new share",
+        )
         seen["decision"] = _decision(daemon)
         seen["set"] = {a: m.set_current_a for a, m in daemon.bank.modules.items()}
         seen["output_a"] = cab.physics.output_a

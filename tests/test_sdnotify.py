@@ -130,7 +130,7 @@ def _daemon_config(tmp_path: Path) -> Path:
     if re.search(r"^\[watchdog\]", text, re.MULTILINE):
         head, _, tail = text.partition("[watchdog]")
         section, sep, rest = tail.partition("\n[")
-        section = re.sub(r'^backend\s*=.*$', 'backend = "systemd"', section, flags=re.MULTILINE)
+        section = re.sub(r"^backend\s*=.*$", 'backend = "systemd"', section, flags=re.MULTILINE)
         if "backend" not in section:
             section = '\nbackend = "systemd"' + section
         text = head + "[watchdog]" + section + sep + rest

@@ -22,8 +22,9 @@ from tests.conftest import REPO, edge_env, until
 def slcan_peer():
     master, slave = os.openpty()
     path = os.ttyname(slave)
-    proc = subprocess.Popen([sys.executable, "-m", "tests.slcan_peer", str(master), "1", "2"],
-                            pass_fds=(master,), env=edge_env(), cwd=REPO)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.slcan_peer", str(master), "1", "2"], pass_fds=(master,), env=edge_env(), cwd=REPO
+    )
     os.close(master)
     try:
         yield path, proc
@@ -37,8 +38,9 @@ def slcan_peer():
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # python-can's rx thread dies
 def test_module_bank_and_cable_monitor_work_over_slcan_across_processes(slcan_peer):
     path, proc = slcan_peer
-    port = CanPort(CanSettings(name="pty", interface="slcan", channel=path, bitrate=125_000,
-                               extra={"sleep_after_open": 0.0}))
+    port = CanPort(
+        CanSettings(name="pty", interface="slcan", channel=path, bitrate=125_000, extra={"sleep_after_open": 0.0})
+    )
     sent_errors: list[str] = []
 
     def send(frame):
@@ -72,8 +74,10 @@ def test_module_bank_and_cable_monitor_work_over_slcan_across_processes(slcan_pe
         try:
             await until(lambda: bank.available() == [1, 2], what="both modules present over slcan")
             bank.apply(True, 400.0, 60.0)
-            await until(lambda: all(m.current_a == 30.0 and m.voltage_v == 400.0 for m in bank.modules.values()),
-                        what="set-points applied by the peer and read back")
+            await until(
+                lambda: all(m.current_a == 30.0 and m.voltage_v == 400.0 for m in bank.modules.values()),
+                what="set-points applied by the peer and read back",
+            )
             await until(lambda: len(cable_ok) >= 8, what="cable frames")
             proc.kill()  # the peer process dies: its modules go silent
             await until(lambda: bank.available() == [], timeout=3, what="modules lost")
@@ -87,7 +91,8 @@ def test_module_bank_and_cable_monitor_work_over_slcan_across_processes(slcan_pe
         asyncio.run(main())
     finally:
         port.close()
-    assert port.health == "bus_off" and ("receive failed" in port.health_reason
-                                         or "sends failed in a row" in port.health_reason)
+    assert port.health == "bus_off" and (
+        "receive failed" in port.health_reason or "sends failed in a row" in port.health_reason
+    )
     assert cable_ok[0].signal == "cable.pin_dc_plus_c" and cable_ok[0].value == pytest.approx(40.0)
     assert port.stats.rx > 10 and port.stats.dropped == 0

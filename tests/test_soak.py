@@ -24,9 +24,17 @@ def test_two_minute_soak_loses_nothing_and_detects_and_clears_every_fault(tmp_pa
     print(table(summary))
     injected = {name for name, r in summary["faults"].items() if r["injected"]}
     # every kind of fault of the campaign ran at least once (disk-full needs root for its tmpfs)
-    assert {"meter silent", "power module silent and back", "module alarm", "coolant pump stop",
-            "pin sensor frozen", "pin sensor silent", "CAN bus-off", "broker killed and restarted",
-            "daemon SIGKILL + restart"} <= injected
+    assert {
+        "meter silent",
+        "power module silent and back",
+        "module alarm",
+        "coolant pump stop",
+        "pin sensor frozen",
+        "pin sensor silent",
+        "CAN bus-off",
+        "broker killed and restarted",
+        "daemon SIGKILL + restart",
+    } <= injected
     bound_mb = 5.0 + 1.0 * DURATION_S / 3600.0
     assert problems(summary, bound_mb) == []
     assert summary["records"]["last_seq"] > 100  # records really flowed

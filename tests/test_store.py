@@ -88,8 +88,10 @@ def test_disk_full_makes_room_for_new_events_by_dropping_old_telemetry(tmp_path:
     s = Store(str(tmp_path))
     old = _fill(s, 200)
     _pin_file_size(s)
-    seqs = [s.append("event", 1_700_000_000_000 + i, {"kind": "fault_raised", "name": "x", "detail": "y" * 2000})
-            for i in range(200)]
+    seqs = [
+        s.append("event", 1_700_000_000_000 + i, {"kind": "fault_raised", "name": "x", "detail": "y" * 2000})
+        for i in range(200)
+    ]
     assert all(seq is not None for seq in seqs), "events find room while old telemetry can go"
     assert s.write_errors > 0 and s.degraded  # the full disk is still reported
     remaining = {r.seq for r in s.pending_raw(0, None, 100000)}
@@ -173,6 +175,7 @@ def test_background_append_does_not_wait_for_a_held_write_lock(tmp_path: Path):
     def appends() -> None:
         seqs.extend(_fill(s, 20))
         release.set()
+
     t = threading.Thread(target=appends)
     t.start()
     # appends that waited for the lock would need busy_timeout (2 s) each and then fail
@@ -185,8 +188,9 @@ def test_background_append_does_not_wait_for_a_held_write_lock(tmp_path: Path):
     s.close()
 
 
-def test_background_write_failure_is_retried_in_order_until_there_is_room(tmp_path: Path,
-                                                                           monkeypatch: pytest.MonkeyPatch):
+def test_background_write_failure_is_retried_in_order_until_there_is_room(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     # disk full: records wait in memory, in seq order, and are written when there is room again; the
     # consumer sees no seq missing
     monkeypatch.setattr(store_mod, "DEGRADED_HOLD_S", 0.3)
@@ -213,8 +217,15 @@ def test_background_write_failure_is_retried_in_order_until_there_is_room(tmp_pa
 def test_held_records_beyond_the_bound_drop_oldest_telemetry_first():
     from collections import deque
 
-    held = deque([(1, "event", 0, ""), (2, "telemetry", 0, ""), (3, "telemetry", 0, ""), (4, "event", 0, ""),
-                  (5, "telemetry", 0, "")])
+    held = deque(
+        [
+            (1, "event", 0, ""),
+            (2, "telemetry", 0, ""),
+            (3, "telemetry", 0, ""),
+            (4, "event", 0, ""),
+            (5, "telemetry", 0, ""),
+        ]
+    )
     assert store_mod._shed(held, 5) == 0 and len(held) == 5
     assert store_mod._shed(held, 3) == 2
     assert [r[0] for r in held] == [1, 4, 5]

@@ -24,8 +24,12 @@ def test_disk_full_raises_a_store_fault_and_control_keeps_running(tmp_path: Path
     seen: dict = {}
 
     async def body(daemon: Daemon) -> None:
-        await _until(lambda: daemon.controller.decision and daemon.store.backlog() > 5
-                     and daemon.controller.decision["limit_a"] > 1, what="charging with telemetry stored")
+        await _until(
+            lambda: (
+                daemon.controller.decision and daemon.store.backlog() > 5 and daemon.controller.decision["limit_a"] > 1
+            ),
+            what="charging with telemetry stored",
+        )
         db = daemon.store._wdb  # the writer thread's connection (max_page_count is per connection)
         # "disk full": SQLite may not grow the file by one more page -> SQLITE_FULL on writes, exactly
         # what it returns on ENOSPC (a tmpfs of fixed size needs root to mount; this needs nothing)

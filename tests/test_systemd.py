@@ -146,9 +146,22 @@ def test_service_hardening_keeps_serial_can_and_network_usable() -> None:
     assert "PrivateNetwork" not in s and "IPAddressDeny" not in s
     for key in ("ProtectSystem",):
         assert s[key] == ["strict"]
-    for key in ("PrivateTmp", "ProtectHome", "NoNewPrivileges", "MemoryDenyWriteExecute", "LockPersonality",
-                "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs", "ProtectControlGroups",
-                "ProtectClock", "ProtectHostname", "RestrictNamespaces", "RestrictRealtime", "RestrictSUIDSGID"):
+    for key in (
+        "PrivateTmp",
+        "ProtectHome",
+        "NoNewPrivileges",
+        "MemoryDenyWriteExecute",
+        "LockPersonality",
+        "ProtectKernelTunables",
+        "ProtectKernelModules",
+        "ProtectKernelLogs",
+        "ProtectControlGroups",
+        "ProtectClock",
+        "ProtectHostname",
+        "RestrictNamespaces",
+        "RestrictRealtime",
+        "RestrictSUIDSGID",
+    ):
         assert s[key] == ["yes"], key
     assert "@system-service" in s["SystemCallFilter"]
 
@@ -189,11 +202,27 @@ def test_shipped_config_example_uses_the_same_can_bitrate() -> None:
     assert all(int(r) == CAN_BITRATE_BPS for r in rates)  # type: ignore[call-overload]
 
 
-UDEV_TOKEN = re.compile(
-    r'^(?P<key>[A-Z_]+)(\{(?P<attr>[^}]+)\})?(?P<op>==|!=|\+=|-=|:=|=)"(?P<value>[^"]*)"$'
-)
-UDEV_KEYS = {"ACTION", "SUBSYSTEM", "SUBSYSTEMS", "KERNEL", "DRIVER", "DRIVERS", "ATTR", "ATTRS", "ENV",
-             "GROUP", "MODE", "OWNER", "SYMLINK", "TAG", "GOTO", "LABEL", "RUN", "IMPORT"}
+UDEV_TOKEN = re.compile(r'^(?P<key>[A-Z_]+)(\{(?P<attr>[^}]+)\})?(?P<op>==|!=|\+=|-=|:=|=)"(?P<value>[^"]*)"$')
+UDEV_KEYS = {
+    "ACTION",
+    "SUBSYSTEM",
+    "SUBSYSTEMS",
+    "KERNEL",
+    "DRIVER",
+    "DRIVERS",
+    "ATTR",
+    "ATTRS",
+    "ENV",
+    "GROUP",
+    "MODE",
+    "OWNER",
+    "SYMLINK",
+    "TAG",
+    "GOTO",
+    "LABEL",
+    "RUN",
+    "IMPORT",
+}
 
 
 def test_udev_rules_are_well_formed_and_cover_the_usual_adapters() -> None:

@@ -58,8 +58,9 @@ def assert_exactly(consumer: Consumer, expected: set[int]) -> list[dict]:
 
 
 @pytest.mark.parametrize("protocol", ["5", "3.1.1"])
-def test_broker_absent_at_start_everything_is_buffered_then_delivered_in_seq_order(tmp_path: Path, cleanup,
-                                                                                    protocol: str):
+def test_broker_absent_at_start_everything_is_buffered_then_delivered_in_seq_order(
+    tmp_path: Path, cleanup, protocol: str
+):
     broker = Broker(tmp_path / "broker")
     cleanup.append(broker)
     broker.start()
@@ -145,13 +146,17 @@ def test_tls_with_client_certificates_and_no_entry_without_one(tmp_path: Path, c
     wait_for(lambda: {r["seq"] for r in arrival(consumer)} >= set(seqs), 15, what="delivery over TLS")
     assert_exactly(consumer, set(seqs))
 
-    anon = UplinkHarness(tmp_path / "data2", cfg(broker.port, tls=Tls(enabled=True, ca_file=str(certs.ca)),
-                                                 client_id="no-cert"))
+    anon = UplinkHarness(
+        tmp_path / "data2", cfg(broker.port, tls=Tls(enabled=True, ca_file=str(certs.ca)), client_id="no-cert")
+    )
     cleanup.append(anon)
     anon.append_telemetry(3)
     anon.start()
-    wait_for(lambda: anon.uplink.stats.connect_failures + anon.uplink.stats.disconnects >= 2, 10,
-             what="connection without client certificate refused")
+    wait_for(
+        lambda: anon.uplink.stats.connect_failures + anon.uplink.stats.disconnects >= 2,
+        10,
+        what="connection without client certificate refused",
+    )
     assert anon.uplink.stats.messages_acked == 0 and anon.backlog() == 3
 
 
@@ -167,8 +172,9 @@ def test_username_and_password_from_config(tmp_path: Path, cleanup):
     cleanup.append(wrong)
     wrong.append_telemetry(2)
     wrong.start()
-    wait_for(lambda: (wrong.uplink.stats.last_error or "").startswith("broker refused"), 10,
-             what="bad password refused")
+    wait_for(
+        lambda: (wrong.uplink.stats.last_error or "").startswith("broker refused"), 10, what="bad password refused"
+    )
     right = UplinkHarness(tmp_path / "d2", cfg(broker.port, username="cab-1", password="s3cret"))
     cleanup.append(right)
     right.append_telemetry(2)
@@ -189,20 +195,25 @@ def test_reconnect_backoff_doubles_to_the_maximum_with_jitter():
 
 def test_a_broken_tls_config_leaves_telemetry_in_the_store_and_never_raises(tmp_path: Path, cleanup):
     events: list[tuple[str, str, dict]] = []
-    h = UplinkHarness(tmp_path / "data", cfg(1883, tls=Tls(enabled=True, ca_file=str(tmp_path / "missing.pem"))),
-                      on_event=lambda k, n, d: events.append((k, n, d)))
+    h = UplinkHarness(
+        tmp_path / "data",
+        cfg(1883, tls=Tls(enabled=True, ca_file=str(tmp_path / "missing.pem"))),
+        on_event=lambda k, n, d: events.append((k, n, d)),
+    )
     cleanup.append(h)
     h.append_telemetry(2)
     h.start()
     # the error is recorded first, the event follows on the loop: wait for both
-    wait_for(lambda: (h.uplink.stats.last_error or "").startswith("uplink not started") and events, 5,
-             what="error reported")
+    wait_for(
+        lambda: (h.uplink.stats.last_error or "").startswith("uplink not started") and events, 5, what="error reported"
+    )
     assert events[0][0] == "uplink_error"
     assert h.task is not None and not h.task.done() and h.backlog() == 2
 
 
-def test_a_backlog_drain_deletes_acknowledged_records_in_group_commits(tmp_path: Path, cleanup,
-                                                                        monkeypatch: pytest.MonkeyPatch):
+def test_a_backlog_drain_deletes_acknowledged_records_in_group_commits(
+    tmp_path: Path, cleanup, monkeypatch: pytest.MonkeyPatch
+):
     # One delete transaction per PUBACK held SQLite's write lock ~1,000 times a second during a drain and
     # stalled the control loop's inserts; PUBACKs arriving in a burst must share one delete.
     from edge.telemetry.store import StoreView
@@ -213,6 +224,7 @@ def test_a_backlog_drain_deletes_acknowledged_records_in_group_commits(tmp_path:
     def counting(self: StoreView, seqs: list[int]) -> None:
         deletes.append(len(seqs))
         real_delete(self, seqs)
+
     monkeypatch.setattr(StoreView, "delete", counting)
 
     broker = Broker(tmp_path / "broker")

@@ -24,14 +24,28 @@ CABINET_SIGNALS: list[tuple[str, str, float]] = [
     *[(f"grid.Current.Import.L{p}", "A", 40.0) for p in (1, 2, 3)],
     *[(f"grid.Power.Active.Import.L{p}", "W", 9200.0) for p in (1, 2, 3)],
     *[(f"grid.Power.Factor.L{p}", "-", 0.98) for p in (1, 2, 3)],
-    ("grid.Power.Active.Import", "W", 27600.0), ("grid.Frequency", "Hz", 50.0),
-    ("grid.Energy.Active.Import.Register", "kWh", 1234.5), ("grid.Energy.Active.Export.Register", "kWh", 0.0),
-    *[(f"module.{a}.{s}", u, v) for a in (1, 2, 3, 4)
-      for s, u, v in (("voltage_v", "V", 400.0), ("current_a", "A", 50.0), ("temperature_c", "°C", 45.0),
-                      ("present", "", 1.0))],
-    ("cable.pin_dc_plus_c", "°C", 55.0), ("cable.pin_dc_minus_c", "°C", 54.0), ("cable.coolant_in_c", "°C", 30.0),
-    ("cable.coolant_out_c", "°C", 35.0), ("cable.coolant_flow_lpm", "l/min", 4.0),
-    ("cable.coolant_pressure_bar", "bar", 2.0), ("cable.leak", "", 0.0), ("control.limit_a", "A", 200.0),
+    ("grid.Power.Active.Import", "W", 27600.0),
+    ("grid.Frequency", "Hz", 50.0),
+    ("grid.Energy.Active.Import.Register", "kWh", 1234.5),
+    ("grid.Energy.Active.Export.Register", "kWh", 0.0),
+    *[
+        (f"module.{a}.{s}", u, v)
+        for a in (1, 2, 3, 4)
+        for s, u, v in (
+            ("voltage_v", "V", 400.0),
+            ("current_a", "A", 50.0),
+            ("temperature_c", "°C", 45.0),
+            ("present", "", 1.0),
+        )
+    ],
+    ("cable.pin_dc_plus_c", "°C", 55.0),
+    ("cable.pin_dc_minus_c", "°C", 54.0),
+    ("cable.coolant_in_c", "°C", 30.0),
+    ("cable.coolant_out_c", "°C", 35.0),
+    ("cable.coolant_flow_lpm", "l/min", 4.0),
+    ("cable.coolant_pressure_bar", "bar", 2.0),
+    ("cable.leak", "", 0.0),
+    ("control.limit_a", "A", 200.0),
 ]
 
 
@@ -39,8 +53,9 @@ CABINET_SIGNALS: list[tuple[str, str, float]] = [
 FEW_SIGNALS = [CABINET_SIGNALS[0], CABINET_SIGNALS[3], CABINET_SIGNALS[14], CABINET_SIGNALS[-8], CABINET_SIGNALS[-1]]
 
 
-def interval_payload(i: int, signals: list[tuple[str, str, float]] = CABINET_SIGNALS,
-                     readings_per_signal: int = 2) -> dict[str, Any]:
+def interval_payload(
+    i: int, signals: list[tuple[str, str, float]] = CABINET_SIGNALS, readings_per_signal: int = 2
+) -> dict[str, Any]:
     s = Sampler()
     for k in range(readings_per_signal):
         for name, unit, base in signals:
@@ -49,32 +64,50 @@ def interval_payload(i: int, signals: list[tuple[str, str, float]] = CABINET_SIG
 
 
 class UplinkHarness:
-    def __init__(self, data_dir: Path, cfg: Mqtt, site: str = "site-1", cabinet: str = "cab-1",
-                 store_max_mb: float = 256.0, **kw: Any) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        cfg: Mqtt,
+        site: str = "site-1",
+        cabinet: str = "cab-1",
+        store_max_mb: float = 256.0,
+        **kw: Any,
+    ) -> None:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="uplink-harness", daemon=True)
         self.thread.start()
         self.store = self.call(lambda: Store(str(data_dir), store_max_mb))
-        self.uplink = Uplink(cfg, site, cabinet, self.store, max_current_a=kw.pop("max_current_a", 200.0),
-                             remote_clear_allowed=kw.pop("remote_clear_allowed", False), **kw)
+        self.uplink = Uplink(
+            cfg,
+            site,
+            cabinet,
+            self.store,
+            max_current_a=kw.pop("max_current_a", 200.0),
+            remote_clear_allowed=kw.pop("remote_clear_allowed", False),
+            **kw,
+        )
         self.task: asyncio.Task[None] | None = None
 
     def call(self, fn: Callable[[], T], timeout: float = 30.0) -> T:
         """Run ``fn`` on the uplink's loop thread (the store belongs to that thread) and return its result."""
+
         async def wrap() -> T:
             return fn()
+
         return asyncio.run_coroutine_threadsafe(wrap(), self.loop).result(timeout)
 
     def start(self) -> None:
         self.task = self.call(lambda: self.loop.create_task(self.uplink.run()))
 
-    def append_telemetry(self, n: int, start: int = 0, t0_ms: int | None = None,
-                         signals: list[tuple[str, str, float]] = CABINET_SIGNALS) -> list[int]:
+    def append_telemetry(
+        self, n: int, start: int = 0, t0_ms: int | None = None, signals: list[tuple[str, str, float]] = CABINET_SIGNALS
+    ) -> list[int]:
         t0 = t0_ms or int(time.time() * 1000) - n * 1000
         payloads = [interval_payload(start + i, signals) for i in range(n)]
 
         def go() -> list[int]:
             return [s for i, p in enumerate(payloads) if (s := self.store.append("telemetry", t0 + i * 1000, p))]
+
         return self.call(go)
 
     def append_event(self, kind: str, name: str, **data: Any) -> int:

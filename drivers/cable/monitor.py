@@ -59,16 +59,19 @@ def load_database(path: str = DBC_PATH) -> cantools.database.can.Database:
 class CableMonitor:
     """Stateful decoder for one monitor (one node id): keeps the last rolling counter per message."""
 
-    def __init__(self, name: str, node_id: int = DEFAULT_NODE,
-                 db: cantools.database.can.Database | None = None, stale_after_s: float = 0.3) -> None:
+    def __init__(
+        self,
+        name: str,
+        node_id: int = DEFAULT_NODE,
+        db: cantools.database.can.Database | None = None,
+        stale_after_s: float = 0.3,
+    ) -> None:
         if not 0 < node_id < 0xFF:
             raise ValueError(f"cable monitor node id must be 1..254, got {node_id}")
         self.name = name
         self.node_id = node_id
         self.db = db or load_database()
-        self._messages = {
-            (m.frame_id & ~NODE_MASK) | node_id: m for m in self.db.messages
-        }
+        self._messages = {(m.frame_id & ~NODE_MASK) | node_id: m for m in self.db.messages}
         self._last_counter: dict[int, int] = {}
         self._last_rx: dict[int, float] = {}
         self._last: dict[int, list[Reading]] = {}  # last readings per message, for the stale copies
@@ -103,8 +106,11 @@ class CableMonitor:
     def _decode(self, msg: Any, arbitration_id: int, data: bytes, t: float) -> list[Reading]:
         if len(data) != msg.length:
             self.frames_invalid += 1
-            return [Reading(f"{self.name}.{_BY_DBC[s.name].reading}", float("nan"), _BY_DBC[s.name].unit, t, INVALID)
-                    for s in msg.signals if s.name in _BY_DBC]
+            return [
+                Reading(f"{self.name}.{_BY_DBC[s.name].reading}", float("nan"), _BY_DBC[s.name].unit, t, INVALID)
+                for s in msg.signals
+                if s.name in _BY_DBC
+            ]
         decoded = msg.decode(bytes(data), decode_choices=False, scaling=True)
         assert isinstance(decoded, dict)
         values: dict[str, Any] = dict(decoded)
@@ -131,8 +137,9 @@ class CableMonitor:
             out.append(Reading(f"{self.name}.{spec.reading}", value, spec.unit, t, quality))
         for dbc_flag, suffix in FLAGS:
             if dbc_flag in values:
-                out.append(Reading(f"{self.name}.{suffix}", float(values[dbc_flag]), "", t,
-                                   OK if counter_ok else INVALID))
+                out.append(
+                    Reading(f"{self.name}.{suffix}", float(values[dbc_flag]), "", t, OK if counter_ok else INVALID)
+                )
         return out
 
     def stale(self, now: float) -> list[Reading]:

@@ -29,13 +29,15 @@ PLAUSIBLE: dict[str, tuple[float, float]] = {
 UNITS = tuple(PLAUSIBLE)
 
 
-def reg(signal: str, address: int, type_: str, unit: str, scale: float = 1.0, *, fc: int,
-        word_order: str = "big") -> Register:
+def reg(
+    signal: str, address: int, type_: str, unit: str, scale: float = 1.0, *, fc: int, word_order: str = "big"
+) -> Register:
     """A table row; energy registers are slow counters, everything else fast."""
     lo, hi = PLAUSIBLE[unit]
     energy = unit == "kWh"
-    return Register(signal, address, type_, unit, scale, fc, word_order, SLOW if energy else FAST, lo, hi,
-                    counter=energy)
+    return Register(
+        signal, address, type_, unit, scale, fc, word_order, SLOW if energy else FAST, lo, hi, counter=energy
+    )
 
 
 @dataclass(frozen=True)
@@ -134,8 +136,9 @@ ABB_B23 = MeterModel(
         _abb("Power.Factor.L3", 0x5B3D, "s16", "-", 0.001),
     ),
     # Model register u32 holds ASCII "B23 " / "B24 ".
-    signature=Signature(_abb("model", 0x8960, "u32", "-", 1.0), values=(0x42323320, 0x42323420),
-                        variants=((0x42323420, "abb_b24"),)),
+    signature=Signature(
+        _abb("model", 0x8960, "u32", "-", 1.0), values=(0x42323320, 0x42323420), variants=((0x42323420, "abb_b24"),)
+    ),
 )
 
 
@@ -180,8 +183,9 @@ class ModelError(ValueError):
     """A register table that cannot work: unknown type, overlapping registers, too wide."""
 
 
-def generic_model(name: str, rows: Iterable[Mapping[str, Any]], max_registers_per_request: int = 125,
-                  rejects_gaps: bool = False) -> MeterModel:
+def generic_model(
+    name: str, rows: Iterable[Mapping[str, Any]], max_registers_per_request: int = 125, rejects_gaps: bool = False
+) -> MeterModel:
     """A model whose table comes from the config file (``[[meters.registers]]`` rows as dicts)."""
     regs: list[Register] = []
     for row in rows:
@@ -192,14 +196,24 @@ def generic_model(name: str, rows: Iterable[Mapping[str, Any]], max_registers_pe
             raise ModelError(f"{row.get('signal')}: unit {unit!r} is not one of {list(UNITS)}")
         lo, hi = PLAUSIBLE[unit]
         energy = unit == "kWh"
-        regs.append(Register(
-            signal=str(row["signal"]), address=int(row["address"]), type=str(row["type"]), unit=unit,
-            scale=float(row.get("scale", 1.0)), function_code=int(row.get("function_code", 4)),
-            word_order=str(row.get("word_order", "big")),
-            period=str(row.get("period") or (SLOW if energy else FAST)),
-            valid_min=row.get("min", lo), valid_max=row.get("max", hi), counter=energy))
-    model = MeterModel(name=name, registers=tuple(regs), max_registers_per_request=max_registers_per_request,
-                       rejects_gaps=rejects_gaps)
+        regs.append(
+            Register(
+                signal=str(row["signal"]),
+                address=int(row["address"]),
+                type=str(row["type"]),
+                unit=unit,
+                scale=float(row.get("scale", 1.0)),
+                function_code=int(row.get("function_code", 4)),
+                word_order=str(row.get("word_order", "big")),
+                period=str(row.get("period") or (SLOW if energy else FAST)),
+                valid_min=row.get("min", lo),
+                valid_max=row.get("max", hi),
+                counter=energy,
+            )
+        )
+    model = MeterModel(
+        name=name, registers=tuple(regs), max_registers_per_request=max_registers_per_request, rejects_gaps=rejects_gaps
+    )
     check_model(model)
     return model
 
@@ -213,8 +227,9 @@ def check_model(model: MeterModel) -> None:
             raise ModelError(f"{model.name}: signal {r.signal} listed twice")
         signals.add(r.signal)
         if r.words > model.max_registers_per_request:
-            raise ModelError(f"{model.name}: {r.signal} needs {r.words} registers, max per request "
-                             f"{model.max_registers_per_request}")
+            raise ModelError(
+                f"{model.name}: {r.signal} needs {r.words} registers, max per request {model.max_registers_per_request}"
+            )
         for a in range(r.address, r.end):
             other = seen.get((r.function_code, a))
             if other is not None:
@@ -224,8 +239,13 @@ def check_model(model: MeterModel) -> None:
                 raise ModelError(f"{model.name}: {r.signal} runs past address 0xFFFF")
 
 
-def model_for(model: str, name: str, rows: Iterable[Mapping[str, Any]] = (), max_registers_per_request: int = 125,
-              rejects_gaps: bool = False) -> MeterModel:
+def model_for(
+    model: str,
+    name: str,
+    rows: Iterable[Mapping[str, Any]] = (),
+    max_registers_per_request: int = 125,
+    rejects_gaps: bool = False,
+) -> MeterModel:
     """The table for a configured meter: a built-in model by name, or the generic one from ``rows``."""
     if model == GENERIC:
         return generic_model(f"generic:{name}", rows, max_registers_per_request, rejects_gaps)

@@ -48,8 +48,12 @@ def plan_cost(blocks: Iterable[Block]) -> tuple[int, int]:
     return sum(block_bytes(b.count) for b in blocks), len(blocks)
 
 
-def plan_blocks(registers: Sequence[Register], max_count: int = 125, allow_gaps: bool = True,
-                defined: Callable[[int, int], bool] | None = None) -> list[Block]:
+def plan_blocks(
+    registers: Sequence[Register],
+    max_count: int = 125,
+    allow_gaps: bool = True,
+    defined: Callable[[int, int], bool] | None = None,
+) -> list[Block]:
     """The cheapest plan reading every register in ``registers``.
 
     ``allow_gaps=False`` forbids reading any address outside ``defined(function_code, address)``
@@ -71,8 +75,9 @@ def plan_blocks(registers: Sequence[Register], max_count: int = 125, allow_gaps:
     return blocks
 
 
-def _plan_one_fc(fc: int, regs: list[Register], max_count: int,
-                 defined: Callable[[int, int], bool] | None) -> list[Block]:
+def _plan_one_fc(
+    fc: int, regs: list[Register], max_count: int, defined: Callable[[int, int], bool] | None
+) -> list[Block]:
     n = len(regs)
     # gap_ok[i]: may a block span from regs[i-1] to regs[i] (the addresses between are readable)?
     gap_ok = [True] * n

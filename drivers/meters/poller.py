@@ -108,8 +108,9 @@ class _Signal:
 class MeterPoller:
     """One meter: due registers, adaptive timeout, back-off, quality checks. Signals are ``<name>.<signal>``."""
 
-    def __init__(self, name: str, model: MeterModel, device_id: int, settings: PollSettings,
-                 start_t: float | None = None) -> None:
+    def __init__(
+        self, name: str, model: MeterModel, device_id: int, settings: PollSettings, start_t: float | None = None
+    ) -> None:
         self.name = name
         self.model = model
         self.device_id = device_id
@@ -146,8 +147,11 @@ class MeterPoller:
         return self.s.stale_after_s + self.period(reg) - self.s.fast_period_s
 
     def next_stale(self) -> float:
-        ts = [sig.last_ok_t + self.stale_after(sig.reg) for sig in self.signals.values()
-              if sig.last_ok_t is not None and not sig.stale]
+        ts = [
+            sig.last_ok_t + self.stale_after(sig.reg)
+            for sig in self.signals.values()
+            if sig.last_ok_t is not None and not sig.stale
+        ]
         return min(ts) if ts else math.inf
 
     def due(self, now: float) -> list[Register]:
@@ -159,16 +163,24 @@ class MeterPoller:
         key = frozenset(r.signal for r in regs)
         blocks = self._plans.get(key)
         if blocks is None:
-            blocks = plan_blocks(regs, self.model.max_registers_per_request, allow_gaps=not self.model.rejects_gaps,
-                                 defined=lambda fc, a: (fc, a) in self._defined)
+            blocks = plan_blocks(
+                regs,
+                self.model.max_registers_per_request,
+                allow_gaps=not self.model.rejects_gaps,
+                defined=lambda fc, a: (fc, a) in self._defined,
+            )
             self._plans[key] = blocks
         return blocks
 
     def status(self) -> dict[str, Any]:
-        return {"ok": self.good_polls > 0 and not self.absent and self.failures == 0, "absent": self.absent,
-                "errors": self.polls - self.good_polls, "last_error": self.last_error,
-                "timeout_ms": round(self.timeout.timeout_s(0.0) * 1000, 1),
-                "backoff_s": self.backoff_s if self.absent else 0.0}
+        return {
+            "ok": self.good_polls > 0 and not self.absent and self.failures == 0,
+            "absent": self.absent,
+            "errors": self.polls - self.good_polls,
+            "last_error": self.last_error,
+            "timeout_ms": round(self.timeout.timeout_s(0.0) * 1000, 1),
+            "backoff_s": self.backoff_s if self.absent else 0.0,
+        }
 
     # -- one poll ---------------------------------------------------------------------------------
     async def poll(self, line: ModbusLine, now: float | None = None) -> tuple[list[Reading], list[Event]]:
@@ -297,8 +309,16 @@ class MeterPoller:
         return []
 
     def _mark(self, regs: tuple[Register, ...] | list[Register], quality: str, t: float) -> list[Reading]:
-        return [Reading(f"{self.name}.{r.signal}", self.signals[r.signal].value, r.unit,
-                        self.signals[r.signal].last_ok_t or t, quality) for r in regs]
+        return [
+            Reading(
+                f"{self.name}.{r.signal}",
+                self.signals[r.signal].value,
+                r.unit,
+                self.signals[r.signal].last_ok_t or t,
+                quality,
+            )
+            for r in regs
+        ]
 
     def _event(self, events: list[Event], reason: str, t: float, detail: str) -> None:
         last = self._last_event.get(reason)
@@ -318,8 +338,11 @@ class LinePoller:
     max_sleep_s: float = 0.5
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
 
-    async def run(self, sink: Callable[[list[Reading]], None], on_event: Callable[[str, str, dict[str, Any]], None],
-                  ) -> None:
+    async def run(
+        self,
+        sink: Callable[[list[Reading]], None],
+        on_event: Callable[[str, str, dict[str, Any]], None],
+    ) -> None:
         while not self.stopping.is_set():
             now = time.monotonic()
             for m in self.meters:
@@ -337,8 +360,12 @@ class LinePoller:
             await asyncio.sleep(max(0.0, wake - now))
 
     @staticmethod
-    def _emit(sink: Callable[[list[Reading]], None], on_event: Callable[[str, str, dict[str, Any]], None],
-              readings: list[Reading], events: list[Event]) -> None:
+    def _emit(
+        sink: Callable[[list[Reading]], None],
+        on_event: Callable[[str, str, dict[str, Any]], None],
+        readings: list[Reading],
+        events: list[Event],
+    ) -> None:
         if readings:
             sink(readings)
         for kind, name, data in events:

@@ -71,8 +71,13 @@ class LineStats:
 class ModbusLine:
     """One Modbus connection shared by every meter on it: one transaction at a time."""
 
-    def __init__(self, client: AsyncModbusSerialClient | AsyncModbusTcpClient, gap_s: float = 0.0,
-                 name: str = "line", char_time_s: float = 0.0) -> None:
+    def __init__(
+        self,
+        client: AsyncModbusSerialClient | AsyncModbusTcpClient,
+        gap_s: float = 0.0,
+        name: str = "line",
+        char_time_s: float = 0.0,
+    ) -> None:
         self.client = client
         self.gap_s = gap_s
         self.char_time_s = char_time_s  # wire time of one character; 0 on TCP
@@ -84,8 +89,7 @@ class ModbusLine:
         self._quiet_until: dict[int, float] = {}
 
     @classmethod
-    def serial(cls, settings: SerialSettings, timeout_s: float = _LIBRARY_TIMEOUT_S,
-               name: str = "line") -> ModbusLine:
+    def serial(cls, settings: SerialSettings, timeout_s: float = _LIBRARY_TIMEOUT_S, name: str = "line") -> ModbusLine:
         line: ModbusLine
         client = AsyncModbusSerialClient(
             settings.port,
@@ -106,9 +110,15 @@ class ModbusLine:
     @classmethod
     def tcp(cls, host: str, port: int, timeout_s: float = _LIBRARY_TIMEOUT_S, name: str = "tcp") -> ModbusLine:
         line: ModbusLine
-        client = AsyncModbusTcpClient(host, port=port, timeout=max(timeout_s, _LIBRARY_TIMEOUT_S), retries=0,
-                                      reconnect_delay=0.1, reconnect_delay_max=2.0,
-                                      trace_packet=lambda sending, data: line._trace(sending, data, crc=False))
+        client = AsyncModbusTcpClient(
+            host,
+            port=port,
+            timeout=max(timeout_s, _LIBRARY_TIMEOUT_S),
+            retries=0,
+            reconnect_delay=0.1,
+            reconnect_delay_max=2.0,
+            trace_packet=lambda sending, data: line._trace(sending, data, crc=False),
+        )
         line = cls(client, 0.0, name)
         return line
 

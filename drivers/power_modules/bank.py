@@ -74,10 +74,19 @@ class BankEvents:
 
 
 class ModuleBank:
-    def __init__(self, codec: ModuleCodec, addresses: list[int], lost_after_s: float,
-                 send: Callable[[Frame], None], max_current_a_per_module: float, *,
-                 poll_period_s: float = 1.0, max_backoff_s: float = 5.0,
-                 clock: Callable[[], float] = time.monotonic, on_event: EventSink | None = None) -> None:
+    def __init__(
+        self,
+        codec: ModuleCodec,
+        addresses: list[int],
+        lost_after_s: float,
+        send: Callable[[Frame], None],
+        max_current_a_per_module: float,
+        *,
+        poll_period_s: float = 1.0,
+        max_backoff_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        on_event: EventSink | None = None,
+    ) -> None:
         if lost_after_s >= codec.module_comms_timeout_s:
             raise ValueError(
                 f"lost_after_s ({lost_after_s} s) must be shorter than the module's own comms timeout "
@@ -95,7 +104,8 @@ class ModuleBank:
         self._event = on_event or _no_events
         blocking = frozenset(codec.blocking_alarms)
         self.modules: dict[int, ModuleState] = {
-            a: ModuleState(a, blocking_alarms=blocking, backoff_s=poll_period_s) for a in addresses}
+            a: ModuleState(a, blocking_alarms=blocking, backoff_s=poll_period_s) for a in addresses
+        }
         self.foreign_frames = 0
         self.foreign_addresses: set[int] = set()
         self.frames_sent = 0
@@ -129,11 +139,17 @@ class ModuleBank:
 
     def _alarm_events(self, mod: ModuleState, new: frozenset[str]) -> None:
         for name in sorted(new - mod.alarms):
-            self._event("module_alarm_raised", f"module_{mod.address}_{name}",
-                        {"module": mod.address, "alarm": name, "blocking": name in mod.blocking_alarms})
+            self._event(
+                "module_alarm_raised",
+                f"module_{mod.address}_{name}",
+                {"module": mod.address, "alarm": name, "blocking": name in mod.blocking_alarms},
+            )
         for name in sorted(mod.alarms - new):
-            self._event("module_alarm_cleared", f"module_{mod.address}_{name}",
-                        {"module": mod.address, "alarm": name, "blocking": name in mod.blocking_alarms})
+            self._event(
+                "module_alarm_cleared",
+                f"module_{mod.address}_{name}",
+                {"module": mod.address, "alarm": name, "blocking": name in mod.blocking_alarms},
+            )
 
     def check(self, now: float) -> BankEvents:
         """Mark silent modules lost and returning ones recovered; send set-points whose spacing is over."""
@@ -177,14 +193,18 @@ class ModuleBank:
         mod.lost_reported = True
         # The fault itself (module_lost_<addr>) is raised by the safety core from the lost list; this
         # event carries the bank's own detail (why, when) for the event log.
-        self._event("module_lost", f"module_{mod.address}",
-                    {"module": mod.address, "detail": f"power module {mod.address} lost: {reason}"})
+        self._event(
+            "module_lost",
+            f"module_{mod.address}",
+            {"module": mod.address, "detail": f"power module {mod.address} lost: {reason}"},
+        )
         # It may still hear us: tell it 0 A and off now rather than wait for its own watchdog.
         self._command(mod, 0.0, 0.0, False, now, force=True)
 
     def _restore(self, mod: ModuleState, now: float) -> None:
-        volts, amps, on = mod.wanted if mod.wanted is not None else (mod.set_voltage_v, mod.set_current_a,
-                                                                      mod.output_on)
+        volts, amps, on = (
+            mod.wanted if mod.wanted is not None else (mod.set_voltage_v, mod.set_current_a, mod.output_on)
+        )
         self._command(mod, volts, amps, on, now, force=True)
         mod.restored = True
 
@@ -195,8 +215,11 @@ class ModuleBank:
     def possibly_delivering(self, now: float) -> list[int]:
         """Lost modules that were on and whose own comms watchdog may not have switched them off yet."""
         timeout = self.codec.module_comms_timeout_s
-        return [a for a, m in self.modules.items()
-                if m.lost and m.on_at_loss and m.last_seen is not None and now - m.last_seen < timeout]
+        return [
+            a
+            for a, m in self.modules.items()
+            if m.lost and m.on_at_loss and m.last_seen is not None and now - m.last_seen < timeout
+        ]
 
     def capacity_a(self) -> float:
         return self.max_current_a_per_module * len(self.available())
@@ -206,8 +229,7 @@ class ModuleBank:
         now = self._clock()
         avail = self.available()
         ghosts = len(self.possibly_delivering(now))
-        share = min(self.max_current_a_per_module, total_current_a / (len(avail) + ghosts)) \
-            if avail and enable else 0.0
+        share = min(self.max_current_a_per_module, total_current_a / (len(avail) + ghosts)) if avail and enable else 0.0
         share = max(0.0, share)
         for addr, mod in self.modules.items():
             on = enable and addr in avail and share > 0
@@ -220,8 +242,7 @@ class ModuleBank:
                 continue
             self._command(mod, volts, amps, on, now)
 
-    def _command(self, mod: ModuleState, volts: float, amps: float, on: bool, now: float,
-                 force: bool = False) -> None:
+    def _command(self, mod: ModuleState, volts: float, amps: float, on: bool, now: float, force: bool = False) -> None:
         reduction = amps < mod.set_current_a or (mod.output_on and not on)
         if force or reduction:
             frames: list[Frame] = []
@@ -309,14 +330,17 @@ class ModuleBank:
         t = mod.last_seen if mod.last_seen is not None else now
         q = STALE if mod.lost else OK
         p = f"{prefix}.{addr}"
-        out = [Reading(f"{p}.voltage_v", mod.voltage_v, "V", t, q),
-               Reading(f"{p}.current_a", mod.current_a, "A", t, q)]
+        out = [Reading(f"{p}.voltage_v", mod.voltage_v, "V", t, q), Reading(f"{p}.current_a", mod.current_a, "A", t, q)]
         if mod.temperature_c is not None:
             out.append(Reading(f"{p}.temperature_c", mod.temperature_c, "°C", t, q))
         out.append(Reading(f"{p}.present", 0.0 if mod.lost else 1.0, "", now, OK))
         return out
 
     def status(self) -> dict[str, Any]:
-        return {"foreign_frames": self.foreign_frames, "foreign_addresses": sorted(self.foreign_addresses),
-                "frames_sent": self.frames_sent, "pending": self.pending(),
-                "possibly_delivering": self.possibly_delivering(self._clock())}
+        return {
+            "foreign_frames": self.foreign_frames,
+            "foreign_addresses": sorted(self.foreign_addresses),
+            "frames_sent": self.frames_sent,
+            "pending": self.pending(),
+            "possibly_delivering": self.possibly_delivering(self._clock()),
+        }

@@ -37,8 +37,9 @@ CMD_BARCODE = 0x0B
 CMD_OUTPUT_AFTER_DIODE = 0x0C
 CMD_ON_OFF = 0x1A
 CMD_SET_OUTPUT = 0x1C
-READ_COMMANDS = frozenset({CMD_MODULE_COUNT, CMD_READ_OUTPUT, CMD_STATUS, CMD_CAPABILITIES, CMD_BARCODE,
-                           CMD_OUTPUT_AFTER_DIODE})
+READ_COMMANDS = frozenset(
+    {CMD_MODULE_COUNT, CMD_READ_OUTPUT, CMD_STATUS, CMD_CAPABILITIES, CMD_BARCODE, CMD_OUTPUT_AFTER_DIODE}
+)
 
 ERROR_NAMES = {0: "normal", 2: "command invalid", 3: "data invalid", 7: "in start processing"}
 
@@ -75,10 +76,16 @@ BLOCKING = ALARM_NAMES - INFORMATIONAL - {"id_repeat", "input_unbalanced"}
 TEMPERATURE_BYTE = 4
 
 
-def make_id(command: int, destination: int, source: int = CONTROLLER, device: int = DEVICE_SINGLE,
-            error: int = 0) -> int:
-    return ((error & 0x7) << 26) | ((device & 0xF) << 22) | ((command & 0x3F) << 16) | \
-        ((destination & 0xFF) << 8) | (source & 0xFF)
+def make_id(
+    command: int, destination: int, source: int = CONTROLLER, device: int = DEVICE_SINGLE, error: int = 0
+) -> int:
+    return (
+        ((error & 0x7) << 26)
+        | ((device & 0xF) << 22)
+        | ((command & 0x3F) << 16)
+        | ((destination & 0xFF) << 8)
+        | (source & 0xFF)
+    )
 
 
 @dataclass(frozen=True)
@@ -150,17 +157,27 @@ def encode_module_count(count: int) -> bytes:
     return bytes([0, 0, count & 0xFF, 0, 0, 0, 0, 0])
 
 
-def encode_capabilities(max_voltage_v: float, min_voltage_v: float, max_current_a: float,
-                        rated_power_w: float) -> bytes:
+def encode_capabilities(
+    max_voltage_v: float, min_voltage_v: float, max_current_a: float, rated_power_w: float
+) -> bytes:
     """Four u16 BE: Vmax x1 V, Vmin x1 V, Imax x0.1 A, rated power x10 W."""
-    return struct.pack(">HHHH", int(round(max_voltage_v)), int(round(min_voltage_v)),
-                       int(round(max_current_a * 10)), int(round(rated_power_w / 10)))
+    return struct.pack(
+        ">HHHH",
+        int(round(max_voltage_v)),
+        int(round(min_voltage_v)),
+        int(round(max_current_a * 10)),
+        int(round(rated_power_w / 10)),
+    )
 
 
 def decode_capabilities(data: bytes) -> dict[str, float]:
     vmax, vmin, imax, power = struct.unpack(">HHHH", data[:8])
-    return {"max_voltage_v": float(vmax), "min_voltage_v": float(vmin), "max_current_a": imax / 10.0,
-            "rated_power_w": power * 10.0}
+    return {
+        "max_voltage_v": float(vmax),
+        "min_voltage_v": float(vmin),
+        "max_current_a": imax / 10.0,
+        "rated_power_w": power * 10.0,
+    }
 
 
 def encode_after_diode(voltage_v: float, available_a: float) -> bytes:

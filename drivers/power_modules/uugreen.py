@@ -59,8 +59,12 @@ class UUId:
 
 
 def parse_id(arbitration_id: int) -> UUId:
-    return UUId(protocol=(arbitration_id >> 25) & 0xF, monitor=(arbitration_id >> 21) & 0xF,
-                module=(arbitration_id >> 14) & 0x7F, low=arbitration_id & 0x3FFF)
+    return UUId(
+        protocol=(arbitration_id >> 25) & 0xF,
+        monitor=(arbitration_id >> 21) & 0xF,
+        module=(arbitration_id >> 14) & 0x7F,
+        low=arbitration_id & 0x3FFF,
+    )
 
 
 def encode_data(kind: int, command: int, value: int = 0, group: int = 0) -> bytes:
@@ -104,15 +108,16 @@ class UUGreenCodec:
 
     def set_output(self, address: int | None, voltage_v: float, current_a: float) -> list[Frame]:
         # current first: when the set-point goes down, the lower current is in force before anything else
-        return [self._frame(address, TYPE_SET, CMD_ILIMIT, _milli(current_a, "current")),
-                self._frame(address, TYPE_SET, CMD_VREF, _milli(voltage_v, "voltage"))]
+        return [
+            self._frame(address, TYPE_SET, CMD_ILIMIT, _milli(current_a, "current")),
+            self._frame(address, TYPE_SET, CMD_VREF, _milli(voltage_v, "voltage")),
+        ]
 
     def output_on(self, address: int | None, on: bool) -> list[Frame]:
         return [self._frame(address, TYPE_SET, CMD_SHUTDOWN, 0 if on else 1)]
 
     def poll(self, address: int) -> list[Frame]:
-        return [self._frame(address, TYPE_READ, cmd) for cmd in (CMD_VOUT, CMD_IOUT, CMD_STATUS,
-                                                                  CMD_INPUT_TEMPERATURE)]
+        return [self._frame(address, TYPE_READ, cmd) for cmd in (CMD_VOUT, CMD_IOUT, CMD_STATUS, CMD_INPUT_TEMPERATURE)]
 
     def discover(self) -> list[Frame]:
         return [self._frame(None, TYPE_READ, CMD_STATUS)]
@@ -125,8 +130,13 @@ class UUGreenCodec:
 
     def decode(self, arbitration_id: int, data: bytes) -> ModuleReply | None:
         fid = parse_id(arbitration_id)
-        if (fid.protocol != PROTOCOL or fid.monitor != self.monitor or fid.low != 0 or fid.module == BROADCAST
-                or len(data) != 8):
+        if (
+            fid.protocol != PROTOCOL
+            or fid.monitor != self.monitor
+            or fid.low != 0
+            or fid.module == BROADCAST
+            or len(data) != 8
+        ):
             return None
         _group, kind, command, value = decode_data(bytes(data))
         if kind != TYPE_READ_RESPONSE:

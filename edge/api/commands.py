@@ -78,6 +78,7 @@ def command(name: str, need: str, args: type[Args] = NoArgs, help: str = "") -> 
     def register(fn: Handler) -> Handler:
         COMMANDS[name] = Command(name, need, args, fn, help or (fn.__doc__ or "").strip().splitlines()[0])
         return fn
+
     return register
 
 
@@ -90,8 +91,9 @@ def parse_args(cmd: Command, raw: dict[str, Any]) -> Args:
 
 
 def audit(ctx: Context, what: str, args: dict[str, Any], ok: bool, result: str) -> None:
-    ctx.daemon.event("command", what, {"user": ctx.peer.user, "uid": ctx.peer.uid, "args": args,
-                                       "ok": ok, "result": result})
+    ctx.daemon.event(
+        "command", what, {"user": ctx.peer.user, "uid": ctx.peer.uid, "args": args, "ok": ok, "result": result}
+    )
 
 
 # -- read ------------------------------------------------------------------------------------------
@@ -103,12 +105,18 @@ def full_status(daemon: DaemonView) -> dict[str, Any]:
     return {
         **daemon.status(),
         "hardware_limit_a": daemon.config.limits.max_output_current_a,
-        "external_limit": None if ext is None else {
-            "amps": ext.amps, "source": ext.source,
-            "remaining_s": round(ext.expires_at - now, 1) if ext.expires_at is not None else None},
+        "external_limit": None
+        if ext is None
+        else {
+            "amps": ext.amps,
+            "source": ext.source,
+            "remaining_s": round(ext.expires_at - now, 1) if ext.expires_at is not None else None,
+        },
         "stopped_by": ctl.stopped_by,
-        "selftest": {"active": bool(ctl.test_outputs) and now < ctl.test_outputs_until,
-                     "outputs": dict(ctl.test_outputs)},
+        "selftest": {
+            "active": bool(ctl.test_outputs) and now < ctl.test_outputs_until,
+            "outputs": dict(ctl.test_outputs),
+        },
         "time_ms": int(time.time() * 1000),
     }
 
@@ -123,9 +131,15 @@ async def _status(ctx: Context, args: NoArgs) -> dict[str, Any]:
 async def _whoami(ctx: Context, args: NoArgs) -> dict[str, Any]:
     """The peer as the daemon sees it, and whether it may change things."""
     cfg = ctx.daemon.config.api
-    return {"user": ctx.peer.user, "uid": ctx.peer.uid, "gid": ctx.peer.gid, "groups": sorted(ctx.peer.groups),
-            "admin": ctx.policy.allows(ctx.peer, ADMIN),
-            "group": cfg.group, "admin_group": cfg.admin_group}
+    return {
+        "user": ctx.peer.user,
+        "uid": ctx.peer.uid,
+        "gid": ctx.peer.gid,
+        "groups": sorted(ctx.peer.groups),
+        "admin": ctx.policy.allows(ctx.peer, ADMIN),
+        "group": cfg.group,
+        "admin_group": cfg.admin_group,
+    }
 
 
 @command("faults", READ)
@@ -135,9 +149,15 @@ async def _faults(ctx: Context, args: NoArgs) -> dict[str, Any]:
     latched = set(st.get("latched", []))
     out = {}
     for name, detail in sorted(st.get("faults", {}).items()):
-        out[name] = {"detail": detail, "latched": name in latched,
-                     "hint": (f"fix the cause, then: edge clear {name}" if name in latched
-                              else "clears by itself when the condition is gone")}
+        out[name] = {
+            "detail": detail,
+            "latched": name in latched,
+            "hint": (
+                f"fix the cause, then: edge clear {name}"
+                if name in latched
+                else "clears by itself when the condition is gone"
+            ),
+        }
     alarms = {a: m["alarms"] for a, m in st.get("modules", {}).items() if m.get("alarms")}
     return {"faults": out, "module_alarms": alarms, "limit_a": st.get("limit_a"), "reason": st.get("reason")}
 
@@ -185,19 +205,34 @@ def store_stats(store: Store) -> dict[str, Any]:
             sizes[key] = None
     stats = getattr(store, "stats", None)  # the telemetry side's own figures, where the store has them
     more: dict[str, Any] = stats() if callable(stats) else {}
-    return {**more, "path": store.path, "backlog": store.backlog(), "last_seq": store.last_seq(),
-            "write_errors": store.write_errors, "evicted": getattr(store, "evicted", None),
-            "max_bytes": getattr(store, "max_bytes", None), **sizes}
+    return {
+        **more,
+        "path": store.path,
+        "backlog": store.backlog(),
+        "last_seq": store.last_seq(),
+        "write_errors": store.write_errors,
+        "evicted": getattr(store, "evicted", None),
+        "max_bytes": getattr(store, "max_bytes", None),
+        **sizes,
+    }
 
 
 @command("diag", READ)
 async def _diag(ctx: Context, args: NoArgs) -> dict[str, Any]:
     """What `edge diag` bundles from the daemon: redacted config, store, events, status, versions."""
     d = ctx.daemon
-    return {"config": redact(d.config.model_dump(mode="json")), "store": store_stats(d.store),
-            "events": collect_events(d, None, 500), "status": full_status(d),
-            "daemon": {"pid": os.getpid(), "python": sys.version, "platform": platform.platform(),
-                       "packages": package_versions()}}
+    return {
+        "config": redact(d.config.model_dump(mode="json")),
+        "store": store_stats(d.store),
+        "events": collect_events(d, None, 500),
+        "status": full_status(d),
+        "daemon": {
+            "pid": os.getpid(),
+            "python": sys.version,
+            "platform": platform.platform(),
+            "packages": package_versions(),
+        },
+    }
 
 
 # -- change ----------------------------------------------------------------------------------------
@@ -240,8 +275,12 @@ async def _limit_set(ctx: Context, args: LimitSetArgs) -> dict[str, Any]:
     ctx.daemon.controller.set_external_limit(args.amps, args.duration_s, f"cli:{ctx.peer.user}")
     ctx.daemon.controller.evaluate_now()
     audit(ctx, "limit_set", args.model_dump(), True, "accepted")
-    return {"amps": args.amps, "duration_s": args.duration_s, "hardware_limit_a": hw_a,
-            "expires_at_ms": int((time.time() + args.duration_s) * 1000) if args.duration_s else None}
+    return {
+        "amps": args.amps,
+        "duration_s": args.duration_s,
+        "hardware_limit_a": hw_a,
+        "expires_at_ms": int((time.time() + args.duration_s) * 1000) if args.duration_s else None,
+    }
 
 
 @command("limit_clear", ADMIN)
@@ -280,8 +319,14 @@ class SelftestArgs(Args):
     fan: bool = True
 
 
-_SELFTEST_SIGNALS = ("coolant_flow_lpm", "coolant_pressure_bar", "coolant_in_c", "coolant_out_c",
-                     "pin_dc_plus_c", "pin_dc_minus_c")
+_SELFTEST_SIGNALS = (
+    "coolant_flow_lpm",
+    "coolant_pressure_bar",
+    "coolant_in_c",
+    "coolant_out_c",
+    "pin_dc_plus_c",
+    "pin_dc_minus_c",
+)
 
 
 def _cable_values(st: dict[str, Any], cable: str | None) -> dict[str, float | None]:
@@ -295,7 +340,7 @@ def _cable_values(st: dict[str, Any], cable: str | None) -> dict[str, float | No
 def settled_flow(flows: list[float]) -> float | None:
     """The flow the pump holds: the median of the second half of the readings (after spin-up). The
     highest reading would pass a pump that surges once and then fails."""
-    tail = sorted(flows[len(flows) // 2:])
+    tail = sorted(flows[len(flows) // 2 :])
     return tail[len(tail) // 2] if tail else None
 
 
@@ -345,15 +390,33 @@ async def _selftest(ctx: Context, args: SelftestArgs) -> dict[str, Any]:
     elif flow >= rule.derate_start_lpm:
         verdict, why = "pass", f"flow {flow:.2f} l/min >= {rule.derate_start_lpm:g} l/min (full current)"
     elif flow >= rule.trip_lpm:
-        verdict, why = "warn", (f"flow {flow:.2f} l/min below {rule.derate_start_lpm:g} l/min: "
-                                "charging will be derated; check coolant level and filter")
+        verdict, why = (
+            "warn",
+            (
+                f"flow {flow:.2f} l/min below {rule.derate_start_lpm:g} l/min: "
+                "charging will be derated; check coolant level and filter"
+            ),
+        )
     else:
-        verdict, why = "fail", (f"flow {flow:.2f} l/min below trip {rule.trip_lpm:g} l/min with the pump on: "
-                                "check pump, fuse, coolant level, kinked hose")
-    result = {"verdict": verdict, "why": why, "duration_s": args.duration_s, "before": before, "after": after,
-              "flow_settled_lpm": flow,
-              "flow_min_lpm": min(flows) if flows else None, "flow_max_lpm": max_flow,
-              "outputs_seen": outputs_seen, "flow_full_current_lpm": rule.derate_start_lpm,
-              "flow_trip_lpm": rule.trip_lpm}
+        verdict, why = (
+            "fail",
+            (
+                f"flow {flow:.2f} l/min below trip {rule.trip_lpm:g} l/min with the pump on: "
+                "check pump, fuse, coolant level, kinked hose"
+            ),
+        )
+    result = {
+        "verdict": verdict,
+        "why": why,
+        "duration_s": args.duration_s,
+        "before": before,
+        "after": after,
+        "flow_settled_lpm": flow,
+        "flow_min_lpm": min(flows) if flows else None,
+        "flow_max_lpm": max_flow,
+        "outputs_seen": outputs_seen,
+        "flow_full_current_lpm": rule.derate_start_lpm,
+        "flow_trip_lpm": rule.trip_lpm,
+    }
     audit(ctx, "selftest", args.model_dump(), verdict == "pass", f"{verdict}: {why}")
     return result

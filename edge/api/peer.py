@@ -69,5 +69,7 @@ class Policy:
 
     def why_not(self, peer: Peer, need: str) -> str:
         group = self.admin_group if need == ADMIN else f"{self.group} or {self.admin_group}"
-        return (f"{peer.label()} is not in group {group}; ask an administrator: "
-                f"sudo usermod -aG {self.admin_group if need == ADMIN else self.group} {peer.user}, then log in again")
+        return (
+            f"{peer.label()} is not in group {group}; ask an administrator: "
+            f"sudo usermod -aG {self.admin_group if need == ADMIN else self.group} {peer.user}, then log in again"
+        )

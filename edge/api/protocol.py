@@ -67,8 +67,9 @@ def parse_request(line: bytes) -> Request:
         raise ProtocolError("bad_request", "a request is a JSON object")
     v = obj.get("v", VERSION)
     if v != VERSION:
-        raise ProtocolError("unsupported_version",
-                            f"protocol version {v!r} not supported; this daemon speaks {VERSION}")
+        raise ProtocolError(
+            "unsupported_version", f"protocol version {v!r} not supported; this daemon speaks {VERSION}"
+        )
     cmd, args = obj.get("cmd"), obj.get("args", {})
     if not isinstance(cmd, str) or not cmd:
         raise ProtocolError("bad_request", "field 'cmd' (string) is required")

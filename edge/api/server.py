@@ -54,9 +54,13 @@ class ApiServer:
         try:
             gid = grp.getgrnam(self.config.group).gr_gid
         except KeyError:
-            log.warning("api: group %r does not exist: socket %s stays group %s, so only root and the daemon's "
-                        "user can use it (create the group, or set api.group)", self.config.group, self.path,
-                        os.getgid())
+            log.warning(
+                "api: group %r does not exist: socket %s stays group %s, so only root and the daemon's "
+                "user can use it (create the group, or set api.group)",
+                self.config.group,
+                self.path,
+                os.getgid(),
+            )
             return
         try:
             os.chown(self.path, -1, gid)
@@ -96,15 +100,17 @@ class ApiServer:
                 raise ProtocolError("unknown_command", f"unknown command {req.cmd!r}; known: {', '.join(COMMANDS)}")
             if not self.policy.allows(peer, cmd.need):
                 if cmd.need != "read":
-                    self.daemon.event("command", cmd.name, {"user": peer.user, "uid": peer.uid, "args": req.args,
-                                                            "ok": False, "result": "forbidden"})
+                    self.daemon.event(
+                        "command",
+                        cmd.name,
+                        {"user": peer.user, "uid": peer.uid, "args": req.args, "ok": False, "result": "forbidden"},
+                    )
                 raise ProtocolError("forbidden", f"{cmd.name}: " + self.policy.why_not(peer, cmd.need))
             args = parse_args(cmd, req.args)
             if isinstance(args, WatchArgs):
                 await self._watch(req_id, args, writer)
                 return
-            answer = ok(req_id, await cmd.handler(Context(self.daemon, peer, self.policy, self._selftest_lock),
-                                                  args))
+            answer = ok(req_id, await cmd.handler(Context(self.daemon, peer, self.policy, self._selftest_lock), args))
         except ProtocolError as exc:
             answer = error(req_id, exc.code, exc.message)
         except Exception as exc:

@@ -26,9 +26,13 @@ class Mqtt(Section):
     username: str | None = None
     password: str | None = Field(None, description="secret: redacted in diagnostics")
     keepalive_s: int = Field(30, ge=5, le=1200, description="the broker sends the last will after 1.5x this")
-    session_expiry_s: int = Field(604800, ge=0, le=4294967295,
-                                  description="MQTT 5: the broker keeps our session (queued commands, "
-                                              "unacknowledged messages) this long while we are offline; 7 days")
+    session_expiry_s: int = Field(
+        604800,
+        ge=0,
+        le=4294967295,
+        description="MQTT 5: the broker keeps our session (queued commands, "
+        "unacknowledged messages) this long while we are offline; 7 days",
+    )
     topic_prefix: str = Field("cabinet", pattern=r"^[A-Za-z0-9_\-/]+$")
     max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK")
     batch_samples: int = Field(200, ge=1, le=10000, description="samples per telemetry message when replaying")
@@ -39,9 +43,14 @@ class Mqtt(Section):
 
 class Telemetry(Section):
     interval_s: float = Field(1.0, ge=0.1, le=3600, description="aggregation interval of samples, s")
-    store_max_mb: float = Field(256.0, ge=1, le=100000,
-                                description="size bound of the store, MB; oldest telemetry goes first")
-    min_free_mb: float = Field(64.0, ge=0, le=100000,
-                               description="free disk space, MB, below which new telemetry is dropped "
-                                           "(events still kept) and telemetry_store_error raised; 0 = off")
+    store_max_mb: float = Field(
+        256.0, ge=1, le=100000, description="size bound of the store, MB; oldest telemetry goes first"
+    )
+    min_free_mb: float = Field(
+        64.0,
+        ge=0,
+        le=100000,
+        description="free disk space, MB, below which new telemetry is dropped "
+        "(events still kept) and telemetry_store_error raised; 0 = off",
+    )
     mqtt: Mqtt = Mqtt()

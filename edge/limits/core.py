@@ -215,6 +215,7 @@ def _timer(state: dict, key: str, active: bool, t: float, limit_s: float) -> boo
 
 # -- rules: each reads the context and adds limits, faults, trips and clear blockers --------------------
 
+
 def _rule_modules(c: _Ctx) -> None:
     s = c.snap
     avail = s.get("modules_available", 0)
@@ -225,7 +226,9 @@ def _rule_modules(c: _Ctx) -> None:
         c.faults["module_lost_" + str(addr)] = "power module %d not answering; its share removed" % addr
     for item in sorted(s.get("modules_alarm") or []):
         c.faults["module_alarm_" + str(item[0])] = "power module %d alarm: %s; its share removed" % (
-            item[0], ", ".join(sorted(item[1])))
+            item[0],
+            ", ".join(sorted(item[1])),
+        )
     c.limit(avail * per, "modules", "power modules: %d of %d available x %s A" % (avail, configured, fmt_num(per, 0)))
     if avail == 0:
         if configured > 0 and len(lost) >= configured:
@@ -244,7 +247,10 @@ def _rule_sensors(c: _Ctx) -> None:
                 detail = "%s missing: no reading received" % LABELS[name]
             elif why == "stale":
                 detail = "%s stale: no valid value for %s ms (max %d ms)" % (
-                    LABELS[name], fmt_num((c.t - entry[1]) * 1000.0, 0), c.cfg["sensor_stale_ms"])
+                    LABELS[name],
+                    fmt_num((c.t - entry[1]) * 1000.0, 0),
+                    c.cfg["sensor_stale_ms"],
+                )
             else:
                 detail = "%s invalid: sensor reports a fault or an out-of-range value" % LABELS[name]
             c.faults[SENSOR[name] + "_" + why] = detail
@@ -269,17 +275,34 @@ def _rule_plausibility(c: _Ctx) -> None:
             step = abs(c.vals[name] - prev[0])
             # the allowance absorbs quantisation and frames that arrive bunched together
             if step > plaus["max_rate_c_per_s"] * dt + plaus["step_allowance_c"]:
-                c.trip(fault, "%s jumped %s °C in %s ms (max %s °C/s + %s °C)" % (
-                    LABELS[name], fmt_num(step), fmt_num(dt * 1000.0, 0), fmt_num(plaus["max_rate_c_per_s"]),
-                    fmt_num(plaus["step_allowance_c"])), plaus["latch"])
+                c.trip(
+                    fault,
+                    "%s jumped %s °C in %s ms (max %s °C/s + %s °C)"
+                    % (
+                        LABELS[name],
+                        fmt_num(step),
+                        fmt_num(dt * 1000.0, 0),
+                        fmt_num(plaus["max_rate_c_per_s"]),
+                        fmt_num(plaus["step_allowance_c"]),
+                    ),
+                    plaus["latch"],
+                )
         if prev is None or t_rx > prev[1]:
             last[name] = [c.vals[name], t_rx]
     if "pin_dc_plus_c" in c.vals and "pin_dc_minus_c" in c.vals:
         diff = abs(c.vals["pin_dc_plus_c"] - c.vals["pin_dc_minus_c"])
         if diff > plaus["pin_disagree_c"]:
-            c.trip("pins_disagree", "DC+ %s °C and DC- %s °C pins differ by %s °C (max %s °C)" % (
-                fmt_num(c.vals["pin_dc_plus_c"]), fmt_num(c.vals["pin_dc_minus_c"]), fmt_num(diff),
-                fmt_num(plaus["pin_disagree_c"])), plaus["latch"])
+            c.trip(
+                "pins_disagree",
+                "DC+ %s °C and DC- %s °C pins differ by %s °C (max %s °C)"
+                % (
+                    fmt_num(c.vals["pin_dc_plus_c"]),
+                    fmt_num(c.vals["pin_dc_minus_c"]),
+                    fmt_num(diff),
+                    fmt_num(plaus["pin_disagree_c"]),
+                ),
+                plaus["latch"],
+            )
     else:
         c.block("pins_disagree", "a pin sensor is not valid: cannot compare DC+ and DC-")
 
@@ -290,13 +313,17 @@ def _temperature(c: _Ctx, value: float | None, rule: dict, name: str, fault: str
         c.block(fault, LABELS[name] + " not valid: cannot confirm it is below trip")
         return
     v = value
-    c.limit(_derate(v, rule["derate_start_c"], rule["derate_end_c"], c.hw_max), name,
-            "%s %s °C (derating %s-%s °C)" % (LABELS[name], fmt_num(v), fmt_num(rule["derate_start_c"], 0),
-                                              fmt_num(rule["derate_end_c"], 0)))
+    c.limit(
+        _derate(v, rule["derate_start_c"], rule["derate_end_c"], c.hw_max),
+        name,
+        "%s %s °C (derating %s-%s °C)"
+        % (LABELS[name], fmt_num(v), fmt_num(rule["derate_start_c"], 0), fmt_num(rule["derate_end_c"], 0)),
+    )
     if v > rule["trip_c"]:
         if fault not in c.trips:  # the first (hotter, see callers) pin names the trip
-            c.trip(fault, "%s %s °C above trip %s °C" % (LABELS[name], fmt_num(v), fmt_num(rule["trip_c"])),
-                   rule["latch"])
+            c.trip(
+                fault, "%s %s °C above trip %s °C" % (LABELS[name], fmt_num(v), fmt_num(rule["trip_c"])), rule["latch"]
+            )
 
 
 def _rule_pins(c: _Ctx) -> None:
@@ -308,8 +335,9 @@ def _rule_pins(c: _Ctx) -> None:
 
 
 def _rule_coolant_temperature(c: _Ctx) -> None:
-    _temperature(c, c.vals.get("coolant_out_c"), c.cfg["coolant_temperature"], "coolant_out_c",
-                 "coolant_over_temperature")
+    _temperature(
+        c, c.vals.get("coolant_out_c"), c.cfg["coolant_temperature"], "coolant_out_c", "coolant_over_temperature"
+    )
 
 
 def _optional_temperature(c: _Ctx, name: str, rule: str, fault: str, required: bool) -> None:
@@ -332,8 +360,9 @@ def _rule_module_temperature(c: _Ctx) -> None:
 
 
 def _rule_ambient(c: _Ctx) -> None:
-    _optional_temperature(c, "ambient_c", "ambient_temperature", "ambient_over_temperature",
-                          bool(c.snap.get("ambient_configured")))
+    _optional_temperature(
+        c, "ambient_c", "ambient_temperature", "ambient_over_temperature", bool(c.snap.get("ambient_configured"))
+    )
 
 
 def _rule_flow(c: _Ctx) -> None:
@@ -345,17 +374,27 @@ def _rule_flow(c: _Ctx) -> None:
         c.block("coolant_flow_low", "coolant flow not valid: cannot confirm it is back in range")
         return
     # no current without coolant: the derating applies whether or not the pump runs
-    c.limit(_derate_low(flow, rule["derate_start_lpm"], rule["derate_end_lpm"], c.hw_max), "coolant_flow",
-            "coolant flow %s l/min (derating %s-%s l/min)" % (fmt_num(flow, 2), fmt_num(rule["derate_start_lpm"]),
-                                                              fmt_num(rule["derate_end_lpm"])))
+    c.limit(
+        _derate_low(flow, rule["derate_start_lpm"], rule["derate_end_lpm"], c.hw_max),
+        "coolant_flow",
+        "coolant flow %s l/min (derating %s-%s l/min)"
+        % (fmt_num(flow, 2), fmt_num(rule["derate_start_lpm"]), fmt_num(rule["derate_end_lpm"])),
+    )
     # the trip counts only while the pump is commanded on; the delay covers its spin-up
     pumping = state["pump_since"] is not None
     if _timer(state, "flow_low", pumping and flow < rule["trip_lpm"], c.t, rule["trip_delay_ms"] / 1000.0):
-        c.trip("coolant_flow_low", "coolant flow %s l/min below %s l/min for %d ms" % (
-            fmt_num(flow, 2), fmt_num(rule["trip_lpm"], 2), rule["trip_delay_ms"]), rule["latch"])
+        c.trip(
+            "coolant_flow_low",
+            "coolant flow %s l/min below %s l/min for %d ms"
+            % (fmt_num(flow, 2), fmt_num(rule["trip_lpm"], 2), rule["trip_delay_ms"]),
+            rule["latch"],
+        )
     elif flow < rule["derate_start_lpm"]:
-        c.block("coolant_flow_low", "coolant flow %s l/min below %s l/min: run the pump and check the level"
-                % (fmt_num(flow, 2), fmt_num(rule["derate_start_lpm"], 2)))
+        c.block(
+            "coolant_flow_low",
+            "coolant flow %s l/min below %s l/min: run the pump and check the level"
+            % (fmt_num(flow, 2), fmt_num(rule["derate_start_lpm"], 2)),
+        )
 
 
 def _rule_leak(c: _Ctx) -> None:
@@ -365,8 +404,9 @@ def _rule_leak(c: _Ctx) -> None:
     if leak is None:
         c.block("coolant_leak", "leak sensor not valid: cannot confirm the leak is gone")
     elif leak >= 0.5:
-        c.trip("coolant_leak", "coolant leak detected by the cable monitor (pump stopped)",
-               c.cfg["coolant_flow"]["latch"])
+        c.trip(
+            "coolant_leak", "coolant leak detected by the cable monitor (pump stopped)", c.cfg["coolant_flow"]["latch"]
+        )
 
 
 def _rule_over_current(c: _Ctx) -> None:
@@ -382,11 +422,17 @@ def _rule_over_current(c: _Ctx) -> None:
     out = out_a if out_a is not None else 0.0
     over = out_a is not None and out > ref + oc["tolerance_a"]
     if _timer(state, "over_current", over, c.t, oc["time_ms"] / 1000.0):
-        c.trip("over_current", "output %s A above limit %s A + %s A for %d ms" % (
-            fmt_num(out), fmt_num(ref), fmt_num(oc["tolerance_a"]), oc["time_ms"]), oc["latch"])
+        c.trip(
+            "over_current",
+            "output %s A above limit %s A + %s A for %d ms"
+            % (fmt_num(out), fmt_num(ref), fmt_num(oc["tolerance_a"]), oc["time_ms"]),
+            oc["latch"],
+        )
     elif over:
-        c.block("over_current", "output %s A still above limit %s A + %s A" % (
-            fmt_num(out), fmt_num(ref), fmt_num(oc["tolerance_a"])))
+        c.block(
+            "over_current",
+            "output %s A still above limit %s A + %s A" % (fmt_num(out), fmt_num(ref), fmt_num(oc["tolerance_a"])),
+        )
 
 
 def _rule_over_voltage(c: _Ctx) -> None:
@@ -396,8 +442,11 @@ def _rule_over_voltage(c: _Ctx) -> None:
     volts = out_v if out_v is not None else 0.0
     over = out_v is not None and volts > max_v
     if _timer(c.state, "over_voltage", over, c.t, ov["time_ms"] / 1000.0):
-        c.trip("over_voltage", "output %s V above %s V for %d ms" % (fmt_num(volts), fmt_num(max_v), ov["time_ms"]),
-               ov["latch"])
+        c.trip(
+            "over_voltage",
+            "output %s V above %s V for %d ms" % (fmt_num(volts), fmt_num(max_v), ov["time_ms"]),
+            ov["latch"],
+        )
     elif over:
         c.block("over_voltage", "output %s V still above %s V" % (fmt_num(volts), fmt_num(max_v)))
 
@@ -444,29 +493,52 @@ def _rule_grid(c: _Ctx) -> None:
         around = []  # type: list
         for i in range(len(hist)):
             if hist[i][0] <= t_rx and (i + 1 == len(hist) or hist[i + 1][0] > t_rx):
-                around = hist[i:i + 2]
+                around = hist[i : i + 2]
         pick = around or hist
         charger_w = min([h[1] for h in pick]) if pick else 0.0
         charger_ac = charger_w / rule["efficiency"] / (3.0 * rule["phase_voltage_v"])
         allowed_ac = max(0.0, charger_ac + headroom)
         state["grid_limit_a"] = allowed_ac * per_phase_to_dc
-        c.limit(state["grid_limit_a"], "grid", "site fuse: L%d at %s A of %s A (margin %s A)" % (
-            worst_i, fmt_num(worst, 0), fmt_num(rule["fuse_a"], 0), fmt_num(rule["margin_a"], 0)))
+        c.limit(
+            state["grid_limit_a"],
+            "grid",
+            "site fuse: L%d at %s A of %s A (margin %s A)"
+            % (worst_i, fmt_num(worst, 0), fmt_num(rule["fuse_a"], 0), fmt_num(rule["margin_a"], 0)),
+        )
         return
     ok_t = state["grid_ok_t"]
     if ok_t is None or c.t - ok_t >= loss_s:
         c.faults["grid_meter_lost"] = "grid meter: no good reading for %s ms (max %d ms)" % (
-            "-" if ok_t is None else fmt_num((c.t - ok_t) * 1000.0, 0), rule["meter_loss_ms"])
-        c.limit(rule["fallback_ac_a"] * per_phase_to_dc, "grid_fallback",
-                "grid meter lost: fallback %s A per phase" % fmt_num(rule["fallback_ac_a"], 0))
+            "-" if ok_t is None else fmt_num((c.t - ok_t) * 1000.0, 0),
+            rule["meter_loss_ms"],
+        )
+        c.limit(
+            rule["fallback_ac_a"] * per_phase_to_dc,
+            "grid_fallback",
+            "grid meter lost: fallback %s A per phase" % fmt_num(rule["fallback_ac_a"], 0),
+        )
     elif state["grid_limit_a"] is not None:
-        c.limit(state["grid_limit_a"], "grid", "site fuse: last good meter reading %s ms ago" % fmt_num(
-            (c.t - ok_t) * 1000.0, 0))
+        c.limit(
+            state["grid_limit_a"],
+            "grid",
+            "site fuse: last good meter reading %s ms ago" % fmt_num((c.t - ok_t) * 1000.0, 0),
+        )
 
 
-RULES = (_rule_modules, _rule_sensors, _rule_plausibility, _rule_pins, _rule_coolant_temperature,
-         _rule_module_temperature, _rule_ambient, _rule_flow, _rule_leak, _rule_over_current,
-         _rule_over_voltage, _rule_grid)
+RULES = (
+    _rule_modules,
+    _rule_sensors,
+    _rule_plausibility,
+    _rule_pins,
+    _rule_coolant_temperature,
+    _rule_module_temperature,
+    _rule_ambient,
+    _rule_flow,
+    _rule_leak,
+    _rule_over_current,
+    _rule_over_voltage,
+    _rule_grid,
+)
 
 
 def evaluate(snapshot: dict, config: dict, previous_state: dict | None) -> tuple:

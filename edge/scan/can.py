@@ -63,24 +63,46 @@ class ScanResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "bus": self.bus, "seconds": self.seconds, "frames": self.frames, "error_frames": self.error_frames,
-            "errors": self.errors[:20], "sent": self.sent, "ids_dropped": self.ids_dropped,
-            "ids": [{"id": f"0x{s.arbitration_id:0{8 if s.extended else 3}X}", "extended": s.extended,
-                     "dlc": s.dlc, "count": s.count, "rate_per_s": round(s.count / self.seconds, 2),
-                     "decoded": s.decoded} for s in sorted(self.ids.values(), key=lambda s: s.arbitration_id)],
+            "bus": self.bus,
+            "seconds": self.seconds,
+            "frames": self.frames,
+            "error_frames": self.error_frames,
+            "errors": self.errors[:20],
+            "sent": self.sent,
+            "ids_dropped": self.ids_dropped,
+            "ids": [
+                {
+                    "id": f"0x{s.arbitration_id:0{8 if s.extended else 3}X}",
+                    "extended": s.extended,
+                    "dlc": s.dlc,
+                    "count": s.count,
+                    "rate_per_s": round(s.count / self.seconds, 2),
+                    "decoded": s.decoded,
+                }
+                for s in sorted(self.ids.values(), key=lambda s: s.arbitration_id)
+            ],
             "protocol": self.protocol,
             "modules": {str(a): m for a, m in self.modules.items()},
             "foreign_modules": {str(a): n for a, n in self.foreign_modules.items()},
-            "cables": self.cables, "silent": self.silent(),
+            "cables": self.cables,
+            "silent": self.silent(),
         }
 
 
-def scan(bus: can.BusABC, seconds: float, name: str, codec: ModuleCodec | None, addresses: list[int],
-         cables: list[CableMonitor], poll: bool) -> ScanResult:
+def scan(
+    bus: can.BusABC,
+    seconds: float,
+    name: str,
+    codec: ModuleCodec | None,
+    addresses: list[int],
+    cables: list[CableMonitor],
+    poll: bool,
+) -> ScanResult:
     """Listen (and poll) for ``seconds`` on an open bus. Pure bookkeeping apart from the bus calls."""
     res = ScanResult(bus=name, seconds=seconds, protocol=codec.name if codec else None)
-    res.modules = {a: {"answers": 0, "voltage_v": None, "current_a": None, "temperature_c": None,
-                       "alarms": []} for a in addresses}
+    res.modules = {
+        a: {"answers": 0, "voltage_v": None, "current_a": None, "temperature_c": None, "alarms": []} for a in addresses
+    }
     res.cables = {c.name: {"node_id": c.node_id, "frames": 0, "invalid": 0} for c in cables}
     start = time.monotonic()
     end = start + seconds
@@ -105,8 +127,9 @@ def _send_polls(bus: can.BusABC, codec: ModuleCodec, addresses: list[int], res: 
     sent = 0
     for f in frames:
         try:
-            bus.send(can.Message(arbitration_id=f.arbitration_id, data=f.data, is_extended_id=f.is_extended_id),
-                     timeout=0.05)
+            bus.send(
+                can.Message(arbitration_id=f.arbitration_id, data=f.data, is_extended_id=f.is_extended_id), timeout=0.05
+            )
             sent += 1
         except can.CanError as exc:
             if len(res.errors) < 100:
@@ -115,8 +138,9 @@ def _send_polls(bus: can.BusABC, codec: ModuleCodec, addresses: list[int], res: 
     return sent
 
 
-def _account(res: ScanResult, msg: can.Message, codec: ModuleCodec | None, cables: list[CableMonitor],
-             now: float) -> None:
+def _account(
+    res: ScanResult, msg: can.Message, codec: ModuleCodec | None, cables: list[CableMonitor], now: float
+) -> None:
     if msg.is_error_frame:
         res.error_frames += 1
         _, desc = classify_error_frame(msg.arbitration_id, bytes(msg.data))
@@ -168,8 +192,10 @@ def _account(res: ScanResult, msg: can.Message, codec: ModuleCodec | None, cable
 
 def format_text(res: ScanResult, header: str) -> str:
     """The report, every line at most 80 columns."""
-    lines = [header[:80],
-             f"{res.seconds:.1f} s: {res.frames} frames, {len(res.ids)} ids, {res.error_frames} error frames"[:80]]
+    lines = [
+        header[:80],
+        f"{res.seconds:.1f} s: {res.frames} frames, {len(res.ids)} ids, {res.error_frames} error frames"[:80],
+    ]
     lines.append(f"{'ID':<11} {'DLC':>3} {'COUNT':>7} {'RATE/S':>8}  DECODED")
     for s in sorted(res.ids.values(), key=lambda s: s.arbitration_id):
         ident = f"0x{s.arbitration_id:08X}" if s.extended else f"0x{s.arbitration_id:03X}"
@@ -206,19 +232,37 @@ def format_text(res: ScanResult, header: str) -> str:
 
 
 @click.command("can")
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help=f"config file (default {DEFAULT_CONFIG} when it exists)")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help=f"config file (default {DEFAULT_CONFIG} when it exists)",
+)
 @click.option("--bus", "bus_name", default=None, help="a [[can]] name from the config (default: the modules' bus)")
 @click.option("--interface", default=None, help="python-can interface, overrides the config (socketcan, slcan...)")
 @click.option("--channel", default=None, help="channel, overrides the config (can0, /dev/ttyACM0@115200...)")
-@click.option("--bitrate", type=click.Choice(["125000", "250000", "500000", "1000000"]), default=None,
-              help="bit/s, overrides the config (default 125000)")
-@click.option("--seconds", type=click.FloatRange(0.2, 60.0), default=3.0, show_default=True,
-              help="how long to listen, s (0.2-60)")
+@click.option(
+    "--bitrate",
+    type=click.Choice(["125000", "250000", "500000", "1000000"]),
+    default=None,
+    help="bit/s, overrides the config (default 125000)",
+)
+@click.option(
+    "--seconds", type=click.FloatRange(0.2, 60.0), default=3.0, show_default=True, help="how long to listen, s (0.2-60)"
+)
 @click.option("--listen-only", is_flag=True, help="do not send the module read requests; only listen")
 @click.option("--json", "as_json", is_flag=True, help="machine-readable output")
-def can_command(config_path: str | None, bus_name: str | None, interface: str | None, channel: str | None,
-                bitrate: str | None, seconds: float, listen_only: bool, as_json: bool) -> None:
+def can_command(
+    config_path: str | None,
+    bus_name: str | None,
+    interface: str | None,
+    channel: str | None,
+    bitrate: str | None,
+    seconds: float,
+    listen_only: bool,
+    as_json: bool,
+) -> None:
     """List the CAN ids seen for N seconds with counts and rates, and which configured power modules
     and cable monitors answered.
 
@@ -247,7 +291,8 @@ def can_command(config_path: str | None, bus_name: str | None, interface: str | 
         name=name,
         interface=interface or (bus_cfg.interface if bus_cfg else "socketcan"),
         channel=channel or (bus_cfg.channel if bus_cfg else "can0"),
-        bitrate=int(bitrate) if bitrate else (bus_cfg.bitrate if bus_cfg else 125_000))
+        bitrate=int(bitrate) if bitrate else (bus_cfg.bitrate if bus_cfg else 125_000),
+    )
     codec: ModuleCodec | None = None
     addresses: list[int] = []
     cables: list[CableMonitor] = []

@@ -89,21 +89,35 @@ async def identify(line: ModbusLine, device_id: int, timeout_s: float) -> Found 
     return Found(device_id, None, "answers, but matches no known model signature") if answered else None
 
 
-def config_snippet(found: list[Found], line_name: str, port: str | None, baud: int, parity: str,
-                   host: str | None, tcp_port: int) -> str:
+def config_snippet(
+    found: list[Found], line_name: str, port: str | None, baud: int, parity: str, host: str | None, tcp_port: int
+) -> str:
     lines = ["# paste into the config file; check names and roles"]
     if host:
         lines += ["[[modbus_tcp]]", f'name = "{line_name}"', f'host = "{host}"', f"port = {tcp_port}", ""]
     else:
-        lines += ["[[serial]]", f'name = "{line_name}"', f'port = "{port}"', f"baudrate = {baud}",
-                  f'parity = "{parity}"', ""]
+        lines += [
+            "[[serial]]",
+            f'name = "{line_name}"',
+            f'port = "{port}"',
+            f"baudrate = {baud}",
+            f'parity = "{parity}"',
+            "",
+        ]
     grid_done = False
     for f in found:
         if f.model is None:
-            lines.append(f"# device id {f.device_id} answers but is no known model: use model = \"generic\"")
+            lines.append(f'# device id {f.device_id} answers but is no known model: use model = "generic"')
             continue
-        lines += ["[[meters]]", f'name = "meter{f.device_id}"', f'model = "{f.model}"', f'line = "{line_name}"',
-                  f"device_id = {f.device_id}", f'role = "{"charger" if grid_done else "grid"}"', ""]
+        lines += [
+            "[[meters]]",
+            f'name = "meter{f.device_id}"',
+            f'model = "{f.model}"',
+            f'line = "{line_name}"',
+            f"device_id = {f.device_id}",
+            f'role = "{"charger" if grid_done else "grid"}"',
+            "",
+        ]
         grid_done = True
     return "\n".join(lines).rstrip() + "\n"
 
@@ -129,27 +143,50 @@ async def _scan(line: ModbusLine, ids: list[int], timeout_s: float, bar: Any) ->
 
 @click.command("modbus")
 @click.option("--port", help="serial device of the RS-485 line, e.g. /dev/ttyUSB0")
-@click.option("--baud", type=click.Choice(["1200", "2400", "4800", "9600", "19200", "38400", "57600", "115200"]),
-              default="9600", show_default=True, help="bit/s")
+@click.option(
+    "--baud",
+    type=click.Choice(["1200", "2400", "4800", "9600", "19200", "38400", "57600", "115200"]),
+    default="9600",
+    show_default=True,
+    help="bit/s",
+)
 @click.option("--parity", type=click.Choice(["N", "E", "O"]), default="N", show_default=True)
 @click.option("--stopbits", type=click.Choice(["1", "2"]), default="1", show_default=True)
 @click.option("--host", help="Modbus TCP device or gateway (instead of --port)")
 @click.option("--tcp-port", type=click.IntRange(1, 65535), default=502, show_default=True)
 @click.option("--ids", "ids_text", default="1-247", show_default=True, help="device ids to try: 1-247, 1,3,10-20")
-@click.option("--timeout", "timeout_ms", type=click.IntRange(20, 5000), default=200, show_default=True,
-              help="ms to wait for each reply")
+@click.option(
+    "--timeout",
+    "timeout_ms",
+    type=click.IntRange(20, 5000),
+    default=200,
+    show_default=True,
+    help="ms to wait for each reply",
+)
 @click.option("--line-name", default="rs485", show_default=True, help="line name used in the config snippet")
 @click.option("--json", "as_json", is_flag=True, help="print JSON instead of text")
-def modbus_command(port: str | None, baud: str, parity: str, stopbits: str, host: str | None, tcp_port: int,
-                   ids_text: str, timeout_ms: int, line_name: str, as_json: bool) -> None:
+def modbus_command(
+    port: str | None,
+    baud: str,
+    parity: str,
+    stopbits: str,
+    host: str | None,
+    tcp_port: int,
+    ids_text: str,
+    timeout_ms: int,
+    line_name: str,
+    as_json: bool,
+) -> None:
     """Find meters on a Modbus line and print a config snippet for them."""
     if bool(port) == bool(host):
         raise click.UsageError("give either --port (RS-485) or --host (Modbus TCP)")
     ids = parse_ids(ids_text)
     timeout_s = timeout_ms / 1000.0
     worst = len(ids) * timeout_s + 0.5
-    click.echo(f"scanning {len(ids)} id(s) on {port or f'{host}:{tcp_port}'}; at most ~{worst:.0f} s "
-               f"for an empty line", err=True)
+    click.echo(
+        f"scanning {len(ids)} id(s) on {port or f'{host}:{tcp_port}'}; at most ~{worst:.0f} s for an empty line",
+        err=True,
+    )
     t0 = time.monotonic()
 
     async def main() -> list[Found]:
@@ -164,9 +201,22 @@ def modbus_command(port: str | None, baud: str, parity: str, stopbits: str, host
     found = asyncio.run(main())
     elapsed = time.monotonic() - t0
     if as_json:
-        click.echo(json.dumps({"line": {"port": port, "baudrate": int(baud), "parity": parity, "host": host,
-                                        "tcp_port": tcp_port if host else None},
-                               "elapsed_s": round(elapsed, 2), "found": [asdict(f) for f in found]}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "line": {
+                        "port": port,
+                        "baudrate": int(baud),
+                        "parity": parity,
+                        "host": host,
+                        "tcp_port": tcp_port if host else None,
+                    },
+                    "elapsed_s": round(elapsed, 2),
+                    "found": [asdict(f) for f in found],
+                },
+                indent=2,
+            )
+        )
         return
     click.echo(f"{len(found)} device(s) answered in {elapsed:.1f} s")
     for f in found:

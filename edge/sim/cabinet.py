@@ -52,18 +52,24 @@ class SimCabinet:
             self.links[line.name] = SerialLink(line.baudrate if pace_serial else None)
         self.tcp_ports: dict[str, int] = {t.name: _free_port() for t in config.modbus_tcp}
         for m in config.meters:
-            model = model_for(m.model, m.name, [r.model_dump() for r in m.registers], m.max_registers_per_request,
-                              m.rejects_gaps)
+            model = model_for(
+                m.model, m.name, [r.model_dump() for r in m.registers], m.max_registers_per_request, m.rejects_gaps
+            )
             self.meters[m.name] = SimMeter(model, m.device_id, self._meter_values)
         self.can_channels = {bus.name: f"{self._tag}-{bus.name}" for bus in config.can}
         cable = config.cable[0] if config.cable else None
         dev_bus_name = config.power_modules.bus
-        self._dev_bus = can.Bus(interface="virtual", channel=self.can_channels[dev_bus_name],
-                                receive_own_messages=False)
-        self.can = SimCanDevices(self._dev_bus, self.physics, self.lock,
-                                 cable_node=cable.node_id if cable else 1,
-                                 cable_name=cable.name if cable else "cable",
-                                 protocol=config.power_modules.protocol)
+        self._dev_bus = can.Bus(
+            interface="virtual", channel=self.can_channels[dev_bus_name], receive_own_messages=False
+        )
+        self.can = SimCanDevices(
+            self._dev_bus,
+            self.physics,
+            self.lock,
+            cable_node=cable.node_id if cable else 1,
+            cable_name=cable.name if cable else "cable",
+            protocol=config.power_modules.protocol,
+        )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = threading.Thread(target=self._thread_main, name="sim-cabinet", daemon=True)
         self._ready = threading.Event()
@@ -150,15 +156,24 @@ class SimCabinet:
     def _meter_values(self) -> dict[str, float]:
         with self.lock:
             p = self.physics
-            vals: dict[str, float] = {"Frequency": 50.0, "Energy.Active.Import.Register": p.import_kwh,
-                                      "Energy.Active.Export.Register": 0.0}
+            vals: dict[str, float] = {
+                "Frequency": 50.0,
+                "Energy.Active.Import.Register": p.import_kwh,
+                "Energy.Active.Export.Register": 0.0,
+            }
             total = 0.0
             for i in range(3):
                 ph = f"L{i + 1}"
                 watts = p.grid_v[i] * p.grid_a[i] * 0.98
                 total += watts
-                vals.update({f"Voltage.{ph}": p.grid_v[i], f"Current.Import.{ph}": p.grid_a[i],
-                             f"Power.Active.Import.{ph}": watts, f"Power.Factor.{ph}": 0.98})
+                vals.update(
+                    {
+                        f"Voltage.{ph}": p.grid_v[i],
+                        f"Current.Import.{ph}": p.grid_a[i],
+                        f"Power.Active.Import.{ph}": watts,
+                        f"Power.Factor.{ph}": 0.98,
+                    }
+                )
             vals["Power.Active.Import"] = total
             return vals
 
@@ -214,11 +229,21 @@ class SimCabinet:
     def snapshot(self) -> dict[str, Any]:
         with self.lock:
             p = self.physics
-            return {"output_a": p.output_a, "pin_plus_c": p.pin_plus_c, "pin_minus_c": p.pin_minus_c,
-                    "flow_lpm": p.flow_lpm, "coolant_out_c": p.coolant_out_c, "contactor": p.contactor,
-                    "pump_on": p.pump_on, "vehicle_demand_a": p.vehicle_demand_a, "grid_a": list(p.grid_a),
-                    "modules": {a: {"on": m.on, "set_a": m.set_a, "out_a": m.out_a, "silent": m.silent,
-                                    "alarms": sorted(m.alarms)} for a, m in p.modules.items()}}
+            return {
+                "output_a": p.output_a,
+                "pin_plus_c": p.pin_plus_c,
+                "pin_minus_c": p.pin_minus_c,
+                "flow_lpm": p.flow_lpm,
+                "coolant_out_c": p.coolant_out_c,
+                "contactor": p.contactor,
+                "pump_on": p.pump_on,
+                "vehicle_demand_a": p.vehicle_demand_a,
+                "grid_a": list(p.grid_a),
+                "modules": {
+                    a: {"on": m.on, "set_a": m.set_a, "out_a": m.out_a, "silent": m.silent, "alarms": sorted(m.alarms)}
+                    for a, m in p.modules.items()
+                },
+            }
 
     def set_vehicle_demand(self, amps: float) -> None:
         with self.lock:

@@ -115,9 +115,12 @@ class UUGreenPersonality:
                     m.on = value == 0
                 out.append((uu.make_id(m.address), uu.encode_data(uu.TYPE_SET_RESPONSE, command, value, group)))
             else:
-                answer = {uu.CMD_VOUT: int(m.out_v * 1000), uu.CMD_IOUT: int(m.out_a * 1000),
-                          uu.CMD_STATUS: self._status_word(m),
-                          uu.CMD_INPUT_TEMPERATURE: int(m.temp_c * 1000) & 0xFFFFFFFF}.get(command, 0)
+                answer = {
+                    uu.CMD_VOUT: int(m.out_v * 1000),
+                    uu.CMD_IOUT: int(m.out_a * 1000),
+                    uu.CMD_STATUS: self._status_word(m),
+                    uu.CMD_INPUT_TEMPERATURE: int(m.temp_c * 1000) & 0xFFFFFFFF,
+                }.get(command, 0)
                 out.append((uu.make_id(m.address), uu.encode_data(uu.TYPE_READ_RESPONSE, command, answer, group)))
         return out
 
@@ -139,8 +142,16 @@ PERSONALITIES: dict[str, type[Personality]] = {"infypower": InfyPersonality, "uu
 
 
 class SimCanDevices:
-    def __init__(self, bus: can.BusABC, physics: Physics, lock: threading.Lock, cable_node: int = 1,
-                 cable_name: str = "cable", protocol: str = "infypower", cable_bus: can.BusABC | None = None) -> None:
+    def __init__(
+        self,
+        bus: can.BusABC,
+        physics: Physics,
+        lock: threading.Lock,
+        cable_node: int = 1,
+        cable_name: str = "cable",
+        protocol: str = "infypower",
+        cable_bus: can.BusABC | None = None,
+    ) -> None:
         self.bus = bus
         self.cable_bus = cable_bus or bus
         self.physics = physics
@@ -155,8 +166,10 @@ class SimCanDevices:
         self._frozen_frames: list[tuple[int, bytes]] = []
         self._last_controller_rx = time.monotonic()
         self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._rx_loop, name="sim-can-rx", daemon=True),
-                         threading.Thread(target=self._tx_loop, name="sim-can-tx", daemon=True)]
+        self._threads = [
+            threading.Thread(target=self._rx_loop, name="sim-can-rx", daemon=True),
+            threading.Thread(target=self._tx_loop, name="sim-can-tx", daemon=True),
+        ]
         self.frames_handled = 0
 
     def start(self) -> None:
@@ -219,16 +232,24 @@ class SimCanDevices:
         p = self.physics
         with self.lock:
             faults = self.cable_status_faults
-            temps = {"PinTempDcPlus": p.pin_plus_c, "PinTempDcMinus": p.pin_minus_c,
-                     "CoolantInletTemp": p.coolant_in_c, "CoolantOutletTemp": min(p.coolant_out_c, 150.0),
-                     "RollingCounter": self._counter,
-                     "PinDcPlusSensorFault": int("PinDcPlusSensorFault" in faults),
-                     "PinDcMinusSensorFault": int("PinDcMinusSensorFault" in faults),
-                     "CoolantTempSensorFault": int("CoolantTempSensorFault" in faults)}
-            cool = {"CoolantFlow": p.flow_lpm, "CoolantPressure": p.pressure_bar, "RollingCounter": self._counter,
-                    "FlowSensorFault": int("FlowSensorFault" in faults),
-                    "PressureSensorFault": int("PressureSensorFault" in faults),
-                    "LeakDetected": int("LeakDetected" in faults)}
+            temps = {
+                "PinTempDcPlus": p.pin_plus_c,
+                "PinTempDcMinus": p.pin_minus_c,
+                "CoolantInletTemp": p.coolant_in_c,
+                "CoolantOutletTemp": min(p.coolant_out_c, 150.0),
+                "RollingCounter": self._counter,
+                "PinDcPlusSensorFault": int("PinDcPlusSensorFault" in faults),
+                "PinDcMinusSensorFault": int("PinDcMinusSensorFault" in faults),
+                "CoolantTempSensorFault": int("CoolantTempSensorFault" in faults),
+            }
+            cool = {
+                "CoolantFlow": p.flow_lpm,
+                "CoolantPressure": p.pressure_bar,
+                "RollingCounter": self._counter,
+                "FlowSensorFault": int("FlowSensorFault" in faults),
+                "PressureSensorFault": int("PressureSensorFault" in faults),
+                "LeakDetected": int("LeakDetected" in faults),
+            }
         self._counter = (self._counter + 1) % 16
         frames = [self.cable.encode("CABLE_TEMPS", temps), self.cable.encode("CABLE_COOLANT", cool)]
         self._frozen_frames = frames

@@ -58,13 +58,19 @@ class SimMeter:
         self.raw: dict[str, list[int]] = {}  # signal -> words served instead of the encoded value
         self.device = SimDevice(
             id=device_id,
-            simdata=[SimData(s, count=e - s, values=0, datatype=DataType.REGISTERS)
-                     for s, e in _address_blocks(model)],
+            simdata=[SimData(s, count=e - s, values=0, datatype=DataType.REGISTERS) for s, e in _address_blocks(model)],
             action=self._action,
         )
 
-    async def _action(self, function_code: int, start_address: int, address: int, count: int,
-                      registers: list[int], set_values: list[int] | list[bool] | None) -> ExcCodes | None:
+    async def _action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
         if self.silent:
             raise _NoAnswer()
         if self.delay_s:
@@ -75,8 +81,7 @@ class SimMeter:
         vals = self.values()
         sig = self.model.signature
         if sig is not None and sig.values:
-            self._put(registers, start_address, sig.register.address,
-                      encode_value(sig.register, float(sig.values[0])))
+            self._put(registers, start_address, sig.register.address, encode_value(sig.register, float(sig.values[0])))
         for reg in self.model.registers:
             words = self.raw.get(reg.signal)
             if words is None and reg.signal in vals:
@@ -105,8 +110,9 @@ async def _never_answer(*_args: object) -> ExcCodes | None:
 def _devices(meters: list[SimMeter]) -> list[SimDevice]:
     # Id 0 stands for every id not listed. Without it pymodbus' simulator answers unknown ids with an
     # exception; on a real line an absent device is silent, and scans and tests must see that.
-    absent = SimDevice(id=0, simdata=[SimData(0, count=0x10000, values=0, datatype=DataType.REGISTERS)],
-                       action=_never_answer)
+    absent = SimDevice(
+        id=0, simdata=[SimData(0, count=0x10000, values=0, datatype=DataType.REGISTERS)], action=_never_answer
+    )
     return [m.device for m in meters] + [absent]
 
 

@@ -15,13 +15,13 @@ import math
 from dataclasses import dataclass, field
 
 # Calibrated so that 200 A at full flow settles near 55 °C pins and 300 A reaches the derating band.
-PIN_HEAT_K_PER_A2 = 6.0e-4       # °C of rise per A^2 at nominal flow
-PIN_TAU_S = 8.0                  # thermal time constant of a pin
+PIN_HEAT_K_PER_A2 = 6.0e-4  # °C of rise per A^2 at nominal flow
+PIN_TAU_S = 8.0  # thermal time constant of a pin
 NOMINAL_FLOW_LPM = 5.0
 FLOW_TAU_S = 0.8
-COOLANT_HEAT_K = 1.0e-4          # °C·(l/min) per A^2 of outlet rise
+COOLANT_HEAT_K = 1.0e-4  # °C·(l/min) per A^2 of outlet rise
 MODULE_TAU_S = 20.0
-MODULE_K_PER_A = 0.6             # °C rise per A of module output
+MODULE_K_PER_A = 0.6  # °C rise per A of module output
 
 
 @dataclass
@@ -65,8 +65,9 @@ class Physics:
     def step(self, dt: float) -> None:
         self.t += dt
         # vehicle and modules
-        on = [m for m in self.modules.values()
-              if m.on and m.set_a > 0 and not m.silent and not (m.alarms - {"sleeping"})]
+        on = [
+            m for m in self.modules.values() if m.on and m.set_a > 0 and not m.silent and not (m.alarms - {"sleeping"})
+        ]
         deliverable = sum(m.set_a for m in on)
         total = min(self.vehicle_demand_a, deliverable) if self.contactor else 0.0
         for m in self.modules.values():

@@ -71,8 +71,7 @@ def _number(d: dict[str, Any], key: str, lo: float, hi: float, unit: str, cmd_id
     return float(v)
 
 
-def parse(name: str, payload: bytes, max_current_a: float, remote_clear_allowed: bool,
-          now_ms: int) -> Command:
+def parse(name: str, payload: bytes, max_current_a: float, remote_clear_allowed: bool, now_ms: int) -> Command:
     """Validate one command; raises :class:`Rejected` with a reason a backend engineer can act on."""
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise Rejected(f"payload of {len(payload)} bytes exceeds {MAX_PAYLOAD_BYTES}")

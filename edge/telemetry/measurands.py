@@ -13,11 +13,22 @@ from typing import Any
 
 # OCPP measurands a meter signal name may start with (longest match wins).
 METER_MEASURANDS: tuple[str, ...] = (
-    "Current.Export", "Current.Import", "Current.Offered",
-    "Energy.Active.Export.Register", "Energy.Active.Import.Register",
-    "Energy.Reactive.Export.Register", "Energy.Reactive.Import.Register",
-    "Frequency", "Power.Active.Export", "Power.Active.Import", "Power.Factor", "Power.Offered",
-    "Power.Reactive.Export", "Power.Reactive.Import", "Temperature", "Voltage",
+    "Current.Export",
+    "Current.Import",
+    "Current.Offered",
+    "Energy.Active.Export.Register",
+    "Energy.Active.Import.Register",
+    "Energy.Reactive.Export.Register",
+    "Energy.Reactive.Import.Register",
+    "Frequency",
+    "Power.Active.Export",
+    "Power.Active.Import",
+    "Power.Factor",
+    "Power.Offered",
+    "Power.Reactive.Export",
+    "Power.Reactive.Import",
+    "Temperature",
+    "Voltage",
 )
 PHASES = ("L1", "L2", "L3", "N")
 
@@ -28,8 +39,8 @@ SUFFIXES: dict[str, tuple[str, str, str | None]] = {
     "coolant_in_c": ("Temperature", "Cable", "coolant_in"),
     "coolant_out_c": ("Temperature", "Cable", "coolant_out"),
     "temperature_c": ("Temperature", "Body", None),  # module.<n>.temperature_c
-    "voltage_v": ("Voltage", "Body", None),          # module.<n>.voltage_v (DC output)
-    "current_a": ("Current.Import", "Body", None),   # module.<n>.current_a (DC output, to the EV)
+    "voltage_v": ("Voltage", "Body", None),  # module.<n>.voltage_v (DC output)
+    "current_a": ("Current.Import", "Body", None),  # module.<n>.current_a (DC output, to the EV)
     "limit_a": ("Current.Offered", "Outlet", None),  # control.limit_a
 }
 
@@ -45,7 +56,7 @@ def ocpp_fields(signal: str) -> tuple[tuple[str, Any], ...]:
         return tuple(out + ([("point", point)] if point else []))
     for m in sorted(METER_MEASURANDS, key=len, reverse=True):
         if rest == m or rest.startswith(m + "."):
-            phase = rest[len(m) + 1:] or None
+            phase = rest[len(m) + 1 :] or None
             if phase is not None and phase not in PHASES:
                 return ()
             if phase and m == "Voltage" and phase != "N":

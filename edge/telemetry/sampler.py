@@ -54,11 +54,18 @@ class Sampler:
         for sig in sorted(self._aggs):
             a = self._aggs[sig]
             good = a.n > 0
-            out.append({
-                "signal": sig, "unit": a.unit, "quality": a.quality, "n": a.n,
-                "min": _r(a.lo) if good else None, "max": _r(a.hi) if good else None,
-                "mean": _r(a.total / a.n) if good else None, "last": _r(a.last) if good else None,
-                **dict(ocpp_fields(sig)),
-            })
+            out.append(
+                {
+                    "signal": sig,
+                    "unit": a.unit,
+                    "quality": a.quality,
+                    "n": a.n,
+                    "min": _r(a.lo) if good else None,
+                    "max": _r(a.hi) if good else None,
+                    "mean": _r(a.total / a.n) if good else None,
+                    "last": _r(a.last) if good else None,
+                    **dict(ocpp_fields(sig)),
+                }
+            )
         self._aggs.clear()
         return out

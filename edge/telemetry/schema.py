@@ -7,8 +7,13 @@ import json
 from typing import Any
 
 SCHEMA_FILE = "schemas/mqtt-v1.schema.json"
-DEF_BY_LEAF = {"telemetry": "telemetry", "events": "events", "status": "status", "state": "state",
-               "cmd-result": "cmd_result"}
+DEF_BY_LEAF = {
+    "telemetry": "telemetry",
+    "events": "events",
+    "status": "status",
+    "state": "state",
+    "cmd-result": "cmd_result",
+}
 
 
 def load() -> dict[str, Any]:

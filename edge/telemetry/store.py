@@ -48,14 +48,14 @@ CREATE INDEX IF NOT EXISTS records_kind ON records(kind, seq);
 TELEMETRY = "telemetry"
 EVENT = "event"
 DEGRADED_HOLD_S = 30.0  # a write error keeps the fault raised this long after the last failure
-CHECK_EVERY = 64        # appends between two checks of the size bound
-EVICT_TO = 0.9          # evict down to this fraction of the bound, so eviction is not run per append
-FULL_EVICT_ROWS = 64    # telemetry rows dropped to make room when SQLite reports the disk full
+CHECK_EVERY = 64  # appends between two checks of the size bound
+EVICT_TO = 0.9  # evict down to this fraction of the bound, so eviction is not run per append
+FULL_EVICT_ROWS = 64  # telemetry rows dropped to make room when SQLite reports the disk full
 BUSY_TIMEOUT_MS = 2000  # the uplink thread's deletes hold the write lock for a few ms at most
-WRITE_BATCH = 500       # records committed in one transaction by the writer thread, at most
-RETRY_S = 0.5           # a failed commit is retried this often (disk full: until there is room again)
-MAX_HELD = 1000         # records kept in memory while commits fail (~8 MB of 40-signal intervals)
-CLOSE_WAIT_S = 5.0      # longest wait for the writer thread to commit what is queued at close
+WRITE_BATCH = 500  # records committed in one transaction by the writer thread, at most
+RETRY_S = 0.5  # a failed commit is retried this often (disk full: until there is room again)
+MAX_HELD = 1000  # records kept in memory while commits fail (~8 MB of 40-signal intervals)
+CLOSE_WAIT_S = 5.0  # longest wait for the writer thread to commit what is queued at close
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class _Records:
             # one transaction for the whole list; 500 per statement keeps under SQLite's parameter limit
             with _transaction(self._db):
                 for i in range(0, len(seqs), 500):
-                    chunk = seqs[i:i + 500]
+                    chunk = seqs[i : i + 500]
                     self._db.execute(f"DELETE FROM records WHERE seq IN ({','.join('?' * len(chunk))})", chunk)
         except sqlite3.Error as exc:
             log.warning("could not delete %d acknowledged records (%s): they will be sent again", len(seqs), exc)
@@ -139,7 +139,6 @@ class _Records:
     def last_seq(self) -> int:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
         return int(row[0]) if row else 0
-
 
 
 class StoreView(_Records):
@@ -191,8 +190,9 @@ _Row = tuple[int, str, int, str]  # seq, kind, t_ms, payload JSON
 
 
 class Store(_Records):
-    def __init__(self, data_dir: str, max_mb: float = 256.0, min_free_mb: float = 0.0,
-                 background: bool = False) -> None:
+    def __init__(
+        self, data_dir: str, max_mb: float = 256.0, min_free_mb: float = 0.0, background: bool = False
+    ) -> None:
         os.makedirs(data_dir, exist_ok=True)
         self.data_dir = data_dir
         self.min_free_bytes = int(min_free_mb * 1024 * 1024)
@@ -202,7 +202,7 @@ class Store(_Records):
         self.path = os.path.join(data_dir, "telemetry.sqlite3")
         self.max_bytes = int(max_mb * 1024 * 1024)
         self.write_errors = 0
-        self.evicted = 0            # telemetry + events dropped by the size bound
+        self.evicted = 0  # telemetry + events dropped by the size bound
         self.evicted_events = 0
         self.last_error: str | None = None
         self._last_error_t = -1e9
@@ -338,8 +338,10 @@ class Store(_Records):
                 return False
             self._disk_low = free < self.min_free_bytes
             if self._disk_low:
-                self._failed(f"disk nearly full: {free / 1048576:.1f} MB free, below "
-                             f"{self.min_free_bytes / 1048576:.0f} MB; telemetry dropped, events kept")
+                self._failed(
+                    f"disk nearly full: {free / 1048576:.1f} MB free, below "
+                    f"{self.min_free_bytes / 1048576:.0f} MB; telemetry dropped, events kept"
+                )
         return self._disk_low
 
     def _failed(self, why: str) -> None:
@@ -348,8 +350,12 @@ class Store(_Records):
         self._last_error_t = time.monotonic()
         if self.write_errors in (1, 10, 100) or self.write_errors % 1000 == 0:
             what = "record dropped" if self._queue is None else "records held in memory and retried"
-            log.error("telemetry store write failed (%s): %s, control continues (%d failures so far)",
-                      why, what, self.write_errors)
+            log.error(
+                "telemetry store write failed (%s): %s, control continues (%d failures so far)",
+                why,
+                what,
+                self.write_errors,
+            )
 
     @property
     def degraded(self) -> str | None:
@@ -389,8 +395,11 @@ class Store(_Records):
         except sqlite3.Error as exc:
             self._failed(f"size bound: {exc}")
         if dropped:
-            log.warning("telemetry store above %.0f MB: dropped the %d oldest records (not yet uplinked)",
-                        self.max_bytes / 1048576, dropped)
+            log.warning(
+                "telemetry store above %.0f MB: dropped the %d oldest records (not yet uplinked)",
+                self.max_bytes / 1048576,
+                dropped,
+            )
         return dropped
 
     def _evict_oldest(self, rows: int) -> int:
@@ -398,11 +407,13 @@ class Store(_Records):
         try:
             cur = self._wdb.execute(
                 "DELETE FROM records WHERE seq IN (SELECT seq FROM records WHERE kind = ? ORDER BY seq LIMIT ?)",
-                (TELEMETRY, rows))
+                (TELEMETRY, rows),
+            )
             got = cur.rowcount
             if got == 0:
                 cur = self._wdb.execute(
-                    "DELETE FROM records WHERE seq IN (SELECT seq FROM records ORDER BY seq LIMIT ?)", (rows,))
+                    "DELETE FROM records WHERE seq IN (SELECT seq FROM records ORDER BY seq LIMIT ?)", (rows,)
+                )
                 got = cur.rowcount
                 self.evicted_events += got
         except sqlite3.Error as exc:
@@ -412,9 +423,15 @@ class Store(_Records):
         return int(got)
 
     def stats(self) -> dict[str, Any]:
-        return {"backlog": self.backlog(), "last_seq": self.last_seq(), "write_errors": self.write_errors,
-                "evicted": self.evicted, "evicted_events": self.evicted_events, "degraded": self.degraded,
-                "dropped_low_disk": self.dropped_low_disk}
+        return {
+            "backlog": self.backlog(),
+            "last_seq": self.last_seq(),
+            "write_errors": self.write_errors,
+            "evicted": self.evicted,
+            "evicted_events": self.evicted_events,
+            "degraded": self.degraded,
+            "dropped_low_disk": self.dropped_low_disk,
+        }
 
     def close(self) -> None:
         """Commit what is queued, checkpoint the WAL into the file, close."""
@@ -422,8 +439,11 @@ class Store(_Records):
             self._queue.put(None)
             self._writer.join(CLOSE_WAIT_S)
             if self._writer.is_alive():
-                log.error("telemetry store writer did not finish within %.0f s; %d records not written",
-                          CLOSE_WAIT_S, self._unwritten)
+                log.error(
+                    "telemetry store writer did not finish within %.0f s; %d records not written",
+                    CLOSE_WAIT_S,
+                    self._unwritten,
+                )
             else:
                 self._wdb.close()
             self._writer = None

@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-STATUS = "status"          # retained online/offline (birth message and last will)
-TELEMETRY = "telemetry"    # batches of interval samples
-EVENTS = "events"          # faults, trips, clears, state changes, commands and their results
-STATE = "state"            # retained current state
-CMD = "cmd"                # commands in: cmd/<name>
+STATUS = "status"  # retained online/offline (birth message and last will)
+TELEMETRY = "telemetry"  # batches of interval samples
+EVENTS = "events"  # faults, trips, clears, state changes, commands and their results
+STATE = "state"  # retained current state
+CMD = "cmd"  # commands in: cmd/<name>
 CMD_RESULT = "cmd-result"  # one answer per command, correlated by its id
 
 
@@ -59,5 +59,5 @@ class Topics:
         head = f"{self.base}/{CMD}/"
         if not topic.startswith(head):
             return None
-        name = topic[len(head):]
+        name = topic[len(head) :]
         return name if name and "/" not in name else None

@@ -54,9 +54,9 @@ SCHEMA_EVENTS = "cabinet-edge/events/1"
 SCHEMA_STATUS = "cabinet-edge/status/1"
 SCHEMA_STATE = "cabinet-edge/state/1"
 SCHEMA_CMD_RESULT = "cabinet-edge/cmd-result/1"
-PREFETCH_ROWS = 128         # backlog rows read from SQLite at once (~1 MB: keeps each loop step short)
-LIVE_ROWS = 256             # live rows read per step
-SHUTDOWN_WAIT_S = 1.0       # longest wait for paho's thread when the daemon stops
+PREFETCH_ROWS = 128  # backlog rows read from SQLite at once (~1 MB: keeps each loop step short)
+LIVE_ROWS = 256  # live rows read per step
+SHUTDOWN_WAIT_S = 1.0  # longest wait for paho's thread when the daemon stops
 # Acknowledged records are deleted as a group commit, not one transaction per PUBACK: during a backlog
 # drain (~1,000 PUBACKs/s) per-ack deletes held SQLite's write lock so often that the control loop's
 # inserts waited in the busy handler (reaction max 103 ms, docs/RELIABILITY.md). A delete waits for a
@@ -132,11 +132,22 @@ class _Cursor:
 
 
 class Uplink:
-    def __init__(self, cfg: Mqtt, site_id: str, cabinet_id: str, store: Store, *,
-                 max_current_a: float, remote_clear_allowed: bool,
-                 controller: commands.ControllerLike | None = None,
-                 state_source: StateSource | None = None, on_event: EventSink | None = None,
-                 interval_s: float = 1.0, version: str = "", rnd: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        cfg: Mqtt,
+        site_id: str,
+        cabinet_id: str,
+        store: Store,
+        *,
+        max_current_a: float,
+        remote_clear_allowed: bool,
+        controller: commands.ControllerLike | None = None,
+        state_source: StateSource | None = None,
+        on_event: EventSink | None = None,
+        interval_s: float = 1.0,
+        version: str = "",
+        rnd: random.Random | None = None,
+    ) -> None:
         self.cfg = cfg
         self.site_id = site_id
         self.cabinet_id = cabinet_id
@@ -175,14 +186,18 @@ class Uplink:
     def _make_client(self) -> mqtt.Client:
         c = self.cfg
         v5 = c.protocol == "5"
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                             clean_session=None if v5 else False,
-                             protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=None if v5 else False,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        )
         if c.username:
             client.username_pw_set(c.username, c.password)
         if c.tls.enabled:
-            client.tls_set(ca_certs=c.tls.ca_file, certfile=c.tls.cert_file, keyfile=c.tls.key_file,
-                           cert_reqs=ssl.CERT_REQUIRED)
+            client.tls_set(
+                ca_certs=c.tls.ca_file, certfile=c.tls.cert_file, keyfile=c.tls.key_file, cert_reqs=ssl.CERT_REQUIRED
+            )
             client.tls_insecure_set(c.tls.insecure)
         client.enable_logger(PAHO_LOG)  # errors inside paho callbacks end up in our log
         client.max_inflight_messages_set(self.window)
@@ -197,8 +212,13 @@ class Uplink:
         if v5:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = c.session_expiry_s
-        client.connect_async(c.host, c.port, keepalive=c.keepalive_s,
-                             clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY, properties=props)
+        client.connect_async(
+            c.host,
+            c.port,
+            keepalive=c.keepalive_s,
+            clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
         return client
 
     def _set_delay(self, client: mqtt.Client) -> None:
@@ -348,8 +368,13 @@ class Uplink:
         self.stats.connected = True
         self.stats.connects += 1
         self.stats.last_error = None
-        log.info("MQTT connected to %s:%d as %s (session present: %s)", self.cfg.host, self.cfg.port,
-                 self.client_id, session_present)
+        log.info(
+            "MQTT connected to %s:%d as %s (session present: %s)",
+            self.cfg.host,
+            self.cfg.port,
+            self.client_id,
+            session_present,
+        )
         self._resync()
         client = self._client
         if client is None:
@@ -377,8 +402,13 @@ class Uplink:
         self.stats.connect_failures += 1
         self.stats.last_error = f"cannot connect to {self.cfg.host}:{self.cfg.port}"
         if self.stats.connect_failures in (1, 10) or self.stats.connect_failures % 100 == 0:
-            log.warning("MQTT broker %s:%d not reachable (%d attempts); telemetry buffered, next try in %.1f s",
-                        self.cfg.host, self.cfg.port, self.stats.connect_failures, self.stats.next_reconnect_s or 0)
+            log.warning(
+                "MQTT broker %s:%d not reachable (%d attempts); telemetry buffered, next try in %.1f s",
+                self.cfg.host,
+                self.cfg.port,
+                self.stats.connect_failures,
+                self.stats.next_reconnect_s or 0,
+            )
 
     def _disconnected(self, why: str) -> None:
         if self._closing:
@@ -442,8 +472,11 @@ class Uplink:
             if len(rows) < LIVE_ROWS:
                 break
         # backlog
-        while not cur.backlog_done and len(self._inflight) - self._live_inflight < self.backlog_window \
-                and len(self._inflight) < self.window:
+        while (
+            not cur.backlog_done
+            and len(self._inflight) - self._live_inflight < self.backlog_window
+            and len(self._inflight) < self.window
+        ):
             if not cur.buf:
                 rows = view.pending_raw(cur.backlog_after, cur.live_from, PREFETCH_ROWS)
                 if not rows:
@@ -494,16 +527,27 @@ class Uplink:
         for r in batch:
             inner = r.payload[1:-1]
             recs.append(f'{{"seq":{r.seq},"t_ms":{r.t_ms}{"," + inner if inner else ""}}}')
-        head = (f'{{"schema":"{schema}",{self._head},"seq_first":{batch[0].seq},"seq_last":{batch[-1].seq},'
-                f'"t_first_ms":{batch[0].t_ms},"t_last_ms":{batch[-1].t_ms},'
-                f'"replayed":{"true" if replayed else "false"},"sent_ms":{now_ms()},"records":[')
+        head = (
+            f'{{"schema":"{schema}",{self._head},"seq_first":{batch[0].seq},"seq_last":{batch[-1].seq},'
+            f'"t_first_ms":{batch[0].t_ms},"t_last_ms":{batch[-1].t_ms},'
+            f'"replayed":{"true" if replayed else "false"},"sent_ms":{now_ms()},"records":['
+        )
         return (head + ",".join(recs) + "]}").encode()
 
     # -- status, state, commands ----------------------------------------------------------------------
     def _status_payload(self, status: str) -> bytes:
-        return json.dumps({"schema": SCHEMA_STATUS, "cabinet_id": self.cabinet_id, "site_id": self.site_id,
-                           "status": status, "t_ms": now_ms(), "client_id": self.client_id,
-                           "version": self.version}, separators=(",", ":")).encode()
+        return json.dumps(
+            {
+                "schema": SCHEMA_STATUS,
+                "cabinet_id": self.cabinet_id,
+                "site_id": self.site_id,
+                "status": status,
+                "t_ms": now_ms(),
+                "client_id": self.client_id,
+                "version": self.version,
+            },
+            separators=(",", ":"),
+        ).encode()
 
     def _publish_state_if_changed(self, force: bool = False) -> None:
         client = self._client
@@ -514,8 +558,14 @@ class Uplink:
         if not force and key == self._last_state:
             return
         self._last_state = key
-        msg = {"schema": SCHEMA_STATE, "cabinet_id": self.cabinet_id, "site_id": self.site_id,
-               "t_ms": now_ms(), "seq_last": self.store.last_seq(), **state}
+        msg = {
+            "schema": SCHEMA_STATE,
+            "cabinet_id": self.cabinet_id,
+            "site_id": self.site_id,
+            "t_ms": now_ms(),
+            "seq_last": self.store.last_seq(),
+            **state,
+        }
         client.publish(self.topics.state, json.dumps(msg, separators=(",", ":")), qos=1, retain=True)
 
     def _emit(self, kind: str, name: str, data: dict[str, Any]) -> int | None:
@@ -549,8 +599,14 @@ class Uplink:
         seq = self._emit("command", result.command, {**result.as_dict(), "args": args, "source": "mqtt"})
         client = self._client
         if client is not None:
-            msg = {"schema": SCHEMA_CMD_RESULT, "cabinet_id": self.cabinet_id, "site_id": self.site_id,
-                   "t_ms": now_ms(), **result.as_dict(), "seq": seq}
+            msg = {
+                "schema": SCHEMA_CMD_RESULT,
+                "cabinet_id": self.cabinet_id,
+                "site_id": self.site_id,
+                "t_ms": now_ms(),
+                **result.as_dict(),
+                "seq": seq,
+            }
             client.publish(self.topics.cmd_result, json.dumps(msg, separators=(",", ":")), qos=1)
         if result.command == "request-state" and result.result == commands.ACCEPTED:
             self._publish_state_if_changed(force=True)
@@ -558,5 +614,9 @@ class Uplink:
             self._publish_state_if_changed()
 
     def status(self) -> dict[str, Any]:
-        return {**vars(self.stats), "inflight": len(self._inflight), "client_id": self.client_id,
-                "broker": f"{self.cfg.host}:{self.cfg.port}"}
+        return {
+            **vars(self.stats),
+            "inflight": len(self._inflight),
+            "client_id": self.client_id,
+            "broker": f"{self.cfg.host}:{self.cfg.port}",
+        }

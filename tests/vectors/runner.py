@@ -108,6 +108,7 @@ def run_case(case, emit):
 def main():
     with open(sys.argv[2]) as f:
         cases = json.loads(f.read())
+
     def emit(name, step, last, decision):
         print(canon({"case": name, "step": step, "last": last, "decision": decision}))
 
