@@ -27,6 +27,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 sys.path.insert(0, str(_HERE.parent))
 
 from edge.api.client import Client, Unreachable  # noqa: E402
+from edge.build import Backends  # noqa: E402
 from edge.config import parse_config  # noqa: E402
 from edge.daemon import Daemon  # noqa: E402
 from edge.sim.cabinet import SimCabinet  # noqa: E402
@@ -80,15 +81,15 @@ def main() -> int:
             return  # the daemon stopped first
 
     async def run() -> tuple[list[float], list[float]]:
-        daemon = Daemon(cab.patched_config(), board=cab.board)
+        daemon = Daemon(cab.patched_config(), Backends(board=cab.board))
         task = asyncio.create_task(daemon.run())
         while not Path(f"{tmp}/edge.sock").exists():
             await asyncio.sleep(0.05)
         await asyncio.sleep(2.0)  # start-up transients out of the way
-        daemon.controller.tick_periods_ms.clear()
+        daemon.cabinet.controller.tick_periods_ms.clear()
         await asyncio.sleep(args.seconds)
-        quiet = list(daemon.controller.tick_periods_ms)
-        daemon.controller.tick_periods_ms.clear()
+        quiet = list(daemon.cabinet.controller.tick_periods_ms)
+        daemon.cabinet.controller.tick_periods_ms.clear()
         threads = [
             threading.Thread(target=hammer, args=("status" if i % 2 == 0 else "events",), daemon=True)
             for i in range(args.clients)
@@ -97,7 +98,7 @@ def main() -> int:
         for t in threads:
             t.start()
         await asyncio.sleep(args.seconds)
-        loaded = list(daemon.controller.tick_periods_ms)
+        loaded = list(daemon.cabinet.controller.tick_periods_ms)
         stop.set()
         daemon.stopping.set()
         await asyncio.wait_for(task, 5)

@@ -66,6 +66,7 @@ sys.path.insert(0, str(REPO))
 
 from drivers.cable.monitor import CableMonitor  # noqa: E402
 from drivers.power_modules import infypower as infy  # noqa: E402
+from edge.build import Backends  # noqa: E402
 from edge.config import parse_config  # noqa: E402
 from edge.daemon import Daemon  # noqa: E402
 from edge.limits import core  # noqa: E402
@@ -225,9 +226,9 @@ async def _store_churn(daemon: Daemon, stop: threading.Event, done: list[int], i
 
     def batch() -> None:
         for _ in range(25):
-            daemon.store.append("telemetry", int(time.time() * 1000), payload)
-        recs = daemon.store.pending(limit=25)
-        daemon.store.delete([r.seq for r in recs])
+            daemon.cabinet.store.append("telemetry", int(time.time() * 1000), payload)
+        recs = daemon.cabinet.store.pending(limit=25)
+        daemon.cabinet.store.delete([r.seq for r in recs])
 
     while not stop.is_set():
         if in_thread:
@@ -242,7 +243,7 @@ async def _store_churn(daemon: Daemon, stop: threading.Event, done: list[int], i
 def _watch_uplink(daemon: Daemon, stop: threading.Event, samples: list[tuple[float, int, bool]]) -> None:
     """(monotonic, records delivered, connected) every 0.25 s: shows the drain went on all along."""
     while not stop.wait(0.25):
-        up = daemon.uplink
+        up = daemon.cabinet.uplink
         if up is not None:
             samples.append((time.monotonic(), up.stats.records_delivered, up.stats.connected))
 
@@ -332,24 +333,24 @@ def _run_reaction(
             deadline = time.monotonic() + 20
             while time.monotonic() < deadline:
                 cable.temps(65.0)
-                d = daemon.controller.decision
-                up_ok = daemon.uplink is None or daemon.uplink.stats.records_delivered > 0
+                d = daemon.cabinet.controller.decision
+                up_ok = daemon.cabinet.uplink is None or daemon.cabinet.uplink.stats.records_delivered > 0
                 if d and d["limit_a"] >= 199.0 and d["enable"] and up_ok:
                     break
                 time.sleep(0.02)
             else:
                 raise RuntimeError(
                     f"cabinet did not reach 200 A (or the uplink did not start draining): "
-                    f"{daemon.controller.decision}, uplink "
-                    f"{daemon.uplink.status() if daemon.uplink else None}"
+                    f"{daemon.cabinet.controller.decision}, uplink "
+                    f"{daemon.cabinet.uplink.status() if daemon.cabinet.uplink else None}"
                 )
             # after the warm-up, when the module poll task has read the real spacing for its polls
-            daemon.bank.codec.command_spacing_s = BENCH_SPACING_S  # type: ignore[misc]
+            daemon.cabinet.bank.codec.command_spacing_s = BENCH_SPACING_S  # type: ignore[misc]
             load_thread = None
             if "can" in loads:
                 load_thread = threading.Thread(target=_load_can, args=(channel, stop_load, can_sent), daemon=True)
                 load_thread.start()
-            if daemon.uplink is not None:
+            if daemon.cabinet.uplink is not None:
                 watch = threading.Thread(target=_watch_uplink, args=(daemon, stop_load, uplink_samples), daemon=True)
                 watch.start()
             while probe.recv(timeout=0) is not None:
@@ -357,8 +358,8 @@ def _run_reaction(
             reactions: list[float] = []
             misses = 0
             t_start = time.monotonic()
-            meter_req0 = daemon.lines[line_name].stats.requests
-            delivered0 = daemon.uplink.stats.records_delivered if daemon.uplink else 0
+            meter_req0 = daemon.cabinet.meters.lines[line_name].stats.requests
+            delivered0 = daemon.cabinet.uplink.stats.records_delivered if daemon.cabinet.uplink else 0
             skipped = 0
             first = True
             while len(reactions) + misses < events:
@@ -398,10 +399,10 @@ def _run_reaction(
                 misses=misses,
                 elapsed=t_end - t_start,
                 skipped=skipped,
-                meter_requests=daemon.lines[line_name].stats.requests - meter_req0,
+                meter_requests=daemon.cabinet.meters.lines[line_name].stats.requests - meter_req0,
             )
-            if daemon.uplink is not None:
-                st = daemon.uplink.stats
+            if daemon.cabinet.uplink is not None:
+                st = daemon.cabinet.uplink.stats
                 out.update(
                     delivered=st.records_delivered - delivered0,
                     backlog_left=_backlog_left(tmp / "data", out["backlog"]),
@@ -423,7 +424,7 @@ def _run_reaction(
                 watch.join(1)
 
     async def main() -> tuple[int, Daemon]:
-        daemon = Daemon(pcfg, board=cab.board)
+        daemon = Daemon(pcfg, Backends(board=cab.board))
         run = asyncio.create_task(daemon.run())
         churn = None
         if "store" in loads:
@@ -447,7 +448,7 @@ def _run_reaction(
     misses = out["misses"]
     reactions.sort()
     everything = reactions + [math.inf] * misses
-    stats = daemon.ports[pcfg.can[0].name].stats
+    stats = daemon.cabinet.can.ports[pcfg.can[0].name].stats
     res = {
         "events": events,
         "misses": misses,

@@ -57,6 +57,7 @@ for _cmd in OPS_COMMANDS:
 @click.option("--status-line", is_flag=True, help="print a one-line status every second")
 def run(config_path: str | None, sim: bool, status_line: bool) -> None:
     """Start the daemon (foreground; systemd runs it like this)."""
+    from edge.build import Backends
     from edge.daemon import run_daemon
     from edge.logsetup import setup_logging
 
@@ -73,7 +74,7 @@ def run(config_path: str | None, sim: bool, status_line: bool) -> None:
     cabinet = SimCabinet(config)
     cabinet.start()
     try:
-        code = run_daemon(cabinet.patched_config(), board=cabinet.board, status_line=status_line)
+        code = run_daemon(cabinet.patched_config(), Backends(board=cabinet.board), status_line=status_line)
     finally:
         cabinet.stop()
     sys.exit(code)

@@ -16,6 +16,7 @@ from pathlib import Path
 import can
 import pytest
 
+from edge.build import Backends
 from edge.config import parse_config
 from edge.daemon import Daemon
 from edge.sim.cabinet import SimCabinet
@@ -37,7 +38,7 @@ def run(tmp_path: Path, body, protocol: str = "infypower"):
     try:
 
         async def main():
-            daemon = Daemon(cab.patched_config(), board=cab.board)
+            daemon = Daemon(cab.patched_config(), Backends(board=cab.board))
             task = asyncio.create_task(daemon.run())
             try:
                 await body(daemon, cab, intruder)
@@ -52,7 +53,7 @@ def run(tmp_path: Path, body, protocol: str = "infypower"):
 
 
 def events(daemon: Daemon) -> list[tuple[str, str]]:
-    db = sqlite3.connect(daemon.store.path)
+    db = sqlite3.connect(daemon.cabinet.store.path)
     try:
         rows = db.execute("SELECT payload FROM records WHERE kind = 'event' ORDER BY seq").fetchall()
     finally:
@@ -61,7 +62,7 @@ def events(daemon: Daemon) -> list[tuple[str, str]]:
 
 
 def charging(daemon: Daemon, cab: SimCabinet) -> bool:
-    return daemon.outputs.contactor.value() == 1 and cab.physics.output_a > 1
+    return daemon.cabinet.outputs.contactor.value() == 1 and cab.physics.output_a > 1
 
 
 @pytest.mark.parametrize("protocol", ["infypower", "uugreen"])
@@ -69,14 +70,16 @@ def test_either_vendor_charges_loses_a_silent_module_and_recovers_it(tmp_path, p
     seen = {}
 
     async def body(daemon, cab, intruder):
-        await until(lambda: charging(daemon, cab) and len(daemon.bank.available()) == 4, what="charging")
-        assert all(m.temperature_c is not None for m in daemon.bank.modules.values())
+        await until(lambda: charging(daemon, cab) and len(daemon.cabinet.bank.available()) == 4, what="charging")
+        assert all(m.temperature_c is not None for m in daemon.cabinet.bank.modules.values())
         cab.set_module_silent(2, True)
-        await until(lambda: daemon.bank.modules[2].lost, timeout=3, what="module 2 lost")
-        await until(lambda: cab.physics.modules[2].out_a == 0 and daemon.bank.available() == [1, 3, 4], timeout=3)
-        seen["share"] = daemon.bank.modules[1].set_current_a
+        await until(lambda: daemon.cabinet.bank.modules[2].lost, timeout=3, what="module 2 lost")
+        await until(
+            lambda: cab.physics.modules[2].out_a == 0 and daemon.cabinet.bank.available() == [1, 3, 4], timeout=3
+        )
+        seen["share"] = daemon.cabinet.bank.modules[1].set_current_a
         cab.set_module_silent(2, False)
-        await until(lambda: 2 in daemon.bank.available(), timeout=6, what="module 2 back")
+        await until(lambda: 2 in daemon.cabinet.bank.available(), timeout=6, what="module 2 back")
         await until(lambda: cab.physics.modules[2].out_a > 0, timeout=6, what="module 2 delivering")
 
     code, daemon = run(tmp_path, body, protocol)
@@ -91,13 +94,13 @@ def test_module_alarm_is_raised_and_cleared_as_events_and_foreign_frames_are_ign
         await until(lambda: charging(daemon, cab), what="charging")
         cab.can.foreign_module = 9
         cab.set_module_alarm(3, "over_temperature", True)
-        await until(lambda: 3 not in daemon.bank.available(), timeout=3, what="alarm takes module 3 out")
-        await until(lambda: daemon.bank.foreign_frames >= 3, timeout=3)
-        assert 9 not in daemon.bank.modules and daemon.bank.foreign_addresses == {9}
-        assert all(m.voltage_v < 999 for m in daemon.bank.modules.values())
+        await until(lambda: 3 not in daemon.cabinet.bank.available(), timeout=3, what="alarm takes module 3 out")
+        await until(lambda: daemon.cabinet.bank.foreign_frames >= 3, timeout=3)
+        assert 9 not in daemon.cabinet.bank.modules and daemon.cabinet.bank.foreign_addresses == {9}
+        assert all(m.voltage_v < 999 for m in daemon.cabinet.bank.modules.values())
         cab.set_module_alarm(3, "over_temperature", False)
-        await until(lambda: 3 in daemon.bank.available(), timeout=3, what="module 3 back in the split")
-        st = daemon.status()
+        await until(lambda: 3 in daemon.cabinet.bank.available(), timeout=3, what="module 3 back in the split")
+        st = daemon.cabinet.status()
         assert st["can_frames"]["foreign_frames"] >= 3
 
     code, daemon = run(tmp_path, body)
@@ -133,34 +136,37 @@ def test_malformed_frames_never_stop_the_daemon(tmp_path):
 
     async def body(daemon, cab, intruder):
         await until(lambda: charging(daemon, cab), what="charging")
-        evals = daemon.controller.evaluations
+        evals = daemon.cabinet.controller.evaluations
         for m in bad:
             intruder.send(m)
-        await until(lambda: daemon.can_unknown_frames >= 2 and daemon.ports["can0"].stats.error_frames >= 2, timeout=3)
-        await until(lambda: daemon.controller.evaluations > evals + 5, timeout=3)
-        st = daemon.status()
+        await until(
+            lambda: daemon.cabinet.can.unknown_frames >= 2 and daemon.cabinet.can.ports["can0"].stats.error_frames >= 2,
+            timeout=3,
+        )
+        await until(lambda: daemon.cabinet.controller.evaluations > evals + 5, timeout=3)
+        st = daemon.cabinet.status()
         assert st["can"]["can0"]["health"] == "active"
 
     code, daemon = run(tmp_path, body)
     assert code == 0  # the daemon stopped because we asked it to, not because of a frame
-    assert daemon.can_decode_errors == 0
+    assert daemon.cabinet.can.decode_errors == 0
 
 
 def test_bus_off_raises_a_fault_drives_zero_amps_and_recovers_by_reopening(tmp_path):
     seen = {}
 
     async def body(daemon, cab, intruder):
-        await until(lambda: charging(daemon, cab) and len(daemon.bank.available()) == 4, what="charging")
+        await until(lambda: charging(daemon, cab) and len(daemon.cabinet.bank.available()) == 4, what="charging")
         intruder.send(can.Message(arbitration_id=hcan.CAN_ERR_BUSOFF, data=bytes(8), is_error_frame=True))
         t0 = time.monotonic()
-        await until(lambda: "can_bus_off" in daemon.status()["faults"], timeout=2, what="can_bus_off fault")
-        await until(lambda: daemon.controller.decision["limit_a"] == 0.0, timeout=1, what="0 A")
+        await until(lambda: "can_bus_off" in daemon.cabinet.status()["faults"], timeout=2, what="can_bus_off fault")
+        await until(lambda: daemon.cabinet.controller.decision["limit_a"] == 0.0, timeout=1, what="0 A")
         seen["to_zero_s"] = time.monotonic() - t0
-        seen["available_then"] = daemon.bank.available()
-        seen["contactor_then"] = daemon.outputs.contactor.value()
-        await until(lambda: "can_bus_off" not in daemon.status()["faults"], timeout=5, what="re-opened")
-        await until(lambda: len(daemon.bank.available()) == 4, timeout=6, what="modules back")
-        seen["status"] = daemon.status()["can"]["can0"]
+        seen["available_then"] = daemon.cabinet.bank.available()
+        seen["contactor_then"] = daemon.cabinet.outputs.contactor.value()
+        await until(lambda: "can_bus_off" not in daemon.cabinet.status()["faults"], timeout=5, what="re-opened")
+        await until(lambda: len(daemon.cabinet.bank.available()) == 4, timeout=6, what="modules back")
+        seen["status"] = daemon.cabinet.status()["can"]["can0"]
 
     code, daemon = run(tmp_path, body)
     assert code == 0
@@ -176,13 +182,13 @@ def test_adapter_gone_underneath_is_bus_off_then_the_bus_is_reopened(tmp_path):
     seen = {}
 
     async def body(daemon, cab, intruder):
-        await until(lambda: charging(daemon, cab) and len(daemon.bank.available()) == 4, what="charging")
-        daemon.module_port.bus.shutdown()  # like a USB adapter pulled out: sends and receives fail
-        await until(lambda: "can_bus_off" in daemon.status()["faults"], timeout=3, what="can_bus_off fault")
-        await until(lambda: daemon.controller.decision["limit_a"] == 0.0, timeout=1, what="0 A")
-        seen["contactor"] = daemon.outputs.contactor.value()
-        await until(lambda: "can_bus_off" not in daemon.status()["faults"], timeout=5, what="re-opened")
-        await until(lambda: len(daemon.bank.available()) == 4, timeout=6, what="modules back")
+        await until(lambda: charging(daemon, cab) and len(daemon.cabinet.bank.available()) == 4, what="charging")
+        daemon.cabinet.can.module_port.bus.shutdown()  # like a USB adapter pulled out: sends and receives fail
+        await until(lambda: "can_bus_off" in daemon.cabinet.status()["faults"], timeout=3, what="can_bus_off fault")
+        await until(lambda: daemon.cabinet.controller.decision["limit_a"] == 0.0, timeout=1, what="0 A")
+        seen["contactor"] = daemon.cabinet.outputs.contactor.value()
+        await until(lambda: "can_bus_off" not in daemon.cabinet.status()["faults"], timeout=5, what="re-opened")
+        await until(lambda: len(daemon.cabinet.bank.available()) == 4, timeout=6, what="modules back")
 
     code, _ = run(tmp_path, body)
     assert code == 0 and seen["contactor"] == 0

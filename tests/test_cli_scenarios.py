@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from edge.build import Backends
 from edge.config import parse_config
 from edge.daemon import Daemon
 from edge.sim.cabinet import SimCabinet
@@ -54,11 +55,11 @@ def run_scenario(tmp_path: Path, body: Callable[[Daemon, SimCabinet, Cli], Await
     try:
 
         async def main() -> int:
-            daemon = Daemon(cab.patched_config(), board=cab.board)
+            daemon = Daemon(cab.patched_config(), Backends(board=cab.board))
             run = asyncio.create_task(daemon.run())
             try:
-                await until(lambda: Path(daemon.config.api.socket).exists())
-                await body(daemon, cab, Cli(daemon.config.api.socket))
+                await until(lambda: Path(daemon.cabinet.config.api.socket).exists())
+                await body(daemon, cab, Cli(daemon.cabinet.config.api.socket))
             finally:
                 daemon.stopping.set()
             return await asyncio.wait_for(run, timeout=5)
@@ -69,7 +70,7 @@ def run_scenario(tmp_path: Path, body: Callable[[Daemon, SimCabinet, Cli], Await
 
 
 def charging(daemon: Daemon) -> bool:
-    d = daemon.controller.decision
+    d = daemon.cabinet.controller.decision
     return bool(d and d["enable"] and d["limit_a"] > 1)
 
 
@@ -78,7 +79,7 @@ def test_coolant_trip_is_cleared_only_once_flow_is_back_and_the_clear_names_the_
         await until(lambda: charging(daemon), what="charging")
         cab.set_pump_failed(True)
         await until(
-            lambda: "coolant_flow_low" in daemon.controller.decision["latched"],
+            lambda: "coolant_flow_low" in daemon.cabinet.controller.decision["latched"],
             timeout=15,
             what="coolant_flow_low to latch",
         )
@@ -100,10 +101,12 @@ def test_coolant_trip_is_cleared_only_once_flow_is_back_and_the_clear_names_the_
         code, _, err = await edge("clear", "coolant_flow_low")
         assert code == 4 and "condition still present: coolant flow" in err, err
         cab.set_pump_failed(False)
-        await until(lambda: (r := daemon.state.get("cable.coolant_flow_lpm")) and r.value > 3.0, what="flow back")
+        await until(
+            lambda: (r := daemon.cabinet.state.get("cable.coolant_flow_lpm")) and r.value > 3.0, what="flow back"
+        )
         code, out, err = await edge("clear", "coolant_flow_low")
         assert code == 0 and "cleared coolant_flow_low; recorded as root" in out, out + err
-        assert "coolant_flow_low" not in daemon.controller.decision["latched"]
+        assert "coolant_flow_low" not in daemon.cabinet.controller.decision["latched"]
         code, out, _ = await edge("events", "--json", "--since", "1m")
         clears = [
             (e["kind"], e["name"], e.get("user"), e.get("ok"))
@@ -122,8 +125,8 @@ def test_lost_module_shows_as_lost_and_the_limit_names_the_remaining_modules(tmp
     async def body(daemon: Daemon, cab: SimCabinet, edge: Cli) -> None:
         await until(lambda: charging(daemon), what="charging")
         cab.set_module_silent(2, True)
-        await until(lambda: daemon.bank.modules[2].lost, timeout=10, what="module 2 lost")
-        await until(lambda: daemon.controller.decision["rule"] == "modules", what="modules rule")
+        await until(lambda: daemon.cabinet.bank.modules[2].lost, timeout=10, what="module 2 lost")
+        await until(lambda: daemon.cabinet.controller.decision["rule"] == "modules", what="modules rule")
         code, out, _ = await edge("status")
         assert code == 0
         assert re.search(r"^ +2  LOST +-- +-- +--  no answer$", out, re.M), out
@@ -132,7 +135,7 @@ def test_lost_module_shows_as_lost_and_the_limit_names_the_remaining_modules(tmp
         cab.set_module_silent(2, False)
         # back, and switched on again with the set-points of the others (restore takes a poll or two)
         await until(
-            lambda: not daemon.bank.modules[2].lost and daemon.bank.modules[2].output_on,
+            lambda: not daemon.cabinet.bank.modules[2].lost and daemon.cabinet.bank.modules[2].output_on,
             timeout=10,
             what="module 2 back and on",
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import edge.control
+from edge.build import Backends
 from edge.config import parse_config
 from edge.daemon import Daemon
 from edge.sim.cabinet import SimCabinet
@@ -85,7 +86,7 @@ def _in_process(tmp_path: Path, body, patch=None):
     try:
 
         async def main():
-            daemon = Daemon(cab.patched_config(), board=cab.board)
+            daemon = Daemon(cab.patched_config(), Backends(board=cab.board))
             run = asyncio.create_task(daemon.run())
             await body(daemon, cab, run)
             return await asyncio.wait_for(run, timeout=5), daemon
@@ -97,14 +98,14 @@ def _in_process(tmp_path: Path, body, patch=None):
 
 def test_stop_request_turns_outputs_off(tmp_path):
     async def body(daemon, cab, run):
-        await _until(lambda: daemon.outputs.contactor.value() == 1 and cab.physics.output_a > 1)
+        await _until(lambda: daemon.cabinet.outputs.contactor.value() == 1 and cab.physics.output_a > 1)
         daemon.stopping.set()  # what the SIGTERM handler does
 
     code, daemon = _in_process(tmp_path, body)
     assert code == 0
-    assert daemon.outputs.contactor.value() == 0
-    assert daemon.outputs.pump.value() == 0
-    assert all(m.set_current_a == 0 and not m.output_on for m in daemon.bank.modules.values())
+    assert daemon.cabinet.outputs.contactor.value() == 0
+    assert daemon.cabinet.outputs.pump.value() == 0
+    assert all(m.set_current_a == 0 and not m.output_on for m in daemon.cabinet.bank.modules.values())
 
 
 def test_exception_in_control_path_fails_safe_and_exits_nonzero(tmp_path, monkeypatch, caplog):
@@ -119,14 +120,14 @@ def test_exception_in_control_path_fails_safe_and_exits_nonzero(tmp_path, monkey
     monkeypatch.setattr(edge.control, "evaluate", evaluate)
 
     async def body(daemon, cab, run):
-        await _until(lambda: daemon.outputs.contactor.value() == 1 and cab.physics.output_a > 1)
+        await _until(lambda: daemon.cabinet.outputs.contactor.value() == 1 and cab.physics.output_a > 1)
         armed["on"] = True
 
     with caplog.at_level(logging.ERROR):
         code, daemon = _in_process(tmp_path, body)
     assert code == 1
-    assert daemon.outputs.contactor.value() == 0
-    assert all(m.set_current_a == 0 and not m.output_on for m in daemon.bank.modules.values())
+    assert daemon.cabinet.outputs.contactor.value() == 0
+    assert all(m.set_current_a == 0 and not m.output_on for m in daemon.cabinet.bank.modules.values())
     assert "injected fault in the safety evaluation" in caplog.text
     assert "Traceback" in caplog.text or any(r.exc_info for r in caplog.records)
 
@@ -136,12 +137,12 @@ def test_silent_cable_sensor_gives_zero_amps_and_a_named_fault(tmp_path, knob):
     seen = {}
 
     async def body(daemon, cab, run):
-        await _until(lambda: daemon.controller.decision and daemon.controller.decision["limit_a"] > 1)
+        await _until(lambda: daemon.cabinet.controller.decision and daemon.cabinet.controller.decision["limit_a"] > 1)
         cab.set_cable_silent(True)
         t0 = time.monotonic()
-        await _until(lambda: daemon.controller.decision["limit_a"] == 0.0, timeout=2)
+        await _until(lambda: daemon.cabinet.controller.decision["limit_a"] == 0.0, timeout=2)
         seen["reaction_s"] = time.monotonic() - t0
-        seen["faults"] = list(daemon.controller.decision["faults"])
+        seen["faults"] = list(daemon.cabinet.controller.decision["faults"])
         daemon.stopping.set()
 
     code, _ = _in_process(tmp_path, body)

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from edge.build import Backends
 from edge.config import parse_config
 from edge.daemon import Daemon
 from edge.sim import physics
@@ -44,7 +45,7 @@ def run_cabinet(tmp_path: Path, body: Body, extra: str = FAST, lost_after_ms: in
     try:
 
         async def main() -> tuple[int, Daemon]:
-            daemon = Daemon(cab.patched_config(), board=cab.board)
+            daemon = Daemon(cab.patched_config(), Backends(board=cab.board))
             run = asyncio.create_task(daemon.run())
             try:
                 await body(daemon, cab)
@@ -60,7 +61,7 @@ def run_cabinet(tmp_path: Path, body: Body, extra: str = FAST, lost_after_ms: in
 
 
 def _decision(daemon: Daemon) -> dict[str, Any]:
-    return daemon.controller.decision or {"limit_a": 0.0, "faults": [], "rule": None, "reason": ""}
+    return daemon.cabinet.controller.decision or {"limit_a": 0.0, "faults": [], "rule": None, "reason": ""}
 
 
 async def _charging(daemon: Daemon, cab: SimCabinet, amps: float) -> None:
@@ -75,7 +76,7 @@ def test_coolant_pump_stop_derates_then_trips_within_the_configured_times(tmp_pa
     seen: dict[str, Any] = {"trace": []}
 
     async def body(daemon: Daemon, cab: SimCabinet) -> None:
-        ctl = daemon.controller
+        ctl = daemon.cabinet.controller
         await _charging(daemon, cab, 150.0)
         cab.set_pump_failed(True)
         t0 = time.monotonic()
@@ -86,7 +87,10 @@ def test_coolant_pump_stop_derates_then_trips_within_the_configured_times(tmp_pa
             return "coolant_flow_low" in d["faults"]
 
         seen["trip_s"] = await until(trace, timeout=10, what="coolant_flow_low") - t0
-        seen["outputs"] = (daemon.outputs.contactor.value(), [m.set_current_a for m in daemon.bank.modules.values()])
+        seen["outputs"] = (
+            daemon.cabinet.outputs.contactor.value(),
+            [m.set_current_a for m in daemon.cabinet.bank.modules.values()],
+        )
         await until(lambda: cab.physics.output_a == 0.0, timeout=1, what="no output current after the trip")
         ok, why = ctl.request_clear("coolant_flow_low")
         seen["refused"] = (ok, why)
@@ -95,7 +99,7 @@ def test_coolant_pump_stop_derates_then_trips_within_the_configured_times(tmp_pa
         seen["after_clear"] = _decision(daemon)
 
     daemon = run_cabinet(tmp_path, body)
-    flow = daemon.config.limits.coolant_flow
+    flow = daemon.cabinet.config.limits.coolant_flow
     derated = [(t, a) for t, rule, a in seen["trace"] if rule == "coolant_flow" and 0.0 < a < 150.0]
     assert derated, f"no derating step before the trip: {seen['trace'][:50]}"
     assert derated[0][0] < seen["trip_s"]
@@ -134,11 +138,13 @@ def test_pin_sensor_fault_gives_zero_amps_by_the_next_tick_and_names_the_sensor(
             cab.set_cable_silent(True)
         t0 = time.monotonic()
         t1 = await until(
-            lambda: all(m.set_current_a == 0.0 for m in daemon.bank.modules.values()), timeout=3, what="modules at 0 A"
+            lambda: all(m.set_current_a == 0.0 for m in daemon.cabinet.bank.modules.values()),
+            timeout=3,
+            what="modules at 0 A",
         )
         seen["reaction_s"] = t1 - t0
         seen["decision"] = _decision(daemon)
-        seen["contactor"] = daemon.outputs.contactor.value()
+        seen["contactor"] = daemon.cabinet.outputs.contactor.value()
 
     run_cabinet(tmp_path, body)
     d = seen["decision"]
@@ -157,12 +163,12 @@ def test_one_silent_module_loses_its_share_and_is_named(tmp_path):
         # the lost module may still deliver its old share until its own 10 s comms watchdog switches it
         # off, so that share stays free (docs/CAN.md): 150 A over 4 shares for now
         await until(
-            lambda: all(daemon.bank.modules[a].set_current_a == pytest.approx(150.0 / 4) for a in (1, 3, 4)),
+            lambda: all(daemon.cabinet.bank.modules[a].set_current_a == pytest.approx(150.0 / 4) for a in (1, 3, 4)),
             timeout=3,
             what="the others get their new share",
         )
         seen["decision"] = _decision(daemon)
-        seen["set"] = {a: m.set_current_a for a, m in daemon.bank.modules.items()}
+        seen["set"] = {a: m.set_current_a for a, m in daemon.cabinet.bank.modules.items()}
         seen["output_a"] = cab.physics.output_a
         cab.set_module_silent(2, False)
         await until(lambda: "module_lost_2" not in _decision(daemon)["faults"], timeout=5, what="recovery")

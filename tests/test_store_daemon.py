@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 import edge.telemetry.store as store_mod
+from edge.build import Backends
 from edge.config import parse_config
 from edge.daemon import Daemon
 from edge.sim.cabinet import SimCabinet
@@ -26,28 +27,32 @@ def test_disk_full_raises_a_store_fault_and_control_keeps_running(tmp_path: Path
     async def body(daemon: Daemon) -> None:
         await _until(
             lambda: (
-                daemon.controller.decision and daemon.store.backlog() > 5 and daemon.controller.decision["limit_a"] > 1
+                daemon.cabinet.controller.decision
+                and daemon.cabinet.store.backlog() > 5
+                and daemon.cabinet.controller.decision["limit_a"] > 1
             ),
             what="charging with telemetry stored",
         )
-        db = daemon.store._wdb  # the writer thread's connection (max_page_count is per connection)
+        db = daemon.cabinet.store._wdb  # the writer thread's connection (max_page_count is per connection)
         # "disk full": SQLite may not grow the file by one more page -> SQLITE_FULL on writes, exactly
         # what it returns on ENOSPC (a tmpfs of fixed size needs root to mount; this needs nothing)
         db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
-        await _until(lambda: "telemetry_store_error" in daemon.status()["faults"], 10, what="store fault reported")
-        ticks, evals = daemon.controller.ticks, daemon.controller.evaluations
+        await _until(
+            lambda: "telemetry_store_error" in daemon.cabinet.status()["faults"], 10, what="store fault reported"
+        )
+        ticks, evals = daemon.cabinet.controller.ticks, daemon.cabinet.controller.evaluations
         await asyncio.sleep(1.0)  # a time window in which control must keep ticking (not a synchronisation)
-        seen["ticks"] = daemon.controller.ticks - ticks
-        seen["evals"] = daemon.controller.evaluations - evals
-        seen["limit_a"] = daemon.controller.decision["limit_a"]
-        seen["status"] = daemon.status()
-        seen["state"] = daemon.mqtt_state()
+        seen["ticks"] = daemon.cabinet.controller.ticks - ticks
+        seen["evals"] = daemon.cabinet.controller.evaluations - evals
+        seen["limit_a"] = daemon.cabinet.controller.decision["limit_a"]
+        seen["status"] = daemon.cabinet.status()
+        seen["state"] = daemon.cabinet.mqtt_state()
         db.execute("PRAGMA max_page_count = 1073741823")  # disk space back
-        await _until(lambda: "telemetry_store_error" not in daemon.status()["faults"], 10, what="fault cleared")
+        await _until(lambda: "telemetry_store_error" not in daemon.cabinet.status()["faults"], 10, what="fault cleared")
         daemon.stopping.set()
 
     async def main() -> int:
-        daemon = Daemon(cab.patched_config(), board=cab.board)
+        daemon = Daemon(cab.patched_config(), Backends(board=cab.board))
         seen["daemon"] = daemon
         run = asyncio.create_task(daemon.run())
         await body(daemon)

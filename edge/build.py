@@ -1,0 +1,162 @@
+"""``build(config, backends) -> Cabinet``: the one place that wires config, hal, drivers, control, telemetry
+and the API together. The daemon, the tests and the benchmarks all build a cabinet through here.
+
+Build inside the running event loop: pymodbus clients bind to the loop that is running when they are made.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from drivers.cable.monitor import CableMonitor
+from drivers.power_modules.bank import ModuleBank
+from drivers.power_modules.registry import CODECS
+from drivers.readings import Reading
+from edge import __version__
+from edge.api.server import ApiServer
+from edge.cabinet import Cabinet
+from edge.can_link import CanLink, can_filters
+from edge.config import Config
+from edge.control import Controller, Outputs
+from edge.events import EventLog
+from edge.faults import ExternalFaults
+from edge.meter_link import MeterLink
+from edge.state import CabinetState, InputMap
+from edge.telemetry.recorder import Recorder
+from edge.telemetry.sampler import Sampler
+from edge.telemetry.store import Store
+from edge.telemetry.uplink import Uplink
+from hal.can import CanPort, CanSettings
+from hal.clock import Clock, LinuxClock
+from hal.pin import SimBoard, make_pin
+from hal.watchdog import make_wdt
+
+
+def _wall_ms() -> int:
+    return int(time.time() * 1000)
+
+
+@dataclass
+class Backends:
+    """What differs between a cabinet, the simulator and a test beyond the config."""
+
+    clock: Clock = field(default_factory=LinuxClock)  # monotonic time for everything that measures time
+    wall_ms: Callable[[], int] = _wall_ms  # UTC ms for records and events
+    board: SimBoard | None = None  # the simulator's pins, when outputs.backend = "sim"
+    api: bool = True  # serve the local control socket
+
+
+def build(config: Config, backends: Backends | None = None) -> Cabinet:
+    b = backends or Backends()
+    store = Store(
+        config.storage.data_dir,
+        config.telemetry.store_max_mb,
+        config.telemetry.min_free_mb,
+        background=True,  # the loop never waits for SQLite's write lock
+    )
+    events = EventLog(store, b.wall_ms)
+    faults = ExternalFaults(events.emit)
+    sampler = Sampler()
+    grid = next((m.name for m in config.meters if m.role == "grid"), None)
+    state = CabinetState(
+        InputMap(
+            cable=config.cable[0].name if config.cable else None, grid_meter=grid, ambient=config.limits.ambient_signal
+        )
+    )
+
+    def take(readings: list[Reading]) -> None:
+        """Every driver's readings come in here: the current picture and the telemetry interval."""
+        state.update(readings)
+        for r in readings:
+            sampler.add(r)
+
+    can_link = _build_can(config, b.clock, faults, take, events)
+    meters = MeterLink(config, take, events.emit)
+    outputs = _build_outputs(config, b.board)
+    wdt = make_wdt(config.watchdog.backend, config.watchdog.timeout_ms)
+    controller = Controller(config, state, can_link.bank, outputs, wdt, b.clock, events.emit)
+    can_link.evaluate_now = controller.evaluate_now
+    recorder = Recorder(sampler, store, faults, config.telemetry.interval_s, b.clock.monotonic, b.wall_ms)
+    cabinet = Cabinet(
+        config=config,
+        clock=b.clock,
+        wall_ms=b.wall_ms,
+        store=store,
+        events=events,
+        faults=faults,
+        sampler=sampler,
+        state=state,
+        can=can_link,
+        meters=meters,
+        outputs=outputs,
+        wdt=wdt,
+        controller=controller,
+        recorder=recorder,
+        started=b.clock.monotonic(),
+    )
+    if b.api:
+        cabinet.api = ApiServer(config.api, cabinet)
+    mq = config.telemetry.mqtt
+    if mq.enabled:
+        cabinet.uplink = Uplink(
+            mq,
+            config.cabinet.site_id,
+            config.cabinet.cabinet_id,
+            store,
+            max_current_a=config.limits.max_output_current_a,
+            remote_clear_allowed=config.limits.remote_clear_allowed,
+            controller=controller,
+            state_source=cabinet.mqtt_state,
+            on_event=events.emit,
+            interval_s=config.telemetry.interval_s,
+            version=__version__,
+        )
+    return cabinet
+
+
+def _build_outputs(config: Config, board: SimBoard | None) -> Outputs:
+    o = config.outputs
+    names = (o.contactor, o.pump, o.fan)
+    if o.backend == "sim":
+        sim = board or SimBoard()
+        return Outputs(*(sim.pin(n) for n in names))
+    return Outputs(*(make_pin(o.backend, n) for n in names))
+
+
+def _build_can(
+    config: Config, clock: Clock, faults: ExternalFaults, take: Callable[[list[Reading]], None], events: EventLog
+) -> CanLink:
+    link = CanLink(config, clock, faults, take)
+    pm = config.power_modules
+    codec = CODECS[pm.protocol]()
+    link.cables = {
+        c.name: CableMonitor(c.name, c.node_id, stale_after_s=c.stale_after_ms / 1000.0) for c in config.cable
+    }
+    link.cable_bus = {c.name: c.bus for c in config.cable}
+    for bus in config.can:
+        link.ports[bus.name] = CanPort(
+            CanSettings(
+                name=bus.name,
+                interface=bus.interface,
+                channel=bus.channel,
+                bitrate=bus.bitrate,
+                rx_queue=bus.rx_queue,
+                send_timeout_s=bus.send_timeout_ms / 1000.0,
+                filters=can_filters(config, bus.name, codec.reply_mask(), link.cables),
+            ),
+            on_health=link.on_health,
+        )
+    link.module_port = link.ports[pm.bus]
+    link.bank = ModuleBank(
+        codec,
+        list(pm.addresses),
+        pm.lost_after_ms / 1000.0,
+        link.send_frame,
+        pm.max_current_a,
+        poll_period_s=pm.poll_ms / 1000.0,
+        clock=clock.monotonic,
+        on_event=events.emit,
+    )
+    return link

@@ -1,0 +1,204 @@
+"""The cabinet as one object: the parts :func:`edge.build.build` wired, the tasks that keep them running,
+the fail-safe, and the one status view. No wiring and no process lifecycle here (edge/build.py and
+edge/daemon.py do those)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+from drivers.power_modules.bank import ModuleBank
+from edge import __version__
+from edge.api.server import ApiServer
+from edge.can_link import CanLink
+from edge.config import Config
+from edge.control import Controller, Outputs
+from edge.events import EventLog
+from edge.faults import ExternalFaults
+from edge.meter_link import MeterLink
+from edge.state import CabinetState
+from edge.status import ModuleView, OperatorLimitView, ReadingView, StatusView
+from edge.telemetry.recorder import Recorder
+from edge.telemetry.sampler import Sampler
+from edge.telemetry.store import Store
+from edge.telemetry.uplink import Uplink
+from hal.clock import Clock
+from hal.watchdog import WDT
+
+log = logging.getLogger("edge.cabinet")
+TICK_STATS_EVERY_S = 1.0  # tick jitter percentiles are recomputed at most this often
+STATUS_LINE_EVERY_S = 1.0
+
+
+@dataclass
+class Cabinet:
+    config: Config
+    clock: Clock
+    wall_ms: Callable[[], int]
+    store: Store
+    events: EventLog
+    faults: ExternalFaults
+    sampler: Sampler
+    state: CabinetState
+    can: CanLink
+    meters: MeterLink
+    outputs: Outputs
+    wdt: WDT
+    controller: Controller
+    recorder: Recorder
+    started: float
+    api: ApiServer | None = None
+    uplink: Uplink | None = None
+
+    # -- what the API, the uplink and the tests use --------------------------------------------------
+    @property
+    def bank(self) -> ModuleBank:
+        return self.can.bank
+
+    def __post_init__(self) -> None:
+        self.recent_events: deque[str] = self.events.recent  # `edge events` reads it (edge/api)
+
+    def event(self, kind: str, name: str, data: dict[str, Any]) -> None:
+        self.events.emit(kind, name, data)
+
+    # -- status --------------------------------------------------------------------------------------
+    def view(self) -> StatusView:
+        d = self.controller.decision or {}
+        now = self.clock.monotonic()
+        ext = self.controller.external_limit
+        store = self.store.stats()
+        return StatusView(
+            cabinet_id=self.config.cabinet.cabinet_id,
+            site_id=self.config.cabinet.site_id,
+            version=__version__,
+            uptime_s=now - self.started,
+            limit_a=float(d.get("limit_a", 0.0)),
+            target_a=float(d.get("target_a", 0.0)),
+            rule=d.get("rule"),
+            reason=d.get("reason"),
+            enable=bool(d.get("enable", False)),
+            faults={**d.get("fault_details", {}), **self.faults.details()},
+            latched=tuple(d.get("latched", [])),
+            outputs={
+                "contactor": self.outputs.contactor.value(),
+                "pump": self.outputs.pump.value(),
+                "fan": self.outputs.fan.value(),
+            },
+            modules={
+                str(a): ModuleView(
+                    m.lost,
+                    m.output_on,
+                    m.voltage_v,
+                    m.current_a,
+                    m.temperature_c,
+                    tuple(sorted(m.alarms)),
+                    m.set_current_a,
+                )
+                for a, m in self.bank.modules.items()
+            },
+            readings={s: ReadingView(r.value, r.unit, r.quality, now - r.t) for s, r in self.state.readings.items()},
+            operator_limit=None
+            if ext is None
+            else OperatorLimitView(
+                ext.amps, ext.source, None if ext.expires_at is None else max(0.0, ext.expires_at - now)
+            ),
+            stopped_by=self.controller.stopped_by,
+            grid_meter=self.state.inputs.grid_meter,
+            cable=self.state.inputs.cable,
+            backlog=int(store["backlog"]),
+            meters=self.meters.status,
+            telemetry={**store, "uplink": self.uplink.status() if self.uplink else {"enabled": False}},
+            can=self.can.status(),
+            can_frames=self.can.frame_counts(),
+            control=self._control_stats(),
+        )
+
+    def status(self) -> dict[str, Any]:
+        """Everything a technician or the API needs about the cabinet right now."""
+        return self.view().as_dict()
+
+    def mqtt_state(self) -> dict[str, Any]:
+        return self.view().mqtt_state()
+
+    _tick_stats: tuple[float, dict[str, Any]] = (-1e9, {})
+
+    def _control_stats(self) -> dict[str, Any]:
+        now = self.clock.monotonic()
+        t, jitter = self._tick_stats
+        if now - t >= TICK_STATS_EVERY_S or not jitter:
+            # sorting 10,000 periods makes 10,000 float objects: at most once a second, however often
+            # `edge status` / `edge watch` ask (the soak asks 20 times a second)
+            periods = sorted(self.controller.tick_periods_ms)
+
+            def pct(q: float) -> float | None:
+                return round(periods[min(len(periods) - 1, int(q * len(periods)))], 2) if periods else None
+
+            jitter = {
+                "tick_p50_ms": pct(0.5),
+                "tick_p99_ms": pct(0.99),
+                "tick_max_ms": round(periods[-1], 2) if periods else None,
+            }
+            self._tick_stats = (now, jitter)
+        return {
+            "ticks": self.controller.ticks,
+            "evaluations": self.controller.evaluations,
+            "tick_ms": self.config.control.tick_ms,
+            **jitter,
+        }
+
+    # -- running -------------------------------------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Open the buses and start from a known state whatever the modules did before us."""
+        self.can.start(loop)
+        self.bank.all_off()
+
+    def tasks(self, status_line: bool = False) -> dict[str, Coroutine[Any, Any, None]]:
+        """Every long-running task but the control loop, by name."""
+        out: dict[str, Coroutine[Any, Any, None]] = {**self.can.tasks(), **self.meters.tasks()}
+        out["telemetry"] = self.recorder.run(self._limit_a, self._watchdog_status)
+        if self.api is not None:
+            out["api"] = self.api.serve()
+        if self.uplink is not None:
+            out["uplink"] = self.uplink.run()
+        if status_line:
+            out["status-line"] = self._print_status_line()
+        return out
+
+    def _limit_a(self) -> float | None:
+        d = self.controller.decision
+        return None if d is None else float(d["limit_a"])
+
+    def _watchdog_status(self) -> None:
+        d = self.controller.decision
+        if d is not None:
+            faults = ",".join(d["faults"]) or "none"
+            self.wdt.status(f"limit {d['limit_a']:.0f} A <- {d['reason']}; faults {faults}")
+
+    async def _print_status_line(self) -> None:
+        while True:
+            await asyncio.sleep(STATUS_LINE_EVERY_S)
+            print(self.view().line(), flush=True)
+
+    def fail_safe(self) -> None:
+        """Output off, contactor open, pump and fan off (the controller tries each step even if one fails)."""
+        self.controller.fail_safe()
+        self.outputs.all_off()
+
+    def flush_telemetry(self) -> None:
+        self.recorder.flush(self._limit_a())
+
+    def close(self) -> None:
+        closers: list[Callable[[], None]] = [p.close for p in self.can.ports.values()]
+        closers.append(self.meters.close)
+        if self.api is not None:
+            closers.append(self.api.close)
+        closers.append(self.store.close)
+        for closer in closers:
+            try:
+                closer()
+            except Exception:
+                log.exception("while closing")

@@ -1,0 +1,151 @@
+"""One typed view of the cabinet right now, and its three renderings: the API's ``status`` answer, the
+retained MQTT ``state`` message (schema: edge/schemas/mqtt-v1.schema.json#state) and the one-line status
+of ``edge run --status-line``. Built by :meth:`edge.cabinet.Cabinet.view`; pure from here on."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.readings import OK
+
+
+@dataclass(frozen=True)
+class ModuleView:
+    lost: bool
+    on: bool
+    voltage_v: float
+    current_a: float
+    temperature_c: float | None
+    alarms: tuple[str, ...]
+    set_current_a: float
+
+
+@dataclass(frozen=True)
+class ReadingView:
+    value: float
+    unit: str
+    quality: str
+    age_s: float
+
+
+@dataclass(frozen=True)
+class OperatorLimitView:
+    amps: float
+    source: str
+    expires_in_s: float | None  # None: until cleared
+
+
+@dataclass(frozen=True)
+class StatusView:
+    cabinet_id: str
+    site_id: str
+    version: str
+    uptime_s: float
+    limit_a: float  # in force now (ramped)
+    target_a: float  # where the ramp goes
+    rule: str | None  # the rule that sets the limit; None before the first evaluation
+    reason: str | None
+    enable: bool
+    faults: dict[str, str]  # active: name -> detail
+    latched: tuple[str, ...]
+    outputs: dict[str, int]  # contactor, pump, fan levels
+    modules: dict[str, ModuleView]  # by address
+    readings: dict[str, ReadingView]  # by signal
+    operator_limit: OperatorLimitView | None
+    stopped_by: str | None
+    grid_meter: str | None  # the meter that feeds the site-fuse rule
+    cable: str | None  # the cable monitor shown on the status line
+    backlog: int  # records in the store not yet acknowledged by the broker
+    meters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    telemetry: dict[str, Any] = field(default_factory=dict)
+    can: dict[str, Any] = field(default_factory=dict)
+    can_frames: dict[str, Any] = field(default_factory=dict)
+    control: dict[str, Any] = field(default_factory=dict)
+
+    # -- the API's ``status`` ------------------------------------------------------------------------
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "cabinet_id": self.cabinet_id,
+            "site_id": self.site_id,
+            "version": self.version,
+            "uptime_s": round(self.uptime_s, 1),
+            "limit_a": round(self.limit_a, 1),
+            "target_a": round(self.target_a, 1),
+            "rule": self.rule,
+            "reason": self.reason,
+            "enable": self.enable,
+            "faults": dict(self.faults),
+            "latched": list(self.latched),
+            "outputs": dict(self.outputs),
+            "modules": {
+                a: {
+                    "lost": m.lost,
+                    "voltage_v": m.voltage_v,
+                    "current_a": m.current_a,
+                    "temperature_c": m.temperature_c,
+                    "alarms": list(m.alarms),
+                    "set_current_a": m.set_current_a,
+                    "on": m.on,
+                }
+                for a, m in self.modules.items()
+            },
+            "meters": self.meters,
+            "readings": {
+                s: {"value": r.value, "unit": r.unit, "quality": r.quality, "age_s": round(r.age_s, 3)}
+                for s, r in sorted(self.readings.items())
+            },
+            "telemetry": self.telemetry,
+            "can": self.can,
+            "can_frames": self.can_frames,
+            "control": self.control,
+        }
+
+    # -- the retained MQTT ``state`` -----------------------------------------------------------------
+    def mqtt_state(self) -> dict[str, Any]:
+        lim = self.operator_limit
+        store = self.telemetry
+        return {
+            "limit_a": round(float(self.limit_a), 1),
+            "rule": self.rule,
+            "reason": self.reason,
+            "enable": self.enable,
+            "faults": dict(self.faults),
+            "latched": list(self.latched),
+            "external_limit": None
+            if lim is None
+            else {
+                "amps": lim.amps,
+                "source": lim.source,
+                "expires_in_s": None if lim.expires_in_s is None else float(round(lim.expires_in_s)),
+            },
+            "stopped_by": self.stopped_by,
+            "modules": {a: {"lost": m.lost, "on": m.on} for a, m in self.modules.items()},
+            "telemetry_store": {"degraded": store.get("degraded"), "write_errors": store.get("write_errors", 0)},
+        }
+
+    # -- ``edge run --status-line`` ------------------------------------------------------------------
+    def _value(self, signal: str, fmt: str = "{:.1f}") -> str:
+        r = self.readings.get(signal)
+        if r is None:
+            return "--"
+        return fmt.format(r.value) + ("" if r.quality == OK else f"({r.quality})")
+
+    def line(self) -> str:
+        grid, cable = self.grid_meter, self.cable
+        mods = " ".join(
+            f"M{a}:{m.voltage_v:.0f}V/{m.current_a:.0f}A" + ("(lost)" if m.lost else "")
+            for a, m in self.modules.items()
+        )
+        parts = [
+            f"grid {self._value(f'{grid}.Power.Active.Import', '{:.0f}')} W" if grid else "grid --",
+            mods,
+            f"pins {self._value(f'{cable}.pin_dc_plus_c')}/{self._value(f'{cable}.pin_dc_minus_c')} °C"
+            if cable
+            else "",
+            f"flow {self._value(f'{cable}.coolant_flow_lpm')} l/min" if cable else "",
+            f"limit {self.limit_a:.0f} A <- {self.reason or 'starting'}",
+            f"faults {','.join(sorted(self.faults)) or 'none'}",
+            f"backlog {self.backlog}",
+        ]
+        return " | ".join(p for p in parts if p)

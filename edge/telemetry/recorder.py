@@ -1,0 +1,68 @@
+"""Every ``telemetry.interval_s``: the interval's samples (plus the limit in force) go into the store as one
+telemetry record, and a failing store is reported as the fault ``telemetry_store_error``: reported, never a
+reason to stop control (docs/TELEMETRY.md)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from drivers.readings import Reading
+from edge.faults import ExternalFaults
+from edge.telemetry.sampler import Sampler
+
+STORE_FAULT = "telemetry_store_error"
+
+
+class RecordStore(Protocol):
+    write_errors: int
+
+    @property
+    def degraded(self) -> str | None: ...
+
+    def append(self, kind: str, t_ms: int, payload: dict[str, Any]) -> int | None: ...
+
+
+class Recorder:
+    def __init__(
+        self,
+        sampler: Sampler,
+        store: RecordStore,
+        faults: ExternalFaults,
+        interval_s: float,
+        monotonic: Callable[[], float],
+        wall_ms: Callable[[], int],
+    ) -> None:
+        self.sampler = sampler
+        self.store = store
+        self.faults = faults
+        self.interval_s = interval_s
+        self.monotonic = monotonic
+        self.wall_ms = wall_ms
+
+    def flush(self, limit_a: float | None) -> None:
+        if limit_a is not None:
+            self.sampler.add(Reading("control.limit_a", limit_a, "A", self.monotonic()))
+        samples = self.sampler.flush()
+        if samples:
+            self.store.append("telemetry", self.wall_ms(), {"interval_s": self.interval_s, "samples": samples})
+        self.check_store()
+
+    def check_store(self) -> None:
+        why = self.store.degraded
+        if why:
+            self.faults.set(
+                STORE_FAULT,
+                f"telemetry store write failed ({why}); {self.store.write_errors} records lost so far; "
+                "control unaffected",
+            )
+        else:
+            self.faults.clear(STORE_FAULT)
+
+    async def run(self, limit_a: Callable[[], float | None], each: Callable[[], None]) -> None:
+        """Flush every interval; ``each`` runs after every flush (the watchdog's status text)."""
+        while True:
+            await asyncio.sleep(self.interval_s)
+            self.flush(limit_a())
+            each()
