@@ -172,7 +172,8 @@ def validate(op: str, raw: Mapping[str, Any] | None, source: Source, max_output_
         extra = sorted(str(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden")
         problems = [_problem(e) for e in errors if e["type"] != "extra_forbidden"]
         if extra:
-            problems.insert(0, f"unexpected field(s) {', '.join(extra)[:200]} for {op}")
+            allowed = ", ".join(model.model_fields) or "none"
+            problems.insert(0, f"unexpected field(s) {', '.join(extra)[:200]}; allowed: {allowed}")
         raise OpError(INVALID_ARGUMENT, "; ".join(problems)) from None
 
 
