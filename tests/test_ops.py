@@ -203,6 +203,16 @@ def test_the_lowest_limit_wins_whoever_set_it_last(cab):
     cab.ops.limit_set(DR2, {"amps": 15, "duration_s": 600})  # a new cloud limit replaces the cloud's old one
     assert (cab.ctl.external_limit.amps, cab.ctl.external_limit.source) == (15.0, "cloud:dr-2")
     assert cab.ctl.operator.limits["cloud"].amps == 15.0 and cab.ctl.operator.limits["local"].amps == 20.0
+    from types import SimpleNamespace
+
+    from edge.api.commands import full_status
+
+    view = SimpleNamespace(controller=cab.ctl, config=cab.rig.config, status=dict)
+    shown = full_status(view)["operator"]  # type: ignore[arg-type]
+    assert shown["stops"] == {} and {k: (v["amps"], v["source"]) for k, v in shown["limits"].items()} == {
+        "local": (20.0, "cli:alice"),
+        "cloud": (15.0, "cloud:dr-2"),
+    }
 
 
 def test_a_cloud_limit_clear_never_removes_a_local_limit(cab):

@@ -118,6 +118,18 @@ def full_status(daemon: DaemonView) -> dict[str, Any]:
             "remaining_s": round(ext.expires_at - now, 1) if ext.expires_at is not None else None,
         },
         "stopped_by": ctl.stopped_by,
+        # every holder, not only the one that wins (edge.operator: local and cloud kept apart)
+        "operator": {
+            "stops": dict(ctl.operator.stops),
+            "limits": {
+                kind: {
+                    "amps": lim.amps,
+                    "source": lim.source,
+                    "remaining_s": round(lim.expires_at - now, 1) if lim.expires_at is not None else None,
+                }
+                for kind, lim in ctl.operator.limits.items()
+            },
+        },
         "selftest": {
             "active": bool(ctl.test_outputs) and now < ctl.test_outputs_until,
             "outputs": dict(ctl.test_outputs),
