@@ -19,6 +19,7 @@ from typing import Any
 from drivers.power_modules.bank import ModuleBank
 from edge.config import Config
 from edge.limits.core import evaluate
+from edge.operator import ExternalLimit, OperatorState, Source
 from edge.state import CabinetState
 from hal.clock import Clock
 from hal.pin import Pin
@@ -70,13 +71,6 @@ class Outputs:
         self.fan.off()
 
 
-@dataclass
-class ExternalLimit:
-    amps: float
-    expires_at: float | None  # monotonic s, None = until cleared
-    source: str
-
-
 class Controller:
     def __init__(
         self,
@@ -98,36 +92,53 @@ class Controller:
         self.on_event = on_event
         self.core_state: dict[str, Any] | None = None
         self.decision: dict[str, Any] | None = None
-        self.external_limit: ExternalLimit | None = None
-        self.stopped_by: str | None = None
+        self.operator = OperatorState()
         self.requested_current_a = config.control.requested_current_a
         self._clear_requests: list[str] = []
-        # self-test of pump and fan: honoured only while the DC output is off (see _apply)
-        self.test_outputs: dict[str, bool] = {}
-        self.test_outputs_until = 0.0
         self._clear_results: list[tuple[list[str], list[list[str]]]] = []
         self.ticks = 0
         self.evaluations = 0
         self.tick_periods_ms = RecentPeriods()
 
-    # -- commands from CLI / cloud (never able to raise anything above the config) ------------------
-    def set_external_limit(self, amps: float, duration_s: float | None, source: str) -> None:
-        now = self.clock.monotonic()
-        self.external_limit = ExternalLimit(amps, now + duration_s if duration_s else None, source)
+    # -- operator requests (local socket / cloud, through edge.ops; never above the config) ------------
+    # Who may lift what is decided in edge.operator; edge.ops evaluates at once after each change.
+    @property
+    def external_limit(self) -> ExternalLimit | None:
+        """The effective (lowest) operator limit with its source and expiry; None when there is none."""
+        return self.operator.effective_limit()
 
-    def clear_external_limit(self) -> None:
-        self.external_limit = None
+    @property
+    def stopped_by(self) -> str | None:
+        """Who holds the stop shown to users (a local holder first); None when not stopped."""
+        return self.operator.stopped_by
 
-    def stop(self, source: str) -> None:
-        self.stopped_by = source
+    @property
+    def test_outputs(self) -> dict[str, bool]:
+        return self.operator.test_outputs
 
-    def resume(self) -> None:
-        self.stopped_by = None
+    @property
+    def test_outputs_until(self) -> float:
+        return self.operator.test_outputs_until
+
+    def set_external_limit(self, amps: float, duration_s: float | None, source: Source | str) -> None:
+        """Set the limit of ``source``'s authority; limits of the other authority stay (the lowest wins)."""
+        expires_at = self.clock.monotonic() + duration_s if duration_s else None
+        self.operator.set_limit(_source(source), amps, expires_at)
+
+    def clear_external_limit(self, source: Source | str) -> ExternalLimit | None:
+        """Lift ``source``'s own limit; raises :class:`edge.operator.Held` when only another holds one."""
+        return self.operator.clear_limit(_source(source))
+
+    def stop(self, source: Source | str) -> None:
+        self.operator.stop(_source(source))
+
+    def resume(self, source: Source | str) -> str | None:
+        """Lift ``source``'s own stop; raises :class:`edge.operator.Held` when only another holds one."""
+        return self.operator.resume(_source(source))
 
     def set_test_outputs(self, pump: bool | None, fan: bool | None, duration_s: float) -> None:
         """Run pump and/or fan for a self-test. Ignored while the output is enabled."""
-        self.test_outputs = {k: v for k, v in (("pump", pump), ("fan", fan)) if v is not None}
-        self.test_outputs_until = self.clock.monotonic() + duration_s
+        self.operator.set_test_outputs(pump, fan, self.clock.monotonic() + duration_s)
 
     def request_clear(self, fault: str) -> tuple[bool, str]:
         """Ask the core to clear a latched fault; answered by the very next evaluation."""
@@ -143,10 +154,9 @@ class Controller:
     def evaluate_now(self) -> dict[str, Any]:
         now = self.clock.monotonic()
         self.bank.check(now)
+        for gone in self.operator.expire(now):
+            self.on_event("limit_expired", "external_limit", {"amps": gone.amps, "source": gone.source})
         ext = self.external_limit
-        if ext is not None and ext.expires_at is not None and now >= ext.expires_at:
-            self.on_event("limit_expired", "external_limit", {"amps": ext.amps, "source": ext.source})
-            self.external_limit = ext = None
         snap = self.state.limits_snapshot(
             now,
             request_a=self.requested_current_a,
@@ -236,3 +246,7 @@ class Controller:
             except Exception:
                 log.exception("fail-safe step %s failed", getattr(step, "__name__", step))
         # The pump keeps running if it can: hot pins cool faster with coolant moving.
+
+
+def _source(source: Source | str) -> Source:
+    return source if isinstance(source, Source) else Source.from_label(source)

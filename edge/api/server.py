@@ -19,20 +19,25 @@ from edge.api.commands import COMMANDS, Context, DaemonView, WatchArgs, full_sta
 from edge.api.peer import Peer, Policy, peer_of
 from edge.api.protocol import MAX_LINE_BYTES, ProtocolError, encode, error, ok, parse_request
 from edge.config.schema import Api
+from edge.operator import Source
+from edge.ops import FORBIDDEN, Operations
 
 log = logging.getLogger(__name__)
 SOCKET_MODE = 0o660
 
 
 class ApiServer:
-    def __init__(self, config: Api, daemon: DaemonView) -> None:
+    def __init__(self, config: Api, daemon: DaemonView, ops: Operations | None = None) -> None:
+        """``ops``: the cabinet's operations layer; built from ``daemon`` when not given."""
         self.path = config.socket
         self.config = config
         self.daemon = daemon
+        self.ops = ops or Operations(
+            daemon.config, daemon.controller, daemon.event, daemon.status, daemon.controller.clock
+        )
         self.policy = Policy(config.group, config.admin_group, os.getuid())
         self._server: asyncio.AbstractServer | None = None
         self._clients: set[asyncio.Task[Any]] = set()
-        self._selftest_lock = asyncio.Lock()
 
     async def serve(self) -> None:
         directory = os.path.dirname(self.path)
@@ -100,17 +105,14 @@ class ApiServer:
                 raise ProtocolError("unknown_command", f"unknown command {req.cmd!r}; known: {', '.join(COMMANDS)}")
             if not self.policy.allows(peer, cmd.need):
                 if cmd.need != "read":
-                    self.daemon.event(
-                        "command",
-                        cmd.name,
-                        {"user": peer.user, "uid": peer.uid, "args": req.args, "ok": False, "result": "forbidden"},
-                    )
+                    source = Source.local(peer.user, peer.uid)
+                    self.ops.audit(cmd.name, source, req.args, False, FORBIDDEN, FORBIDDEN)
                 raise ProtocolError("forbidden", f"{cmd.name}: " + self.policy.why_not(peer, cmd.need))
             args = parse_args(cmd, req.args)
             if isinstance(args, WatchArgs):
                 await self._watch(req_id, args, writer)
                 return
-            answer = ok(req_id, await cmd.handler(Context(self.daemon, peer, self.policy, self._selftest_lock), args))
+            answer = ok(req_id, await cmd.handler(Context(self.daemon, peer, self.policy, self.ops), args))
         except ProtocolError as exc:
             answer = error(req_id, exc.code, exc.message)
         except Exception as exc:
