@@ -23,6 +23,7 @@ from edge.control import Controller, Outputs
 from edge.events import EventLog
 from edge.faults import ExternalFaults
 from edge.meter_link import MeterLink
+from edge.ops import Operations
 from edge.state import CabinetState, InputMap
 from edge.telemetry.recorder import Recorder
 from edge.telemetry.sampler import Sampler
@@ -96,8 +97,9 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         recorder=recorder,
         started=b.clock.monotonic(),
     )
+    cabinet.operations = Operations(config, controller, events.emit, cabinet.status, b.clock)
     if b.api:
-        cabinet.api = ApiServer(config.api, cabinet)
+        cabinet.api = ApiServer(config.api, cabinet, ops=cabinet.operations)
     mq = config.telemetry.mqtt
     if mq.enabled:
         cabinet.uplink = Uplink(

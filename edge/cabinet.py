@@ -20,6 +20,7 @@ from edge.control import Controller, Outputs
 from edge.events import EventLog
 from edge.faults import ExternalFaults
 from edge.meter_link import MeterLink
+from edge.ops import Operations
 from edge.state import CabinetState
 from edge.status import ModuleView, OperatorLimitView, ReadingView, StatusView
 from edge.telemetry.recorder import Recorder
@@ -51,6 +52,7 @@ class Cabinet:
     controller: Controller
     recorder: Recorder
     started: float
+    operations: Operations | None = None  # stop, resume, limits, clears, self-test: the one way in (edge/ops.py)
     api: ApiServer | None = None
     uplink: Uplink | None = None
 
