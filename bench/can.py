@@ -1,16 +1,18 @@
 """CAN benchmark: decode throughput and CPU share at a saturated 1 Mbit/s bus, and send latency.
 
-    PYTHONPATH=. python bench/can.py [--seconds S]
+    python -m bench.can [--seconds S]        (from the repository root)
 
 Figures (printed as a table: figure, value, limit/reference, ratio):
-1. decode: the daemon's per-frame work (module bank + cable monitor decode, readings into the state)
-   on a synthetic mix (40 % cable frames, 40 % module replies, 20 % foreign/unknown ids), one thread.
+1. decode: the daemon's per-frame work (the CAN dispatcher with the module bank and a cable monitor
+   registered, readings into the state) on a synthetic mix (40 % cable frames, 40 % module replies,
+   20 % foreign/unknown ids), one thread.
    Goal: >= 3x the maximum extended-frame rate of a 1 Mbit/s bus (7,634 frames/s nominal).
 2. CPU share of one core at a saturated 1 Mbit/s bus = 7,634 / decode rate.
 3. rx through CanPort: a peer thread floods a python-can virtual bus, the Notifier thread queues, the
    asyncio loop drains and decodes (both threads share the GIL: this is the whole receive path).
-4. send latency: from the control decision (ModuleBank.apply with a reduction) to the frame arriving
-   at a peer on the virtual bus; reference: ISO 15118-2 CurrentDemand timeout 250 ms.
+4. send latency: from the control decision (ModuleBank.apply with a reduction) through CanPort's
+   transmit thread to the frame arriving at a peer on the virtual bus; reference: ISO 15118-2
+   CurrentDemand timeout 250 ms.
 """
 
 from __future__ import annotations
@@ -22,22 +24,16 @@ import statistics
 import sys
 import threading
 import time
-from pathlib import Path
 
-# Run as a script, this file's directory comes first on sys.path and "import can" would import this
-# file itself: drop bench/ and put the repository root there instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
+import can
 
-import can  # noqa: E402
-
-from drivers.cable.monitor import CableMonitor  # noqa: E402
-from drivers.power_modules import infypower as infy  # noqa: E402
-from drivers.power_modules.bank import ModuleBank  # noqa: E402
-from drivers.power_modules.codec import Frame  # noqa: E402
-from edge.state import CabinetState, InputMap  # noqa: E402
-from hal.can import CanPort, CanSettings  # noqa: E402
+from drivers.cable.monitor import CableMonitor
+from drivers.can_dispatch import CanDispatcher
+from drivers.power_modules import infypower as infy
+from drivers.power_modules.bank import ModuleBank
+from drivers.power_modules.codec import Frame
+from edge.state import CabinetState, InputMap
+from hal.can import CanPort, CanSettings
 
 BUS_1M_FRAMES_S = 7634  # PROTOCOLS.md: 29-bit id, 8 data bytes, nominal
 GOAL_FACTOR = 3.0
@@ -81,18 +77,16 @@ def synthetic_mix(n: int, seed: int = 1) -> list[tuple[int, bytes]]:
 
 
 class Decoder:
-    """The per-frame work of the daemon's CAN receive task (edge/daemon.py _can_rx)."""
+    """The per-frame work of the daemon's CAN receive path: the dispatcher, its devices, the state."""
 
     def __init__(self) -> None:
-        self.bank = ModuleBank(infy.InfyPowerCodec(), ADDRESSES, 3.0, lambda f: None, 50.0)
-        self.cable = CableMonitor("cable", stale_after_s=1e9)
+        self.dispatcher = CanDispatcher("bench")
+        ModuleBank(infy.InfyPowerCodec(), ADDRESSES, 3.0, lambda f: None, 50.0).register(self.dispatcher)
+        CableMonitor("cable", stale_after_s=1e9).register(self.dispatcher)
         self.state = CabinetState(InputMap(cable="cable", grid_meter=None))
 
     def frame(self, aid: int, data: bytes, now: float) -> None:
-        reply = self.bank.handle(aid, data, now)
-        if reply is not None:
-            self.state.update(self.bank.module_readings("module", reply.address, now))
-        readings = self.cable.decode(aid, data, now)
+        readings = self.dispatcher.dispatch(aid, data, now)
         if readings:
             self.state.update(readings)
 
@@ -157,7 +151,7 @@ def bench_send_latency(samples: int = 300) -> list[float]:
     port = CanPort(CanSettings(name="lat", interface="virtual", channel=channel))
 
     def send(f: Frame) -> None:
-        port.send(can.Message(arbitration_id=f.arbitration_id, data=f.data, is_extended_id=True))
+        port.send(can.Message(arbitration_id=f.arbitration_id, data=f.data, is_extended_id=True), priority=f.priority)
 
     bank = ModuleBank(infy.InfyPowerCodec(), [1], 3.0, send, 50.0)
     bank.handle(infy.make_id(infy.CMD_STATUS, 0xF0, 1), infy.encode_status(set()), time.monotonic())

@@ -15,7 +15,9 @@ class Reading:
     """One measured value.
 
     ``signal`` is a stable dotted name (OCPP measurand where one exists, e.g. ``Current.Import.L1``);
-    ``t`` is the monotonic time (s) the value was received; ``quality`` is one of :data:`QUALITIES`.
+    ``t`` is the monotonic time (s) the value was received; ``quality`` is one of :data:`QUALITIES`;
+    ``urgent``: the controller evaluates at once when it arrives instead of at its next tick (safety
+    inputs: cable temperatures and coolant, module alarms; a GPIO or Modbus input may set it too).
     """
 
     signal: str
@@ -23,3 +25,4 @@ class Reading:
     unit: str
     t: float
     quality: str = OK
+    urgent: bool = False

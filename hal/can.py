@@ -8,17 +8,25 @@ Guarantees:
 - Reception never blocks the bus thread and never grows memory: the Notifier thread appends to a
   bounded deque (when full the oldest frame is dropped and counted: fresh frames win over stale ones)
   and wakes the loop at most once per batch, so a flood cannot queue up callbacks either.
-- ``send`` has a timeout; a failed send is counted and raised as :class:`CanSendError` so callers
-  can treat it as a fault instead of a crash.
+- Transmission never blocks the caller: :meth:`CanPort.send` queues the frame for the port's transmit
+  thread and returns at once, whatever the bus does (no ACK, full controller queue, adapter gone). Two
+  bounded lanes: ``priority`` frames (off / 0 A commands) go out before every normal frame, and a
+  priority frame drops the normal frames with the same id still queued (``tx_superseded``) so a stale
+  raise can never follow the reduction. A full lane drops its oldest frame (``tx_dropped``: the newest
+  command wins). The thread sends with ``send_timeout_s``; a failed send is counted (``send_errors``)
+  and logged rate-limited, never raised.
 - Error frames are counted, classified (linux/can/error.h bits in the id, controller state in data[1])
   and never handed to protocol decoders.
 - Bus health: ``bus_off`` when an error frame says so, when python-can's ``bus.state`` reports ERROR
   (interfaces that support it), when the receive thread died (adapter unplugged) or after
-  ``send_error_limit`` consecutive send failures; ``passive`` on error-passive. Health changes go to
-  ``on_health(port, old, new, reason)`` on the loop thread. :meth:`CanPort.supervise` re-opens a bus
-  that is off with a doubling backoff (``reopen_min_s`` .. ``reopen_max_s``).
+  ``send_error_limit`` consecutive failed sends (frames that cannot go out: no ACK, transmit queue
+  stalled); ``passive`` on error-passive. Health changes go to ``on_health(port, old, new, reason)`` on
+  the loop thread (once :meth:`CanPort.start` was called; before that, on the calling thread).
+  :meth:`CanPort.supervise` re-opens a bus that is off with a doubling backoff (``reopen_min_s`` ..
+  ``reopen_max_s``).
 - Filters: on socketcan they are handed to the kernel (``can_filters``); other interfaces get the same
   filters applied in the Notifier thread, before anything reaches the loop. Error frames always pass.
+- Time comes from the injected ``clock`` (default ``time.monotonic``).
 """
 
 from __future__ import annotations
@@ -78,6 +86,7 @@ class CanSettings:
     reopen_min_s: float = 0.5
     reopen_max_s: float = 30.0
     send_error_limit: int = 10
+    tx_queue: int = 256  # per lane; 60 modules x 2 frames fit in one evaluation
 
 
 @dataclass
@@ -88,6 +97,8 @@ class CanStats:
     filtered: int = 0
     error_frames: int = 0
     send_errors: int = 0
+    tx_dropped: int = 0
+    tx_superseded: int = 0
     bus_off: int = 0
     error_passive: int = 0
     reopens: int = 0
@@ -125,15 +136,25 @@ def classify_error_frame(arbitration_id: int, data: bytes) -> tuple[str | None, 
 
 
 HealthSink = Callable[["CanPort", str, str, str], None]
+Clock = Callable[[], float]
+
+
+def _log_now(count: int) -> bool:
+    return count in (1, 10, 100) or count % 1000 == 0
 
 
 class CanPort:
-    """One CAN bus: python-can bus + Notifier thread + bounded queue + health supervision."""
+    """One CAN bus: python-can bus + Notifier thread + bounded receive queue + transmit thread + health."""
 
     def __init__(
-        self, settings: CanSettings, bus: can.BusABC | None = None, on_health: HealthSink | None = None
+        self,
+        settings: CanSettings,
+        bus: can.BusABC | None = None,
+        on_health: HealthSink | None = None,
+        clock: Clock = time.monotonic,
     ) -> None:
         self.settings = settings
+        self._clock = clock
         self.stats = CanStats()
         self.health = ACTIVE
         self.health_reason = ""
@@ -159,10 +180,15 @@ class CanPort:
         self._backoff_s = settings.reopen_min_s
         self._last_off_t: float | None = None
         self._lock = threading.Lock()
+        self._tx_cond = threading.Condition()
+        self._tx_priority: collections.deque[can.Message] = collections.deque(maxlen=settings.tx_queue)
+        self._tx_normal: collections.deque[can.Message] = collections.deque(maxlen=settings.tx_queue)
+        self._tx_thread: threading.Thread | None = None
+        self._tx_stop = False
         if opened_failed is not None:
             self.health, self.health_reason = BUS_OFF, opened_failed
             self.stats.bus_off += 1
-            self._reopen_at = time.monotonic() + self._backoff_s
+            self._reopen_at = self._clock() + self._backoff_s
             log.error(
                 "CAN %s: %s; is the interface up (ip -details link show %s)? retrying with backoff",
                 settings.name,
@@ -222,7 +248,7 @@ class CanPort:
         if new == old:
             return
         self.health, self.health_reason = new, reason
-        now = time.monotonic()
+        now = self._clock()
         if new == BUS_OFF:
             self.stats.bus_off += 1
             # repeated bus-off soon after a reopen: back off further; after a quiet minute start again
@@ -257,26 +283,107 @@ class CanPort:
     def queued(self) -> int:
         return len(self._queue)
 
-    def send(self, msg: can.Message) -> None:
+    # -- transmit ------------------------------------------------------------------------------------
+    def send(self, msg: can.Message, *, priority: bool = False) -> bool:
+        """Queue ``msg`` for the transmit thread and return at once; never blocks, never raises.
+
+        ``priority``: off / 0 A commands: sent before every normal frame; normal frames with the same id
+        still queued are dropped. False when the frame cannot be queued (bus closed or port closing).
+        """
+        if self._bus is None or self._tx_stop:
+            with self._tx_cond:
+                self.stats.tx_dropped += 1
+            return False
+        with self._tx_cond:
+            if priority:
+                self._supersede(msg.arbitration_id)
+            lane = self._tx_priority if priority else self._tx_normal
+            if len(lane) == lane.maxlen:
+                self.stats.tx_dropped += 1  # the oldest goes: the newest command wins
+            lane.append(msg)
+            self._tx_cond.notify()
+        if self._tx_thread is None:
+            self._tx_thread = threading.Thread(target=self._tx_loop, name=f"can-tx-{self.settings.name}", daemon=True)
+            self._tx_thread.start()
+        return True
+
+    def _supersede(self, arbitration_id: int) -> None:
+        normal = self._tx_normal
+        if any(m.arbitration_id == arbitration_id for m in normal):
+            kept = [m for m in normal if m.arbitration_id != arbitration_id]
+            self.stats.tx_superseded += len(normal) - len(kept)
+            normal.clear()
+            normal.extend(kept)
+
+    def tx_queued(self) -> int:
+        return len(self._tx_priority) + len(self._tx_normal)
+
+    def _tx_loop(self) -> None:
+        """Transmit thread: priority lane first; on close it sends what is queued, then ends."""
+        while True:
+            with self._tx_cond:
+                while not (self._tx_priority or self._tx_normal or self._tx_stop):
+                    self._tx_cond.wait()
+                lane = self._tx_priority or self._tx_normal
+                if not lane:
+                    return
+                msg = lane.popleft()
+            self._transmit(msg)
+
+    def _transmit(self, msg: can.Message) -> None:
         bus = self._bus
         if bus is None:
-            self.stats.send_errors += 1
-            raise CanSendError(f"CAN {self.settings.name}: bus is closed (re-opening after {self.health_reason})")
+            with self._tx_cond:
+                self.stats.tx_dropped += 1
+            return
         try:
             bus.send(msg, timeout=self.settings.send_timeout_s)
-        except can.CanError as exc:
+        except Exception as exc:  # noqa: BLE001 - CanError, OSError of a gone adapter, ...: the thread must live on
+            self._tx_failed(msg, exc)
+            return
+        with self._tx_cond:
+            self._send_fail_run = 0
+            self.stats.tx += 1
+
+    def _tx_failed(self, msg: can.Message, exc: Exception) -> None:
+        with self._tx_cond:
             self.stats.send_errors += 1
             self._send_fail_run += 1
-            if self._send_fail_run >= self.settings.send_error_limit and self.health != BUS_OFF:
-                self._set_health(BUS_OFF, f"{self._send_fail_run} sends failed in a row: {exc}")
-            raise CanSendError(f"CAN {self.settings.name}: send of id 0x{msg.arbitration_id:X} failed: {exc}") from exc
-        self._send_fail_run = 0
-        self.stats.tx += 1
+            run, errors = self._send_fail_run, self.stats.send_errors
+        if _log_now(errors):
+            log.error(
+                "CAN %s: send of id 0x%X failed (%d send errors so far): %s",
+                self.settings.name,
+                msg.arbitration_id,
+                errors,
+                exc,
+            )
+        if run == self.settings.send_error_limit:
+            self._health_from_thread(BUS_OFF, f"{run} sends failed in a row: {exc}")
+
+    def _health_from_thread(self, new: str, reason: str) -> None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            self._set_health(new, reason)
+            return
+        try:
+            loop.call_soon_threadsafe(self._set_health, new, reason)
+        except RuntimeError:  # loop closing during shutdown
+            pass
+
+    def _stop_tx(self, drain_s: float) -> None:
+        """Let the transmit thread send what is queued (the fail-safe off frames of a shutdown), then end."""
+        with self._tx_cond:
+            self._tx_stop = True
+            self._tx_cond.notify()
+        thread = self._tx_thread
+        if thread is not None:
+            thread.join(timeout=drain_s)
 
     # -- supervision ---------------------------------------------------------------------------------
     def check(self, now: float | None = None) -> None:
         """Poll what can only be polled: python-can's bus state and a dead receive thread."""
-        now = time.monotonic() if now is None else now
+        now = self._clock() if now is None else now
         bus, notifier = self._bus, self._notifier
         if bus is None:
             return
@@ -303,17 +410,14 @@ class CanPort:
             try:
                 bus = open_bus(self.settings)
             except (can.CanError, OSError, ValueError) as exc:
-                self._reopen_at = time.monotonic() + self._backoff_s
+                wait_s = self._backoff_s
+                self._reopen_at = self._clock() + wait_s
                 self._backoff_s = min(self.settings.reopen_max_s, self._backoff_s * 2)
-                log.warning(
-                    "CAN %s: re-open failed (%s); next try in %.1f s",
-                    self.settings.name,
-                    exc,
-                    self._reopen_at - time.monotonic(),
-                )
+                log.warning("CAN %s: re-open failed (%s); next try in %.1f s", self.settings.name, exc, wait_s)
                 return
             self._bus = bus
-            self._send_fail_run = 0
+            with self._tx_cond:
+                self._send_fail_run = 0
             self._reopen_at = None
             if self._loop is not None:
                 self._notifier = can.Notifier(bus, [self._on_frame], timeout=0.1)
@@ -322,7 +426,7 @@ class CanPort:
         """Forever: check health, re-open a bus that is off when its backoff is over."""
         loop = asyncio.get_running_loop()
         while True:
-            now = time.monotonic()
+            now = self._clock()
             self.check(now)
             if self.reopen_due(now):
                 await loop.run_in_executor(None, self.reopen)
@@ -344,12 +448,20 @@ class CanPort:
             except (can.CanError, OSError) as exc:
                 log.debug("CAN %s: shutdown: %s", self.settings.name, exc)
 
-    def close(self) -> None:
+    def close(self, drain_s: float = 0.5) -> None:
+        """Send what is queued (at most ``drain_s``), stop the threads, close the bus."""
+        self._stop_tx(drain_s)
         with self._lock:
             self._close_bus()
 
     def status(self) -> dict[str, Any]:
-        return {"health": self.health, "reason": self.health_reason, "queued": len(self._queue), **vars(self.stats)}
+        return {
+            "health": self.health,
+            "reason": self.health_reason,
+            "queued": len(self._queue),
+            "tx_queued": self.tx_queued(),
+            **vars(self.stats),
+        }
 
 
 def _matches(filters: tuple[tuple[int, int, bool], ...], msg: can.Message) -> bool:

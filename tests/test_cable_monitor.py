@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
-from drivers.cable.monitor import CableMonitor, load_database
+from drivers.cable.monitor import DBC_PATH, CableMonitor, load_database, signal_specs
 from drivers.readings import INVALID, OK, STALE
 
 TEMPS = {"PinTempDcPlus": 45.0, "PinTempDcMinus": 44.0, "CoolantInletTemp": 25.0, "CoolantOutletTemp": 30.0}
@@ -156,3 +157,36 @@ def test_first_frame_after_a_silence_starts_a_new_counter_sequence():
     fid, data = frame(mon, "CABLE_TEMPS", 9)  # after 2 s of silence: a jump is expected
     assert {x.quality for x in mon.decode(fid, data, 3.0)} == {OK}
     assert mon.stale(3.1) == []  # fresh again
+
+
+def test_reading_names_and_fault_bits_come_from_the_dbc_attributes():
+    # telemetry names must not change: these are the names the uplink and the safety core have always seen
+    mon = CableMonitor("cable")
+    assert mon.reading_names == (
+        "cable.pin_dc_plus_c",
+        "cable.pin_dc_minus_c",
+        "cable.coolant_in_c",
+        "cable.coolant_out_c",
+        "cable.coolant_flow_lpm",
+        "cable.coolant_pressure_bar",
+        "cable.leak",
+    )
+    specs = {s.reading: s for s in signal_specs(load_database().get_message_by_name("CABLE_TEMPS"))}
+    assert specs["pin_dc_plus_c"].fault_bit == "PinDcPlusSensorFault" and specs["pin_dc_plus_c"].unit == "°C"
+    assert specs["coolant_in_c"].fault_bit == specs["coolant_out_c"].fault_bit == "CoolantTempSensorFault"
+
+
+def test_decoded_cable_readings_are_urgent_and_stale_copies_are_not():
+    mon = CableMonitor("cable", stale_after_s=0.3)
+    fid, data = frame(mon, "CABLE_TEMPS", 0)
+    assert all(r.urgent for r in mon.decode(fid, data, 1.0))
+    assert not any(r.urgent for r in mon.stale(2.0))
+
+
+def test_a_fault_bit_that_names_no_signal_of_its_message_is_refused_at_load(tmp_path):
+    text = Path(DBC_PATH).read_text(encoding="cp1252")
+    bad = text.replace('PinTempDcPlus "PinDcPlusSensorFault"', 'PinTempDcPlus "NoSuchBit"')
+    path = tmp_path / "bad.dbc"
+    path.write_text(bad, encoding="cp1252")
+    with pytest.raises(ValueError, match="NoSuchBit"):
+        CableMonitor("cable", db=load_database(str(path)))

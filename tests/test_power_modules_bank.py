@@ -236,3 +236,33 @@ def test_readings_of_a_lost_module_are_stale():
     bank.check(clock.t)
     q = {r.signal: r.quality for r in bank.readings("module", clock.t)}
     assert q["module.1.current_a"] == "stale" and q["module.1.temperature_c"] == "stale"
+
+
+def test_reductions_off_and_a_lost_modules_0_a_are_priority_frames_raises_and_polls_are_not():
+    bank, clock, sent, _ = make_bank(addresses=(1,))
+    present(bank, clock, [1])
+    sent.clear()
+    bank.apply(True, 400.0, 40.0)  # a raise: spaced, not priority
+    settle(bank, clock)
+    assert sent and not any(f.priority for f in sent)
+    assert not any(f.priority for f in bank.poll_frames(1))
+    sent.clear()
+    bank.apply(True, 400.0, 10.0)  # a reduction: at once, priority
+    assert [f.priority for f in sent] == [True]
+    sent.clear()
+    bank.apply(False, 400.0, 0.0)  # off
+    assert sent and all(f.priority for f in sent)
+    sent.clear()
+    clock.t += 10.0
+    bank.check(clock.t)  # silent: lost, told 0 A and off at once
+    assert sent and all(f.priority for f in sent)
+    sent.clear()
+    bank.all_off()
+    assert len(sent) == 2 and all(f.priority for f in sent)
+
+
+def test_acknowledgements_are_counted_and_do_not_prove_presence():
+    bank, clock, _, _ = make_bank(addresses=(1,))
+    ack = bank.on_frame(infy.make_id(infy.CMD_ON_OFF, 0xF0, 1), infy.encode_on_off(True), clock.t)
+    assert ack == [] and bank.acks == 1 and bank.modules[1].last_seen is None
+    assert bank.on_frame(infy.make_id(infy.CMD_READ_OUTPUT, 0xF0, 7), infy.encode_output(1, 1), clock.t) is None

@@ -138,7 +138,8 @@ def test_uugreen_read_replies_decode_and_requests_do_not():
     status = codec.decode(rid, bytes([0x03, 8, 0, 0, 0, 0, 0, 0b101]))
     assert status.alarms == {"status_bit_0", "status_bit_2"}
     assert codec.decode(rid, bytes([0x02, 0, 0, 0, 0, 0, 0, 0])) is None  # a read request
-    assert codec.decode(rid, bytes([0x01, 3, 0, 0, 0, 0, 0, 0])) is None  # a set acknowledgement
+    ack = codec.decode(rid, bytes([0x01, 3, 0, 0, 0, 0, 0, 0]))  # a set acknowledgement: no values
+    assert ack is not None and ack.ack and ack.address == 3 and ack.current_a is None and ack.alarms is None
     assert codec.decode(uu.make_id(0), bytes([0x03, 0, 0, 0, 0, 0, 0, 0])) is None  # broadcast id
     assert codec.decode(rid | 0x1, bytes([0x03, 0, 0, 0, 0, 0, 0, 0])) is None  # low bits not zero
     assert codec.decode(rid, bytes([0x03, 0, 0, 0, 0, 0, 0])) is None  # wrong DLC
@@ -246,3 +247,35 @@ def test_config_accepts_every_registered_protocol_and_refuses_uugreen_broadcast_
     assert parse_config(base + 'protocol = "uugreen"\naddresses = [1, 2]\n').power_modules.protocol == "uugreen"
     with pytest.raises(ConfigError, match="broadcast"):
         parse_config(base + 'protocol = "uugreen"\naddresses = [0, 1]\n')
+
+
+@pytest.mark.parametrize("name", CODEC_NAMES)
+def test_the_module_acknowledging_our_set_commands_is_an_ack_without_values(name):
+    codec = make_codec(name)
+    for f in codec.set_output(5, 400, 10) + codec.output_on(5, True):
+        if name == "infypower":  # the module answers with the command's id, from its address to us
+            rid, data = _reply_id(codec, 5, f.arbitration_id), f.data
+        else:  # the same id and value, type "set response"
+            rid, data = f.arbitration_id, bytes([uu.TYPE_SET_RESPONSE]) + f.data[1:]
+        reply = codec.decode(rid, data)
+        assert reply is not None and reply.ack and reply.address == 5
+        assert (reply.voltage_v, reply.current_a, reply.alarms) == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("name", "addresses", "lost_after_s", "poll_s", "problems"),
+    [
+        ("infypower", [0, 1, 62], 3.0, 1.0, []),
+        ("infypower", [63], 3.0, 1.0, ["address 63 is outside 0..62"]),
+        ("uugreen", [1, 127], 3.0, 1.0, []),
+        ("uugreen", [0, 128], 3.0, 1.0, ["address 0 is outside 1..127", "address 128 is outside 1..127"]),
+        ("uugreen", [2, 2], 3.0, 1.0, ["repeated: [2]"]),
+        ("infypower", [1], 10.0, 1.0, ["own comms watchdog (10 s)"]),
+        ("infypower", [1], 3.0, 2.0, ["two poll periods (4 s)"]),
+    ],
+)
+def test_codecs_check_the_vendor_constraints_of_a_configuration(name, addresses, lost_after_s, poll_s, problems):
+    found = make_codec(name).check_config(addresses, lost_after_s, poll_s)
+    assert len(found) == len(problems)
+    for text, expected in zip(found, problems, strict=True):
+        assert expected in text

@@ -12,9 +12,10 @@ import can
 import pytest
 
 from drivers.cable.monitor import CableMonitor
+from drivers.can_dispatch import CanDispatcher
 from drivers.power_modules.bank import ModuleBank
 from drivers.power_modules.infypower import InfyPowerCodec
-from hal.can import CanPort, CanSendError, CanSettings
+from hal.can import CanPort, CanSettings
 from tests.conftest import REPO, edge_env, until
 
 
@@ -41,24 +42,19 @@ def test_module_bank_and_cable_monitor_work_over_slcan_across_processes(slcan_pe
     port = CanPort(
         CanSettings(name="pty", interface="slcan", channel=path, bitrate=125_000, extra={"sleep_after_open": 0.0})
     )
-    sent_errors: list[str] = []
 
     def send(frame):
-        try:
-            port.send(can.Message(arbitration_id=frame.arbitration_id, data=frame.data, is_extended_id=True))
-        except CanSendError as exc:
-            sent_errors.append(str(exc))
+        msg = can.Message(arbitration_id=frame.arbitration_id, data=frame.data, is_extended_id=True)
+        port.send(msg, priority=frame.priority)
 
     bank = ModuleBank(InfyPowerCodec(), [1, 2], 1.0, send, 50.0, poll_period_s=0.2)
-    cable = CableMonitor("cable")
+    dispatcher = CanDispatcher("pty")
+    bank.register(dispatcher)
+    CableMonitor("cable").register(dispatcher)
     cable_ok = []
 
-    async def rx():
-        while True:
-            msg = await port.recv()
-            now = time.monotonic()
-            bank.handle(msg.arbitration_id, bytes(msg.data), now)
-            cable_ok.extend(r for r in cable.decode(msg.arbitration_id, bytes(msg.data), now) if r.quality == "ok")
+    def sink(readings):
+        cable_ok.extend(r for r in readings if r.signal.startswith("cable.") and r.quality == "ok")
 
     async def poll():
         while True:
@@ -70,7 +66,7 @@ def test_module_bank_and_cable_monitor_work_over_slcan_across_processes(slcan_pe
 
     async def main():
         port.start(asyncio.get_running_loop())
-        tasks = [asyncio.create_task(rx()), asyncio.create_task(poll())]
+        tasks = [asyncio.create_task(dispatcher.run(port, sink)), asyncio.create_task(poll())]
         try:
             await until(lambda: bank.available() == [1, 2], what="both modules present over slcan")
             bank.apply(True, 400.0, 60.0)

@@ -1,8 +1,13 @@
 """Decode cable-monitor frames (``cable_monitor.dbc``) into readings with quality.
 
+The DBC is the one place the device's signals are named: each published signal carries the attributes
+``ReadingName`` (the reading is ``<cable name>.<ReadingName>``) and, where a status bit covers it,
+``FaultBit``. Signals without a ``ReadingName`` (status bits, the rolling counter) are not published.
+
 Quality rules:
 - a message not received for ``stale_after_s`` makes its values ``stale`` (:meth:`CableMonitor.stale`,
-  called from the control tick: silence produces no frame, so it must be asked for);
+  asked periodically through the CAN dispatcher's periodic hook: silence produces no frame, so it must
+  be asked for);
 - a frame with the wrong length is ``invalid`` (every value of that message, as NaN);
 - a value outside the DBC signal's [min, max] is ``invalid``;
 - a sensor-fault status bit marks the values it covers ``invalid``;
@@ -10,50 +15,78 @@ Quality rules:
   (lost frames, a second sender on the same id) marks the whole frame ``invalid``.
 The first frame after start-up (or after a silence longer than ``stale_after_s``) is accepted: there is
 no previous counter to compare.
+
+Every decoded reading is ``urgent``: each cable value feeds a safety rule, so the controller evaluates
+as soon as a frame arrives. The stale copies are not: the control tick evaluates them.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cantools
 import cantools.database
 
 from drivers.readings import INVALID, OK, STALE, Reading
 
+if TYPE_CHECKING:
+    from drivers.can_dispatch import CanDispatcher
+
 DBC_PATH = os.path.join(os.path.dirname(__file__), "cable_monitor.dbc")
 NODE_MASK = 0xFF
 DEFAULT_NODE = 0x01
+COUNTER = "RollingCounter"
+# DBC units are ASCII; readings carry them the way a technician reads them
+UNITS = {"degC": "°C"}
 
 
 @dataclass(frozen=True)
 class SignalSpec:
     dbc_name: str
-    reading: str  # suffix of the reading's signal name
+    reading: str  # suffix of the reading's signal name (DBC attribute ReadingName)
     unit: str
-    fault_bit: str | None  # DBC status signal that invalidates this value
+    fault_bit: str | None  # DBC status signal that invalidates this value (DBC attribute FaultBit)
+    minimum: float | None
+    maximum: float | None
+
+    def in_range(self, value: float) -> bool:
+        return (self.minimum is None or value >= self.minimum) and (self.maximum is None or value <= self.maximum)
 
 
-# DBC signal -> reading. Units are written the way a technician reads them.
-SIGNALS: tuple[SignalSpec, ...] = (
-    SignalSpec("PinTempDcPlus", "pin_dc_plus_c", "°C", "PinDcPlusSensorFault"),
-    SignalSpec("PinTempDcMinus", "pin_dc_minus_c", "°C", "PinDcMinusSensorFault"),
-    SignalSpec("CoolantInletTemp", "coolant_in_c", "°C", "CoolantTempSensorFault"),
-    SignalSpec("CoolantOutletTemp", "coolant_out_c", "°C", "CoolantTempSensorFault"),
-    SignalSpec("CoolantFlow", "coolant_flow_lpm", "l/min", "FlowSensorFault"),
-    SignalSpec("CoolantPressure", "coolant_pressure_bar", "bar", "PressureSensorFault"),
-)
-_BY_DBC = {s.dbc_name: s for s in SIGNALS}
-# flags carried as readings of their own (1 = set)
-FLAGS: tuple[tuple[str, str], ...] = (("LeakDetected", "leak"),)
+def _attribute(signal: Any, name: str) -> str:
+    attrs = signal.dbc.attributes if signal.dbc is not None else {}
+    attr = attrs.get(name)
+    return str(attr.value) if attr is not None else ""
+
+
+def signal_specs(message: Any) -> tuple[SignalSpec, ...]:
+    """The published signals of one DBC message, in DBC order, from their ReadingName/FaultBit attributes."""
+    names = {s.name for s in message.signals}
+    out = []
+    for sig in message.signals:
+        reading = _attribute(sig, "ReadingName")
+        if not reading:
+            continue
+        fault_bit = _attribute(sig, "FaultBit") or None
+        if fault_bit is not None and fault_bit not in names:
+            raise ValueError(f"{message.name}.{sig.name}: FaultBit {fault_bit!r} is not a signal of the message")
+        unit = sig.unit or ""
+        out.append(SignalSpec(sig.name, reading, UNITS.get(unit, unit), fault_bit, sig.minimum, sig.maximum))
+    return tuple(out)
 
 
 def load_database(path: str = DBC_PATH) -> cantools.database.can.Database:
     db = cantools.database.load_file(path)
     assert isinstance(db, cantools.database.can.Database)
     return db
+
+
+@dataclass(frozen=True)
+class _Message:
+    dbc: Any  # cantools Message
+    specs: tuple[SignalSpec, ...]
 
 
 class CableMonitor:
@@ -71,7 +104,7 @@ class CableMonitor:
         self.name = name
         self.node_id = node_id
         self.db = db or load_database()
-        self._messages = {(m.frame_id & ~NODE_MASK) | node_id: m for m in self.db.messages}
+        self._messages = {(m.frame_id & ~NODE_MASK) | node_id: _Message(m, signal_specs(m)) for m in self.db.messages}
         self._last_counter: dict[int, int] = {}
         self._last_rx: dict[int, float] = {}
         self._last: dict[int, list[Reading]] = {}  # last readings per message, for the stale copies
@@ -84,13 +117,18 @@ class CableMonitor:
     def frame_ids(self) -> frozenset[int]:
         return frozenset(self._messages)
 
+    @property
+    def reading_names(self) -> tuple[str, ...]:
+        """Every reading this monitor publishes (``<name>.<ReadingName>``), in DBC order."""
+        return tuple(f"{self.name}.{s.reading}" for m in self._messages.values() for s in m.specs)
+
     def message_name(self, arbitration_id: int) -> str | None:
         msg = self._messages.get(arbitration_id)
-        return msg.name if msg is not None else None
+        return msg.dbc.name if msg is not None else None
 
-    def reset_counters(self) -> None:
-        """Forget counters (after a silence the next frame starts a new sequence)."""
-        self._last_counter.clear()
+    def register(self, dispatcher: CanDispatcher) -> None:
+        """Receive this monitor's frames (urgent: safety inputs) and report staleness through ``dispatcher``."""
+        dispatcher.register(f"cable {self.name}", self.decode, ids=self.frame_ids, urgent=True, periodic=self.stale)
 
     def decode(self, arbitration_id: int, data: bytes, t: float) -> list[Reading]:
         """Readings from one frame; empty for frames that are not ours. Never raises on bad data."""
@@ -103,44 +141,28 @@ class CableMonitor:
         self._stale_reported.discard(arbitration_id)
         return out
 
-    def _decode(self, msg: Any, arbitration_id: int, data: bytes, t: float) -> list[Reading]:
-        if len(data) != msg.length:
+    def _decode(self, msg: _Message, arbitration_id: int, data: bytes, t: float) -> list[Reading]:
+        if len(data) != msg.dbc.length:
             self.frames_invalid += 1
-            return [
-                Reading(f"{self.name}.{_BY_DBC[s.name].reading}", float("nan"), _BY_DBC[s.name].unit, t, INVALID)
-                for s in msg.signals
-                if s.name in _BY_DBC
-            ]
-        decoded = msg.decode(bytes(data), decode_choices=False, scaling=True)
-        assert isinstance(decoded, dict)
-        values: dict[str, Any] = dict(decoded)
-        counter = int(values.get("RollingCounter", 0))
+            return [self._reading(s, float("nan"), t, INVALID) for s in msg.specs]
+        values: dict[str, Any] = dict(msg.dbc.decode(bytes(data), decode_choices=False, scaling=True))
+        counter_ok = self._counter_ok(arbitration_id, int(values.get(COUNTER, 0)), t)
+        if counter_ok:
+            self.frames_ok += 1
+        else:
+            self.frames_invalid += 1
+        return [self._reading(s, float(values[s.dbc_name]), t, _quality(s, values, counter_ok)) for s in msg.specs]
+
+    def _counter_ok(self, arbitration_id: int, counter: int, t: float) -> bool:
         last_rx = self._last_rx.get(arbitration_id)
         if last_rx is not None and t - last_rx > self.stale_after_s:
             self._last_counter.pop(arbitration_id, None)  # after a silence a new sequence starts
         prev = self._last_counter.get(arbitration_id)
         self._last_counter[arbitration_id] = counter
-        counter_ok = prev is None or counter == (prev + 1) % 16
-        if not counter_ok:
-            self.frames_invalid += 1
-        else:
-            self.frames_ok += 1
-        out: list[Reading] = []
-        for sig in msg.signals:
-            spec = _BY_DBC.get(sig.name)
-            if spec is None:
-                continue
-            value = float(values[sig.name])
-            in_range = (sig.minimum is None or value >= sig.minimum) and (sig.maximum is None or value <= sig.maximum)
-            faulted = spec.fault_bit is not None and bool(values.get(spec.fault_bit, 0))
-            quality = OK if (counter_ok and in_range and not faulted) else INVALID
-            out.append(Reading(f"{self.name}.{spec.reading}", value, spec.unit, t, quality))
-        for dbc_flag, suffix in FLAGS:
-            if dbc_flag in values:
-                out.append(
-                    Reading(f"{self.name}.{suffix}", float(values[dbc_flag]), "", t, OK if counter_ok else INVALID)
-                )
-        return out
+        return prev is None or counter == (prev + 1) % 16
+
+    def _reading(self, spec: SignalSpec, value: float, t: float, quality: str) -> Reading:
+        return Reading(f"{self.name}.{spec.reading}", value, spec.unit, t, quality, True)
 
     def stale(self, now: float) -> list[Reading]:
         """Stale copies of the values of every message silent for longer than ``stale_after_s``.
@@ -162,3 +184,8 @@ class CableMonitor:
         full: dict[str, float] = {s.name: 0.0 for s in msg.signals}
         full.update(values)
         return (msg.frame_id & ~NODE_MASK) | self.node_id, bytes(msg.encode(full, strict=False))
+
+
+def _quality(spec: SignalSpec, values: dict[str, Any], counter_ok: bool) -> str:
+    faulted = spec.fault_bit is not None and bool(values.get(spec.fault_bit, 0))
+    return OK if counter_ok and spec.in_range(float(values[spec.dbc_name])) and not faulted else INVALID

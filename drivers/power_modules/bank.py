@@ -17,22 +17,32 @@
   voltage) waits until ``codec.command_spacing_s`` has passed since the previous command to that module
   (latest value wins). A REDUCTION (lower current, switching off) is sent at once together with
   everything else pending for that module: when safety and the protocol's pacing disagree, safety wins.
+- Priority: frames of a reduction, of switching off and of a lost module's 0 A carry
+  ``Frame.priority`` so the port sends them before queued raises and polls.
 - Module alarms and presence changes are reported through ``on_event`` (kind, name, data).
-The bank does not own a bus: frames go out through ``send``; time comes from ``clock``.
+- Acknowledgements of our set commands are counted (``acks``); they do not prove presence (only read
+  replies do) and change no state.
+The bank does not own a bus: frames go out through ``send``; frames come in through :meth:`on_frame`,
+registered with a :class:`~drivers.can_dispatch.CanDispatcher` by :meth:`register`; time comes from
+``clock``.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Any
 
 from drivers.power_modules.codec import Frame, ModuleCodec, ModuleReply
 from drivers.readings import OK, STALE, Reading
 
+if TYPE_CHECKING:
+    from drivers.can_dispatch import CanDispatcher
+
 EventSink = Callable[[str, str, dict[str, Any]], None]
 MAX_FOREIGN_ADDRESSES = 256  # remembered for diagnostics; the count itself is unbounded
+READINGS_PREFIX = "module"  # readings are module.<address>.voltage_v, ...
 
 
 def _no_events(kind: str, name: str, data: dict[str, Any]) -> None:
@@ -59,7 +69,6 @@ class ModuleState:
     last_command_t: float = float("-inf")
     next_poll_t: float = 0.0
     backoff_s: float = 0.0
-    answers: int = 0
     capabilities: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -109,6 +118,25 @@ class ModuleBank:
         self.foreign_frames = 0
         self.foreign_addresses: set[int] = set()
         self.frames_sent = 0
+        self.acks = 0
+
+    def register(self, dispatcher: CanDispatcher) -> None:
+        """Receive the codec's replies and send spaced set-points on time, through ``dispatcher``."""
+        dispatcher.register("power modules", self.on_frame, masks=[self.codec.reply_mask()], periodic=self._periodic)
+
+    def _periodic(self, now: float) -> list[Reading]:
+        self.flush(now)
+        return []
+
+    def on_frame(self, arbitration_id: int, data: bytes, now: float) -> list[Reading] | None:
+        """Dispatcher handler: the module's readings (urgent when the reply carried alarms), ``[]`` for an
+        acknowledgement, None for a frame that is not a reply of a configured module."""
+        reply = self.handle(arbitration_id, data, now)
+        if reply is None:
+            return None
+        if reply.ack:
+            return []
+        return self.module_readings(READINGS_PREFIX, reply.address, now, urgent=reply.alarms is not None)
 
     # -- receive -------------------------------------------------------------------------------------
     def handle(self, arbitration_id: int, data: bytes, now: float) -> ModuleReply | None:
@@ -122,8 +150,14 @@ class ModuleBank:
             if len(self.foreign_addresses) < MAX_FOREIGN_ADDRESSES:
                 self.foreign_addresses.add(reply.address)
             return None
+        if reply.ack:
+            self.acks += 1
+        else:
+            self._update(mod, reply, now)
+        return reply
+
+    def _update(self, mod: ModuleState, reply: ModuleReply, now: float) -> None:
         mod.last_seen = now
-        mod.answers += 1
         if reply.voltage_v is not None:
             mod.voltage_v = reply.voltage_v
         if reply.current_a is not None:
@@ -135,7 +169,6 @@ class ModuleBank:
         if reply.alarms is not None and reply.alarms != mod.alarms:
             self._alarm_events(mod, reply.alarms)
             mod.alarms = reply.alarms
-        return reply
 
     def _alarm_events(self, mod: ModuleState, new: frozenset[str]) -> None:
         for name in sorted(new - mod.alarms):
@@ -245,22 +278,29 @@ class ModuleBank:
     def _command(self, mod: ModuleState, volts: float, amps: float, on: bool, now: float, force: bool = False) -> None:
         reduction = amps < mod.set_current_a or (mod.output_on and not on)
         if force or reduction:
-            frames: list[Frame] = []
-            if force or (volts, amps) != (mod.set_voltage_v, mod.set_current_a):
-                frames += self.codec.set_output(mod.address, volts, amps)
-            if force or on != mod.output_on:
-                frames += self.codec.output_on(mod.address, on)
-            for frame in frames:
-                self._tx(frame)
-            mod.set_voltage_v, mod.set_current_a, mod.output_on = volts, amps, on
-            mod.wanted = None
-            mod.last_command_t = now
+            self._send_now(mod, volts, amps, on, now, force, priority=reduction or (amps == 0.0 and not on))
             return
         if (volts, amps, on) == (mod.set_voltage_v, mod.set_current_a, mod.output_on):
             mod.wanted = None
             return
         mod.wanted = (volts, amps, on)
         self._service(mod, now)
+
+    def _send_now(
+        self, mod: ModuleState, volts: float, amps: float, on: bool, now: float, force: bool, priority: bool
+    ) -> None:
+        """Everything that differs (all of it when ``force``), without waiting for the command spacing.
+        ``priority`` for reductions and off; a forced restore may be a raise and then is not."""
+        frames: list[Frame] = []
+        if force or (volts, amps) != (mod.set_voltage_v, mod.set_current_a):
+            frames += self.codec.set_output(mod.address, volts, amps)
+        if force or on != mod.output_on:
+            frames += self.codec.output_on(mod.address, on)
+        for frame in frames:
+            self._tx(replace(frame, priority=True) if priority else frame)
+        mod.set_voltage_v, mod.set_current_a, mod.output_on = volts, amps, on
+        mod.wanted = None
+        mod.last_command_t = now
 
     def _service(self, mod: ModuleState, now: float) -> None:
         """Send the next step towards ``mod.wanted`` if the command spacing allows it."""
@@ -289,7 +329,7 @@ class ModuleBank:
     def all_off(self) -> None:
         """Group command: every module off and 0 A, whatever we think their state is."""
         for frame in self.codec.set_output(None, 0.0, 0.0) + self.codec.output_on(None, False):
-            self._tx(frame)
+            self._tx(replace(frame, priority=True))
         now = self._clock()
         for mod in self.modules.values():
             mod.set_voltage_v, mod.set_current_a, mod.output_on = 0.0, 0.0, False
@@ -325,15 +365,18 @@ class ModuleBank:
             out += self.module_readings(prefix, addr, now)
         return out
 
-    def module_readings(self, prefix: str, addr: int, now: float) -> list[Reading]:
+    def module_readings(self, prefix: str, addr: int, now: float, urgent: bool = False) -> list[Reading]:
         mod = self.modules[addr]
         t = mod.last_seen if mod.last_seen is not None else now
         q = STALE if mod.lost else OK
         p = f"{prefix}.{addr}"
-        out = [Reading(f"{p}.voltage_v", mod.voltage_v, "V", t, q), Reading(f"{p}.current_a", mod.current_a, "A", t, q)]
+        out = [
+            Reading(f"{p}.voltage_v", mod.voltage_v, "V", t, q, urgent),
+            Reading(f"{p}.current_a", mod.current_a, "A", t, q, urgent),
+        ]
         if mod.temperature_c is not None:
-            out.append(Reading(f"{p}.temperature_c", mod.temperature_c, "°C", t, q))
-        out.append(Reading(f"{p}.present", 0.0 if mod.lost else 1.0, "", now, OK))
+            out.append(Reading(f"{p}.temperature_c", mod.temperature_c, "°C", t, q, urgent))
+        out.append(Reading(f"{p}.present", 0.0 if mod.lost else 1.0, "", now, OK, urgent))
         return out
 
     def status(self) -> dict[str, Any]:
@@ -341,6 +384,7 @@ class ModuleBank:
             "foreign_frames": self.foreign_frames,
             "foreign_addresses": sorted(self.foreign_addresses),
             "frames_sent": self.frames_sent,
+            "acks": self.acks,
             "pending": self.pending(),
             "possibly_delivering": self.possibly_delivering(self._clock()),
         }

@@ -7,20 +7,27 @@ entry in :data:`drivers.power_modules.registry.CODECS` (plus the name in the con
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 
 @dataclass(frozen=True)
 class Frame:
+    """One frame to send. ``priority``: a reduction (lower current, off): it may overtake queued frames."""
+
     arbitration_id: int
     data: bytes
     is_extended_id: bool = True
+    priority: bool = False
 
 
 @dataclass(frozen=True)
 class ModuleReply:
-    """A decoded answer from one module. Only the fields the frame carried are set."""
+    """A decoded answer from one module. Only the fields the frame carried are set.
+
+    ``ack``: the module acknowledged one of our set commands; such a reply carries no values.
+    """
 
     address: int
     voltage_v: float | None = None
@@ -29,6 +36,7 @@ class ModuleReply:
     alarms: frozenset[str] | None = None
     module_count: int | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    ack: bool = False
 
 
 class ModuleCodec(Protocol):
@@ -61,9 +69,42 @@ class ModuleCodec(Protocol):
         ...
 
     def decode(self, arbitration_id: int, data: bytes) -> ModuleReply | None:
-        """Decode a reply; None when the frame is not a reply of this protocol. Never raises."""
+        """Decode a reply (or an acknowledgement, ``ack=True``); None when the frame is not a reply of this
+        protocol. Never raises."""
+        ...
+
+    def check_config(self, addresses: Sequence[int], lost_after_s: float, poll_period_s: float) -> list[str]:
+        """What the vendor forbids in a configuration: addresses outside the protocol's range or repeated,
+        a ``lost_after_s`` not shorter than the module's own comms watchdog, a poll period too slow to see
+        a module before ``lost_after_s``. One message per problem; empty when the config is fine."""
         ...
 
     def reply_mask(self) -> tuple[int, int]:
         """(id, mask) that matches every reply of this protocol, for hardware filters."""
         ...
+
+
+def check_module_config(
+    codec: ModuleCodec,
+    addresses: Sequence[int],
+    lost_after_s: float,
+    poll_period_s: float,
+    address_range: tuple[int, int],
+) -> list[str]:
+    """The checks every vendor shares, for the codecs' ``check_config``."""
+    low, high = address_range
+    out = [f"{codec.name} module address {a} is outside {low}..{high}" for a in addresses if not low <= a <= high]
+    repeated = sorted({a for a in addresses if list(addresses).count(a) > 1})
+    if repeated:
+        out.append(f"module addresses must be unique; repeated: {repeated}")
+    if lost_after_s >= codec.module_comms_timeout_s:
+        out.append(
+            f"lost after {lost_after_s:g} s must be shorter than the {codec.name} module's own comms watchdog "
+            f"({codec.module_comms_timeout_s:g} s) so the controller notices first"
+        )
+    if lost_after_s < 2 * poll_period_s:
+        out.append(
+            f"lost after {lost_after_s:g} s must be at least two poll periods ({2 * poll_period_s:g} s): "
+            "one missed answer must not lose a module"
+        )
+    return out

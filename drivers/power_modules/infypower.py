@@ -5,8 +5,9 @@ bits 28-26 error code, 25-22 device number (0x0A single module, 0x0B group), 21-
 15-8 destination, 7-0 source (controller 0xF0). Example: set V/I to module 1 -> 0x029C01F0.
 
 Replies come from the module (source = module address) to the controller (destination = 0xF0) with
-the command of the request. A reply with a non-zero error code (bits 28-26: 2 command invalid, 3 data
-invalid, 7 in start processing) carries no values and is ignored.
+the command of the request; the module answers our set-output and on/off commands the same way, which
+is decoded as an acknowledgement (``ModuleReply.ack``). A reply with a non-zero error code (bits 28-26:
+2 command invalid, 3 data invalid, 7 in start processing) carries no values and is ignored.
 
 Module temperature: neither PROTOCOLS.md nor EVerest's V1.13 driver (which reads only bytes 5-7 of the
 status reply) defines one. ASSUMPTION, to be checked against the module manual before field use: byte 4
@@ -19,9 +20,10 @@ from __future__ import annotations
 
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from drivers.power_modules.codec import Frame, ModuleReply
+from drivers.power_modules.codec import Frame, ModuleReply, check_module_config
 
 CONTROLLER = 0xF0
 DEVICE_SINGLE = 0x0A
@@ -40,8 +42,6 @@ CMD_SET_OUTPUT = 0x1C
 READ_COMMANDS = frozenset(
     {CMD_MODULE_COUNT, CMD_READ_OUTPUT, CMD_STATUS, CMD_CAPABILITIES, CMD_BARCODE, CMD_OUTPUT_AFTER_DIODE}
 )
-
-ERROR_NAMES = {0: "normal", 2: "command invalid", 3: "data invalid", 7: "in start processing"}
 
 ZERO8 = bytes(8)
 U32_MAX = 0xFFFFFFFF
@@ -180,10 +180,6 @@ def decode_capabilities(data: bytes) -> dict[str, float]:
     }
 
 
-def encode_after_diode(voltage_v: float, available_a: float) -> bytes:
-    return struct.pack(">HH", int(round(voltage_v * 10)), int(round(available_a * 10))) + bytes(4)
-
-
 def decode_after_diode(data: bytes) -> dict[str, float]:
     """u16 BE x0.1: voltage outside the output diode, then the current the module can deliver."""
     v, a = struct.unpack(">HH", data[:4])
@@ -227,14 +223,26 @@ class InfyPowerCodec:
     def reply_mask(self) -> tuple[int, int]:
         return (self.controller << 8, 0xFF << 8)
 
+    def check_config(self, addresses: Sequence[int], lost_after_s: float, poll_period_s: float) -> list[str]:
+        return check_module_config(self, addresses, lost_after_s, poll_period_s, (0, MAX_MODULE_ADDRESS))
+
+    def _is_reply(self, fid: InfyId, data: bytes) -> bool:
+        return (
+            fid.destination == self.controller
+            and len(data) == 8
+            and fid.error == 0
+            and fid.device in (DEVICE_SINGLE, DEVICE_GROUP)
+            and fid.source <= MAX_MODULE_ADDRESS
+        )
+
     def decode(self, arbitration_id: int, data: bytes) -> ModuleReply | None:
         fid = parse_id(arbitration_id)
-        if fid.destination != self.controller or len(data) != 8 or fid.error != 0:
-            return None
-        if fid.device not in (DEVICE_SINGLE, DEVICE_GROUP) or fid.source > MAX_MODULE_ADDRESS:
+        if not self._is_reply(fid, data):
             return None
         addr = fid.source
         data = bytes(data)
+        if fid.command in (CMD_SET_OUTPUT, CMD_ON_OFF):
+            return ModuleReply(addr, ack=True)
         if fid.command == CMD_READ_OUTPUT:
             v, a = decode_output(data)
             if not (math.isfinite(v) and math.isfinite(a)):  # NaN/inf: a reply we cannot use

@@ -21,9 +21,10 @@ the control path; the cabinet runs the modules in the mode they were commissione
 from __future__ import annotations
 
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from drivers.power_modules.codec import Frame, ModuleReply
+from drivers.power_modules.codec import Frame, ModuleReply, check_module_config
 
 PROTOCOL = 1
 MONITOR = 1
@@ -39,7 +40,6 @@ CMD_ILIMIT = 3
 CMD_SHUTDOWN = 4
 CMD_STATUS = 8
 CMD_INPUT_TEMPERATURE = 30
-CMD_VOLTAGE_MODE = 95
 
 U32_MAX = 0xFFFFFFFF
 STATUS_BIT_NAMES = tuple(f"status_bit_{n}" for n in range(32))
@@ -128,19 +128,28 @@ class UUGreenCodec:
     def reply_mask(self) -> tuple[int, int]:
         return (make_id(0, monitor=self.monitor), (0xF << 25) | (0xF << 21))
 
+    def check_config(self, addresses: Sequence[int], lost_after_s: float, poll_period_s: float) -> list[str]:
+        # address 0 is the broadcast address
+        return check_module_config(self, addresses, lost_after_s, poll_period_s, (1, MAX_MODULE_ADDRESS))
+
+    def _is_module_frame(self, fid: UUId, data: bytes) -> bool:
+        return (
+            fid.protocol == PROTOCOL
+            and fid.monitor == self.monitor
+            and fid.low == 0
+            and fid.module != BROADCAST
+            and len(data) == 8
+        )
+
     def decode(self, arbitration_id: int, data: bytes) -> ModuleReply | None:
         fid = parse_id(arbitration_id)
-        if (
-            fid.protocol != PROTOCOL
-            or fid.monitor != self.monitor
-            or fid.low != 0
-            or fid.module == BROADCAST
-            or len(data) != 8
-        ):
+        if not self._is_module_frame(fid, data):
             return None
         _group, kind, command, value = decode_data(bytes(data))
+        if kind == TYPE_SET_RESPONSE:
+            return ModuleReply(fid.module, ack=True)
         if kind != TYPE_READ_RESPONSE:
-            return None  # requests (ours or another monitor's) and set acknowledgements carry no state
+            return None  # requests (ours or another monitor's) carry no state
         addr = fid.module
         if command == CMD_VOUT:
             return ModuleReply(addr, voltage_v=value / 1000.0)

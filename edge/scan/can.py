@@ -15,7 +15,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import can
@@ -142,93 +142,131 @@ def _account(
     res: ScanResult, msg: can.Message, codec: ModuleCodec | None, cables: list[CableMonitor], now: float
 ) -> None:
     if msg.is_error_frame:
-        res.error_frames += 1
-        _, desc = classify_error_frame(msg.arbitration_id, bytes(msg.data))
-        if len(res.errors) < 100:
-            res.errors.append(desc)
+        _error_frame(res, msg)
         return
     res.frames += 1
+    st = _id_stats(res, msg)
+    if st is None:
+        return
+    if msg.is_remote_frame or not msg.is_extended_id:
+        st.decoded = st.decoded or ("remote frame" if msg.is_remote_frame else "standard id")
+        return
+    data = bytes(msg.data)
+    if codec is not None and _module_frame(res, st, codec, msg.arbitration_id, data):
+        return
+    _cable_frame(res, st, cables, msg.arbitration_id, data, now)
+
+
+def _error_frame(res: ScanResult, msg: can.Message) -> None:
+    res.error_frames += 1
+    _, desc = classify_error_frame(msg.arbitration_id, bytes(msg.data))
+    if len(res.errors) < 100:
+        res.errors.append(desc)
+
+
+def _id_stats(res: ScanResult, msg: can.Message) -> IdStats | None:
+    """The counters of this id (None once MAX_IDS ids are kept: counted as dropped)."""
     key = (msg.arbitration_id, msg.is_extended_id)
     st = res.ids.get(key)
     if st is None:
         if len(res.ids) >= MAX_IDS:
             res.ids_dropped += 1
-            return
+            return None
         st = res.ids[key] = IdStats(msg.arbitration_id, msg.is_extended_id)
     st.count += 1
     st.dlc = msg.dlc
-    if msg.is_remote_frame or not msg.is_extended_id:
-        st.decoded = st.decoded or ("remote frame" if msg.is_remote_frame else "standard id")
-        return
-    data = bytes(msg.data)
-    if codec is not None:
-        reply = codec.decode(msg.arbitration_id, data)
-        if reply is not None:
-            m = res.modules.get(reply.address)
-            if m is None:
-                res.foreign_modules[reply.address] = res.foreign_modules.get(reply.address, 0) + 1
-                st.decoded = f"{codec.name} module {reply.address} (NOT CONFIGURED)"
-                return
-            m["answers"] += 1
-            for k in ("voltage_v", "current_a", "temperature_c"):
-                if getattr(reply, k) is not None:
-                    m[k] = round(float(getattr(reply, k)), 2)
-            if reply.alarms is not None:
-                m["alarms"] = sorted(reply.alarms)
-            st.decoded = f"{codec.name} module {reply.address} reply"
-            return
+    return st
+
+
+def _module_frame(res: ScanResult, st: IdStats, codec: ModuleCodec, arbitration_id: int, data: bytes) -> bool:
+    reply = codec.decode(arbitration_id, data)
+    if reply is None:
+        return False
+    m = res.modules.get(reply.address)
+    if m is None:
+        res.foreign_modules[reply.address] = res.foreign_modules.get(reply.address, 0) + 1
+        st.decoded = f"{codec.name} module {reply.address} (NOT CONFIGURED)"
+        return True
+    m["answers"] += 1
+    for k in ("voltage_v", "current_a", "temperature_c"):
+        value = getattr(reply, k)
+        if value is not None:
+            m[k] = round(float(value), 2)
+    if reply.alarms is not None:
+        m["alarms"] = sorted(reply.alarms)
+    st.decoded = f"{codec.name} module {reply.address} {'ack' if reply.ack else 'reply'}"
+    return True
+
+
+def _cable_frame(
+    res: ScanResult, st: IdStats, cables: list[CableMonitor], arbitration_id: int, data: bytes, now: float
+) -> None:
     for mon in cables:
-        readings = mon.decode(msg.arbitration_id, data, now)
-        if readings:
-            c = res.cables[mon.name]
-            c["frames"] += 1
-            if any(r.quality != "ok" for r in readings):
-                c["invalid"] += 1
-            for r in readings:
-                c[r.signal.split(".", 1)[1]] = round(r.value, 2)
-            st.decoded = f"cable {mon.name} {mon.message_name(msg.arbitration_id)}"
-            return
+        readings = mon.decode(arbitration_id, data, now)
+        if not readings:
+            continue
+        c = res.cables[mon.name]
+        c["frames"] += 1
+        if any(r.quality != "ok" for r in readings):
+            c["invalid"] += 1
+        for r in readings:
+            c[r.signal.split(".", 1)[1]] = round(r.value, 2)
+        st.decoded = f"cable {mon.name} {mon.message_name(arbitration_id)}"
+        return
 
 
 def format_text(res: ScanResult, header: str) -> str:
     """The report, every line at most 80 columns."""
     lines = [
-        header[:80],
-        f"{res.seconds:.1f} s: {res.frames} frames, {len(res.ids)} ids, {res.error_frames} error frames"[:80],
+        header,
+        f"{res.seconds:.1f} s: {res.frames} frames, {len(res.ids)} ids, {res.error_frames} error frames",
+        f"{'ID':<11} {'DLC':>3} {'COUNT':>7} {'RATE/S':>8}  DECODED",
+        *_id_lines(res),
+        *_module_lines(res),
     ]
-    lines.append(f"{'ID':<11} {'DLC':>3} {'COUNT':>7} {'RATE/S':>8}  DECODED")
-    for s in sorted(res.ids.values(), key=lambda s: s.arbitration_id):
-        ident = f"0x{s.arbitration_id:08X}" if s.extended else f"0x{s.arbitration_id:03X}"
-        rate = s.count / res.seconds if res.seconds else 0.0
-        lines.append(f"{ident:<11} {s.dlc:>3} {s.count:>7} {rate:>8.1f}  {s.decoded}"[:80])
-    if res.ids_dropped:
-        lines.append(f"({res.ids_dropped} frames of further ids not listed: more than {MAX_IDS} ids)")
-    if res.protocol is not None:
-        lines.append(f"power modules ({res.protocol}):")
-        for a, m in res.modules.items():
-            if not m["answers"]:
-                lines.append(f"  module {a:<3} SILENT  (check power, address, bit rate, termination)"[:80])
-                continue
-            parts = [f"  module {a:<3} ok {m['answers']:>4} answers"]
-            if m["voltage_v"] is not None:
-                parts.append(f"{m['voltage_v']:.0f} V")
-            if m["current_a"] is not None:
-                parts.append(f"{m['current_a']:.1f} A")
-            if m["temperature_c"] is not None:
-                parts.append(f"{m['temperature_c']:.0f} °C")
-            parts.append("alarms: " + (",".join(m["alarms"]) or "none"))
-            lines.append("  ".join(parts)[:80])
-        for a, n in sorted(res.foreign_modules.items()):
-            lines.append(f"  module {a:<3} answers ({n}) but is NOT in power_modules.addresses"[:80])
     for name, c in res.cables.items():
         state = f"ok {c['frames']} frames" if c["frames"] else "SILENT  (check wiring, node id)"
         extra = f", {c['invalid']} invalid" if c["invalid"] else ""
-        lines.append(f"cable {name} (node 0x{c['node_id']:02X}): {state}{extra}"[:80])
+        lines.append(f"cable {name} (node 0x{c['node_id']:02X}): {state}{extra}")
     if res.sent:
-        lines.append(f"sent {res.sent} read requests to provoke answers (--listen-only: none)"[:80])
-    for e in dict.fromkeys(res.errors[:5]):
-        lines.append(f"error: {e}"[:80])
-    return "\n".join(lines)
+        lines.append(f"sent {res.sent} read requests to provoke answers (--listen-only: none)")
+    lines += [f"error: {e}" for e in dict.fromkeys(res.errors[:5])]
+    return "\n".join(line[:80] for line in lines)
+
+
+def _id_lines(res: ScanResult) -> list[str]:
+    lines = []
+    for s in sorted(res.ids.values(), key=lambda s: s.arbitration_id):
+        ident = f"0x{s.arbitration_id:08X}" if s.extended else f"0x{s.arbitration_id:03X}"
+        rate = s.count / res.seconds if res.seconds else 0.0
+        lines.append(f"{ident:<11} {s.dlc:>3} {s.count:>7} {rate:>8.1f}  {s.decoded}")
+    if res.ids_dropped:
+        lines.append(f"({res.ids_dropped} frames of further ids not listed: more than {MAX_IDS} ids)")
+    return lines
+
+
+def _module_lines(res: ScanResult) -> list[str]:
+    if res.protocol is None:
+        return []
+    lines = [f"power modules ({res.protocol}):"]
+    lines += [_module_line(a, m) for a, m in res.modules.items()]
+    for a, n in sorted(res.foreign_modules.items()):
+        lines.append(f"  module {a:<3} answers ({n}) but is NOT in power_modules.addresses")
+    return lines
+
+
+def _module_line(address: int, m: dict[str, Any]) -> str:
+    if not m["answers"]:
+        return f"  module {address:<3} SILENT  (check power, address, bit rate, termination)"
+    parts = [f"  module {address:<3} ok {m['answers']:>4} answers"]
+    if m["voltage_v"] is not None:
+        parts.append(f"{m['voltage_v']:.0f} V")
+    if m["current_a"] is not None:
+        parts.append(f"{m['current_a']:.1f} A")
+    if m["temperature_c"] is not None:
+        parts.append(f"{m['temperature_c']:.0f} °C")
+    parts.append("alarms: " + (",".join(m["alarms"]) or "none"))
+    return "  ".join(parts)
 
 
 @click.command("can")
@@ -270,37 +308,13 @@ def can_command(
     modules answer; never set-points or on/off. Use --listen-only to send nothing.
     Exit 0: every configured device answered; 1: something is silent; 2: bad usage.
     """
-    cfg: Config | None = None
-    path = config_path or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
-    if path is not None:
-        try:
-            cfg = load_config(path)
-        except ConfigError as exc:
-            click.echo(f"config error:\n{exc}", err=True)
-            sys.exit(2)
+    cfg, path = _load(config_path)
     if cfg is None and (interface is None or channel is None):
         click.echo("no config: give --config FILE or both --interface and --channel", err=True)
         sys.exit(2)
     name = bus_name or (cfg.power_modules.bus if cfg is not None else "can")
-    bus_cfg = next((b for b in cfg.can if b.name == name), None) if cfg is not None else None
-    if cfg is not None and bus_cfg is None and (interface is None or channel is None):
-        known = [b.name for b in cfg.can]
-        click.echo(f"--bus {name!r} is not a [[can]] name in {path} (have {known})", err=True)
-        sys.exit(2)
-    settings = CanSettings(
-        name=name,
-        interface=interface or (bus_cfg.interface if bus_cfg else "socketcan"),
-        channel=channel or (bus_cfg.channel if bus_cfg else "can0"),
-        bitrate=int(bitrate) if bitrate else (bus_cfg.bitrate if bus_cfg else 125_000),
-    )
-    codec: ModuleCodec | None = None
-    addresses: list[int] = []
-    cables: list[CableMonitor] = []
-    if cfg is not None:
-        if cfg.power_modules.bus == name:
-            codec = CODECS[cfg.power_modules.protocol]()
-            addresses = list(cfg.power_modules.addresses)
-        cables = [CableMonitor(c.name, c.node_id) for c in cfg.cable if c.bus == name]
+    settings = _settings(cfg, path, name, interface, channel, bitrate)
+    codec, addresses, cables = _devices(cfg, name)
     try:
         bus = open_bus(settings)
     except (can.CanError, OSError, ValueError) as exc:
@@ -316,3 +330,45 @@ def can_command(
         header = f"CAN {name}: {settings.interface} {settings.channel} {settings.bitrate} bit/s"
         click.echo(format_text(res, header))
     sys.exit(1 if res.silent() else 0)
+
+
+def _load(config_path: str | None) -> tuple[Config | None, str | None]:
+    """The config named (or the default one when it exists); exit 2 when it is invalid."""
+    path = config_path or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
+    if path is None:
+        return None, None
+    try:
+        return load_config(path), path
+    except ConfigError as exc:
+        click.echo(f"config error:\n{exc}", err=True)
+        sys.exit(2)
+
+
+def _settings(
+    cfg: Config | None, path: str | None, name: str, interface: str | None, channel: str | None, bitrate: str | None
+) -> CanSettings:
+    """The bus from the config's [[can]] ``name``, each option given on the command line overriding it."""
+    bus_cfg = next((b for b in cfg.can if b.name == name), None) if cfg is not None else None
+    if cfg is not None and bus_cfg is None and (interface is None or channel is None):
+        known = [b.name for b in cfg.can]
+        click.echo(f"--bus {name!r} is not a [[can]] name in {path} (have {known})", err=True)
+        sys.exit(2)
+    base = (
+        CanSettings(name) if bus_cfg is None else CanSettings(name, bus_cfg.interface, bus_cfg.channel, bus_cfg.bitrate)
+    )
+    return replace(
+        base,
+        interface=interface or base.interface,
+        channel=channel or base.channel,
+        bitrate=int(bitrate) if bitrate else base.bitrate,
+    )
+
+
+def _devices(cfg: Config | None, name: str) -> tuple[ModuleCodec | None, list[int], list[CableMonitor]]:
+    """The module codec and addresses, and the cable monitors, configured on bus ``name``."""
+    if cfg is None:
+        return None, [], []
+    cables = [CableMonitor(c.name, c.node_id) for c in cfg.cable if c.bus == name]
+    if cfg.power_modules.bus != name:
+        return None, [], cables
+    return CODECS[cfg.power_modules.protocol](), list(cfg.power_modules.addresses), cables
