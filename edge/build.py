@@ -11,13 +11,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from drivers.cable.monitor import CableMonitor
+from drivers.can_dispatch import CanDispatcher
 from drivers.power_modules.bank import ModuleBank
 from drivers.power_modules.registry import CODECS
 from drivers.readings import Reading
 from edge import __version__
 from edge.api.server import ApiServer
 from edge.cabinet import Cabinet
-from edge.can_link import CanLink, can_filters
+from edge.can_link import CanLink
 from edge.config import Config
 from edge.control import Controller, Outputs
 from edge.events import EventLog
@@ -130,13 +131,25 @@ def _build_outputs(config: Config, board: SimBoard | None) -> Outputs:
 def _build_can(
     config: Config, clock: Clock, faults: ExternalFaults, take: Callable[[list[Reading]], None], events: EventLog
 ) -> CanLink:
+    """One dispatcher per bus; each device registers its frames with the dispatcher of its bus (adding a CAN
+    device is one driver module and one ``register`` line here); the bus filters come from the registrations."""
     link = CanLink(config, clock, faults, take)
     pm = config.power_modules
-    codec = CODECS[pm.protocol]()
-    link.cables = {
-        c.name: CableMonitor(c.name, c.node_id, stale_after_s=c.stale_after_ms / 1000.0) for c in config.cable
-    }
-    link.cable_bus = {c.name: c.bus for c in config.cable}
+    link.dispatchers = {bus.name: CanDispatcher(bus.name, clock=clock.monotonic) for bus in config.can}
+    link.bank = ModuleBank(
+        CODECS[pm.protocol](),
+        list(pm.addresses),
+        pm.lost_after_ms / 1000.0,
+        link.send_frame,
+        pm.max_current_a,
+        poll_period_s=pm.poll_ms / 1000.0,
+        clock=clock.monotonic,
+        on_event=events.emit,
+    )
+    link.bank.register(link.dispatchers[pm.bus])
+    for c in config.cable:
+        link.cables[c.name] = CableMonitor(c.name, c.node_id, stale_after_s=c.stale_after_ms / 1000.0)
+        link.cables[c.name].register(link.dispatchers[c.bus])
     for bus in config.can:
         link.ports[bus.name] = CanPort(
             CanSettings(
@@ -146,19 +159,10 @@ def _build_can(
                 bitrate=bus.bitrate,
                 rx_queue=bus.rx_queue,
                 send_timeout_s=bus.send_timeout_ms / 1000.0,
-                filters=can_filters(config, bus.name, codec.reply_mask(), link.cables),
+                filters=link.dispatchers[bus.name].filters(),
             ),
             on_health=link.on_health,
+            clock=clock.monotonic,
         )
     link.module_port = link.ports[pm.bus]
-    link.bank = ModuleBank(
-        codec,
-        list(pm.addresses),
-        pm.lost_after_ms / 1000.0,
-        link.send_frame,
-        pm.max_current_a,
-        poll_period_s=pm.poll_ms / 1000.0,
-        clock=clock.monotonic,
-        on_event=events.emit,
-    )
     return link

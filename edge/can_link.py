@@ -1,9 +1,11 @@
-"""The cabinet's CAN side: ports, the power-module bank and the cable monitors, and the tasks that move
-frames between them (receive and decode, module polling, staleness of silent cable monitors).
+"""The cabinet's CAN side: ports, one frame dispatcher per bus (drivers/can_dispatch.py) with the devices
+registered on it (the power-module bank, the cable monitors), and the tasks that move frames: receive and
+dispatch, periodic device checks (cable staleness, spaced module set-points), module polling.
 
-A decoded safety-relevant frame (a cable value, a module alarm) asks for an evaluation at once; silence
-is caught by :meth:`CanLink.watch`. A bus that goes off raises ``can_bus_off`` (docs/CAN.md); on the
-module bus every module is then lost, so the safety core takes the output to 0 A.
+A burst of frames with an urgent reading (a cable value, a module alarm) asks for an evaluation at once;
+silence is caught by the periodic hooks and the control tick. Sends never block the loop (hal/can.py's
+transmit thread). A bus that goes off raises ``can_bus_off`` (docs/CAN.md); on the module bus every module
+is then lost, so the safety core takes the output to 0 A.
 """
 
 from __future__ import annotations
@@ -16,12 +18,13 @@ from typing import Any
 import can
 
 from drivers.cable.monitor import CableMonitor
+from drivers.can_dispatch import CanDispatcher, any_urgent
 from drivers.power_modules.bank import ModuleBank
 from drivers.power_modules.codec import Frame
 from drivers.readings import OK, Reading
 from edge.config import Config
 from edge.faults import ExternalFaults
-from hal.can import ACTIVE, BUS_OFF, CanPort, CanSendError
+from hal.can import ACTIVE, BUS_OFF, CanPort
 from hal.clock import Clock
 
 log = logging.getLogger("edge.can")
@@ -37,25 +40,25 @@ class CanLink:
         self.take = take
         self.evaluate_now: Callable[[], Any] = lambda: None  # bound to the controller by build()
         self.ports: dict[str, CanPort] = {}
-        self.send_errors = 0
-        self.unknown_frames = 0
-        self.decode_errors = 0
+        self.dispatchers: dict[str, CanDispatcher] = {}
         self.cables: dict[str, CableMonitor] = {}
-        self.cable_bus: dict[str, str] = {}
         self.bank: ModuleBank
         self.module_port: CanPort
 
     # -- frames out ----------------------------------------------------------------------------------
     def send_frame(self, frame: Frame) -> None:
-        try:
-            self.module_port.send(
-                can.Message(arbitration_id=frame.arbitration_id, data=frame.data, is_extended_id=frame.is_extended_id)
-            )
-        except CanSendError as exc:
-            # Not fatal here: the modules fall back to off on their own when we cannot reach them.
-            self.send_errors += 1
-            if self.send_errors in (1, 10, 100) or self.send_errors % 1000 == 0:
-                log.error("%s (%d send errors so far)", exc, self.send_errors)
+        """Queued for the port's transmit thread; never blocks. Off / 0 A frames jump the queue."""
+        self.module_port.send(
+            can.Message(arbitration_id=frame.arbitration_id, data=frame.data, is_extended_id=frame.is_extended_id),
+            priority=frame.priority,
+        )
+
+    # -- frames in -----------------------------------------------------------------------------------
+    def received(self, readings: list[Reading]) -> None:
+        """One drained burst of decoded frames: into the picture, and evaluated at once when urgent."""
+        self.take(readings)
+        if any_urgent(readings):
+            self.evaluate_now()
 
     # -- bus health (hal/can.py) ---------------------------------------------------------------------
     def on_health(self, port: CanPort, old: str, new: str, reason: str) -> None:
@@ -78,58 +81,6 @@ class CanLink:
         self.evaluate_now()
 
     # -- tasks ---------------------------------------------------------------------------------------
-    async def receive(self, name: str, port: CanPort) -> None:
-        cables = [mon for cname, mon in self.cables.items() if self.cable_bus[cname] == name]
-        is_module_bus = port is self.module_port
-        while True:
-            msg: can.Message | None = await port.recv()
-            safety = False
-            while msg is not None:
-                safety = self._one(name, msg, cables, is_module_bus) or safety
-                msg = port.recv_nowait()
-            if safety:
-                self.evaluate_now()
-
-    def _one(self, bus: str, msg: can.Message, cables: list[CableMonitor], is_module_bus: bool) -> bool:
-        """Decode one frame; True when it carried something safety-relevant."""
-        if msg.is_remote_frame or not msg.is_extended_id:
-            self.unknown_frames += 1  # none of our protocols uses them
-            return False
-        now = self.clock.monotonic()
-        data = bytes(msg.data)
-        known = safety = False
-        try:
-            if is_module_bus:
-                reply = self.bank.handle(msg.arbitration_id, data, now)
-                if reply is not None:
-                    known = True
-                    self.take(self.bank.module_readings("module", reply.address, now))
-                    safety = reply.alarms is not None
-            for mon in cables:
-                readings = mon.decode(msg.arbitration_id, data, now)
-                if readings:
-                    known = safety = True
-                    self.take(readings)
-        except (ValueError, KeyError, IndexError, TypeError, ArithmeticError) as exc:
-            # a decoder bug or a frame nobody foresaw must not stop the safety path
-            self.decode_errors += 1
-            if self.decode_errors in (1, 10, 100) or self.decode_errors % 1000 == 0:
-                log.error("CAN %s: frame 0x%X %s not decoded: %r", bus, msg.arbitration_id, data.hex(), exc)
-        if not known:
-            self.unknown_frames += 1
-        return safety
-
-    async def watch(self) -> None:
-        """Cable values go stale when their frames stop; module set-points wait for their spacing."""
-        while True:
-            now = self.clock.monotonic()
-            for mon in self.cables.values():
-                stale = mon.stale(now)
-                if stale:
-                    self.take(stale)
-            self.bank.flush(now)
-            await asyncio.sleep(CAN_WATCH_PERIOD_S)
-
     async def poll_modules(self) -> None:
         """Poll present modules every poll_ms, lost ones with backoff; requests spaced by the codec."""
         spacing = self.bank.codec.command_spacing_s
@@ -143,9 +94,11 @@ class CanLink:
             await asyncio.sleep(spacing)
 
     def tasks(self) -> dict[str, Any]:
-        out: dict[str, Any] = {f"can-rx-{n}": self.receive(n, p) for n, p in self.ports.items()}
+        out: dict[str, Any] = {f"can-rx-{n}": self.dispatchers[n].run(p, self.received) for n, p in self.ports.items()}
+        out.update(
+            {f"can-watch-{n}": d.run_periodic(self.take, CAN_WATCH_PERIOD_S) for n, d in self.dispatchers.items()}
+        )
         out["module-poll"] = self.poll_modules()
-        out["can-watch"] = self.watch()
         out.update({f"can-supervise-{n}": p.supervise() for n, p in self.ports.items()})
         return out
 
@@ -159,17 +112,7 @@ class CanLink:
         return {n: p.status() for n, p in self.ports.items()}
 
     def frame_counts(self) -> dict[str, Any]:
-        return {"unknown": self.unknown_frames, "decode_errors": self.decode_errors, **self.bank.status()}
-
-
-def can_filters(
-    config: Config, bus: str, module_reply: tuple[int, int], cables: dict[str, CableMonitor]
-) -> tuple[tuple[int, int, bool], ...]:
-    """The ids this bus needs (module replies, cable frames): kernel/hardware filters where supported."""
-    out: list[tuple[int, int, bool]] = []
-    if config.power_modules.bus == bus:
-        out.append((module_reply[0], module_reply[1], True))
-    for c in config.cable:
-        if c.bus == bus:
-            out += [(fid, 0x1FFFFFFF, True) for fid in sorted(cables[c.name].frame_ids)]
-    return tuple(out)
+        """Frames no device claimed and frames a device could not decode, over all buses; the bank's own."""
+        unknown = sum(d.stats.unknown for d in self.dispatchers.values())
+        errors = sum(d.stats.decode_errors for d in self.dispatchers.values())
+        return {"unknown": unknown, "decode_errors": errors, **self.bank.status()}

@@ -140,7 +140,10 @@ def test_malformed_frames_never_stop_the_daemon(tmp_path):
         for m in bad:
             intruder.send(m)
         await until(
-            lambda: daemon.cabinet.can.unknown_frames >= 2 and daemon.cabinet.can.ports["can0"].stats.error_frames >= 2,
+            lambda: (
+                daemon.cabinet.can.frame_counts()["unknown"] >= 2
+                and daemon.cabinet.can.ports["can0"].stats.error_frames >= 2
+            ),
             timeout=3,
         )
         await until(lambda: daemon.cabinet.controller.evaluations > evals + 5, timeout=3)
@@ -149,7 +152,7 @@ def test_malformed_frames_never_stop_the_daemon(tmp_path):
 
     code, daemon = run(tmp_path, body)
     assert code == 0  # the daemon stopped because we asked it to, not because of a frame
-    assert daemon.cabinet.can.decode_errors == 0
+    assert daemon.cabinet.can.frame_counts()["decode_errors"] == 0
 
 
 def test_bus_off_raises_a_fault_drives_zero_amps_and_recovers_by_reopening(tmp_path):
