@@ -1,66 +1,62 @@
-"""The control loop on its own: a real ModuleBank with the InfyPower codec (frames captured), a simulated
-clock, sim pins and a sim watchdog. What it must do: feed the watchdog from the tick loop only, switch
+"""The control loop in a cabinet built by build(): the InfyPower bank (frames captured at the module port), a
+simulated clock, sim pins and a sim watchdog. What it must do: feed the watchdog from the tick loop only, switch
 everything off on any error and let the error out, stop with a group command first, name lost modules.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from pathlib import Path
 from typing import Any
 
+import can
 import pytest
 
 from drivers.power_modules import infypower as infy
-from drivers.power_modules.bank import ModuleBank
-from drivers.power_modules.codec import Frame
 from drivers.readings import Reading
+from edge.build import Backends, build
 from edge.config import parse_config
-from edge.control import Controller, Outputs
-from edge.state import CabinetState, InputMap
 from hal.clock import SimClock
 from hal.pin import SimBoard
-from hal.watchdog import SimWDT
-from tests.conftest import sim_config_text
+from tests.conftest import _drop_tables, sim_config_text
 
 FAST = "[limits]\nraise_hold_ms = 0\nramp_up_a_per_s = 1000.0\n[limits.plausibility]\nmax_rate_c_per_s = 500.0\n"
 SAFE_INPUTS = {"pin_dc_plus_c": 40.0, "pin_dc_minus_c": 40.0, "coolant_out_c": 30.0, "coolant_flow_lpm": 5.0}
 
 
 class Rig:
-    def __init__(self, tmp_path: Path, extra: str = FAST) -> None:
-        self.config = parse_config(sim_config_text(tmp_path, extra))
-        self.clock = SimClock(100.0)
-        self.frames: list[Frame] = []
-        self.fail_send = False
-        pm = self.config.power_modules
-        self.bank = ModuleBank(
-            infy.InfyPowerCodec(),
-            list(pm.addresses),
-            pm.lost_after_ms / 1000.0,
-            self._send,
-            pm.max_current_a,
-            clock=self.clock.monotonic,
-        )
-        board = SimBoard()
-        self.outputs = Outputs(board.pin("contactor"), board.pin("pump"), board.pin("fan"))
-        self.wdt = SimWDT()
-        self.state = CabinetState(InputMap(cable="cable", grid_meter=None))
-        self.events: list[tuple[str, str, dict[str, Any]]] = []
-        self.ctl = Controller(
-            self.config,
-            self.state,
-            self.bank,
-            self.outputs,
-            self.wdt,
-            self.clock,
-            lambda k, n, d: self.events.append((k, n, d)),
-        )
+    """The cabinet as build() wires it, on a simulated clock, with the module port's sends captured (what
+    would go to the transmit thread) and no meter line (the grid rule is off without a grid meter)."""
 
-    def _send(self, frame: Frame) -> None:
+    def __init__(self, tmp_path: Path, extra: str = FAST) -> None:
+        self.config = parse_config(_drop_tables(sim_config_text(tmp_path, extra), {"[[serial]]", "[[meters]]"}))
+        self.clock = SimClock(100.0)
+        self.frames: list[can.Message] = []
+        self.fail_send = False
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.cabinet = build(self.config, Backends(clock=self.clock, board=SimBoard(), api=False))
+        self.cabinet.can.module_port.send = self._send  # type: ignore[method-assign]
+        self.bank = self.cabinet.bank
+        self.outputs = self.cabinet.outputs
+        self.wdt = self.cabinet.wdt
+        self.state = self.cabinet.state
+        self.ctl = self.cabinet.controller
+        emit = self.ctl.on_event
+
+        def record(kind: str, name: str, data: dict[str, Any]) -> None:
+            self.events.append((kind, name, data))
+            emit(kind, name, data)
+
+        self.ctl.on_event = record
+        # the store's writer and the port's transmit threads end with the rig
+        weakref.finalize(self, self.cabinet.close)
+
+    def _send(self, msg: can.Message, *, priority: bool = False) -> bool:
         if self.fail_send:
             raise OSError("injected: CAN transmit failed")
-        self.frames.append(frame)
+        self.frames.append(msg)
+        return True
 
     def feed(self, silent_modules: tuple[int, ...] = (), **temps: float) -> None:
         """Fresh cable readings and an answer from every module not in ``silent_modules``."""
@@ -86,7 +82,7 @@ class Rig:
         assert d["enable"] and d["limit_a"] > 0, d["reason"]
 
 
-def _group_off(frame: Frame) -> bool:
+def _group_off(frame: can.Message) -> bool:
     fid = infy.parse_id(frame.arbitration_id)
     return fid.device == infy.DEVICE_GROUP and fid.command == infy.CMD_ON_OFF and frame.data[0] == 0x01
 
