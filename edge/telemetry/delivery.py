@@ -182,12 +182,14 @@ class Delivery:
         return n
 
     def _prefetch(self) -> bool:
-        rows = self.source.pending_raw(self._backlog_after, self._live_from, self.prefetch_rows)
-        if not rows:
-            self._backlog_done = True
-            return False
-        self._backlog_after = rows[-1].seq
-        self._backlog.extend(r for r in rows if r.seq not in self._acked_set)
+        """Read the next backlog rows; False when the backlog is done."""
+        while not self._backlog:
+            rows = self.source.pending_raw(self._backlog_after, self._live_from, self.prefetch_rows)
+            if not rows:
+                self._backlog_done = True
+                return False
+            self._backlog_after = rows[-1].seq
+            self._backlog.extend(r for r in rows if r.seq not in self._acked_set)
         return True
 
     def _take(self, buf: deque[RawRecord]) -> tuple[RawRecord, ...]:
