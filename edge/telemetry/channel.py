@@ -1,6 +1,6 @@
 """The cloud command channel: ``<prefix>/<site>/<cabinet>/cmd/<name>`` in, ``.../cmd-result`` out.
 
-:class:`CommandChannel` subscribes to ``cmd/#``, turns a topic into a command name, hands name and payload
+:class:`CommandChannel` subscribes to ``cmd/+``, turns a topic into a command name, hands name and payload
 to an injected handler and publishes the handler's answer on ``cmd-result`` (QoS 1, not retained). It
 knows nothing of what a command does: validating and executing is the handler's job, and a handler that
 raises is answered ``rejected`` ("internal error"), never propagated.
