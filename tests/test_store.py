@@ -231,3 +231,41 @@ def test_held_records_beyond_the_bound_drop_oldest_telemetry_first():
     assert [r[0] for r in held] == [1, 4, 5]
     assert store_mod._shed(held, 1) == 2  # telemetry 5 first, then the oldest event
     assert [r[0] for r in held] == [4]
+
+
+class _ManualClock:
+    def __init__(self) -> None:
+        self.now_s = 1000.0
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+def test_the_injected_clock_drives_the_degraded_hold_and_the_free_space_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    clock = _ManualClock()
+    free = {"bytes": 10 * 1048576}
+
+    class Vfs:
+        f_frsize = 1
+        f_bavail = 0
+
+    def statvfs(_path: str) -> Vfs:
+        v = Vfs()
+        v.f_bavail = free["bytes"]
+        return v
+
+    monkeypatch.setattr(store_mod.os, "statvfs", statvfs)
+    s = Store(str(tmp_path), min_free_mb=64.0, clock=clock)
+    assert s.append("telemetry", 1, {"x": 1}) is None, "10 MB free, 64 MB wanted: telemetry dropped"
+    assert s.degraded and "disk nearly full" in s.degraded
+    free["bytes"] = 1024 * 1048576
+    clock.now_s += 0.5
+    assert s.append("telemetry", 2, {"x": 1}) is None, "free space is read at most once a second"
+    clock.now_s += 0.6
+    assert s.append("telemetry", 3, {"x": 1}) is not None
+    assert s.degraded is not None, "the fault is held after the last failure"
+    clock.now_s += store_mod.DEGRADED_HOLD_S
+    assert s.degraded is None
+    s.close()

@@ -1,22 +1,32 @@
 """Store-and-forward on local disk: SQLite in WAL mode, one ordered table of records.
 
 Guarantees:
-- Every record (a telemetry interval or an event) gets a sequence number from SQLite's AUTOINCREMENT,
-  which never reuses a value, even after deletes and restarts: consumers drop duplicates by ``seq``.
+- Every record (a telemetry interval or an event) gets its sequence number from :meth:`Store.append`:
+  the next after the highest seq ever written. The table is declared AUTOINCREMENT only so that SQLite
+  keeps that high-water mark (``sqlite_sequence``) across deletes and restarts: a seq is never reused,
+  and consumers drop duplicates by ``seq``.
 - A record leaves the store only when the uplink has the broker's acknowledgement for it, or when the
   size bound evicts it: the oldest *telemetry* goes first; events go only when no telemetry is left.
-- Writes never raise into the control path. A full disk or an I/O error is counted (``write_errors``),
-  the record is dropped, and :attr:`Store.degraded` names the error until writes have succeeded for
-  ``DEGRADED_HOLD_S``; the daemon reports that as the fault ``telemetry_store_error``. On "disk full" the
-  store first evicts old telemetry and retries once, so new events still find room.
+- Writes never raise into the control path. A full disk or an I/O error is counted (``write_errors``)
+  and :attr:`Store.degraded` names the error until writes have succeeded for ``DEGRADED_HOLD_S``; the
+  daemon reports that as the fault ``telemetry_store_error``. On "disk full" the store first evicts old
+  telemetry and retries once, so new events still find room. What happens to a record that still cannot
+  be written depends on the mode (below): the writer thread holds it and retries; a direct append drops
+  it (``append`` returns None). Below ``min_free_mb`` of free disk, new telemetry is dropped at once
+  (``dropped_low_disk``) and events are still written.
 
 Threads: with ``background=True`` (the daemon) :meth:`Store.append` only encodes the record, gives it
 its seq and queues it; a writer thread with its own SQLite connection commits what is queued in one
 transaction. The event loop then never waits for SQLite's write lock, which the uplink thread's deletes
 hold now and then (docs/RELIABILITY.md: INSERTs on the loop stalled the safety reaction up to 100 ms). A
 record is *recorded* once committed, a few milliseconds after ``append``; a kill in between loses only
-that tail, never a seq in the middle. With ``background=False`` (tests, tools) ``append`` commits before
-it returns. Reads run on the caller's connection; in WAL mode they never wait for a writer.
+that tail, never a seq in the middle. A failed commit is kept in memory, in seq order, and retried every
+``RETRY_S``; beyond ``MAX_HELD`` held records the oldest telemetry is dropped (counted, logged: a gap in
+seq). With ``background=False`` (tests, tools) ``append`` commits before it returns. Reads run on the
+caller's connection; in WAL mode they never wait for a writer.
+
+Time (the degraded hold, the free-space check, the retry pause) is read from the injected ``clock``
+(seconds, monotonic; default ``time.monotonic``), so a simulated clock can drive it.
 """
 
 from __future__ import annotations
@@ -191,9 +201,15 @@ _Row = tuple[int, str, int, str]  # seq, kind, t_ms, payload JSON
 
 class Store(_Records):
     def __init__(
-        self, data_dir: str, max_mb: float = 256.0, min_free_mb: float = 0.0, background: bool = False
+        self,
+        data_dir: str,
+        max_mb: float = 256.0,
+        min_free_mb: float = 0.0,
+        background: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         os.makedirs(data_dir, exist_ok=True)
+        self._clock = clock
         self.data_dir = data_dir
         self.min_free_bytes = int(min_free_mb * 1024 * 1024)
         self.dropped_low_disk = 0
@@ -258,38 +274,43 @@ class Store(_Records):
         """Commit queued records in seq order. A failed commit (disk full, I/O error) is kept and retried
         every RETRY_S, newer records queue behind it: nothing is skipped, so no seq goes missing unless
         more than MAX_HELD records pile up (then the oldest telemetry goes first, counted and logged)."""
-        assert self._queue is not None
         held: deque[_Row] = deque()
         next_try = 0.0
-        stop = False
         while True:
-            wait = max(0.0, next_try - time.monotonic()) if held else None
-            try:
-                item = self._queue.get(timeout=wait)
-                while item is not None:
-                    held.append(item)
-                    item = self._queue.get_nowait()
-                stop = True
-            except queue.Empty:
-                pass
-            if stop:
-                next_try = 0.0  # one last attempt for what is held
-            while held and time.monotonic() >= next_try:
-                batch = [held[i] for i in range(min(WRITE_BATCH, len(held)))]
-                if self._commit(batch):
-                    for _ in batch:
-                        held.popleft()
-                    self._written(len(batch))
-                else:
-                    next_try = time.monotonic() + RETRY_S
-                    self._written(_shed(held, MAX_HELD))
-                    if stop:
-                        break
+            stop = self._collect(held, max(0.0, next_try - self._clock()) if held else None)
+            # at close: one last attempt for what is held
+            if (stop or self._clock() >= next_try) and not self._commit_held(held):
+                next_try = self._clock() + RETRY_S
             if stop:
                 if held:
                     log.error("telemetry store closed with %d records not written (%s)", len(held), self.last_error)
                     self._written(len(held))
                 return
+
+    def _collect(self, held: deque[_Row], wait_s: float | None) -> bool:
+        """Move what is queued to ``held``, waiting up to ``wait_s`` for the first; True at close."""
+        assert self._queue is not None
+        try:
+            item = self._queue.get(timeout=wait_s)
+            while item is not None:
+                held.append(item)
+                item = self._queue.get_nowait()
+            return True
+        except queue.Empty:
+            return False
+
+    def _commit_held(self, held: deque[_Row]) -> bool:
+        """Commit ``held`` oldest first, WRITE_BATCH per transaction; False when a commit failed (what
+        failed stays held, beyond MAX_HELD the oldest telemetry is dropped)."""
+        while held:
+            batch = [held[i] for i in range(min(WRITE_BATCH, len(held)))]
+            if not self._commit(batch):
+                self._written(_shed(held, MAX_HELD))
+                return False
+            for _ in batch:
+                held.popleft()
+            self._written(len(batch))
+        return True
 
     def _written(self, n: int) -> None:
         """``n`` queued records are done with (committed or dropped)."""
@@ -327,7 +348,7 @@ class Store(_Records):
         """Free space below ``min_free_mb``, checked at most once a second (statvfs is a syscall)."""
         if self.min_free_bytes <= 0:
             return False
-        now = time.monotonic()
+        now = self._clock()
         if now - self._free_checked_t >= 1.0:
             self._free_checked_t = now
             try:
@@ -347,7 +368,7 @@ class Store(_Records):
     def _failed(self, why: str) -> None:
         self.write_errors += 1
         self.last_error = why
-        self._last_error_t = time.monotonic()
+        self._last_error_t = self._clock()
         if self.write_errors in (1, 10, 100) or self.write_errors % 1000 == 0:
             what = "record dropped" if self._queue is None else "records held in memory and retried"
             log.error(
@@ -360,7 +381,7 @@ class Store(_Records):
     @property
     def degraded(self) -> str | None:
         """The last write error while writes fail (and for DEGRADED_HOLD_S after), else None."""
-        if self.last_error is not None and time.monotonic() - self._last_error_t < DEGRADED_HOLD_S:
+        if self.last_error is not None and self._clock() - self._last_error_t < DEGRADED_HOLD_S:
             return self.last_error
         return None
 

@@ -1,0 +1,185 @@
+"""The MQTT session: one paho-mqtt 2.x client, its network thread, TLS, will, persistent session, backoff.
+
+- MQTT 5 (``clean_start = false`` with Session Expiry ``session_expiry_s``) or 3.1.1 (``clean_session =
+  false``): commands sent while the cabinet is offline wait in the broker's session.
+- The will (retained, QoS 1) is set before the connect; the caller publishes the birth on connect.
+- Reconnect: exponential backoff with jitter (:func:`backoff_s`: the cap doubles from ``reconnect_min_s``
+  up to ``reconnect_max_s``, each delay drawn from [cap/2, cap]) so a broker restart does not bring the
+  whole fleet back at once. paho's own doubling is switched off (min == max delay).
+- paho's network loop runs in its own thread (``loop_start``). The :class:`SessionEvents` callbacks run on
+  that thread: they must only hand the data on (to a queue, to the event loop), never block.
+- :meth:`Session.publish` only queues a packet for paho's thread and is safe from any thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from edge.config.telemetry import Mqtt
+
+log = logging.getLogger(__name__)
+
+
+class _PahoShutdownNoise(logging.Filter):
+    """paho 2.2 logs "Client is not connected" as an ERROR on every clean stop of its thread."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Client is not connected")
+
+
+PAHO_LOG = logging.getLogger("edge.telemetry.paho")
+PAHO_LOG.addFilter(_PahoShutdownNoise())
+
+
+def backoff_s(attempt: int, min_s: float, max_s: float, rnd: random.Random) -> float:
+    """Delay before reconnect ``attempt`` (1, 2, ...): cap doubles from min_s to max_s, delay in [cap/2, cap]."""
+    cap = min(max_s, min_s * 2 ** min(max(attempt - 1, 0), 30))
+    return cap / 2 + rnd.uniform(0, cap / 2)
+
+
+@dataclass(frozen=True)
+class SessionEvents:
+    """What the session reports, called on paho's network thread."""
+
+    connected: Callable[[bool], None]  # session_present
+    refused: Callable[[str], None]  # CONNACK with an error: the reason
+    connect_failed: Callable[[], None]  # no connection (network, broker down)
+    disconnected: Callable[[str], None]  # the reason
+    published: Callable[[int, bool, str], None]  # message id, failed, reason
+    message: Callable[[str, bytes], None]  # topic, payload
+
+
+class Session:
+    def __init__(
+        self,
+        cfg: Mqtt,
+        client_id: str,
+        events: SessionEvents,
+        *,
+        will: tuple[str, bytes],
+        rnd: random.Random | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.client_id = client_id
+        self.events = events
+        self.will = will
+        self.rnd = rnd or random.Random()
+        self.attempt = 0
+        self.next_reconnect_s: float | None = None
+        self.closing = False
+        self._client: mqtt.Client | None = None
+
+    def start(self) -> None:
+        """Build the client and start its thread; connects in the background. Raises OSError, ValueError
+        or ssl.SSLError when the configuration cannot work (TLS files missing, bad host)."""
+        self._client = self._make_client()
+        self._client.loop_start()
+
+    def _make_client(self) -> mqtt.Client:
+        c = self.cfg
+        v5 = c.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            clean_session=None if v5 else False,
+            protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311,
+        )
+        if c.username:
+            client.username_pw_set(c.username, c.password)
+        if c.tls.enabled:
+            client.tls_set(
+                ca_certs=c.tls.ca_file, certfile=c.tls.cert_file, keyfile=c.tls.key_file, cert_reqs=ssl.CERT_REQUIRED
+            )
+            client.tls_insecure_set(c.tls.insecure)
+        client.enable_logger(PAHO_LOG)  # errors inside paho callbacks end up in our log
+        client.max_inflight_messages_set(c.max_inflight)
+        client.will_set(self.will[0], self.will[1], qos=1, retain=True)
+        client.on_connect = self._cb_connect
+        client.on_connect_fail = self._cb_connect_fail
+        client.on_disconnect = self._cb_disconnect
+        client.on_publish = self._cb_publish
+        client.on_message = self._cb_message
+        self._set_delay(client)
+        props: Properties | None = None
+        if v5:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = c.session_expiry_s
+        client.connect_async(
+            c.host,
+            c.port,
+            keepalive=c.keepalive_s,
+            clean_start=False if v5 else mqtt.MQTT_CLEAN_START_FIRST_ONLY,
+            properties=props,
+        )
+        return client
+
+    def _set_delay(self, client: mqtt.Client) -> None:
+        self.attempt += 1
+        d = backoff_s(self.attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self.rnd)
+        self.next_reconnect_s = round(d, 3)
+        # paho doubles from min to max; with min == max it waits exactly our jittered delay
+        client.reconnect_delay_set(min_delay=d, max_delay=d)  # type: ignore[arg-type]
+
+    # -- paho thread: hand everything over ----------------------------------------------------------
+    def _cb_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
+        if reason.is_failure:
+            self.events.refused(str(reason))
+            return
+        self.attempt = 0
+        self.events.connected(bool(flags.session_present))
+
+    def _cb_connect_fail(self, client: mqtt.Client, _u: Any) -> None:
+        self._set_delay(client)
+        self.events.connect_failed()
+
+    def _cb_disconnect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
+        self._set_delay(client)
+        self.events.disconnected(str(reason))
+
+    def _cb_publish(self, _c: mqtt.Client, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        self.events.published(mid, bool(reason.is_failure), str(reason))
+
+    def _cb_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        self.events.message(msg.topic, bytes(msg.payload))
+
+    # -- any thread ---------------------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self._client is not None
+
+    def publish(self, topic: str, payload: bytes | str, *, retain: bool = False) -> int | None:
+        """Queue one QoS 1 message; its message id, or None when paho refused it (not connected: paho
+        keeps its own copy, the caller sends again after the next connect anyway)."""
+        client = self._client
+        if client is None:
+            return None
+        info = client.publish(topic, payload, qos=1, retain=retain)
+        return info.mid if info.rc == mqtt.MQTT_ERR_SUCCESS else None
+
+    def subscribe(self, topic_filter: str) -> None:
+        client = self._client
+        if client is not None:
+            client.subscribe(topic_filter, qos=1)
+
+    def stop(self, goodbye: tuple[str, bytes] | None = None) -> None:
+        """Publish ``goodbye`` (topic, payload; retained), disconnect, join paho's thread. Blocks: call it
+        off the event loop (``asyncio.to_thread``)."""
+        client = self._client
+        if client is None:
+            return
+        self._client = None
+        self.closing = True
+        if goodbye is not None:
+            client.publish(goodbye[0], goodbye[1], qos=1, retain=True)
+        client.disconnect()
+        client.loop_stop()
