@@ -132,8 +132,6 @@ async def _worker(
             "fleet",
             name,
             store,
-            max_current_a=200.0,
-            remote_clear_allowed=False,
             interval_s=1.0,
             rnd=random.Random(name),
         )

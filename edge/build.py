@@ -57,6 +57,7 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         config.telemetry.store_max_mb,
         config.telemetry.min_free_mb,
         background=True,  # the loop never waits for SQLite's write lock
+        clock=b.clock.monotonic,
     )
     events = EventLog(store, b.wall_ms)
     faults = ExternalFaults(events.emit)
@@ -108,9 +109,8 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
             config.cabinet.site_id,
             config.cabinet.cabinet_id,
             store,
-            max_current_a=config.limits.max_output_current_a,
-            remote_clear_allowed=config.limits.remote_clear_allowed,
-            controller=controller,
+            ops=cabinet.operations,
+            clock=b.clock.monotonic,
             state_source=cabinet.mqtt_state,
             on_event=events.emit,
             interval_s=config.telemetry.interval_s,

@@ -19,7 +19,7 @@ ROOT = jsonschema.Draft202012Validator(schema.load())
 
 
 def _uplink(tmp_path: Path) -> Uplink:
-    return Uplink(Mqtt(), "site-001", "cab-017", Store(str(tmp_path)), max_current_a=200.0, remote_clear_allowed=False)
+    return Uplink(Mqtt(), "site-001", "cab-017", Store(str(tmp_path)))
 
 
 def test_schema_file_is_shipped_as_package_data_and_is_a_valid_schema():

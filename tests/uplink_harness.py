@@ -82,8 +82,6 @@ class UplinkHarness:
             site,
             cabinet,
             self.store,
-            max_current_a=kw.pop("max_current_a", 200.0),
-            remote_clear_allowed=kw.pop("remote_clear_allowed", False),
             **kw,
         )
         self.task: asyncio.Task[None] | None = None

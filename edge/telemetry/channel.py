@@ -5,9 +5,8 @@ to an injected handler and publishes the handler's answer on ``cmd-result`` (QoS
 knows nothing of what a command does: validating and executing is the handler's job, and a handler that
 raises is answered ``rejected`` ("internal error"), never propagated.
 
-:func:`run_command` is the one adapter onto today's ``edge/telemetry/commands.py`` (``parse`` then
-``execute``); the uplink builds its handler on it. Swapping the command implementation (an operations
-layer) means changing that function only.
+The uplink's handler runs each command through :func:`edge.telemetry.commands.handle`, i.e. through the
+one operations layer (edge/ops.py) that the local socket uses too.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from edge.telemetry import commands
 from edge.telemetry.topics import Topics
 
 log = logging.getLogger(__name__)
@@ -67,30 +65,6 @@ class Link(Protocol):
 
 def wall_ms() -> int:
     return int(time.time() * 1000)
-
-
-def run_command(
-    name: str,
-    payload: bytes,
-    controller: commands.ControllerLike | None,
-    *,
-    max_current_a: float,
-    remote_clear_allowed: bool,
-    now_ms: int,
-) -> tuple[commands.Result, dict[str, Any]]:
-    """THE adapter onto the command implementation: validate and execute one command; returns the result
-    and the validated arguments (for the audit event). Never raises: a rejection or an error becomes a
-    ``rejected`` result."""
-    try:
-        cmd = commands.parse(name, payload, max_current_a, remote_clear_allowed, now_ms)
-        if controller is None:
-            raise commands.Rejected("no controller attached", cmd.id)
-        return commands.execute(cmd, controller), cmd.args
-    except commands.Rejected as rej:
-        return commands.Result(rej.cmd_id, name[:64], commands.REJECTED, rej.reason), {}
-    except Exception as exc:  # a bad command must never take the daemon down
-        log.exception("command %s failed", name)
-        return commands.Result(None, name[:64], commands.REJECTED, f"internal error: {type(exc).__name__}"), {}
 
 
 @dataclass(frozen=True)

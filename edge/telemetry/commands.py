@@ -34,11 +34,10 @@ import json
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-from edge.config import Config
 from edge.operator import Source
-from edge.ops import CLOUD_MAX_LIMIT_S, INVALID_ARGUMENT, ControlPort, Operations, OpError, authorise, validate
+from edge.ops import CLOUD_MAX_LIMIT_S, INVALID_ARGUMENT, Operations, OpError, authorise, validate
 
 MAX_PAYLOAD_BYTES = 4096
 MAX_AGE_S = 60.0
@@ -55,12 +54,6 @@ REQUEST_STATE = "request-state"
 COMMANDS = (*OPS, REQUEST_STATE)
 ACCEPTED = "accepted"
 REJECTED = "rejected"
-
-
-class ControllerLike(ControlPort, Protocol):
-    """What :func:`execute` needs: the controller and its config (for the bounds)."""
-
-    config: Config
 
 
 @dataclass(frozen=True)
@@ -166,14 +159,3 @@ def parse(name: str, payload: bytes, max_current_a: float, remote_clear_allowed:
     except OpError as exc:
         raise Rejected(exc.message, cmd.id) from None
     return Command(cmd.name, cmd.id, args.model_dump())
-
-
-def execute(cmd: Command, ctl: ControllerLike) -> Result:
-    """Do a command from :func:`parse` through the operations layer (evaluated at once, not audited).
-    ``request-state`` is answered by the caller publishing state."""
-
-    def status() -> dict[str, Any]:
-        d = ctl.decision or {}
-        return {"faults": d.get("fault_details", {}), "latched": d.get("latched", [])}
-
-    return _run(cmd, Operations(ctl.config, ctl, None, status))

@@ -34,8 +34,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.config.telemetry import Mqtt
+from edge.ops import Operations
 from edge.telemetry import commands
-from edge.telemetry.channel import Answer, CommandChannel, run_command
+from edge.telemetry.channel import Answer, CommandChannel
 from edge.telemetry.delivery import Batch, Delivery
 from edge.telemetry.session import Session, SessionEvents, backoff_s
 from edge.telemetry.store import EVENT, RawRecord, Store, StoreView
@@ -85,9 +86,7 @@ class Uplink:
         cabinet_id: str,
         store: Store,
         *,
-        max_current_a: float,
-        remote_clear_allowed: bool,
-        controller: commands.ControllerLike | None = None,
+        ops: Operations | None = None,
         state_source: StateSource | None = None,
         on_event: EventSink | None = None,
         interval_s: float = 1.0,
@@ -101,9 +100,7 @@ class Uplink:
         self.topics = Topics(cfg.topic_prefix, site_id, cabinet_id)
         self.client_id = cfg.client_id or f"edge-{site_id}-{cabinet_id}"
         self.store = store
-        self.max_current_a = max_current_a
-        self.remote_clear_allowed = remote_clear_allowed
-        self.controller = controller
+        self.ops = ops  # cloud commands go through the operations layer (edge/ops.py), as local ones do
         self.state_source = state_source
         self.on_event = on_event
         self.version = version
@@ -397,19 +394,14 @@ class Uplink:
         return after if after > before else None
 
     def _handle_command(self, name: str, payload: bytes) -> Answer:
-        """The channel's handler (loop): execute through :func:`run_command`, record the ``command``
-        event, return the result with that event's seq. To use another command implementation, change
-        :func:`~edge.telemetry.channel.run_command` (this stays)."""
-        result, args = run_command(
-            name,
-            payload,
-            self.controller,
-            max_current_a=self.max_current_a,
-            remote_clear_allowed=self.remote_clear_allowed,
-            now_ms=now_ms(),
-        )
-        seq = self._emit("command", result.command, {**result.as_dict(), "args": args, "source": "mqtt"})
-        return Answer(result, seq)
+        """The channel's handler (loop): one command through the operations layer, which evaluates at once and
+        records the ``command`` event; the answer carries that event's seq."""
+        if self.ops is None:
+            return Answer(commands.Result(None, name[:64], commands.REJECTED, "commands are not served here"))
+        before = self.store.last_seq()
+        result = commands.handle(name, payload, self.ops, now_ms())
+        after = self.store.last_seq()
+        return Answer(result, after if after > before else None)
 
     def _command(self, topic: str, payload: bytes) -> None:
         """One command from the broker (loop): run it, answer on cmd-result, publish the state."""
