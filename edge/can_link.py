@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import can
@@ -77,18 +77,52 @@ class CanLink:
         self.bank.force_lost(self.clock.monotonic(), f"CAN {bus} bus off")
         self.evaluate_now()
 
+    # -- one step of each task (the async tasks below loop over these; edge/sim/stepper.py calls them) ----
+    def decode_frames(self, bus: str, frames: Iterable[can.Message]) -> int:
+        """Decode a batch of frames received on ``bus``; one evaluation at once if any was safety-relevant.
+
+        ``frames`` is consumed lazily, so a receive queue can be drained while the batch is decoded.
+        Returns the number of frames taken.
+        """
+        cables = [mon for cname, mon in self.cables.items() if self.cable_bus[cname] == bus]
+        is_module_bus = self.ports.get(bus) is self.module_port
+        safety = False
+        n = 0
+        for msg in frames:
+            safety = self._one(bus, msg, cables, is_module_bus) or safety
+            n += 1
+        if safety:
+            self.evaluate_now()
+        return n
+
+    def watch_step(self, now: float) -> None:
+        """Cable values silent for too long go stale; module set-points whose spacing is over go out."""
+        for mon in self.cables.values():
+            stale = mon.stale(now)
+            if stale:
+                self.take(stale)
+        self.bank.flush(now)
+
+    def polls_due(self, now: float) -> list[Frame]:
+        """The poll frames of every module due at ``now`` (present ones every poll_ms, lost ones with backoff)."""
+        return [frame for addr in self.bank.polls_due(now) for frame in self.bank.poll_frames(addr)]
+
+    def report_modules(self, now: float) -> None:
+        """Lost modules' values as stale and their presence as 0 (readings of answering modules come with
+        their replies)."""
+        self.take([r for r in self.bank.readings("module", now) if r.quality != OK])
+
+    def poll_step(self, now: float) -> None:
+        """One turn of :meth:`poll_modules` without the command spacing (a simulated step is one instant)."""
+        for frame in self.polls_due(now):
+            self.send_frame(frame)
+        self.report_modules(now)
+
     # -- tasks ---------------------------------------------------------------------------------------
     async def receive(self, name: str, port: CanPort) -> None:
-        cables = [mon for cname, mon in self.cables.items() if self.cable_bus[cname] == name]
-        is_module_bus = port is self.module_port
         while True:
-            msg: can.Message | None = await port.recv()
-            safety = False
-            while msg is not None:
-                safety = self._one(name, msg, cables, is_module_bus) or safety
-                msg = port.recv_nowait()
-            if safety:
-                self.evaluate_now()
+            first: can.Message = await port.recv()
+            self.decode_frames(name, _queued(first, port))
 
     def _one(self, bus: str, msg: can.Message, cables: list[CableMonitor], is_module_bus: bool) -> bool:
         """Decode one frame; True when it carried something safety-relevant."""
@@ -122,24 +156,17 @@ class CanLink:
     async def watch(self) -> None:
         """Cable values go stale when their frames stop; module set-points wait for their spacing."""
         while True:
-            now = self.clock.monotonic()
-            for mon in self.cables.values():
-                stale = mon.stale(now)
-                if stale:
-                    self.take(stale)
-            self.bank.flush(now)
+            self.watch_step(self.clock.monotonic())
             await asyncio.sleep(CAN_WATCH_PERIOD_S)
 
     async def poll_modules(self) -> None:
         """Poll present modules every poll_ms, lost ones with backoff; requests spaced by the codec."""
         spacing = self.bank.codec.command_spacing_s
         while True:
-            for addr in self.bank.polls_due(self.clock.monotonic()):
-                for frame in self.bank.poll_frames(addr):
-                    self.send_frame(frame)
-                    await asyncio.sleep(spacing)
-            now = self.clock.monotonic()
-            self.take([r for r in self.bank.readings("module", now) if r.quality != OK])
+            for frame in self.polls_due(self.clock.monotonic()):
+                self.send_frame(frame)
+                await asyncio.sleep(spacing)
+            self.report_modules(self.clock.monotonic())
             await asyncio.sleep(spacing)
 
     def tasks(self) -> dict[str, Any]:
@@ -160,6 +187,14 @@ class CanLink:
 
     def frame_counts(self) -> dict[str, Any]:
         return {"unknown": self.unknown_frames, "decode_errors": self.decode_errors, **self.bank.status()}
+
+
+def _queued(first: can.Message, port: CanPort) -> Iterator[can.Message]:
+    """``first``, then whatever is already queued at ``port`` (without waiting)."""
+    msg: can.Message | None = first
+    while msg is not None:
+        yield msg
+        msg = port.recv_nowait()
 
 
 def can_filters(
