@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import can
@@ -80,24 +80,61 @@ class CanLink:
         self.bank.force_lost(self.clock.monotonic(), f"CAN {bus} bus off")
         self.evaluate_now()
 
+    # -- one step of each periodic job (the async tasks loop over these; the stepped simulator calls them) --
+    def decode_frames(self, bus: str, frames: Iterable[can.Message]) -> int:
+        """Dispatch a batch of frames received on ``bus`` (as the receive task does with one drained burst);
+        returns the number of frames taken."""
+        dispatcher = self.dispatchers[bus]
+        now = self.clock.monotonic()
+        readings: list[Reading] = []
+        n = 0
+        for msg in frames:
+            readings += dispatcher.dispatch_message(msg, now)
+            n += 1
+        if readings:
+            self.received(readings)
+        return n
+
+    def watch_step(self, now: float) -> None:
+        """The devices' periodic hooks: silent cable values go stale, spaced module set-points go out."""
+        for dispatcher in self.dispatchers.values():
+            readings = dispatcher.periodic(now)
+            if readings:
+                self.take(readings)
+
+    def polls_due(self, now: float) -> list[Frame]:
+        """The poll frames of every module due at ``now`` (present ones every poll_ms, lost ones with backoff)."""
+        return [frame for addr in self.bank.polls_due(now) for frame in self.bank.poll_frames(addr)]
+
+    def report_modules(self, now: float) -> None:
+        """Lost modules' values as stale (readings of answering modules come with their replies)."""
+        self.take([r for r in self.bank.readings("module", now) if r.quality != OK])
+
+    def poll_step(self, now: float) -> None:
+        """One turn of :meth:`poll_modules` without the command spacing (a simulated step is one instant)."""
+        for frame in self.polls_due(now):
+            self.send_frame(frame)
+        self.report_modules(now)
+
     # -- tasks ---------------------------------------------------------------------------------------
+    async def watch(self) -> None:
+        while True:
+            self.watch_step(self.clock.monotonic())
+            await asyncio.sleep(CAN_WATCH_PERIOD_S)
+
     async def poll_modules(self) -> None:
         """Poll present modules every poll_ms, lost ones with backoff; requests spaced by the codec."""
         spacing = self.bank.codec.command_spacing_s
         while True:
-            for addr in self.bank.polls_due(self.clock.monotonic()):
-                for frame in self.bank.poll_frames(addr):
-                    self.send_frame(frame)
-                    await asyncio.sleep(spacing)
-            now = self.clock.monotonic()
-            self.take([r for r in self.bank.readings("module", now) if r.quality != OK])
+            for frame in self.polls_due(self.clock.monotonic()):
+                self.send_frame(frame)
+                await asyncio.sleep(spacing)
+            self.report_modules(self.clock.monotonic())
             await asyncio.sleep(spacing)
 
     def tasks(self) -> dict[str, Any]:
         out: dict[str, Any] = {f"can-rx-{n}": self.dispatchers[n].run(p, self.received) for n, p in self.ports.items()}
-        out.update(
-            {f"can-watch-{n}": d.run_periodic(self.take, CAN_WATCH_PERIOD_S) for n, d in self.dispatchers.items()}
-        )
+        out["can-watch"] = self.watch()
         out["module-poll"] = self.poll_modules()
         out.update({f"can-supervise-{n}": p.supervise() for n, p in self.ports.items()})
         return out

@@ -184,6 +184,9 @@ class CanPort:
         self._tx_priority: collections.deque[can.Message] = collections.deque(maxlen=settings.tx_queue)
         self._tx_normal: collections.deque[can.Message] = collections.deque(maxlen=settings.tx_queue)
         self._tx_thread: threading.Thread | None = None
+        # transmit on the caller's thread: only for an in-process bus whose send never blocks (python-can's
+        # virtual bus in the stepped simulator, where frames must reach the devices in the same instant)
+        self.inline_tx = False
         self._tx_stop = False
         if opened_failed is not None:
             self.health, self.health_reason = BUS_OFF, opened_failed
@@ -294,6 +297,9 @@ class CanPort:
             with self._tx_cond:
                 self.stats.tx_dropped += 1
             return False
+        if self.inline_tx:
+            self._transmit(msg)
+            return True
         with self._tx_cond:
             if priority:
                 self._supersede(msg.arbitration_id)

@@ -1,17 +1,18 @@
 """Simulated CAN peers: power modules (InfyPower or UUGreen personality) and one cable monitor.
 
-Runs in the simulator's threads with its own python-can bus object (``virtual`` in-process, or any
-interface such as ``slcan`` for cross-process tests). Modules answer requests like the real ones,
-switch themselves off after their comms watchdog without controller frames, and can be made silent or
-raise alarms. The personality (which protocol the modules speak) follows ``power_modules.protocol``.
-The cable monitor sends both DBC messages every 100 ms with a rolling counter; it can freeze (repeat
-the same frame) or fall silent.
+Runs with its own python-can bus object (``virtual`` in-process, or any interface such as ``slcan``
+for cross-process tests), in two threads in real time or stepped in simulated time
+(edge/sim/stepper.py). Modules answer requests like the real ones, switch themselves off after their
+comms watchdog without controller frames, and can be made silent or raise alarms. The personality
+(which protocol the modules speak) follows ``power_modules.protocol``. The cable monitor sends both
+DBC messages every 100 ms with a rolling counter; it can freeze (repeat the same frame) or fall silent.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import can
@@ -142,6 +143,13 @@ PERSONALITIES: dict[str, type[Personality]] = {"infypower": InfyPersonality, "uu
 
 
 class SimCanDevices:
+    """The simulated modules and cable monitor on one python-can bus object.
+
+    Two ways to run the same code: :meth:`start` runs it in two threads in real time (``edge run
+    --sim``, the in-process daemon tests); edge/sim/stepper.py instead calls :meth:`receive_pending`
+    and :meth:`tick` itself, in simulated time from ``clock``, with no thread and no sleep.
+    """
+
     def __init__(
         self,
         bus: can.BusABC,
@@ -151,11 +159,13 @@ class SimCanDevices:
         cable_name: str = "cable",
         protocol: str = "infypower",
         cable_bus: can.BusABC | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.bus = bus
         self.cable_bus = cable_bus or bus
         self.physics = physics
         self.lock = lock
+        self.clock = clock  # the modules' comms watchdog counts in this time
         self.personality: Personality = PERSONALITIES[protocol]()
         self.cable = CableMonitor(cable_name, cable_node)
         self.cable_silent = False
@@ -164,15 +174,17 @@ class SimCanDevices:
         self.foreign_module: int | None = None  # address of an unconfigured module that chatters
         self._counter = 0
         self._frozen_frames: list[tuple[int, bytes]] = []
-        self._last_controller_rx = time.monotonic()
+        self._last_controller_rx = clock()
         self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self.frames_handled = 0
+
+    def start(self) -> None:
+        """Real-time mode: one thread answers controller frames, one sends every CABLE_PERIOD_S."""
         self._threads = [
             threading.Thread(target=self._rx_loop, name="sim-can-rx", daemon=True),
             threading.Thread(target=self._tx_loop, name="sim-can-tx", daemon=True),
         ]
-        self.frames_handled = 0
-
-    def start(self) -> None:
         for t in self._threads:
             t.start()
 
@@ -188,14 +200,24 @@ class SimCanDevices:
                 msg = self.bus.recv(timeout=0.05)
             except can.CanError:
                 continue
-            if msg is None or msg.is_error_frame or msg.is_remote_frame or not msg.is_extended_id:
-                continue
-            self._handle(msg)
+            if msg is not None:
+                self.handle(msg)
 
-    def _handle(self, msg: can.Message) -> None:
+    def receive_pending(self) -> int:
+        """Stepped mode: answer every frame already waiting at the bus; how many were read."""
+        n = 0
+        while (msg := self.bus.recv(timeout=0)) is not None:
+            self.handle(msg)
+            n += 1
+        return n
+
+    def handle(self, msg: can.Message) -> None:
+        """One frame seen on the bus: a controller frame to the modules is applied and answered."""
+        if msg.is_error_frame or msg.is_remote_frame or not msg.is_extended_id:
+            return
         if not self.personality.from_controller(msg):
             return
-        self._last_controller_rx = time.monotonic()
+        self._last_controller_rx = self.clock()
         with self.lock:
             replies = self.personality.handle(msg, self.physics.modules)
             self.frames_handled += 1
@@ -213,18 +235,21 @@ class SimCanDevices:
     def _tx_loop(self) -> None:
         next_t = time.monotonic()
         while not self._stop.is_set():
-            now = time.monotonic()
-            if now - self._last_controller_rx > self.personality.comms_timeout_s:
-                with self.lock:
-                    for m in self.physics.modules.values():
-                        m.on = False  # the module's own comms watchdog
-            if not self.cable_silent:
-                for fid, data in self._cable_frames():
-                    self._send(self.cable_bus, fid, data)
-            if self.foreign_module is not None:
-                self._send(self.bus, *self.personality.chatter(self.foreign_module))
+            self.tick()
             next_t += CABLE_PERIOD_S
             self._stop.wait(max(0.0, next_t - time.monotonic()))
+
+    def tick(self) -> None:
+        """What happens every CABLE_PERIOD_S: the modules' comms watchdog, the cable frames, foreign chatter."""
+        if self.clock() - self._last_controller_rx > self.personality.comms_timeout_s:
+            with self.lock:
+                for m in self.physics.modules.values():
+                    m.on = False  # the module's own comms watchdog
+        if not self.cable_silent:
+            for fid, data in self._cable_frames():
+                self._send(self.cable_bus, fid, data)
+        if self.foreign_module is not None:
+            self._send(self.bus, *self.personality.chatter(self.foreign_module))
 
     def _cable_frames(self) -> list[tuple[int, bytes]]:
         if self.cable_frozen and self._frozen_frames:

@@ -1,4 +1,5 @@
-"""A simulated smart meter: a pymodbus server whose registers are refreshed from the physics model.
+"""A simulated smart meter: a pymodbus server whose registers are refreshed from the physics model (or,
+stepped in simulated time, :class:`InProcessLine`: the same registers without a server).
 
 The register encoding comes from the same model table the daemon reads (so the simulator stays in
 step with the tables); the golden-vector tests check the tables against datasheet values separately.
@@ -19,6 +20,8 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.meters.models import MeterModel
+from drivers.meters.planner import Block
+from drivers.meters.reader import MeterExceptionResponse, MeterTimeout
 from drivers.meters.registers import encode_value
 
 GAP_PAD = 32  # registers of padding a gap-tolerant simulated meter answers around its table
@@ -77,6 +80,11 @@ class SimMeter:
             await asyncio.sleep(self.delay_s)
         if self.exception is not None:
             return self.exception
+        self.fill(registers, start_address)
+        return None
+
+    def fill(self, registers: list[int], start_address: int) -> None:
+        """Write the table's registers that fall inside ``registers`` (starting at ``start_address``)."""
         self.reads += 1
         vals = self.values()
         sig = self.model.signature
@@ -88,7 +96,6 @@ class SimMeter:
                 words = encode_value(reg, vals[reg.signal])
             if words is not None:
                 self._put(registers, start_address, reg.address, words)
-        return None
 
     @staticmethod
     def _put(registers: list[int], start_address: int, address: int, words: list[int]) -> None:
@@ -114,6 +121,33 @@ def _devices(meters: list[SimMeter]) -> list[SimDevice]:
         id=0, simdata=[SimData(0, count=0x10000, values=0, datatype=DataType.REGISTERS)], action=_never_answer
     )
     return [m.device for m in meters] + [absent]
+
+
+class InProcessLine:
+    """A Modbus line without bytes: the meters on it answer a read at once from :meth:`SimMeter.fill`.
+
+    Duck-types what :meth:`drivers.meters.poller.MeterPoller.poll` needs of a
+    :class:`drivers.meters.reader.ModbusLine` (``char_time_s``, ``read_timed``), so the stepped simulator
+    (edge/sim/stepper.py) polls through the real poller and decoder with no socket, pty or event loop:
+    ``read_timed`` never suspends. A silent meter, or one slower than the timeout, times out; an exception
+    knob gives an exception response.
+    """
+
+    char_time_s = 0.0  # no wire time
+
+    def __init__(self, meters: list[SimMeter], name: str = "line") -> None:
+        self.meters = {m.device_id: m for m in meters}
+        self.name = name
+
+    async def read_timed(self, device_id: int, block: Block, timeout_s: float) -> tuple[list[int], float]:
+        m = self.meters.get(device_id)
+        if m is None or m.silent or m.delay_s >= timeout_s:
+            raise MeterTimeout(f"device {device_id}: no reply within {timeout_s * 1000:.0f} ms")
+        if m.exception is not None:
+            raise MeterExceptionResponse(device_id, int(m.exception))
+        registers = [0] * block.count
+        m.fill(registers, block.start)
+        return registers, m.delay_s
 
 
 def serial_server(meters: list[SimMeter], port: str, baudrate: int) -> ModbusSerialServer:
