@@ -14,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.config.limits import LimitsConfig
+from edge.limits import inputs
 from edge.limits.core import SAFETY_INPUTS, evaluate
 
 LATCHABLE = [
@@ -152,13 +153,7 @@ def test_stale_or_invalid_safety_input_gives_zero_amps_in_the_same_evaluation(se
         last["inputs"][name] = [40.0, t, "invalid"]
     d = _run(cfg, [*snaps[:-1], last])[-1]
     assert d["limit_a"] == 0.0 and not d["enable"] and not d["contactor"]
-    prefix = {
-        "pin_dc_plus_c": "pin_dc_plus",
-        "pin_dc_minus_c": "pin_dc_minus",
-        "coolant_out_c": "coolant_out",
-        "coolant_flow_lpm": "coolant_flow",
-    }[name]
-    assert any(f.startswith(prefix + "_") for f in d["faults"]), d["faults"]
+    assert any(f.startswith(inputs.sensor(name) + "_") for f in d["faults"]), d["faults"]
 
 
 @SETTINGS
