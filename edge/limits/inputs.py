@@ -16,6 +16,8 @@ One entry per input (a dict with every key below):
   ``unit``, ``digits`` (decimals shown);
 - ``sensor``: the sensor family in fault names (``pin_dc_plus`` -> ``pin_dc_plus_stale``);
 - ``source``: ``cable`` | ``module`` | ``ambient`` | ``grid`` | ``output`` (which device produces it);
+  ``place``: where the sensor sits (``connector`` for the pins, else the source; telemetry maps it to the
+  OCPP location);
 - ``stale``: ``fast`` (``sensor_stale_ms``), ``slow`` (``slow_input_stale_ms``), ``grid``
   (``grid.meter_loss_ms``): how old a sample may be;
 - ``required``: ``always`` (missing, stale or invalid -> 0 A and a fault), ``configured`` (the same once
@@ -45,6 +47,7 @@ def _input(
     digits: int = 1,
     rate_check: bool = False,
     selftest: bool = False,
+    place: str | None = None,
 ) -> dict:
     return {
         "name": name,
@@ -55,6 +58,7 @@ def _input(
         "digits": digits,
         "sensor": sensor,
         "source": source,
+        "place": place if place is not None else source,
         "stale": stale,
         "required": required,
         "rate_check": rate_check,
@@ -76,6 +80,7 @@ INPUTS = (
         ALWAYS,
         "pin_over_temperature",
         short="pin DC+",
+        place="connector",
         rate_check=True,
         selftest=True,
     ),
@@ -89,6 +94,7 @@ INPUTS = (
         ALWAYS,
         "pin_over_temperature",
         short="pin DC-",
+        place="connector",
         rate_check=True,
         selftest=True,
     ),
@@ -134,7 +140,17 @@ INPUTS = (
         selftest=True,
     ),
     _input("module_temp_c", "power module", "°C", "module_temp", "module", "slow", OPTIONAL, "module_over_temperature"),
-    _input("ambient_c", "cabinet ambient", "°C", "ambient", "ambient", "slow", CONFIGURED, "ambient_over_temperature"),
+    _input(
+        "ambient_c",
+        "cabinet ambient",
+        "°C",
+        "ambient",
+        "ambient",
+        "slow",
+        CONFIGURED,
+        "ambient_over_temperature",
+        place="cabinet",
+    ),
     _input("output_a", "output current", "A", "output", "output", "slow", OPTIONAL, "over_current"),
     _input("output_v", "output voltage", "V", "output", "output", "slow", OPTIONAL, "over_voltage"),
     _input(
