@@ -12,6 +12,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from edge.limits import inputs as table
+
 WIDTH = 80
 LABEL = 9  # width of the left label column
 
@@ -153,19 +155,31 @@ def module_lines(st: dict[str, Any]) -> list[str]:
     return out
 
 
+def _cable_value(st: dict[str, Any], cable: str, name: str) -> str:
+    """``40.0 °C``: the cable reading that feeds input ``name``, with its unit and decimals from the table."""
+    e = table.entry(name)
+    signal = f"{cable}.{e['reading']}"
+    return f"{_reading(st, signal, '{:.' + str(e['digits']) + 'f}')} {e['unit']}"
+
+
 def cable_lines(st: dict[str, Any], cable: str | None) -> list[str]:
     if cable is None:
         return ["cable    none configured"]
-    c = cable
-    leak = st.get("readings", {}).get(f"{c}.leak")
+
+    def v(name: str) -> str:
+        return _cable_value(st, cable, name)
+
+    def coolant(name: str) -> str:
+        return f"{table.entry(name)['short'].removeprefix('coolant ')} {v(name)}"
+
+    leak = st.get("readings", {}).get(f"{cable}.{table.reading('coolant_leak')}")
     leak_txt = "" if not leak else ("  LEAK DETECTED" if leak.get("value") else "")
+    pins = "   ".join(f"{table.entry(n)['short']} {v(n)}" for n in ("pin_dc_plus_c", "pin_dc_minus_c"))
     o = st.get("outputs", {})
     return [
-        f"{'cable':<{LABEL}}pin DC+ {_reading(st, f'{c}.pin_dc_plus_c')} °C   "
-        f"pin DC- {_reading(st, f'{c}.pin_dc_minus_c')} °C{leak_txt}",
-        f"{'coolant':<{LABEL}}in {_reading(st, f'{c}.coolant_in_c')} °C  out {_reading(st, f'{c}.coolant_out_c')} °C"
-        f"  flow {_reading(st, f'{c}.coolant_flow_lpm', '{:.2f}')} l/min"
-        f"  {_reading(st, f'{c}.coolant_pressure_bar', '{:.2f}')} bar",
+        f"{'cable':<{LABEL}}{pins}{leak_txt}",
+        f"{'coolant':<{LABEL}}{coolant('coolant_in_c')}  {coolant('coolant_out_c')}"
+        f"  {coolant('coolant_flow_lpm')}  {v('coolant_pressure_bar')}",
         f"{'outputs':<{LABEL}}contactor {'CLOSED' if o.get('contactor') else 'open'}"
         f"  pump {'on' if o.get('pump') else 'off'}  fan {'on' if o.get('fan') else 'off'}",
     ]
@@ -240,7 +254,8 @@ def output_line(st: dict[str, Any]) -> str:
 
 def status_text(st: dict[str, Any], cable: str | None = None) -> str:
     if cable is None:
-        cable = next((s.split(".", 1)[0] for s in st.get("readings", {}) if s.endswith(".pin_dc_plus_c")), None)
+        pin = "." + table.reading("pin_dc_plus_c")
+        cable = next((s.split(".", 1)[0] for s in st.get("readings", {}) if s.endswith(pin)), None)
     head = (
         f"cabinet {st.get('cabinet_id')} @ {st.get('site_id')}   up {duration(st.get('uptime_s'))}"
         f"   edge {st.get('version')}"

@@ -6,10 +6,32 @@ No I/O here. Drivers' readings go in through :meth:`CabinetState.update`; the co
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.readings import OK, Reading
+from edge.limits import inputs as table
+
+
+def bind_inputs(cable: str | None, grid_meter: str | None, ambient: str | None) -> dict[str, str]:
+    """Core input name -> reading name, derived from the input table (edge/limits/inputs.py).
+
+    ``cable``: device name of the cable monitor (its inputs are ``<cable>.<reading suffix>``, e.g.
+    ``cable.leak`` for ``coolant_leak``); ``grid_meter``: the grid meter's name (the three phase currents);
+    ``ambient``: the whole reading name of the cabinet ambient sensor (``limits.ambient_signal``). None
+    leaves that part out. Inputs no rule reads (``required = monitor``) are not bound. Call it once per
+    connector with that connector's cable."""
+    devices = {"cable": cable, "grid": grid_meter}
+    m: dict[str, str] = {}
+    for e in table.INPUTS:
+        if e["required"] == table.MONITOR:
+            continue
+        if e["source"] == "ambient" and ambient:
+            m[e["name"]] = ambient
+        elif devices.get(e["source"]):
+            m[e["name"]] = f"{devices[e['source']]}.{e['reading']}"
+    return m
 
 
 @dataclass(frozen=True)
@@ -22,22 +44,10 @@ class InputMap:
     ambient: str | None = None  # reading named by limits.ambient_signal
 
     def core_inputs(self) -> dict[str, str]:
-        m: dict[str, str] = {}
-        if self.cable:
-            for core_name, suffix in (
-                ("pin_dc_plus_c", "pin_dc_plus_c"),
-                ("pin_dc_minus_c", "pin_dc_minus_c"),
-                ("coolant_out_c", "coolant_out_c"),
-                ("coolant_flow_lpm", "coolant_flow_lpm"),
-                ("coolant_leak", "leak"),
-            ):
-                m[core_name] = f"{self.cable}.{suffix}"
-        if self.ambient:
-            m["ambient_c"] = self.ambient
-        if self.grid_meter:
-            for i in (1, 2, 3):
-                m[f"grid_l{i}_a"] = f"{self.grid_meter}.Current.Import.L{i}"
-        return m
+        return bind_inputs(self.cable, self.grid_meter, self.ambient)
+
+
+(MODULE_TEMP,) = table.names_where("source", "module")  # the one module input: the hottest module's temperature
 
 
 @dataclass
@@ -59,27 +69,24 @@ class CabinetState:
             r = self.readings.get(signal)
             if r is not None:
                 inputs[core_name] = [r.value, r.t, r.quality]
-        hottest = self._hottest_module(now)
+        hottest = self._hottest_module()
         if hottest is not None:
-            inputs["module_temp_c"] = hottest
+            inputs[MODULE_TEMP] = hottest
         snap: dict[str, Any] = {"t": now, "inputs": inputs}
         snap.update(extra)
         return snap
 
-    def _hottest_module(self, now: float) -> list[Any] | None:
+    def _module_readings(self, suffix: str) -> Iterator[Reading]:
+        prefix = self.inputs.module_prefix + "."
+        return (r for sig, r in self.readings.items() if sig.startswith(prefix) and sig.endswith(suffix))
+
+    def _hottest_module(self) -> list[Any] | None:
         """Hottest temperature of the modules that answer. Lost modules are left out (their share is
         removed); if every reported temperature is stale the newest one goes in as it is, so the core
         sees a stale input instead of no input."""
-        best: Reading | None = None
-        newest: Reading | None = None
-        prefix = self.inputs.module_prefix + "."
-        for sig, r in self.readings.items():
-            if sig.startswith(prefix) and sig.endswith(".temperature_c"):
-                if r.quality == OK and (best is None or r.value > best.value):
-                    best = r
-                if newest is None or r.t > newest.t:
-                    newest = r
-        chosen = best or newest
+        temps = list(self._module_readings(".temperature_c"))
+        good = [r for r in temps if r.quality == OK]
+        chosen = max(good, key=lambda r: r.value) if good else max(temps, key=lambda r: r.t, default=None)
         return [chosen.value, chosen.t, chosen.quality] if chosen is not None else None
 
     def output_measurements(self, now: float) -> dict[str, list[Any]]:

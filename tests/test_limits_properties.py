@@ -3,7 +3,8 @@
 - the limit never exceeds the smallest configured hardware limit (cable rating, modules available);
 - a stale, invalid or missing safety input gives 0 A, contactor open, in that same evaluation;
 - a latched fault stays until an explicit clear, and a clear is granted only with the condition gone;
-- an increase of the limit never exceeds the configured ramp rate, and waits for the hold time.
+- an increase of the limit never exceeds the configured ramp rate, and waits for the hold time;
+- a fault raised outside the core is listed while present, never latched, and 0 A when it stops the output.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.config.limits import LimitsConfig
+from edge.limits import inputs
 from edge.limits.core import SAFETY_INPUTS, evaluate
 
 LATCHABLE = [
@@ -152,13 +154,7 @@ def test_stale_or_invalid_safety_input_gives_zero_amps_in_the_same_evaluation(se
         last["inputs"][name] = [40.0, t, "invalid"]
     d = _run(cfg, [*snaps[:-1], last])[-1]
     assert d["limit_a"] == 0.0 and not d["enable"] and not d["contactor"]
-    prefix = {
-        "pin_dc_plus_c": "pin_dc_plus",
-        "pin_dc_minus_c": "pin_dc_minus",
-        "coolant_out_c": "coolant_out",
-        "coolant_flow_lpm": "coolant_flow",
-    }[name]
-    assert any(f.startswith(prefix + "_") for f in d["faults"]), d["faults"]
+    assert any(f.startswith(inputs.sensor(name) + "_") for f in d["faults"]), d["faults"]
 
 
 @SETTINGS
@@ -195,3 +191,23 @@ def test_an_increase_never_exceeds_the_ramp_rate_or_comes_before_the_hold(seq):
         if prev_t is not None and d["limit_a"] < prev_a - cfg["hold_reset_a"]:
             t_down = s["t"]
         prev_t, prev_a = s["t"], d["limit_a"]
+
+
+EXTERNAL = [["can_bus_off", "CAN can0 bus off", True], ["telemetry_store_error", "store cannot write", False]]
+
+
+@SETTINGS
+@given(sequences(), st.lists(st.lists(st.sampled_from(range(len(EXTERNAL))), max_size=2), min_size=1, max_size=40))
+def test_external_faults_are_listed_while_present_never_latched_and_a_stopping_one_gives_zero_amps(seq, present):
+    cfg, snaps = seq
+    snaps = [
+        dict(s, external_faults=[EXTERNAL[i] for i in present[n % len(present)]], clear=[*s["clear"], "can_bus_off"])
+        for n, s in enumerate(snaps)
+    ]
+    for s, d in zip(snaps, _run(cfg, snaps), strict=True):
+        names = {f[0] for f in s["external_faults"]}
+        assert names <= set(d["faults"]) and not names & set(d["latched"])
+        assert set(d["faults"]) & {f[0] for f in EXTERNAL} == names  # gone from the input, gone from the list
+        assert ["can_bus_off", "not latched"] in d["clear_refused"]
+        if "can_bus_off" in names:
+            assert d["limit_a"] == 0.0 and not d["contactor"] and not d["enable"]

@@ -3,8 +3,9 @@
 tests/vectors/*.json hold the cases (see tests/vectors/runner.py for the format). This module merges each
 case with tests/vectors/_defaults.json and the validated default limits config, then runs the one runner
 script under both interpreters. Their outputs must be byte-identical; the expectations of every step are
-then checked on the decisions. A last test makes sure every fault family and every limit rule of the core
-is exercised by at least one expectation.
+then checked on the decisions. The last tests make sure every fault family (including the external faults)
+and every limit rule of the core is exercised by at least one expectation, and that every fault the vectors
+raise has its own section in docs/SAFETY.md (edge/limits/inputs.py FAULT_DOCS).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from edge.config.limits import LimitsConfig
-from edge.limits import core
+from edge.limits import core, inputs
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS = REPO / "tests" / "vectors"
@@ -144,7 +145,7 @@ def test_every_fault_and_rule_of_the_core_is_exercised_by_a_vector():
             if "rule" in e:
                 rules.add(e["rule"])
     families = {core.fault_doc(f) for f in faults}
-    missing = {core.DOCS + doc for doc in core.FAULT_DOCS.values()} - families
+    missing = {inputs.DOCS + doc for doc in inputs.FAULT_DOCS.values()} - families
     assert not missing, f"no vector raises a fault documented at {sorted(missing)}"
     all_rules = {
         "hardware",
@@ -160,7 +161,19 @@ def test_every_fault_and_rule_of_the_core_is_exercised_by_a_vector():
         "coolant_flow",
         "grid",
         "grid_fallback",
+        "external_fault",
         "trip",
         "stop",
     }
     assert all_rules - rules == set(), f"no vector names rule(s) {sorted(all_rules - rules)}"
+
+
+def test_every_fault_the_vectors_raise_has_its_own_section_in_docs_safety(decisions):
+    raised: set[str] = set()
+    for steps in decisions.values():
+        for step in steps:
+            for d in step:
+                raised.update(d["faults"])
+                assert set(d["fault_docs"]) == set(d["faults"])
+    undocumented = sorted(f for f in raised if inputs.fault_doc(f) == inputs.DOCS + "faults")
+    assert not undocumented, f"faults without a section of their own in docs/SAFETY.md: {undocumented}"

@@ -1,6 +1,6 @@
 """The safety core is checked as MicroPython code: against MicroPython's own stdlib stubs with mypy, and
-by importing and running it in the ``micropython`` interpreter (the vector comparison is in
-tests/test_limits_vectors.py).
+by importing and running it (and the input table it imports) in the ``micropython`` interpreter (the
+vector comparison is in tests/test_limits_vectors.py).
 
 What the stub check can and cannot show: ``micropython-stdlib-stubs`` is typeshed's stdlib cut down to the
 modules MicroPython ships, so an import MicroPython lacks (``dataclasses``, ``typing`` features,
@@ -20,7 +20,9 @@ import pytest
 from tests.test_limits_vectors import micropython_binary
 
 REPO = Path(__file__).resolve().parent.parent
-CORE = REPO / "edge" / "limits" / "core.py"
+LIMITS = REPO / "edge" / "limits"
+CORE = LIMITS / "core.py"
+INPUTS = LIMITS / "inputs.py"
 
 
 def _stubs_dir() -> Path:
@@ -31,8 +33,10 @@ def _stubs_dir() -> Path:
     return Path(str(dist.locate_file("stdlib"))).parent
 
 
-def _mypy_with_micropython_stubs(path: Path) -> subprocess.CompletedProcess[str]:
-    # no site-packages and no project config: only MicroPython's stdlib is visible to the checked file
+def _mypy_with_micropython_stubs(*paths: Path) -> subprocess.CompletedProcess[str]:
+    # no site-packages and no project config: only MicroPython's stdlib is visible to the checked files.
+    # Run from the repository root, as `mypy edge` does, so the core's fallback import of its table as a
+    # plain module ("import inputs", for the MCU) is unresolved here exactly as it is there.
     return subprocess.run(
         [
             sys.executable,
@@ -48,17 +52,17 @@ def _mypy_with_micropython_stubs(path: Path) -> subprocess.CompletedProcess[str]
             "--check-untyped-defs",
             "--warn-unused-ignores",
             "--no-incremental",
-            str(path),
+            *(str(p) for p in paths),
         ],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=path.parent,
+        cwd=REPO,
     )
 
 
-def test_safety_core_type_checks_against_micropython_stdlib_stubs():
-    res = _mypy_with_micropython_stubs(CORE)
+def test_safety_core_and_its_input_table_type_check_against_micropython_stdlib_stubs():
+    res = _mypy_with_micropython_stubs(CORE, INPUTS)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -69,12 +73,12 @@ def test_the_stub_check_rejects_a_module_micropython_does_not_have(tmp_path):
     assert res.returncode != 0 and "dataclasses" in res.stdout
 
 
-def test_safety_core_imports_nothing_under_micropython(tmp_path):
+def test_safety_core_imports_nothing_but_its_input_table_under_micropython(tmp_path):
     script = tmp_path / "probe.py"
     script.write_text(
-        f"import sys\nsys.path.insert(0, {str(CORE.parent)!r})\nbefore = set(sys.modules)\nimport core\n"
+        f"import sys\nsys.path.insert(0, {str(LIMITS)!r})\nbefore = set(sys.modules)\nimport core\n"
         "print(sorted(set(sys.modules) - before))\n"
     )
     res = subprocess.run([micropython_binary(), str(script)], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "['core']"
+    assert res.stdout.strip() == "['core', 'inputs']"

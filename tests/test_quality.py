@@ -1,4 +1,5 @@
-"""Static checks that are part of `make test`: ruff, mypy, and the import contracts (import-linter)."""
+"""Static checks that are part of `make test`: ruff, mypy, the import contracts (import-linter), and the
+complexity of the safety core and the state (radon, when installed)."""
 
 from __future__ import annotations
 
@@ -40,3 +41,12 @@ def test_mypy_clean():
 def test_import_contracts_kept():
     res = _run([_tool("lint-imports")])
     assert res.returncode == 0, res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("path", ["edge/limits/core.py", "edge/limits/inputs.py", "edge/state.py"])
+def test_safety_core_and_state_have_no_function_above_complexity_b(path):
+    # small named steps are what makes the core reviewable and each step testable (tests/test_limits_steps.py)
+    radon = pytest.importorskip("radon.complexity", reason="radon is not installed (pip install radon)")
+    blocks = radon.cc_visit((REPO / path).read_text())
+    over = [f"{b.name} {b.complexity}" for b in blocks if b.complexity > 10]
+    assert not over, f"{path}: above radon B (10): {over}"

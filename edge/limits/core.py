@@ -1,8 +1,9 @@
 """Pure safety core: ``evaluate(snapshot, config, previous_state) -> (decision, state)``.
 
 Runs unchanged under CPython and MicroPython (so the same rules can run on a safety MCU beside the
-Linux board): no imports, no I/O, no clock (time comes in the snapshot as ``t``, seconds), only dicts,
-lists, floats, ints and strings; annotations use builtin types only (MicroPython never evaluates them).
+Linux board): no I/O, no clock (time comes in the snapshot as ``t``, seconds), only dicts, lists, floats,
+ints and strings; annotations use builtin types only (MicroPython never evaluates them). Its one import is
+the input table beside it (``inputs.py``), imported as a plain module where the core is one (on the MCU).
 MicroPython dicts are unordered, so every output that depends on order is sorted. Numbers in texts are
 formatted by :func:`fmt_num` (integer arithmetic), never by ``%f``, so both interpreters print the same.
 The test suite runs the scenario vectors in ``tests/vectors`` under both and compares the decisions.
@@ -21,12 +22,18 @@ Snapshot (temperatures °C, currents A, voltages V, flow l/min, times s)::
      "modules_alarm": [[3, ["over_temperature"]]], # addresses out of the split because of an alarm
      "grid_configured": True,
      "ambient_configured": False,                  # a cabinet ambient sensor is named in the config
+     "external_faults": [["can_bus_off", "CAN can0 bus off: ...", True]],  # raised outside the core
      "clear": ["coolant_flow_low"]}                # explicit clear requests this evaluation
 
-Inputs: required safety inputs :data:`SAFETY_INPUTS` (missing, stale, invalid -> 0 A and a fault in the
-same evaluation); ``module_temp_c`` (hottest answering module), ``ambient_c`` (required when
+Inputs: every name, label, sensor family, stale class and whether it is required comes from the table in
+``inputs.py``. Required inputs (``SAFETY_INPUTS``: missing, stale, invalid -> 0 A and a fault in the same
+evaluation); ``module_temp_c`` (hottest answering module), ``ambient_c`` (required when
 ``ambient_configured``), ``coolant_leak`` (1 = leak; optional), ``output_a`` / ``output_v`` (measured),
 ``grid_l1_a`` .. ``grid_l3_a`` (site meter).
+
+External faults: ``[name, detail, stops_output]`` for each fault a part outside the core has now (module
+bus off, telemetry store cannot write). They join the one fault list; ``stops_output`` true means 0 A and
+contactor open. Never latched: gone from the list, gone from the decision (a clear answers "not latched").
 
 Decision::
 
@@ -35,63 +42,26 @@ Decision::
 
 ``reason`` always names the rule, the value and the threshold, e.g.
 ``cable DC+ pin 82.4 °C (derating 70-90 °C)`` or ``site fuse: L2 at 61 A of 63 A (margin 3 A)``.
+
+:func:`evaluate` is the pipeline :data:`STEPS`: base limits (hardware, request, external) -> :data:`RULES`
+-> the lowest limit -> latches and clears -> trip or stop -> ramp -> contactor, pump, fan; then the
+decision. Each step reads and writes one :class:`_Ctx` and can be tested on its own.
 """
 
-SAFETY_INPUTS = ("pin_dc_plus_c", "pin_dc_minus_c", "coolant_out_c", "coolant_flow_lpm")
-TEMP_RATE_INPUTS = ("pin_dc_plus_c", "pin_dc_minus_c", "coolant_out_c")
-SENSOR = {
-    "pin_dc_plus_c": "pin_dc_plus",
-    "pin_dc_minus_c": "pin_dc_minus",
-    "coolant_out_c": "coolant_out",
-    "coolant_flow_lpm": "coolant_flow",
-    "module_temp_c": "module_temp",
-    "ambient_c": "ambient",
-}
-LABELS = {
-    "pin_dc_plus_c": "cable DC+ pin",
-    "pin_dc_minus_c": "cable DC- pin",
-    "coolant_out_c": "coolant outlet",
-    "coolant_flow_lpm": "coolant flow",
-    "module_temp_c": "power module",
-    "ambient_c": "cabinet ambient",
-}
-GRID_INPUTS = ("grid_l1_a", "grid_l2_a", "grid_l3_a")
+try:
+    from . import inputs
+except ImportError:  # imported by path as the plain module "core" (safety MCU, tests/vectors/runner.py)
+    import inputs  # type: ignore[import-not-found,no-redef]
+
+SAFETY_INPUTS = inputs.names_where("required", inputs.ALWAYS)
+TEMP_RATE_INPUTS = inputs.names_where("rate_check", True)
+GRID_INPUTS = inputs.names_where("source", "grid")
+# inputs whose heat the fan removes: name -> the limits section whose derating start turns the fan to full
+FAN_INPUTS = (("module_temp_c", "module_temperature"), ("ambient_c", "ambient_temperature"))
+DOCS = inputs.DOCS
+fault_doc = inputs.fault_doc
 PUMP_COOLDOWN_S = 60.0  # keep coolant moving after a session so the pins cool down
 EPS_S = 1e-6  # timers: 1.4 - 1.0 is 0.3999999999999999 in binary floating point
-
-# Fault name (or its family prefix) -> section of docs/SAFETY.md. Every fault the core can raise is here;
-# the vector test checks that each one is exercised.
-DOCS = "docs/SAFETY.md#"
-FAULT_DOCS = {
-    "pin_over_temperature": "pin_over_temperature",
-    "coolant_over_temperature": "coolant_over_temperature",
-    "module_over_temperature": "module_over_temperature",
-    "ambient_over_temperature": "ambient_over_temperature",
-    "coolant_flow_low": "coolant_flow_low",
-    "coolant_leak": "coolant_leak",
-    "over_current": "over_current",
-    "over_voltage": "over_voltage",
-    "grid_meter_lost": "grid_meter_lost",
-    "pins_disagree": "pins_disagree",
-    "_missing": "sensor_missing",  # suffix families: pin_dc_plus_missing, ...
-    "_stale": "sensor_stale",
-    "_invalid": "sensor_invalid",
-    "_implausible": "sensor_implausible",
-    "module_lost_": "module_lost",  # prefix family: module_lost_2
-    "module_alarm_": "module_alarm",
-    "all_modules_lost": "all_modules_lost",
-    "no_module_available": "all_modules_lost",
-}
-
-
-def fault_doc(name: str) -> str:
-    """docs/SAFETY.md section of a fault name (``pin_dc_plus_stale`` -> ``...#sensor_stale``)."""
-    if name in FAULT_DOCS:
-        return DOCS + FAULT_DOCS[name]
-    for key in sorted(FAULT_DOCS):
-        if (key.startswith("_") and name.endswith(key)) or (key.endswith("_") and name.startswith(key)):
-            return DOCS + FAULT_DOCS[key]
-    return DOCS + "faults"
 
 
 def fmt_num(x: float, digits: int = 1) -> str:
@@ -139,15 +109,35 @@ class _Ctx:
         self.state = state
         self.t = snapshot["t"]
         self.hw_max = config["max_output_current_a"]
-        self.stale_s = config["sensor_stale_ms"] / 1000.0
-        self.slow_stale_s = config["slow_input_stale_ms"] / 1000.0
+        # how old a sample of each stale class (inputs.py) may be, ms
+        self.max_age_ms = {
+            "fast": config["sensor_stale_ms"],
+            "slow": config["slow_input_stale_ms"],
+            "grid": config["grid"]["meter_loss_ms"],
+        }
         self.inputs = snapshot.get("inputs") or {}
+        request = snapshot.get("request_a")
+        self.request = 0.0 if request is None or request != request else max(0.0, request)
+        self.stop = bool(snapshot.get("stop", False))
         self.limits = []  # type: list  # [amps, rule, reason]
         self.faults = {}  # type: dict  # active now: name -> detail
         self.trips = {}  # type: dict  # name -> [detail, latch]
         self.blockers = {}  # type: dict  # latched fault name -> why it cannot be cleared now
         self.vals = {}  # type: dict  # fresh values of the safety inputs
         self.sensor_fault = False  # a required safety input is missing/stale/invalid
+        self.external_stop = False  # a fault raised outside the core stops the output
+        # filled by the steps after the rules
+        self.target = 0.0
+        self.rule = ""
+        self.reason = ""
+        self.tripped = False
+        self.applied = 0.0
+        self.cleared = []  # type: list
+        self.refused = []  # type: list
+        self.contactor = False
+        self.enable = False
+        self.pump = False
+        self.fan = 0.0
 
     def limit(self, amps: float, rule: str, reason: str) -> None:
         if amps != amps:  # NaN never means "no limit"
@@ -162,6 +152,20 @@ class _Ctx:
         if name not in self.blockers:
             self.blockers[name] = why
 
+    def max_age_s(self, name: str) -> float:
+        return self.max_age_ms[inputs.entry(name)["stale"]] / 1000.0
+
+    def required(self, name: str) -> bool:
+        """True when a loss of ``name`` must stop the output (table ``required``, snapshot ``*_configured``)."""
+        e = inputs.entry(name)
+        if e["required"] == inputs.CONFIGURED:
+            return bool(self.snap.get(e["source"] + "_configured"))
+        return e["required"] == inputs.ALWAYS
+
+    def value(self, name: str) -> float | None:
+        """Value of an input within the max age of its stale class, or None (see :meth:`fresh`)."""
+        return self.fresh(name, self.max_age_s(name))
+
     def fresh(self, name: str, max_age_s: float) -> float | None:
         """Value of an input, or None when missing, stale, invalid or not a number."""
         entry = self.inputs.get(name)
@@ -172,15 +176,22 @@ class _Ctx:
             return None
         return value
 
-    def why_not(self, name: str, max_age_s: float) -> str:
+    def why_not(self, name: str) -> str:
+        """``missing``, ``stale`` or ``invalid``: why :meth:`value` gave None."""
         entry = self.inputs.get(name)
         if entry is None:
             return "missing"
         if entry[2] == "invalid" or entry[0] is None or entry[0] != entry[0]:
             return "invalid"
-        if entry[2] == "stale" or self.t - entry[1] > max_age_s:
+        if entry[2] == "stale" or self.t - entry[1] > self.max_age_s(name):
             return "stale"
         return "invalid"
+
+    def input_lost(self, name: str, why: str, detail: str) -> None:
+        """A required input is not valid: 0 A and contactor open now, fault ``<sensor>_<why>`` (not latched)."""
+        self.faults[inputs.sensor(name) + "_" + why] = detail
+        self.limit(0.0, "sensor", detail)
+        self.sensor_fault = True
 
 
 def _derate(value: float, start: float, end: float, full_a: float) -> float:
@@ -239,91 +250,97 @@ def _rule_modules(c: _Ctx) -> None:
 
 def _rule_sensors(c: _Ctx) -> None:
     for name in SAFETY_INPUTS:
-        v = c.fresh(name, c.stale_s)
+        v = c.value(name)
         if v is None:
-            why = c.why_not(name, c.stale_s)
-            entry = c.inputs.get(name)
-            if entry is None:
-                detail = "%s missing: no reading received" % LABELS[name]
-            elif why == "stale":
-                detail = "%s stale: no valid value for %s ms (max %d ms)" % (
-                    LABELS[name],
-                    fmt_num((c.t - entry[1]) * 1000.0, 0),
-                    c.cfg["sensor_stale_ms"],
-                )
-            else:
-                detail = "%s invalid: sensor reports a fault or an out-of-range value" % LABELS[name]
-            c.faults[SENSOR[name] + "_" + why] = detail
-            c.limit(0.0, "sensor", detail)
-            c.sensor_fault = True
+            why = c.why_not(name)
+            c.input_lost(name, why, _loss_detail(c, name, why))
         else:
             c.vals[name] = v
 
 
-def _rule_plausibility(c: _Ctx) -> None:
-    plaus = c.cfg["plausibility"]
-    last = c.state["last"]
+def _loss_detail(c: _Ctx, name: str, why: str) -> str:
+    label = inputs.label(name)
+    if why == "missing":
+        return "%s missing: no reading received" % label
+    if why == "stale":
+        return "%s stale: no valid value for %s ms (max %d ms)" % (
+            label,
+            fmt_num((c.t - c.inputs[name][1]) * 1000.0, 0),
+            c.max_age_ms[inputs.entry(name)["stale"]],
+        )
+    return "%s invalid: sensor reports a fault or an out-of-range value" % label
+
+
+def _rule_rate_of_change(c: _Ctx) -> None:
     for name in TEMP_RATE_INPUTS:
-        fault = SENSOR[name] + "_implausible"
-        if name not in c.vals:
-            c.block(fault, LABELS[name] + " not valid: cannot confirm the sensor is sane")
-            continue
-        t_rx = c.inputs[name][1]
-        prev = last.get(name)
-        if prev is not None and t_rx > prev[1]:
-            dt = t_rx - prev[1]
-            step = abs(c.vals[name] - prev[0])
-            # the allowance absorbs quantisation and frames that arrive bunched together
-            if step > plaus["max_rate_c_per_s"] * dt + plaus["step_allowance_c"]:
-                c.trip(
-                    fault,
-                    "%s jumped %s °C in %s ms (max %s °C/s + %s °C)"
-                    % (
-                        LABELS[name],
-                        fmt_num(step),
-                        fmt_num(dt * 1000.0, 0),
-                        fmt_num(plaus["max_rate_c_per_s"]),
-                        fmt_num(plaus["step_allowance_c"]),
-                    ),
-                    plaus["latch"],
-                )
-        if prev is None or t_rx > prev[1]:
-            last[name] = [c.vals[name], t_rx]
-    if "pin_dc_plus_c" in c.vals and "pin_dc_minus_c" in c.vals:
-        diff = abs(c.vals["pin_dc_plus_c"] - c.vals["pin_dc_minus_c"])
-        if diff > plaus["pin_disagree_c"]:
-            c.trip(
-                "pins_disagree",
-                "DC+ %s °C and DC- %s °C pins differ by %s °C (max %s °C)"
-                % (
-                    fmt_num(c.vals["pin_dc_plus_c"]),
-                    fmt_num(c.vals["pin_dc_minus_c"]),
-                    fmt_num(diff),
-                    fmt_num(plaus["pin_disagree_c"]),
-                ),
-                plaus["latch"],
-            )
-    else:
+        _rate_check(c, name)
+
+
+def _rate_check(c: _Ctx, name: str) -> None:
+    """Trip ``<sensor>_implausible`` when a temperature moved faster than physics allows."""
+    fault = inputs.sensor(name) + "_implausible"
+    if name not in c.vals:
+        c.block(fault, inputs.label(name) + " not valid: cannot confirm the sensor is sane")
+        return
+    last = c.state["last"]
+    t_rx = c.inputs[name][1]
+    prev = last.get(name)
+    if prev is not None and t_rx > prev[1]:
+        _rate_trip(c, name, fault, abs(c.vals[name] - prev[0]), t_rx - prev[1])
+    if prev is None or t_rx > prev[1]:
+        last[name] = [c.vals[name], t_rx]
+
+
+def _rate_trip(c: _Ctx, name: str, fault: str, step: float, dt: float) -> None:
+    plaus = c.cfg["plausibility"]
+    # the allowance absorbs quantisation and frames that arrive bunched together
+    if step > plaus["max_rate_c_per_s"] * dt + plaus["step_allowance_c"]:
+        c.trip(
+            fault,
+            "%s jumped %s °C in %s ms (max %s °C/s + %s °C)"
+            % (
+                inputs.label(name),
+                fmt_num(step),
+                fmt_num(dt * 1000.0, 0),
+                fmt_num(plaus["max_rate_c_per_s"]),
+                fmt_num(plaus["step_allowance_c"]),
+            ),
+            plaus["latch"],
+        )
+
+
+def _rule_pins_disagree(c: _Ctx) -> None:
+    plaus = c.cfg["plausibility"]
+    if "pin_dc_plus_c" not in c.vals or "pin_dc_minus_c" not in c.vals:
         c.block("pins_disagree", "a pin sensor is not valid: cannot compare DC+ and DC-")
+        return
+    plus, minus = c.vals["pin_dc_plus_c"], c.vals["pin_dc_minus_c"]
+    diff = abs(plus - minus)
+    if diff > plaus["pin_disagree_c"]:
+        c.trip(
+            "pins_disagree",
+            "DC+ %s °C and DC- %s °C pins differ by %s °C (max %s °C)"
+            % (fmt_num(plus), fmt_num(minus), fmt_num(diff), fmt_num(plaus["pin_disagree_c"])),
+            plaus["latch"],
+        )
 
 
 def _temperature(c: _Ctx, value: float | None, rule: dict, name: str, fault: str) -> None:
     """Linear derating and trip of one temperature; ``value`` None = not valid (cannot clear)."""
+    label = inputs.label(name)
     if value is None:
-        c.block(fault, LABELS[name] + " not valid: cannot confirm it is below trip")
+        c.block(fault, label + " not valid: cannot confirm it is below trip")
         return
     v = value
     c.limit(
         _derate(v, rule["derate_start_c"], rule["derate_end_c"], c.hw_max),
         name,
         "%s %s °C (derating %s-%s °C)"
-        % (LABELS[name], fmt_num(v), fmt_num(rule["derate_start_c"], 0), fmt_num(rule["derate_end_c"], 0)),
+        % (label, fmt_num(v), fmt_num(rule["derate_start_c"], 0), fmt_num(rule["derate_end_c"], 0)),
     )
     if v > rule["trip_c"]:
         if fault not in c.trips:  # the first (hotter, see callers) pin names the trip
-            c.trip(
-                fault, "%s %s °C above trip %s °C" % (LABELS[name], fmt_num(v), fmt_num(rule["trip_c"])), rule["latch"]
-            )
+            c.trip(fault, "%s %s °C above trip %s °C" % (label, fmt_num(v), fmt_num(rule["trip_c"])), rule["latch"])
 
 
 def _rule_pins(c: _Ctx) -> None:
@@ -340,29 +357,26 @@ def _rule_coolant_temperature(c: _Ctx) -> None:
     )
 
 
-def _optional_temperature(c: _Ctx, name: str, rule: str, fault: str, required: bool) -> None:
-    if name not in c.inputs and not required:
-        c.block(fault, LABELS[name] + " temperature not reported: cannot confirm it is below trip")
+def _slow_temperature(c: _Ctx, name: str, rule: str, fault: str) -> None:
+    """A temperature on the slow stale class: required per the table, else its rule acts while it reports."""
+    if name not in c.inputs and not c.required(name):
+        c.block(fault, inputs.label(name) + " temperature not reported: cannot confirm it is below trip")
         return
-    v = c.fresh(name, c.slow_stale_s)
+    v = c.value(name)
     if v is None:
-        why = c.why_not(name, c.slow_stale_s)
-        detail = "%s temperature %s (max age %d ms)" % (LABELS[name], why, c.cfg["slow_input_stale_ms"])
-        c.faults[SENSOR[name] + "_" + why] = detail
-        c.limit(0.0, "sensor", detail)
-        c.sensor_fault = True
+        why = c.why_not(name)
+        detail = "%s temperature %s (max age %d ms)" % (inputs.label(name), why, c.cfg["slow_input_stale_ms"])
+        c.input_lost(name, why, detail)
     _temperature(c, v, c.cfg[rule], name, fault)
 
 
 def _rule_module_temperature(c: _Ctx) -> None:
     # present while at least one module answers; with none available the module rule stops the output
-    _optional_temperature(c, "module_temp_c", "module_temperature", "module_over_temperature", False)
+    _slow_temperature(c, "module_temp_c", "module_temperature", "module_over_temperature")
 
 
 def _rule_ambient(c: _Ctx) -> None:
-    _optional_temperature(
-        c, "ambient_c", "ambient_temperature", "ambient_over_temperature", bool(c.snap.get("ambient_configured"))
-    )
+    _slow_temperature(c, "ambient_c", "ambient_temperature", "ambient_over_temperature")
 
 
 def _rule_flow(c: _Ctx) -> None:
@@ -400,7 +414,7 @@ def _rule_flow(c: _Ctx) -> None:
 def _rule_leak(c: _Ctx) -> None:
     if "coolant_leak" not in c.inputs:
         return  # optional sensor; a latched leak can then be cleared only with the sensor reporting
-    leak = c.fresh("coolant_leak", c.stale_s)
+    leak = c.value("coolant_leak")
     if leak is None:
         c.block("coolant_leak", "leak sensor not valid: cannot confirm the leak is gone")
     elif leak >= 0.5:
@@ -412,7 +426,7 @@ def _rule_leak(c: _Ctx) -> None:
 def _rule_over_current(c: _Ctx) -> None:
     oc = c.cfg["over_current"]
     state = c.state
-    out_a = c.fresh("output_a", c.slow_stale_s)
+    out_a = c.value("output_a")
     # reference: the limit commanded last time, or the one before a recent reduction while the current
     # still decays towards the new set-point (a legitimate reduction must not look like an over-current)
     ref = state["applied_a"]
@@ -437,7 +451,7 @@ def _rule_over_current(c: _Ctx) -> None:
 
 def _rule_over_voltage(c: _Ctx) -> None:
     ov = c.cfg["over_voltage"]
-    out_v = c.fresh("output_v", c.slow_stale_s)
+    out_v = c.value("output_v")
     max_v = min(ov["max_v"], c.cfg["max_output_voltage_v"])
     volts = out_v if out_v is not None else 0.0
     over = out_v is not None and volts > max_v
@@ -451,69 +465,93 @@ def _rule_over_voltage(c: _Ctx) -> None:
         c.block("over_voltage", "output %s V still above %s V" % (fmt_num(volts), fmt_num(max_v)))
 
 
-def _rule_grid(c: _Ctx) -> None:
-    if not c.snap.get("grid_configured"):
-        return
-    rule = c.cfg["grid"]
-    state = c.state
-    loss_s = rule["meter_loss_ms"] / 1000.0
+def _grid_phases(c: _Ctx) -> list | None:
+    """``[[L1, L2, L3] A, t]`` from the grid meter, t the oldest receive time; None unless all three are good."""
     phases = []  # type: list
     t_rx = None
     for name in GRID_INPUTS:
-        v = c.fresh(name, loss_s)
+        v = c.value(name)
         if v is None or v < 0.0:
-            phases = []
-            break
+            return None
         phases.append(v)
         t_new = c.inputs[name][1]
         t_rx = t_new if t_rx is None or t_new < t_rx else t_rx
-    out_v = c.fresh("output_v", c.slow_stale_s)
-    out_a = c.fresh("output_a", c.slow_stale_s)
+    return [phases, t_rx]
+
+
+def _dc_a_per_ac_a(c: _Ctx, rule: dict) -> float:
+    """DC A at the output per AC A on each phase; the higher DC voltage gives the smaller (safer) figure."""
+    out_v = c.value("output_v")
     volts = max(c.snap.get("voltage_v", 0.0), out_v if out_v is not None else 0.0, 50.0)
-    # AC A per phase -> DC A at the output; the higher DC voltage gives the smaller (safer) figure
-    per_phase_to_dc = 3.0 * rule["phase_voltage_v"] * rule["efficiency"] / volts
-    if phases:
-        state["grid_ok_t"] = t_rx
-        worst = phases[0]
-        worst_i = 1
-        for i in (1, 2):
-            if phases[i] > worst:
-                worst, worst_i = phases[i], i + 1
-        headroom = rule["fuse_a"] - rule["margin_a"] - worst
-        # our own share of the metered current, which we may keep. The meter and the modules are read
-        # at different times: take the output power the meter saw, i.e. the smaller of the two output
-        # samples around the meter reading (the smallest in history when none is older), so a meter
-        # reading from before an increase cannot make room for that increase a second time.
-        hist = [h for h in state["charger_w"] if c.t - h[0] <= rule["settle_ms"] / 1000.0]
-        if out_v is not None and out_a is not None:
-            t_out = c.inputs["output_a"][1]
-            if not hist or hist[-1][0] < t_out:
-                hist.append([t_out, max(0.0, out_v * out_a)])
-        state["charger_w"] = hist
-        around = []  # type: list
-        for i in range(len(hist)):
-            if hist[i][0] <= t_rx and (i + 1 == len(hist) or hist[i + 1][0] > t_rx):
-                around = hist[i : i + 2]
-        pick = around or hist
-        charger_w = min([h[1] for h in pick]) if pick else 0.0
-        charger_ac = charger_w / rule["efficiency"] / (3.0 * rule["phase_voltage_v"])
-        allowed_ac = max(0.0, charger_ac + headroom)
-        state["grid_limit_a"] = allowed_ac * per_phase_to_dc
-        c.limit(
-            state["grid_limit_a"],
-            "grid",
-            "site fuse: L%d at %s A of %s A (margin %s A)"
-            % (worst_i, fmt_num(worst, 0), fmt_num(rule["fuse_a"], 0), fmt_num(rule["margin_a"], 0)),
-        )
-        return
+    return 3.0 * rule["phase_voltage_v"] * rule["efficiency"] / volts
+
+
+def _worst_phase(phases: list) -> list:
+    """``[amps, phase number 1..3]`` of the most loaded phase (the first of equals)."""
+    worst, worst_i = phases[0], 1
+    for i in (1, 2):
+        if phases[i] > worst:
+            worst, worst_i = phases[i], i + 1
+    return [worst, worst_i]
+
+
+def _samples_around(hist: list, t_rx: float) -> list:
+    """The output samples just before and after ``t_rx`` (empty when none is older)."""
+    around = []  # type: list
+    for i in range(len(hist)):
+        if hist[i][0] <= t_rx and (i + 1 == len(hist) or hist[i + 1][0] > t_rx):
+            around = hist[i : i + 2]
+    return around
+
+
+def _charger_w(c: _Ctx, rule: dict, t_rx: float) -> float:
+    """Our own output power as the meter saw it at ``t_rx`` (W).
+
+    The meter and the modules are read at different times: take the smaller of the two output samples
+    around the meter reading (the smallest in history when none is older), so a meter reading from before
+    an increase cannot make room for that increase a second time."""
+    state = c.state
+    hist = [h for h in state["charger_w"] if c.t - h[0] <= rule["settle_ms"] / 1000.0]
+    out_v = c.value("output_v")
+    out_a = c.value("output_a")
+    if out_v is not None and out_a is not None:
+        t_out = c.inputs["output_a"][1]
+        if not hist or hist[-1][0] < t_out:
+            hist.append([t_out, max(0.0, out_v * out_a)])
+    state["charger_w"] = hist
+    pick = _samples_around(hist, t_rx) or hist
+    return min([h[1] for h in pick]) if pick else 0.0
+
+
+def _grid_from_meter(c: _Ctx, rule: dict, meter: list, dc_per_ac: float) -> None:
+    phases, t_rx = meter[0], meter[1]
+    state = c.state
+    state["grid_ok_t"] = t_rx
+    worst, worst_i = _worst_phase(phases)
+    headroom = rule["fuse_a"] - rule["margin_a"] - worst
+    # our own share of the metered current, which we may keep
+    charger_ac = _charger_w(c, rule, t_rx) / rule["efficiency"] / (3.0 * rule["phase_voltage_v"])
+    allowed_ac = max(0.0, charger_ac + headroom)
+    state["grid_limit_a"] = allowed_ac * dc_per_ac
+    c.limit(
+        state["grid_limit_a"],
+        "grid",
+        "site fuse: L%d at %s A of %s A (margin %s A)"
+        % (worst_i, fmt_num(worst, 0), fmt_num(rule["fuse_a"], 0), fmt_num(rule["margin_a"], 0)),
+    )
+
+
+def _grid_without_meter(c: _Ctx, rule: dict, dc_per_ac: float) -> None:
+    """The last grid limit holds for ``meter_loss_ms``; then the fallback and ``grid_meter_lost``."""
+    state = c.state
     ok_t = state["grid_ok_t"]
-    if ok_t is None or c.t - ok_t >= loss_s:
+    if ok_t is None or c.t - ok_t >= rule["meter_loss_ms"] / 1000.0:
         c.faults["grid_meter_lost"] = "grid meter: no good reading for %s ms (max %d ms)" % (
             "-" if ok_t is None else fmt_num((c.t - ok_t) * 1000.0, 0),
             rule["meter_loss_ms"],
         )
         c.limit(
-            rule["fallback_ac_a"] * per_phase_to_dc,
+            rule["fallback_ac_a"] * dc_per_ac,
             "grid_fallback",
             "grid meter lost: fallback %s A per phase" % fmt_num(rule["fallback_ac_a"], 0),
         )
@@ -525,10 +563,39 @@ def _rule_grid(c: _Ctx) -> None:
         )
 
 
+def _rule_grid(c: _Ctx) -> None:
+    if not c.snap.get("grid_configured"):
+        return
+    rule = c.cfg["grid"]
+    dc_per_ac = _dc_a_per_ac_a(c, rule)
+    meter = _grid_phases(c)
+    if meter is not None:
+        _grid_from_meter(c, rule, meter, dc_per_ac)
+    else:
+        _grid_without_meter(c, rule, dc_per_ac)
+
+
+def _rule_external_faults(c: _Ctx) -> None:
+    """Faults raised outside the core (``snapshot["external_faults"]``) join the one fault list.
+
+    Never latched: each is present while its part reports it. ``stops_output`` -> 0 A, contactor open."""
+    items = {}  # type: dict
+    for item in c.snap.get("external_faults") or []:
+        items[item[0]] = item
+    for name in sorted(items):
+        detail, stops = items[name][1], items[name][2]
+        if name not in c.faults:  # a fault of the core's own keeps its detail
+            c.faults[name] = detail
+        if stops:
+            c.limit(0.0, "external_fault", detail)
+            c.external_stop = True
+
+
 RULES = (
     _rule_modules,
     _rule_sensors,
-    _rule_plausibility,
+    _rule_rate_of_change,
+    _rule_pins_disagree,
     _rule_pins,
     _rule_coolant_temperature,
     _rule_module_temperature,
@@ -538,113 +605,171 @@ RULES = (
     _rule_over_current,
     _rule_over_voltage,
     _rule_grid,
+    _rule_external_faults,
 )
 
 
-def evaluate(snapshot: dict, config: dict, previous_state: dict | None) -> tuple:
-    state = _copy_state(previous_state if previous_state is not None else initial_state())
-    c = _Ctx(snapshot, config, state)
-    t = c.t
+# -- the steps after the rules -----------------------------------------------------------------------------
 
-    request = snapshot.get("request_a")
-    request = 0.0 if request is None or request != request else max(0.0, request)
+
+def _base_limits(c: _Ctx) -> None:
+    """Hardware rating, the vehicle's request and the operator's limit: limits like any rule's."""
     c.limit(c.hw_max, "hardware", "hardware limit %s A" % fmt_num(c.hw_max, 0))
-    c.limit(request, "request", "vehicle request %s A" % fmt_num(request, 0))
-    ext = snapshot.get("external_limit_a")
+    c.limit(c.request, "request", "vehicle request %s A" % fmt_num(c.request, 0))
+    ext = c.snap.get("external_limit_a")
     if ext is not None:
         c.limit(max(0.0, ext), "external", "external limit %s A (CLI/cloud)" % fmt_num(ext, 0))
-    for check in RULES:
-        check(c)
 
-    # -- latches and clears -------------------------------------------------------------------------
-    latched = state["latched"]
-    for name in sorted(c.trips):
-        detail, latch = c.trips[name]
-        c.faults[name] = detail
-        if latch and name not in latched:
-            latched[name] = detail
-    cleared, refused = [], []
-    for name in snapshot.get("clear") or []:
-        if name not in latched:
-            refused.append([name, "not latched"])
-        elif name in c.blockers:
-            refused.append([name, c.blockers[name]])
-        else:
-            del latched[name]
-            cleared.append(name)
-    for name in latched:
-        if name not in c.faults:
-            c.faults[name] = latched[name] + " (latched)"
 
-    # -- combine: the lowest limit wins; a trip or a stop means 0 A -----------------------------------
-    tripped = len(latched) > 0 or len(c.trips) > 0
-    stop = bool(snapshot.get("stop", False))
+def _apply_rules(c: _Ctx) -> None:
+    for rule in RULES:
+        rule(c)
+
+
+def _lowest_limit(c: _Ctx) -> None:
+    """The lowest limit wins (the first of equal ones names the rule), never above the hardware."""
     best = c.limits[0]
     for item in c.limits:
         if item[0] < best[0]:
             best = item
-    target = max(0.0, min(best[0], c.hw_max))
-    rule_name, reason = best[1], best[2]
-    if tripped:
-        names = sorted(list(latched.keys()) + [n for n in c.trips if n not in latched])
-        target, rule_name = 0.0, "trip"
-        reason = "tripped: %s: %s" % (names[0], c.faults[names[0]])
-        if len(names) > 1:
-            reason += " (+%d more)" % (len(names) - 1)
-    elif stop:
-        target, rule_name, reason = 0.0, "stop", "stopped by operator"
+    c.target = max(0.0, min(best[0], c.hw_max))
+    c.rule, c.reason = best[1], best[2]
 
-    applied = _ramp(state, target, t, config)
-    if applied < target:
-        if t - state["t_reduced"] < config["raise_hold_ms"] / 1000.0 - EPS_S:
-            reason += "; held %s s after a reduction" % fmt_num(config["raise_hold_ms"] / 1000.0)
+
+def _latch_trips(c: _Ctx) -> None:
+    """Every trip is a fault now; a latching one is kept in the state until cleared."""
+    latched = c.state["latched"]
+    for name in sorted(c.trips):
+        detail, latch = c.trips[name][0], c.trips[name][1]
+        c.faults[name] = detail
+        if latch and name not in latched:
+            latched[name] = detail
+
+
+def _answer_clears(c: _Ctx) -> None:
+    """A clear is granted only for a latched fault whose condition is verifiably gone."""
+    latched = c.state["latched"]
+    for name in c.snap.get("clear") or []:
+        if name not in latched:
+            c.refused.append([name, "not latched"])
+        elif name in c.blockers:
+            c.refused.append([name, c.blockers[name]])
         else:
-            reason += "; rising %s A/s" % fmt_num(config["ramp_up_a_per_s"], 0)
+            del latched[name]
+            c.cleared.append(name)
 
-    # contactor: closed for a session that may run (even at 0 A while derated), open on any trip, stop,
-    # lost safety input or missing modules; modules enabled only with a current above 0
-    modules_ok = snapshot.get("modules_available", 0) > 0
-    contactor = request > 0 and not tripped and not stop and not c.sensor_fault and modules_ok
-    enable = contactor and applied > 0.0
 
-    # pump: whenever current is wanted or flowing, and for a cool-down after; never with a leak
-    wants = request > 0 and not tripped and not stop
-    if wants or enable:
-        state["pump_until"] = t + PUMP_COOLDOWN_S
-    leak = "coolant_leak" in latched or "coolant_leak" in c.trips
-    pump = (wants or enable or t < state["pump_until"]) and not leak
-    if pump and state["pump_since"] is None:
-        state["pump_since"] = t
-    elif not pump:
+def _list_latched(c: _Ctx) -> None:
+    """A latched fault whose condition is gone stays in the fault list, marked as latched."""
+    latched = c.state["latched"]
+    for name in latched:
+        if name not in c.faults:
+            c.faults[name] = latched[name] + " (latched)"
+
+
+def _trip_or_stop(c: _Ctx) -> None:
+    """A trip (latched or now) or an operator stop means 0 A, whatever the rules allow."""
+    latched = c.state["latched"]
+    c.tripped = len(latched) > 0 or len(c.trips) > 0
+    if c.tripped:
+        names = sorted(list(latched.keys()) + [n for n in c.trips if n not in latched])
+        c.target, c.rule = 0.0, "trip"
+        c.reason = "tripped: %s: %s" % (names[0], c.faults[names[0]])
+        if len(names) > 1:
+            c.reason += " (+%d more)" % (len(names) - 1)
+    elif c.stop:
+        c.target, c.rule, c.reason = 0.0, "stop", "stopped by operator"
+
+
+def _ramp_limit(c: _Ctx) -> None:
+    """Reductions at once, increases after the hold and at the ramp rate (:func:`_ramp`); the reason says so."""
+    cfg = c.cfg
+    c.applied = _ramp(c.state, c.target, c.t, cfg)
+    if c.applied < c.target:
+        if c.t - c.state["t_reduced"] < cfg["raise_hold_ms"] / 1000.0 - EPS_S:
+            c.reason += "; held %s s after a reduction" % fmt_num(cfg["raise_hold_ms"] / 1000.0)
+        else:
+            c.reason += "; rising %s A/s" % fmt_num(cfg["ramp_up_a_per_s"], 0)
+
+
+def _contactor(c: _Ctx) -> None:
+    """Closed for a session that may run (even at 0 A while derated); open on any trip, stop, lost safety
+    input, stopping external fault or missing modules. Modules enabled only with a current above 0."""
+    modules_ok = c.snap.get("modules_available", 0) > 0
+    blocked = c.tripped or c.stop or c.sensor_fault or c.external_stop
+    c.contactor = c.request > 0 and not blocked and modules_ok
+    c.enable = c.contactor and c.applied > 0.0
+
+
+def _pump(c: _Ctx) -> None:
+    """On whenever current is wanted or flowing, and for a cool-down after; never with a leak."""
+    state = c.state
+    wants = c.request > 0 and not c.tripped and not c.stop
+    if wants or c.enable:
+        state["pump_until"] = c.t + PUMP_COOLDOWN_S
+    leak = "coolant_leak" in state["latched"] or "coolant_leak" in c.trips
+    c.pump = c.t < state["pump_until"] and not leak
+    if not c.pump:
         state["pump_since"] = None
-    hot = False
-    for name, rule in (("module_temp_c", "module_temperature"), ("ambient_c", "ambient_temperature")):
-        v = c.fresh(name, c.slow_stale_s)
-        if v is not None and v > config[rule]["derate_start_c"]:
-            hot = True
-    fan = 1.0 if (enable or hot) else (0.3 if pump else 0.0)
+    elif state["pump_since"] is None:
+        state["pump_since"] = c.t  # the flow trip counts from here
 
-    state["t_prev"] = t
+
+def _fan(c: _Ctx) -> None:
+    """Full with the output on or a module / the ambient above its derating start; 30 % with the pump only."""
+    hot = False
+    for name, rule in FAN_INPUTS:
+        v = c.value(name)
+        if v is not None and v > c.cfg[rule]["derate_start_c"]:
+            hot = True
+    c.fan = 1.0 if (c.enable or hot) else (0.3 if c.pump else 0.0)
+
+
+STEPS = (
+    _base_limits,
+    _apply_rules,
+    _lowest_limit,
+    _latch_trips,
+    _answer_clears,
+    _list_latched,
+    _trip_or_stop,
+    _ramp_limit,
+    _contactor,
+    _pump,
+    _fan,
+)
+
+
+def _decision(c: _Ctx) -> dict:
     docs = {}
     for name in c.faults:
         docs[name] = fault_doc(name)
-    decision = {
-        "limit_a": applied,
-        "target_a": target,
-        "enable": enable,
-        "contactor": contactor,
-        "pump": pump,
-        "fan": fan,
+    return {
+        "limit_a": c.applied,
+        "target_a": c.target,
+        "enable": c.enable,
+        "contactor": c.contactor,
+        "pump": c.pump,
+        "fan": c.fan,
         "faults": sorted(c.faults.keys()),
         "fault_details": c.faults,
         "fault_docs": docs,
-        "latched": sorted(latched.keys()),
-        "rule": rule_name,
-        "reason": reason,
-        "cleared": cleared,
-        "clear_refused": refused,
+        "latched": sorted(c.state["latched"].keys()),
+        "rule": c.rule,
+        "reason": c.reason,
+        "cleared": c.cleared,
+        "clear_refused": c.refused,
     }
-    return decision, state
+
+
+def evaluate(snapshot: dict, config: dict, previous_state: dict | None) -> tuple:
+    """One evaluation: the steps of :data:`STEPS` in order on a copy of ``previous_state``."""
+    state = _copy_state(previous_state if previous_state is not None else initial_state())
+    c = _Ctx(snapshot, config, state)
+    for step in STEPS:
+        step(c)
+    state["t_prev"] = c.t
+    return _decision(c), state
 
 
 def _ramp(state: dict, target: float, t: float, config: dict) -> float:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from edge.limits import inputs as table
+
 # OCPP measurands a meter signal name may start with (longest match wins).
 METER_MEASURANDS: tuple[str, ...] = (
     "Current.Export",
@@ -32,12 +34,17 @@ METER_MEASURANDS: tuple[str, ...] = (
 )
 PHASES = ("L1", "L2", "L3", "N")
 
-# Fixed suffixes of cable and module readings: suffix -> (measurand, location, point).
+# Where a sensor of the input table sits (its ``place``) -> OCPP location: the pins are in the outlet.
+OCPP_LOCATIONS = {"connector": "Outlet", "cable": "Cable"}
+
+# Fixed suffixes of cable and module readings: suffix -> (measurand, location, point). The cable's
+# temperatures come from the input table (edge/limits/inputs.py), their sensor family is the point.
 SUFFIXES: dict[str, tuple[str, str, str | None]] = {
-    "pin_dc_plus_c": ("Temperature", "Outlet", "pin_dc_plus"),
-    "pin_dc_minus_c": ("Temperature", "Outlet", "pin_dc_minus"),
-    "coolant_in_c": ("Temperature", "Cable", "coolant_in"),
-    "coolant_out_c": ("Temperature", "Cable", "coolant_out"),
+    **{
+        e["reading"]: ("Temperature", OCPP_LOCATIONS[e["place"]], e["sensor"])
+        for e in table.INPUTS
+        if e["source"] == "cable" and e["unit"] == "°C" and e["place"] in OCPP_LOCATIONS
+    },
     "temperature_c": ("Temperature", "Body", None),  # module.<n>.temperature_c
     "voltage_v": ("Voltage", "Body", None),  # module.<n>.voltage_v (DC output)
     "current_a": ("Current.Import", "Body", None),  # module.<n>.current_a (DC output, to the EV)
