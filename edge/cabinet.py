@@ -83,7 +83,7 @@ class Cabinet:
             rule=d.get("rule"),
             reason=d.get("reason"),
             enable=bool(d.get("enable", False)),
-            faults={**d.get("fault_details", {}), **self.faults.details()},
+            faults=dict(d.get("fault_details", {})),
             latched=tuple(d.get("latched", [])),
             outputs={
                 "contactor": self.outputs.contactor.value(),

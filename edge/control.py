@@ -81,8 +81,11 @@ class Controller:
         wdt: WDT,
         clock: Clock,
         on_event: EventSink,
+        external_faults: Callable[[], list[list[Any]]] = list,
     ) -> None:
         self.config = config
+        # faults detected outside the core (CAN bus off, telemetry store): [name, detail, stops_output]
+        self.external_faults = external_faults
         self.limits_cfg = config.limits.model_dump()
         self.state = state
         self.bank = bank
@@ -175,6 +178,7 @@ class Controller:
             grid_configured=self.state.inputs.grid_meter is not None,
             ambient_configured=self.state.inputs.ambient is not None,
             clear=self._clear_requests,
+            external_faults=self.external_faults(),
         )
         snap["inputs"].update(self.state.output_measurements(now))
         self._clear_requests = []

@@ -1,16 +1,19 @@
 """Faults that components outside the safety core detect (a CAN bus off, a failing telemetry store).
 
-Each is held here by name with its detail and whether it stops the output, raised and cleared with one
-event each, and handed to the controller, which passes them to the safety core as inputs: one fault list
-with one latch/clear policy (they clear by themselves when the condition is gone).
+Each is held here by name with its detail and whether it stops the output, and handed to the controller,
+which passes them to the safety core as inputs (snapshot ``external_faults``): one fault list, one
+latch/clear policy (they clear by themselves when the condition is gone), and the controller's one
+``fault_raised`` / ``fault_cleared`` event per change, as for every other fault.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+log = logging.getLogger("edge.faults")
 EventSink = Callable[[str, str, dict[str, Any]], None]
 
 
@@ -22,22 +25,17 @@ class ExternalFault:
 
 class ExternalFaults:
     def __init__(self, on_event: EventSink) -> None:
-        self.on_event = on_event
+        self.on_event = on_event  # for state changes that are not faults (e.g. a bus going error-passive)
         self.active: dict[str, ExternalFault] = {}
 
     def set(self, name: str, detail: str, stops_output: bool = False) -> None:
-        """Raise ``name`` (one event) or update its detail while it stays raised (no event)."""
-        new = name not in self.active
+        """Raise ``name``, or update its detail while it stays raised."""
         self.active[name] = ExternalFault(detail, stops_output)
-        if new:
-            self.on_event("fault_raised", name, {"detail": detail})
 
     def clear(self, name: str, reason: str = "") -> None:
-        if self.active.pop(name, None) is not None:
-            self.on_event("fault_cleared", name, {"reason": reason} if reason else {})
-
-    def details(self) -> dict[str, str]:
-        return {name: f.detail for name, f in self.active.items()}
+        """Gone (``reason`` goes to the journal; the fault_cleared event follows the next evaluation)."""
+        if self.active.pop(name, None) is not None and reason:
+            log.info("%s cleared: %s", name, reason)
 
     def core_input(self) -> list[list[Any]]:
         """The safety core's ``external_faults`` snapshot entry: [name, detail, stops_output] sorted by name."""

@@ -8,6 +8,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.readings import OK
+from edge.limits import inputs
+
+PINS = inputs.names_where("place", "connector")  # the connector's pin temperatures, DC+ first
+FLOW = inputs.names_where("sensor", "coolant_flow")[0]
 
 
 @dataclass(frozen=True)
@@ -137,13 +141,14 @@ class StatusView:
             f"M{a}:{m.voltage_v:.0f}V/{m.current_a:.0f}A" + ("(lost)" if m.lost else "")
             for a, m in self.modules.items()
         )
+        pins = "/".join(self._value(f"{cable}.{inputs.reading(n)}") for n in PINS)
+        flow = inputs.entry(FLOW)
+        flow_text = f"flow {self._value(f'{cable}.' + flow['reading'])} {flow['unit']}"
         parts = [
             f"grid {self._value(f'{grid}.Power.Active.Import', '{:.0f}')} W" if grid else "grid --",
             mods,
-            f"pins {self._value(f'{cable}.pin_dc_plus_c')}/{self._value(f'{cable}.pin_dc_minus_c')} °C"
-            if cable
-            else "",
-            f"flow {self._value(f'{cable}.coolant_flow_lpm')} l/min" if cable else "",
+            f"pins {pins} °C" if cable else "",
+            flow_text if cable else "",
             f"limit {self.limit_a:.0f} A <- {self.reason or 'starting'}",
             f"faults {','.join(sorted(self.faults)) or 'none'}",
             f"backlog {self.backlog}",
