@@ -16,6 +16,7 @@ import click
 from edge.api.protocol import EXIT_DOWN, EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from edge.cli_ops import OPS_COMMANDS
 from edge.config import Config, ConfigError, load_config, parse_config
+from edge.redaction import redact
 
 __all__ = ["EXIT_DOWN", "EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "main"]
 DEFAULT_CONFIG = "/etc/cabinet-edge/config.toml"
@@ -89,7 +90,7 @@ def config() -> None:
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="result as one JSON object: ok, problems, config")
 def config_check(file: str, as_json: bool) -> None:
-    """Validate FILE: print the effective config and exit 0, or every problem and exit 2."""
+    """Validate FILE: print the effective config (secrets <redacted>) and exit 0, or every problem and exit 2."""
     try:
         cfg = load_config(file)
     except ConfigError as exc:
@@ -98,12 +99,11 @@ def config_check(file: str, as_json: bool) -> None:
         click.echo(str(exc), err=True)
         click.echo(f"{file}: INVALID ({len(exc.problems)} problem(s)); see docs/CONFIG.md", err=True)
         sys.exit(EXIT_USAGE)
+    effective = redact(cfg.model_dump(mode="json"))  # never a secret on a terminal, in a ticket or a log
     if as_json:
-        click.echo(
-            json.dumps({"file": file, "ok": True, "problems": [], "config": cfg.model_dump(mode="json")}, indent=2)
-        )
+        click.echo(json.dumps({"file": file, "ok": True, "problems": [], "config": effective}, indent=2))
     else:
-        click.echo(json.dumps(cfg.model_dump(mode="json"), indent=2))
+        click.echo(json.dumps(effective, indent=2))
     click.echo(f"{file}: OK", err=True)
 
 

@@ -1,8 +1,9 @@
 """The diagnostics bundle (`edge diag -o FILE.tar.gz`): what a manufacturer's engineer needs, no secrets.
 
 Guarantees:
-- every config value whose key names a secret (:data:`SECRET_WORDS`) is replaced by ``<redacted>``,
-  in the parsed config and, when the file does not parse, in its raw text;
+- every config value whose key names a secret (:func:`edge.redaction.is_secret_key`, the one rule) is
+  replaced by ``<redacted>``, in the parsed config and, when the file does not load, in its raw text
+  (:func:`edge.redaction.redact_toml_text`: TOML-aware, also when the text is not valid TOML);
 - files the config points at (TLS certificates and keys) are never read, only their paths are named;
 - the bundle is written even when the daemon is down (then it says so and carries what the CLI can
   see on its own: the config file, versions, the journal).
@@ -15,7 +16,6 @@ import io
 import json
 import os
 import platform
-import re
 import shutil
 import subprocess
 import sys
@@ -23,8 +23,9 @@ import tarfile
 import time
 from typing import Any
 
-SECRET_WORDS = ("password", "passwd", "secret", "token", "passphrase", "psk", "private")
-REDACTED = "<redacted>"
+from edge.redaction import REDACTED, SECRET_WORDS, is_secret_key, redact, redact_toml_text
+
+__all__ = ["REDACTED", "SECRET_WORDS", "is_secret_key", "redact", "redact_toml_text"]
 PACKAGES = (
     "cabinet-edge",
     "pymodbus",
@@ -37,32 +38,6 @@ PACKAGES = (
     "sdnotify",
 )
 JOURNAL_LINES = 500
-
-
-def is_secret_key(key: str) -> bool:
-    k = key.lower()
-    return any(w in k for w in SECRET_WORDS)
-
-
-def redact(obj: Any) -> Any:
-    """A copy of ``obj`` with the value of every secret-named key replaced (``None`` stays ``None``)."""
-    if isinstance(obj, dict):
-        return {k: (REDACTED if is_secret_key(str(k)) and v is not None else redact(v)) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [redact(v) for v in obj]
-    return obj
-
-
-_TOML_SECRET = re.compile(r"^(\s*([A-Za-z0-9_\-]+)\s*=\s*)(.*)$")
-
-
-def redact_toml_text(text: str) -> str:
-    """Line-wise redaction for a config that does not parse (best effort, errs towards hiding)."""
-    out = []
-    for line in text.splitlines():
-        m = _TOML_SECRET.match(line)
-        out.append(f'{m.group(1)}"{REDACTED}"' if m and is_secret_key(m.group(2)) else line)
-    return "\n".join(out) + "\n"
 
 
 def package_versions() -> dict[str, str | None]:

@@ -231,6 +231,7 @@ def can_lines(st: dict[str, Any]) -> list[str]:
         for key, label in (
             ("dropped", "dropped"),
             ("error_frames", "error frames"),
+            ("rx_errors", "malformed frames"),
             ("send_errors", "send errors"),
             ("bus_off", "bus-off"),
             ("reopens", "reopens"),

@@ -17,8 +17,14 @@ Guarantees:
   and logged rate-limited, never raised.
 - Error frames are counted, classified (linux/can/error.h bits in the id, controller state in data[1])
   and never handed to protocol decoders.
+- A frame the interface cannot decode (python-can raises ValueError / IndexError / KeyError on a garbled
+  slcan line, possibly wrapped in a CanError) is counted (``rx_errors``), logged rate-limited and
+  dropped; reception goes on with the next frame. One glitch on a serial line says nothing about the bus.
 - Bus health: ``bus_off`` when an error frame says so, when python-can's ``bus.state`` reports ERROR
-  (interfaces that support it), when the receive thread died (adapter unplugged) or after
+  (interfaces that support it), when receiving fails with anything but a decode error (OSError,
+  serial or socket gone: the adapter vanished; the receive thread ends), after ``rx_error_limit``
+  malformed frames in a row with no good frame between (nothing usable arrives: wrong adapter speed, a
+  babbling adapter, a reader stuck on a bad byte; the re-open starts clean), or after
   ``send_error_limit`` consecutive failed sends (frames that cannot go out: no ACK, transmit queue
   stalled); ``passive`` on error-passive. Health changes go to ``on_health(port, old, new, reason)`` on
   the loop thread (once :meth:`CanPort.start` was called; before that, on the calling thread).
@@ -65,6 +71,9 @@ CAN_ERR_CRTL_TX_PASSIVE = 0x20
 CAN_ERR_CRTL_ACTIVE = 0x40
 
 ACTIVE, PASSIVE, BUS_OFF = "active", "passive", "bus_off"
+# what python-can raises for a received line it cannot decode (slcan: int(..., 16), bytearray.fromhex,
+# string[9], CAN_FD_DLC[dlc], bytes.decode): a garbled frame, not a failed bus
+DECODE_ERRORS: tuple[type[Exception], ...] = (ValueError, LookupError)
 KERNEL_FILTER_INTERFACES = frozenset({"socketcan"})
 ERROR_QUEUE = 64
 
@@ -86,6 +95,7 @@ class CanSettings:
     reopen_min_s: float = 0.5
     reopen_max_s: float = 30.0
     send_error_limit: int = 10
+    rx_error_limit: int = 10  # malformed frames in a row (no good frame between) that mean bus off
     tx_queue: int = 256  # per lane; 60 modules x 2 frames fit in one evaluation
 
 
@@ -96,6 +106,7 @@ class CanStats:
     dropped: int = 0
     filtered: int = 0
     error_frames: int = 0
+    rx_errors: int = 0  # frames received but not decodable (garbled serial line), dropped
     send_errors: int = 0
     tx_dropped: int = 0
     tx_superseded: int = 0
@@ -143,6 +154,42 @@ def _log_now(count: int) -> bool:
     return count in (1, 10, 100) or count % 1000 == 0
 
 
+def is_decode_error(exc: BaseException) -> bool:
+    """True when ``exc`` (or the error it wraps: python-can wraps a serial read in CanOperationError) says
+    one received frame could not be decoded; False for a failed read (OSError: the device is gone)."""
+    cause: BaseException | None = exc
+    for _ in range(8):  # a cause chain is short; bounded in case of a cycle
+        if cause is None or isinstance(cause, OSError):
+            return False
+        if isinstance(cause, DECODE_ERRORS):
+            return True
+        cause = cause.__cause__
+    return False
+
+
+def _describe(exc: BaseException) -> str:
+    cause = exc.__cause__
+    return f"{exc}: {cause}" if cause is not None and str(cause) not in str(exc) else str(exc)
+
+
+class _Receiver(can.Listener):
+    """The Notifier's listener: frames to the port, receive errors to the port's classification.
+
+    python-can's Notifier keeps its thread receiving when ``on_error`` returns and re-raises the error
+    (ending the thread) when it raises NotImplementedError: the Listener contract for "not handled".
+    """
+
+    def __init__(self, port: CanPort) -> None:
+        self._port = port
+
+    def on_message_received(self, msg: can.Message) -> None:
+        self._port._on_frame(msg)
+
+    def on_error(self, exc: Exception) -> None:
+        if not self._port._on_receive_error(exc):
+            raise NotImplementedError
+
+
 class CanPort:
     """One CAN bus: python-can bus + Notifier thread + bounded receive queue + transmit thread + health."""
 
@@ -176,6 +223,8 @@ class CanPort:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._notifier: can.Notifier | None = None
         self._send_fail_run = 0
+        self._rx_error_run = 0  # malformed frames since the last good one (Notifier thread)
+        self._rx_failed: str | None = None  # why the receive thread ended
         self._reopen_at: float | None = None
         self._backoff_s = settings.reopen_min_s
         self._last_off_t: float | None = None
@@ -208,10 +257,11 @@ class CanPort:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         if self._bus is not None:
-            self._notifier = can.Notifier(self._bus, [self._on_frame], timeout=0.1)
+            self._notifier = can.Notifier(self._bus, [_Receiver(self)], timeout=0.1)
 
     # -- receive (Notifier thread) ------------------------------------------------------------------
     def _on_frame(self, msg: can.Message) -> None:
+        self._rx_error_run = 0
         if msg.is_error_frame:
             self._errors.append(msg)
         else:
@@ -232,6 +282,22 @@ class CanPort:
                 loop.call_soon_threadsafe(self._wake_up)
             except RuntimeError:  # loop closing during shutdown
                 pass
+
+    def _on_receive_error(self, exc: Exception) -> bool:
+        """True: one frame could not be decoded; counted, dropped, reception goes on. False: receiving
+        failed (the adapter is gone); the receive thread ends and the bus is off."""
+        if not is_decode_error(exc):
+            self._rx_failed = f"receive failed: {_describe(exc)}"
+            self._health_from_thread(BUS_OFF, self._rx_failed)
+            return False
+        self.stats.rx_errors += 1
+        self._rx_error_run += 1
+        run, errors = self._rx_error_run, self.stats.rx_errors
+        if _log_now(errors):
+            log.warning("CAN %s: malformed frame dropped (%d so far): %s", self.settings.name, errors, _describe(exc))
+        if run == self.settings.rx_error_limit:
+            self._health_from_thread(BUS_OFF, f"{run} malformed frames in a row: {_describe(exc)}")
+        return True
 
     # -- loop thread ---------------------------------------------------------------------------------
     def _wake_up(self) -> None:
@@ -390,11 +456,11 @@ class CanPort:
     def check(self, now: float | None = None) -> None:
         """Poll what can only be polled: python-can's bus state and a dead receive thread."""
         now = self._clock() if now is None else now
-        bus, notifier = self._bus, self._notifier
+        bus, rx_failed = self._bus, self._rx_failed
         if bus is None:
             return
-        if notifier is not None and notifier.exception is not None and self.health != BUS_OFF:
-            self._set_health(BUS_OFF, f"receive failed: {notifier.exception}")
+        if rx_failed is not None and self.health != BUS_OFF:
+            self._set_health(BUS_OFF, rx_failed)
             return
         try:
             state = bus.state
@@ -422,11 +488,12 @@ class CanPort:
                 log.warning("CAN %s: re-open failed (%s); next try in %.1f s", self.settings.name, exc, wait_s)
                 return
             self._bus = bus
+            self._rx_error_run, self._rx_failed = 0, None
             with self._tx_cond:
                 self._send_fail_run = 0
             self._reopen_at = None
             if self._loop is not None:
-                self._notifier = can.Notifier(bus, [self._on_frame], timeout=0.1)
+                self._notifier = can.Notifier(bus, [_Receiver(self)], timeout=0.1)
 
     async def supervise(self, period_s: float = 0.1) -> None:
         """Forever: check health, re-open a bus that is off when its backoff is over."""

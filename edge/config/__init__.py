@@ -2,7 +2,8 @@
 
 Errors name the file, the line where it can be found, the key path, the offending value and what is
 allowed, e.g. ``/etc/cabinet-edge/config.toml:42: limits.pin_temperature.trip_c = 300: Input should be
-less than or equal to 200``. Unknown keys are errors.
+less than or equal to 200``; the value of a secret key (``edge.redaction``) is shown as ``<redacted>``.
+Unknown keys are errors.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge.config.schema import Config
+from edge.redaction import REDACTED, is_secret_key
 
 __all__ = ["Config", "ConfigError", "load_config", "parse_config"]
 
@@ -59,10 +61,17 @@ def _describe(path: str, text: str, data: dict[str, Any], err: Any) -> str:
         return f"{where}: {key}: unknown key (typo?); allowed keys: {', '.join(_allowed(loc))}"
     if err["type"] == "missing":
         return f"{where}: {key}: required key is missing"
-    value = _lookup(data, loc)
     msg = msg.removeprefix("Value error, ")
-    shown = f" = {value!r}" if value is not _MISSING and not isinstance(value, (dict, list)) else ""
-    return f"{where}: {key}{shown}: {msg}"
+    return f"{where}: {key}{_shown_value(loc, _lookup(data, loc))}: {msg}"
+
+
+def _shown_value(loc: list[Any], value: Any) -> str:
+    """`` = value`` for the message, never the value of a secret key (it would reach the journal)."""
+    if value is _MISSING or isinstance(value, (dict, list)):
+        return ""
+    if any(is_secret_key(str(part)) for part in loc):
+        return f" = {REDACTED}"
+    return f" = {value!r}"
 
 
 def _key_path(loc: list[Any]) -> str:
