@@ -36,7 +36,7 @@ from typing import Any
 from edge.config.telemetry import Mqtt
 from edge.ops import Operations
 from edge.telemetry import commands
-from edge.telemetry.channel import Answer, CommandChannel
+from edge.telemetry.channel import Answer, CommandChannel, Received
 from edge.telemetry.delivery import Batch, Delivery
 from edge.telemetry.session import Session, SessionEvents, backoff_s
 from edge.telemetry.store import EVENT, RawRecord, Store, StoreView
@@ -111,6 +111,7 @@ class Uplink:
         self.session = Session(
             cfg, self.client_id, self._session_events(), will=self._status_message("offline"), rnd=self.rnd
         )
+        self.guard = commands.Guard(max_skew_s=cfg.command_max_skew_s)  # recent ids survive reconnects
         self.channel = CommandChannel(
             self.topics, self._handle_command, self.session, site_id=site_id, cabinet_id=cabinet_id, now_ms=now_ms
         )
@@ -133,7 +134,7 @@ class Uplink:
             connect_failed=lambda: self._to_io(self._connect_failed),
             disconnected=lambda why: self._to_io(self._disconnected, why),
             published=lambda mid, failed, why: self._to_io(self._acked, mid, failed, why),
-            message=lambda topic, payload: self._to_loop(self._command, topic, payload),
+            message=lambda topic, payload, received: self._to_loop(self._command, topic, payload, received),
         )
 
     def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
@@ -393,19 +394,20 @@ class Uplink:
         after = self.store.last_seq()
         return after if after > before else None
 
-    def _handle_command(self, name: str, payload: bytes) -> Answer:
+    def _handle_command(self, name: str, payload: bytes, received: Received) -> Answer:
         """The channel's handler (loop): one command through the operations layer, which evaluates at once and
-        records the ``command`` event; the answer carries that event's seq."""
+        records the ``command`` event; the answer carries that event's seq (None when no event was recorded:
+        an id answered again, a retained command between two reports)."""
         if self.ops is None:
             return Answer(commands.Result(None, name[:64], commands.REJECTED, "commands are not served here"))
         before = self.store.last_seq()
-        result = commands.handle(name, payload, self.ops, now_ms())
+        result = commands.handle(name, payload, self.ops, now_ms(), guard=self.guard, received=received)
         after = self.store.last_seq()
         return Answer(result, after if after > before else None)
 
-    def _command(self, topic: str, payload: bytes) -> None:
+    def _command(self, topic: str, payload: bytes, received: Received) -> None:
         """One command from the broker (loop): run it, answer on cmd-result, publish the state."""
-        answer = self.channel.on_message(topic, payload)
+        answer = self.channel.on_message(topic, payload, received)
         self.stats.commands += 1
         if not answer.accepted:
             self.stats.commands_rejected += 1
@@ -416,6 +418,8 @@ class Uplink:
         return {
             **vars(self.stats),
             "next_reconnect_s": self.session.next_reconnect_s,
+            "commands_duplicate": self.guard.duplicates,
+            "commands_retained_ignored": self.guard.retained_ignored,
             "inflight": delivery.inflight if delivery is not None else 0,
             "client_id": self.client_id,
             "broker": f"{self.cfg.host}:{self.cfg.port}",
