@@ -29,6 +29,7 @@ import random
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +52,8 @@ SCHEMA_EVENTS = "cabinet-edge/events/1"
 SCHEMA_STATUS = "cabinet-edge/status/1"
 SCHEMA_STATE = "cabinet-edge/state/1"
 SHUTDOWN_WAIT_S = 1.0  # longest wait for the uplink and paho threads when the daemon stops
+COMMANDS_PER_STEP = 5  # commands handled per event-loop iteration: a burst must not hold the control tick
+MAX_QUEUED_COMMANDS = 1000  # beyond this a burst is dropped (counted): commands_dropped
 
 EventSink = Callable[[str, str, dict[str, Any]], None]
 StateSource = Callable[[], dict[str, Any]]
@@ -73,6 +76,7 @@ class UplinkStats:
     broker_rejections: int = 0
     commands: int = 0
     commands_rejected: int = 0
+    commands_dropped: int = 0  # arrived while MAX_QUEUED_COMMANDS were waiting: not handled, not answered
     last_error: str | None = None
     next_reconnect_s: float | None = None
     longest_step_ms: float = 0.0  # longest delivery step on the uplink thread (store reads, publishes)
@@ -121,6 +125,7 @@ class Uplink:
         self._io_q: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._io_thread: threading.Thread | None = None
         self._kick_pending = False
+        self._commands: deque[tuple[str, bytes, Received]] = deque()
         self._last_state: str | None = None
         self._head = json.dumps({"cabinet_id": cabinet_id, "site_id": site_id}, separators=(",", ":"))[1:-1]
 
@@ -134,7 +139,7 @@ class Uplink:
             connect_failed=lambda: self._to_io(self._connect_failed),
             disconnected=lambda why: self._to_io(self._disconnected, why),
             published=lambda mid, failed, why: self._to_io(self._acked, mid, failed, why),
-            message=lambda topic, payload, received: self._to_loop(self._command, topic, payload, received),
+            message=lambda topic, payload, received: self._to_loop(self._queue_command, topic, payload, received),
         )
 
     def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
@@ -404,6 +409,26 @@ class Uplink:
         result = commands.handle(name, payload, self.ops, now_ms(), guard=self.guard, received=received)
         after = self.store.last_seq()
         return Answer(result, after if after > before else None)
+
+    def _queue_command(self, topic: str, payload: bytes, received: Received) -> None:
+        """Loop: queue one command; a burst is handled COMMANDS_PER_STEP per loop iteration, so the control
+        tick runs between them (bench/abuse.py: a burst of 2,000 handled at once held the tick)."""
+        if len(self._commands) >= MAX_QUEUED_COMMANDS:
+            self.stats.commands_dropped += 1
+            if self.stats.commands_dropped in (1, 10, 100) or self.stats.commands_dropped % 1000 == 0:
+                log.warning("cloud commands arrive faster than handled: %d dropped", self.stats.commands_dropped)
+            return
+        self._commands.append((topic, payload, received))
+        if len(self._commands) == 1:
+            asyncio.get_running_loop().call_soon(self._command_step)
+
+    def _command_step(self) -> None:
+        try:
+            for _ in range(min(COMMANDS_PER_STEP, len(self._commands))):
+                self._command(*self._commands.popleft())
+        finally:
+            if self._commands:
+                asyncio.get_running_loop().call_soon(self._command_step)
 
     def _command(self, topic: str, payload: bytes, received: Received) -> None:
         """One command from the broker (loop): run it, answer on cmd-result, publish the state."""
