@@ -7,7 +7,7 @@ import json
 import jsonschema
 
 from edge.telemetry import schema
-from edge.telemetry.channel import Answer, CommandChannel
+from edge.telemetry.channel import Answer, CommandChannel, Received
 from edge.telemetry.commands import Result
 from edge.telemetry.topics import Topics
 
@@ -38,7 +38,7 @@ def channel(handler) -> tuple[CommandChannel, Link]:
 def test_a_command_goes_to_the_handler_by_name_and_its_answer_to_cmd_result():
     calls: list[tuple[str, bytes]] = []
 
-    def handler(name: str, payload: bytes) -> Answer:
+    def handler(name: str, payload: bytes, received: Received) -> Answer:
         calls.append((name, payload))
         return Answer(Result("c-1", name, "accepted", "stopped"), seq=17)
 
@@ -64,7 +64,7 @@ def test_a_command_goes_to_the_handler_by_name_and_its_answer_to_cmd_result():
 
 
 def test_a_handler_that_raises_is_answered_rejected_and_never_propagates():
-    def handler(name: str, payload: bytes) -> Answer:
+    def handler(name: str, payload: bytes, received: Received) -> Answer:
         raise KeyError("boom")
 
     ch, link = channel(handler)
@@ -78,3 +78,35 @@ def test_a_handler_that_raises_is_answered_rejected_and_never_propagates():
         "internal error: KeyError",
         None,
     )
+
+
+def test_how_a_message_came_reaches_the_handler_and_a_retained_one_without_id_is_not_answered():
+    seen: list[Received] = []
+
+    def handler(name: str, payload: bytes, received: Received) -> Answer:
+        seen.append(received)
+        cmd_id = json.loads(payload).get("id")
+        return Answer(Result(cmd_id, name, "rejected", "retained command ignored"))
+
+    ch, link = channel(handler)
+    kept = Received(retained=True, expiry_s=30, received_ms=T_MS)
+    ch.on_message(TOPICS.cmd("stop"), b'{"id":"r-1"}', kept)
+    ch.on_message(TOPICS.cmd("stop"), b"{}", kept)
+    assert seen == [kept, kept]
+    assert [body["id"] for _t, body, _r in link.published] == ["r-1"], "nobody waits for an id-less retained one"
+
+
+def test_the_session_hands_on_the_retain_flag_and_the_mqtt5_expiry():
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from edge.telemetry.session import received
+
+    msg = mqtt.MQTTMessage(topic=b"cabinet/s/c/cmd/stop")
+    msg.retain = True
+    msg.properties = Properties(PacketTypes.PUBLISH)
+    msg.properties.MessageExpiryInterval = 42
+    assert received(msg, lambda: T_MS) == Received(retained=True, expiry_s=42, received_ms=T_MS)
+    plain = mqtt.MQTTMessage(topic=b"cabinet/s/c/cmd/stop")
+    assert received(plain, lambda: T_MS) == Received(retained=False, expiry_s=None, received_ms=T_MS)

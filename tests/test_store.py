@@ -269,3 +269,125 @@ def test_the_injected_clock_drives_the_degraded_hold_and_the_free_space_check(
     clock.now_s += store_mod.DEGRADED_HOLD_S
     assert s.degraded is None
     s.close()
+
+
+# -- a really full file system (issue 17 item 11) ---------------------------------------------------
+FULL_DISK_SCRIPT = r"""
+import json, os, sys
+sys.path.insert(0, sys.argv[2])
+from edge.telemetry.store import Store
+from tests.uplink_harness import interval_payload
+
+data = sys.argv[1]
+subprocess_out = {}
+s = Store(data, max_mb=1000.0, min_free_mb=0.0, reserve_mb=float(sys.argv[3]))
+# the store itself fills the disk
+i = 0
+while s.write_errors == 0 and i < 10000:
+    s.append("telemetry", 1_700_000_000_000 + i, interval_payload(i))
+    i += 1
+tele = i
+# ... and then something else takes every byte left (a runaway log)
+try:
+    with open(os.path.join(data, "..", "junk"), "wb") as f:
+        while True:
+            f.write(b"x" * 4096)
+            f.flush()
+except OSError:
+    pass
+events = [s.append("event", 1_700_000_000_000 + j, {"kind": "fault_raised", "name": "f", "detail": "y" * 500})
+          for j in range(50)]
+stats = s.stats()
+s.close()
+print(json.dumps({"telemetry": tele, "events": events, "stats": stats}))
+"""
+
+
+def _on_a_small_tmpfs(tmp_path: Path, size_mb: int, reserve_mb: float) -> dict:
+    """Run FULL_DISK_SCRIPT with the store on its own tmpfs of ``size_mb`` (a mount namespace of its own)."""
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs unshare(1) for a private tmpfs")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    script = tmp_path / "full.py"
+    script.write_text(FULL_DISK_SCRIPT)
+    repo = str(Path(__file__).resolve().parents[1])
+    shell = (
+        f"mount -t tmpfs -o size={size_mb}m tmpfs {mnt} && mkdir {mnt}/data && "
+        f"{sys.executable} {script} {mnt}/data {repo} {reserve_mb}"
+    )
+    flags = ["-m"] if os.geteuid() == 0 else ["-Urm"]
+    r = subprocess.run(["unshare", *flags, "sh", "-c", shell], capture_output=True, text=True, timeout=120)
+    if r.returncode != 0 and "mount" in r.stderr and "Operation not permitted" in r.stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()[:200]}")
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def test_on_a_really_full_disk_eviction_still_runs_and_new_events_are_written(tmp_path: Path):
+    # SQLite's "drop the oldest telemetry and retry" needs disk itself (the WAL grows with the DELETE): the
+    # reserve file is given up to make that room
+    out = _on_a_small_tmpfs(tmp_path, size_mb=16, reserve_mb=4.0)
+    assert out["telemetry"] > 100, out
+    assert None not in out["events"], f"events lost on a full disk: {out}"
+    st = out["stats"]
+    assert st["evicted"] > 0 and st["write_errors"] > 0
+    assert st["records_lost"] == 0, "the write that hit the full disk was retried after the eviction"
+
+
+def test_failed_writes_and_records_lost_are_counted_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(store_mod, "RETRY_S", 0.05)
+    s = Store(str(tmp_path), background=True, reserve_mb=0)
+    _fill(s, 2, "event")
+    assert s.flush(5.0)
+    s._wdb.execute("DELETE FROM records")
+    pages = s._wdb.execute("PRAGMA page_count").fetchone()[0]
+    s._wdb.execute(f"PRAGMA max_page_count = {pages}")
+    s.append("telemetry", 1, interval_payload(0))
+    wait_for(lambda: s.write_errors >= 2, 5, what="two failed attempts")
+    assert s.records_lost == 0, "held and retried: nothing lost yet"
+    s._wdb.execute("PRAGMA max_page_count = 1000000")
+    assert s.flush(5.0) and s.records_lost == 0
+    s.close()
+    direct = Store(str(tmp_path / "direct"), reserve_mb=0)
+    assert direct.append("telemetry", 1, {"x": float("nan")}) is None
+    assert (direct.write_errors, direct.records_lost) == (1, 1)
+    direct.close()
+
+
+def test_the_store_fault_text_counts_failed_writes_and_lost_records_apart():
+    from edge.telemetry.recorder import Recorder
+
+    class Faults:
+        def __init__(self) -> None:
+            self.text: dict[str, str] = {}
+
+        def set(self, name: str, detail: str) -> None:
+            self.text[name] = detail
+
+        def clear(self, name: str) -> None:
+            self.text.pop(name, None)
+
+    class Held:
+        write_errors = 2
+        records_lost = 0
+        dropped_low_disk = 0
+        degraded = "database or disk is full"
+
+    faults = Faults()
+    rec = Recorder(None, Held(), faults, 1.0, lambda: 0.0, lambda: 0)  # type: ignore[arg-type]
+    rec.check_store()
+    assert faults.text["telemetry_store_error"] == (
+        "telemetry store write failed (database or disk is full); 2 failed writes so far, "
+        "no record lost (held and retried); control unaffected"
+    )
+    Held.records_lost, Held.dropped_low_disk = 3, 5
+    rec.check_store()
+    assert (
+        "3 records lost (not written), 5 telemetry records dropped for low disk" in faults.text["telemetry_store_error"]
+    )

@@ -33,6 +33,12 @@ class Mqtt(Section):
         description="MQTT 5: the broker keeps our session (queued commands, "
         "unacknowledged messages) this long while we are offline; 7 days",
     )
+    command_max_skew_s: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        description="a command whose t_ms is further ahead of the cabinet's clock than this is rejected",
+    )
     topic_prefix: str = Field("cabinet", pattern=r"^[A-Za-z0-9_\-/]+$")
     max_inflight: int = Field(20, ge=1, le=1000, description="QoS 1 messages awaiting PUBACK")
     batch_samples: int = Field(200, ge=1, le=10000, description="samples per telemetry message when replaying")

@@ -5,6 +5,10 @@ to an injected handler and publishes the handler's answer on ``cmd-result`` (QoS
 knows nothing of what a command does: validating and executing is the handler's job, and a handler that
 raises is answered ``rejected`` ("internal error"), never propagated.
 
+With the payload the handler gets how the message came (:class:`Received`: the broker's retain flag, the
+MQTT 5 message expiry, when it arrived), so that it can ignore a retained command and honour the expiry.
+A retained command the handler could read no id from is not answered: nobody waits for it.
+
 The uplink's handler runs each command through :func:`edge.telemetry.commands.handle`, i.e. through the
 one operations layer (edge/ops.py) that the local socket uses too.
 """
@@ -53,7 +57,18 @@ class Answer:
         return self.result.result == ACCEPTED
 
 
-CommandHandler = Callable[[str, bytes], Answer]
+@dataclass(frozen=True)
+class Received:
+    """How a command message came from the broker."""
+
+    retained: bool = False  # the broker's retain flag: a stored message, not one sent now
+    expiry_s: int | None = None  # MQTT 5 Message Expiry Interval as delivered: the broker counts it down
+    received_ms: int | None = None  # wall clock when paho handed the message over
+
+
+LIVE = Received()
+
+CommandHandler = Callable[[str, bytes, Received], Answer]
 
 
 class Link(Protocol):
@@ -103,15 +118,17 @@ class CommandChannel:
     def command_name(self, topic: str) -> str:
         return self.topics.command_name(topic) or topic.rsplit("/", 1)[-1]
 
-    def on_message(self, topic: str, payload: bytes) -> Answer:
-        """Run one command and answer it on cmd-result. Never raises."""
+    def on_message(self, topic: str, payload: bytes, received: Received = LIVE) -> Answer:
+        """Run one command and answer it on cmd-result (a retained one only when it has an id). Never raises."""
         name = self.command_name(topic)
         try:
-            answer = self.handler(name, payload)
+            answer = self.handler(name, payload, received)
         except Exception as exc:  # a bad command must never take the daemon down
             log.exception("command %s failed", name)
             answer = Answer(_InternalError(None, name[:64], f"internal error: {type(exc).__name__}"))
         r = answer.result
+        if received.retained and r.id is None:
+            return answer
         log.info("command %s id=%s: %s (%s)", r.command, r.id, r.result, r.reason)
         msg = {
             "schema": SCHEMA_CMD_RESULT,

@@ -16,12 +16,30 @@ STORE_FAULT = "telemetry_store_error"
 
 
 class RecordStore(Protocol):
-    write_errors: int
+    write_errors: int  # failed write attempts (a held record retried is counted each time)
+    records_lost: int  # records never written
+    dropped_low_disk: int  # telemetry not stored below min_free_mb
 
     @property
     def degraded(self) -> str | None: ...
 
     def append(self, kind: str, t_ms: int, payload: dict[str, Any]) -> int | None: ...
+
+
+def _n(count: int, what: str) -> str:
+    return f"{count} {what}" if count == 1 else f"{count} {what}s"
+
+
+def loss_text(store: RecordStore) -> str:
+    """Failed writes and records lost, apart: a write retried until it succeeds loses nothing."""
+    text = f"{_n(store.write_errors, 'failed write')} so far, "
+    if store.records_lost:
+        text += f"{_n(store.records_lost, 'record')} lost (not written)"
+    else:
+        text += "no record lost (held and retried)"
+    if store.dropped_low_disk:
+        text += f", {_n(store.dropped_low_disk, 'telemetry record')} dropped for low disk"
+    return text
 
 
 class Recorder:
@@ -53,9 +71,7 @@ class Recorder:
         why = self.store.degraded
         if why:
             self.faults.set(
-                STORE_FAULT,
-                f"telemetry store write failed ({why}); {self.store.write_errors} records lost so far; "
-                "control unaffected",
+                STORE_FAULT, f"telemetry store write failed ({why}); {loss_text(self.store)}; control unaffected"
             )
         else:
             self.faults.clear(STORE_FAULT)

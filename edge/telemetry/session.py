@@ -8,6 +8,9 @@
   whole fleet back at once. paho's own doubling is switched off (min == max delay).
 - paho's network loop runs in its own thread (``loop_start``). The :class:`SessionEvents` callbacks run on
   that thread: they must only hand the data on (to a queue, to the event loop), never block.
+- Each message is handed on with how it came (:class:`~edge.telemetry.channel.Received`): the retain flag
+  and, under MQTT 5, the Message Expiry Interval the broker delivered (already counted down by the time
+  the message waited in the broker).
 - :meth:`Session.publish` only queues a packet for paho's thread and is safe from any thread.
 """
 
@@ -26,6 +29,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edge.config.telemetry import Mqtt
+from edge.telemetry.channel import Received, wall_ms
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,17 @@ def backoff_s(attempt: int, min_s: float, max_s: float, rnd: random.Random) -> f
     return cap / 2 + rnd.uniform(0, cap / 2)
 
 
+def received(msg: mqtt.MQTTMessage, now_ms: Callable[[], int] = wall_ms) -> Received:
+    """How ``msg`` came: its retain flag and (MQTT 5) the message expiry the broker delivered, if any."""
+    props = getattr(msg, "properties", None)
+    expiry = getattr(props, "MessageExpiryInterval", None) if props is not None else None
+    return Received(
+        retained=bool(msg.retain),
+        expiry_s=expiry if isinstance(expiry, int) else None,
+        received_ms=now_ms(),
+    )
+
+
 @dataclass(frozen=True)
 class SessionEvents:
     """What the session reports, called on paho's network thread."""
@@ -56,7 +71,7 @@ class SessionEvents:
     connect_failed: Callable[[], None]  # no connection (network, broker down)
     disconnected: Callable[[str], None]  # the reason
     published: Callable[[int, bool, str], None]  # message id, failed, reason
-    message: Callable[[str, bytes], None]  # topic, payload
+    message: Callable[[str, bytes, Received], None]  # topic, payload, how it came
 
 
 class Session:
@@ -150,7 +165,7 @@ class Session:
         self.events.published(mid, bool(reason.is_failure), str(reason))
 
     def _cb_message(self, _c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        self.events.message(msg.topic, bytes(msg.payload))
+        self.events.message(msg.topic, bytes(msg.payload), received(msg))
 
     # -- any thread ---------------------------------------------------------------------------------
     @property

@@ -14,6 +14,16 @@ Guarantees:
   be written depends on the mode (below): the writer thread holds it and retries; a direct append drops
   it (``append`` returns None). Below ``min_free_mb`` of free disk, new telemetry is dropped at once
   (``dropped_low_disk``) and events are still written.
+- Eviction needs disk itself: in WAL mode a DELETE is written to the WAL first, and on a really full file
+  system it fails like the insert did. So the store keeps a reserve file (``telemetry.reserve``,
+  ``reserve_mb``) next to the database and deletes it on the first "disk full", which gives the WAL room
+  for the eviction, the retry and a checkpoint; the evicted rows' pages are then reused by new records.
+  The reserve is made again once the file system has room for it twice over (checked at most every
+  ``RESERVE_CHECK_S``).
+- Counters say what they count: ``write_errors`` is failed write attempts (a held record retried ten times
+  is ten), ``records_lost`` is records that were never written (dropped from the held queue, a failed
+  direct append, not JSON-safe, still held at close), ``evicted`` is records deleted by the size bound or
+  to make room, ``dropped_low_disk`` is telemetry not stored below ``min_free_mb``.
 
 Threads: with ``background=True`` (the daemon) :meth:`Store.append` only encodes the record, gives it
 its seq and queues it; a writer thread with its own SQLite connection commits what is queued in one
@@ -66,6 +76,9 @@ WRITE_BATCH = 500  # records committed in one transaction by the writer thread, 
 RETRY_S = 0.5  # a failed commit is retried this often (disk full: until there is room again)
 MAX_HELD = 1000  # records kept in memory while commits fail (~8 MB of 40-signal intervals)
 CLOSE_WAIT_S = 5.0  # longest wait for the writer thread to commit what is queued at close
+RESERVE_MB = 8.0  # disk kept back for the eviction on a full disk: the WAL grows ~4 MB between checkpoints
+RESERVE_FILE = "telemetry.reserve"
+RESERVE_CHECK_S = 10.0  # how often a released reserve is tried again
 
 
 @dataclass(frozen=True)
@@ -207,6 +220,7 @@ class Store(_Records):
         min_free_mb: float = 0.0,
         background: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        reserve_mb: float = RESERVE_MB,
     ) -> None:
         os.makedirs(data_dir, exist_ok=True)
         self._clock = clock
@@ -217,13 +231,19 @@ class Store(_Records):
         self._disk_low = False
         self.path = os.path.join(data_dir, "telemetry.sqlite3")
         self.max_bytes = int(max_mb * 1024 * 1024)
-        self.write_errors = 0
+        self.write_errors = 0  # failed write attempts
+        self.records_lost = 0  # records never written
         self.evicted = 0  # telemetry + events dropped by the size bound
         self.evicted_events = 0
         self.last_error: str | None = None
         self._last_error_t = -1e9
         self._appends = 0
         self.on_append: list[Callable[[int], None]] = []  # called with the new seq (uplink wake-up)
+        self.reserve_path = os.path.join(data_dir, RESERVE_FILE)
+        self.reserve_bytes = int(reserve_mb * 1024 * 1024)
+        self.reserve_released = 0  # times the reserve was given up to make room
+        self._reserve_checked_t = -1e9
+        self._make_reserve()
         self._db = _connect(self.path)
         self._db.executescript(SCHEMA)
         self.page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
@@ -248,6 +268,7 @@ class Store(_Records):
             text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
         except ValueError as exc:  # NaN/inf have no JSON form: a bug upstream, not a disk problem
             self._failed(f"record not JSON-safe: {exc}")
+            self.records_lost += 1
             return None
         if kind == "telemetry" and self._disk_nearly_full():
             # Keep the last of the space for events (faults, commands): they matter more than samples.
@@ -262,6 +283,7 @@ class Store(_Records):
             return seq
         if not self._commit([(seq, kind, t_ms, text)]):
             self._next_seq = seq  # nothing was written: the seq is given to the next record
+            self.records_lost += 1
             return None
         return seq
 
@@ -284,6 +306,7 @@ class Store(_Records):
             if stop:
                 if held:
                     log.error("telemetry store closed with %d records not written (%s)", len(held), self.last_error)
+                    self.records_lost += len(held)
                     self._written(len(held))
                 return
 
@@ -305,7 +328,9 @@ class Store(_Records):
         while held:
             batch = [held[i] for i in range(min(WRITE_BATCH, len(held)))]
             if not self._commit(batch):
-                self._written(_shed(held, MAX_HELD))
+                shed = _shed(held, MAX_HELD)
+                self.records_lost += shed
+                self._written(shed)
                 return False
             for _ in batch:
                 held.popleft()
@@ -320,13 +345,16 @@ class Store(_Records):
                 self._cond.notify_all()
 
     def _commit(self, rows: list[_Row]) -> bool:
-        """Write ``rows`` in one transaction; on "disk full" evict old telemetry and retry once."""
+        """Write ``rows`` in one transaction; on "disk full" give up the reserve, evict old telemetry and
+        retry once."""
         ok = self._insert(rows)
         if ok is None:
+            self._release_reserve()
             if self._evict_oldest(FULL_EVICT_ROWS) > 0:
                 ok = self._insert(rows)
         if not ok:
             return False
+        self._keep_reserve()
         self._appends += len(rows)
         if self._appends // CHECK_EVERY != (self._appends - len(rows)) // CHECK_EVERY:
             self.enforce_bound()
@@ -343,6 +371,57 @@ class Store(_Records):
         except sqlite3.Error as exc:
             self._failed(str(exc))  # counted and reported even if eviction makes room
             return None if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL else False
+
+    # -- the reserve: room for the eviction on a full disk ---------------------------------------------
+    def _make_reserve(self) -> bool:
+        """Allocate the reserve file (really allocated, not sparse); False when there is no room."""
+        if self.reserve_bytes <= 0:
+            return False
+        try:
+            if os.path.getsize(self.reserve_path) >= self.reserve_bytes:
+                return True
+        except OSError:
+            pass
+        try:
+            fd = os.open(self.reserve_path, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                os.posix_fallocate(fd, 0, self.reserve_bytes)
+            finally:
+                os.close(fd)
+            return True
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(self.reserve_path)
+            log.warning("telemetry store: no room for the %d MB disk reserve (%s)", self.reserve_bytes >> 20, exc)
+            return False
+
+    def _release_reserve(self) -> None:
+        try:
+            os.unlink(self.reserve_path)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            log.error("telemetry store: cannot release the disk reserve: %s", exc)
+            return
+        self.reserve_released += 1
+        self._reserve_checked_t = self._clock()
+        log.error(
+            "telemetry store: disk full, released the %d MB reserve to evict old telemetry", self.reserve_bytes >> 20
+        )
+
+    def _keep_reserve(self) -> None:
+        """Make the reserve again once the disk has room for it twice over (at most every RESERVE_CHECK_S)."""
+        if self.reserve_bytes <= 0 or self._clock() - self._reserve_checked_t < RESERVE_CHECK_S:
+            return
+        self._reserve_checked_t = self._clock()
+        if os.path.exists(self.reserve_path):
+            return
+        try:
+            st = os.statvfs(self.data_dir)
+        except OSError:
+            return
+        if st.f_bavail * st.f_frsize >= 2 * self.reserve_bytes and self._make_reserve():
+            log.warning("telemetry store: disk reserve of %d MB made again", self.reserve_bytes >> 20)
 
     def _disk_nearly_full(self) -> bool:
         """Free space below ``min_free_mb``, checked at most once a second (statvfs is a syscall)."""
@@ -370,12 +449,11 @@ class Store(_Records):
         self.last_error = why
         self._last_error_t = self._clock()
         if self.write_errors in (1, 10, 100) or self.write_errors % 1000 == 0:
-            what = "record dropped" if self._queue is None else "records held in memory and retried"
             log.error(
-                "telemetry store write failed (%s): %s, control continues (%d failures so far)",
+                "telemetry store write failed (%s), control continues (%d failed writes, %d records lost so far)",
                 why,
-                what,
                 self.write_errors,
+                self.records_lost,
             )
 
     @property
@@ -448,10 +526,12 @@ class Store(_Records):
             "backlog": self.backlog(),
             "last_seq": self.last_seq(),
             "write_errors": self.write_errors,
+            "records_lost": self.records_lost,
             "evicted": self.evicted,
             "evicted_events": self.evicted_events,
             "degraded": self.degraded,
             "dropped_low_disk": self.dropped_low_disk,
+            "reserve_released": self.reserve_released,
         }
 
     def close(self) -> None:

@@ -29,6 +29,7 @@ import random
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +37,7 @@ from typing import Any
 from edge.config.telemetry import Mqtt
 from edge.ops import Operations
 from edge.telemetry import commands
-from edge.telemetry.channel import Answer, CommandChannel
+from edge.telemetry.channel import Answer, CommandChannel, Received
 from edge.telemetry.delivery import Batch, Delivery
 from edge.telemetry.session import Session, SessionEvents, backoff_s
 from edge.telemetry.store import EVENT, RawRecord, Store, StoreView
@@ -51,6 +52,8 @@ SCHEMA_EVENTS = "cabinet-edge/events/1"
 SCHEMA_STATUS = "cabinet-edge/status/1"
 SCHEMA_STATE = "cabinet-edge/state/1"
 SHUTDOWN_WAIT_S = 1.0  # longest wait for the uplink and paho threads when the daemon stops
+COMMANDS_PER_STEP = 5  # commands handled per event-loop iteration: a burst must not hold the control tick
+MAX_QUEUED_COMMANDS = 1000  # beyond this a burst is dropped (counted): commands_dropped
 
 EventSink = Callable[[str, str, dict[str, Any]], None]
 StateSource = Callable[[], dict[str, Any]]
@@ -73,6 +76,7 @@ class UplinkStats:
     broker_rejections: int = 0
     commands: int = 0
     commands_rejected: int = 0
+    commands_dropped: int = 0  # arrived while MAX_QUEUED_COMMANDS were waiting: not handled, not answered
     last_error: str | None = None
     next_reconnect_s: float | None = None
     longest_step_ms: float = 0.0  # longest delivery step on the uplink thread (store reads, publishes)
@@ -111,6 +115,7 @@ class Uplink:
         self.session = Session(
             cfg, self.client_id, self._session_events(), will=self._status_message("offline"), rnd=self.rnd
         )
+        self.guard = commands.Guard(max_skew_s=cfg.command_max_skew_s)  # recent ids survive reconnects
         self.channel = CommandChannel(
             self.topics, self._handle_command, self.session, site_id=site_id, cabinet_id=cabinet_id, now_ms=now_ms
         )
@@ -120,6 +125,7 @@ class Uplink:
         self._io_q: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
         self._io_thread: threading.Thread | None = None
         self._kick_pending = False
+        self._commands: deque[tuple[str, bytes, Received]] = deque()
         self._last_state: str | None = None
         self._head = json.dumps({"cabinet_id": cabinet_id, "site_id": site_id}, separators=(",", ":"))[1:-1]
 
@@ -133,7 +139,7 @@ class Uplink:
             connect_failed=lambda: self._to_io(self._connect_failed),
             disconnected=lambda why: self._to_io(self._disconnected, why),
             published=lambda mid, failed, why: self._to_io(self._acked, mid, failed, why),
-            message=lambda topic, payload: self._to_loop(self._command, topic, payload),
+            message=lambda topic, payload, received: self._to_loop(self._queue_command, topic, payload, received),
         )
 
     def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
@@ -393,19 +399,40 @@ class Uplink:
         after = self.store.last_seq()
         return after if after > before else None
 
-    def _handle_command(self, name: str, payload: bytes) -> Answer:
+    def _handle_command(self, name: str, payload: bytes, received: Received) -> Answer:
         """The channel's handler (loop): one command through the operations layer, which evaluates at once and
-        records the ``command`` event; the answer carries that event's seq."""
+        records the ``command`` event; the answer carries that event's seq (None when no event was recorded:
+        an id answered again, a retained command between two reports)."""
         if self.ops is None:
             return Answer(commands.Result(None, name[:64], commands.REJECTED, "commands are not served here"))
         before = self.store.last_seq()
-        result = commands.handle(name, payload, self.ops, now_ms())
+        result = commands.handle(name, payload, self.ops, now_ms(), guard=self.guard, received=received)
         after = self.store.last_seq()
         return Answer(result, after if after > before else None)
 
-    def _command(self, topic: str, payload: bytes) -> None:
+    def _queue_command(self, topic: str, payload: bytes, received: Received) -> None:
+        """Loop: queue one command; a burst is handled COMMANDS_PER_STEP per loop iteration, so the control
+        tick runs between them (bench/abuse.py: a burst of 2,000 handled at once held the tick)."""
+        if len(self._commands) >= MAX_QUEUED_COMMANDS:
+            self.stats.commands_dropped += 1
+            if self.stats.commands_dropped in (1, 10, 100) or self.stats.commands_dropped % 1000 == 0:
+                log.warning("cloud commands arrive faster than handled: %d dropped", self.stats.commands_dropped)
+            return
+        self._commands.append((topic, payload, received))
+        if len(self._commands) == 1:
+            asyncio.get_running_loop().call_soon(self._command_step)
+
+    def _command_step(self) -> None:
+        try:
+            for _ in range(min(COMMANDS_PER_STEP, len(self._commands))):
+                self._command(*self._commands.popleft())
+        finally:
+            if self._commands:
+                asyncio.get_running_loop().call_soon(self._command_step)
+
+    def _command(self, topic: str, payload: bytes, received: Received) -> None:
         """One command from the broker (loop): run it, answer on cmd-result, publish the state."""
-        answer = self.channel.on_message(topic, payload)
+        answer = self.channel.on_message(topic, payload, received)
         self.stats.commands += 1
         if not answer.accepted:
             self.stats.commands_rejected += 1
@@ -416,6 +443,8 @@ class Uplink:
         return {
             **vars(self.stats),
             "next_reconnect_s": self.session.next_reconnect_s,
+            "commands_duplicate": self.guard.duplicates,
+            "commands_retained_ignored": self.guard.retained_ignored,
             "inflight": delivery.inflight if delivery is not None else 0,
             "client_id": self.client_id,
             "broker": f"{self.cfg.host}:{self.cfg.port}",
