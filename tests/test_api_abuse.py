@@ -269,6 +269,25 @@ def test_diag_is_bounded_and_says_when_there_are_more_events(daemon):
     assert len(call(daemon, "diag", limit=10)["data"]["events"]) == 10
 
 
+def test_edge_diag_pages_back_for_more_events_than_one_answer_holds(daemon, tmp_path):
+    import tarfile
+
+    from click.testing import CliRunner
+
+    from edge.cli import main
+
+    out = tmp_path / "bundle.tar.gz"
+    args = ["diag", "--events", "2500", "-o", str(out), "--socket", daemon.socket_path, "--config", "/nonexistent"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    with tarfile.open(out) as tar:
+        member = next(m for m in tar.getmembers() if m.name.endswith("/events.json"))
+        events = json.loads(tar.extractfile(member).read())  # type: ignore[union-attr]
+    seqs = [e["seq"] for e in events]
+    assert len(seqs) == 2500 and seqs == sorted(set(seqs))
+    assert "older ones left out" in res.stderr
+
+
 def test_tick_unchanged_while_events_and_diag_are_hammered(daemon):
     quiet = wait_for(lambda: (s := tick_stats(daemon))["ticks"] > 30 and s, timeout=20)
     stop = threading.Event()
