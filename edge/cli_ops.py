@@ -428,6 +428,18 @@ def _diag_from_daemon(client: Client, n_events: int) -> dict[str, Any]:
     return data
 
 
+def _daemon_files(daemon: dict[str, Any], files: dict[str, str | bytes], notes: list[str]) -> None:
+    files["config.json"] = diag.to_json(daemon["config"])
+    files["status.json"] = diag.to_json(daemon["status"])
+    files["status.txt"] = render.status_text(daemon["status"]) + "\n"
+    files["events.json"] = diag.to_json(daemon["events"])
+    files["events.txt"] = render.events_text(daemon["events"]) + "\n"
+    files["store.json"] = diag.to_json(daemon["store"])
+    files["daemon.json"] = diag.to_json(daemon["daemon"])
+    if daemon.get("events_more"):
+        notes.append(f"events: the newest {len(daemon['events'])} bundled, older ones left out (--events N)")
+
+
 @click.command("diag")
 @client_options
 @click.option(
@@ -459,15 +471,7 @@ def diag_cmd(socket_opt: str | None, config_path: str | None, as_json: bool, out
     cabinet = "unknown"
     if daemon is not None:
         cabinet = str(daemon["status"].get("cabinet_id", cabinet))
-        files["config.json"] = diag.to_json(daemon["config"])
-        files["status.json"] = diag.to_json(daemon["status"])
-        files["status.txt"] = render.status_text(daemon["status"]) + "\n"
-        files["events.json"] = diag.to_json(daemon["events"])
-        files["events.txt"] = render.events_text(daemon["events"]) + "\n"
-        files["store.json"] = diag.to_json(daemon["store"])
-        files["daemon.json"] = diag.to_json(daemon["daemon"])
-        if daemon.get("events_more"):
-            notes.append(f"events: the newest {len(daemon['events'])} bundled, older ones left out (--events N)")
+        _daemon_files(daemon, files, notes)
     cfg_file = config_path or DEFAULT_CONFIG
     try:
         cfg = load_config(cfg_file)
