@@ -223,17 +223,38 @@ def _since(ctx: click.Context, param: click.Parameter, value: str | None) -> int
     metavar="10m|ISO",
     help="only events after this: a duration ago (10m, 2h, 1d) or an ISO time",
 )
-@click.option("--limit", type=click.IntRange(1, 1000), default=200, show_default=True, help="newest N events")
-def events(socket_opt: str | None, config_path: str | None, as_json: bool, since: int | None, limit: int) -> None:
-    """Events (faults, clears, limit rules, operator commands), oldest first."""
+@click.option("--limit", type=click.IntRange(1, 1000), default=200, show_default=True, help="events in one page")
+@click.option("--before", "before_seq", type=click.IntRange(1, None), default=None, help="page back: older than seq N")
+@click.option("--after", "after_seq", type=click.IntRange(0, None), default=None, help="page forward: newer than seq N")
+def events(
+    socket_opt: str | None,
+    config_path: str | None,
+    as_json: bool,
+    since: int | None,
+    limit: int,
+    before_seq: int | None,
+    after_seq: int | None,
+) -> None:
+    """Events (faults, clears, limit rules, operator commands), oldest first: the newest page, or the page
+    before/after a seq. The daemon answers at most 1000 events at a time."""
+    if before_seq is not None and after_seq is not None:
+        raise click.UsageError("give --before or --after, not both")
     args: dict[str, Any] = {"limit": limit}
     if since is not None:
         args["since_ms"] = max(0, since)
+    for key, value in (("before_seq", before_seq), ("after_seq", after_seq)):
+        if value is not None:
+            args[key] = value
     data = call(_conn(socket_opt, config_path, as_json), "events", "events", args)
     if as_json:
         emit_json(data)
-    else:
-        click.echo(render.events_text(data["events"]))
+        return
+    click.echo(render.events_text(data["events"]))
+    if data.get("more") and data["events"]:
+        where = (
+            f"--after {data['events'][-1]['seq']}" if after_seq is not None else f"--before {data['events'][0]['seq']}"
+        )
+        click.echo(f"(more: edge events {where})")
 
 
 @click.command()
@@ -388,6 +409,37 @@ def selftest(socket_opt: str | None, config_path: str | None, as_json: bool, dur
     sys.exit(EXIT_OK if data["verdict"] in ("pass", "warn") else EXIT_FAIL)
 
 
+DIAG_MAX_EVENTS = 20_000
+PAGE_EVENTS = 1000  # the daemon's most per answer
+
+
+def _diag_from_daemon(client: Client, n_events: int) -> dict[str, Any]:
+    """The daemon's diag answer with its newest ``n_events`` events, paged back with `events`."""
+    data = client.request("diag", {"limit": min(n_events, PAGE_EVENTS)})
+    events: list[dict[str, Any]] = data["events"]
+    more = bool(data.get("events_more"))
+    while more and events and len(events) < n_events:
+        page = client.request(
+            "events", {"before_seq": events[0]["seq"], "limit": min(PAGE_EVENTS, n_events - len(events))}
+        )
+        events = page["events"] + events
+        more = bool(page.get("more")) and bool(page["events"])
+    data["events"], data["events_more"] = events, more
+    return data
+
+
+def _daemon_files(daemon: dict[str, Any], files: dict[str, str | bytes], notes: list[str]) -> None:
+    files["config.json"] = diag.to_json(daemon["config"])
+    files["status.json"] = diag.to_json(daemon["status"])
+    files["status.txt"] = render.status_text(daemon["status"]) + "\n"
+    files["events.json"] = diag.to_json(daemon["events"])
+    files["events.txt"] = render.events_text(daemon["events"]) + "\n"
+    files["store.json"] = diag.to_json(daemon["store"])
+    files["daemon.json"] = diag.to_json(daemon["daemon"])
+    if daemon.get("events_more"):
+        notes.append(f"events: the newest {len(daemon['events'])} bundled, older ones left out (--events N)")
+
+
 @click.command("diag")
 @client_options
 @click.option(
@@ -398,26 +450,28 @@ def selftest(socket_opt: str | None, config_path: str | None, as_json: bool, dur
     default=None,
     help="bundle to write (default edge-diag-<cabinet>-<time>.tar.gz here)",
 )
-def diag_cmd(socket_opt: str | None, config_path: str | None, as_json: bool, output: str | None) -> None:
+@click.option(
+    "--events",
+    "n_events",
+    type=click.IntRange(1, DIAG_MAX_EVENTS),
+    default=500,
+    show_default=True,
+    help="newest events to bundle (fetched 1000 at a time)",
+)
+def diag_cmd(socket_opt: str | None, config_path: str | None, as_json: bool, output: str | None, n_events: int) -> None:
     """Write a diagnostics bundle for the manufacturer (no passwords or keys)."""
     files: dict[str, str | bytes] = {}
     notes: list[str] = []
     path = socket_path(socket_opt, config_path)
     daemon: dict[str, Any] | None = None
     try:
-        daemon = Client(path, timeout_s=10.0).request("diag")
+        daemon = _diag_from_daemon(Client(path, timeout_s=10.0), n_events)
     except (Unreachable, ApiError) as exc:
         notes.append(f"daemon not reachable at {path}: {exc}; status, events and store statistics are missing")
     cabinet = "unknown"
     if daemon is not None:
         cabinet = str(daemon["status"].get("cabinet_id", cabinet))
-        files["config.json"] = diag.to_json(daemon["config"])
-        files["status.json"] = diag.to_json(daemon["status"])
-        files["status.txt"] = render.status_text(daemon["status"]) + "\n"
-        files["events.json"] = diag.to_json(daemon["events"])
-        files["events.txt"] = render.events_text(daemon["events"]) + "\n"
-        files["store.json"] = diag.to_json(daemon["store"])
-        files["daemon.json"] = diag.to_json(daemon["daemon"])
+        _daemon_files(daemon, files, notes)
     cfg_file = config_path or DEFAULT_CONFIG
     try:
         cfg = load_config(cfg_file)

@@ -9,7 +9,10 @@ Every operation (``stop``, ``resume``, ``limit_set``, ``limit_clear``, ``clear``
 - is evaluated at once (``evaluate_now()`` after every change), so a cloud command acts as fast as a
   local one;
 - becomes ONE audit event (kind ``command``, name = the operation; who, args summarised and bounded in
-  size, ok, result), accepted or not;
+  size, ok, result), accepted or not. Refusals of local requests are rate-limited per user
+  (:class:`RefusalLimit`: the first ``AUDIT_REFUSED_PER_WINDOW`` per ``AUDIT_WINDOW_S`` are recorded, the
+  rest counted into one ``audit_suppressed`` event when the window ends), so a read-only user's flood of
+  refused requests cannot fill the store; an accepted change is always recorded;
 - fails with ONE exception type, :class:`OpError`, whose ``code`` is ``invalid_argument``, ``refused`` or
   ``forbidden`` and whose message says what to do.
 
@@ -23,14 +26,14 @@ import asyncio
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from edge.config import Config
-from edge.operator import CLOUD, ExternalLimit, Held, OperatorState, Source
+from edge.operator import CLOUD, LOCAL, ExternalLimit, Held, OperatorState, Source
 from hal.clock import Clock, LinuxClock
 
 INVALID_ARGUMENT = "invalid_argument"
@@ -42,6 +45,8 @@ CLOUD_MAX_LIMIT_S = 86400.0  # a cloud limit must end by itself: the backend may
 MAX_AUDIT_KEYS = 8
 MAX_AUDIT_TEXT = 64
 MAX_RESULT_TEXT = 300
+AUDIT_REFUSED_PER_WINDOW = 20  # refusals recorded per local user and window; the rest only counted
+AUDIT_WINDOW_S = 60.0
 
 AuditSink = Callable[[str, str, dict[str, Any]], None]  # (kind, name, data), e.g. the daemon's event()
 StatusSource = Callable[[], dict[str, Any]]
@@ -211,6 +216,45 @@ def summarise(raw: Any) -> dict[str, Any]:
     return out
 
 
+@dataclass
+class _Window:
+    start_s: float
+    recorded: int = 0
+    suppressed: int = 0
+    by_op: dict[str, int] = field(default_factory=dict)
+
+
+class RefusalLimit:
+    """At most ``per_window`` refusals recorded per source (a local user) in ``window_s``; the others are
+    counted per operation and reported by :meth:`ended` once the window is over. Memory: one small
+    window per source that was refused in the last ``window_s`` (sources are local users, so few)."""
+
+    def __init__(self, per_window: int = AUDIT_REFUSED_PER_WINDOW, window_s: float = AUDIT_WINDOW_S) -> None:
+        self.per_window = per_window
+        self.window_s = window_s
+        self._windows: dict[Source, _Window] = {}
+        self.suppressed_total = 0
+
+    def admit(self, source: Source, op: str, now_s: float) -> bool:
+        w = self._windows.get(source)
+        if w is None:
+            w = self._windows[source] = _Window(now_s)
+        if w.recorded < self.per_window:
+            w.recorded += 1
+            return True
+        w.suppressed += 1
+        w.by_op[op] = w.by_op.get(op, 0) + 1
+        self.suppressed_total += 1
+        return False
+
+    def ended(self, now_s: float) -> list[tuple[Source, _Window]]:
+        """Windows that are over and suppressed something (forgotten here, so reported once)."""
+        over = [(src, w) for src, w in self._windows.items() if now_s - w.start_s >= self.window_s]
+        for src, _ in over:
+            del self._windows[src]
+        return [(src, w) for src, w in over if w.suppressed]
+
+
 @dataclass(frozen=True)
 class Done:
     """An operation done: ``answer`` is the socket API's data, ``result`` the one-line outcome (the
@@ -271,12 +315,17 @@ class Operations:
         self.status = status
         self.clock = clock or LinuxClock()
         self._selftest_lock = asyncio.Lock()
+        self.refusals = RefusalLimit()
 
     # -- plumbing ------------------------------------------------------------------------------------
     def audit(self, op: str, source: Source, args: Any, ok: bool, result: str, code: str | None = None) -> None:
         """Record one command event; also used by adapters for requests refused before an operation
-        (socket permission, malformed MQTT envelope)."""
+        (socket permission, malformed MQTT envelope). A local refusal beyond the user's allowance is only
+        counted (see :class:`RefusalLimit`)."""
         if self._audit_sink is None:
+            return
+        self.flush_suppressed()
+        if not ok and source.kind == LOCAL and not self.refusals.admit(source, op[:64], self.clock.monotonic()):
             return
         data: dict[str, Any] = {"op": op[:64], "source": source.kind, "user": source.who[:64], "by": source.label[:80]}
         if source.uid is not None:
@@ -287,6 +336,28 @@ class Operations:
         if code is not None:
             data["code"] = code
         self._audit_sink("command", op[:64], data)
+
+    def flush_suppressed(self) -> int:
+        """One ``audit_suppressed`` event per user whose refusal window ended with refusals not recorded
+        (called on every audit and periodically by the socket server); returns how many were emitted."""
+        if self._audit_sink is None:
+            return 0
+        ended = self.refusals.ended(self.clock.monotonic())
+        for source, w in ended:
+            data: dict[str, Any] = {"op": "audit_suppressed", "source": source.kind, "user": source.who[:64]}
+            if source.uid is not None:
+                data["uid"] = source.uid
+            data.update(
+                by=source.label[:80],
+                ok=False,
+                suppressed=w.suppressed,
+                ops=dict(sorted(w.by_op.items())[:MAX_AUDIT_KEYS]),
+                window_s=self.refusals.window_s,
+                result=f"{w.suppressed} more refused requests by {source.label[:80]} not recorded "
+                f"(at most {self.refusals.per_window} per {self.refusals.window_s:g} s)",
+            )
+            self._audit_sink("command", "audit_suppressed", data)
+        return len(ended)
 
     def validate(self, op: str, source: Source, raw: Mapping[str, Any] | None) -> Args:
         authorise(op, source, self.config.limits.remote_clear_allowed)

@@ -214,6 +214,20 @@ def test_events_are_ordered_and_since_filters(daemon):
     assert res.exit_code == 2 and "neither a duration" in res.stderr
 
 
+def test_events_page_back_and_forward_and_say_when_there_are_more(daemon):
+    newest = edge_json(daemon, "events", "--limit", "2")
+    assert len(newest["events"]) == 2 and newest["more"] is True
+    first_seq = newest["events"][0]["seq"]
+    res = edge(daemon, "events", "--limit", "2")
+    assert res.exit_code == 0 and f"(more: edge events --before {first_seq})" in res.stdout
+    older = edge_json(daemon, "events", "--limit", "2", "--before", str(first_seq))["events"]
+    assert len(older) == 2 and all(e["seq"] < first_seq for e in older)
+    oldest = edge_json(daemon, "events", "--limit", "1", "--after", "0")
+    assert oldest["events"][0]["kind"] == "started" and oldest["more"] is True
+    res = edge(daemon, "events", "--before", "5", "--after", "1")
+    assert res.exit_code == 2 and "not both" in res.stderr
+
+
 def test_whoami_reports_root_as_admin(daemon):
     assert edge_json(daemon, "whoami")["admin"] is True
     assert "read and change" in edge(daemon, "whoami").stdout

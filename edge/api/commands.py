@@ -1,16 +1,22 @@
 """What each control request does, registered by name with the permission it needs.
 
-Read requests (``READ``) only look; change requests (``ADMIN``) are thin adapters onto
-:class:`edge.ops.Operations`, which validates them, applies the authority rules (a local stop or limit
-is lifted only locally; the lowest limit wins), evaluates at once and records every change request,
-accepted or not, as one ``command`` event (who, what, result) that goes out with telemetry.
+Read requests (``READ``) only look. The ``heavy`` ones (``events``, ``diag``) take what lives on the loop
+in a quick snapshot, then read the store and build (and the server encodes) the answer in the API's
+worker thread (:attr:`Context.offload`), so no answer holds the control loop; their answers are bounded
+(at most ``MAX_EVENTS`` events) and paginated (``before_seq`` / ``after_seq`` and ``more``).
+Change requests (``ADMIN``) are thin adapters onto :class:`edge.ops.Operations`, which validates them,
+applies the authority rules (a local stop or limit is lifted only locally; the lowest limit wins),
+evaluates at once and records every change request, accepted or not, as one ``command`` event (who,
+what, result) that goes out with telemetry.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import platform
+import re
 import sys
 import time
 from collections import deque
@@ -18,10 +24,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from edge.api.peer import ADMIN, READ, Peer, Policy
-from edge.api.protocol import ProtocolError
+from edge.api.protocol import ProtocolError, RawJson, encode
+from edge.api.reader import EventReader
 from edge.config import Config
 from edge.control import Controller
 from edge.diag import package_versions, redact
@@ -29,9 +36,20 @@ from edge.operator import Source
 from edge.ops import Operations, OpError, settled_flow
 from edge.telemetry.store import Store
 
-__all__ = ["COMMANDS", "Context", "DaemonView", "WatchArgs", "full_status", "parse_args", "settled_flow"]
+__all__ = [
+    "COMMANDS",
+    "Context",
+    "DaemonView",
+    "Offload",
+    "WatchArgs",
+    "events_page",
+    "full_status",
+    "parse_args",
+    "settled_flow",
+]
 
-MAX_EVENTS = 1000
+MAX_EVENTS = 1000  # events in one answer, at most (~1 MB of JSON)
+DIAG_EVENTS = 500
 
 
 class DaemonView(Protocol):
@@ -47,12 +65,17 @@ class DaemonView(Protocol):
     def event(self, kind: str, name: str, data: dict[str, Any]) -> None: ...
 
 
+# runs a function of the store reader in the API's worker thread and awaits its result
+Offload = Callable[[Callable[[EventReader], Any]], Awaitable[Any]]
+
+
 @dataclass
 class Context:
     daemon: DaemonView
     peer: Peer
     policy: Policy
     ops: Operations
+    offload: Offload
 
 
 Handler = Callable[[Context, Any], Awaitable[dict[str, Any]]]
@@ -73,6 +96,7 @@ class Command:
     args: type[Args] | None  # None: the raw args go to edge.ops, which validates them
     handler: Handler
     help: str
+    heavy: bool = False  # the server encodes the answer in the worker thread
 
 
 COMMANDS: dict[str, Command] = {}
@@ -83,9 +107,10 @@ def command(
     need: str,
     args: type[Args] | None = NoArgs,
     help: str = "",  # noqa: A002
+    heavy: bool = False,
 ) -> Callable[[Handler], Handler]:
     def register(fn: Handler) -> Handler:
-        COMMANDS[name] = Command(name, need, args, fn, help or (fn.__doc__ or "").strip().splitlines()[0])
+        COMMANDS[name] = Command(name, need, args, fn, help or (fn.__doc__ or "").strip().splitlines()[0], heavy)
         return fn
 
     return register
@@ -182,24 +207,79 @@ async def _faults(ctx: Context, args: NoArgs) -> dict[str, Any]:
 class EventsArgs(Args):
     since_ms: int | None = Field(None, ge=0, description="UTC ms since the epoch; all kept events when absent")
     limit: int = Field(200, ge=1, le=MAX_EVENTS)
+    before_seq: int | None = Field(None, ge=1, description="page back: the newest events older than this seq")
+    after_seq: int | None = Field(None, ge=0, description="page forward: the oldest events newer than this seq")
+
+    @model_validator(mode="after")
+    def _one_direction(self) -> EventsArgs:
+        if self.before_seq is not None and self.after_seq is not None:
+            raise ValueError("give before_seq or after_seq, not both")
+        return self
+
+
+_RECENT_HEAD = re.compile(r'^\{"seq":(-?\d+),"t_ms":(-?\d+)')  # edge.events writes seq and t_ms first
+
+
+def _in_page(seq: int, t_ms: int, page: EventsArgs) -> bool:
+    return (
+        (page.before_seq is None or seq < page.before_seq)
+        and (page.after_seq is None or seq > page.after_seq)
+        and (page.since_ms is None or t_ms >= page.since_ms)
+    )
+
+
+def _stored_text(seq: int, t_ms: int, payload: str) -> str:
+    """``{"seq":..,"t_ms":.., **payload}`` as JSON text, spliced (the store wrote strict JSON)."""
+    head = f'{{"seq":{seq},"t_ms":{t_ms}'
+    return head + ("}" if payload.strip() == "{}" else "," + payload.lstrip()[1:])
+
+
+def _recent_entry(text: str) -> tuple[int, int, str]:
+    """seq, t_ms and strict JSON text of one in-memory event (parsed only if the fast path cannot tell)."""
+    m = _RECENT_HEAD.match(text)
+    if m and "NaN" not in text and "Infinity" not in text:
+        return int(m[1]), int(m[2]), text
+    ev = json.loads(text)
+    return int(ev["seq"]), int(ev["t_ms"]), encode(ev).decode().rstrip("\n")
+
+
+def events_page(reader: EventReader, recent: list[str], page: EventsArgs) -> dict[str, Any]:
+    """One page of events, oldest first: the newest ``limit`` (before ``before_seq``), or with ``after_seq``
+    the oldest ``limit`` after it. Merged by seq from the store (not yet delivered; at most ``limit + 1``
+    read) and ``recent`` (a snapshot of the in-memory list: delivered ones too). ``events`` is one
+    :class:`RawJson` list, spliced from the stored JSON texts without parsing them; ``more``: another page
+    lies further in that direction. Runs in the API's worker thread."""
+    newest_first = page.after_seq is None
+    by_seq: dict[int, str] = {}
+    for seq, t_ms, payload in reader.events(
+        page.limit + 1, page.before_seq, page.after_seq, page.since_ms, newest_first=newest_first
+    ):
+        by_seq[seq] = _stored_text(seq, t_ms, payload)
+    for text in recent:
+        seq, t_ms, strict = _recent_entry(text)
+        if _in_page(seq, t_ms, page):
+            by_seq.setdefault(seq, strict)
+    seqs = sorted(by_seq, reverse=newest_first)
+    chosen = sorted(seqs[: page.limit])
+    return {"events": RawJson("[" + ",".join(by_seq[s] for s in chosen) + "]"), "more": len(seqs) > page.limit}
 
 
 def collect_events(daemon: DaemonView, since_ms: int | None, limit: int) -> list[dict[str, Any]]:
-    """Events still in the store (not yet delivered) and those since start-up, merged by seq."""
-    by_seq: dict[int, dict[str, Any]] = {}
-    for rec in daemon.store.pending(0, 100_000, kind="event"):
-        by_seq[rec.seq] = {"seq": rec.seq, "t_ms": rec.t_ms, **rec.payload}
-    for text in daemon.recent_events:
-        ev = json.loads(text)
-        by_seq.setdefault(ev["seq"], ev)
-    events = [by_seq[s] for s in sorted(by_seq) if since_ms is None or by_seq[s]["t_ms"] >= since_ms]
-    return events[-limit:]
+    """The newest ``limit`` events since ``since_ms`` (store and memory merged by seq), oldest first; on
+    the caller's thread with a reader of its own (tools and tests; the server pages in its worker)."""
+    reader = EventReader(daemon.store.path)
+    try:
+        page = events_page(reader, list(daemon.recent_events), EventsArgs(since_ms=since_ms, limit=limit))
+    finally:
+        reader.close()
+    return list(json.loads(page["events"].text))
 
 
-@command("events", READ, EventsArgs)
+@command("events", READ, EventsArgs, heavy=True)
 async def _events(ctx: Context, args: EventsArgs) -> dict[str, Any]:
-    """Recent events (faults, clears, limit rule changes, commands), oldest first."""
-    return {"events": collect_events(ctx.daemon, args.since_ms, args.limit)}
+    """Recent events (faults, clears, limit rule changes, commands), oldest first, a page at a time."""
+    recent = list(ctx.daemon.recent_events)  # the snapshot is taken on the loop, which alone appends
+    return dict(await ctx.offload(lambda reader: events_page(reader, recent, args)))
 
 
 class WatchArgs(Args):
@@ -234,22 +314,53 @@ def store_stats(store: Store) -> dict[str, Any]:
     }
 
 
-@command("diag", READ)
-async def _diag(ctx: Context, args: NoArgs) -> dict[str, Any]:
+@functools.lru_cache(maxsize=1)
+def _packages() -> dict[str, Any]:
+    """Installed versions: they do not change while the daemon runs, and finding them makes much garbage."""
+    return dict(package_versions())
+
+
+_redacted: tuple[Config | None, dict[str, Any]] = (None, {})
+
+
+def _redacted_config(config: Config) -> dict[str, Any]:
+    """The daemon's config never changes while it runs: redacted once (worker thread only)."""
+    global _redacted
+    if _redacted[0] is not config:
+        _redacted = (config, dict(redact(config.model_dump(mode="json"))))
+    return _redacted[1]
+
+
+class DiagArgs(Args):
+    limit: int = Field(DIAG_EVENTS, ge=1, le=MAX_EVENTS, description="events in the answer, newest")
+    before_seq: int | None = Field(None, ge=1, description="page back: events older than this seq")
+
+
+@command("diag", READ, DiagArgs, heavy=True)
+async def _diag(ctx: Context, args: DiagArgs) -> dict[str, Any]:
     """What `edge diag` bundles from the daemon: redacted config, store, events, status, versions."""
     d = ctx.daemon
-    return {
-        "config": redact(d.config.model_dump(mode="json")),
-        "store": store_stats(d.store),
-        "events": collect_events(d, None, 500),
-        "status": full_status(d),
-        "daemon": {
-            "pid": os.getpid(),
-            "python": sys.version,
-            "platform": platform.platform(),
-            "packages": package_versions(),
-        },
-    }
+    # what lives on the loop is read on the loop; the rest is built in the worker thread
+    status, store, recent, config = full_status(d), store_stats(d.store), list(d.recent_events), d.config
+    page = EventsArgs(limit=args.limit, before_seq=args.before_seq)
+
+    def build(reader: EventReader) -> dict[str, Any]:
+        events = events_page(reader, recent, page)
+        return {
+            "config": _redacted_config(config),
+            "store": store,
+            "events": events["events"],
+            "events_more": events["more"],
+            "status": status,
+            "daemon": {
+                "pid": os.getpid(),
+                "python": sys.version,
+                "platform": platform.platform(),
+                "packages": _packages(),
+            },
+        }
+
+    return dict(await ctx.offload(build))
 
 
 # -- change: thin adapters onto edge.ops (one validation, authority, audit, evaluate-at-once) -----

@@ -32,9 +32,14 @@ class Peer:
         return f"{self.user} (uid {self.uid})"
 
 
-def peer_of(sock: socket.socket) -> Peer:
+def credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """pid, uid, gid of the peer as the kernel recorded them at connect (no user database lookup)."""
     pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-    return describe(pid, uid, gid)
+    return pid, uid, gid
+
+
+def peer_of(sock: socket.socket) -> Peer:
+    return describe(*credentials(sock))
 
 
 def describe(pid: int, uid: int, gid: int) -> Peer:

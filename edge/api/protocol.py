@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,18 +88,49 @@ def error(req_id: Any, code: str, message: str) -> dict[str, Any]:
     return {"v": VERSION, "id": req_id, "ok": False, "code": code, "error": message}
 
 
+@dataclass(frozen=True)
+class RawJson:
+    """A value already encoded as strict JSON (e.g. events spliced from the store's JSON text): put into
+    the answer as is, without being parsed into objects first (no garbage for the collector to chase)."""
+
+    text: str
+
+
 def encode(answer: dict[str, Any]) -> bytes:
-    """One line of strict JSON: NaN/inf (an invalid reading) become null, which every parser accepts."""
-    return json.dumps(_finite(answer), default=str, ensure_ascii=False, allow_nan=False).encode() + b"\n"
+    """One line of strict JSON: NaN/inf (an invalid reading) become null, which every parser accepts;
+    :class:`RawJson` values are spliced in as they are."""
+    raws: dict[str, str] = {}
+    # copied (NaN -> null, RawJson -> placeholder) only when needed: a copy of a big answer is garbage
+    # the collector must then chase, on the control loop's time too
+    clean = _finite(answer, raws) if _needs_copy(answer) else answer
+    line = json.dumps(clean, default=str, ensure_ascii=False, allow_nan=False)
+    for token, text in raws.items():
+        line = line.replace(token, text, 1)
+    return line.encode() + b"\n"
 
 
-def _finite(obj: Any) -> Any:
+def _needs_copy(obj: Any) -> bool:
+    if isinstance(obj, float):
+        return not math.isfinite(obj)
+    if isinstance(obj, dict):
+        return any(_needs_copy(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_needs_copy(v) for v in obj)
+    return isinstance(obj, RawJson)
+
+
+def _finite(obj: Any, raws: dict[str, str]) -> Any:
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: _finite(v, raws) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
+        return [_finite(v, raws) for v in obj]
+    if isinstance(obj, RawJson):
+        # a placeholder no other string can equal (control characters and a random nonce), replaced after
+        token = f"\x00raw{len(raws)}:{secrets.token_hex(8)}\x00"
+        raws[json.dumps(token)] = obj.text
+        return token
     return obj
 
 
