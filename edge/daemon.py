@@ -9,6 +9,7 @@ Lifecycle guarantees:
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -33,6 +34,9 @@ class Daemon:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
         cab.start(loop)
+        # everything built so far lives as long as the process: out of the collector's way, so a full
+        # collection scans only what the running daemon allocates (shorter GC pauses inside a tick)
+        gc.freeze()
         cab.event("started", "daemon", {"version": __version__})
         tasks = [asyncio.create_task(coro, name=name) for name, coro in cab.tasks(self.status_line).items()]
         control = asyncio.create_task(cab.controller.run(self.stopping), name="control")
