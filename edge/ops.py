@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from edge.config import Config
+from edge.limits import inputs
 from edge.operator import CLOUD, LOCAL, ExternalLimit, Held, OperatorState, Source
 from hal.clock import Clock, LinuxClock
 
@@ -266,21 +267,14 @@ class Done:
 
 
 # -- self-test helpers -------------------------------------------------------------------------------
-_SELFTEST_SIGNALS = (
-    "coolant_flow_lpm",
-    "coolant_pressure_bar",
-    "coolant_in_c",
-    "coolant_out_c",
-    "pin_dc_plus_c",
-    "pin_dc_minus_c",
-)
+_SELFTEST_SIGNALS = inputs.SELFTEST
 SELFTEST_SAMPLE_S = 0.2
 
 
 def cable_values(st: dict[str, Any], cable: str | None) -> dict[str, float | None]:
     out: dict[str, float | None] = {}
     for sig in _SELFTEST_SIGNALS:
-        r = st.get("readings", {}).get(f"{cable}.{sig}") if cable else None
+        r = st.get("readings", {}).get(f"{cable}.{inputs.reading(sig)}") if cable else None
         out[sig] = r["value"] if r and r.get("quality") == "ok" else None
     return out
 
@@ -522,7 +516,7 @@ class Operations:
             st = self.status()
             if st.get("enable"):
                 return flows, outputs_seen, ("aborted", "output was enabled during the test: test outputs released")
-            flow = cable_values(st, cable)["coolant_flow_lpm"]
+            flow = cable_values(st, cable)[inputs.COOLANT_FLOW]
             if flow is not None:
                 flows.append(flow)
             for k, seen in outputs_seen.items():

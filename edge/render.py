@@ -172,14 +172,14 @@ def cable_lines(st: dict[str, Any], cable: str | None) -> list[str]:
     def coolant(name: str) -> str:
         return f"{table.entry(name)['short'].removeprefix('coolant ')} {v(name)}"
 
-    leak = st.get("readings", {}).get(f"{cable}.{table.reading('coolant_leak')}")
+    leak = st.get("readings", {}).get(f"{cable}.{table.reading(table.COOLANT_LEAK)}")
     leak_txt = "" if not leak else ("  LEAK DETECTED" if leak.get("value") else "")
-    pins = "   ".join(f"{table.entry(n)['short']} {v(n)}" for n in ("pin_dc_plus_c", "pin_dc_minus_c"))
+    pins = "   ".join(f"{table.entry(n)['short']} {v(n)}" for n in (table.PIN_DC_PLUS, table.PIN_DC_MINUS))
     o = st.get("outputs", {})
     return [
         f"{'cable':<{LABEL}}{pins}{leak_txt}",
-        f"{'coolant':<{LABEL}}{coolant('coolant_in_c')}  {coolant('coolant_out_c')}"
-        f"  {coolant('coolant_flow_lpm')}  {v('coolant_pressure_bar')}",
+        f"{'coolant':<{LABEL}}{coolant(table.COOLANT_IN)}  {coolant(table.COOLANT_OUT)}"
+        f"  {coolant(table.COOLANT_FLOW)}  {v(table.COOLANT_PRESSURE)}",
         f"{'outputs':<{LABEL}}contactor {'CLOSED' if o.get('contactor') else 'open'}"
         f"  pump {'on' if o.get('pump') else 'off'}  fan {'on' if o.get('fan') else 'off'}",
     ]
@@ -255,7 +255,7 @@ def output_line(st: dict[str, Any]) -> str:
 
 def status_text(st: dict[str, Any], cable: str | None = None) -> str:
     if cable is None:
-        pin = "." + table.reading("pin_dc_plus_c")
+        pin = "." + table.reading(table.PIN_DC_PLUS)
         cable = next((s.split(".", 1)[0] for s in st.get("readings", {}) if s.endswith(pin)), None)
     head = (
         f"cabinet {st.get('cabinet_id')} @ {st.get('site_id')}   up {duration(st.get('uptime_s'))}"
@@ -322,14 +322,7 @@ def selftest_text(r: dict[str, Any]) -> str:
         return "--" if v is None else spec.format(v)
 
     b, a = r.get("before", {}), r.get("after", {})
-    rows = [
-        ("coolant flow", "coolant_flow_lpm", "l/min", "{:.2f}"),
-        ("coolant pressure", "coolant_pressure_bar", "bar", "{:.2f}"),
-        ("coolant in", "coolant_in_c", "°C", "{:.1f}"),
-        ("coolant out", "coolant_out_c", "°C", "{:.1f}"),
-        ("pin DC+", "pin_dc_plus_c", "°C", "{:.1f}"),
-        ("pin DC-", "pin_dc_minus_c", "°C", "{:.1f}"),
-    ]
+    rows = [(e["short"], e["name"], e["unit"], f"{{:.{e['digits']}f}}") for e in map(table.entry, table.SELFTEST)]
     out = [
         f"self-test: pump and fan on for {r.get('duration_s'):g} s with the output off",
         f"{'':<18}{'before':>10}{'after':>10}",

@@ -56,6 +56,8 @@ except ImportError:  # imported by path as the plain module "core" (safety MCU, 
 SAFETY_INPUTS = inputs.names_where("required", inputs.ALWAYS)
 TEMP_RATE_INPUTS = inputs.names_where("rate_check", True)
 GRID_INPUTS = inputs.names_where("source", "grid")
+PIN_DC_PLUS, PIN_DC_MINUS = inputs.PIN_DC_PLUS, inputs.PIN_DC_MINUS
+COOLANT_OUT, COOLANT_FLOW = inputs.COOLANT_OUT, inputs.COOLANT_FLOW
 # inputs whose heat the fan removes: name -> the limits section whose derating start turns the fan to full
 FAN_INPUTS = (("module_temp_c", "module_temperature"), ("ambient_c", "ambient_temperature"))
 DOCS = inputs.DOCS
@@ -311,10 +313,10 @@ def _rate_trip(c: _Ctx, name: str, fault: str, step: float, dt: float) -> None:
 
 def _rule_pins_disagree(c: _Ctx) -> None:
     plaus = c.cfg["plausibility"]
-    if "pin_dc_plus_c" not in c.vals or "pin_dc_minus_c" not in c.vals:
+    if PIN_DC_PLUS not in c.vals or PIN_DC_MINUS not in c.vals:
         c.block("pins_disagree", "a pin sensor is not valid: cannot compare DC+ and DC-")
         return
-    plus, minus = c.vals["pin_dc_plus_c"], c.vals["pin_dc_minus_c"]
+    plus, minus = c.vals[PIN_DC_PLUS], c.vals[PIN_DC_MINUS]
     diff = abs(plus - minus)
     if diff > plaus["pin_disagree_c"]:
         c.trip(
@@ -344,17 +346,15 @@ def _temperature(c: _Ctx, value: float | None, rule: dict, name: str, fault: str
 
 
 def _rule_pins(c: _Ctx) -> None:
-    names = ["pin_dc_plus_c", "pin_dc_minus_c"]
-    if c.vals.get("pin_dc_minus_c", -1e9) > c.vals.get("pin_dc_plus_c", -1e9):
-        names = ["pin_dc_minus_c", "pin_dc_plus_c"]
+    names = [PIN_DC_PLUS, PIN_DC_MINUS]
+    if c.vals.get(PIN_DC_MINUS, -1e9) > c.vals.get(PIN_DC_PLUS, -1e9):
+        names = [PIN_DC_MINUS, PIN_DC_PLUS]
     for name in names:
         _temperature(c, c.vals.get(name), c.cfg["pin_temperature"], name, "pin_over_temperature")
 
 
 def _rule_coolant_temperature(c: _Ctx) -> None:
-    _temperature(
-        c, c.vals.get("coolant_out_c"), c.cfg["coolant_temperature"], "coolant_out_c", "coolant_over_temperature"
-    )
+    _temperature(c, c.vals.get(COOLANT_OUT), c.cfg["coolant_temperature"], COOLANT_OUT, "coolant_over_temperature")
 
 
 def _slow_temperature(c: _Ctx, name: str, rule: str, fault: str) -> None:
@@ -381,7 +381,7 @@ def _rule_ambient(c: _Ctx) -> None:
 
 def _rule_flow(c: _Ctx) -> None:
     rule = c.cfg["coolant_flow"]
-    flow = c.vals.get("coolant_flow_lpm")
+    flow = c.vals.get(COOLANT_FLOW)
     state = c.state
     if flow is None:
         state["timers"].pop("flow_low", None)

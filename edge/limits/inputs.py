@@ -126,7 +126,18 @@ INPUTS = (
     _input(
         "coolant_leak", "coolant leak sensor", "", "coolant_leak", "cable", "fast", OPTIONAL, "coolant_leak", "leak"
     ),
-    _input("coolant_in_c", "coolant inlet", "°C", "coolant_in", "cable", "fast", MONITOR, "inputs", short="coolant in"),
+    _input(
+        "coolant_in_c",
+        "coolant inlet",
+        "°C",
+        "coolant_in",
+        "cable",
+        "fast",
+        MONITOR,
+        "inputs",
+        short="coolant in",
+        selftest=True,
+    ),
     _input(
         "coolant_pressure_bar",
         "coolant pressure",
@@ -172,6 +183,21 @@ for _e in INPUTS:
 def names_where(key: str, value: object) -> tuple:
     """Names of the inputs whose ``key`` equals ``value``, in table order (``names_where("source", "cable")``)."""
     return tuple([e["name"] for e in INPUTS if e[key] == value])
+
+
+def _family(sensor_family: str) -> str:
+    return names_where("sensor", sensor_family)[0]
+
+
+# The inputs code must name (a rule, a status line), by their table entry: each name is spelled once, above.
+PIN_DC_PLUS = _family("pin_dc_plus")
+PIN_DC_MINUS = _family("pin_dc_minus")
+COOLANT_OUT = _family("coolant_out")
+COOLANT_IN = _family("coolant_in")
+COOLANT_FLOW = _family("coolant_flow")
+COOLANT_PRESSURE = _family("coolant_pressure")
+COOLANT_LEAK = _family("coolant_leak")
+SELFTEST = names_where("selftest", True)  # the technician self-test's rows, in table order
 
 
 def entry(name: str) -> dict:
