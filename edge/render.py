@@ -224,7 +224,8 @@ def _mb(n: Any) -> str:
 
 def traffic_text(tel: dict[str, Any]) -> str:
     """Bytes sent today / this month / per day (estimate), and days of store capacity at the current rate."""
-    up = tel.get("uplink") if isinstance(tel.get("uplink"), dict) else {}
+    nested = tel.get("uplink")
+    up: dict[str, Any] = nested if isinstance(nested, dict) else {}
     text = (
         f"sent {_mb(up.get('bytes_today'))} today, {_mb(up.get('bytes_month'))} this month, "
         f"~{_mb(up.get('bytes_per_day_est'))}/day ({up.get('format', '--')})"

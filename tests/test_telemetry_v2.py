@@ -168,3 +168,19 @@ def test_decoder_survives_random_corruption_of_real_messages(tmp_path):
 def test_values_decode_to_the_unit_resolution():
     sig = v2decode.SignalDef(1, "x", "°C", -2, 0.5, True)
     assert sig.value(4512) == 45.12 and math.isclose(sig.value(-3), -0.03)
+
+
+def test_decoded_lines_match_the_shipped_json_schema(tmp_path):
+    import importlib.resources
+
+    import jsonschema
+
+    schema = json.loads(
+        importlib.resources.files("edge").joinpath("schemas/telemetry-v2-decoded.schema.json").read_text()
+    )
+    cfg = config(tmp_path, SITE)
+    _truth, msgs, birth = _run(tmp_path, cfg, 30.0)
+    lines = list(v2decode.decode_all([birth, *msgs]))
+    assert lines
+    for line in lines:
+        jsonschema.validate(line, schema)
