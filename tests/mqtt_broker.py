@@ -275,7 +275,11 @@ def _v2_body(payload: bytes) -> dict[str, Any]:
         "cabinet_id": msg.cabinet_id,
         "site_id": msg.site_id,
         "replayed": msg.replayed,
-        "records": [{"seq": r.seq, "t_ms": r.t_ms, **({"body": r.body})} for r in msg.records],
+        # events: the v1 record fields; telemetry: the compact record under "compact"
+        "records": [
+            {"seq": r.seq, "t_ms": r.t_ms, **(r.body if msg.kind == v2decode.KIND_EVENTS else {"compact": r.body})}
+            for r in msg.records
+        ],
     }
 
 

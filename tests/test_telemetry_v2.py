@@ -184,3 +184,19 @@ def test_decoded_lines_match_the_shipped_json_schema(tmp_path):
     assert lines
     for line in lines:
         jsonschema.validate(line, schema)
+
+
+def test_edge_telemetry_decode_reads_mosquitto_sub_hex_lines_and_reports_bad_ones(tmp_path):
+    from click.testing import CliRunner
+
+    from edge.cli import main
+
+    cfg = config(tmp_path, SITE)
+    _truth, msgs, birth = _run(tmp_path, cfg, 30.0)
+    lines = [f"cabinet/site/cab/birth {birth.hex()}"] + [f"cabinet/site/cab/telemetry {m.hex()}" for m in msgs]
+    lines.insert(2, "cabinet/site/cab/telemetry cafe00")
+    res = CliRunner().invoke(main, ["telemetry", "decode"], input="\n".join(lines) + "\n")
+    assert res.exit_code == 2
+    out = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
+    assert len(out) >= 29 and all(r["cabinet_id"] == "cab" for r in out)
+    assert "payload 3: neither a v2 message nor JSON" in res.stderr
