@@ -26,6 +26,7 @@ from edge.faults import ExternalFaults
 from edge.meter_link import MeterLink
 from edge.ops import Operations
 from edge.state import CabinetState, InputMap
+from edge.telemetry.formats import compactor_for
 from edge.telemetry.recorder import Recorder
 from edge.telemetry.sampler import Sampler
 from edge.telemetry.store import Store
@@ -81,7 +82,9 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
     wdt = make_wdt(config.watchdog.backend, config.watchdog.timeout_ms)
     controller = Controller(config, state, can_link.bank, outputs, wdt, b.clock, events.emit, faults.core_input)
     can_link.evaluate_now = controller.evaluate_now
-    recorder = Recorder(sampler, store, faults, config.telemetry.interval_s, b.clock.monotonic, b.wall_ms)
+    compactor = compactor_for(config.telemetry, store.alias)  # None for v1: every sample as JSON
+    recorder = Recorder(sampler, store, faults, config.telemetry.interval_s, b.clock.monotonic, b.wall_ms, compactor)
+    store.before_close.append(recorder.close_record)
     cabinet = Cabinet(
         config=config,
         clock=b.clock,
@@ -115,7 +118,9 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
             on_event=events.emit,
             interval_s=config.telemetry.interval_s,
             version=__version__,
+            telemetry=config.telemetry,
         )
+        cabinet.uplink.on_connected.append(recorder.request_keyframe)
     return cabinet
 
 

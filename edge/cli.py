@@ -107,6 +107,53 @@ def config_check(file: str, as_json: bool) -> None:
     click.echo(f"{file}: OK", err=True)
 
 
+@main.group()
+def telemetry() -> None:
+    """Telemetry tools for backends."""
+
+
+@telemetry.command("decode")
+@click.argument("files", nargs=-1, type=click.Path(exists=True, dir_okay=False))
+def telemetry_decode(files: tuple[str, ...]) -> None:
+    """Decode v2 telemetry (and births, v1 messages) to v1-form JSON lines, duplicates dropped.
+
+    Input: FILES, each one raw MQTT payload; or stdin, one payload per line as hex (mosquitto_sub -F %x)
+    or JSON, optionally after the topic and a space (mosquitto_sub -F '%t %x'). Births must come
+    first or anywhere; records are printed in seq order. A payload that cannot be read is reported on
+    stderr with its reason and the exit code is 2; the others are still decoded.
+    """
+    from edge.telemetry.v2decode import DecodeError, Decoder
+
+    dec, bad = Decoder(), 0
+    payloads = [open(f, "rb").read() for f in files] if files else _stdin_payloads()
+    for n, payload in enumerate(payloads, 1):
+        try:
+            for rec in dec.feed(payload):
+                click.echo(json.dumps(rec, ensure_ascii=False, separators=(",", ":")))
+        except DecodeError as exc:
+            bad += 1
+            click.echo(f"payload {n}: {exc}", err=True)
+    for rec in dec.finish():
+        click.echo(json.dumps(rec, ensure_ascii=False, separators=(",", ":")))
+    if bad:
+        sys.exit(EXIT_USAGE)
+
+
+def _stdin_payloads() -> list[bytes]:
+    out = []
+    for line in sys.stdin.buffer.read().splitlines():
+        text = line.strip()
+        if not text:
+            continue
+        if not text.startswith(b"{") and b" " in text:
+            text = text.rsplit(b" ", 1)[1]  # "<topic> <hex>"
+        try:
+            out.append(text if text.startswith(b"{") else bytes.fromhex(text.decode()))
+        except ValueError:
+            out.append(text)  # the decoder says why it is not a payload
+    return out
+
+
 # -- scans: written in edge/scan/*.py by the meter and CAN work; registered here when present ----------
 _SCANS = (("can", "edge.scan.can", "can_command"), ("modbus", "edge.scan.modbus", "modbus_command"))
 

@@ -215,7 +215,23 @@ def uplink_lines(st: dict[str, Any]) -> list[str]:
         text += ";  STORE DEGRADED"
     if tel.get("evicted"):
         text += f";  {tel['evicted']} records evicted (store full)"
-    return _wrap("uplink", text)
+    return _wrap("uplink", text) + _wrap("traffic", traffic_text(tel))
+
+
+def _mb(n: Any) -> str:
+    return "--" if not isinstance(n, int | float) else f"{n / 1e6:.1f} MB"
+
+
+def traffic_text(tel: dict[str, Any]) -> str:
+    """Bytes sent today / this month / per day (estimate), and days of store capacity at the current rate."""
+    nested = tel.get("uplink")
+    up: dict[str, Any] = nested if isinstance(nested, dict) else {}
+    text = (
+        f"sent {_mb(up.get('bytes_today'))} today, {_mb(up.get('bytes_month'))} this month, "
+        f"~{_mb(up.get('bytes_per_day_est'))}/day ({up.get('format', '--')})"
+    )
+    days = tel.get("store_days_left")
+    return text + (f";  store full in {days} days at this rate" if days is not None else ";  store rate: measuring")
 
 
 def can_lines(st: dict[str, Any]) -> list[str]:

@@ -21,7 +21,7 @@ def mqtt_sim_config(
             f'[telemetry.mqtt]\nhost = "127.0.0.1"\nport = {port}\nreconnect_min_s = 0.1\n'
             f"reconnect_max_s = 1.0\nkeepalive_s = 5\n{mqtt_extra}"
         )
-    extra = f"{mq}\n\n[telemetry]\ninterval_s = {interval_s}\n"
+    extra = f"{mq}\n\n[telemetry]\ninterval_s = {interval_s}\nrecord_s = {interval_s * 5}\n"
     if limits:
         extra += f"\n[limits]\n{limits}\n"
     # sim_config_text replaces the built-in tables that ``extra`` defines again

@@ -47,7 +47,48 @@ class Mqtt(Section):
     tls: Tls = Tls()
 
 
+# Deadband per unit (report by exception): a value is sent again once it moved more than this.
+DEADBAND_BY_UNIT: dict[str, float] = {
+    "°C": 0.5,
+    "V": 1.0,
+    "A": 0.5,
+    "l/min": 0.05,
+    "kWh": 0.01,
+    "W": 100.0,
+    "Hz": 0.02,
+    "bar": 0.05,
+    "-": 0.01,
+}
+
+
 class Telemetry(Section):
+    format: Literal["v2", "v1", "sparkplug_b"] = Field(
+        "v2",
+        description="wire format: v2 compact (report by exception, MessagePack, zlib), v1 JSON as before, "
+        "sparkplug_b (docs/TELEMETRY.md)",
+    )
+    deadband_by_unit: dict[str, float] = Field(
+        default_factory=lambda: dict(DEADBAND_BY_UNIT),
+        description="v2: report a signal again once it moved more than this, per unit; units not listed: "
+        "deadband_default",
+    )
+    deadband: dict[str, float] = Field(
+        default_factory=dict,
+        description='v2: per-signal deadband overriding the unit\'s, e.g. {"grid.Frequency" = 0.01}',
+    )
+    deadband_default: float = Field(
+        0.0, ge=0, description="v2: deadband of units not in deadband_by_unit (0: every change)"
+    )
+    keyframe_s: float = Field(
+        300.0, ge=1, le=86400, description="v2: every signal is sent in full this often, s (and on every connect)"
+    )
+    record_s: float = Field(
+        10.0,
+        ge=0.1,
+        le=600,
+        description="v2: intervals collected into one stored record, s (telemetry leaves up to this much later; "
+        "events at once)",
+    )
     interval_s: float = Field(1.0, ge=0.1, le=3600, description="aggregation interval of samples, s")
     store_max_mb: float = Field(
         256.0, ge=1, le=100000, description="size bound of the store, MB; oldest telemetry goes first"

@@ -41,6 +41,7 @@ LIVE_ROWS = 256  # live rows read at once
 DELETE_LINGER_S = 0.005
 DELETE_EVERY_S = 0.1
 DELETE_MAX_ROWS = 5000
+COMPACT_BYTES_PER_SAMPLE = 20  # a v1 sample is ~170 bytes of JSON; 200 "samples" of v2 stay below 4 kB
 
 
 class RecordSource(Protocol):
@@ -52,8 +53,13 @@ class RecordSource(Protocol):
 
 
 def sample_count(rec: RawRecord) -> int:
-    """Samples in one stored record (an event counts as one)."""
-    return 1 if rec.kind == EVENT else max(1, rec.payload.count('"signal":'))
+    """Samples in one stored record (an event counts as one; a v2 compact record one per
+    COMPACT_BYTES_PER_SAMPLE bytes, so ``batch_samples`` bounds a v2 message's size too)."""
+    if rec.kind == EVENT:
+        return 1
+    if isinstance(rec.payload, bytes):
+        return max(1, len(rec.payload) // COMPACT_BYTES_PER_SAMPLE)
+    return max(1, rec.payload.count('"signal":'))
 
 
 @dataclass(frozen=True)

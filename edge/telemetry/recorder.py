@@ -1,6 +1,10 @@
-"""Every ``telemetry.interval_s``: the interval's samples (plus the limit in force) go into the store as one
-telemetry record, and a failing store is reported as the fault ``telemetry_store_error``: reported, never a
-reason to stop control (docs/TELEMETRY.md)."""
+"""Every ``telemetry.interval_s``: the interval's samples (plus the limit in force) go into the store, and a
+failing store is reported as the fault ``telemetry_store_error``: reported, never a reason to stop control
+(docs/TELEMETRY.md).
+
+What is stored depends on the format's record form: ``json`` (v1) one record per interval with every
+sample; ``compact`` (v2, Sparkplug B) report by exception through :class:`~edge.telemetry.compact.Compactor`,
+one record per ``record_s``. The record in progress is written when the store closes."""
 
 from __future__ import annotations
 
@@ -10,6 +14,7 @@ from typing import Any, Protocol
 
 from drivers.readings import Reading
 from edge.faults import ExternalFaults
+from edge.telemetry.compact import Compactor
 from edge.telemetry.sampler import Sampler
 
 STORE_FAULT = "telemetry_store_error"
@@ -23,7 +28,7 @@ class RecordStore(Protocol):
     @property
     def degraded(self) -> str | None: ...
 
-    def append(self, kind: str, t_ms: int, payload: dict[str, Any]) -> int | None: ...
+    def append(self, kind: str, t_ms: int, payload: dict[str, Any] | bytes) -> int | None: ...
 
 
 def _n(count: int, what: str) -> str:
@@ -51,6 +56,7 @@ class Recorder:
         interval_s: float,
         monotonic: Callable[[], float],
         wall_ms: Callable[[], int],
+        compactor: Compactor | None = None,
     ) -> None:
         self.sampler = sampler
         self.store = store
@@ -58,12 +64,26 @@ class Recorder:
         self.interval_s = interval_s
         self.monotonic = monotonic
         self.wall_ms = wall_ms
+        self.compactor = compactor  # None: v1, every sample of every interval as JSON
+
+    def request_keyframe(self) -> None:
+        """From any thread (the uplink on every connect): the next record starts with every signal."""
+        if self.compactor is not None:
+            self.compactor.request_keyframe()
+
+    def close_record(self) -> None:
+        """Write the record in progress (the store calls this before it closes)."""
+        if self.compactor is not None and (done := self.compactor.flush()) is not None:
+            self.store.append("telemetry", *done)
 
     def flush(self, limit_a: float | None) -> None:
         if limit_a is not None:
             self.sampler.add(Reading("control.limit_a", limit_a, "A", self.monotonic()))
         samples = self.sampler.flush()
-        if samples:
+        if samples and self.compactor is not None:
+            for t_ms, payload in self.compactor.add(self.wall_ms(), samples):
+                self.store.append("telemetry", t_ms, payload)
+        elif samples:
             self.store.append("telemetry", self.wall_ms(), {"interval_s": self.interval_s, "samples": samples})
         self.check_store()
 

@@ -54,6 +54,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 log = logging.getLogger(__name__)
 
 SCHEMA = """
@@ -61,9 +63,16 @@ CREATE TABLE IF NOT EXISTS records (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     kind TEXT NOT NULL,            -- 'telemetry' or 'event'
     t_ms INTEGER NOT NULL,         -- UTC milliseconds since the epoch
-    payload TEXT NOT NULL          -- JSON
+    payload TEXT NOT NULL          -- JSON text, or a v2 compact record (MessagePack, stored as a BLOB)
 );
 CREATE INDEX IF NOT EXISTS records_kind ON records(kind, seq);
+-- v2 aliases of signal names: given once, never reused, so every stored compact record stays readable
+CREATE TABLE IF NOT EXISTS signals (
+    alias INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    unit TEXT NOT NULL,
+    exp INTEGER NOT NULL           -- values are integers x 10**exp
+);
 """
 TELEMETRY = "telemetry"
 EVENT = "event"
@@ -79,6 +88,7 @@ CLOSE_WAIT_S = 5.0  # longest wait for the writer thread to commit what is queue
 RESERVE_MB = 8.0  # disk kept back for the eviction on a full disk: the WAL grows ~4 MB between checkpoints
 RESERVE_FILE = "telemetry.reserve"
 RESERVE_CHECK_S = 10.0  # how often a released reserve is tried again
+ROW_OVERHEAD_BYTES = 40  # SQLite row + kind index entry besides the payload (measured, bench/telemetry_bytes.py)
 
 
 @dataclass(frozen=True)
@@ -96,7 +106,15 @@ class RawRecord:
     seq: int
     kind: str
     t_ms: int
-    payload: str
+    payload: str | bytes  # JSON text, or a v2 compact record
+
+
+@dataclass(frozen=True)
+class SignalRow:
+    alias: int
+    name: str
+    unit: str
+    exp: int
 
 
 @contextlib.contextmanager
@@ -130,7 +148,7 @@ class _Records:
             args.append(kind)
         q += " ORDER BY seq LIMIT ?"
         args.append(limit)
-        return [Record(s, k, t, json.loads(p)) for s, k, t, p in self._db.execute(q, args)]
+        return [Record(s, k, t, _parsed(p)) for s, k, t, p in self._db.execute(q, args)]
 
     def pending_raw(self, after_seq: int, upto_seq: int | None, limit: int) -> list[RawRecord]:
         """Records with ``after_seq < seq <= upto_seq`` in seq order, payload unparsed."""
@@ -159,9 +177,22 @@ class _Records:
     def backlog(self) -> int:
         return _count(self._db)
 
+    def signals(self) -> list[SignalRow]:
+        """The v2 alias table, by alias."""
+        rows = self._db.execute("SELECT alias, name, unit, exp FROM signals ORDER BY alias")
+        return [SignalRow(*row) for row in rows]
+
     def last_seq(self) -> int:
         row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'records'").fetchone()
         return int(row[0]) if row else 0
+
+
+def _parsed(p: str | bytes) -> dict[str, Any]:
+    if isinstance(p, bytes):  # a v2 compact record
+        out: dict[str, Any] = msgpack.unpackb(p, raw=False, strict_map_key=False)
+        return out
+    out = json.loads(p)
+    return out
 
 
 class StoreView(_Records):
@@ -209,7 +240,7 @@ def _connect(path: str) -> sqlite3.Connection:
     return db
 
 
-_Row = tuple[int, str, int, str]  # seq, kind, t_ms, payload JSON
+_Row = tuple[int, str, int, str | bytes]  # seq, kind, t_ms, payload (JSON text or compact record)
 
 
 class Store(_Records):
@@ -244,12 +275,16 @@ class Store(_Records):
         self.reserve_released = 0  # times the reserve was given up to make room
         self._reserve_checked_t = -1e9
         self._make_reserve()
+        self.before_close: list[Callable[[], None]] = []  # last appends (the recorder's record in progress)
+        self.bytes_written = 0  # payload + row overhead committed since open: the rate for days_left
+        self._opened_t = clock()
         self._db = _connect(self.path)
         self._db.executescript(SCHEMA)
         self.page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
         row = self._db.execute("SELECT MAX(seq) FROM records").fetchone()
         # seqs are given out here, not by AUTOINCREMENT, so append() can return one before the commit
         self._next_seq = max(_Records.last_seq(self), int(row[0] or 0)) + 1
+        self._aliases = {r.name: r.alias for r in self.signals()}
         self._wdb = self._db  # the connection that writes
         self._queue: queue.SimpleQueue[_Row | None] | None = None
         self._unwritten = 0
@@ -262,14 +297,39 @@ class Store(_Records):
             self._writer.start()
 
     # -- writing -------------------------------------------------------------------------------------
-    def append(self, kind: str, t_ms: int, payload: dict[str, Any]) -> int | None:
-        """Add one record; returns its seq, or None when it was dropped (counted, never raised)."""
-        try:
-            text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
-        except ValueError as exc:  # NaN/inf have no JSON form: a bug upstream, not a disk problem
-            self._failed(f"record not JSON-safe: {exc}")
-            self.records_lost += 1
-            return None
+    def alias(self, name: str, unit: str, exp: int) -> int:
+        """The v2 alias of a signal, given once and kept (committed at once: a new signal is rare, and its
+        alias must be on disk before any record that uses it)."""
+        got = self._aliases.get(name)
+        if got is None:
+            got = max(self._aliases.values(), default=0) + 1
+            try:
+                with _transaction(self._db):
+                    self._db.execute(
+                        "INSERT INTO signals(alias, name, unit, exp) VALUES (?, ?, ?, ?)", (got, name, unit, exp)
+                    )
+            except sqlite3.Error as exc:
+                self._failed(f"signal alias: {exc}")
+            self._aliases[name] = got
+        return got
+
+    @property
+    def alias_count(self) -> int:
+        return len(self._aliases)
+
+    def append(self, kind: str, t_ms: int, payload: dict[str, Any] | bytes) -> int | None:
+        """Add one record (a dict stored as JSON, or a v2 compact record as it is); returns its seq, or None
+        when it was dropped (counted, never raised)."""
+        text: str | bytes
+        if isinstance(payload, bytes):
+            text = payload
+        else:
+            try:
+                text = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+            except ValueError as exc:  # NaN/inf have no JSON form: a bug upstream, not a disk problem
+                self._failed(f"record not JSON-safe: {exc}")
+                self.records_lost += 1
+                return None
         if kind == "telemetry" and self._disk_nearly_full():
             # Keep the last of the space for events (faults, commands): they matter more than samples.
             self.dropped_low_disk += 1
@@ -356,6 +416,7 @@ class Store(_Records):
             return False
         self._keep_reserve()
         self._appends += len(rows)
+        self.bytes_written += sum(len(r[3]) + ROW_OVERHEAD_BYTES for r in rows)
         if self._appends // CHECK_EVERY != (self._appends - len(rows)) // CHECK_EVERY:
             self.enforce_bound()
         for cb in self.on_append:
@@ -521,6 +582,20 @@ class Store(_Records):
         self.evicted += got
         return int(got)
 
+    def size_bytes(self) -> int:
+        """Bytes in use, read on the caller's connection (any thread but the writer's)."""
+        pages = int(self._db.execute("PRAGMA page_count").fetchone()[0])
+        free = int(self._db.execute("PRAGMA freelist_count").fetchone()[0])
+        return (pages - free) * self.page_size
+
+    def days_left(self) -> float | None:
+        """Days until the size bound at the rate records were written since open (None before a minute)."""
+        elapsed = self._clock() - self._opened_t
+        if elapsed < 60.0 or self.bytes_written <= 0:
+            return None
+        per_day = self.bytes_written / elapsed * 86400.0
+        return round(max(0, self.max_bytes - self.size_bytes()) / per_day, 1)
+
     def stats(self) -> dict[str, Any]:
         return {
             "backlog": self.backlog(),
@@ -532,10 +607,16 @@ class Store(_Records):
             "degraded": self.degraded,
             "dropped_low_disk": self.dropped_low_disk,
             "reserve_released": self.reserve_released,
+            "store_days_left": self.days_left(),
         }
 
     def close(self) -> None:
         """Commit what is queued, checkpoint the WAL into the file, close."""
+        for cb in self.before_close:
+            try:
+                cb()
+            except Exception:  # a failing hook must not keep the store open
+                log.exception("store close hook failed")
         if self._writer is not None and self._queue is not None:
             self._queue.put(None)
             self._writer.join(CLOSE_WAIT_S)

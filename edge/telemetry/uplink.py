@@ -7,6 +7,8 @@ Three parts, put together here:
   backlog, batched, a bounded in-flight window, replay marking) and which to delete after which PUBACK;
   pure bookkeeping, the rules are in its docstring.
 - :class:`~edge.telemetry.channel.CommandChannel` (channel.py): cloud commands in, answers on cmd-result.
+- the wire format (formats.py, ``telemetry.format``): an encoder turns a batch into messages and sends its
+  birth on every connect; the records of a batch are deleted once every message of it is acknowledged.
 
 Threads, so that the control path (the daemon's asyncio loop) never waits on network or disk:
 - paho's network loop runs in its own thread; the session's callbacks only hand data on.
@@ -34,21 +36,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from edge.config.telemetry import Mqtt
+from edge.config.telemetry import DEADBAND_BY_UNIT, Mqtt, Telemetry
 from edge.ops import Operations
 from edge.telemetry import commands
 from edge.telemetry.channel import Answer, CommandChannel, Received
+from edge.telemetry.compact import Deadbands
 from edge.telemetry.delivery import Batch, Delivery
+from edge.telemetry.formats import SCHEMA_EVENTS, SCHEMA_TELEMETRY, EncoderContext, encoder_for
 from edge.telemetry.session import Session, SessionEvents, backoff_s
-from edge.telemetry.store import EVENT, RawRecord, Store, StoreView
+from edge.telemetry.store import RawRecord, Store, StoreView
 from edge.telemetry.topics import Topics
+from edge.telemetry.traffic import Traffic
 
-__all__ = ["Uplink", "UplinkStats", "backoff_s"]
+__all__ = ["SCHEMA_EVENTS", "SCHEMA_TELEMETRY", "Uplink", "UplinkStats", "backoff_s"]
 
 log = logging.getLogger(__name__)
 
-SCHEMA_TELEMETRY = "cabinet-edge/telemetry/1"
-SCHEMA_EVENTS = "cabinet-edge/events/1"
 SCHEMA_STATUS = "cabinet-edge/status/1"
 SCHEMA_STATE = "cabinet-edge/state/1"
 SHUTDOWN_WAIT_S = 1.0  # longest wait for the uplink and paho threads when the daemon stops
@@ -97,7 +100,9 @@ class Uplink:
         version: str = "",
         rnd: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
+        telemetry: Telemetry | None = None,
     ) -> None:
+        """``telemetry``: the section with the wire format and deadbands; None means format v1 (tests)."""
         self.cfg = cfg
         self.site_id = site_id
         self.cabinet_id = cabinet_id
@@ -127,7 +132,28 @@ class Uplink:
         self._kick_pending = False
         self._commands: deque[tuple[str, bytes, Received]] = deque()
         self._last_state: str | None = None
-        self._head = json.dumps({"cabinet_id": cabinet_id, "site_id": site_id}, separators=(",", ":"))[1:-1]
+        self.format = telemetry.format if telemetry is not None else "v1"
+        deadbands = (
+            Deadbands(telemetry.deadband_by_unit, telemetry.deadband, telemetry.deadband_default)
+            if telemetry is not None
+            else Deadbands(DEADBAND_BY_UNIT)
+        )
+        self.encoder = encoder_for(
+            self.format,
+            EncoderContext(
+                self.topics,
+                site_id,
+                cabinet_id,
+                signals=lambda: self._view.signals() if self._view is not None else [],
+                signal_count=lambda: self.store.alias_count,
+                deadband=deadbands.of,
+                interval_s=interval_s,
+                now_ms=now_ms,
+            ),
+        )
+        self.on_connected: list[Callable[[], None]] = []  # after the birth: the recorder's keyframe request
+        self.traffic = Traffic()
+        self._parts: dict[int, tuple[int, set[int]]] = {}  # message id -> (the batch's id, ids not yet acked)
 
     # -- hand-over between threads -------------------------------------------------------------------
     def _session_events(self) -> SessionEvents:
@@ -219,6 +245,11 @@ class Uplink:
         self._delivery.connected(session_present)
         self.channel.subscribe()
         self.session.publish(self.topics.status, self._status_message("online")[1], retain=True)
+        self._parts.clear()
+        for m in self.encoder.birth():
+            self._sent(self.session.publish(m.topic, m.payload, retain=m.retain), m.payload)
+        for cb in self.on_connected:
+            cb()
         self._to_loop(self._publish_state_if_changed, True)  # state lives on the loop; retained anew
         self.pump()
 
@@ -256,6 +287,16 @@ class Uplink:
 
     def _acked(self, mid: int, failed: bool, why: str) -> None:
         assert self._delivery is not None
+        part = self._parts.get(mid)
+        if part is not None:  # one of several messages of a batch: the batch is done when all are
+            batch_mid, waiting = part
+            del self._parts[mid]
+            waiting.discard(mid)
+            if waiting and not failed:
+                return
+            for other in waiting:
+                self._parts.pop(other, None)
+            mid = batch_mid
         records = self._delivery.acked(mid, failed, self.clock())
         if records is None:  # from before the last resync
             return
@@ -283,27 +324,29 @@ class Uplink:
                 self.stats.longest_step_ms = round(step_ms, 3)
 
     def _publish_batch(self, batch: Batch) -> int | None:
-        payload = self.encode(batch.records, batch.replayed)
-        topic = self.topics.events if batch.kind == EVENT else self.topics.telemetry
-        mid = self.session.publish(topic, payload)
+        """Every message of the batch; the id delivery waits for (the last message's; the others are
+        tracked in ``_parts`` so the batch counts as acknowledged only when all of them are)."""
+        mids = []
+        for m in self.encoder.encode(batch.records, batch.replayed):
+            mid = self.session.publish(m.topic, m.payload, retain=m.retain)
+            if mid is None:
+                return None  # not connected: the whole batch is sent again after the next connect
+            self._sent(mid, m.payload)
+            mids.append(mid)
+        if len(mids) > 1:
+            for mid in mids:
+                self._parts[mid] = (mids[-1], set(mids))
+        return mids[-1]
+
+    def _sent(self, mid: int | None, payload: bytes) -> None:
         if mid is not None:
             self.stats.messages_sent += 1
             self.stats.bytes_sent += len(payload)
-        return mid
+            self.traffic.add(len(payload), now_ms())
 
     def encode(self, batch: Sequence[RawRecord], replayed: bool) -> bytes:
-        """One message from stored records, spliced as text: the stored JSON is already the wire JSON."""
-        schema = SCHEMA_EVENTS if batch[0].kind == EVENT else SCHEMA_TELEMETRY
-        recs = []
-        for r in batch:
-            inner = r.payload[1:-1]
-            recs.append(f'{{"seq":{r.seq},"t_ms":{r.t_ms}{"," + inner if inner else ""}}}')
-        head = (
-            f'{{"schema":"{schema}",{self._head},"seq_first":{batch[0].seq},"seq_last":{batch[-1].seq},'
-            f'"t_first_ms":{batch[0].t_ms},"t_last_ms":{batch[-1].t_ms},'
-            f'"replayed":{"true" if replayed else "false"},"sent_ms":{now_ms()},"records":['
-        )
-        return (head + ",".join(recs) + "]}").encode()
+        """The last message of ``batch`` in the configured format (benches and tests)."""
+        return self.encoder.encode(batch, replayed)[-1].payload
 
     # -- event loop side -----------------------------------------------------------------------------
     async def run(self) -> None:
@@ -448,4 +491,6 @@ class Uplink:
             "inflight": delivery.inflight if delivery is not None else 0,
             "client_id": self.client_id,
             "broker": f"{self.cfg.host}:{self.cfg.port}",
+            "format": self.format,
+            **self.traffic.figures(now_ms()),
         }
