@@ -41,6 +41,22 @@ class Mqtt(Section):
     tls: Tls = Tls()
 
 
+class Sparkplug(Section):
+    """Used when the telemetry goes out as Sparkplug B (docs/SPARKPLUG.md)."""
+
+    group_id: str | None = Field(
+        None, pattern=r"^[^/+#]{1,64}$", description="Sparkplug group id (topic level); defaults to site_id"
+    )
+    edge_node_id: str | None = Field(
+        None, pattern=r"^[^/+#]{1,64}$", description="Sparkplug edge node id (topic level); defaults to cabinet_id"
+    )
+    data_qos: Literal[0, 1] = Field(
+        0,
+        description="QoS of births and data: 0 as Sparkplug 3.0 prescribes; 1 = a record leaves the store "
+        "only after the broker's PUBACK",
+    )
+
+
 class Telemetry(Section):
     interval_s: float = Field(1.0, ge=0.1, le=3600, description="aggregation interval of samples, s")
     store_max_mb: float = Field(
@@ -54,3 +70,4 @@ class Telemetry(Section):
         "(events still kept) and telemetry_store_error raised; 0 = off",
     )
     mqtt: Mqtt = Mqtt()
+    sparkplug: Sparkplug = Sparkplug()
