@@ -80,6 +80,9 @@ class Host:
             self.seq_errors.append(f"{kind} seq {p.seq}, expected {expected}")
         self.seq = p.seq
 
+    def _ncmd(self, _p: Any, _device: str) -> None:
+        """Commands (ours, seen on the wildcard subscription) change nothing the host knows."""
+
     def _ndeath(self, p: Any, _device: str) -> None:
         (m,) = p.metrics
         assert m.name == "bdSeq" and m.datatype == DT.Int64, m
