@@ -23,7 +23,7 @@ from drivers.readings import STALE, Reading
 from edge.config.telemetry import Sparkplug, Telemetry
 from edge.telemetry import sparkplug_b_pb2 as ours
 from edge.telemetry.sampler import Sampler
-from edge.telemetry.sparkplug import REBIRTH, BdSeqFile, Message, SparkplugNode, split_signal
+from edge.telemetry.sparkplug import REBIRTH, BdSeqFile, Message, SparkplugNode, for_cabinet, split_signal
 from tests.sparkplug_host import DT, Host, decode
 
 REPO = Path(__file__).resolve().parent.parent
@@ -315,6 +315,16 @@ def test_ids_with_topic_characters_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Sparkplug(edge_node_id="cab+1")
     assert Telemetry().sparkplug.group_id is None and Telemetry().sparkplug.data_qos == 0
+
+
+def test_for_cabinet_defaults_the_ids_to_site_and_cabinet(tmp_path: Path) -> None:
+    n = for_cabinet(Telemetry().sparkplug, "site-001", "cab-017", tmp_path, lambda: T0)
+    assert n.topic("NBIRTH") == "spBv1.0/site-001/NBIRTH/cab-017" and n.data_qos == 0
+    n.will()
+    assert (tmp_path / "sparkplug.bdseq").read_text() == "0\n"
+    cfg = Sparkplug(group_id="fleet-eu", edge_node_id="charger-9", data_qos=1)
+    n = for_cabinet(cfg, "site-001", "cab-017", tmp_path, lambda: T0)
+    assert n.topic("DDATA", "grid") == "spBv1.0/fleet-eu/DDATA/charger-9/grid" and n.data_qos == 1
 
 
 def test_our_schema_is_wire_compatible_with_tahu() -> None:

@@ -44,10 +44,12 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from edge.config.telemetry import Sparkplug as SparkplugConfig
 from edge.limits import inputs as safety_inputs
 from edge.telemetry.sparkplug_b_pb2 import DataType, Payload
 
 NAMESPACE = "spBv1.0"
+BDSEQ_FILE = "sparkplug.bdseq"  # in storage.data_dir
 BDSEQ = "bdSeq"
 REBIRTH = "Node Control/Rebirth"
 EVENT = "Event"  # node metric: one event record as JSON text, sent in NDATA
@@ -255,11 +257,11 @@ class SparkplugNode:
             p = Payload.FromString(payload)
         except DecodeError:
             return []
-        for m in p.metrics:
-            named = m.name == REBIRTH or (not m.name and m.HasField("alias") and m.alias == self._rebirth_alias)
-            if named and m.WhichOneof("value") == "boolean_value" and m.boolean_value:
-                return self.births()
-        return []
+        return self.births() if any(self._asks_rebirth(m) for m in p.metrics) else []
+
+    def _asks_rebirth(self, m: Payload.Metric) -> bool:
+        named = m.name == REBIRTH if m.name else m.HasField("alias") and m.alias == self._rebirth_alias
+        return named and m.WhichOneof("value") == "boolean_value" and m.boolean_value
 
     # -- records -------------------------------------------------------------------------------------
     def encode(
@@ -412,3 +414,23 @@ def _add_property(m: Payload.Metric, key: str, value: int | str) -> None:
         m.properties.values.add(type=DataType.Int32, int_value=value)
     else:
         m.properties.values.add(type=DataType.String, string_value=value)
+
+
+def for_cabinet(
+    config: SparkplugConfig,
+    site_id: str,
+    cabinet_id: str,
+    data_dir: str | os.PathLike[str],
+    now_ms: Callable[[], int],
+    deadband: Callable[[str, str], float] | None = None,
+) -> SparkplugNode:
+    """The node of ``[telemetry.sparkplug]``: group and node id default to the site and cabinet ids; the
+    bdSeq file lives in the data directory."""
+    return SparkplugNode(
+        config.group_id or site_id,
+        config.edge_node_id or cabinet_id,
+        BdSeqFile(Path(data_dir) / BDSEQ_FILE),
+        now_ms,
+        data_qos=config.data_qos,
+        deadband=deadband,
+    )
