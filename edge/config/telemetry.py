@@ -61,6 +61,22 @@ DEADBAND_BY_UNIT: dict[str, float] = {
 }
 
 
+class Sparkplug(Section):
+    """Used when the telemetry goes out as Sparkplug B (docs/SPARKPLUG.md)."""
+
+    group_id: str | None = Field(
+        None, pattern=r"^[^/+#]{1,64}$", description="Sparkplug group id (topic level); defaults to site_id"
+    )
+    edge_node_id: str | None = Field(
+        None, pattern=r"^[^/+#]{1,64}$", description="Sparkplug edge node id (topic level); defaults to cabinet_id"
+    )
+    data_qos: Literal[0, 1] = Field(
+        0,
+        description="QoS of births and data: 0 as Sparkplug 3.0 prescribes; 1 = a record leaves the store "
+        "only after the broker's PUBACK",
+    )
+
+
 class Telemetry(Section):
     format: Literal["v2", "v1", "sparkplug_b"] = Field(
         "v2",
@@ -101,3 +117,4 @@ class Telemetry(Section):
         "(events still kept) and telemetry_store_error raised; 0 = off",
     )
     mqtt: Mqtt = Mqtt()
+    sparkplug: Sparkplug = Sparkplug()
