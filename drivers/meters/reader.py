@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
@@ -191,11 +192,7 @@ class ModbusLine:
         try:
             done, _ = await asyncio.wait({request, bad}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for fut in (request, bad):
-                if not fut.done():
-                    fut.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, ModbusException):
-                        await fut
+            await _cancel_and_wait(request, bad)
         if request not in done:
             if bad in done:
                 self.stats.crc_errors += 1
@@ -218,3 +215,20 @@ class ModbusLine:
 
     def close(self) -> None:
         self.client.close()
+
+
+async def _cancel_and_wait(*futures: asyncio.Future[Any]) -> None:
+    """Cancel what is still running and wait until it has ended.
+
+    asyncio.wait() neither raises the futures' own CancelledError or exception nor swallows a cancel of
+    the caller: suppressing CancelledError around ``await fut`` also ate the caller's cancel when it
+    landed during that await, and the meter task then polled on after the daemon had cancelled it.
+    """
+    running = [f for f in futures if not f.done()]
+    for fut in running:
+        fut.cancel()
+    if running:
+        await asyncio.wait(running)
+    for fut in futures:
+        if not fut.cancelled():
+            fut.exception()  # retrieved: a late ModbusException is not logged as "never retrieved"
