@@ -174,9 +174,14 @@ EM24 = MeterModel(
     signature=Signature(_em24("model", 0x000B, "u16", "-", 1.0), values=(1648, 1649, 1650, 1651, 1652, 1653)),
 )
 
-MODELS: dict[str, MeterModel] = {m.name: m for m in (SDM630, ABB_B23, EM24)}
-MODELS["abb_b24"] = ABB_B23  # same register map; B24 adds pulse outputs only
+MODELS: dict[str, MeterModel] = {
+    SDM630.name: SDM630,
+    ABB_B23.name: ABB_B23,
+    "abb_b24": ABB_B23,  # same register map; B24 adds pulse outputs only
+    EM24.name: EM24,
+}
 GENERIC = "generic"
+MODEL_NAMES = (*MODELS, GENERIC)  # what a config may name: a table above, or its own generic table
 
 
 class ModelError(ValueError):
@@ -252,4 +257,4 @@ def model_for(
     try:
         return MODELS[model]
     except KeyError:
-        raise ModelError(f"model {model!r} is not one of {sorted([*MODELS, GENERIC])}") from None
+        raise ModelError(f"model {model!r} is not one of {sorted(MODEL_NAMES)}") from None

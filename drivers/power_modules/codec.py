@@ -2,7 +2,7 @@
 
 A codec is pure: it builds ``Frame`` values (29-bit id, 8 data bytes) and decodes replies; it never
 touches a bus or a clock. Adding a vendor is adding a module that defines a :class:`ModuleCodec` and one
-entry in :data:`drivers.power_modules.registry.CODECS` (plus the name in the config's ``protocol`` Literal).
+entry in :data:`drivers.power_modules.registry.CODECS` (the config's ``protocol`` choices are its keys).
 """
 
 from __future__ import annotations
