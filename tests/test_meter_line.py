@@ -400,3 +400,27 @@ def test_a_cancelled_line_poller_ends_wherever_the_cancel_lands():
                 await cancel_after_a_reply(b, hops)
 
     run(main())
+
+
+def test_the_injected_clock_stamps_readings_and_ages_them_without_sleeping():
+    class Clock:
+        t = 1000.0
+
+        def __call__(self) -> float:
+            return self.t
+
+    clock = Clock()
+
+    async def main() -> None:
+        async with MeterBench([(SDM630, 1)]) as b:
+            poller = MeterPoller("m", SDM630, 1, FAST, clock=clock)
+            readings, _ = await poller.poll(b.line)
+            assert readings and {r.t for r in readings} == {1000.0} and poller.next_due() == 1000.0 + FAST.fast_period_s
+            clock.t += FAST.stale_after_s - 0.01
+            assert poller.check_stale(clock())[0] == []
+            clock.t += 0.02
+            stale, events = poller.check_stale(clock())
+            fast = [r for r in stale if r.quality == STALE]
+            assert fast and all(r.t == 1000.0 for r in fast) and events[0][0] == "meter_stale"
+
+    run(main())
