@@ -21,7 +21,7 @@ every few ms (the defaults would hold the limit 2 s and space the rise 50 ms).
 
 Load (``under load``, default ``--load can,meter,mqtt``):
 - ``can``: foreign CAN frames at the nominal full rate of the bus (954 frames/s at 125 kbit/s,
-  PROTOCOLS.md) from a thread of this script;
+  131 bits per frame) from a thread of this script;
 - ``meter``: the grid meter polled every 100 ms over the pty (Modbus RTU at 115200 baud);
 - ``mqtt``: a real MQTT backlog drain. A real mosquitto (tests.mqtt_broker.Broker) on a free loopback
   port, the daemon's ``[telemetry.mqtt]`` pointed at it, and the daemon's store pre-filled before start
@@ -77,7 +77,7 @@ from tests.uplink_harness import interval_payload
 REPO = Path(__file__).resolve().parent.parent
 
 GOAL_P99_MS = 5.0
-IEC_SHUTDOWN_MS = 50.0  # IEC 61851-23: error shutdown within 50 ms (PROTOCOLS.md)
+IEC_SHUTDOWN_MS = 50.0  # IEC 61851-23: error shutdown within 50 ms (docs/SAFETY.md)
 BUS_FPS_125K = 954
 EVENT_SHARE_A = 25.0  # 100 A over 4 modules
 BENCH_LIMITS = """

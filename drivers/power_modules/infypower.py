@@ -8,7 +8,7 @@ Replies come from the module (source = module address) to the controller (destin
 the command of the request. A reply with a non-zero error code (bits 28-26: 2 command invalid, 3 data
 invalid, 7 in start processing) carries no values and is ignored.
 
-Module temperature: neither PROTOCOLS.md nor EVerest's V1.13 driver (which reads only bytes 5-7 of the
+Module temperature: neither the public protocol nor EVerest's V1.13 driver (which reads only bytes 5-7 of the
 status reply) defines one. ASSUMPTION, to be checked against the module manual before field use: byte 4
 of the status reply is the module temperature in whole °C, unsigned, without offset. If the real field
 carried a +40 °C offset we would read 40 °C too hot and derate early: the error is on the safe side,
@@ -46,7 +46,7 @@ ERROR_NAMES = {0: "normal", 2: "command invalid", 3: "data invalid", 7: "in star
 ZERO8 = bytes(8)
 U32_MAX = 0xFFFFFFFF
 
-# status bits: (byte index, bit) -> alarm name (PROTOCOLS.md; EVerest CanPackets.cpp reads the same bits)
+# status bits: (byte index, bit) -> alarm name (docs/CAN.md; EVerest CanPackets.cpp reads the same bits)
 STATUS_BITS: dict[tuple[int, int], str] = {
     (7, 0): "output_short",
     (7, 4): "sleeping",
