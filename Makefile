@@ -31,17 +31,26 @@ mosquitto:
 	fi
 	@command -v shellcheck >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends shellcheck >/dev/null; } || echo "note: shellcheck missing; its test will be skipped"
 
-## test: install what the tests need (venv, mosquitto) and run the whole suite
-test: $(STAMP) mosquitto
+## test: install what the tests need (venv, mosquitto), the static checks (lint), then the whole suite
+test: lint mosquitto
 	$(PY) -m pytest -q
 
+## lint: ruff, ruff format --check, mypy, import contracts; the tools come from the test extra of setup.cfg,
+## so a missing one is an error (a broken venv), never a skipped check
+LINT_TOOLS := ruff mypy lint-imports
 lint: $(STAMP)
+	@for t in $(LINT_TOOLS); do test -x $(VENV)/bin/$$t || { echo "lint: $(VENV)/bin/$$t missing: run make clean test"; exit 1; }; done
 	$(VENV)/bin/ruff check edge drivers hal tests bench
+	$(VENV)/bin/ruff format --check edge drivers hal tests bench
 	$(VENV)/bin/mypy edge drivers hal
 	$(VENV)/bin/lint-imports
 
-bench: $(STAMP)
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+## bench: every benchmark under bench/ once with its defaults, as `python -m bench.<name>` from here (run as a
+## file, bench/ would come first on sys.path and bench/can.py would shadow python-can). Takes about 15 min.
+## Not run: bench/memprobe.py, a leak finder that wraps `edge run` until stopped (python -m bench.soak --memprobe)
+BENCHES := $(filter-out __init__ memprobe,$(basename $(notdir $(wildcard bench/*.py))))
+bench: $(STAMP) mosquitto
+	@for b in $(BENCHES); do echo "== python -m bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .edge-sim .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -5,7 +5,7 @@ quiet window, then again while client threads hammer the socket (status, events)
 streams run, as a crowd of technicians and scripts would. Prints one table:
 figure, value, limit/reference, ratio.
 
-    PYTHONPATH=. python bench/api_load.py [--seconds 5] [--clients 4] [--watchers 4]
+    python -m bench.api_load [--seconds 5] [--clients 4] [--watchers 4]     (from the repository root)
 """
 
 from __future__ import annotations
@@ -20,17 +20,11 @@ import threading
 import time
 from pathlib import Path
 
-# Run as a script, bench/ comes first on sys.path, where bench/can.py would shadow python-can:
-# drop bench/ and put the repository root there instead.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
-sys.path.insert(0, str(_HERE.parent))
-
-from edge.api.client import Client, Unreachable  # noqa: E402
-from edge.build import Backends  # noqa: E402
-from edge.config import parse_config  # noqa: E402
-from edge.daemon import Daemon  # noqa: E402
-from edge.sim.cabinet import SimCabinet  # noqa: E402
+from edge.api.client import Client, Unreachable
+from edge.build import Backends
+from edge.config import parse_config
+from edge.daemon import Daemon
+from edge.sim.cabinet import SimCabinet
 
 SIM = (Path(__file__).resolve().parent.parent / "edge" / "sim" / "sim.toml").read_text()
 

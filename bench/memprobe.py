@@ -1,6 +1,6 @@
 """Find what grows: run ``edge ...`` under tracemalloc and log the growth every minute.
 
-    python bench/memprobe.py --out /tmp/probe -- run --sim --config config.toml
+    python -m bench.memprobe --out /tmp/probe -- run --sim --config config.toml   # from the repository root
     python -m bench.soak --duration 1800 --memprobe /tmp/probe     # the same inside the soak
 
 Every ``--every`` seconds one line goes to ``<out>/probe-<pid>.txt``: resident memory, what Python has

@@ -1,10 +1,11 @@
 """Safety reaction time: over-temperature cable frame on the bus -> derate command frame on the bus.
 
-    PYTHONPATH=. python -m bench.reaction                # 10,000 events idle + 10,000 under load
-    PYTHONPATH=. python -m bench.reaction --events 2000  # quicker (use a smaller --backlog too)
-    PYTHONPATH=. python -m bench.reaction --load can,meter,store  # the old stand-in for the MQTT drain
+    python -m bench.reaction                # 10,000 events idle + 10,000 under load
+    python -m bench.reaction --events 2000  # quicker (use a smaller --backlog too)
+    python -m bench.reaction --load can,meter,store  # the old stand-in for the MQTT drain
 
-(``-m``, not as a file: bench/can.py would shadow python-can.)
+From the repository root, with ``-m`` as every benchmark (``make bench``): run as a file, bench/ would
+come first on sys.path and bench/can.py would shadow python-can.
 
 Set-up: the daemon runs in-process (its asyncio loop on the main thread, this script's driver in a
 thread beside it) on the simulated cabinet; power
@@ -20,7 +21,7 @@ every few ms (the defaults would hold the limit 2 s and space the rise 50 ms).
 
 Load (``under load``, default ``--load can,meter,mqtt``):
 - ``can``: foreign CAN frames at the nominal full rate of the bus (954 frames/s at 125 kbit/s,
-  PROTOCOLS.md) from a thread of this script;
+  131 bits per frame) from a thread of this script;
 - ``meter``: the grid meter polled every 100 ms over the pty (Modbus RTU at 115200 baud);
 - ``mqtt``: a real MQTT backlog drain. A real mosquitto (tests.mqtt_broker.Broker) on a free loopback
   port, the daemon's ``[telemetry.mqtt]`` pointed at it, and the daemon's store pre-filled before start
@@ -61,24 +62,23 @@ from typing import Any
 
 import can
 
-REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+from drivers.cable.monitor import CableMonitor
+from drivers.power_modules import infypower as infy
+from edge.build import Backends
+from edge.config import parse_config
+from edge.daemon import Daemon
+from edge.limits import core
+from edge.sim.cabinet import SimCabinet
+from edge.telemetry.store import SCHEMA as STORE_SCHEMA
+from edge.telemetry.store import Store
+from tests.conftest import sim_config_text
+from tests.mqtt_broker import Broker
+from tests.uplink_harness import interval_payload
 
-from drivers.cable.monitor import CableMonitor  # noqa: E402
-from drivers.power_modules import infypower as infy  # noqa: E402
-from edge.build import Backends  # noqa: E402
-from edge.config import parse_config  # noqa: E402
-from edge.daemon import Daemon  # noqa: E402
-from edge.limits import core  # noqa: E402
-from edge.sim.cabinet import SimCabinet  # noqa: E402
-from edge.telemetry.store import SCHEMA as STORE_SCHEMA  # noqa: E402
-from edge.telemetry.store import Store  # noqa: E402
-from tests.conftest import sim_config_text  # noqa: E402
-from tests.mqtt_broker import Broker  # noqa: E402
-from tests.uplink_harness import interval_payload  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 GOAL_P99_MS = 5.0
-IEC_SHUTDOWN_MS = 50.0  # IEC 61851-23: error shutdown within 50 ms (PROTOCOLS.md)
+IEC_SHUTDOWN_MS = 50.0  # IEC 61851-23: error shutdown within 50 ms (docs/SAFETY.md)
 BUS_FPS_125K = 954
 EVENT_SHARE_A = 25.0  # 100 A over 4 modules
 BENCH_LIMITS = """

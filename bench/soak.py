@@ -1,4 +1,4 @@
-"""Whole-cabinet soak and fault campaign: ``python -m bench.soak --duration 3600``.
+"""Whole-cabinet soak and fault campaign: ``python -m bench.soak --duration 1h`` (from the repository root).
 
 The daemon runs on the simulated cabinet (``edge run --sim``, a real process), charging sessions cycle,
 and a schedule of faults is injected through the simulator's control socket, the broker's process, the
@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import signal
 import sqlite3
@@ -32,13 +33,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+from tests.conftest import api_request as _request
+from tests.conftest import sim_config_text
+from tests.mqtt_broker import Broker, Consumer
 
-from tests.conftest import api_request as _request  # noqa: E402  (repo on sys.path first)
-from tests.conftest import sim_config_text  # noqa: E402
-from tests.mqtt_broker import Broker, Consumer  # noqa: E402
+REPO = Path(__file__).resolve().parent.parent
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE_KB = os.sysconf("SC_PAGE_SIZE") // 1024
@@ -261,9 +260,7 @@ class Soak:
         self.spawned_at = time.monotonic()
         edge = ["run", "--sim", "--config", str(self.config)]
         launcher = (
-            ["-m", "edge"]
-            if self.memprobe is None
-            else [str(REPO / "bench" / "memprobe.py"), "--out", str(self.memprobe), "--"]
+            ["-m", "edge"] if self.memprobe is None else ["-m", "bench.memprobe", "--out", str(self.memprobe), "--"]
         )
         self.proc = subprocess.Popen(
             [sys.executable, *launcher, *edge], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.dir
@@ -608,9 +605,30 @@ def write_report(path: Path, summary: dict[str, Any], text: str) -> None:
     path.write_text(old.rstrip("\n") + "\n\n" + body)
 
 
+_UNIT_S = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def duration_s(text: str) -> float:
+    """``--duration``: seconds, or a number with s, m or h (``3600``, ``90s``, ``5m``, ``1h``, ``1.5h``)."""
+    t = text.strip().lower()
+    unit_s = _UNIT_S.get(t[-1:])
+    try:
+        value = float(t[:-1] if unit_s else t) * (unit_s or 1.0)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"{text!r}: give seconds or a number with s, m or h (e.g. 3600, 5m, 1h)")
+    return value
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--duration", type=float, default=120.0, help="seconds of fault campaign (default 120)")
+    ap.add_argument(
+        "--duration",
+        type=duration_s,
+        default=120.0,
+        help="length of the fault campaign: seconds, or with s, m or h, e.g. 1h (default 120 s)",
+    )
     ap.add_argument("--workdir", type=Path, default=None, help="keep files here (default: a temp dir)")
     ap.add_argument("--report", type=Path, default=None, help="write the table into this markdown file")
     ap.add_argument("--json", type=Path, default=None, help="write the full summary as JSON")

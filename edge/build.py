@@ -77,7 +77,7 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
             sampler.add(r)
 
     can_link = _build_can(config, b.clock, faults, take, events)
-    meters = MeterLink(config, take, events.emit)
+    meters = MeterLink(config, take, events.emit, b.clock.monotonic)
     outputs = _build_outputs(config, b.board)
     wdt = make_wdt(config.watchdog.backend, config.watchdog.timeout_ms)
     controller = Controller(config, state, can_link.bank, outputs, wdt, b.clock, events.emit, faults.core_input)

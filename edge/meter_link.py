@@ -3,6 +3,7 @@ the per-meter status a technician sees (ok, errors, last error, next retry)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -32,7 +33,9 @@ def poll_settings(m: Meter) -> PollSettings:
 
 
 class MeterLink:
-    def __init__(self, config: Config, take: ReadingSink, on_event: EventSink) -> None:
+    def __init__(
+        self, config: Config, take: ReadingSink, on_event: EventSink, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.take = take
         self.on_event = on_event
         self.lines: dict[str, ModbusLine] = {}
@@ -41,20 +44,22 @@ class MeterLink:
         self.status: dict[str, dict[str, Any]] = {}
         for line in config.serial:
             self.lines[line.name] = ModbusLine.serial(
-                SerialSettings(line.port, line.baudrate, line.bytesize, line.parity, line.stopbits), name=line.name
+                SerialSettings(line.port, line.baudrate, line.bytesize, line.parity, line.stopbits),
+                name=line.name,
+                clock=clock,
             )
         for tcp in config.modbus_tcp:
-            self.lines[tcp.name] = ModbusLine.tcp(tcp.host, tcp.port, name=tcp.name)
+            self.lines[tcp.name] = ModbusLine.tcp(tcp.host, tcp.port, name=tcp.name, clock=clock)
         for m in config.meters:
             model = model_for(
                 m.model, m.name, [r.model_dump() for r in m.registers], m.max_registers_per_request, m.rejects_gaps
             )
-            self.meters.append((MeterPoller(m.name, model, m.device_id, poll_settings(m)), m))
+            self.meters.append((MeterPoller(m.name, model, m.device_id, poll_settings(m), clock=clock), m))
             self.status[m.name] = {"ok": False, "errors": 0, "last_error": None}
         for name, line_obj in self.lines.items():
             on_line = [p for p, c in self.meters if c.line == name]
             if on_line:
-                self.pollers.append(LinePoller(line_obj, on_line))
+                self.pollers.append(LinePoller(line_obj, on_line, clock=clock))
 
     async def poll(self, line: LinePoller) -> None:
         def refresh() -> None:

@@ -2,7 +2,8 @@
 
 Control code never reads the wall clock to measure time: a step of NTP must not make a sensor look
 fresh or stale. ``LinuxClock`` is ``time.monotonic``; ``SimClock`` only moves when told to, so tests
-can walk a scenario through time without sleeping.
+can walk a scenario through time without sleeping. Components take the clock as an argument (or its
+``monotonic`` method as a ``Callable[[], float]``); nothing picks one by a configuration string.
 """
 
 from __future__ import annotations
@@ -16,10 +17,6 @@ class Clock(ABC):
 
     @abstractmethod
     def monotonic(self) -> float: ...
-
-    def ticks_ms(self) -> int:
-        """MicroPython ``time.ticks_ms()`` equivalent (not wrapped: Python ints do not overflow)."""
-        return int(self.monotonic() * 1000)
 
 
 class LinuxClock(Clock):
@@ -40,11 +37,3 @@ class SimClock(Clock):
         if seconds < 0:
             raise ValueError("a monotonic clock cannot go backwards")
         self._now += seconds
-
-
-def make_clock(backend: str) -> Clock:
-    backends: dict[str, type[Clock]] = {"linux": LinuxClock, "sim": SimClock}
-    try:
-        return backends[backend]()
-    except KeyError:
-        raise ValueError(f"unknown clock backend {backend!r}; allowed: {sorted(backends)}") from None

@@ -1,23 +1,16 @@
-"""Serial lines (RS-485 for Modbus RTU) with MicroPython ``machine.UART``-style read/write.
+"""Serial lines (RS-485 for Modbus RTU): settings and timing rules.
 
-The Modbus stack (pymodbus) opens its line through pyserial itself, so the main thing this module
-provides is :class:`SerialSettings` (one place for port and framing) and the RTU timing rules. ``UART``
-is for anything that talks bytes directly (bus scans, diagnostics).
-
-Backends:
-- ``linux``: pyserial on a device node (``/dev/ttyUSB0``, ``/dev/serial/by-id/...``).
-- ``sim``: a pseudo-terminal pair; the simulator owns the master end and the daemon opens the slave
-  path with real pyserial, so the production code path is exercised byte for byte.
+The Modbus stack (pymodbus) opens its line through pyserial itself, so this module provides
+:class:`SerialSettings` (one place for port and framing), the RTU timing rules, and for the simulator
+:class:`PtyPair`: a pseudo-terminal pair whose slave path the daemon opens with real pyserial, so the
+production code path is exercised byte for byte.
 """
 
 from __future__ import annotations
 
 import os
 import tty
-from abc import ABC, abstractmethod
 from dataclasses import dataclass
-
-import serial
 
 BITS_PER_CHAR = 11  # start + 8 data + parity (or 2nd stop) + stop, as Modbus RTU specifies
 
@@ -46,38 +39,6 @@ def interframe_gap_s(baudrate: int) -> float:
 def rtu_wire_time_s(baudrate: int, request_bytes: int, response_bytes: int) -> float:
     """Minimum time for one request/response exchange: both frames plus two t3.5 gaps."""
     return (request_bytes + response_bytes) * char_time_s(baudrate) + 2 * interframe_gap_s(baudrate)
-
-
-class UART(ABC):
-    @abstractmethod
-    def write(self, data: bytes) -> int: ...
-
-    @abstractmethod
-    def read(self, nbytes: int) -> bytes: ...
-
-    @abstractmethod
-    def close(self) -> None: ...
-
-
-class LinuxUART(UART):
-    def __init__(self, settings: SerialSettings, timeout_s: float = 0.5) -> None:
-        self._ser = serial.Serial(
-            settings.port,
-            baudrate=settings.baudrate,
-            bytesize=settings.bytesize,
-            parity=settings.parity,
-            stopbits=settings.stopbits,
-            timeout=timeout_s,
-        )
-
-    def write(self, data: bytes) -> int:
-        return self._ser.write(data) or 0
-
-    def read(self, nbytes: int) -> bytes:
-        return bytes(self._ser.read(nbytes))
-
-    def close(self) -> None:
-        self._ser.close()
 
 
 class PtyPair:

@@ -50,9 +50,14 @@ def test_builtin_sim_config_loads():
         ),
         ("device_id = 1 ", 'device_id = "one" ', ["meters[0].device_id = 'one'", "valid integer"]),
         ("baudrate = 9600 ", "baudrate = 9601 ", ["serial[0].baudrate = 9601", "9600"]),
-        ('line = "rs485-grid"', 'line = "rs485-nope"', ["line 'rs485-nope' is not a [[serial]]"]),
+        ('line = "rs485-grid"', 'line = "rs485-nope"', ["meters[0].line = 'rs485-nope'", "not a [[serial]]"]),
         ("derate_end_c = 90.0", "derate_end_c = 60.0", ["need derate_start_c < derate_end_c <= trip_c"]),
-        ("lost_after_ms = 3000", "lost_after_ms = 12000", ["power_modules.lost_after_ms = 12000", "9000"]),
+        (
+            "lost_after_ms = 3000",
+            "lost_after_ms = 12000",
+            ["power_modules.lost_after_ms = 12000", "infypower module's own comms watchdog (10 s)"],
+        ),
+        ("addresses = [1, 2] ", "addresses = [1, 63] ", ["power_modules.addresses", "address 63 is outside 0..62"]),
     ],
 )
 def test_each_mistake_names_key_value_and_allowed(old, new, expected):
@@ -120,3 +125,53 @@ def test_config_check_cli_refuses_with_exit_2(tmp_path, content):
 def test_config_check_cli_missing_file_exit_2(tmp_path):
     res = check(tmp_path / "absent.toml")
     assert res.returncode == 2 and "file not found" in res.stderr
+
+
+def _line_of(text: str, start: str, nth: int = 0) -> int:
+    return [i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith(start)][nth]
+
+
+def test_cross_key_errors_point_at_the_line_of_the_key_they_are_about():
+    for old, new, key in (
+        ('line = "rs485-grid"', 'line = "rs485-nope"', "meters[0].line = 'rs485-nope'"),  # Config
+        ("lost_after_ms = 3000", "lost_after_ms = 10000", "power_modules.lost_after_ms = 10000"),  # the codec's
+        ('bus = "can0"                   # a [[can]]', 'bus = "can9" # a [[can]]', "power_modules.bus = 'can9'"),
+    ):
+        bad = EXAMPLE_TOML.replace(old, new, 1)
+        assert bad != EXAMPLE_TOML, old
+        with pytest.raises(ConfigError) as err:
+            parse_config(bad, "config.toml")
+        assert err.value.problems[0].startswith(f"config.toml:{_line_of(bad, new)}: {key}: "), err.value.problems
+
+
+def test_every_problem_of_one_check_is_reported_each_at_its_key():
+    bad = EXAMPLE_TOML.replace("timeout_ms = 500", "timeout_ms = 60\ntimeout_min_ms = 100\nfrozen_after_ms = 100", 1)
+    with pytest.raises(ConfigError) as err:
+        parse_config(bad, "config.toml")
+    at = {
+        key: f"config.toml:{_line_of(bad, key)}: meters[0].{key} = 100" for key in ("timeout_min_ms", "frozen_after_ms")
+    }
+    assert err.value.problems == [
+        f"{at['timeout_min_ms']}: must not exceed timeout_ms = 60",
+        f"{at['frozen_after_ms']}: use 0 (off) or at least 5000",
+    ]
+
+
+def test_a_default_key_in_a_cross_key_error_points_at_its_table():
+    # the second grid meter says nothing about its role (default grid): the error is at its [[meters]] header
+    bad = EXAMPLE_TOML + '\n[[meters]]\nname = "grid2"\nline = "rs485-grid"\ndevice_id = 9\n'
+    with pytest.raises(ConfigError) as err:
+        parse_config(bad, "config.toml")
+    assert err.value.problems == [
+        f'config.toml:{_line_of(bad, "[[meters]]", 1)}: meters[1].role: at most one meter may have role = "grid"'
+    ]
+
+
+def test_module_addresses_are_checked_by_the_vendor_codec():
+    base = '[cabinet]\nsite_id = "s"\ncabinet_id = "c"\n[[can]]\nname = "can0"\n[power_modules]\n'
+    # UUGreen's module field has 7 bits (1..127, 0 = broadcast); InfyPower's source byte stops at 0x3E
+    assert parse_config(base + 'protocol = "uugreen"\naddresses = [1, 100]\n').power_modules.addresses == [1, 100]
+    with pytest.raises(
+        ConfigError, match=r"power_modules\.addresses: infypower module address 100 is outside 0\.\.62"
+    ):
+        parse_config(base + 'protocol = "infypower"\naddresses = [1, 100]\n', "c.toml")

@@ -353,3 +353,74 @@ def test_a_silent_simulated_meter_keeps_no_request_pending():
             assert (await b.line.read(1, blk, 0.5)) is not None  # and it answers again
 
     run(main())
+
+
+def test_a_cancelled_line_poller_ends_wherever_the_cancel_lands():
+    # The daemon stops by cancelling the meter task. A cancel that landed while the reader was awaiting
+    # its own cancelled request (two loop iterations after a reply) was swallowed: the poller went on
+    # polling and the daemon never stopped. Land the cancel 0..7 loop iterations after a reply.
+    async def cancel_after_a_reply(b: MeterBench, hops: int) -> None:
+        loop = asyncio.get_running_loop()
+        client: Any = b.line.client
+        lp = LinePoller(b.line, [MeterPoller("m", SDM630, 1, FAST)])
+        task = asyncio.ensure_future(lp.run(Collector().sink, Collector().event))
+        armed = [True]
+
+        def cancel_after(n: int) -> None:
+            if n > 0:
+                loop.call_soon(cancel_after, n - 1)
+            else:
+                task.cancel()
+
+        def wrap(read: Any) -> Any:
+            async def traced(*args: Any, **kwargs: Any) -> Any:
+                reply = await read(*args, **kwargs)
+                if armed[0]:
+                    armed[0] = False
+                    loop.call_soon(cancel_after, hops)
+                return reply
+
+            return traced
+
+        originals = (client.read_input_registers, client.read_holding_registers)
+        client.read_input_registers, client.read_holding_registers = (wrap(f) for f in originals)
+        try:
+            done, _ = await asyncio.wait({task}, timeout=2.0)
+            if task not in done:
+                lp.stopping.set()  # end it the other way, so that the failure is reported, not a hang
+                await asyncio.wait({task}, timeout=2.0)
+            assert task in done, f"a cancel {hops} loop iterations after a reply was lost"
+            assert task.cancelled()
+        finally:
+            client.read_input_registers, client.read_holding_registers = originals
+
+    async def main() -> None:
+        async with MeterBench([(SDM630, 1)]) as b:
+            for hops in range(8):
+                await cancel_after_a_reply(b, hops)
+
+    run(main())
+
+
+def test_the_injected_clock_stamps_readings_and_ages_them_without_sleeping():
+    class Clock:
+        t = 1000.0
+
+        def __call__(self) -> float:
+            return self.t
+
+    clock = Clock()
+
+    async def main() -> None:
+        async with MeterBench([(SDM630, 1)]) as b:
+            poller = MeterPoller("m", SDM630, 1, FAST, clock=clock)
+            readings, _ = await poller.poll(b.line)
+            assert readings and {r.t for r in readings} == {1000.0} and poller.next_due() == 1000.0 + FAST.fast_period_s
+            clock.t += FAST.stale_after_s - 0.01
+            assert poller.check_stale(clock())[0] == []
+            clock.t += 0.02
+            stale, events = poller.check_stale(clock())
+            fast = [r for r in stale if r.quality == STALE]
+            assert fast and all(r.t == 1000.0 for r in fast) and events[0][0] == "meter_stale"
+
+    run(main())

@@ -6,12 +6,13 @@ beyond a bound scaled to the run's length. The 1-hour run and its figures: docs/
 
 from __future__ import annotations
 
+import argparse
 import os
 import shutil
 
 import pytest
 
-from bench.soak import problems, run_soak, table
+from bench.soak import duration_s, problems, run_soak, table
 
 DURATION_S = 120.0
 
@@ -38,3 +39,10 @@ def test_two_minute_soak_loses_nothing_and_detects_and_clears_every_fault(tmp_pa
     bound_mb = 5.0 + 1.0 * DURATION_S / 3600.0
     assert problems(summary, bound_mb) == []
     assert summary["records"]["last_seq"] > 100  # records really flowed
+
+
+def test_duration_takes_seconds_or_a_unit():
+    assert [duration_s(t) for t in ("3600", "90s", "5m", "1h", "1.5h")] == [3600.0, 90.0, 300.0, 3600.0, 5400.0]
+    for bad in ("", "1d", "h", "-5m", "0", "nan"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            duration_s(bad)

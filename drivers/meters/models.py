@@ -1,8 +1,9 @@
 """Meter register tables, one per model, from the manufacturers' public register maps.
 
 Signal names are OCPP 1.6/2.0.1 measurands with the phase appended; units are the device's
-natural unit after scaling (V, A, W, Hz, kWh, and "-" for power factor). Sources: docs/METERS.md and
-/work/shared/PROTOCOLS.md; every table has golden-vector tests in tests/test_meter_models.py.
+natural unit after scaling (V, A, W, Hz, kWh, and "-" for power factor). Sources: the manufacturers'
+public register maps (docs/METERS.md section 6); every table has golden-vector tests in
+tests/test_meter_models.py.
 
 A model is data only: the registers, the request size limit, whether the device rejects reads that
 span undefined registers, and a signature that `edge scan modbus` uses to recognise it.
@@ -130,7 +131,7 @@ ABB_B23 = MeterModel(
         _abb("Power.Active.Import.L2", 0x5B18, "s32", "W", 0.01),
         _abb("Power.Active.Import.L3", 0x5B1A, "s32", "W", 0.01),
         _abb("Frequency", 0x5B2C, "u16", "Hz", 0.01),
-        # Power factor L1..L3: s16 x 0.001 (ABB B2x manual; not in PROTOCOLS.md, verify on site).
+        # Power factor L1..L3: s16 x 0.001 (ABB B2x manual; not in the public maps, verify on site).
         _abb("Power.Factor.L1", 0x5B3B, "s16", "-", 0.001),
         _abb("Power.Factor.L2", 0x5B3C, "s16", "-", 0.001),
         _abb("Power.Factor.L3", 0x5B3D, "s16", "-", 0.001),
@@ -162,7 +163,7 @@ EM24 = MeterModel(
         _em24("Power.Active.Import.L2", 0x0014, "s32", "W", 0.1),
         _em24("Power.Active.Import.L3", 0x0016, "s32", "W", 0.1),
         _em24("Power.Active.Import", 0x0028, "s32", "W", 0.1),
-        # Power factor L1..L3: s16 x 0.001 (EM24 map; not in PROTOCOLS.md, verify on site).
+        # Power factor L1..L3: s16 x 0.001 (EM24 map; not in the public maps, verify on site).
         _em24("Power.Factor.L1", 0x002E, "s16", "-", 0.001),
         _em24("Power.Factor.L2", 0x002F, "s16", "-", 0.001),
         _em24("Power.Factor.L3", 0x0030, "s16", "-", 0.001),
@@ -174,9 +175,14 @@ EM24 = MeterModel(
     signature=Signature(_em24("model", 0x000B, "u16", "-", 1.0), values=(1648, 1649, 1650, 1651, 1652, 1653)),
 )
 
-MODELS: dict[str, MeterModel] = {m.name: m for m in (SDM630, ABB_B23, EM24)}
-MODELS["abb_b24"] = ABB_B23  # same register map; B24 adds pulse outputs only
+MODELS: dict[str, MeterModel] = {
+    SDM630.name: SDM630,
+    ABB_B23.name: ABB_B23,
+    "abb_b24": ABB_B23,  # same register map; B24 adds pulse outputs only
+    EM24.name: EM24,
+}
 GENERIC = "generic"
+MODEL_NAMES = (*MODELS, GENERIC)  # what a config may name: a table above, or its own generic table
 
 
 class ModelError(ValueError):
@@ -252,4 +258,4 @@ def model_for(
     try:
         return MODELS[model]
     except KeyError:
-        raise ModelError(f"model {model!r} is not one of {sorted([*MODELS, GENERIC])}") from None
+        raise ModelError(f"model {model!r} is not one of {sorted(MODEL_NAMES)}") from None

@@ -17,6 +17,10 @@ Guarantees:
   with quality ``stale`` (same value, same time stamp).
 - CRC/header errors, NaN/inf or "not available", values outside the table's plausible range, a falling
   energy counter and (optional) a frozen meter give quality ``invalid`` and an event.
+
+Every time (due times, back-off, staleness, the time stamps of readings) comes from the ``clock`` given to
+:class:`MeterPoller` and :class:`LinePoller` (seconds, monotonic; default ``time.monotonic``), so a
+simulated clock drives them; only the waits between polls are real ``asyncio.sleep`` calls.
 """
 
 from __future__ import annotations
@@ -109,13 +113,20 @@ class MeterPoller:
     """One meter: due registers, adaptive timeout, back-off, quality checks. Signals are ``<name>.<signal>``."""
 
     def __init__(
-        self, name: str, model: MeterModel, device_id: int, settings: PollSettings, start_t: float | None = None
+        self,
+        name: str,
+        model: MeterModel,
+        device_id: int,
+        settings: PollSettings,
+        start_t: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.name = name
+        self.clock = clock  # seconds, monotonic: due times, back-off, staleness, time stamps of readings
         self.model = model
         self.device_id = device_id
         self.s = settings
-        now = time.monotonic() if start_t is None else start_t
+        now = clock() if start_t is None else start_t
         self.signals = {r.signal: _Signal(r, next_read=now) for r in model.registers}
         self.timeout = AdaptiveTimeout(settings.timeout_min_s, settings.timeout_max_s)
         self.failures = 0
@@ -185,7 +196,7 @@ class MeterPoller:
     # -- one poll ---------------------------------------------------------------------------------
     async def poll(self, line: ModbusLine, now: float | None = None) -> tuple[list[Reading], list[Event]]:
         """Read what is due (or one probe block when absent). Never raises for device faults."""
-        start = time.monotonic() if now is None else now
+        start = self.clock() if now is None else now
         readings: list[Reading] = []
         events: list[Event] = []
         due = self.due(start)
@@ -208,18 +219,18 @@ class MeterPoller:
             except MeterCrcError as exc:
                 answered = failed = True
                 self.last_error = str(exc)
-                t = time.monotonic()
+                t = self.clock()
                 readings += self._mark(block.registers, INVALID, t)
                 self._event(events, "crc", t, str(exc))
                 continue
             except MeterExceptionResponse as exc:
                 answered = failed = True
                 self.last_error = str(exc)
-                self._event(events, "exception", time.monotonic(), str(exc))
+                self._event(events, "exception", self.clock(), str(exc))
                 continue
             answered = True
             self.timeout.observe(rtt - wire_s)
-            readings += self._decode(block, words, time.monotonic(), events)
+            readings += self._decode(block, words, self.clock(), events)
             decoded = True
         for reg in due:
             sig = self.signals[reg.signal]
@@ -228,7 +239,7 @@ class MeterPoller:
             if self.absent:
                 events.append(("meter_recovered", self.name, {"device_id": self.device_id}))
                 for sig in self.signals.values():
-                    sig.next_read = time.monotonic()  # read everything right away
+                    sig.next_read = self.clock()  # read everything right away
             self.absent = False
             self.failures = 0
             self.backoff_s = self.s.backoff_initial_s
@@ -239,12 +250,12 @@ class MeterPoller:
             elif self.failures >= self.s.absent_after:
                 self.absent = True
                 events.append(("meter_lost", self.name, {"device_id": self.device_id, "detail": self.last_error}))
-            self.next_probe = time.monotonic() + self.backoff_s
+            self.next_probe = self.clock() + self.backoff_s
         if not failed:
             self.good_polls += 1
             self.last_error = None
         if decoded:
-            readings += self._frozen_check(time.monotonic(), events)
+            readings += self._frozen_check(self.clock(), events)
         return readings, events
 
     def check_stale(self, now: float) -> tuple[list[Reading], list[Event]]:
@@ -337,6 +348,7 @@ class LinePoller:
     meters: list[MeterPoller]
     max_sleep_s: float = 0.5
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    clock: Callable[[], float] = time.monotonic  # the meters' clock: due and stale times are compared with it
 
     async def run(
         self,
@@ -344,7 +356,7 @@ class LinePoller:
         on_event: Callable[[str, str, dict[str, Any]], None],
     ) -> None:
         while not self.stopping.is_set():
-            now = time.monotonic()
+            now = self.clock()
             for m in self.meters:
                 readings, events = m.check_stale(now)
                 self._emit(sink, on_event, readings, events)

@@ -12,6 +12,9 @@ Guarantees:
   instead of the silent discard-and-time-out of pymodbus' RTU framer (we watch the received bytes
   through pymodbus' public ``trace_packet`` hook and check the frame ourselves);
 - an exception response raises :class:`MeterExceptionResponse` with its code.
+
+Silent intervals, quiet times and round-trip times are measured with the injected ``clock`` (seconds,
+monotonic; default ``time.monotonic``).
 """
 
 from __future__ import annotations
@@ -19,7 +22,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
@@ -77,8 +82,10 @@ class ModbusLine:
         gap_s: float = 0.0,
         name: str = "line",
         char_time_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
+        self.clock = clock  # seconds, monotonic: silent intervals, quiet times, round-trip times
         self.gap_s = gap_s
         self.char_time_s = char_time_s  # wire time of one character; 0 on TCP
         self.name = name
@@ -89,7 +96,13 @@ class ModbusLine:
         self._quiet_until: dict[int, float] = {}
 
     @classmethod
-    def serial(cls, settings: SerialSettings, timeout_s: float = _LIBRARY_TIMEOUT_S, name: str = "line") -> ModbusLine:
+    def serial(
+        cls,
+        settings: SerialSettings,
+        timeout_s: float = _LIBRARY_TIMEOUT_S,
+        name: str = "line",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> ModbusLine:
         line: ModbusLine
         client = AsyncModbusSerialClient(
             settings.port,
@@ -104,11 +117,18 @@ class ModbusLine:
             # late binding on purpose: the line object exists only once its client does
             trace_packet=lambda sending, data: line._trace(sending, data),  # noqa: PLW0108
         )
-        line = cls(client, interframe_gap_s(settings.baudrate), name, char_time_s(settings.baudrate))
+        line = cls(client, interframe_gap_s(settings.baudrate), name, char_time_s(settings.baudrate), clock)
         return line
 
     @classmethod
-    def tcp(cls, host: str, port: int, timeout_s: float = _LIBRARY_TIMEOUT_S, name: str = "tcp") -> ModbusLine:
+    def tcp(
+        cls,
+        host: str,
+        port: int,
+        timeout_s: float = _LIBRARY_TIMEOUT_S,
+        name: str = "tcp",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> ModbusLine:
         line: ModbusLine
         client = AsyncModbusTcpClient(
             host,
@@ -119,7 +139,7 @@ class ModbusLine:
             reconnect_delay_max=2.0,
             trace_packet=lambda sending, data: line._trace(sending, data, crc=False),
         )
-        line = cls(client, 0.0, name)
+        line = cls(client, 0.0, name, clock=clock)
         return line
 
     def _trace(self, sending: bool, data: bytes, crc: bool = True) -> bytes:
@@ -151,28 +171,28 @@ class ModbusLine:
 
     async def read_timed(self, device_id: int, block: Block, timeout_s: float) -> tuple[list[int], float]:
         """Like :meth:`read`, also returning the time from request to complete reply, s."""
-        quiet = self._quiet_until.get(device_id, 0.0) - time.monotonic()
+        quiet = self._quiet_until.get(device_id, 0.0) - self.clock()
         if quiet > 0:
             await asyncio.sleep(quiet)  # outside the lock: the other devices on the line go ahead
         async with self.lock:
-            wait = self._last_end + self.gap_s - time.monotonic()
+            wait = self._last_end + self.gap_s - self.clock()
             if wait > 0:
                 await asyncio.sleep(wait)
             self.stats.requests += 1
-            t0 = time.monotonic()
+            t0 = self.clock()
             try:
                 words = await self._read_locked(device_id, block, timeout_s)
-                return words, time.monotonic() - t0
+                return words, self.clock() - t0
             except MeterTimeout:
                 # RTU has no transaction id: a late reply would be taken for the answer to the next
                 # request to the same device (replies from other ids are skipped by the framer). So this
                 # device gets no request for as long again; the others on the line are not held up.
                 if self.char_time_s:
-                    self._quiet_until[device_id] = time.monotonic() + timeout_s
+                    self._quiet_until[device_id] = self.clock() + timeout_s
                 raise
             finally:
                 self._expect = None
-                self._last_end = time.monotonic()
+                self._last_end = self.clock()
 
     async def _read_locked(self, device_id: int, block: Block, timeout_s: float) -> list[int]:
         if not self.client.connected:
@@ -191,11 +211,7 @@ class ModbusLine:
         try:
             done, _ = await asyncio.wait({request, bad}, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for fut in (request, bad):
-                if not fut.done():
-                    fut.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, ModbusException):
-                        await fut
+            await _cancel_and_wait(request, bad)
         if request not in done:
             if bad in done:
                 self.stats.crc_errors += 1
@@ -218,3 +234,20 @@ class ModbusLine:
 
     def close(self) -> None:
         self.client.close()
+
+
+async def _cancel_and_wait(*futures: asyncio.Future[Any]) -> None:
+    """Cancel what is still running and wait until it has ended.
+
+    asyncio.wait() neither raises the futures' own CancelledError or exception nor swallows a cancel of
+    the caller: suppressing CancelledError around ``await fut`` also ate the caller's cancel when it
+    landed during that await, and the meter task then polled on after the daemon had cancelled it.
+    """
+    running = [f for f in futures if not f.done()]
+    for fut in running:
+        fut.cancel()
+    if running:
+        await asyncio.wait(running)
+    for fut in futures:
+        if not fut.cancelled():
+            fut.exception()  # retrieved: a late ModbusException is not logged as "never retrieved"

@@ -31,6 +31,9 @@ NOT_AVAILABLE: dict[str, int] = {
 
 FAST = "fast"  # instantaneous values: polled every poll period
 SLOW = "slow"  # energy counters: change slowly, polled every slow period
+PERIODS = (FAST, SLOW)
+WORD_ORDERS = ("big", "little")  # big: high word first; little: low word first (Carlo Gavazzi)
+FUNCTION_CODES = (3, 4)  # read holding registers, read input registers: the reads the planner plans
 
 
 class DecodeError(ValueError):
@@ -44,9 +47,9 @@ class Register:
     type: str  # key of TYPES
     unit: str
     scale: float = 1.0
-    function_code: int = 4  # 3 = holding, 4 = input registers
-    word_order: str = "big"  # "big": high word first; "little": low word first (Carlo Gavazzi)
-    period: str = FAST  # FAST or SLOW: which poll period keeps it fresh
+    function_code: int = 4  # one of FUNCTION_CODES: 3 = holding, 4 = input registers
+    word_order: str = "big"  # one of WORD_ORDERS
+    period: str = FAST  # one of PERIODS: which poll period keeps it fresh
     valid_min: float | None = None  # a decoded value outside [valid_min, valid_max] is invalid
     valid_max: float | None = None
     counter: bool = False  # a cumulative counter: it never falls (a fall is invalid)

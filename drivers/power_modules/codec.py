@@ -2,7 +2,7 @@
 
 A codec is pure: it builds ``Frame`` values (29-bit id, 8 data bytes) and decodes replies; it never
 touches a bus or a clock. Adding a vendor is adding a module that defines a :class:`ModuleCodec` and one
-entry in :data:`drivers.power_modules.registry.CODECS` (plus the name in the config's ``protocol`` Literal).
+entry in :data:`drivers.power_modules.registry.CODECS` (the config's ``protocol`` choices are its keys).
 """
 
 from __future__ import annotations
@@ -73,10 +73,13 @@ class ModuleCodec(Protocol):
         protocol. Never raises."""
         ...
 
-    def check_config(self, addresses: Sequence[int], lost_after_s: float, poll_period_s: float) -> list[str]:
+    def check_config(
+        self, addresses: Sequence[int], lost_after_s: float, poll_period_s: float
+    ) -> list[tuple[str, str]]:
         """What the vendor forbids in a configuration: addresses outside the protocol's range or repeated,
         a ``lost_after_s`` not shorter than the module's own comms watchdog, a poll period too slow to see
-        a module before ``lost_after_s``. One message per problem; empty when the config is fine."""
+        a module before ``lost_after_s``. One (setting, message) per problem, the setting being
+        ``addresses`` or ``lost_after``; empty when the config is fine."""
         ...
 
     def reply_mask(self) -> tuple[int, int]:
@@ -90,21 +93,31 @@ def check_module_config(
     lost_after_s: float,
     poll_period_s: float,
     address_range: tuple[int, int],
-) -> list[str]:
+) -> list[tuple[str, str]]:
     """The checks every vendor shares, for the codecs' ``check_config``."""
     low, high = address_range
-    out = [f"{codec.name} module address {a} is outside {low}..{high}" for a in addresses if not low <= a <= high]
+    out = [
+        ("addresses", f"{codec.name} module address {a} is outside {low}..{high}")
+        for a in addresses
+        if not low <= a <= high
+    ]
     repeated = sorted({a for a in addresses if list(addresses).count(a) > 1})
     if repeated:
-        out.append(f"module addresses must be unique; repeated: {repeated}")
+        out.append(("addresses", f"module addresses must be unique; repeated: {repeated}"))
     if lost_after_s >= codec.module_comms_timeout_s:
         out.append(
-            f"lost after {lost_after_s:g} s must be shorter than the {codec.name} module's own comms watchdog "
-            f"({codec.module_comms_timeout_s:g} s) so the controller notices first"
+            (
+                "lost_after",
+                f"lost after {lost_after_s:g} s must be shorter than the {codec.name} module's own comms "
+                f"watchdog ({codec.module_comms_timeout_s:g} s) so the controller notices first",
+            )
         )
     if lost_after_s < 2 * poll_period_s:
         out.append(
-            f"lost after {lost_after_s:g} s must be at least two poll periods ({2 * poll_period_s:g} s): "
-            "one missed answer must not lose a module"
+            (
+                "lost_after",
+                f"lost after {lost_after_s:g} s must be at least two poll periods ({2 * poll_period_s:g} s): "
+                "one missed answer must not lose a module",
+            )
         )
     return out

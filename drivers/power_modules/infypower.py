@@ -9,7 +9,7 @@ the command of the request; the module answers our set-output and on/off command
 is decoded as an acknowledgement (``ModuleReply.ack``). A reply with a non-zero error code (bits 28-26:
 2 command invalid, 3 data invalid, 7 in start processing) carries no values and is ignored.
 
-Module temperature: neither PROTOCOLS.md nor EVerest's V1.13 driver (which reads only bytes 5-7 of the
+Module temperature: neither the public protocol nor EVerest's V1.13 driver (which reads only bytes 5-7 of the
 status reply) defines one. ASSUMPTION, to be checked against the module manual before field use: byte 4
 of the status reply is the module temperature in whole °C, unsigned, without offset. If the real field
 carried a +40 °C offset we would read 40 °C too hot and derate early: the error is on the safe side,
@@ -46,7 +46,7 @@ READ_COMMANDS = frozenset(
 ZERO8 = bytes(8)
 U32_MAX = 0xFFFFFFFF
 
-# status bits: (byte index, bit) -> alarm name (PROTOCOLS.md; EVerest CanPackets.cpp reads the same bits)
+# status bits: (byte index, bit) -> alarm name (docs/CAN.md; EVerest CanPackets.cpp reads the same bits)
 STATUS_BITS: dict[tuple[int, int], str] = {
     (7, 0): "output_short",
     (7, 4): "sleeping",
@@ -223,7 +223,9 @@ class InfyPowerCodec:
     def reply_mask(self) -> tuple[int, int]:
         return (self.controller << 8, 0xFF << 8)
 
-    def check_config(self, addresses: Sequence[int], lost_after_s: float, poll_period_s: float) -> list[str]:
+    def check_config(
+        self, addresses: Sequence[int], lost_after_s: float, poll_period_s: float
+    ) -> list[tuple[str, str]]:
         return check_module_config(self, addresses, lost_after_s, poll_period_s, (0, MAX_MODULE_ADDRESS))
 
     def _is_reply(self, fid: InfyId, data: bytes) -> bool:

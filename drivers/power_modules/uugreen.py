@@ -1,4 +1,4 @@
-"""UUGreen UR1000x0 charging modules (PROTOCOLS.md "UUGreen UR1000x0").
+"""UUGreen UR1000x0 charging modules (docs/CAN.md "UUGreen UR1000x0").
 
 29-bit id: bits 28-25 protocol (1), bits 24-21 monitor (controller) address (1), bits 20-14 module
 address (0 = broadcast), bits 13-0 zero. Module 1 -> 0x02204000. Replies carry the same id layout with
@@ -8,7 +8,7 @@ Data: byte 0 = (group << 4) | type (0 set, 1 set response, 2 read, 3 read respon
 bytes 2-3 zero; bytes 4-7 a u32 big-endian value. Commands used: 0 Vout, 1 Iout, 2 Vout reference (mV),
 3 Iout limit (mA), 4 DCDC shutdown (0 on, 1 off), 8 module status, 30 input temperature.
 
-ASSUMPTIONS (PROTOCOLS.md does not say; check against the UR1000x0 manual before field use):
+ASSUMPTIONS (the public protocol does not say; check against the UR1000x0 manual before field use):
 - read replies of Vout and Iout are in mV and mA like the set-points;
 - the input temperature is a signed 32-bit value in milli-°C;
 - the status word's bit names are not public: every set bit is reported as ``status_bit_<n>`` and
@@ -128,7 +128,9 @@ class UUGreenCodec:
     def reply_mask(self) -> tuple[int, int]:
         return (make_id(0, monitor=self.monitor), (0xF << 25) | (0xF << 21))
 
-    def check_config(self, addresses: Sequence[int], lost_after_s: float, poll_period_s: float) -> list[str]:
+    def check_config(
+        self, addresses: Sequence[int], lost_after_s: float, poll_period_s: float
+    ) -> list[tuple[str, str]]:
         # address 0 is the broadcast address
         return check_module_config(self, addresses, lost_after_s, poll_period_s, (1, MAX_MODULE_ADDRESS))
 

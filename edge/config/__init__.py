@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
 
+from edge.config.base import Problems
 from edge.config.schema import Config
 from edge.redaction import REDACTED, is_secret_key
 
@@ -49,17 +51,26 @@ def parse_config(text: str, path: str = "<config>") -> Config:
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(path, [_describe(path, text, data, err) for err in exc.errors()]) from None
+        raise ConfigError(
+            path, [line for err in exc.errors() for line in _describe_all(path, text, data, err)]
+        ) from None
 
 
-def _describe(path: str, text: str, data: dict[str, Any], err: Any) -> str:
-    loc = [p for p in err["loc"]]
+def _describe_all(path: str, text: str, data: dict[str, Any], err: Any) -> list[str]:
+    """One line per problem: a cross-key check (:class:`Problems`) may report several, each at its key."""
+    found = (err.get("ctx") or {}).get("error")
+    if isinstance(found, Problems):
+        return [_describe(path, text, data, [*err["loc"], *loc], "value_error", msg) for loc, msg in found.problems]
+    return [_describe(path, text, data, list(err["loc"]), err["type"], err["msg"].removeprefix("Value error, "))]
+
+
+def _describe(path: str, text: str, data: dict[str, Any], loc: list[Any], kind: str, msg: str) -> str:
     key = _key_path(loc)
-    where = f"{path}:{_find_line(text, loc)}" if _find_line(text, loc) else path
-    msg = err["msg"]
-    if err["type"] == "extra_forbidden":
+    line = _find_line(text, loc)
+    where = f"{path}:{line}" if line else path
+    if kind == "extra_forbidden":
         return f"{where}: {key}: unknown key (typo?); allowed keys: {', '.join(_allowed(loc))}"
-    if err["type"] == "missing":
+    if kind == "missing":
         return f"{where}: {key}: required key is missing"
     msg = msg.removeprefix("Value error, ")
     return f"{where}: {key}{_shown_value(loc, _lookup(data, loc))}: {msg}"
@@ -110,27 +121,44 @@ def _allowed(loc: list[Any]) -> list[str]:
     return sorted(model.model_fields)
 
 
+_HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?")
+
+
 def _find_line(text: str, loc: list[Any]) -> int | None:
-    """Best-effort line number of the key at ``loc`` (TOML parsers keep no positions)."""
+    """Best-effort line number of the key at ``loc`` (TOML parsers keep no positions): the line of the key
+    in its table, else the table's header line (a key left at its default), else None."""
     tables = [str(p) for p in loc[:-1] if not isinstance(p, int)]
     want_table = ".".join(tables)
     index = next((p for p in loc if isinstance(p, int)), None)
-    leaf = loc[-1] if loc and not isinstance(loc[-1], int) else None
-    current, seen = "", -1
-    header = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-]+)\s*\]\]?")
-    fallback = None
-    for n, line in enumerate(text.splitlines(), 1):
-        m = header.match(line)
-        if m:
-            current = m.group(1)
-            if line.strip().startswith("[[") and current == (tables[0] if tables else ""):
-                seen += 1
-            if current == want_table and (index is None or seen == index):
-                fallback = n
+    key = _key_line(loc[-1] if loc else None)
+    header_line = None
+    for n, table, nth, line in _lines(text, tables[0] if tables else ""):
+        if table != want_table or (index is not None and nth != index):
             continue
-        if leaf is not None and current == want_table and (index is None or seen == index):
-            if re.match(rf"^\s*{re.escape(str(leaf))}\s*=", line):
-                return n
-        if leaf is not None and not tables and current == "" and re.match(rf"^\s*{re.escape(str(leaf))}\s*=", line):
+        if line is None:
+            header_line = n
+        elif key.match(line):
             return n
-    return fallback
+    return header_line
+
+
+def _key_line(leaf: Any) -> re.Pattern[str]:
+    """The line that sets ``leaf``; a list index (or nothing) is no key: a pattern that never matches."""
+    if leaf is None or isinstance(leaf, int):
+        return re.compile(r"(?!)")
+    return re.compile(rf"^\s*{re.escape(str(leaf))}\s*=")
+
+
+def _lines(text: str, array: str) -> Iterator[tuple[int, str, int, str | None]]:
+    """(line number, table it is in, which ``[[array]]`` entry that is (0-based, -1 before the first),
+    the line, or None for a table header)."""
+    table, nth = "", -1
+    for n, line in enumerate(text.splitlines(), 1):
+        m = _HEADER.match(line)
+        if m is None:
+            yield n, table, nth, line
+            continue
+        table = m.group(2)
+        if m.group(1) == "[[" and table == array:
+            nth += 1
+        yield n, table, nth, None

@@ -1,19 +1,39 @@
-"""Config of the devices: meters, power modules, cable sensors."""
+"""Config of the devices: meters, power modules, cable sensors.
+
+The allowed values of the device keys come from the drivers (meter models, register types, units,
+word orders, vendor protocols), and the vendor's own constraints (module addresses, the module's
+comms watchdog) from its codec: adding a meter model or a vendor changes the driver only.
+"""
 
 from __future__ import annotations
 
 import itertools
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
-from edge.config.base import Section
+from drivers.meters.models import MODEL_NAMES, UNITS
+from drivers.meters.registers import FUNCTION_CODES, PERIODS, TYPES, WORD_ORDERS
+from drivers.power_modules.registry import CODECS, make_codec
+from edge.config.base import Loc, Section, check, one_of
 from edge.config.hardware import Name
 
-# --- meters (owned by the meters area; register tables live in drivers/meters/models.py) -----------
-# These Literals must list the keys of drivers.meters.models.MODELS / registers.TYPES / models.PLAUSIBLE;
-# tests/test_meter_models.py checks that they do.
-MeterModelName = Literal["sdm630", "abb_b23", "abb_b24", "em24", "generic"]
+if TYPE_CHECKING:  # mypy checks plain values; pydantic gets the driver tables as Literals
+    MeterModelName = str
+    RegisterType = str
+    WordOrder = str
+    Unit = str
+    Period = str
+    FunctionCode = int
+    ModuleProtocol = str
+else:
+    MeterModelName = one_of(MODEL_NAMES)
+    RegisterType = one_of(TYPES)
+    WordOrder = one_of(WORD_ORDERS)
+    Unit = one_of(UNITS)
+    Period = one_of(PERIODS)
+    FunctionCode = one_of(FUNCTION_CODES)
+    ModuleProtocol = one_of(CODECS)
 
 
 class MeterRegister(Section):
@@ -24,12 +44,12 @@ class MeterRegister(Section):
         description="OCPP measurand (+ phase), e.g. Voltage.L1, Current.Import.L1",
     )
     address: int = Field(ge=0, le=0xFFFF, description="0-based register address")
-    function_code: Literal[3, 4] = Field(4, description="3 = holding, 4 = input registers")
-    type: Literal["u16", "s16", "u32", "s32", "u64", "s64", "float32"] = "float32"
-    word_order: Literal["big", "little"] = Field("big", description="big: high word first; little: low word first")
+    function_code: FunctionCode = Field(4, description="3 = holding, 4 = input registers")
+    type: RegisterType = "float32"
+    word_order: WordOrder = Field("big", description="big: high word first; little: low word first")
     scale: float = Field(1.0, description="multiplier from the raw value to the unit")
-    unit: Literal["V", "A", "W", "Hz", "kWh", "-"] = Field(description="unit after scaling")
-    period: Literal["fast", "slow"] | None = Field(None, description="poll period class; default slow for kWh")
+    unit: Unit = Field(description="unit after scaling")
+    period: Period | None = Field(None, description="poll period class; default slow for kWh")
     min: float | None = Field(None, description="lowest plausible value; default by unit")
     max: float | None = Field(None, description="highest plausible value; default by unit")
 
@@ -56,60 +76,91 @@ class Meter(Section):
 
     @model_validator(mode="after")
     def _meter_checks(self) -> Meter:
-        if self.timeout_min_ms > self.timeout_ms:
-            raise ValueError(f"timeout_min_ms = {self.timeout_min_ms} must not exceed timeout_ms = {self.timeout_ms}")
-        if self.backoff_initial_ms > self.backoff_max_ms:
-            raise ValueError(
-                f"backoff_initial_ms = {self.backoff_initial_ms} must not exceed backoff_max_ms = {self.backoff_max_ms}"
-            )
-        if self.model == "generic" and not self.registers:
-            raise ValueError('model = "generic" needs a register table: add [[meters.registers]] rows')
-        if self.model != "generic" and self.registers:
-            raise ValueError(f'registers are only allowed with model = "generic" (model is {self.model!r})')
-        if 0 < self.frozen_after_ms < 5000:
-            raise ValueError(f"frozen_after_ms = {self.frozen_after_ms}: use 0 (off) or at least 5000")
-        signals = [r.signal for r in self.registers]
-        dup = sorted({s for s in signals if signals.count(s) > 1})
-        if dup:
-            raise ValueError(f"registers: signal(s) {dup} listed twice")
-        spans = sorted((r.function_code, r.address, r.address + _WORDS[r.type], r.signal) for r in self.registers)
-        for a, b in itertools.pairwise(spans):
-            if a[0] == b[0] and b[1] < a[2]:
-                raise ValueError(f"registers: {b[3]} at address {b[1]} overlaps {a[3]} ({a[1]}..{a[2] - 1})")
-        wide = [r.signal for r in self.registers if _WORDS[r.type] > self.max_registers_per_request]
-        if wide:
-            raise ValueError(
-                f"registers: {wide} need more than max_registers_per_request = {self.max_registers_per_request}"
-            )
+        check(self._timing_problems() + self._table_problems())
         return self
 
+    def _timing_problems(self) -> list[tuple[Loc, str]]:
+        out: list[tuple[Loc, str]] = []
+        if self.timeout_min_ms > self.timeout_ms:
+            out.append((("timeout_min_ms",), f"must not exceed timeout_ms = {self.timeout_ms}"))
+        if self.backoff_initial_ms > self.backoff_max_ms:
+            out.append((("backoff_initial_ms",), f"must not exceed backoff_max_ms = {self.backoff_max_ms}"))
+        if 0 < self.frozen_after_ms < 5000:
+            out.append((("frozen_after_ms",), "use 0 (off) or at least 5000"))
+        return out
 
-_WORDS = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "u64": 4, "s64": 4, "float32": 2}
+    def _table_problems(self) -> list[tuple[Loc, str]]:
+        """The register table: only with model = "generic" (and then required), no signal twice, no
+        overlapping registers, none wider than one request."""
+        if self.model == "generic" and not self.registers:
+            return [(("model",), 'model = "generic" needs a register table: add [[meters.registers]] rows')]
+        if self.model != "generic" and self.registers:
+            return [(("registers",), f'registers are only allowed with model = "generic" (model is {self.model!r})')]
+        signals = [r.signal for r in self.registers]
+        dup = sorted({s for s in signals if signals.count(s) > 1})
+        out: list[tuple[Loc, str]] = [(("registers",), f"signal(s) {dup} listed twice")] if dup else []
+        out += [(("registers",), msg) for msg in _overlaps(self.registers)]
+        wide = [r.signal for r in self.registers if _words(r) > self.max_registers_per_request]
+        if wide:
+            out.append(
+                (("registers",), f"{wide} need more than max_registers_per_request = {self.max_registers_per_request}")
+            )
+        return out
+
+
+def _overlaps(registers: list[MeterRegister]) -> list[str]:
+    """Registers of one function code that share an address."""
+    spans = sorted((r.function_code, r.address, r.address + _words(r), r.signal) for r in registers)
+    return [
+        f"{b[3]} at address {b[1]} overlaps {a[3]} ({a[1]}..{a[2] - 1})"
+        for a, b in itertools.pairwise(spans)
+        if a[0] == b[0] and b[1] < a[2]
+    ]
+
+
+def _words(reg: MeterRegister) -> int:
+    return TYPES[reg.type][0]
+
+
 # --- end meters -------------------------------------------------------------------------------------
 
 
 class PowerModules(Section):
     bus: str = Field("can0", description="name of a [[can]] bus")
-    protocol: Literal["infypower", "uugreen"] = Field(
+    protocol: ModuleProtocol = Field(
         "infypower", description="vendor protocol; one codec per name in drivers/power_modules/registry.py"
     )
-    addresses: list[int] = Field(default_factory=lambda: [1, 2], min_length=1, max_length=60)
+    addresses: list[int] = Field(
+        default_factory=lambda: [1, 2],
+        min_length=1,
+        max_length=60,
+        description="module addresses, unique, in the range the vendor's codec accepts",
+    )
     lost_after_ms: int = Field(
-        3000, ge=500, le=9000, description="ms of silence before a module is lost; below the module's own 10 s"
+        3000,
+        ge=500,
+        description="ms of silence before a module is lost; below the module's own comms watchdog (its codec's)",
     )
     poll_ms: int = Field(1000, ge=100, le=5000, description="ms between two status polls of one module")
     max_current_a: float = Field(50.0, gt=0, le=200, description="rated output current of one module, A")
     max_voltage_v: float = Field(1000.0, gt=0, le=1500, description="rated output voltage of one module, V")
 
     @model_validator(mode="after")
-    def _unique(self) -> PowerModules:
-        if len(set(self.addresses)) != len(self.addresses):
-            raise ValueError("module addresses must be unique")
-        if any(not 0 <= a <= 0x3E for a in self.addresses):
-            raise ValueError("module addresses must be 0..62")
-        if self.protocol == "uugreen" and 0 in self.addresses:
-            raise ValueError("uugreen module address 0 is the broadcast address; use 1..62")
+    def _checks(self) -> PowerModules:
+        check(vendor_problems(self))
         return self
+
+
+def vendor_problems(modules: PowerModules) -> list[tuple[Loc, str]]:
+    """What the vendor forbids in ``[power_modules]``, as its codec knows it (address range, repeated
+    addresses, its own comms watchdog, the poll period): the one hook between the config and the codecs."""
+    problems = make_codec(modules.protocol).check_config(
+        modules.addresses, modules.lost_after_ms / 1000.0, modules.poll_ms / 1000.0
+    )
+    return [((_VENDOR_KEYS[setting],), message) for setting, message in problems]
+
+
+_VENDOR_KEYS = {"addresses": "addresses", "lost_after": "lost_after_ms"}  # codec setting -> config key
 
 
 class CableSensor(Section):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from edge.config.base import Section
+from edge.config.base import Loc, Section, check
 from edge.config.devices import CableSensor, Meter, PowerModules
 from edge.config.hardware import CanBus, ModbusTcp, Outputs, SerialLine, Watchdog
 from edge.config.limits import LimitsConfig
@@ -67,27 +68,49 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
+        check(self._unique_names() + self._dangling_references() + self._one_grid_meter())
+        return self
+
+    def _unique_names(self) -> list[tuple[Loc, str]]:
+        """Every name once per kind; the problem is at the second use. Serial lines and Modbus TCP
+        connections share one name space (a meter's ``line`` names either)."""
+        kinds = [
+            ("serial/modbus_tcp line", _named("serial", self.serial) + _named("modbus_tcp", self.modbus_tcp)),
+            ("can bus", _named("can", self.can)),
+            ("meter", _named("meters", self.meters)),
+            ("cable", _named("cable", self.cable)),
+        ]
+        out: list[tuple[Loc, str]] = []
+        for kind, named in kinds:
+            seen: set[str] = set()
+            for loc, name in named:
+                if name in seen:
+                    out.append(((*loc, "name"), f"{kind} names must be unique: {name!r} used twice"))
+                seen.add(name)
+        return out
+
+    def _dangling_references(self) -> list[tuple[Loc, str]]:
         lines = [s.name for s in self.serial] + [t.name for t in self.modbus_tcp]
         buses = [c.name for c in self.can]
-        for kind, names in (
-            ("serial/modbus_tcp line", lines),
-            ("can bus", buses),
-            ("meter", [m.name for m in self.meters]),
-            ("cable", [c.name for c in self.cable]),
-        ):
-            dup = {n for n in names if names.count(n) > 1}
-            if dup:
-                raise ValueError(f"{kind} names must be unique: {sorted(dup)} used twice")
-        for m in self.meters:
-            if m.line not in lines:
-                raise ValueError(
-                    f"meter {m.name!r}: line {m.line!r} is not a [[serial]] or [[modbus_tcp]] name (have {lines})"
-                )
-        for c in self.cable:
-            if c.bus not in buses:
-                raise ValueError(f"cable {c.name!r}: bus {c.bus!r} is not a [[can]] name (have {buses})")
+        out: list[tuple[Loc, str]] = [
+            (("meters", i, "line"), f"meter {m.name!r}: not a [[serial]] or [[modbus_tcp]] name (have {lines})")
+            for i, m in enumerate(self.meters)
+            if m.line not in lines
+        ]
+        out += [
+            (("cable", i, "bus"), f"cable {c.name!r}: not a [[can]] name (have {buses})")
+            for i, c in enumerate(self.cable)
+            if c.bus not in buses
+        ]
         if self.power_modules.bus not in buses:
-            raise ValueError(f"power_modules: bus {self.power_modules.bus!r} is not a [[can]] name (have {buses})")
-        if len([m for m in self.meters if m.role == "grid"]) > 1:
-            raise ValueError('at most one meter may have role = "grid"')
-        return self
+            out.append((("power_modules", "bus"), f"not a [[can]] name (have {buses})"))
+        return out
+
+    def _one_grid_meter(self) -> list[tuple[Loc, str]]:
+        grid = [i for i, m in enumerate(self.meters) if m.role == "grid"]
+        return [(("meters", i, "role"), 'at most one meter may have role = "grid"') for i in grid[1:]]
+
+
+def _named(table: str, entries: Sequence[Any]) -> list[tuple[Loc, str]]:
+    """(location, name) of each entry of a ``[[table]]`` array."""
+    return [((table, i), entry.name) for i, entry in enumerate(entries)]
