@@ -149,6 +149,7 @@ def _build_can(
         poll_period_s=pm.poll_ms / 1000.0,
         clock=clock.monotonic,
         on_event=events.emit,
+        max_voltage_v=min(config.limits.max_output_voltage_v, pm.max_voltage_v),
     )
     link.bank.register(link.dispatchers[pm.bus])
     for c in config.cable:

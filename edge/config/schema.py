@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from edge.config.base import Section
+from edge.config.crosschecks import check_setpoints
 from edge.config.devices import CableSensor, Meter, PowerModules
 from edge.config.hardware import CanBus, ModbusTcp, Outputs, SerialLine, Watchdog
 from edge.config.limits import LimitsConfig
@@ -90,4 +91,5 @@ class Config(Section):
             raise ValueError(f"power_modules: bus {self.power_modules.bus!r} is not a [[can]] name (have {buses})")
         if len([m for m in self.meters if m.role == "grid"]) > 1:
             raise ValueError('at most one meter may have role = "grid"')
+        check_setpoints(self)  # every set-point within every hardware limit (edge/config/crosschecks.py)
         return self
