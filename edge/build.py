@@ -24,6 +24,7 @@ from edge.control import Controller, Outputs
 from edge.events import EventLog
 from edge.faults import ExternalFaults
 from edge.meter_link import MeterLink
+from edge.operator import OperatorFile
 from edge.ops import Operations
 from edge.state import CabinetState, InputMap
 from edge.telemetry.formats import compactor_for
@@ -81,6 +82,9 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
     outputs = _build_outputs(config, b.board)
     wdt = make_wdt(config.watchdog.backend, config.watchdog.timeout_ms)
     controller = Controller(config, state, can_link.bank, outputs, wdt, b.clock, events.emit, faults.core_input)
+    # operator stops and limits of the previous run, before the first evaluation; saved on every change
+    operator_file = OperatorFile(config.storage.data_dir, b.clock.monotonic, b.wall_ms, events.emit, faults)
+    controller.operator = operator_file.restore()
     can_link.evaluate_now = controller.evaluate_now
     compactor = compactor_for(config.telemetry, store.alias)  # None for v1: every sample as JSON
     recorder = Recorder(sampler, store, faults, config.telemetry.interval_s, b.clock.monotonic, b.wall_ms, compactor)
@@ -150,6 +154,7 @@ def _build_can(
         poll_period_s=pm.poll_ms / 1000.0,
         clock=clock.monotonic,
         on_event=events.emit,
+        max_voltage_v=min(config.limits.max_output_voltage_v, pm.max_voltage_v),
     )
     link.bank.register(link.dispatchers[pm.bus])
     for c in config.cable:

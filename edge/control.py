@@ -195,7 +195,7 @@ class Controller:
         if not d["enable"] and any(m.output_on or m.set_current_a > 0 for m in self.bank.modules.values()):
             # stopping: one group command reaches every module with two frames, before the per-module ones
             self.bank.all_off()
-        self.bank.apply(d["enable"], self.config.control.output_voltage_v, d["limit_a"])
+        self.bank.apply(d["enable"], d["voltage_v"], d["limit_a"])  # the core's set-point, within the maximum
         self.outputs.contactor.value(1 if d["contactor"] else 0)
         pump, fan = d["pump"], d["fan"] > 0
         if self.test_outputs and not d["enable"] and self.clock.monotonic() < self.test_outputs_until:

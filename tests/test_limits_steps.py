@@ -31,6 +31,7 @@ def test_the_pipeline_runs_the_steps_in_the_documented_order():
         "_contactor",
         "_pump",
         "_fan",
+        "_voltage_setpoint",
     ]
     assert core.RULES[-1] is core._rule_external_faults
 

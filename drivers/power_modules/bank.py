@@ -22,6 +22,11 @@
 - Module alarms and presence changes are reported through ``on_event`` (kind, name, data).
 - Acknowledgements of our set commands are counted (``acks``); they do not prove presence (only read
   replies do) and change no state.
+- Set-point bounds: no set-output frame carries more than ``max_voltage_v`` (the configured output /
+  module maximum) or ``max_current_a_per_module``, nor more than the codec can encode
+  (``CODEC_MAX_SETPOINT``); NaN and negative values become 0. Upstream (config check, safety core) keeps
+  set-points within these already, so each clamp here is counted (``setpoints_clamped``) and logged (at
+  most once per ``CLAMP_LOG_EVERY_S``): it means a bug upstream.
 The bank does not own a bus: frames go out through ``send``; frames come in through :meth:`on_frame`,
 registered with a :class:`~drivers.can_dispatch.CanDispatcher` by :meth:`register`; time comes from
 ``clock``.
@@ -29,6 +34,8 @@ registered with a :class:`~drivers.can_dispatch.CanDispatcher` by :meth:`registe
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -40,7 +47,11 @@ from drivers.readings import OK, STALE, Reading
 if TYPE_CHECKING:
     from drivers.can_dispatch import CanDispatcher
 
+log = logging.getLogger(__name__)
 EventSink = Callable[[str, str, dict[str, Any]], None]
+# both codecs encode set-points as u32 milli-units (mV, mA): the most any set-output frame can carry
+CODEC_MAX_SETPOINT = 0xFFFFFFFF / 1000.0
+CLAMP_LOG_EVERY_S = 60.0
 MAX_FOREIGN_ADDRESSES = 256  # remembered for diagnostics; the count itself is unbounded
 READINGS_PREFIX = "module"  # readings are module.<address>.voltage_v, ...
 
@@ -82,6 +93,17 @@ class BankEvents:
     recovered: list[int] = field(default_factory=list)
 
 
+def _bound(configured: float, codec_max: float) -> float:
+    return min(configured, codec_max) if configured >= 0.0 else 0.0
+
+
+def _clamp(value: float, high: float) -> float:
+    """``value`` within 0..``high``; NaN and negative values are 0 (nothing delivered)."""
+    if not value > 0.0:
+        return 0.0
+    return high if value > high else value
+
+
 class ModuleBank:
     def __init__(
         self,
@@ -95,6 +117,7 @@ class ModuleBank:
         max_backoff_s: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         on_event: EventSink | None = None,
+        max_voltage_v: float = CODEC_MAX_SETPOINT,
     ) -> None:
         if lost_after_s >= codec.module_comms_timeout_s:
             raise ValueError(
@@ -106,6 +129,11 @@ class ModuleBank:
         self.codec = codec
         self.lost_after_s = lost_after_s
         self.max_current_a_per_module = max_current_a_per_module
+        # what a set-output frame may carry: the config's maximum within the codec's range
+        self.max_voltage_v = _bound(max_voltage_v, CODEC_MAX_SETPOINT)
+        self.max_setpoint_a = _bound(max_current_a_per_module, CODEC_MAX_SETPOINT)
+        self.setpoints_clamped = 0
+        self._clamp_logged_t = -math.inf
         self.poll_period_s = poll_period_s
         self.max_backoff_s = max(max_backoff_s, poll_period_s)
         self._send = send
@@ -260,6 +288,9 @@ class ModuleBank:
     def apply(self, enable: bool, voltage_v: float, total_current_a: float) -> None:
         """Split ``total_current_a`` equally across available modules; others get 0 A and off."""
         now = self._clock()
+        if not total_current_a >= 0.0:  # NaN or negative: min() below would pass NaN over as the maximum
+            self._clamped(f"total current {total_current_a} A", 0.0, 0.0)
+            total_current_a = 0.0
         avail = self.available()
         ghosts = len(self.possibly_delivering(now))
         share = min(self.max_current_a_per_module, total_current_a / (len(avail) + ghosts)) if avail and enable else 0.0
@@ -276,6 +307,7 @@ class ModuleBank:
             self._command(mod, volts, amps, on, now)
 
     def _command(self, mod: ModuleState, volts: float, amps: float, on: bool, now: float, force: bool = False) -> None:
+        volts, amps = self._bounded(volts, amps)  # what is stored is what can be sent
         reduction = amps < mod.set_current_a or (mod.output_on and not on)
         if force or reduction:
             self._send_now(mod, volts, amps, on, now, force, priority=reduction or (amps == 0.0 and not on))
@@ -293,7 +325,7 @@ class ModuleBank:
         ``priority`` for reductions and off; a forced restore may be a raise and then is not."""
         frames: list[Frame] = []
         if force or (volts, amps) != (mod.set_voltage_v, mod.set_current_a):
-            frames += self.codec.set_output(mod.address, volts, amps)
+            frames += self._set_output(mod.address, volts, amps)
         if force or on != mod.output_on:
             frames += self.codec.output_on(mod.address, on)
         for frame in frames:
@@ -308,7 +340,7 @@ class ModuleBank:
             return
         volts, amps, on = mod.wanted
         if (volts, amps) != (mod.set_voltage_v, mod.set_current_a):
-            for frame in self.codec.set_output(mod.address, volts, amps):
+            for frame in self._set_output(mod.address, volts, amps):
                 self._tx(frame)
             mod.set_voltage_v, mod.set_current_a = volts, amps
         elif on != mod.output_on:
@@ -318,6 +350,33 @@ class ModuleBank:
         mod.last_command_t = now
         if (volts, amps, on) == (mod.set_voltage_v, mod.set_current_a, mod.output_on):
             mod.wanted = None
+
+    # -- set-point bounds ------------------------------------------------------------------------------
+    def _set_output(self, address: int, volts: float, amps: float) -> list[Frame]:
+        """The encoding boundary: every per-module set-output frame is made here, within the bounds."""
+        volts, amps = self._bounded(volts, amps)
+        return self.codec.set_output(address, volts, amps)
+
+    def _bounded(self, volts: float, amps: float) -> tuple[float, float]:
+        v, a = _clamp(volts, self.max_voltage_v), _clamp(amps, self.max_setpoint_a)
+        if v != volts or a != amps:  # NaN != NaN: counted as well
+            self._clamped(f"{volts} V / {amps} A", v, a)
+        return v, a
+
+    def _clamped(self, asked: str, volts: float, amps: float) -> None:
+        self.setpoints_clamped += 1
+        now = self._clock()
+        if now - self._clamp_logged_t >= CLAMP_LOG_EVERY_S:
+            self._clamp_logged_t = now
+            log.error(
+                "module set-point %s outside 0..%g V / 0..%g A per module, sent %g V / %g A (bug upstream; %d so far)",
+                asked,
+                self.max_voltage_v,
+                self.max_setpoint_a,
+                volts,
+                amps,
+                self.setpoints_clamped,
+            )
 
     def flush(self, now: float) -> None:
         for mod in self.modules.values():
@@ -385,6 +444,7 @@ class ModuleBank:
             "foreign_addresses": sorted(self.foreign_addresses),
             "frames_sent": self.frames_sent,
             "acks": self.acks,
+            "setpoints_clamped": self.setpoints_clamped,
             "pending": self.pending(),
             "possibly_delivering": self.possibly_delivering(self._clock()),
         }

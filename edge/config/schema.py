@@ -8,6 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from edge.config.base import Loc, Section, check
+from edge.config.crosschecks import check_setpoints
 from edge.config.devices import CableSensor, Meter, PowerModules
 from edge.config.hardware import CanBus, ModbusTcp, Outputs, SerialLine, Watchdog
 from edge.config.limits import LimitsConfig
@@ -69,6 +70,7 @@ class Config(Section):
     @model_validator(mode="after")
     def _references(self) -> Config:
         check(self._unique_names() + self._dangling_references() + self._one_grid_meter())
+        check_setpoints(self)  # every set-point within every hardware limit (edge/config/crosschecks.py)
         return self
 
     def _unique_names(self) -> list[tuple[Loc, str]]:

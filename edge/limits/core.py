@@ -37,15 +37,16 @@ contactor open. Never latched: gone from the list, gone from the decision (a cle
 
 Decision::
 
-    {"limit_a", "target_a", "enable", "contactor", "pump", "fan", "faults", "fault_details",
+    {"limit_a", "target_a", "voltage_v", "enable", "contactor", "pump", "fan", "faults", "fault_details",
      "fault_docs", "latched", "rule", "reason", "cleared", "clear_refused"}
 
 ``reason`` always names the rule, the value and the threshold, e.g.
 ``cable DC+ pin 82.4 °C (derating 70-90 °C)`` or ``site fuse: L2 at 61 A of 63 A (margin 3 A)``.
 
 :func:`evaluate` is the pipeline :data:`STEPS`: base limits (hardware, request, external) -> :data:`RULES`
--> the lowest limit -> latches and clears -> trip or stop -> ramp -> contactor, pump, fan; then the
-decision. Each step reads and writes one :class:`_Ctx` and can be tested on its own.
+-> the lowest limit -> latches and clears -> trip or stop -> ramp -> contactor, pump, fan -> the voltage
+set-point within the configured maximum; then the decision. Each step reads and writes one :class:`_Ctx`
+and can be tested on its own.
 """
 
 try:
@@ -140,6 +141,7 @@ class _Ctx:
         self.enable = False
         self.pump = False
         self.fan = 0.0
+        self.voltage = 0.0
 
     def limit(self, amps: float, rule: str, reason: str) -> None:
         if amps != amps:  # NaN never means "no limit"
@@ -725,6 +727,23 @@ def _fan(c: _Ctx) -> None:
     c.fan = 1.0 if (c.enable or hot) else (0.3 if c.pump else 0.0)
 
 
+def _voltage_setpoint(c: _Ctx) -> None:
+    """The voltage set-point for the modules, within 0 .. the lowest configured maximum (the output's
+    hardware limit, the over-voltage trip). The config check refuses a set-point above it, so a clamp here
+    means a bug upstream: the reason says so. Missing, NaN or negative: 0 V (the modules deliver nothing)."""
+    want = c.snap.get("voltage_v")
+    high = min(c.cfg["max_output_voltage_v"], c.cfg["over_voltage"]["max_v"])
+    if want is None or want != want or want < 0.0:
+        c.voltage = 0.0
+        if want is not None:
+            c.reason += "; voltage set-point %s V invalid, 0 V sent" % fmt_num(want)
+    elif want > high:
+        c.voltage = high
+        c.reason += "; voltage set-point %s V clamped to %s V" % (fmt_num(want), fmt_num(high))
+    else:
+        c.voltage = want
+
+
 STEPS = (
     _base_limits,
     _apply_rules,
@@ -737,6 +756,7 @@ STEPS = (
     _contactor,
     _pump,
     _fan,
+    _voltage_setpoint,
 )
 
 
@@ -747,6 +767,7 @@ def _decision(c: _Ctx) -> dict:
     return {
         "limit_a": c.applied,
         "target_a": c.target,
+        "voltage_v": c.voltage,
         "enable": c.enable,
         "contactor": c.contactor,
         "pump": c.pump,
