@@ -24,7 +24,7 @@ from hal import can as hcan
 from tests.conftest import sim_config_text, until
 
 
-def config_text(tmp_path: Path, protocol: str = "infypower", lost_after_ms: int = 800) -> str:
+def config_text(tmp_path: Path, protocol: str = "infypower", lost_after_ms: int = 1000) -> str:
     text = sim_config_text(tmp_path)
     extra = f'protocol = "{protocol}"\nlost_after_ms = {lost_after_ms}\n'
     return text.replace("[power_modules]\n", "[power_modules]\n" + extra)

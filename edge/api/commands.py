@@ -375,29 +375,23 @@ def _run(ctx: Context, op: str, raw: dict[str, Any]) -> dict[str, Any]:
         raise ProtocolError(exc.code, exc.message) from None
 
 
-@command("clear", ADMIN, None, help="Clear a latched fault; refused while its condition is still present.")
-async def _clear(ctx: Context, raw: dict[str, Any]) -> dict[str, Any]:
-    return _run(ctx, "clear", raw)
+def _operation(op: str) -> Handler:
+    """The socket command ``op``: the operation of the same name, done for the local peer."""
+
+    async def handler(ctx: Context, raw: dict[str, Any]) -> dict[str, Any]:
+        return _run(ctx, op, raw)
+
+    return handler
 
 
-@command("limit_set", ADMIN, None, help="Set a temporary current limit (only ever lowers: the lowest rule wins).")
-async def _limit_set(ctx: Context, raw: dict[str, Any]) -> dict[str, Any]:
-    return _run(ctx, "limit_set", raw)
-
-
-@command("limit_clear", ADMIN, None, help="Remove the operator current limit set locally (a cloud one stays).")
-async def _limit_clear(ctx: Context, raw: dict[str, Any]) -> dict[str, Any]:
-    return _run(ctx, "limit_clear", raw)
-
-
-@command("stop", ADMIN, None, help="Stop charging: 0 A, output off, contactor open, until `resume`.")
-async def _stop(ctx: Context, raw: dict[str, Any]) -> dict[str, Any]:
-    return _run(ctx, "stop", raw)
-
-
-@command("resume", ADMIN, None, help="Undo a local `stop`; charging restarts when every rule allows it.")
-async def _resume(ctx: Context, raw: dict[str, Any]) -> dict[str, Any]:
-    return _run(ctx, "resume", raw)
+for _op, _help in (
+    ("clear", "Clear a latched fault; refused while its condition is still present."),
+    ("limit_set", "Set a temporary current limit (only ever lowers: the lowest rule wins)."),
+    ("limit_clear", "Remove the operator current limit set locally (a cloud one stays)."),
+    ("stop", "Stop charging: 0 A, output off, contactor open, until `resume`."),
+    ("resume", "Undo a local `stop`; charging restarts when every rule allows it."),
+):
+    command(_op, ADMIN, None, help=_help)(_operation(_op))
 
 
 @command("selftest", ADMIN, None, help="Run pump and fan with the output off; report coolant flow and temperatures.")
