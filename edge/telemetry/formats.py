@@ -1,15 +1,22 @@
 """Wire formats of telemetry and events, chosen by ``telemetry.format``: name -> encoder class.
 
 An encoder turns a batch of stored records (consecutive, one kind, chosen by
-:class:`~edge.telemetry.delivery.Delivery`) into one or more MQTT messages. The uplink publishes them all
-with QoS 1 and deletes the records only after every one of them is acknowledged. :meth:`Encoder.birth`
+:class:`~edge.telemetry.delivery.Delivery`) into MQTT messages. The uplink publishes them all with
+each message's QoS and deletes the records only after every one of them is acknowledged (QoS 0: written
+to the socket; no message at all: at once). :meth:`Encoder.birth`
 runs on every (re)connect before any batch; the uplink then also asks the recorder for a keyframe.
 
 ``record_form`` says what the recorder stores for this format: ``json`` (v1: every sample of every
 interval) or ``compact`` (report by exception, :mod:`edge.telemetry.compact`; expand a compact record
 with :func:`edge.telemetry.v2decode.unpack_compact` and the alias table from ``EncoderContext.signals``).
 
-Adding a format: a class with the attributes of :class:`Encoder`, registered in :data:`FORMATS`.
+A format may own the MQTT session's will and a command topic (Sparkplug B: the NDEATH with a new bdSeq
+before every connect, NCMD rebirth): ``session_will`` True makes the uplink ask :meth:`Encoder.will`
+before every connect instead of using its retained ``status`` "offline" will; :meth:`Encoder.subscriptions`
+are subscribed on every connect and their messages go to :meth:`Encoder.command` on the uplink thread.
+
+Adding a format: a class with the attributes of :class:`Encoder` (:class:`PlainSession` has the session
+defaults), registered in :data:`FORMATS`.
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ from typing import Any, ClassVar, Protocol
 
 import msgpack
 
+from edge.config.telemetry import Sparkplug as SparkplugConfig
 from edge.config.telemetry import Telemetry
+from edge.telemetry import sparkplug
 from edge.telemetry import v2decode as v2
 from edge.telemetry.compact import AliasFn, Compactor, Deadbands, is_safety
 from edge.telemetry.measurands import ocpp_fields
@@ -41,6 +50,7 @@ class Message:
     topic: str
     payload: bytes
     retain: bool = False
+    qos: int = 1
 
 
 @dataclass
@@ -55,22 +65,60 @@ class EncoderContext:
     deadband: Callable[[str, str], float]  # (signal, unit) -> deadband
     interval_s: float = 1.0
     now_ms: Callable[[], int] = lambda: int(time.time() * 1000)
+    data_dir: str | None = None  # where a format keeps its own state (Sparkplug: the bdSeq file)
+    sparkplug: SparkplugConfig | None = None  # [telemetry.sparkplug]
 
 
 class Encoder(Protocol):
     name: ClassVar[str]
     record_form: ClassVar[str]  # "json" | "compact"
+    session_will: ClassVar[bool]  # True: will() gives the MQTT will before every connect
+
+    def will(self) -> Message:
+        """The will for the next connect (only called when ``session_will``)."""
+        ...
+
+    def death(self) -> Message | None:
+        """What to publish before a clean disconnect, or None."""
+        ...
+
+    def subscriptions(self) -> list[str]:
+        """Topic filters whose messages go to :meth:`command`."""
+        ...
+
+    def command(self, topic: str, payload: bytes) -> list[Message]:
+        """The messages answering one message on a :meth:`subscriptions` topic (may be empty)."""
+        ...
 
     def birth(self) -> list[Message]:
         """Messages to send on every (re)connect, before any batch (may be empty)."""
         ...
 
     def encode(self, batch: Sequence[RawRecord], replayed: bool) -> list[Message]:
-        """The messages carrying ``batch`` (at least one)."""
+        """The messages carrying ``batch`` (none when a format reports by exception and nothing changed:
+        the records count as delivered)."""
         ...
 
 
-class V1Json:
+class PlainSession:
+    """The session side of a format that only encodes records: the uplink's own will, no commands."""
+
+    session_will: ClassVar[bool] = False
+
+    def will(self) -> Message:
+        raise NotImplementedError("this format uses the uplink's status will")
+
+    def death(self) -> Message | None:
+        return None
+
+    def subscriptions(self) -> list[str]:
+        return []
+
+    def command(self, topic: str, payload: bytes) -> list[Message]:
+        return []
+
+
+class V1Json(PlainSession):
     """Schema 1: JSON, every sample of every interval with its name, unit and OCPP fields."""
 
     name: ClassVar[str] = "v1"
@@ -113,7 +161,7 @@ class V1Json:
         return json.dumps({"interval_s": c.interval_ms / 1000.0, "samples": samples}, separators=(",", ":"))
 
 
-class V2Compact:
+class V2Compact(PlainSession):
     """Schema 2: births with the alias table, records by exception, MessagePack, zlib (docs/TELEMETRY.md)."""
 
     name: ClassVar[str] = "v2"
@@ -178,7 +226,54 @@ class V2Compact:
         return bytes((v2.MAGIC, v2.VERSION, flags)) + zlib.compress(msgpack.packb(body), ZLIB_LEVEL)
 
 
-FORMATS: dict[str, type[Any]] = {V1Json.name: V1Json, V2Compact.name: V2Compact}
+class SparkplugB:
+    """Sparkplug B 3.0 (docs/SPARKPLUG.md): the store keeps v1 records, :class:`~edge.telemetry.sparkplug.
+    SparkplugNode` turns each into DBIRTH/DDATA/NDATA by exception; the NDEATH is the MQTT will of every
+    connect (a new bdSeq each time), NBIRTH and DBIRTHs follow every connect, NCMD rebirth is answered.
+    Births and data go with ``[telemetry.sparkplug] data_qos``; the NDEATH with QoS 1."""
+
+    name: ClassVar[str] = "sparkplug_b"
+    record_form: ClassVar[str] = "json"
+    session_will: ClassVar[bool] = True
+
+    def __init__(self, ctx: EncoderContext) -> None:
+        if ctx.data_dir is None:
+            raise ValueError("telemetry.format 'sparkplug_b' needs a data directory for its bdSeq file")
+        self.ctx = ctx
+        self.node = sparkplug.for_cabinet(
+            ctx.sparkplug or SparkplugConfig(), ctx.site_id, ctx.cabinet_id, ctx.data_dir, ctx.now_ms, ctx.deadband
+        )
+        self._v1 = V1Json(ctx)  # expands a compact record stored while the format was v2
+
+    def will(self) -> Message:
+        return _message(self.node.will())
+
+    def death(self) -> Message | None:
+        return _message(self.node.death()) if self.node.bdseq is not None else None
+
+    def birth(self) -> list[Message]:
+        return [_message(m) for m in self.node.births()]
+
+    def subscriptions(self) -> list[str]:
+        return self.node.subscriptions()
+
+    def command(self, topic: str, payload: bytes) -> list[Message]:
+        return [_message(m) for m in self.node.command(topic, payload)]
+
+    def encode(self, batch: Sequence[RawRecord], replayed: bool) -> list[Message]:
+        out: list[Message] = []
+        for r in batch:
+            text = r.payload if isinstance(r.payload, str) else self._v1._expand(r)
+            body = json.loads(text)
+            out += (_message(m) for m in self.node.encode(r.kind, r.t_ms, body, historical=replayed, seq=r.seq))
+        return out
+
+
+def _message(m: sparkplug.Message) -> Message:
+    return Message(m.topic, m.payload, m.retain, m.qos)
+
+
+FORMATS: dict[str, type[Any]] = {V1Json.name: V1Json, V2Compact.name: V2Compact, SparkplugB.name: SparkplugB}
 
 
 def encoder_for(name: str, ctx: EncoderContext) -> Encoder:

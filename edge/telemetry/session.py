@@ -2,7 +2,11 @@
 
 - MQTT 5 (``clean_start = false`` with Session Expiry ``session_expiry_s``) or 3.1.1 (``clean_session =
   false``): commands sent while the cabinet is offline wait in the broker's session.
-- The will (retained, QoS 1) is set before the connect; the caller publishes the birth on connect.
+- The will (QoS 1) is set before the connect; the caller publishes the birth on connect. A fixed will
+  (retained) is set once; a will given as a callable (Sparkplug B: a new bdSeq per connect) is asked for
+  before every connect and reconnect (paho's ``on_pre_connect``), and then paho's unsent messages of the
+  previous connection are dropped: they belong to the previous Sparkplug session (its seq numbers), and
+  the caller sends everything unacknowledged again after the connect anyway.
 - Reconnect: exponential backoff with jitter (:func:`backoff_s`: the cap doubles from ``reconnect_min_s``
   up to ``reconnect_max_s``, each delay drawn from [cap/2, cap]) so a broker restart does not bring the
   whole fleet back at once. paho's own doubling is switched off (min == max delay).
@@ -62,6 +66,9 @@ def received(msg: mqtt.MQTTMessage, now_ms: Callable[[], int] = wall_ms) -> Rece
     )
 
 
+WillFn = Callable[[], tuple[str, bytes]]  # (topic, payload) of the will for the next connect, not retained
+
+
 @dataclass(frozen=True)
 class SessionEvents:
     """What the session reports, called on paho's network thread."""
@@ -81,7 +88,7 @@ class Session:
         client_id: str,
         events: SessionEvents,
         *,
-        will: tuple[str, bytes],
+        will: tuple[str, bytes] | WillFn,
         rnd: random.Random | None = None,
     ) -> None:
         self.cfg = cfg
@@ -118,7 +125,10 @@ class Session:
             client.tls_insecure_set(c.tls.insecure)
         client.enable_logger(PAHO_LOG)  # errors inside paho callbacks end up in our log
         client.max_inflight_messages_set(c.max_inflight)
-        client.will_set(self.will[0], self.will[1], qos=1, retain=True)
+        if callable(self.will):
+            client.on_pre_connect = self._cb_pre_connect
+        else:
+            client.will_set(self.will[0], self.will[1], qos=1, retain=True)
         client.on_connect = self._cb_connect
         client.on_connect_fail = self._cb_connect_fail
         client.on_disconnect = self._cb_disconnect
@@ -146,6 +156,14 @@ class Session:
         client.reconnect_delay_set(min_delay=d, max_delay=d)  # type: ignore[arg-type]
 
     # -- paho thread: hand everything over ----------------------------------------------------------
+    def _cb_pre_connect(self, client: mqtt.Client, _u: Any) -> None:
+        assert callable(self.will)
+        topic, payload = self.will()
+        client.will_set(topic, payload, qos=1, retain=False)
+        # paho would resend these right after the CONNACK, ahead of the new session's births
+        with client._out_message_mutex:
+            client._out_messages.clear()
+
     def _cb_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             self.events.refused(str(reason))
@@ -172,13 +190,14 @@ class Session:
     def started(self) -> bool:
         return self._client is not None
 
-    def publish(self, topic: str, payload: bytes | str, *, retain: bool = False) -> int | None:
-        """Queue one QoS 1 message; its message id, or None when paho refused it (not connected: paho
-        keeps its own copy, the caller sends again after the next connect anyway)."""
+    def publish(self, topic: str, payload: bytes | str, *, retain: bool = False, qos: int = 1) -> int | None:
+        """Queue one message; its message id, or None when paho refused it (not connected: paho keeps its
+        own copy of a QoS 1 message, the caller sends again after the next connect anyway). The id is
+        reported to ``published`` on the PUBACK (QoS 1) or once written to the socket (QoS 0)."""
         client = self._client
         if client is None:
             return None
-        info = client.publish(topic, payload, qos=1, retain=retain)
+        info = client.publish(topic, payload, qos=qos, retain=retain)
         return info.mid if info.rc == mqtt.MQTT_ERR_SUCCESS else None
 
     def subscribe(self, topic_filter: str) -> None:
@@ -186,14 +205,17 @@ class Session:
         if client is not None:
             client.subscribe(topic_filter, qos=1)
 
-    def stop(self, goodbye: tuple[str, bytes] | None = None) -> None:
-        """Publish ``goodbye`` (topic, payload; retained), disconnect, join paho's thread. Blocks: call it
-        off the event loop (``asyncio.to_thread``)."""
+    def stop(self, goodbye: tuple[str, bytes] | None = None, death: tuple[str, bytes] | None = None) -> None:
+        """Publish ``death`` (topic, payload; not retained: what the callable will would have said) and
+        ``goodbye`` (retained), disconnect, join paho's thread. Blocks: call it off the event loop
+        (``asyncio.to_thread``)."""
         client = self._client
         if client is None:
             return
         self._client = None
         self.closing = True
+        if death is not None:
+            client.publish(death[0], death[1], qos=1, retain=False)
         if goodbye is not None:
             client.publish(goodbye[0], goodbye[1], qos=1, retain=True)
         client.disconnect()

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import queue
 import random
 import ssl
@@ -42,7 +43,7 @@ from edge.telemetry import commands
 from edge.telemetry.channel import Answer, CommandChannel, Received
 from edge.telemetry.compact import Deadbands
 from edge.telemetry.delivery import Batch, Delivery
-from edge.telemetry.formats import SCHEMA_EVENTS, SCHEMA_TELEMETRY, EncoderContext, encoder_for
+from edge.telemetry.formats import SCHEMA_EVENTS, SCHEMA_TELEMETRY, EncoderContext, Message, encoder_for
 from edge.telemetry.session import Session, SessionEvents, backoff_s
 from edge.telemetry.store import RawRecord, Store, StoreView
 from edge.telemetry.topics import Topics
@@ -117,21 +118,6 @@ class Uplink:
         self.rnd = rnd or random.Random()
         self.clock = clock
         self.stats = UplinkStats()
-        self.session = Session(
-            cfg, self.client_id, self._session_events(), will=self._status_message("offline"), rnd=self.rnd
-        )
-        self.guard = commands.Guard(max_skew_s=cfg.command_max_skew_s)  # recent ids survive reconnects
-        self.channel = CommandChannel(
-            self.topics, self._handle_command, self.session, site_id=site_id, cabinet_id=cabinet_id, now_ms=now_ms
-        )
-        self._delivery: Delivery | None = None  # made on the uplink thread, with the thread's StoreView
-        self._view: StoreView | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._io_q: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._io_thread: threading.Thread | None = None
-        self._kick_pending = False
-        self._commands: deque[tuple[str, bytes, Received]] = deque()
-        self._last_state: str | None = None
         self.format = telemetry.format if telemetry is not None else "v1"
         deadbands = (
             Deadbands(telemetry.deadband_by_unit, telemetry.deadband, telemetry.deadband_default)
@@ -149,11 +135,29 @@ class Uplink:
                 deadband=deadbands.of,
                 interval_s=interval_s,
                 now_ms=now_ms,
+                data_dir=os.path.dirname(store.path) or ".",
+                sparkplug=telemetry.sparkplug if telemetry is not None else None,
             ),
         )
+        self._encoder_topics = frozenset(self.encoder.subscriptions())
+        will = self._encoder_will if self.encoder.session_will else self._status_message("offline")
+        self.session = Session(cfg, self.client_id, self._session_events(), will=will, rnd=self.rnd)
+        self.guard = commands.Guard(max_skew_s=cfg.command_max_skew_s)  # recent ids survive reconnects
+        self.channel = CommandChannel(
+            self.topics, self._handle_command, self.session, site_id=site_id, cabinet_id=cabinet_id, now_ms=now_ms
+        )
+        self._delivery: Delivery | None = None  # made on the uplink thread, with the thread's StoreView
+        self._view: StoreView | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._io_q: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._io_thread: threading.Thread | None = None
+        self._kick_pending = False
+        self._commands: deque[tuple[str, bytes, Received]] = deque()
+        self._last_state: str | None = None
         self.on_connected: list[Callable[[], None]] = []  # after the birth: the recorder's keyframe request
         self.traffic = Traffic()
         self._parts: dict[int, tuple[int, set[int]]] = {}  # message id -> (the batch's id, ids not yet acked)
+        self._no_message_id = 0  # negative ids of batches that needed no message (never a paho id)
 
     # -- hand-over between threads -------------------------------------------------------------------
     def _session_events(self) -> SessionEvents:
@@ -165,8 +169,30 @@ class Uplink:
             connect_failed=lambda: self._to_io(self._connect_failed),
             disconnected=lambda why: self._to_io(self._disconnected, why),
             published=lambda mid, failed, why: self._to_io(self._acked, mid, failed, why),
-            message=lambda topic, payload, received: self._to_loop(self._queue_command, topic, payload, received),
+            message=self._route_message,
         )
+
+    def _route_message(self, topic: str, payload: bytes, received: Received) -> None:
+        """paho's thread: the format's own commands (Sparkplug NCMD) to the uplink thread, which owns the
+        encoder; cloud commands to the loop."""
+        if topic in self._encoder_topics:
+            self._to_io(self._encoder_command, topic, payload)
+        else:
+            self._to_loop(self._queue_command, topic, payload, received)
+
+    def _encoder_will(self) -> tuple[str, bytes]:
+        """paho's thread, just before a connect (the uplink thread is waiting for the CONNACK then)."""
+        m = self.encoder.will()
+        return m.topic, m.payload
+
+    def _encoder_command(self, topic: str, payload: bytes) -> None:
+        if self.stats.connected:
+            self._publish_all(self.encoder.command(topic, payload))
+
+    def _publish_all(self, messages: Sequence[Message]) -> None:
+        """Messages that carry no records (births): nothing waits for their acknowledgement."""
+        for m in messages:
+            self._sent(self.session.publish(m.topic, m.payload, retain=m.retain, qos=m.qos), m.payload)
 
     def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
@@ -244,10 +270,11 @@ class Uplink:
         assert self._delivery is not None
         self._delivery.connected(session_present)
         self.channel.subscribe()
+        for topic in self._encoder_topics:
+            self.session.subscribe(topic)
         self.session.publish(self.topics.status, self._status_message("online")[1], retain=True)
         self._parts.clear()
-        for m in self.encoder.birth():
-            self._sent(self.session.publish(m.topic, m.payload, retain=m.retain), m.payload)
+        self._publish_all(self.encoder.birth())
         for cb in self.on_connected:
             cb()
         self._to_loop(self._publish_state_if_changed, True)  # state lives on the loop; retained anew
@@ -326,16 +353,22 @@ class Uplink:
     def _publish_batch(self, batch: Batch) -> int | None:
         """Every message of the batch; the id delivery waits for (the last message's; the others are
         tracked in ``_parts`` so the batch counts as acknowledged only when all of them are)."""
+        messages = self.encoder.encode(batch.records, batch.replayed)
+        if not messages:  # reported by exception and nothing changed: delivered as it stands
+            self._no_message_id -= 1
+            self._to_io(self._acked, self._no_message_id, False, "nothing to send")
+            return self._no_message_id
         mids = []
-        for m in self.encoder.encode(batch.records, batch.replayed):
-            mid = self.session.publish(m.topic, m.payload, retain=m.retain)
+        for m in messages:
+            mid = self.session.publish(m.topic, m.payload, retain=m.retain, qos=m.qos)
             if mid is None:
                 return None  # not connected: the whole batch is sent again after the next connect
             self._sent(mid, m.payload)
             mids.append(mid)
         if len(mids) > 1:
+            waiting = set(mids)  # one set shared by all: the batch is done when it is empty
             for mid in mids:
-                self._parts[mid] = (mids[-1], set(mids))
+                self._parts[mid] = (mids[-1], waiting)
         return mids[-1]
 
     def _sent(self, mid: int | None, payload: bytes) -> None:
@@ -396,8 +429,10 @@ class Uplink:
         if not self.session.started:
             return
         goodbye = self._status_message("offline") if self.stats.connected else None
+        death = self.encoder.death() if self.stats.connected else None  # the uplink thread has stopped
+        last = (death.topic, death.payload) if death is not None else None
         try:
-            await asyncio.wait_for(asyncio.to_thread(self.session.stop, goodbye), timeout=SHUTDOWN_WAIT_S)
+            await asyncio.wait_for(asyncio.to_thread(self.session.stop, goodbye, last), timeout=SHUTDOWN_WAIT_S)
         except (TimeoutError, OSError, RuntimeError) as exc:
             log.warning("MQTT uplink did not stop cleanly: %s", exc)
         self.stats.connected = False
