@@ -11,6 +11,10 @@ What it measures (each figure with its reference, see docs/BENCHMARKS.md "## Mod
    silent intervals. Goal: <= 1.2 x at 9600 baud.
 3. Snapshots per second over the unpaced pty at 115200 baud, and the CPU time of the polling side per
    snapshot (thread CPU time of the client thread; the simulated meter runs in another thread).
+
+Then one goal line each (bench/report.py): plan_minimum (every model's requests and bytes equal the
+brute-force minimum) and snapshot_time_9600 (the slowest model's snapshot <= 1.2 x its wire time at
+9600 baud). Exit code 0 whatever the goals (as before).
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import argparse
 import asyncio
 import os
 import platform
+import sys
 import time
 
+from bench.report import goals
 from drivers.meters.models import ABB_B23, EM24, SDM630, MeterModel
 from drivers.meters.planner import Block, plan_blocks, plan_cost
 from drivers.meters.poller import MeterPoller, PollSettings
@@ -31,6 +37,7 @@ from tests.test_planner import brute_force
 
 MODELS: list[MeterModel] = [SDM630, ABB_B23, EM24, GENERIC]
 DEVICE_ID = 1
+SNAPSHOT_GOAL = 1.2  # time per full snapshot at 9600 baud, x the wire time
 SETTINGS = PollSettings(fast_period_s=0.1, slow_period_s=0.1, timeout_min_s=0.05, timeout_max_s=2.0, stale_after_s=60.0)
 
 
@@ -82,7 +89,7 @@ def measure(
         return asyncio.run(_snapshots(srv.link.host_path, baud, model, count, seconds))
 
 
-def main() -> None:
+def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer snapshots (smoke run)")
     args = ap.parse_args()
@@ -99,6 +106,7 @@ def main() -> None:
         f"{'model':10s} {'regs':>4s} {'requests':>8s} {'bf min':>6s} {'bytes':>6s} {'bf min':>6s} "
         f"{'ratio':>5s}  {'fewest reads any size':>21s}"
     )
+    not_minimal: list[str] = []
     for model in MODELS:
         blocks = plan_for(model)
         nbytes, nreq = plan_cost(blocks)
@@ -109,16 +117,21 @@ def main() -> None:
             f"{model.name:10s} {len(model.registers):4d} {nreq:8d} {bf_req:6d} {nbytes:6d} {bf_bytes:6d} "
             f"{nbytes / bf_bytes:5.2f}  {fewest:21d}"
         )
+        if (nbytes, nreq) != (bf_bytes, bf_req):
+            not_minimal.append(f"{model.name} {nreq} req / {nbytes} B vs {bf_req} / {bf_bytes}")
     print()
     print("## Time per full snapshot on a paced line (pace: 11 bits/baud per byte, both directions)")
     print(f"{'model':10s} {'baud':>6s} {'n':>3s} {'measured ms':>11s} {'wire ms':>8s} {'ratio':>5s} {'goal':>6s}")
+    slow: list[tuple[float, str]] = []
     for model in MODELS:
         blocks = plan_for(model)
         for baud in (9600, 19200, 115200):
             n, wall, _ = measure(model, baud, True, reps[baud], None)
             per = wall / n
             wire = wire_time_s(blocks, baud)
-            goal = "<=1.2" if baud == 9600 else "-"
+            goal = f"<={SNAPSHOT_GOAL:g}" if baud == 9600 else "-"
+            if baud == 9600:
+                slow.append((per / wire, model.name))
             print(
                 f"{model.name:10s} {baud:6d} {n:3d} {per * 1000:11.1f} {wire * 1000:8.1f} {per / wire:5.2f} {goal:>6s}"
             )
@@ -128,6 +141,15 @@ def main() -> None:
     for model in MODELS:
         n, wall, cpu = measure(model, 115200, False, None, rate_s)
         print(f"{model.name:10s} {n / wall:11.1f} {n * len(plan_for(model)) / wall:10.1f} {cpu / n * 1000:11.2f}")
+    print()
+    worst, worst_model = max(slow)
+    goals(
+        [
+            ("plan_minimum", not not_minimal, "; ".join(not_minimal), "brute-force minimum (requests / bytes)"),
+            ("snapshot_time_9600", worst <= SNAPSHOT_GOAL, f"{worst:.2f}x ({worst_model})", f"<= {SNAPSHOT_GOAL:g}x"),
+        ]
+    )
+    return 0  # as before: the figures are reported, the run does not fail on them
 
 
 def _fewest_requests(model: MeterModel) -> int:
@@ -150,4 +172,4 @@ def _fewest_requests(model: MeterModel) -> int:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

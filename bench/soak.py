@@ -9,7 +9,11 @@ produced vs received, time to first telemetry.
 
 Goals (issue 9): memory growth < 1 MB/h and steady state <= 60 MB; mean CPU <= 15 % of one core;
 every fault detected and cleared; zero records lost (duplicates only with an existing seq); first
-telemetry <= 2 s after start. ``run_soak`` is also used by tests/test_soak.py with a short duration.
+telemetry <= 2 s after start. After the table, one line per goal (bench/report.py): faults, lost, cpu,
+rss, rss_growth, first_telemetry. The exit code is 1 on what ``problems`` lists (lost or malformed
+records, a fault not detected or cleared, memory above 60 MB or growing beyond a bound scaled to the
+run, an unclean stop), not on CPU or the 1 MB/h figure, which a short or shared run cannot hold to.
+``run_soak`` is also used by tests/test_soak.py with a short duration.
 
 The daemon process also runs the simulator (same process, python-can virtual bus), so CPU and memory
 are upper bounds for the daemon alone.
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bench.report import Goal, goals
 from tests.conftest import api_request as _request
 from tests.conftest import sim_config_text
 from tests.mqtt_broker import Broker, Consumer
@@ -577,6 +582,32 @@ def problems(summary: dict[str, Any], growth_bound_mb: float) -> list[str]:
     return out
 
 
+def goal_results(summary: dict[str, Any]) -> list[Goal]:
+    """The issue-9 goals as (name, met, value, limit) for bench/report.py (a figure not measured: missed)."""
+    rec = summary["records"]
+    bad = [
+        f"{name} {r['detected']}/{r['injected']} detected, {r['cleared']} cleared"
+        for name, r in summary["faults"].items()
+        if not (r["injected"] and r["detected"] == r["injected"] == r["cleared"])
+    ]
+    ft = summary["first_telemetry_s"]
+    first_s = max(ft) if ft else None
+
+    def at_most(name: str, value: float | None, limit: float, unit: str, fmt: str = "{:.1f}") -> Goal:
+        shown = "n/a" if value is None else f"{fmt.format(value)} {unit}"
+        return (name, value is not None and value <= limit, shown, f"<= {limit:g} {unit}")
+
+    growth = summary["rss_growth_mb_per_h"]
+    return [
+        ("faults", not bad, "; ".join(bad), "every fault detected and cleared"),
+        ("lost", not rec["lost"], f"{len(rec['lost'])} record(s)", "0"),
+        at_most("cpu", summary["cpu_percent_of_one_core"], 15.0, "%"),
+        at_most("rss", summary["rss_peak_mb"], 60.0, "MB"),
+        ("rss_growth", growth < 1.0, f"{growth:.2f} MB/h", "< 1 MB/h"),
+        at_most("first_telemetry", first_s, 2.0, "s", "{:.2f}"),
+    ]
+
+
 def run_soak(
     workdir: Path, duration_s: float, log: Callable[[str], None] = print, memprobe: Path | None = None
 ) -> dict[str, Any]:
@@ -649,6 +680,7 @@ def main() -> int:
         )
     text = table(summary)
     print(text)
+    goals(goal_results(summary))  # the exit code stays with problems(): CPU and growth depend on the machine
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2, default=sorted))
     if args.report:

@@ -5,7 +5,8 @@
 10 sessions plus idle for the rest (the figures of the two parts scaled, not re-simulated). Then a 7-day
 backlog built from those records drains to a local mosquitto through the real uplink.
 
-Prints a table figure/value/limit/ratio and ``goal <name>: met|missed (<value> vs <limit>)`` lines.
+Prints a table figure/value/limit/ratio and one ``goal <name>: met`` or ``goal <name>: missed (<value> vs <limit>)``
+line per goal (bench/report.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from bench.report import goals, table
 from edge.config import Config
 from edge.config.telemetry import Mqtt, Telemetry
 from edge.sim.stepper import SimStepper
@@ -145,7 +147,12 @@ class SeqCounter:
         self.lock = threading.Lock()
         ready = threading.Event()
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-bytes-consumer", protocol=mqtt.MQTTv5)
-        c.on_connect = lambda cl, *_: (cl.subscribe("cabinet/+/+/telemetry", qos=1), ready.set())
+
+        def on_connect(cl: mqtt.Client, *_: Any) -> None:
+            cl.subscribe("cabinet/+/+/telemetry", qos=1)
+            ready.set()
+
+        c.on_connect = on_connect
         c.on_message = self._on_message
         c.connect("127.0.0.1", port)
         c.loop_start()
@@ -154,7 +161,7 @@ class SeqCounter:
             raise RuntimeError("consumer could not connect")
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        seqs = [r.seq for r in v2decode.decode_message(msg.payload).records]
+        seqs = [r.seq for r in v2decode.decode_message(bytes(msg.payload)).records]
         with self.lock:
             self.seqs.update(seqs)
 
@@ -248,19 +255,16 @@ def main() -> int:
         f"day (simulated {args.session_s:.0f} s charging + {args.idle_s:.0f} s idle, scaled), wall "
         f"{time.perf_counter() - wall:.0f} s"
     )
-    head = ("figure", "value", "limit", "ratio", "v1")
-    w = [max(len(r[i]) for r in [*rows, head]) for i in range(5)]
-    for r in [head, tuple("-" * x for x in w), *rows]:
-        print(" | ".join(c.ljust(w[i]) for i, c in enumerate(r)))
-    goals = [
-        ("wire_per_day", v2_wire <= 10, f"{v2_wire:.2f} MB", "10 MB"),
-        ("store_days", v2_days >= 30, f"{v2_days:.0f} days", "30 days"),
-        ("cpu", cpu_pct <= 1, f"{cpu_pct:.3f} %", "1 %"),
-        ("backlog_drain", drain_s <= 60, f"{drain_s:.1f} s", "60 s"),
-    ]
-    for name, ok, value, limit in goals:
-        print(f"goal {name}: {'met' if ok else 'missed'} ({value} vs {limit})")
-    return 0 if all(ok for _, ok, _, _ in goals) else 1
+    table(rows, head=("figure", "value", "limit", "ratio", "v1"))
+    met = goals(
+        [
+            ("wire_per_day", v2_wire <= 10, f"{v2_wire:.2f} MB", "10 MB"),
+            ("store_days", v2_days >= 30, f"{v2_days:.0f} days", "30 days"),
+            ("cpu", cpu_pct <= 1, f"{cpu_pct:.3f} %", "1 %"),
+            ("backlog_drain", drain_s <= 60, f"{drain_s:.1f} s", "60 s"),
+        ]
+    )
+    return 0 if met else 1
 
 
 if __name__ == "__main__":
