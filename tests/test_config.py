@@ -171,7 +171,5 @@ def test_module_addresses_are_checked_by_the_vendor_codec():
     base = '[cabinet]\nsite_id = "s"\ncabinet_id = "c"\n[[can]]\nname = "can0"\n[power_modules]\n'
     # UUGreen's module field has 7 bits (1..127, 0 = broadcast); InfyPower's source byte stops at 0x3E
     assert parse_config(base + 'protocol = "uugreen"\naddresses = [1, 100]\n').power_modules.addresses == [1, 100]
-    with pytest.raises(
-        ConfigError, match=r"power_modules\.addresses: infypower module address 100 is outside 0\.\.62"
-    ):
+    with pytest.raises(ConfigError, match=r"power_modules\.addresses: infypower module address 100 is outside 0\.\.62"):
         parse_config(base + 'protocol = "infypower"\naddresses = [1, 100]\n', "c.toml")
