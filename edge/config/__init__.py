@@ -73,6 +73,9 @@ def _describe(path: str, text: str, data: dict[str, Any], loc: list[Any], kind: 
     if kind == "missing":
         return f"{where}: {key}: required key is missing"
     msg = msg.removeprefix("Value error, ")
+    if kind.endswith(("_type", "_parsing")) or kind.startswith(("greater_than", "less_than")):
+        allowed = _allowed_values(loc)
+        msg += f" (allowed: {allowed})" if allowed else ""
     return f"{where}: {key}{_shown_value(loc, _lookup(data, loc))}: {msg}"
 
 
@@ -106,19 +109,61 @@ def _lookup(data: Any, loc: list[Any]) -> Any:
 
 
 def _allowed(loc: list[Any]) -> list[str]:
+    model = _model_at(loc[:-1])
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _model_at(loc: list[Any]) -> Any:
+    """The section model at ``loc`` (list indexes skipped), None when ``loc`` is not a section."""
     model: Any = Config
-    for part in loc[:-1]:
+    for part in loc:
         if isinstance(part, int):
             continue
         field = model.model_fields.get(part)
         if field is None:
-            return []
-        ann = field.annotation
-        args = getattr(ann, "__args__", None)
-        model = args[0] if args else ann
+            return None
+        model = _inner(field.annotation)
         if not hasattr(model, "model_fields"):
-            return []
-    return sorted(model.model_fields)
+            return None
+    return model
+
+
+def _inner(ann: Any) -> Any:
+    """``X`` of ``list[X]`` and of ``X | None``; else ``ann``."""
+    args = [a for a in getattr(ann, "__args__", ()) if a is not type(None)]
+    return args[0] if args else ann
+
+
+def _allowed_values(loc: list[Any]) -> str:
+    """What a number or bool key takes, e.g. ``integer 10..1000`` or ``true or false`` (for type and bound
+    errors: strict types refuse ``"100"`` and ``"yes"``, the technician needs to see what to write)."""
+    model = _model_at(loc[:-1])
+    field = model.model_fields.get(loc[-1]) if model is not None and loc else None
+    if field is None:
+        return ""
+    ann = _inner(field.annotation)
+    if ann is bool:
+        return "true or false"
+    kind = {int: "integer", float: "number"}.get(ann)
+    if kind is None:
+        return ""
+    low, high = _bounds(field.metadata)
+    if low and high:
+        return f"{kind} {low}..{high}"
+    return " ".join(filter(None, (kind, low and f"from {low}", high and f"up to {high}")))
+
+
+def _bounds(metadata: list[Any]) -> tuple[str, str]:
+    """The lower and upper bound of a number key as text (``10``, ``>0``, ``<5``), empty when unbounded."""
+    found = {
+        attr: getattr(meta, attr)
+        for meta in metadata
+        for attr in ("ge", "gt", "le", "lt")
+        if getattr(meta, attr, None) is not None
+    }
+    low = f"{found['ge']:g}" if "ge" in found else (f">{found['gt']:g}" if "gt" in found else "")
+    high = f"{found['le']:g}" if "le" in found else (f"<{found['lt']:g}" if "lt" in found else "")
+    return low, high
 
 
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?")

@@ -1,6 +1,10 @@
-"""Base model for every config section: unknown keys are errors, values are immutable after load.
+"""Base model for every config section: unknown keys are errors, values are immutable after load, types
+are strict.
 
-A typo in safety configuration (``trip_temp_c`` for ``trip_c``) must stop start-up, not be ignored.
+A typo in safety configuration (``trip_temp_c`` for ``trip_c``) must stop start-up, not be ignored; so
+must a value of the wrong type: ``tick_ms = "100"`` or ``remote_clear_allowed = "yes"`` is refused, not
+coerced (pydantic strict mode). An integer is still accepted for a float (TOML writes ``100`` for ``100.0``),
+not the other way round, and not a bool for a number.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ Loc = tuple[str | int, ...]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
 
 
 def one_of(values: Iterable[Any]) -> Any:
@@ -31,6 +35,14 @@ class Problems(ValueError):
     def __init__(self, problems: list[tuple[Loc, str]]) -> None:
         super().__init__("; ".join(msg for _, msg in problems))
         self.problems = problems
+
+
+def set_in_file(section: BaseModel, preferred: str, *others: str) -> str:
+    """The key a cross-key problem is reported at: ``preferred`` unless the file leaves it at its default and
+    sets one of ``others`` (then that one is the value to change, and it has a line)."""
+    if preferred in section.model_fields_set:
+        return preferred
+    return next((k for k in others if k in section.model_fields_set), preferred)
 
 
 def check(problems: list[tuple[Loc, str]]) -> None:

@@ -8,25 +8,58 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from edge.config.base import Section
+from edge.config.base import Loc, Section, check, set_in_file
+
+TEMP_MIN_C, TEMP_MAX_C = -40.0, 200.0
+FLOW_MAX_LPM = 50.0
 
 
 class TemperatureRule(Section):
-    """Linear derating from ``derate_start_c`` (full current) to ``derate_end_c`` (0 A); trip above ``trip_c``."""
+    """Linear derating from ``derate_start_c`` (full current) to ``derate_end_c`` (0 A); trip above ``trip_c``.
 
-    derate_start_c: float = Field(ge=-40, le=200)
-    derate_end_c: float = Field(ge=-40, le=200)
-    trip_c: float = Field(ge=-40, le=200)
+    The order is checked (edge/limits/core.py ``_derate`` divides by ``end - start``; a trip below the
+    derating end would make the derating pointless): each problem at the key the file sets, with its range.
+    """
+
+    derate_start_c: float = Field(ge=TEMP_MIN_C, le=TEMP_MAX_C)
+    derate_end_c: float = Field(ge=TEMP_MIN_C, le=TEMP_MAX_C)
+    trip_c: float = Field(ge=TEMP_MIN_C, le=TEMP_MAX_C)
     latch: bool = Field(True, description="a trip stays until an explicit clear with the condition gone")
 
     @model_validator(mode="after")
     def _order(self) -> TemperatureRule:
-        if not self.derate_start_c < self.derate_end_c <= self.trip_c:
-            raise ValueError(
-                f"need derate_start_c < derate_end_c <= trip_c, got "
-                f"{self.derate_start_c} / {self.derate_end_c} / {self.trip_c} °C"
-            )
+        check(self._order_problems())
         return self
+
+    def _order_problems(self) -> list[tuple[Loc, str]]:
+        start, end, trip = self.derate_start_c, self.derate_end_c, self.trip_c
+        need = "(need derate_start_c < derate_end_c <= trip_c)"
+        if not start < end:
+            if set_in_file(self, "derate_end_c", "derate_start_c") == "derate_end_c":
+                return [
+                    (
+                        ("derate_end_c",),
+                        f"not above derate_start_c = {start:g} °C {need}: "
+                        f"allowed {start:g} < derate_end_c <= {trip:g} °C",
+                    )
+                ]
+            return [
+                (
+                    ("derate_start_c",),
+                    f"not below derate_end_c = {end:g} °C {need}: "
+                    f"allowed {TEMP_MIN_C:g} <= derate_start_c < {end:g} °C",
+                )
+            ]
+        if not end <= trip:
+            if set_in_file(self, "trip_c", "derate_end_c") == "trip_c":
+                return [(("trip_c",), f"below derate_end_c = {end:g} °C {need}: allowed {end:g}..{TEMP_MAX_C:g} °C")]
+            return [
+                (
+                    ("derate_end_c",),
+                    f"above trip_c = {trip:g} °C {need}: allowed {start:g} < derate_end_c <= {trip:g} °C",
+                )
+            ]
+        return []
 
 
 def _temp(start: float, end: float, trip: float) -> TemperatureRule:
@@ -35,19 +68,56 @@ def _temp(start: float, end: float, trip: float) -> TemperatureRule:
 
 class CoolantFlowRule(Section):
     """Full current at or above ``derate_start_lpm``, 0 A at ``derate_end_lpm``; trip below ``trip_lpm``
-    for longer than ``trip_delay_ms`` (a pump takes a moment to spin up)."""
+    for longer than ``trip_delay_ms`` (a pump takes a moment to spin up).
 
-    derate_start_lpm: float = Field(3.0, ge=0, le=50)
-    derate_end_lpm: float = Field(1.5, ge=0, le=50)
-    trip_lpm: float = Field(1.0, ge=0, le=50)
+    ``trip_lpm`` must be above 0 (flow is never below 0: a trip at 0 could never fire) and at or below the
+    derating end, which is below its start; each problem at the key the file sets, with its range."""
+
+    derate_start_lpm: float = Field(3.0, ge=0, le=FLOW_MAX_LPM)
+    derate_end_lpm: float = Field(1.5, ge=0, le=FLOW_MAX_LPM)
+    trip_lpm: float = Field(1.0, gt=0, le=FLOW_MAX_LPM)
     trip_delay_ms: int = Field(2000, ge=0, le=30000)
     latch: bool = True
 
     @model_validator(mode="after")
     def _order(self) -> CoolantFlowRule:
-        if not self.trip_lpm <= self.derate_end_lpm < self.derate_start_lpm:
-            raise ValueError("need trip_lpm <= derate_end_lpm < derate_start_lpm")
+        check(self._order_problems())
         return self
+
+    def _order_problems(self) -> list[tuple[Loc, str]]:
+        start, end, trip = self.derate_start_lpm, self.derate_end_lpm, self.trip_lpm
+        need = "(need trip_lpm <= derate_end_lpm < derate_start_lpm)"
+        if not end < start:
+            if set_in_file(self, "derate_start_lpm", "derate_end_lpm") == "derate_start_lpm":
+                return [
+                    (
+                        ("derate_start_lpm",),
+                        f"not above derate_end_lpm = {end:g} l/min {need}: "
+                        f"allowed {end:g} < derate_start_lpm <= {FLOW_MAX_LPM:g} l/min",
+                    )
+                ]
+            return [
+                (
+                    ("derate_end_lpm",),
+                    f"not below derate_start_lpm = {start:g} l/min {need}: "
+                    f"allowed {trip:g} <= derate_end_lpm < {start:g} l/min",
+                )
+            ]
+        if not trip <= end:
+            if set_in_file(self, "trip_lpm", "derate_end_lpm") == "trip_lpm":
+                return [
+                    (
+                        ("trip_lpm",),
+                        f"above derate_end_lpm = {end:g} l/min {need}: allowed 0 < trip_lpm <= {end:g} l/min",
+                    )
+                ]
+            return [
+                (
+                    ("derate_end_lpm",),
+                    f"below trip_lpm = {trip:g} l/min {need}: allowed {trip:g} <= derate_end_lpm < {start:g} l/min",
+                )
+            ]
+        return []
 
 
 class OverCurrentRule(Section):
@@ -85,6 +155,33 @@ class GridRule(Section):
         description="ms of charger output history; its smallest value is our share of the "
         "meter reading (meter and modules are read at different times)",
     )
+
+    @model_validator(mode="after")
+    def _fits_the_fuse(self) -> GridRule:
+        check(self._fuse_problems())
+        return self
+
+    def _fuse_problems(self) -> list[tuple[Loc, str]]:
+        """The margin below the fuse, and the fallback within what is left: while the grid meter is lost the
+        site's own load is unknown, so a fallback above the fuse could blow it on its own."""
+        fuse, margin, fallback = self.fuse_a, self.margin_a, self.fallback_ac_a
+        if margin >= fuse:
+            never = "(no current could ever be allowed)"
+            if set_in_file(self, "margin_a", "fuse_a") == "margin_a":
+                return [(("margin_a",), f"not below fuse_a = {fuse:g} A {never}: allowed 0 <= margin_a < {fuse:g} A")]
+            return [(("fuse_a",), f"not above margin_a = {margin:g} A {never}: allowed {margin:g} < fuse_a <= 4000 A")]
+        room = fuse - margin
+        if fallback <= room:
+            return []
+        key = set_in_file(self, "fallback_ac_a", "fuse_a", "margin_a")
+        if key == "fallback_ac_a":
+            msg = f"above fuse_a - margin_a = {fuse:g} - {margin:g} = {room:g} A"
+        else:
+            msg = (
+                f"leaves fuse_a - margin_a = {fuse:g} - {margin:g} = {room:g} A, below fallback_ac_a = "
+                f"{fallback:g} A (its default, not set in the file): set fallback_ac_a"
+            )
+        return [((key,), f"{msg} (the site load is unknown while the meter is lost): allowed 0..{room:g} A")]
 
 
 class PlausibilityRule(Section):
