@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from drivers.readings import Reading
-from edge.config.telemetry import Mqtt
+from edge.config.telemetry import Mqtt, Telemetry
+from edge.telemetry.compact import Compactor, Deadbands
 from edge.telemetry.sampler import Sampler
-from edge.telemetry.store import Store
+from edge.telemetry.store import SignalRow, Store
 from edge.telemetry.uplink import Uplink
 
 T = TypeVar("T")
@@ -61,6 +62,30 @@ def interval_payload(
         for name, unit, base in signals:
             s.add(Reading(name, base + 0.01 * ((i + k) % 100) + 0.1 * math.sin(i), unit, float(i)))
     return {"interval_s": 1.0, "samples": s.flush()}
+
+
+def compact_records(
+    n: int, signals: list[tuple[str, str, float]] = CABINET_SIGNALS, t0_ms: int = 0, cfg: Telemetry | None = None
+) -> tuple[list[SignalRow], list[tuple[int, bytes]]]:
+    """``n`` one-second intervals of :func:`interval_payload` as a v2 cabinet stores them: the recorder's
+    report by exception (:class:`~edge.telemetry.compact.Compactor`, deadbands, ``record_s`` and keyframes
+    of ``cfg``, default config) -> (the alias table to put in the store, (t_ms, compact record) per record)."""
+    cfg = cfg or Telemetry()
+    table: dict[str, SignalRow] = {}
+
+    def alias(name: str, unit: str, exp: int) -> int:
+        if name not in table:
+            table[name] = SignalRow(len(table) + 1, name, unit, exp)
+        return table[name].alias
+
+    deadbands = Deadbands(cfg.deadband_by_unit, cfg.deadband, cfg.deadband_default)
+    comp = Compactor(alias, deadbands, cfg.interval_s, cfg.record_s, cfg.keyframe_s)
+    out: list[tuple[int, bytes]] = []
+    for i in range(n):
+        out += comp.add(t0_ms + i * 1000, interval_payload(i, signals)["samples"])
+    if (rest := comp.flush()) is not None:
+        out.append(rest)
+    return list(table.values()), out
 
 
 class UplinkHarness:
