@@ -50,6 +50,17 @@ import can
 
 log = logging.getLogger(__name__)
 
+
+def _direct_send_buses() -> tuple[type[can.BusABC], ...]:
+    """Bus classes whose ``send(msg, timeout=0)`` returns at once, sent or refused (never waits)."""
+    from can.interfaces.socketcan import SocketcanBus
+    from can.interfaces.virtual import VirtualBus
+
+    return (SocketcanBus, VirtualBus)
+
+
+DIRECT_SEND_BUSES = _direct_send_buses()
+
 # linux/can/error.h: error class bits in the id of an error frame
 CAN_ERR_TX_TIMEOUT = 0x001
 CAN_ERR_LOSTARB = 0x002
@@ -236,6 +247,7 @@ class CanPort:
         # transmit on the caller's thread: only for an in-process bus whose send never blocks (python-can's
         # virtual bus in the stepped simulator, where frames must reach the devices in the same instant)
         self.inline_tx = False
+        self._tx_busy = False  # the transmit thread holds a frame it has taken from a lane
         self._tx_stop = False
         if opened_failed is not None:
             self.health, self.health_reason = BUS_OFF, opened_failed
@@ -366,6 +378,8 @@ class CanPort:
         if self.inline_tx:
             self._transmit(msg)
             return True
+        if self._send_now(msg):
+            return True
         with self._tx_cond:
             if priority:
                 self._supersede(msg.arbitration_id)
@@ -377,6 +391,25 @@ class CanPort:
         if self._tx_thread is None:
             self._tx_thread = threading.Thread(target=self._tx_loop, name=f"can-tx-{self.settings.name}", daemon=True)
             self._tx_thread.start()
+        return True
+
+    def _send_now(self, msg: can.Message) -> bool:
+        """The fast path: with nothing queued or in flight, hand the frame to a bus whose send with
+        ``timeout=0`` never waits (socketcan: select(0), then one write; virtual). Measured: a hop to the
+        transmit thread costs up to the GIL switch interval (5 ms p99 decision->frame in bench.can, against
+        0.02 ms sent in place); False (queue it) when the bus is busy or of another kind."""
+        bus = self._bus
+        if bus is None or not isinstance(bus, DIRECT_SEND_BUSES):
+            return False
+        with self._tx_cond:
+            if self._tx_priority or self._tx_normal or self._tx_busy:
+                return False  # keep the order: queued frames go first
+            try:
+                bus.send(msg, timeout=0)
+            except (can.CanError, OSError):
+                return False  # transmit buffer full: the thread retries with the send timeout
+            self._send_fail_run = 0
+            self.stats.tx += 1
         return True
 
     def _supersede(self, arbitration_id: int) -> None:
@@ -400,7 +433,12 @@ class CanPort:
                 if not lane:
                     return
                 msg = lane.popleft()
-            self._transmit(msg)
+                self._tx_busy = True
+            try:
+                self._transmit(msg)
+            finally:
+                with self._tx_cond:
+                    self._tx_busy = False
 
     def _transmit(self, msg: can.Message) -> None:
         bus = self._bus
