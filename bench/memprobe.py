@@ -27,6 +27,8 @@ import tracemalloc
 from pathlib import Path
 from typing import Any, TextIO
 
+from bench.report import goal, table
+
 
 class _MallInfo2(ctypes.Structure):
     _fields_ = [
@@ -74,6 +76,11 @@ def _write_growth(
     f.write("  object types grown: " + ", ".join(f"{k} +{v}" for k, v in grown.most_common(15)) + "\n")
 
 
+GROWTH_GOAL_MB_H = 1.0  # the soak's memory goal (docs/BENCHMARKS.md, "Soak and fault campaign")
+# (elapsed s, Python bytes traced) at the reference point and at the latest line, for the goal at exit
+_traced: dict[str, tuple[float, int]] = {}
+
+
 def probe(out: Path, every_s: float, base_s: float) -> None:
     libc = _lib("libc.so.6")
     if libc is not None and hasattr(libc, "mallinfo2"):
@@ -97,6 +104,10 @@ def probe(out: Path, every_s: float, base_s: float) -> None:
             mi = libc.mallinfo2()
             heap = f" heap_in_use={mi.uordblks // 1024} kB heap_free={mi.fordblks // 1024} kB"
         sq = f" sqlite={sqlite.sqlite3_memory_used() // 1024} kB" if sqlite is not None else ""
+        traced = tracemalloc.get_traced_memory()[0]
+        _traced["last"] = (elapsed, traced)
+        if "base" not in _traced and elapsed >= base_s:
+            _traced["base"] = (elapsed, traced)
         with path.open("a") as f:
             f.write(
                 f"=== t={elapsed:.0f} s rss={_rss_kb()} kB python={tracemalloc.get_traced_memory()[0] // 1024} kB"
@@ -124,7 +135,31 @@ def main() -> None:
     tracemalloc.start(args.frames)
     threading.Thread(target=probe, args=(args.out, args.every, args.base), daemon=True, name="memprobe").start()
     sys.argv = ["edge", *edge_args]
-    runpy.run_module("edge", run_name="__main__", alter_sys=True)
+    try:
+        runpy.run_module("edge", run_name="__main__", alter_sys=True)
+    finally:
+        report_growth()
+
+
+def report_growth() -> None:
+    """The growth of what Python allocates (tracemalloc's own count, not inflated by its overhead) from
+    the reference point to the last line, against the soak's goal."""
+    base, last = _traced.get("base"), _traced.get("last")
+    if base is None or last is None or last[0] <= base[0]:
+        goal("python_growth", False, "no line after the reference point", "a run longer than --base + --every")
+        return
+    mb_h = (last[1] - base[1]) / 1e6 / ((last[0] - base[0]) / 3600.0)
+    table(
+        [
+            (
+                "Python memory growth (tracemalloc)",
+                f"{mb_h:.2f} MB/h",
+                f"< {GROWTH_GOAL_MB_H:g} MB/h",
+                f"{mb_h / GROWTH_GOAL_MB_H:.2f}",
+            )
+        ]
+    )
+    goal("python_growth", mb_h < GROWTH_GOAL_MB_H, f"{mb_h:.2f} MB/h", f"< {GROWTH_GOAL_MB_H:g} MB/h")
 
 
 if __name__ == "__main__":

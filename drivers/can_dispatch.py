@@ -15,7 +15,7 @@ Each driver does this in its own ``register(dispatcher)`` method, so wiring a de
 - ``urgent=True``: every reading from these frames is a safety input; the dispatcher makes sure it carries
   ``Reading.urgent`` so the owner evaluates at once. A handler may also mark single readings urgent
   (the module bank does for status replies only).
-- ``periodic(now) -> list[Reading]``: asked by :meth:`CanDispatcher.run_periodic` (staleness: silence
+- ``periodic(now) -> list[Reading]``: asked by :meth:`CanDispatcher.periodic` (staleness: silence
   produces no frame) and for a driver's own timed work (the module bank's spaced set-points).
 - Bus filters come from the registrations (:meth:`CanDispatcher.filters`, for ``CanSettings.filters``).
 - A frame no handler claims is counted in ``unknown``; a handler that raises is counted in
@@ -24,10 +24,9 @@ Each driver does this in its own ``register(dispatcher)`` method, so wiring a de
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
@@ -168,14 +167,18 @@ class CanDispatcher:
             return []
         return self.dispatch(msg.arbitration_id, bytes(msg.data), now)
 
+    def dispatch_burst(self, frames: Iterable[can.Message]) -> list[Reading]:
+        """The readings of a burst of frames (consumed lazily); a burst with an urgent reading is counted."""
+        out: list[Reading] = []
+        for msg in frames:
+            out += self.dispatch_message(msg, self.clock())
+        if any_urgent(out):
+            self.stats.urgent_bursts += 1
+        return out
+
     def drain(self, first: can.Message, port: FramePort) -> list[Reading]:
         """``first`` and every frame already queued behind it: one burst."""
-        out: list[Reading] = []
-        msg: can.Message | None = first
-        while msg is not None:
-            out += self.dispatch_message(msg, self.clock())
-            msg = port.recv_nowait()
-        return out
+        return self.dispatch_burst(_queued(first, port))
 
     async def run(self, port: FramePort, sink: Sink) -> None:
         """Forever: wait for frames, dispatch the burst, hand its readings to ``sink`` once per burst.
@@ -186,8 +189,6 @@ class CanDispatcher:
         while True:
             readings = self.drain(await port.recv(), port)
             if readings:
-                if any_urgent(readings):
-                    self.stats.urgent_bursts += 1
                 sink(readings)
 
     # -- periodic -----------------------------------------------------------------------------------
@@ -198,14 +199,6 @@ class CanDispatcher:
                 out += reg.periodic(now)
         return out
 
-    async def run_periodic(self, sink: Sink, period_s: float = 0.05) -> None:
-        """Forever: every ``period_s`` ask each registration's periodic hook; readings go to ``sink``."""
-        while True:
-            readings = self.periodic(self.clock())
-            if readings:
-                sink(readings)
-            await asyncio.sleep(period_s)
-
     def status(self) -> dict[str, Any]:
         s = self.stats
         return {
@@ -215,3 +208,11 @@ class CanDispatcher:
             "urgent_bursts": s.urgent_bursts,
             "devices": dict(s.per_device),
         }
+
+
+def _queued(first: can.Message, port: FramePort) -> Iterator[can.Message]:
+    """``first``, then every frame already waiting at ``port``, without waiting for more."""
+    msg: can.Message | None = first
+    while msg is not None:
+        yield msg
+        msg = port.recv_nowait()

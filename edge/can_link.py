@@ -82,18 +82,14 @@ class CanLink:
 
     # -- one step of each periodic job (the async tasks loop over these; the stepped simulator calls them) --
     def decode_frames(self, bus: str, frames: Iterable[can.Message]) -> int:
-        """Dispatch a batch of frames received on ``bus`` (as the receive task does with one drained burst);
-        returns the number of frames taken."""
+        """Dispatch a batch of frames received on ``bus`` as the receive task does with one drained burst
+        (the stepped simulator's way in); returns the number of frames taken."""
         dispatcher = self.dispatchers[bus]
-        now = self.clock.monotonic()
-        readings: list[Reading] = []
-        n = 0
-        for msg in frames:
-            readings += dispatcher.dispatch_message(msg, now)
-            n += 1
+        before = dispatcher.stats.frames
+        readings = dispatcher.dispatch_burst(frames)
         if readings:
             self.received(readings)
-        return n
+        return dispatcher.stats.frames - before
 
     def watch_step(self, now: float) -> None:
         """The devices' periodic hooks: silent cable values go stale, spaced module set-points go out."""
