@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import ConfigError, parse_config
+from edge.config import Config, ConfigError, parse_config
 from edge.config.connectors import Connector
-from edge.redaction import redact
+from edge.redaction import redact, redact_toml_text
 from tests.conftest import EXAMPLE_TOML, REPO, SIM_TOML, edge_env
 
 TWO = """\
@@ -71,6 +71,32 @@ everest_module_id = "cabinet_dc_2"
 [everest]
 host = "192.168.10.2"
 password = "hunter2"
+"""
+
+
+# the single-output form every file had before connectors (what an installed cabinet still runs)
+LEGACY = """\
+[cabinet]
+site_id = "s"
+cabinet_id = "c"
+
+[[can]]
+name = "can0"
+interface = "virtual"
+
+[power_modules]
+addresses = [1, 2, 3, 4]
+max_current_a = 50.0
+
+[[cable]]
+name = "cable"
+bus = "can0"
+
+[outputs]
+backend = "sim"
+contactor = "contactor"
+pump = "pump"
+fan = "fan"
 """
 
 
@@ -130,9 +156,10 @@ def test_a_connector_without_a_cable_monitor_loads_when_marked_uncooled():
 
 
 def test_every_existing_config_still_loads():
-    for text in (SIM_TOML, EXAMPLE_TOML):
+    for text in (SIM_TOML, EXAMPLE_TOML, LEGACY):
         cfg = parse_config(text)
-        assert [c.name for c in cfg.resolved_connectors()] == ["1"]
+        conns = cfg.resolved_connectors()
+        assert conns and sorted(c for conn in conns for c in conn.cables) == sorted(c.name for c in cfg.cable)
 
 
 def test_an_old_single_output_file_resolves_to_one_fixed_connector_from_the_old_keys():
@@ -162,7 +189,7 @@ def test_an_old_single_output_file_resolves_to_one_fixed_connector_from_the_old_
 
 
 def test_the_block_the_legacy_note_prints_loads_and_describes_the_same_connector():
-    old = SIM_TOML  # the built-in sim config has no [[connector]] (yet)
+    old = LEGACY
     cfg = parse_config(old)
     block = cfg.notes()[0].split(":\n", 1)[1]
     explicit = parse_config(old.replace('contactor = "contactor"\n', "", 1) + "\n" + block + "\n")
@@ -171,7 +198,7 @@ def test_the_block_the_legacy_note_prints_loads_and_describes_the_same_connector
 
 
 def test_a_legacy_file_without_any_cable_resolves_to_an_uncooled_connector():
-    text = SIM_TOML.replace('[[cable]]\nname = "cable"\nbus = "can0"\n', "")
+    text = LEGACY.replace('[[cable]]\nname = "cable"\nbus = "can0"\n', "")
     (conn,) = parse_config(text).resolved_connectors()
     assert conn.cables == [] and conn.uncooled
 
@@ -186,6 +213,7 @@ def test_everest_password_is_a_secret_and_key_files_are_paths():
     bad = text.replace('host = "192.168.10.2"', "port = 0")
     (problem,) = _problems(bad)
     assert "hunter2" not in problem
+    assert "hunter2" not in redact_toml_text(bad) and "/etc/k.pem" in redact_toml_text(bad)  # edge diag's bundle
 
 
 # -- refused, each at its line ---------------------------------------------------------------------------
@@ -397,8 +425,16 @@ def test_outputs_contactor_is_refused_when_connectors_exist():
     ]
 
 
+def test_outputs_contactor_at_its_default_is_ignored_next_to_connectors():
+    # the simulator validates model_dump() of its config again: every key counts as set there
+    cfg = parse_config(TWO.replace('pump = "pump"', 'contactor = "gpiochip0:17"\npump = "pump"'))
+    assert [c.contactor for c in cfg.resolved_connectors()] == ["k1", "k2"]
+    again = Config.model_validate(cfg.model_dump())
+    assert again == cfg and again.resolved_connectors() == cfg.resolved_connectors()
+
+
 def test_legacy_pins_are_still_distinct():
-    text = SIM_TOML.replace('pump = "pump"', 'pump = "contactor"')
+    text = LEGACY.replace('pump = "pump"', 'pump = "contactor"')
     assert _problems(text) == [
         f"config.toml:{_line(text, 'pump = ')}: outputs.pump = 'contactor': pin 'contactor' is already "
         "outputs.contactor: every pin may be used once"
@@ -429,14 +465,14 @@ def test_a_connector_key_typo_is_refused_with_the_allowed_keys():
 
 # -- edge config check ---------------------------------------------------------------------------------
 def test_config_check_prints_the_legacy_note_and_exits_0(tmp_path):
-    res = check_cli(tmp_path, SIM_TOML)
+    res = check_cli(tmp_path, LEGACY)
     assert res.returncode == 0, res.stderr
     assert f"{tmp_path / 'config.toml'}: note: no [[connector]] table" in res.stderr
     assert (
         '[[connector]]\nname = "1"\ncables = ["cable"]\ncontactor = "contactor"\nmodules = [1, 2, 3, 4]' in res.stderr
     )
     assert res.stderr.rstrip().endswith(": OK (1 note(s))")
-    res = check_cli(tmp_path, SIM_TOML, "--json")
+    res = check_cli(tmp_path, LEGACY, "--json")
     assert res.returncode == 0 and json.loads(res.stdout)["notes"][0].startswith("no [[connector]] table")
 
 
@@ -463,7 +499,7 @@ def _doc_examples() -> list[str]:
 def test_the_connector_examples_in_the_docs_load(tmp_path):
     examples = _doc_examples()
     assert len(examples) >= 2
-    base = _without_tables(SIM_TOML, ("[[cable]]", "[outputs]", "[power_modules]"))
+    base = '[cabinet]\nsite_id = "s"\ncabinet_id = "c"\n\n[[can]]\nname = "can0"\ninterface = "virtual"\n'
     for example in examples:
         cfg = parse_config(base + "\n" + example.replace("/etc/cabinet-edge/everest-ca.pem", str(_ca(tmp_path))))
         assert cfg.connector and cfg.notes() == []

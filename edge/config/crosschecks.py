@@ -267,13 +267,18 @@ def _fixed(config: Config, i: int, setpoint: str, bound: str, side: str, allowed
 
 def pin_problems(config: Config) -> list[tuple[Loc, str]]:
     """Every output and input pin used once. With ``[[connector]]`` tables each connector has its own
-    contactor and ``outputs.contactor`` is not used: refused when the file sets it (it would look wired)."""
+    contactor and ``outputs.contactor`` is not used: refused when the file sets it to another pin than its
+    default (it would look wired and control nothing)."""
     pins: list[tuple[Loc, str, str]] = []
     out: list[tuple[Loc, str]] = []
     outputs = config.outputs
     if not config.connector:
         pins.append((("outputs", "contactor"), outputs.contactor, "outputs.contactor"))
-    elif "contactor" in outputs.model_fields_set:
+    elif (
+        "contactor" in outputs.model_fields_set and outputs.contactor != type(outputs).model_fields["contactor"].default
+    ):
+        # at its default it is ignored: a config dumped and validated again (the simulator patches its
+        # config that way) has every key "set"
         out.append(
             (
                 ("outputs", "contactor"),

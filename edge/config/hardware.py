@@ -41,7 +41,8 @@ class Outputs(Section):
 
     backend: Literal["linux", "sim"] = "linux"
     contactor: str = Field(
-        "gpiochip0:17", description="output contactor of a file without [[connector]]; refused with them"
+        "gpiochip0:17",
+        description="output contactor of a file without [[connector]]; with them unused (refused unless the default)",
     )
     pump: str = Field("gpiochip0:27", description="coolant pump")
     fan: str = Field("gpiochip0:22", description="cabinet fan")
