@@ -100,11 +100,16 @@ def config_check(file: str, as_json: bool) -> None:
         click.echo(f"{file}: INVALID ({len(exc.problems)} problem(s)); see docs/CONFIG.md", err=True)
         sys.exit(EXIT_USAGE)
     effective = redact(cfg.model_dump(mode="json"))  # never a secret on a terminal, in a ticket or a log
+    notes = cfg.notes()  # allowed but worth a look (e.g. the old single-output form): exit code stays 0
     if as_json:
-        click.echo(json.dumps({"file": file, "ok": True, "problems": [], "config": effective}, indent=2))
+        click.echo(
+            json.dumps({"file": file, "ok": True, "problems": [], "notes": notes, "config": effective}, indent=2)
+        )
     else:
         click.echo(json.dumps(effective, indent=2))
-    click.echo(f"{file}: OK", err=True)
+    for note in notes:
+        click.echo(f"{file}: note: {note}", err=True)
+    click.echo(f"{file}: OK" + (f" ({len(notes)} note(s))" if notes else ""), err=True)
 
 
 @main.group()
