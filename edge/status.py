@@ -8,8 +8,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.readings import OK
+from drivers.readings import OK, Reading
 from edge.limits import inputs
+from edge.telemetry.measurands import connector_signal, phase_code
 
 PINS = inputs.names_where("place", "connector")  # the connector's pin temperatures, DC+ first
 FLOW = inputs.names_where("sensor", "coolant_flow")[0]
@@ -91,6 +92,20 @@ class ConnectorView:
             "capabilities": {k: float(v) for k, v in self.capabilities.items()},
             "faults": list(self.faults),
         }
+
+    def readings(self, t: float) -> list[Reading]:
+        """Its telemetry signals (``connector.<name>.<suffix>``, docs/TELEMETRY.md) at monotonic time ``t``,
+        for the recorder; without a request the requested values are 0."""
+        asked = self.request_age_s is not None
+        values = (
+            ("voltage_v", self.output_v, "V"),
+            ("current_a", self.output_a, "A"),
+            ("limit_a", self.limit_a, "A"),
+            ("request_voltage_v", self.request_v if asked else 0.0, "V"),
+            ("request_current_a", self.request_a if asked else 0.0, "A"),
+            ("phase", float(phase_code(self.mode, self.phase)), ""),
+        )
+        return [Reading(connector_signal(self.name, suffix), float(v), unit, t) for suffix, v, unit in values]
 
     def mqtt_state(self) -> dict[str, Any]:
         """The slow part only: the retained state is republished on every change, so measured and requested

@@ -236,15 +236,20 @@ def test_status_line_starts_with_each_connectors_phase_and_current():
 
 # -- telemetry ----------------------------------------------------------------------------------------
 def _connector_readings(name: str, mode: str, phase: str, t: float) -> list[Reading]:
-    values = {
-        "voltage_v": (799.5, "V"),
-        "current_a": (199.8, "A"),
-        "limit_a": (200.0, "A"),
-        "request_voltage_v": (800.0, "V"),
-        "request_current_a": (200.0, "A"),
-        "phase": (float(phase_code(mode, phase)), ""),
+    c = connector(name, mode, phase, output_v=799.5, output_a=199.8, limit_a=200.0, request_v=800.0, request_a=200.0)
+    return c.readings(t)
+
+
+def test_a_connector_gives_its_six_signals_with_units_and_no_request_as_zero():
+    got = {r.signal: (r.value, r.unit) for r in connector("2", "Off", "Stopping", request_age_s=None).readings(5.0)}
+    assert got == {
+        "connector.2.voltage_v": (999.9, "V"),
+        "connector.2.current_a": (499.9, "A"),
+        "connector.2.limit_a": (500.0, "A"),
+        "connector.2.request_voltage_v": (0.0, "V"),
+        "connector.2.request_current_a": (0.0, "A"),
+        "connector.2.phase": (4.0, ""),
     }
-    return [Reading(connector_signal(name, s), v, u, t) for s, (v, u) in values.items()]
 
 
 def test_phase_codes_are_fixed_numbers():
