@@ -7,6 +7,7 @@ capitals (``41.2 STALE``), so a frozen sensor never looks like a good one.
 
 from __future__ import annotations
 
+import math
 import textwrap
 import time
 import unicodedata
@@ -14,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from edge.limits import inputs as table
+from edge.status import shown_phase
 
 WIDTH = 80
 LABEL = 9  # width of the left label column
@@ -146,19 +148,14 @@ CONNECTOR_COLUMNS = (("connector", 10, False), ("phase", 11, False), ("V req", 6
 REASON_COLUMN = sum(w for _, w, _ in CONNECTOR_COLUMNS) + 1
 
 
+def _num(v: Any, digits: int) -> str:
+    """A measured or requested value, ``--`` when there is none (null, NaN)."""
+    return f"{v:.{digits}f}" if isinstance(v, int | float) and math.isfinite(v) else "--"
+
+
 def _amps(a: Any) -> str:
     """Amps to the precision that matters: 2.0 A in pre-charge, 200 A while charging."""
-    if not isinstance(a, int | float):
-        return "--"
-    return f"{a:.1f}" if abs(a) < 10 else f"{a:.0f}"
-
-
-def _shown_phase(c: dict[str, Any]) -> str:
-    """As :attr:`edge.status.ConnectorView.shown_phase`, from the JSON answer."""
-    mode, phase = c.get("mode") or "", c.get("phase") or ""
-    if mode == "Fault" or phase == "Fault":
-        return "FAULT"
-    return phase if phase and phase != "Other" else (mode or "Off")
+    return _num(a, 1 if isinstance(a, int | float) and abs(a) < 10 else 0)
 
 
 def _cell(text: str, width: int, right: bool) -> str:
@@ -177,12 +174,12 @@ def connector_lines(st: dict[str, Any]) -> list[str]:
         asked = c.get("request_age_s") is not None
         values = (
             str(c.get("name")),
-            _shown_phase(c),
-            f"{c.get('request_v') or 0.0:.0f}" if asked else "--",
-            _amps(c.get("request_a") or 0.0) if asked else "--",
-            f"{c.get('output_v') or 0.0:.1f}",
-            f"{c.get('output_a') or 0.0:.1f}",
-            _amps(c.get("limit_a") or 0.0),
+            shown_phase(c.get("mode"), c.get("phase")),
+            _num(c.get("request_v"), 0) if asked else "--",
+            _amps(c.get("request_a")) if asked else "--",
+            _num(c.get("output_v"), 1),
+            _num(c.get("output_a"), 1),
+            _amps(c.get("limit_a")),
         )
         row = "".join(_cell(v, w, right) for v, (_, w, right) in zip(values, CONNECTOR_COLUMNS, strict=True))
         out.append(row + " " + clip(str(c.get("reason") or "starting"), WIDTH - REASON_COLUMN))
@@ -359,12 +356,16 @@ def can_lines(st: dict[str, Any]) -> list[str]:
     return _wrap("can", ";  ".join(parts))
 
 
+def _finite(v: Any) -> float:
+    return float(v) if isinstance(v, int | float) and math.isfinite(v) else 0.0
+
+
 def _output(st: dict[str, Any]) -> tuple[float, float, float]:
     """Highest output voltage, total current and total power (kW): measured at the connectors when the
     daemon reports them, else from the modules that answer."""
     conns = st.get("connectors") or []
     if conns:
-        pairs = [(c.get("output_v") or 0.0, c.get("output_a") or 0.0) for c in conns]
+        pairs = [(_finite(c.get("output_v")), _finite(c.get("output_a"))) for c in conns]
     else:
         mods = [m for m in st.get("modules", {}).values() if not m.get("lost")]
         volts = max([(m.get("voltage_v") or 0.0) for m in mods], default=0.0)

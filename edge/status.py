@@ -42,6 +42,16 @@ class OperatorLimitView:
     expires_in_s: float | None  # None: until cleared
 
 
+def shown_phase(mode: str | None, phase: str | None) -> str:
+    """What a technician reads for a connector: the phase, ``FAULT`` in capitals, the mode (``Export``,
+    ``Off``) when the controller named no phase (EVerest ``Other``)."""
+    if mode == "Fault" or phase == "Fault":
+        return "FAULT"
+    if phase and phase != "Other":
+        return phase
+    return mode or "Off"
+
+
 @dataclass(frozen=True)
 class ConnectorView:
     """One connector as the controller decided it in the last evaluation (config order = screen order)."""
@@ -65,13 +75,7 @@ class ConnectorView:
 
     @property
     def shown_phase(self) -> str:
-        """What a technician reads: the phase, ``FAULT`` in capitals, ``Export`` when the controller gave
-        no phase (EVerest ``Other``)."""
-        if self.mode == "Fault" or self.phase == "Fault":
-            return "FAULT"
-        if self.phase and self.phase != "Other":
-            return self.phase
-        return self.mode or "Off"
+        return shown_phase(self.mode, self.phase)
 
     def as_dict(self) -> dict[str, Any]:
         return {
