@@ -39,7 +39,7 @@ from edge.telemetry.measurands import ocpp_fields
 from edge.telemetry.store import EVENT, RawRecord, SignalRow
 from edge.telemetry.topics import Topics
 
-SCHEMA_TELEMETRY = "cabinet-edge/telemetry/1"
+SCHEMA_TELEMETRY = "cabinet-edge/telemetry/2"  # 2: connector samples carry "connector" (docs/TELEMETRY.md)
 SCHEMA_EVENTS = "cabinet-edge/events/1"
 BIRTH_LEAF = "birth"
 ZLIB_LEVEL = 6  # docs/TELEMETRY.md "Why MessagePack and zlib": level 9 saves under 1 % for 2x the CPU

@@ -61,7 +61,7 @@ BOOLEAN_UNITS = frozenset(("", "1/0"))  # 0/1 signals (module present, coolant l
 EXTREMES = (".min", ".max")
 MODULE_PREFIX = "module"
 COOLING = "cooling"
-OCPP_PROPERTIES = ("measurand", "phase", "location", "point")
+OCPP_PROPERTIES = ("measurand", "phase", "location", "point", "connector")
 TELEMETRY = "telemetry"
 EVENT_KIND = "event"
 

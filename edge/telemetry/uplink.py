@@ -54,7 +54,7 @@ __all__ = ["SCHEMA_EVENTS", "SCHEMA_TELEMETRY", "Uplink", "UplinkStats", "backof
 log = logging.getLogger(__name__)
 
 SCHEMA_STATUS = "cabinet-edge/status/1"
-SCHEMA_STATE = "cabinet-edge/state/1"
+SCHEMA_STATE = "cabinet-edge/state/2"  # 2: "connectors" (edge/status.py, docs/TELEMETRY.md)
 SHUTDOWN_WAIT_S = 1.0  # longest wait for the uplink and paho threads when the daemon stops
 COMMANDS_PER_STEP = 1  # commands handled per event-loop iteration: a burst must not hold the control tick
 MAX_QUEUED_COMMANDS = 1000  # beyond this a burst is dropped (counted): commands_dropped

@@ -112,7 +112,7 @@ def parse_birth(payload: bytes | str | dict[str, Any]) -> Birth:
             raise DecodeError("birth_id does not match the signal table (corrupted birth)")
         table = {}
         for s in sigs:
-            ocpp = {k: s[k] for k in ("measurand", "phase", "location", "point") if k in s}
+            ocpp = {k: s[k] for k in ("measurand", "phase", "location", "point", "connector") if k in s}
             table[int(s["alias"])] = SignalDef(
                 int(s["alias"]), str(s["signal"]), str(s["unit"]), int(s["exp"]), float(s["deadband"]),
                 bool(s["safety"]), ocpp,
