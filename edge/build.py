@@ -19,6 +19,7 @@ from edge import __version__
 from edge.api.server import ApiServer
 from edge.cabinet import Cabinet
 from edge.can_link import CanLink
+from edge.charging.demands import Demands
 from edge.config import Config
 from edge.control import Controller, Outputs
 from edge.events import EventLog
@@ -34,7 +35,7 @@ from edge.telemetry.store import Store
 from edge.telemetry.uplink import Uplink
 from hal.can import CanPort, CanSettings
 from hal.clock import Clock, LinuxClock
-from hal.pin import SimBoard, make_pin
+from hal.pin import Pin, SimBoard, make_pin
 from hal.watchdog import make_wdt
 
 
@@ -65,9 +66,13 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
     faults = ExternalFaults(events.emit)
     sampler = Sampler()
     grid = next((m.name for m in config.meters if m.role == "grid"), None)
+    connectors = config.resolved_connectors()
     state = CabinetState(
         InputMap(
-            cable=config.cable[0].name if config.cable else None, grid_meter=grid, ambient=config.limits.ambient_signal
+            cable=config.cable[0].name if config.cable else None,
+            grid_meter=grid,
+            ambient=config.limits.ambient_signal,
+            connector_cables={c.name: tuple(c.cables) for c in connectors},
         )
     )
 
@@ -81,7 +86,19 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
     meters = MeterLink(config, take, events.emit, b.clock.monotonic)
     outputs = _build_outputs(config, b.board)
     wdt = make_wdt(config.watchdog.backend, config.watchdog.timeout_ms)
-    controller = Controller(config, state, can_link.bank, outputs, wdt, b.clock, events.emit, faults.core_input)
+    demands = Demands(
+        {c.name: c.request for c in connectors},
+        heartbeat_timeout_s={"everest": config.everest.heartbeat_timeout_ms / 1000.0},
+        on_event=events.emit,
+    )
+    controller = Controller(
+        config, state, can_link.bank, outputs, wdt, b.clock, events.emit, faults.core_input, demands=demands
+    )
+
+    def demand_changed(_connector: str) -> None:
+        controller.evaluate_now()  # a CurrentDemand reaches the modules now, not at the next tick
+
+    demands.on_change = demand_changed
     # operator stops and limits of the previous run, before the first evaluation; saved on every change
     operator_file = OperatorFile(config.storage.data_dir, b.clock.monotonic, b.wall_ms, events.emit, faults)
     controller.operator = operator_file.restore()
@@ -106,6 +123,7 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         recorder=recorder,
         started=b.clock.monotonic(),
     )
+    controller.on_tick.append(cabinet.sample_connectors)
     cabinet.operations = Operations(config, controller, events.emit, cabinet.status, b.clock)
     if b.api:
         cabinet.api = ApiServer(config.api, cabinet, ops=cabinet.operations)
@@ -130,11 +148,14 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
 
 def _build_outputs(config: Config, board: SimBoard | None) -> Outputs:
     o = config.outputs
-    names = (o.contactor, o.pump, o.fan)
-    if o.backend == "sim":
-        sim = board or SimBoard()
-        return Outputs(*(sim.pin(n) for n in names))
-    return Outputs(*(make_pin(o.backend, n) for n in names))
+    sim = board or SimBoard()
+
+    def pin(name: str) -> Pin:
+        return sim.pin(name) if o.backend == "sim" else make_pin(o.backend, name)
+
+    contactors = {c.name: pin(c.contactor) for c in config.resolved_connectors()}
+    first = next(iter(contactors.values()))
+    return Outputs(first, pin(o.pump), pin(o.fan), contactors)
 
 
 def _build_can(

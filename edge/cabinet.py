@@ -22,7 +22,7 @@ from edge.faults import ExternalFaults
 from edge.meter_link import MeterLink
 from edge.ops import Operations
 from edge.state import CabinetState
-from edge.status import ModuleView, OperatorLimitView, ReadingView, StatusView
+from edge.status import ConnectorView, ModuleView, OperatorLimitView, ReadingView, StatusView
 from edge.telemetry.recorder import Recorder
 from edge.telemetry.sampler import Sampler
 from edge.telemetry.store import Store
@@ -117,7 +117,57 @@ class Cabinet:
             can=self.can.status(),
             can_frames=self.can.frame_counts(),
             control=self._control_stats(),
+            connectors=self.connector_views(),
         )
+
+    def connector_views(self) -> tuple[ConnectorView, ...]:
+        """Each connector as the last evaluation decided it, with its demand and its measured output."""
+        ctl = self.controller
+        d = (ctl.decision or {}).get("connectors", {})
+        now = self.clock.monotonic()
+        reports = ctl.reports() if ctl.decision else {}
+        out = []
+        for c in ctl.connectors:
+            cd = d.get(c.name, {})
+            demand = ctl.demands.get(c.name)
+            asked = [t for t in (demand.t_mode, demand.t_setpoint) if t is not None]
+            rep = reports.get(c.name)
+            caps = rep.capabilities if rep else None
+            out.append(
+                ConnectorView(
+                    name=c.name,
+                    phase=str(cd.get("phase", "Off")),
+                    mode=str(cd.get("mode", "Off")),
+                    request_v=demand.voltage_v,
+                    request_a=demand.current_a,
+                    request_age_s=now - max(asked) if asked else None,
+                    output_v=rep.voltage_v if rep else 0.0,
+                    output_a=rep.current_a if rep else 0.0,
+                    limit_a=float(cd.get("limit_a", 0.0)),
+                    rule=cd.get("rule"),
+                    reason=cd.get("reason"),
+                    contactor=bool(self.outputs.contactors[c.name].value()),
+                    enable=bool(cd.get("enable", False)),
+                    modules=tuple(c.modules),
+                    capabilities={}
+                    if caps is None
+                    else {
+                        "max_export_current_a": round(caps.max_export_current_a, 1),
+                        "max_export_power_w": round(caps.max_export_power_w),
+                        "max_export_voltage_v": caps.max_export_voltage_v,
+                        "min_export_voltage_v": caps.min_export_voltage_v,
+                    },
+                    faults=tuple(cd.get("faults", ())),
+                )
+            )
+        return tuple(out)
+
+    def sample_connectors(self) -> None:
+        """Each connector's telemetry signals, once per tick (``connector.<name>.*``, docs/TELEMETRY.md)."""
+        now = self.clock.monotonic()
+        for view in self.connector_views():
+            for r in view.readings(now):
+                self.sampler.add(r)
 
     def status(self) -> dict[str, Any]:
         """Everything a technician or the API needs about the cabinet right now."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import logging
 import sys
 from typing import NoReturn
 
@@ -68,6 +69,13 @@ def run(config_path: str | None, sim: bool, status_line: bool) -> None:
         click.echo(f"config error:\n{exc}", err=True)
         sys.exit(EXIT_USAGE)
     setup_logging(config.logging.level)
+    for note in config.notes():
+        logging.getLogger("edge.config").warning("%s", note)
+    simulated = [c.name for c in config.resolved_connectors() if c.request == "sim"]
+    if simulated and not sim:
+        # the simulator's charging controller would drive real hardware: only with the simulated cabinet
+        click.echo(f'config error: connector(s) {simulated} have request = "sim": use --sim, or "everest"', err=True)
+        sys.exit(EXIT_USAGE)
     if not sim:
         sys.exit(run_daemon(config, status_line=status_line))
     from edge.sim.cabinet import SimCabinet
