@@ -20,6 +20,7 @@ from edge.api.server import ApiServer
 from edge.cabinet import Cabinet
 from edge.can_link import CanLink
 from edge.charging.demands import Demands
+from edge.charging.everest import EverestAdapter, EverestSettings
 from edge.config import Config
 from edge.control import Controller, Outputs
 from edge.events import EventLog
@@ -143,6 +144,17 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
             telemetry=config.telemetry,
         )
         cabinet.uplink.on_connected.append(recorder.request_keyframe)
+    bindings = {c.everest_module_id: c.name for c in connectors if c.request == "everest" and c.everest_module_id}
+    if bindings:
+        cabinet.everest = EverestAdapter(
+            EverestSettings.from_config(config.everest, config.cabinet.cabinet_id),
+            bindings,
+            demands,
+            controller.reports,
+            b.clock.monotonic,
+            events.emit,
+        )
+        controller.after_evaluate.append(cabinet.everest.poke)
     return cabinet
 
 

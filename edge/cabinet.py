@@ -15,6 +15,7 @@ from drivers.power_modules.bank import ModuleBank
 from edge import __version__
 from edge.api.server import ApiServer
 from edge.can_link import CanLink
+from edge.charging.everest import EverestAdapter
 from edge.config import Config
 from edge.control import Controller, Outputs
 from edge.events import EventLog
@@ -55,6 +56,7 @@ class Cabinet:
     operations: Operations | None = None  # stop, resume, limits, clears, self-test: the one way in (edge/ops.py)
     api: ApiServer | None = None
     uplink: Uplink | None = None
+    everest: EverestAdapter | None = None  # the EVerest power_supply_DC adapter, when a connector uses it
 
     # -- what the API, the uplink and the tests use --------------------------------------------------
     @property
@@ -207,6 +209,8 @@ class Cabinet:
         """Open the buses and start from a known state whatever the modules did before us."""
         self.can.start(loop)
         self.bank.all_off()
+        if self.everest is not None:
+            self.everest.start(loop)
 
     def tasks(self, status_line: bool = False) -> dict[str, Coroutine[Any, Any, None]]:
         """Every long-running task but the control loop, by name."""
@@ -216,6 +220,8 @@ class Cabinet:
             out["api"] = self.api.serve()
         if self.uplink is not None:
             out["uplink"] = self.uplink.run()
+        if self.everest is not None:
+            out["everest"] = self.everest.run(asyncio.Event())  # runs until cancelled with the other tasks
         if status_line:
             out["status-line"] = self._print_status_line()
         return out
@@ -246,6 +252,8 @@ class Cabinet:
     def close(self) -> None:
         closers: list[Callable[[], None]] = [p.close for p in self.can.ports.values()]
         closers.append(self.meters.close)
+        if self.everest is not None:
+            closers.append(self.everest.close)
         if self.api is not None:
             closers.append(self.api.close)
         closers.append(self.store.close)

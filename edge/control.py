@@ -113,6 +113,7 @@ class Controller:
         self.ticks = 0
         self.evaluations = 0
         self.tick_periods_ms = RecentPeriods()
+        self.after_evaluate: list[Callable[[], None]] = []  # e.g. the EVerest adapter: derating goes out now
         self.on_tick: list[Callable[[], None]] = []  # once per tick after the evaluation (telemetry samples)
 
     # -- operator requests (local socket / cloud, through edge.ops; never above the config) ------------
@@ -180,6 +181,8 @@ class Controller:
         self._report_changes(self.decision, decision)
         self.decision = decision
         self.evaluations += 1
+        for hook in self.after_evaluate:
+            hook()
         return decision
 
     def _snapshot(self, now: float) -> dict[str, Any]:
