@@ -10,7 +10,8 @@ nothing of ``edge``. It plays the EVerest side of one or more API module ids on 
 - subscribes to ``<base>/power_supply_DC/<module_id>/m2e/#`` and records every message with its arrival
   time (monotonic s), checking each against the API's m2e payload shapes (:attr:`violations`);
 - keeps the active error set from ``raise_error`` / ``clear_error`` (keyed by type and sub_type, as the API
-  module clears them) and the order of raises and clears (:attr:`error_log`).
+  module clears them), the order of effective raises and clears (:attr:`error_log`) and the redundant ones
+  EVerest would ignore (:attr:`redundant`: a raise of an active error, a clear of an inactive one).
 
 Reused by the end-to-end tests of whole sessions (the integrator's) and by tests/test_everest_adapter.py.
 """
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -116,7 +118,10 @@ class EverestController:
         self.messages: list[M2e] = []
         self.violations: list[str] = []
         self.errors: dict[str, dict[tuple[str, str], dict[str, Any]]] = {m: {} for m in module_ids}
-        self.error_log: list[tuple[str, str, str, str]] = []  # (module_id, "raise"|"clear", type, sub_type)
+        # effective changes only: (module_id, "raise"|"clear", type, sub_type)
+        self.error_log: list[tuple[str, str, str, str]] = []
+        # a raise of an active error, a clear of an inactive one (EVerest ignores both): same tuple shape
+        self.redundant: list[tuple[str, str, str, str]] = []
         self._hb_counter = 0
         self._hb_stop = threading.Event()
         self._hb_thread: threading.Thread | None = None
@@ -136,6 +141,9 @@ class EverestController:
     def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
             return
+        sock = client.socket()
+        if isinstance(sock, socket.socket):  # as EVerest should: each e2m message out at once (no Nagle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         for mid in self.module_ids:
             client.subscribe(f"{self.base}/{API}/{mid}/m2e/#", qos=0)
         self.connected.set()
@@ -156,11 +164,16 @@ class EverestController:
                 self.violations.append(f"{msg.topic}: {bad}")
             if var in ("raise_error", "clear_error") and bad is None:
                 key = (body["type"], body.get("sub_type", ""))
-                if var == "raise_error":
+                raise_ = var == "raise_error"
+                entry = (mid, var.split("_")[0], key[0], key[1])
+                if raise_ == (key in self.errors[mid]):
+                    self.redundant.append(entry)
+                elif raise_:
                     self.errors[mid][key] = body
+                    self.error_log.append(entry)
                 else:
-                    self.errors[mid].pop(key, None)
-                self.error_log.append((mid, var.split("_")[0], key[0], key[1]))
+                    del self.errors[mid][key]
+                    self.error_log.append(entry)
 
     def of(self, var: str, module_id: str | None = None, since: float = 0.0) -> list[M2e]:
         """Every message on ``var`` (of ``module_id``, all when None) that arrived at or after ``since``."""

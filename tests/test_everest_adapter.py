@@ -280,6 +280,7 @@ def test_faults_raise_and_clear_each_error_once(mqtt_broker: Broker) -> None:
                 ("clear", "OverTemperature", "pin_over_temperature"),
             ]
             assert ctl.of("raise_error")[0].body["message"] == "cable pin over-temperature trip"
+            assert [r for r in ctl.redundant if r[1] == "raise"] == []
         assert ctl.violations == []
 
     try:
@@ -313,6 +314,28 @@ def test_modules_unreachable_keeps_requests_and_clears_communication_fault_one_c
 
     try:
         asyncio.run(scenario())
+    finally:
+        ctl.close()
+
+
+def test_errors_left_raised_by_a_previous_run_are_cleared_on_the_first_connect(mqtt_broker: Broker) -> None:
+    ctl = EverestController(mqtt_broker.port, (MID,))
+    first = Rig(mqtt_broker.port)
+    first.report = replace(first.report, faults=("over_voltage", "pin_dc_plus_stale", "coolant_leak"))
+
+    async def run_until_raised(rig: Rig, n: int) -> None:
+        async with running(rig):
+            await until(lambda: len(ctl.active_errors()) == n, 2, f"{n} errors active")
+
+    second = Rig(mqtt_broker.port)  # the daemon restarted: a fresh adapter, the faults gone meanwhile
+    second.report = replace(second.report, faults=("coolant_leak",))
+    try:
+        asyncio.run(run_until_raised(first, 3))  # then stops without clearing (a crash or a restart)
+        asyncio.run(run_until_raised(second, 1))
+        assert ctl.active_errors() == {("HardwareFault", "coolant_leak")}
+        assert [r for r in ctl.redundant if r[1] == "raise"] == [
+            ("cabinet_dc_1", "raise", "HardwareFault", "coolant_leak")
+        ]
     finally:
         ctl.close()
 

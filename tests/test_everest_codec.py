@@ -167,3 +167,12 @@ def test_capabilities_first_drop_at_once_rise_after_interval_with_hysteresis() -
     assert due(CAPS, 10.0, replace(CAPS, max_export_voltage_v=920.0), 10.5, 1.0, 5.0) is None
     assert due(CAPS, 10.0, replace(CAPS, max_export_voltage_v=920.0), 11.0, 1.0, 5.0) == "changed"
     assert due(CAPS, 10.0, CAPS, 100.0, 1.0, 5.0) is None
+
+
+def test_possible_errors_cover_the_table_and_every_sensor_family() -> None:
+    keys = {e.key for e in codec.possible_errors()}
+    assert ("OverTemperature", "pin_over_temperature") in keys
+    assert ("HardwareFault", "pin_dc_plus_stale") in keys and ("HardwareFault", "coolant_flow_missing") in keys
+    assert ("CommunicationFault", "modules_unreachable") in keys
+    assert not any(sub.startswith("module_lost") or sub == "grid_meter_lost" for _t, sub in keys)
+    assert len(keys) == len(codec.possible_errors())

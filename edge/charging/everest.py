@@ -88,6 +88,17 @@ class EverestSettings:
         return s
 
 
+def _no_delay(client: mqtt.Client) -> None:
+    """Small packets out at once: with Nagle a message sent while the previous one waits for its (delayed,
+    up to 40 ms) ACK waits too. The broker's side needs the same (mosquitto: ``set_tcp_nodelay true``)."""
+    sock = client.socket()
+    if isinstance(sock, socket.socket):  # an ssl.SSLSocket is one too
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError as exc:
+            log.debug("TCP_NODELAY not set: %s", exc)
+
+
 @dataclass
 class _Connector:
     """What was published for one connector (loop thread only)."""
@@ -100,6 +111,7 @@ class _Connector:
     raised: dict[tuple[str, str], codec.EverestError] = field(default_factory=dict)
     reachable_before: bool = True  # modules_reachable at the previous check
     resync: bool = True  # publish capabilities, mode and raised errors again (connect, EVerest back)
+    clear_leftovers: bool = True  # first connect: clear errors a previous run may have left raised
 
 
 class EverestAdapter:
@@ -232,6 +244,7 @@ class EverestAdapter:
         if reason.is_failure:
             self._call_soon(self._on_link, False, f"refused: {reason}")
             return
+        _no_delay(client)
         client.subscribe(codec.e2m_filter(self.base), qos=0)
         self._call_soon(self._on_link, True, "connected")
 
@@ -382,6 +395,11 @@ class EverestAdapter:
         if resync:  # EVerest may have restarted (or missed them): say again what is active
             for err in conn.raised.values():
                 self._publish(conn.module_id, "raise_error", codec.error_payload(err))
+        if conn.clear_leftovers:
+            conn.clear_leftovers = False
+            for err in codec.possible_errors():
+                if err.key not in wanted:
+                    self._publish(conn.module_id, "clear_error", codec.error_payload(err))
         to_raise, to_clear = codec.error_changes(conn.raised, wanted, hold)
         for err in to_raise:
             if self._publish(conn.module_id, "raise_error", codec.error_payload(err)):

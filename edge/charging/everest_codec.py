@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.charging.demand import MODES, PHASES, Capabilities
+from edge.limits import inputs
 
 API = "power_supply_DC"
 MAX_PAYLOAD_BYTES = 1024  # the largest e2m payload is ~60 bytes; anything bigger is garbage or abuse
@@ -340,6 +341,19 @@ def wanted_errors(faults: Iterable[str], modules_reachable: bool) -> dict[tuple[
         err = EverestError("CommunicationFault", MODULES_UNREACHABLE, "power modules of this connector unreachable")
         out[err.key] = err
     return out
+
+
+def possible_errors() -> list[EverestError]:
+    """Every error this table can raise whose sub_type can be listed: the exact names, the sensor families
+    over every safety input's sensor, the unreachable modules. On its first connect the adapter clears
+    those it does not want: a previous run of the daemon may have left them raised in EVerest, where
+    they would block charging until EVerest restarts (clearing an error that is not active is a no-op)."""
+    names = set(_EXACT)
+    sensors = {inputs.sensor(n) for n in inputs.BY_NAME}
+    names |= {s + fam for s in sensors for fam, _k, _m in _FAMILIES if fam[0] == "_"}
+    out = {e.key: e for e in (everest_error(n) for n in sorted(names)) if e is not None}
+    comm = wanted_errors((), modules_reachable=False)
+    return [*(out[k] for k in sorted(out)), *comm.values()]
 
 
 def error_changes(
