@@ -149,6 +149,7 @@ class EverestAdapter:
         self._applied: dict[str, int] = {}
         self._published: dict[str, int] = {}
         self._publish_failed = 0
+        self._not_finite_measurements = 0
         self._connects = 0
         self._disconnects = 0
         self._silent: dict[str, bool] = {mid: False for mid in self.bindings}
@@ -231,6 +232,7 @@ class EverestAdapter:
             "refused_total": sum(self._refused.values()),
             "published": dict(self._published),
             "publish_failed": self._publish_failed,
+            "not_finite_measurements": self._not_finite_measurements,
             "heartbeat_age_ms": {
                 mid: (None if (t := self._hb_last.get(mid)) is None else round((now - t) * 1000.0))
                 for mid in self.bindings
@@ -262,6 +264,9 @@ class EverestAdapter:
         connector = self.bindings.get(module_id)
         if connector is None:
             self._refuse(codec.Refusal("unknown_module", module_id[:40]), msg.topic, now)
+            return
+        if msg.retain:  # e.g. an old "Export" must not start a session after our restart
+            self._refuse(codec.Refusal("retained", var[:40]), msg.topic, now)
             return
         req = codec.decode_e2m(var, bytes(msg.payload), self._caps_for_checks.get(connector))
         if isinstance(req, codec.Refusal):
@@ -352,8 +357,8 @@ class EverestAdapter:
             if r is None:
                 continue
             payload = codec.voltage_current_payload(r.voltage_v, r.current_a)
-            if payload is None:
-                self._count_applied("voltage_current_not_finite")
+            if payload is None:  # a measurement not valid now: EVerest's parser would refuse the message
+                self._not_finite_measurements += 1
                 continue
             self._publish(conn.module_id, "voltage_current", payload)
 

@@ -30,6 +30,7 @@ M2E_VARS = ("capabilities", "voltage_current", "mode", "raise_error", "clear_err
 # Why an e2m message was not applied (the adapter's stats count each)
 REFUSALS = (
     "bad_topic",  # not <base>/power_supply_DC/<module_id>/e2m/<var>
+    "retained",  # a retained message is old by definition (left on the broker by some earlier client)
     "unknown_module",  # a module id no connector is bound to
     "unknown_var",  # an e2m variable the API does not define
     "oversize",  # payload above MAX_PAYLOAD_BYTES
