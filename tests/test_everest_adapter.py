@@ -63,17 +63,20 @@ class RecordingSink:
 
 
 class Rig:
-    def __init__(self, port: int, **settings: Any) -> None:
+    def __init__(self, port: int, bindings: dict[str, str] | None = None, **settings: Any) -> None:
         self.settings = EverestSettings(port=port, client_id="edge-test", **settings)
         self.report = ConnectorReport("1", voltage_v=0.0, current_a=0.0, mode="Off", capabilities=CAPS)
-        self.report_log: list[tuple[float, ConnectorReport]] = []  # every reports() call
+        self.others: dict[str, ConnectorReport] = {}  # connectors other than "1"
+        self.report_log: list[tuple[float, ConnectorReport]] = []  # every reports() call (connector "1")
         self.events: list[tuple[float, str, str, dict[str, Any]]] = []
         self.sink = RecordingSink()
-        self.adapter = EverestAdapter(self.settings, {MID: "1"}, self.sink, self._reports, time.monotonic, self._event)
+        self.adapter = EverestAdapter(
+            self.settings, bindings or {MID: "1"}, self.sink, self._reports, time.monotonic, self._event
+        )
 
     def _reports(self) -> dict[str, ConnectorReport]:
         self.report_log.append((time.monotonic(), self.report))
-        return {"1": self.report}
+        return {"1": self.report, **self.others}
 
     def _event(self, kind: str, name: str, data: dict[str, Any]) -> None:
         self.events.append((time.monotonic(), kind, name, data))
@@ -131,6 +134,35 @@ def test_capabilities_at_start_then_requests_reach_the_sink_on_the_loop(mqtt_bro
             assert statistics.median(latencies) < 0.05, latencies
             assert max(latencies) < 0.5, latencies
             assert rig.adapter.stats()["applied"]["export_voltage_current"] == 40
+        assert ctl.violations == []
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        ctl.close()
+
+
+def test_two_connectors_each_with_its_own_module_id(mqtt_broker: Broker) -> None:
+    ctl = EverestController(mqtt_broker.port, (MID, "cabinet_dc_2"))
+    rig = Rig(mqtt_broker.port, bindings={MID: "1", "cabinet_dc_2": "2"})
+    small = replace(CAPS, max_export_current_a=80.0, max_export_power_w=50_000.0)
+    rig.others["2"] = ConnectorReport("2", voltage_v=0.0, current_a=0.0, mode="Off", capabilities=small)
+
+    async def scenario() -> None:
+        async with running(rig):
+            await until(lambda: ctl.of("capabilities", "cabinet_dc_2") and ctl.of("capabilities", MID), 5, "both")
+            assert ctl.latest("capabilities", MID)["max_export_current_A"] == 200.0
+            assert ctl.latest("capabilities", "cabinet_dc_2")["max_export_current_A"] == 80.0
+            ctl.export(800.0, 150.0, module_id="cabinet_dc_2")  # above connector 2's capabilities
+            ctl.export(800.0, 150.0, module_id=MID)
+            ctl.export(420.0, 60.0, module_id="cabinet_dc_2")
+            await until(lambda: len(rig.sink.of("target")) == 2, 2, "two set-points")
+            assert [c[2:5] for c in rig.sink.of("target")] == [("1", 800.0, 150.0), ("2", 420.0, 60.0)]
+            assert rig.adapter.stats()["refused"] == {"above_capabilities": 1}
+            rig.others["2"] = replace(rig.others["2"], faults=("pin_over_temperature",), mode="Fault")
+            await until(lambda: ctl.active_errors("cabinet_dc_2"), 1, "error on connector 2")
+            await until(lambda: ctl.latest("mode", "cabinet_dc_2") == "Fault", 1, "mode of connector 2")
+            assert ctl.active_errors(MID) == set() and ctl.latest("mode", MID) == "Off"
         assert ctl.violations == []
 
     try:
