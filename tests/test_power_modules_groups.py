@@ -10,12 +10,15 @@ the other bus objects' queues during ``send``, so ``recv(timeout=0)`` sees it at
 from __future__ import annotations
 
 import itertools
+import math
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import can
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from drivers.can_dispatch import CanDispatcher
 from drivers.power_modules.bank import ModuleBank
@@ -390,3 +393,94 @@ def test_a_refused_set_command_is_counted_as_rejected_and_logged_not_as_an_unkno
         assert cab.dispatcher.stats.unknown == 0
         assert "power module 2 refused a set command (error code 3" in caplog.text
         assert not cab.bank.modules[2].lost  # a refusal proves nothing either way; the polls decide
+
+
+# -- property: no set-output frame above what the module may be given ------------------------------------
+
+CAPS = st.one_of(
+    # (Vmax V, Vmin V, Imax x0.1 A, rated power x10 W): modules as sold (30 kW 100 A, 40 kW 66.7 A, ...)
+    st.sampled_from([(1000, 150, 1000, 3000), (1000, 200, 667, 4000), (750, 150, 1333, 3000), (1000, 50, 300, 3000)]),
+    st.tuples(st.integers(100, 1500), st.integers(0, 400), st.integers(0, 3000), st.integers(0, 6000)),
+)
+STEP = st.one_of(
+    st.tuples(
+        st.just("apply"),
+        st.booleans(),
+        st.one_of(
+            st.sampled_from([200.0, 400.0, 750.0, 800.0, 950.0]),
+            st.floats(0, 1600),
+            st.sampled_from([math.nan, -1.0, 0.0, 150.0, 1e9]),
+        ),
+        st.one_of(st.floats(0, 2000), st.sampled_from([200.0, 600.0, math.nan, -5.0, 0.0, 1e9])),
+        st.sampled_from([None, [1, 2], [3, 4], [2, 3], [4]]),
+    ),
+    st.tuples(st.just("caps"), st.integers(1, 4), CAPS),
+    st.tuples(st.just("off"), st.sampled_from([[1, 2], [3, 4], [1]])),
+    st.tuples(st.just("time"), st.sampled_from([0.01, 0.05, 0.3])),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    max_a=st.floats(1, 200),
+    max_v=st.floats(100, 1500),
+    reported=st.lists(st.one_of(st.none(), CAPS), min_size=4, max_size=4),
+    steps=st.lists(STEP, min_size=1, max_size=25),
+)
+@example(
+    max_a=150.0,
+    max_v=1000.0,
+    reported=[None] * 4,
+    steps=[("caps", 1, (1000, 150, 1000, 3000)), ("apply", True, 800.0, 1e3, [1])],
+)
+@example(
+    max_a=150.0,
+    max_v=1000.0,
+    reported=[None] * 4,
+    steps=[("apply", True, 800.0, 600.0, None), ("caps", 2, (750, 150, 500, 2000))],
+)
+def test_no_set_output_frame_exceeds_config_reported_current_power_or_voltage(max_a, max_v, reported, steps):
+    """Every set V/I frame, decoded by hand (u32 BE mV, mA), is within the limits of its module at the time."""
+    clock = Clock()
+    bank = ModuleBank(
+        make_codec("infypower"), [1, 2, 3, 4], 3.0, lambda f: None, max_a, clock=clock, max_voltage_v=max_v
+    )
+    violations: list[str] = []
+
+    def send(frame) -> None:
+        if (frame.arbitration_id >> 16) & 0x3F != 0x1C or (frame.arbitration_id >> 22) & 0xF != 0x0A:
+            return
+        mod = bank.modules[(frame.arbitration_id >> 8) & 0xFF]
+        mv, ma = struct.unpack(">II", frame.data)
+        v, a = mv / 1000, ma / 1000
+        caps = mod.capabilities
+        high_a = min(max_a, caps.get("max_current_a", math.inf))
+        if v > 0 and "rated_power_w" in caps:
+            high_a = min(high_a, caps["rated_power_w"] / v)
+        if a > high_a + 0.0011:  # milli rounding of V and A
+            violations.append(f"{a} A > {high_a} A at {v} V, caps {caps}")
+        if v > min(max_v, caps.get("max_voltage_v", math.inf)) + 0.0005:
+            violations.append(f"{v} V above {max_v} / {caps}")
+        if a > 0 and v < caps.get("min_voltage_v", 0.0) - 0.0005:
+            violations.append(f"{v} V with {a} A below the minimum, caps {caps}")
+
+    bank._send = send
+    for a in (1, 2, 3, 4):
+        bank.handle(0x0283F000 | a, struct.pack(">ff", 0.0, 0.0), clock.t)
+    bank.check(clock.t)
+    for a, caps in enumerate(reported, start=1):  # what each module answers to the request at start-up
+        if caps is not None:
+            bank.handle(0x028AF000 | a, struct.pack(">HHHH", *caps), clock.t)
+    for step in steps:
+        if step[0] == "apply":
+            bank.apply(step[1], step[2], step[3], step[4])
+        elif step[0] == "caps":
+            bank.handle(0x028AF000 | step[1], struct.pack(">HHHH", *step[2]), clock.t)
+        elif step[0] == "off":
+            bank.off(step[1])
+        else:
+            clock.t += step[1]
+            for a in (1, 2, 3, 4):
+                bank.handle(0x0283F000 | a, struct.pack(">ff", 0.0, 0.0), clock.t)
+            bank.check(clock.t)
+    assert violations == []
