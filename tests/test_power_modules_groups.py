@@ -484,3 +484,19 @@ def test_no_set_output_frame_exceeds_config_reported_current_power_or_voltage(ma
                 bank.handle(0x0283F000 | a, struct.pack(">ff", 0.0, 0.0), clock.t)
             bank.check(clock.t)
     assert violations == []
+
+
+def test_a_module_reporting_that_it_can_give_nothing_is_out_of_the_split_not_pulling_the_others_to_0_a():
+    caps = {1: (1000, 150, 1000, 3000), 2: (1000, 150, 0, 3000), 3: (1000, 150, 1000, 0), 4: (100, 150, 1000, 3000)}
+    with cabinet(caps=caps) as cab:  # 2 reports 0 A, 3 reports 0 W, 4 a maximum below its minimum
+        assert cab.bank.available() == [1]
+        assert cab.bank.module_max_a(None, 400.0) == 75.0
+        cab.bank.apply(True, 400.0, 60.0)
+        cab.settle()
+        assert cab.modules.set_points[1] == (400.0, 60.0)
+        assert all(cab.modules.set_points[a] == (0.0, 0.0) and not cab.modules.on[a] for a in (2, 3, 4))
+        cab.modules.caps[2] = (1000, 150, 1000, 3000)  # replaced: it comes back able to deliver
+        cab.clock.t += 4.0
+        cab.bank.check(cab.clock.t)
+        cab.poll_all()
+        assert 2 in cab.bank.available()

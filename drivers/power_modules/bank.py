@@ -109,7 +109,19 @@ class ModuleState:
 
     @property
     def available(self) -> bool:
-        return not self.lost and self.restored and not (self.alarms & self.blocking_alarms)
+        return not self.lost and self.restored and not (self.alarms & self.blocking_alarms) and self.can_deliver
+
+    @property
+    def can_deliver(self) -> bool:
+        """False when the module reports it can give nothing (0 A, 0 W, or a voltage range that is empty):
+        it is out of the split like a module with a blocking alarm, rather than pull every module of its
+        connector down to 0 A as the lowest per-module figure."""
+        caps = self.capabilities
+        return (
+            caps.get("max_current_a", 1.0) > 0.0
+            and caps.get("rated_power_w", 1.0) > 0.0
+            and caps.get("max_voltage_v", math.inf) > max(0.0, caps.get("min_voltage_v", 0.0))
+        )
 
 
 @dataclass
@@ -245,7 +257,11 @@ class ModuleBank:
         if caps == mod.capabilities:
             return
         mod.capabilities = dict(caps)
-        log.info("power module %d reports %s", mod.address, ", ".join(f"{k} {v:g}" for k, v in sorted(caps.items())))
+        figures = ", ".join(f"{k} {v:g}" for k, v in sorted(caps.items()))
+        if mod.can_deliver:
+            log.info("power module %d reports %s", mod.address, figures)
+        else:
+            log.warning("power module %d reports %s: it can give nothing and is out of the split", mod.address, figures)
         self._event("module_capabilities", f"module_{mod.address}", {"module": mod.address, **caps})
         if mod.lost:
             return
