@@ -500,3 +500,12 @@ def test_a_module_reporting_that_it_can_give_nothing_is_out_of_the_split_not_pul
         cab.bank.check(cab.clock.t)
         cab.poll_all()
         assert 2 in cab.bank.available()
+
+
+def test_module_max_a_is_zero_for_a_voltage_that_is_not_a_number_and_ignores_other_groups():
+    with cabinet(caps=four_modules()) as cab:
+        assert cab.bank.module_max_a([1, 2], math.nan) == 0.0 and cab.bank.module_max_a([1, 2], -1.0) == 0.0
+        assert cab.bank.module_max_a([1, 2], 0.0) == 100.0  # no voltage yet: the current figure alone
+        cab.bank.modules[3].capabilities["max_current_a"] = 20.0  # a weaker module in the other group
+        assert cab.bank.module_max_a([1, 2], 400.0) == 75.0 and cab.bank.module_max_a([3, 4], 400.0) == 20.0
+        assert cab.bank.module_max_a(None, 400.0) == 20.0

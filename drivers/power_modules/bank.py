@@ -366,9 +366,12 @@ class ModuleBank:
 
     def module_limit_a(self, mod: ModuleState, voltage_v: float | None = None) -> float:
         """The most one module may be commanded: min(configured, reported current, reported power / voltage);
-        0 A when ``voltage_v`` is below the module's reported minimum (it cannot regulate there)."""
+        0 A when ``voltage_v`` is below the module's reported minimum (it cannot regulate there), negative or
+        NaN. ``voltage_v`` None or 0: without the power limit (no voltage to divide by)."""
         amps = min(self.max_setpoint_a, mod.capabilities.get("max_current_a", math.inf))
         power_w = mod.capabilities.get("rated_power_w")
+        if voltage_v is not None and not voltage_v >= 0.0:
+            return 0.0
         if voltage_v is not None and voltage_v > 0.0:
             if voltage_v < self._voltage_range(mod)[0]:
                 return 0.0
