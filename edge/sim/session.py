@@ -36,6 +36,7 @@ from edge.charging.demand import Capabilities, DemandSink
 from edge.sim.vehicle import Vehicle
 
 Request = tuple[str, str, tuple[Any, ...]]
+EPS_S = 1e-9  # float time steps: 0.25 s after 25 steps of 0.01 s is due
 
 IDLE = "idle"  # nothing plugged, or waiting for the connector's capabilities
 CABLE_CHECK = "cable_check"
@@ -158,8 +159,7 @@ class SimSession:
             return [self._set_mode("Export", "Charging"), *self._charging(now, vehicle, measured_v, caps)]
         if now - self.t_state > s.precharge_timeout_s:
             return self._fail(now, vehicle, f"pre-charge: not within 20 V of {vehicle.ocv_v:.0f} V in time")
-        if now >= self._next_demand:
-            self._next_demand = now + s.demand_period_s
+        if self._due(now):
             return [self._set_target(_within(vehicle.ocv_v, caps), s.precheck_current_a)]
         return []
 
@@ -168,9 +168,8 @@ class SimSession:
             self._enter(now, STOPPING)
             self._next_demand = now + self.settings.demand_period_s
             return [self._set_target(self._target[0], 0.0)]
-        if now < self._next_demand:
+        if not self._due(now):
             return []
-        self._next_demand = now + self.settings.demand_period_s
         volts = _within(vehicle.spec.charge_voltage_v, caps)
         amps = vehicle.acceptance_a()
         if caps is not None:
@@ -194,10 +193,16 @@ class SimSession:
 
     # -- requests ------------------------------------------------------------------------------------
     def _refresh(self, now: float) -> list[Request]:
-        if now < self._next_demand:
-            return []
-        self._next_demand = now + self.settings.demand_period_s
-        return [self._set_target(*self._target)]
+        return [self._set_target(*self._target)] if self._due(now) else []
+
+    def _due(self, now: float) -> bool:
+        """A cyclic request is due: on the period's grid, never catching up with a burst after a gap."""
+        if now < self._next_demand - EPS_S:
+            return False
+        self._next_demand += self.settings.demand_period_s
+        if self._next_demand <= now + EPS_S:
+            self._next_demand = now + self.settings.demand_period_s
+        return True
 
     def _set_target(self, voltage_v: float, current_a: float) -> Request:
         self._target = (voltage_v, current_a)
@@ -245,8 +250,10 @@ class SimSessions:
     ) -> list[Request]:
         """``measured``: connector -> (output V, output A); a connector missing there reads 0 V, 0 A."""
         out: list[Request] = []
-        if self._next_heartbeat is None or now >= self._next_heartbeat:
-            self._next_heartbeat = now + self.settings.heartbeat_period_s
+        period = self.settings.heartbeat_period_s
+        due = self._next_heartbeat if self._next_heartbeat is not None else now
+        if now >= due - EPS_S:
+            self._next_heartbeat = due + period if due + period > now + EPS_S else now + period
             out.append(("heartbeat", self.source, ()))
         for name, session in self.sessions.items():
             volts, amps = measured.get(name, (0.0, 0.0))
