@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import tomllib
 from collections.abc import Iterator
@@ -93,7 +94,8 @@ def test_current_flows_only_with_the_connector_and_the_vehicle_contactors_closed
     conn.contactor = False
     p.step(DT_S)
     assert conn.output_a == 0.0 and p.output_a == 0.0  # the connector's contactor is open
-    conn.contactor = True
+    assert not v.contactors_closed  # ... under the vehicle: it opened too
+    close_vehicle(p, "1")
     p.step(DT_S)
     assert conn.output_a == pytest.approx(100.0)
     v.unplug()
@@ -341,3 +343,47 @@ def test_the_two_connector_sim_config_gives_each_connector_its_cable_modules_and
         ("1", ("gun1",), "contactor1", (1, 2), "sim"),
         ("2", ("gun2",), "contactor2", (3, 4), "sim"),
     ]
+
+
+def test_an_autonomous_vehicle_closes_at_precharge_and_opens_with_the_connector_contactor():
+    p = two_connectors()
+    conn = p.connectors["2"]
+    v = conn.vehicle
+    assert v is not None
+    v.autonomous = True
+    conn.contactor = True
+    supply(p, "2", 920.0, 2.0)  # cable check: the output passes the battery voltage on its way up
+    for _ in range(250):
+        p.step(DT_S)
+    assert conn.output_v == pytest.approx(920.0) and not v.contactors_closed
+    supply(p, "2", 0.0, 0.0, on=False)  # ... and on its way down
+    for _ in range(200):
+        p.step(DT_S)
+    assert not v.contactors_closed
+    supply(p, "2", v.ocv_v, 2.0)  # pre-charge
+    t = 0.0
+    while not v.contactors_closed:
+        assert t < 5.0
+        p.step(DT_S)
+        t += DT_S
+    assert abs(conn.output_v - v.ocv_v) <= 20.0
+    assert 1.5 + 0.5 - 0.1 <= t <= 1.5 + 0.5 + 2 * DT_S  # 752 V at 500 V/s, then settled for 0.5 s
+    supply(p, "2", CAR_800V.charge_voltage_v, 100.0)
+    p.step(DT_S)
+    assert conn.output_a == pytest.approx(100.0)
+    conn.contactor = False
+    p.step(DT_S)
+    assert conn.output_a == 0.0 and not v.contactors_closed
+
+
+def test_a_connector_an_external_controller_drives_gets_an_autonomous_vehicle_and_no_session(tmp_path):
+    layout = [LAYOUT[0], dataclasses.replace(LAYOUT[1], request="everest")]
+    hw = SimHardware(parse_config(sim_config_text(tmp_path, GUN2)), layout=layout)
+    try:
+        assert list(hw.charging.sessions) == ["1"]
+        assert not hw.vehicle("1").autonomous and hw.vehicle("2").autonomous
+        assert hw.vehicle("2").spec is CAR_800V and hw.vehicle("2").plugged
+        view = hw.snapshot()["connectors"]["2"]["vehicle"]
+        assert view["autonomous"] and view["max_voltage_v"] == 836.0 and view["ocv_v"] == pytest.approx(752.0)
+    finally:
+        hw.close_devices()

@@ -261,3 +261,19 @@ def test_heartbeat_every_second_whatever_the_sessions_do():
     b = bench("400v")
     b.run(10.5)
     assert b.supply.heartbeats == pytest.approx([float(i) for i in range(11)], abs=1e-6)
+
+
+def test_the_cabinet_opening_the_contactor_mid_charge_ends_the_session_until_the_next_plug_in():
+    b = bench("400v")
+    b.run_until(lambda: b.physics.connectors["1"].output_a > 199.0, timeout_s=30.0)
+    b.physics.connectors["1"].contactor = False  # the cabinet stopped the output (a fault, a stale request)
+    b.step()
+    assert not b.vehicles["1"].contactors_closed
+    b.run_until(lambda: b.state() == s.ENDED, timeout_s=1.0)
+    assert b.supply.requests("1", "set_mode")[-1][1] == ("Off", "Other")
+    b.run(5.0)
+    assert b.state() == s.ENDED and b.physics.connectors["1"].output_a == 0.0
+    b.vehicles["1"].unplug()
+    b.step()
+    b.vehicles["1"].plug_in()
+    b.run_until(lambda: b.state() == s.CHARGING, timeout_s=30.0)

@@ -134,3 +134,18 @@ def test_plug_in_with_another_car_and_unplug():
     assert not v.plugged and not v.contactors_closed
     v.plug_in(CAR_800V, soc=0.5)
     assert v.plugged and v.spec is CAR_800V and v.soc == 0.5 and not v.contactors_closed
+
+
+def test_an_autonomous_vehicle_closes_only_after_its_inlet_stayed_within_20_v():
+    v = Vehicle(CAR_800V, soc=0.2, plugged=True, autonomous=True)
+    ocv = v.ocv_v
+    for inlet_v in range(0, 921, 5):  # a cable-check ramp at 500 V/s (10 ms steps) passes through
+        assert not v.watch_inlet(float(inlet_v), 0.01)
+    for _ in range(49):
+        assert not v.watch_inlet(ocv + 15.0, 0.01)
+    assert not v.watch_inlet(ocv + 25.0, 0.01)  # left the band: starts again
+    for _ in range(49):
+        assert not v.watch_inlet(ocv - 15.0, 0.01)
+    assert v.watch_inlet(ocv - 15.0, 0.01)  # 0.5 s within 20 V
+    v.unplug()
+    assert not v.contactors_closed and not v.watch_inlet(ocv, 1.0)

@@ -287,7 +287,10 @@ class SimHardware:
 
 
 def _connector(index: int, spec: SimConnectorSpec, plugged: bool) -> ConnectorPhysics:
-    vehicle = Vehicle.of_type(DEFAULT_CARS[index % len(DEFAULT_CARS)], plugged=plugged) if spec.has_vehicle else None
+    if not spec.has_vehicle:
+        return ConnectorPhysics(spec.name, spec.modules)
+    vehicle = Vehicle.of_type(DEFAULT_CARS[index % len(DEFAULT_CARS)], plugged=plugged)
+    vehicle.autonomous = spec.request != "sim"  # an external controller runs its sessions
     return ConnectorPhysics(spec.name, spec.modules, vehicle=vehicle)
 
 
@@ -314,5 +317,10 @@ def _connector_view(c: ConnectorPhysics) -> dict[str, Any]:
             "contactors_closed": v.contactors_closed,
             "acceptance_a": round(v.acceptance_a(), 2),
             "energy_kwh": round(v.energy_kwh, 4),
+            "max_voltage_v": v.spec.max_voltage_v,  # what an external controller needs to play the vehicle
+            "charge_voltage_v": v.spec.charge_voltage_v,
+            "target_soc": v.spec.target_soc,
+            "full": v.full,
+            "autonomous": v.autonomous,
         }
     return view

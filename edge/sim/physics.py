@@ -8,7 +8,8 @@ Per connector (its own contactor, modules, cable, vehicle):
   and the vehicle's contactors closed; then the output is clamped to the battery (OCV + I x R) and the
   current is the least of the modules' set current, the vehicle's acceptance and what the battery takes
   at the modules' set voltage, (V_set - OCV) / R. The vehicle closes its contactors during pre-charge
-  once the output is within 20 V of its battery (edge/sim/vehicle.py).
+  once the output is within 20 V of its battery, only behind a closed connector contactor
+  (edge/sim/vehicle.py).
 - A connector without a vehicle (the old single output, ``request = "fixed"``): the load draws up to its
   demand, limited by what the switched-on modules are set to deliver, whenever the contactor is closed.
 - Cable pins heat with I^2 (contact resistance) and are cooled towards the coolant temperature with a
@@ -104,7 +105,15 @@ class ConnectorPhysics:
             self.output_a = 0.0
             step_v = SLEW_V_PER_S * dt
             self.output_v += max(-step_v, min(step_v, set_v - self.output_v))
-            if self.contactor:
+            if not self.contactor:
+                # the connector's contactor opened under the vehicle (the session ended or the cabinet
+                # stopped it): the vehicle sees its inlet go dead and opens too
+                v.in_band_s = 0.0
+                if v.contactors_closed:
+                    v.open_contactors()
+            elif v.autonomous:
+                v.watch_inlet(self.output_v, dt)
+            else:
                 v.try_close(self.output_v)
         for m in mods:
             m.out_a = self.output_a * m.set_a / deliverable if m in on and deliverable > 0 else 0.0

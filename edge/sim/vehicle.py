@@ -6,10 +6,15 @@ Pure (no thread, no clock): the physics (edge/sim/physics.py) and the simulated 
 - Battery: open-circuit voltage from a monotonic table over the state of charge, an internal resistance,
   a capacity. Its terminal voltage while charging is OCV + I x R; the energy stored is OCV x I x dt (the
   I^2 R part heats the pack), so the state of charge rises with the energy delivered.
-- Contactors: the vehicle closes its own contactors only during pre-charge (``precharging``, armed by the
-  charging controller for the vehicle's side of the protocol) and only when the voltage at its inlet is
-  within ``precharge_tolerance_v`` (20 V, IEC 61851-23) of its battery voltage; closing with a larger
-  difference would send an inrush through the contactors.
+- Contactors: the vehicle closes its own contactors only during pre-charge and only when the voltage at
+  its inlet is within ``precharge_tolerance_v`` (20 V, IEC 61851-23) of its battery voltage; closing with
+  a larger difference would send an inrush through the contactors. With the built-in charging controller
+  (edge/sim/session.py, which plays the vehicle's side of the protocol too) pre-charge is armed
+  (``precharging``) and the vehicle closes at once. A vehicle whose session an external controller runs
+  (``autonomous``: it cannot see that controller's phases) closes once its inlet has stayed within the
+  tolerance for ``PRECHARGE_SETTLE_S`` (a cable check only passes through its battery voltage). Every
+  vehicle opens its contactors when the connector's contactor opens under it (the end of an external
+  controller's session, or the cabinet stopping the output).
 - Acceptance (CC/CV): the most current the vehicle asks for falls with the state of charge (the BMS
   taper) and near its charge voltage (constant voltage: no more than (charge voltage - OCV) / R).
 """
@@ -20,6 +25,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 PRECHARGE_TOLERANCE_V = 20.0
+PRECHARGE_SETTLE_S = 0.5  # autonomous vehicle: inlet within the tolerance this long before it closes
 
 
 @dataclass(frozen=True)
@@ -95,6 +101,8 @@ class Vehicle:
     contactors_closed: bool = False
     precharging: bool = False  # the vehicle is in PreCharge: it closes once its inlet is close enough
     energy_kwh: float = 0.0  # delivered into the pack since plug-in (at the terminals)
+    autonomous: bool = False  # an external charging controller runs its sessions (see the module doc)
+    in_band_s: float = 0.0  # autonomous: how long the inlet has been within the pre-charge tolerance
 
     @classmethod
     def of_type(cls, name: str, soc: float | None = None, plugged: bool = False) -> Vehicle:
@@ -145,9 +153,24 @@ class Vehicle:
             self.precharging = False
         return self.contactors_closed
 
+    def watch_inlet(self, inlet_v: float, dt_s: float) -> bool:
+        """Autonomous pre-charge: close once the inlet has been within the tolerance for PRECHARGE_SETTLE_S."""
+        if not self.plugged or self.contactors_closed:
+            self.in_band_s = 0.0
+            return self.contactors_closed
+        if abs(inlet_v - self.ocv_v) <= self.spec.precharge_tolerance_v:
+            self.in_band_s += dt_s
+        else:
+            self.in_band_s = 0.0
+        if self.in_band_s >= PRECHARGE_SETTLE_S - 1e-9:
+            self.contactors_closed = True
+            self.in_band_s = 0.0
+        return self.contactors_closed
+
     def open_contactors(self) -> None:
         self.contactors_closed = False
         self.precharging = False
+        self.in_band_s = 0.0
 
     def plug_in(self, spec: VehicleSpec | None = None, soc: float | None = None) -> None:
         """Plug in (optionally another vehicle type, or at another state of charge)."""
