@@ -227,7 +227,7 @@ def test_the_old_config_gives_one_connector_with_every_cable_and_module_and_a_fi
     cfg = parse_config(sim_config_text(tmp_path, GUN2))
     (only,) = connector_layout(cfg)
     assert only == SimConnectorSpec(
-        "1", ("cable", "gun2"), "contactor", (1, 2, 3, 4), "fixed", 200.0, min(1000.0, 1000.0), 150.0, 150.0
+        "1", ("cable", "gun2"), "contactor", (1, 2, 3, 4), "fixed", 200.0, 1000.0, 150.0, 200.0
     )
     hw = SimHardware(cfg)
     try:

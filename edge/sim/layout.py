@@ -36,6 +36,8 @@ def connector_layout(config: Config) -> list[SimConnectorSpec]:
     resolved = getattr(config, "resolved_connectors", None)
     if resolved is not None:
         return [_from_connector(c) for c in resolved()]
+    max_a = config.limits.max_output_current_a
+    max_v = min(config.limits.max_output_voltage_v, config.power_modules.max_voltage_v)
     return [
         SimConnectorSpec(
             name="1",
@@ -43,8 +45,10 @@ def connector_layout(config: Config) -> list[SimConnectorSpec]:
             contactor_pin=config.outputs.contactor,
             modules=tuple(config.power_modules.addresses),
             request="fixed",
-            max_current_a=config.limits.max_output_current_a,
-            max_voltage_v=min(config.limits.max_output_voltage_v, config.power_modules.max_voltage_v),
+            max_current_a=max_a,
+            max_voltage_v=max_v,
+            min_voltage_v=min(150.0, config.control.output_voltage_v),
+            max_power_kw=round(max_a * max_v / 1000.0, 3),
         )
     ]
 
