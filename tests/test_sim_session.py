@@ -168,6 +168,9 @@ def test_the_800v_car_precharges_to_752_v_after_a_920_v_cable_check_below_60_v_b
     (t_off, _), (t_pre, pre) = b.supply.requests("1", "set_mode")[1:3]
     assert pre == ("Export", "PreCharge")
     assert max(v for _t, v in seen_v) <= 920.0 + 1e-6
+    # Off only once the output had been within 10 V of the check voltage for the isolation measurement (1 s)
+    t_within = next(t for t, v in seen_v if abs(v - 919.6) <= 10.0)
+    assert t_off - t_within == pytest.approx(1.0, abs=DT_S + 1e-9)
     assert min(v for t, v in seen_v if t_off < t <= t_pre) < 60.0  # back below 60 V before pre-charge
     pre = [args for t, args in b.supply.requests("1", "set_target") if t_pre <= t < b.now - DT_S]
     assert pre and all(args == pytest.approx((752.0, 2.0)) for args in pre)
