@@ -499,7 +499,7 @@ def _merge_faults(results: dict, names: list, cabinet_external: dict, out: dict)
         c = results[name]["ctx"]
         for fault in sorted(c.faults):
             text = c.faults[fault]
-            if not is_cabinet_fault(fault, cabinet_external):
+            if not is_cabinet_fault(fault, cabinet_external) and len(names) > 1:
                 text = "connector %s: %s" % (name, text)
             seen = details.setdefault(fault, [])
             if text not in seen:
@@ -523,7 +523,7 @@ def _clear_outcome(fault: str, results: dict, names: list) -> list:
         done = done or fault in c.cleared
         for item in c.refused:
             if item[0] == fault and item[1] != "not latched":
-                why.append("connector %s: %s" % (name, item[1]))
+                why.append("connector %s: %s" % (name, item[1]) if len(names) > 1 else item[1])
     return [done, why]
 
 
@@ -590,7 +590,9 @@ def _cabinet_fields(results: dict, names: list, views: dict, out: dict) -> None:
         out["rule"], out["reason"] = "session", "no connector"
     else:
         out["rule"] = views[best]["rule"]
-        out["reason"] = "connector %s: %s" % (best, views[best]["reason"])
+        # one connector: the cabinet's reason is the connector's (no name to tell apart)
+        reason = views[best]["reason"]
+        out["reason"] = "connector %s: %s" % (best, reason) if len(names) > 1 else reason
 
 
 def _prepare(snapshot: dict, config: dict) -> dict:
