@@ -54,7 +54,7 @@ from edge.daemon import Daemon  # noqa: E402
 from edge.sim.cabinet import SimCabinet  # noqa: E402
 from tests.mqtt_broker import Broker, Consumer  # noqa: E402
 
-SIM = (_HERE.parent / "edge" / "sim" / "sim.toml").read_text()
+SIM = (_HERE.parent / "edge" / "sim" / "sim-bench.toml").read_text()
 BASE = "cabinet/sim-site/sim-cab"
 TICK_GOAL = 1.05  # tick p99 under abuse within 5 % of quiet
 NOBODY = 65534

@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from drivers.cable.monitor import CableMonitor
 from drivers.can_dispatch import CanDispatcher
@@ -19,6 +20,7 @@ from edge import __version__
 from edge.api.server import ApiServer
 from edge.cabinet import Cabinet
 from edge.can_link import CanLink
+from edge.charging.demand import Capabilities, DemandSink
 from edge.charging.demands import Demands
 from edge.charging.everest import EverestAdapter, EverestSettings
 from edge.config import Config
@@ -52,6 +54,9 @@ class Backends:
     wall_ms: Callable[[], int] = _wall_ms  # UTC ms for records and events
     board: SimBoard | None = None  # the simulator's pins, when outputs.backend = "sim"
     api: bool = True  # serve the local control socket
+    # the simulator's built-in charging controller (request = "sim"): called every SIM_CHARGING_PERIOD_S with
+    # the demand sink, the time and each connector's capabilities (edge/sim/hardware.py drive_charging)
+    sim_charging: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any] | None = None
 
 
 def build(config: Config, backends: Backends | None = None) -> Cabinet:
@@ -123,6 +128,7 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         controller=controller,
         recorder=recorder,
         started=b.clock.monotonic(),
+        sim_charging=b.sim_charging,
     )
     controller.on_tick.append(cabinet.sample_connectors)
     cabinet.operations = Operations(config, controller, events.emit, cabinet.status, b.clock)

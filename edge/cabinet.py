@@ -15,6 +15,7 @@ from drivers.power_modules.bank import ModuleBank
 from edge import __version__
 from edge.api.server import ApiServer
 from edge.can_link import CanLink
+from edge.charging.demand import Capabilities, DemandSink
 from edge.charging.everest import EverestAdapter
 from edge.config import Config
 from edge.control import Controller, Outputs
@@ -34,6 +35,7 @@ from hal.watchdog import WDT
 log = logging.getLogger("edge.cabinet")
 TICK_STATS_EVERY_S = 1.0  # tick jitter percentiles are recomputed at most this often
 STATUS_LINE_EVERY_S = 1.0
+SIM_CHARGING_PERIOD_S = 0.05  # the simulated charging controller's step (its CurrentDemand is every 250 ms)
 
 
 @dataclass
@@ -57,6 +59,7 @@ class Cabinet:
     api: ApiServer | None = None
     uplink: Uplink | None = None
     everest: EverestAdapter | None = None  # the EVerest power_supply_DC adapter, when a connector uses it
+    sim_charging: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any] | None = None
 
     # -- what the API, the uplink and the tests use --------------------------------------------------
     @property
@@ -222,6 +225,8 @@ class Cabinet:
             out["uplink"] = self.uplink.run()
         if self.everest is not None:
             out["everest"] = self.everest.run(asyncio.Event())  # runs until cancelled with the other tasks
+        if self.sim_charging is not None:
+            out["sim-charging"] = self._sim_charging(self.sim_charging)
         if status_line:
             out["status-line"] = self._print_status_line()
         return out
@@ -235,6 +240,13 @@ class Cabinet:
         if d is not None:
             faults = ",".join(d["faults"]) or "none"
             self.wdt.status(f"limit {d['limit_a']:.0f} A <- {d['reason']}; faults {faults}")
+
+    async def _sim_charging(self, drive: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any]) -> None:
+        """The simulator's charging controller, through the same demand sink as EVerest."""
+        while True:
+            caps: dict[str, Capabilities | None] = {n: r.capabilities for n, r in self.controller.reports().items()}
+            drive(self.controller.demands, self.clock.monotonic(), caps)
+            await asyncio.sleep(SIM_CHARGING_PERIOD_S)
 
     async def _print_status_line(self) -> None:
         while True:

@@ -83,7 +83,8 @@ def run(config_path: str | None, sim: bool, status_line: bool) -> None:
     cabinet = SimCabinet(config)
     cabinet.start()
     try:
-        code = run_daemon(cabinet.patched_config(), Backends(board=cabinet.board), status_line=status_line)
+        backends = Backends(board=cabinet.board, sim_charging=cabinet.drive_charging)
+        code = run_daemon(cabinet.patched_config(), backends, status_line=status_line)
     finally:
         cabinet.stop()
     sys.exit(code)

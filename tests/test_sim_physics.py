@@ -324,7 +324,7 @@ def test_the_built_in_controller_starts_a_session_on_every_sim_connector(hardwar
 
 
 def test_the_two_connector_sim_config_gives_each_connector_its_cable_modules_and_contactor():
-    text = (Path(sim_pkg.__file__).parent / "sim-connectors.toml").read_text(encoding="utf-8")
+    text = (Path(sim_pkg.__file__).parent / "sim.toml").read_text(encoding="utf-8")
     data = tomllib.loads(text)
     connectors = data["connector"]
     assert [c["name"] for c in connectors] == ["1", "2"]
