@@ -417,6 +417,7 @@ def _core_snapshot(name: str, cab: dict, limits: list, flag: list, n_share: int)
         "clear": snapshot.get("clear") or [],
         "limits": limits,
         "session": flag[0],
+        "uncooled": bool(conn.get("uncooled")),
     }
 
 
@@ -573,8 +574,10 @@ def _sum_outputs(results: dict, names: list) -> dict:
         out["target_a"] += d["target_a"]
         out["voltage_v"] = max(out["voltage_v"], d["voltage_v"])
         out["fan"] = max(out["fan"], d["fan"])
-        for key in ("enable", "contactor", "pump"):
+        for key in ("enable", "contactor"):
             out[key] = out[key] or d[key]
+        # the pump moves coolant through the cables: a connector without a cable monitor does not need it
+        out["pump"] = out["pump"] or (d["pump"] and not results[n]["conn"].get("uncooled"))
         # one pump for every cable: a leak anywhere stops it (the core's rule, cabinet-wide)
         leak = leak or "coolant_leak" in d["latched"] or "coolant_leak" in results[n]["ctx"].trips
         latched.extend([f for f in d["latched"] if f not in latched])
