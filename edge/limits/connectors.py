@@ -562,11 +562,23 @@ def _most_limited(results: dict, names: list) -> str | None:
     return best
 
 
+def _pump(results: dict, names: list) -> bool:
+    """On while a cooled connector's pipeline wants it (session or cool-down); one pump serves every cable,
+    so a leak on any of them stops it (the core's rule, cabinet-wide)."""
+    wanted = False
+    for n in names:
+        r = results[n]
+        if "coolant_leak" in r["decision"]["latched"] or "coolant_leak" in r["ctx"].trips:
+            return False
+        # a connector without a cable monitor does not need coolant
+        wanted = wanted or (r["decision"]["pump"] and not r["conn"].get("uncooled"))
+    return wanted
+
+
 def _sum_outputs(results: dict, names: list) -> dict:
     """The cabinet's outputs from the connectors': sums, any, the highest, the union of the latches."""
     out = {"limit_a": 0.0, "target_a": 0.0, "voltage_v": 0.0, "fan": 0.0}  # type: dict
-    out.update({"enable": False, "contactor": False, "pump": False})
-    leak = False
+    out.update({"enable": False, "contactor": False, "pump": _pump(results, names)})
     latched = []  # type: list
     for n in names:
         d = results[n]["decision"]
@@ -574,14 +586,9 @@ def _sum_outputs(results: dict, names: list) -> dict:
         out["target_a"] += d["target_a"]
         out["voltage_v"] = max(out["voltage_v"], d["voltage_v"])
         out["fan"] = max(out["fan"], d["fan"])
-        for key in ("enable", "contactor"):
-            out[key] = out[key] or d[key]
-        # the pump moves coolant through the cables: a connector without a cable monitor does not need it
-        out["pump"] = out["pump"] or (d["pump"] and not results[n]["conn"].get("uncooled"))
-        # one pump for every cable: a leak anywhere stops it (the core's rule, cabinet-wide)
-        leak = leak or "coolant_leak" in d["latched"] or "coolant_leak" in results[n]["ctx"].trips
+        out["enable"] = out["enable"] or d["enable"]
+        out["contactor"] = out["contactor"] or d["contactor"]
         latched.extend([f for f in d["latched"] if f not in latched])
-    out["pump"] = out["pump"] and not leak
     out["latched"] = sorted(latched)
     return out
 
