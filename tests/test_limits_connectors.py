@@ -164,6 +164,34 @@ def test_evaluate_cabinet_never_changes_the_state_it_was_given():
     assert state == before
 
 
+def test_the_state_of_a_connector_no_longer_configured_is_forgotten():
+    _, state = settle(lambda t: cabinet(t, two(t)))
+    _, state = evaluate_cabinet(cabinet(0.6, {"1": connector(0.6, request(0.6))}), FAST, state)
+    assert sorted(state["connectors"]) == sorted(state["sessions"]) == ["1"]
+
+
+def test_our_own_output_counts_for_the_site_fuse_only_as_each_connector_measured_it():
+    grid = {"grid_l1_a": 60.0, "grid_l2_a": 60.0, "grid_l3_a": 60.0}
+
+    def make(on_cabinet: bool) -> Any:
+        def snap(t: float) -> dict[str, Any]:
+            conns = {"1": connector(t, request(t)), "2": connector(t, request(t))}
+            cab = dict(grid)
+            if on_cabinet:  # a cabinet-wide reading is not a connector's: it must not make room twice
+                for c in conns.values():
+                    del c["inputs"]["output_a"]
+                cab.update({"output_a": 40.0, "output_v": 400.0})
+            else:
+                for c in conns.values():
+                    c["inputs"]["output_a"] = [20.0, t, "ok"]
+            return cabinet(t, conns, inputs=cab, grid_configured=True)
+
+        return snap
+
+    assert settle(make(False))[0]["grid_allowed_w"] == pytest.approx(16000.0)
+    assert settle(make(True))[0]["grid_allowed_w"] == pytest.approx(0.0)
+
+
 def test_a_cabinet_without_connectors_gives_nothing():
     d, _ = evaluate_cabinet(cabinet(0.0, {}), FAST, None)
     assert (d["limit_a"], d["contactor"], d["enable"], d["pump"], d["connectors"]) == (0.0, False, False, False, {})

@@ -98,13 +98,16 @@ def is_cabinet_fault(name: str, cabinet_external: dict) -> bool:
     return False
 
 
-def _copy_state(state: dict) -> dict:
+def _copy_state(state: dict, names: list) -> dict:
+    """The state of the connectors in ``names`` (one no longer configured is forgotten) and the cabinet's."""
     out = initial_state()
-    for name in state.get("connectors") or {}:
-        out["connectors"][name] = state["connectors"][name]  # the core copies it before changing it
+    conns = state.get("connectors") or {}
     sessions = state.get("sessions") or {}
-    for name in sessions:
-        out["sessions"][name] = dict(sessions[name])
+    for name in names:
+        if name in conns:
+            out["connectors"][name] = conns[name]  # the core copies it before changing it
+        if name in sessions:
+            out["sessions"][name] = dict(sessions[name])
     grid = state.get("grid")
     if grid is not None:
         out["grid"] = {"ok_t": grid["ok_t"], "allowed_ac": grid["allowed_ac"], "charger_w": list(grid["charger_w"])}
@@ -206,11 +209,15 @@ def _hardware_power_limit(conn: dict, volts: float) -> list:
 # -- the site fuse, once for the cabinet ------------------------------------------------------------------
 
 
-def _total_output(ctxs: dict, names: list) -> list | None:
-    """``[t_received, W]``: the cabinet's output power (every connector with a valid measurement)."""
+def _total_output(snapshot: dict, ctxs: dict, names: list) -> list | None:
+    """``[t_received, W]``: the cabinet's output power (every connector with a valid measurement of its
+    own; a measurement given for the whole cabinet would count once per connector and make room twice)."""
     total_w, t_out = 0.0, None
     for name in names:
         c = ctxs[name]
+        own = snapshot["connectors"][name].get("inputs") or {}
+        if "output_a" not in own or "output_v" not in own:
+            continue
         out_v, out_a = c.value("output_v"), c.value("output_a")
         if out_v is None or out_a is None:
             continue
@@ -619,13 +626,13 @@ def _prepare(snapshot: dict, config: dict) -> dict:
 
 def evaluate_cabinet(snapshot: dict, config: dict, previous_state: dict | None) -> tuple:
     """One evaluation of the whole cabinet: every connector in name order, then the merge (module text)."""
-    state = _copy_state(previous_state if previous_state is not None else initial_state())
     cab = _prepare(snapshot, config)
     names = cab["names"]
+    state = _copy_state(previous_state if previous_state is not None else initial_state(), names)
     n_live = len([n for n in names if cab["requests"][n]["live"]])
     cab_snap = {"t": snapshot["t"], "inputs": snapshot.get("inputs") or {}}
     cab_snap["grid_configured"] = snapshot.get("grid_configured", False)
-    grid = _grid(core._Ctx(cab_snap, config, {}), config, state["grid"], _total_output(cab["ctxs"], names))
+    grid = _grid(core._Ctx(cab_snap, config, {}), config, state["grid"], _total_output(snapshot, cab["ctxs"], names))
     results = {}
     for name in names:
         results[name] = _connector(name, cab, config, state, grid, n_live)
