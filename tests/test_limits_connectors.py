@@ -447,6 +447,20 @@ def test_cabinet_faults_are_listed_once_without_a_connector_name():
     assert d["limit_a"] == 0.0 and not d["contactor"]
 
 
+def test_a_cabinet_input_a_connector_sends_itself_is_that_connectors_and_named_so():
+    def make(t: float) -> dict[str, Any]:
+        conns = two(t, c2={"inputs": {"module_temp_c": 96.0}})
+        return cabinet(t, conns, inputs={"module_temp_c": 50.0})
+
+    d, _ = settle(make)
+    assert d["fault_details"]["module_over_temperature"] == "connector 2: power module 96.0 °C above trip 95.0 °C"
+    assert d["connectors"]["1"]["contactor"] and not d["connectors"]["2"]["contactor"]
+    assert connectors.is_cabinet_fault("module_temp_stale", {}, {})
+    assert not connectors.is_cabinet_fault("module_temp_stale", {}, {"module_temp_c": [1.0, 0.0, "ok"]})
+    assert connectors.is_cabinet_fault("can_bus_off", {"can_bus_off": True}, {})
+    assert not connectors.is_cabinet_fault("pin_dc_plus_stale", {}, {})
+
+
 def test_the_same_fault_on_two_connectors_is_one_entry_with_both_details():
     hot = {"inputs": {"pin_dc_plus_c": 96.0, "pin_dc_minus_c": 90.0}}
     d, _ = evaluate_cabinet(cabinet(0.0, two(0.0, c1=hot, c2=hot)), FAST, None)

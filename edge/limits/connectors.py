@@ -62,10 +62,16 @@ PRECHECK_PHASES = ("CableCheck", "PreCharge")
 # the power rating is in max_power_w instead
 REQUEST_RULES = ("session", "request", "request_stale", "precheck", "request_power", "voltage_range", "hardware_power")
 
-# faults of cabinet inputs (one sensor, one module bank temperature, one grid meter): listed once, no
-# connector named in their detail
-_CABINET_SENSORS = tuple([e["sensor"] + "_" for e in inputs.INPUTS if e["source"] in ("module", "ambient", "grid")])
-_CABINET_FAULTS = ("module_over_temperature", "ambient_over_temperature", "grid_meter_lost")
+# faults of the cabinet's inputs (one ambient sensor, the modules' temperature, one grid meter) -> the input:
+# listed once with no connector named, unless that connector sent the input itself
+_CABINET_SENSORS = tuple(
+    [[e["sensor"] + "_", e["name"]] for e in inputs.INPUTS if e["source"] in ("module", "ambient", "grid")]
+)
+_CABINET_FAULTS = {
+    "module_over_temperature": "module_temp_c",
+    "ambient_over_temperature": "ambient_c",
+    "grid_meter_lost": "grid_l1_a",
+}
 
 # when several connectors are equally limited, the cabinet's reason names the most serious cause
 _RULE_RANK = {"trip": 0, "stop": 1, "sensor": 2, "external_fault": 3}
@@ -88,14 +94,16 @@ def initial_state() -> dict:
     }
 
 
-def is_cabinet_fault(name: str, cabinet_external: dict) -> bool:
-    """True for a fault of the cabinet (listed once, detail without a connector name)."""
-    if name in _CABINET_FAULTS or name in cabinet_external:
+def is_cabinet_fault(name: str, cabinet_external: dict, own_inputs: dict) -> bool:
+    """True for a fault of the cabinet (listed once, detail without a connector name): an external fault
+    given for the cabinet, or the fault of a cabinet input the connector did not send itself."""
+    if name in cabinet_external:
         return True
-    for prefix in _CABINET_SENSORS:
-        if name.startswith(prefix):
-            return True
-    return False
+    source = _CABINET_FAULTS.get(name)
+    for item in _CABINET_SENSORS:
+        if source is None and name.startswith(item[0]):
+            source = item[1]
+    return source is not None and source not in own_inputs
 
 
 def _copy_state(state: dict, names: list) -> dict:
@@ -507,7 +515,7 @@ def _merge_faults(results: dict, names: list, cabinet_external: dict, out: dict)
         c = results[name]["ctx"]
         for fault in sorted(c.faults):
             text = c.faults[fault]
-            if not is_cabinet_fault(fault, cabinet_external):
+            if not is_cabinet_fault(fault, cabinet_external, results[name]["conn"].get("inputs") or {}):
                 text = "connector %s: %s" % (name, text)
             seen = details.setdefault(fault, [])
             if text not in seen:
