@@ -145,13 +145,13 @@ def _request(conn: dict, scfg: dict, t: float) -> dict:
     out.update({"voltage_v": 0.0, "current_a": 0.0, "power_w": None})
     if req is None:
         return out
+    age = _request_age_s(req, t)
     out["phase"] = req.get("phase") or "Other"
-    out["age_s"] = _request_age_s(req, t)
+    out["age_s"] = age
     mode = req.get("mode")
     if mode != "Export":
         out["cause"] = "mode " + str(mode)
         return out
-    age = _request_age_s(req, t)
     if age is None or age * 1000.0 > scfg["request_stale_ms"] + EPS_S * 1000.0:
         out["cause"] = "request stale"
         out["stale"] = "request stale: no mode or set-point for %s ms (max %d ms)" % (
