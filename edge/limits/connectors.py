@@ -62,10 +62,16 @@ PRECHECK_PHASES = ("CableCheck", "PreCharge")
 # the power rating is in max_power_w instead
 REQUEST_RULES = ("session", "request", "request_stale", "precheck", "request_power", "voltage_range", "hardware_power")
 
-# faults of cabinet inputs (one sensor, one module bank temperature, one grid meter): listed once, no
-# connector named in their detail
-_CABINET_SENSORS = tuple([e["sensor"] + "_" for e in inputs.INPUTS if e["source"] in ("module", "ambient", "grid")])
-_CABINET_FAULTS = ("module_over_temperature", "ambient_over_temperature", "grid_meter_lost")
+# faults of the cabinet's inputs (one ambient sensor, the modules' temperature, one grid meter) -> the input:
+# listed once with no connector named, unless that connector sent the input itself
+_CABINET_SENSORS = tuple(
+    [[e["sensor"] + "_", e["name"]] for e in inputs.INPUTS if e["source"] in ("module", "ambient", "grid")]
+)
+_CABINET_FAULTS = {
+    "module_over_temperature": "module_temp_c",
+    "ambient_over_temperature": "ambient_c",
+    "grid_meter_lost": "grid_l1_a",
+}
 
 # when several connectors are equally limited, the cabinet's reason names the most serious cause
 _RULE_RANK = {"trip": 0, "stop": 1, "sensor": 2, "external_fault": 3}
@@ -88,23 +94,28 @@ def initial_state() -> dict:
     }
 
 
-def is_cabinet_fault(name: str, cabinet_external: dict) -> bool:
-    """True for a fault of the cabinet (listed once, detail without a connector name)."""
-    if name in _CABINET_FAULTS or name in cabinet_external:
+def is_cabinet_fault(name: str, cabinet_external: dict, own_inputs: dict) -> bool:
+    """True for a fault of the cabinet (listed once, detail without a connector name): an external fault
+    given for the cabinet, or the fault of a cabinet input the connector did not send itself."""
+    if name in cabinet_external:
         return True
-    for prefix in _CABINET_SENSORS:
-        if name.startswith(prefix):
-            return True
-    return False
+    source = _CABINET_FAULTS.get(name)
+    for item in _CABINET_SENSORS:
+        if source is None and name.startswith(item[0]):
+            source = item[1]
+    return source is not None and source not in own_inputs
 
 
-def _copy_state(state: dict) -> dict:
+def _copy_state(state: dict, names: list) -> dict:
+    """The state of the connectors in ``names`` (one no longer configured is forgotten) and the cabinet's."""
     out = initial_state()
-    for name in state.get("connectors") or {}:
-        out["connectors"][name] = state["connectors"][name]  # the core copies it before changing it
+    conns = state.get("connectors") or {}
     sessions = state.get("sessions") or {}
-    for name in sessions:
-        out["sessions"][name] = dict(sessions[name])
+    for name in names:
+        if name in conns:
+            out["connectors"][name] = conns[name]  # the core copies it before changing it
+        if name in sessions:
+            out["sessions"][name] = dict(sessions[name])
     grid = state.get("grid")
     if grid is not None:
         out["grid"] = {"ok_t": grid["ok_t"], "allowed_ac": grid["allowed_ac"], "charger_w": list(grid["charger_w"])}
@@ -134,13 +145,13 @@ def _request(conn: dict, scfg: dict, t: float) -> dict:
     out.update({"voltage_v": 0.0, "current_a": 0.0, "power_w": None})
     if req is None:
         return out
+    age = _request_age_s(req, t)
     out["phase"] = req.get("phase") or "Other"
-    out["age_s"] = _request_age_s(req, t)
+    out["age_s"] = age
     mode = req.get("mode")
     if mode != "Export":
         out["cause"] = "mode " + str(mode)
         return out
-    age = _request_age_s(req, t)
     if age is None or age * 1000.0 > scfg["request_stale_ms"] + EPS_S * 1000.0:
         out["cause"] = "request stale"
         out["stale"] = "request stale: no mode or set-point for %s ms (max %d ms)" % (
@@ -206,11 +217,15 @@ def _hardware_power_limit(conn: dict, volts: float) -> list:
 # -- the site fuse, once for the cabinet ------------------------------------------------------------------
 
 
-def _total_output(ctxs: dict, names: list) -> list | None:
-    """``[t_received, W]``: the cabinet's output power (every connector with a valid measurement)."""
+def _total_output(snapshot: dict, ctxs: dict, names: list) -> list | None:
+    """``[t_received, W]``: the cabinet's output power (every connector with a valid measurement of its
+    own; a measurement given for the whole cabinet would count once per connector and make room twice)."""
     total_w, t_out = 0.0, None
     for name in names:
         c = ctxs[name]
+        own = snapshot["connectors"][name].get("inputs") or {}
+        if "output_a" not in own or "output_v" not in own:
+            continue
         out_v, out_a = c.value("output_v"), c.value("output_a")
         if out_v is None or out_a is None:
             continue
@@ -417,6 +432,7 @@ def _core_snapshot(name: str, cab: dict, limits: list, flag: list, n_share: int)
         "clear": snapshot.get("clear") or [],
         "limits": limits,
         "session": flag[0],
+        "uncooled": bool(conn.get("uncooled")),
     }
 
 
@@ -499,7 +515,8 @@ def _merge_faults(results: dict, names: list, cabinet_external: dict, out: dict)
         c = results[name]["ctx"]
         for fault in sorted(c.faults):
             text = c.faults[fault]
-            if not is_cabinet_fault(fault, cabinet_external) and len(names) > 1:
+            own = not is_cabinet_fault(fault, cabinet_external, results[name]["conn"].get("inputs") or {})
+            if own and len(names) > 1:
                 text = "connector %s: %s" % (name, text)
             seen = details.setdefault(fault, [])
             if text not in seen:
@@ -561,11 +578,23 @@ def _most_limited(results: dict, names: list) -> str | None:
     return best
 
 
+def _pump(results: dict, names: list) -> bool:
+    """On while a cooled connector's pipeline wants it (session or cool-down); one pump serves every cable,
+    so a leak on any of them stops it (the core's rule, cabinet-wide)."""
+    wanted = False
+    for n in names:
+        r = results[n]
+        if "coolant_leak" in r["decision"]["latched"] or "coolant_leak" in r["ctx"].trips:
+            return False
+        # a connector without a cable monitor does not need coolant
+        wanted = wanted or (r["decision"]["pump"] and not r["conn"].get("uncooled"))
+    return wanted
+
+
 def _sum_outputs(results: dict, names: list) -> dict:
     """The cabinet's outputs from the connectors': sums, any, the highest, the union of the latches."""
     out = {"limit_a": 0.0, "target_a": 0.0, "voltage_v": 0.0, "fan": 0.0}  # type: dict
-    out.update({"enable": False, "contactor": False, "pump": False})
-    leak = False
+    out.update({"enable": False, "contactor": False, "pump": _pump(results, names)})
     latched = []  # type: list
     for n in names:
         d = results[n]["decision"]
@@ -573,12 +602,9 @@ def _sum_outputs(results: dict, names: list) -> dict:
         out["target_a"] += d["target_a"]
         out["voltage_v"] = max(out["voltage_v"], d["voltage_v"])
         out["fan"] = max(out["fan"], d["fan"])
-        for key in ("enable", "contactor", "pump"):
-            out[key] = out[key] or d[key]
-        # one pump for every cable: a leak anywhere stops it (the core's rule, cabinet-wide)
-        leak = leak or "coolant_leak" in d["latched"] or "coolant_leak" in results[n]["ctx"].trips
+        out["enable"] = out["enable"] or d["enable"]
+        out["contactor"] = out["contactor"] or d["contactor"]
         latched.extend([f for f in d["latched"] if f not in latched])
-    out["pump"] = out["pump"] and not leak
     out["latched"] = sorted(latched)
     return out
 
@@ -611,13 +637,13 @@ def _prepare(snapshot: dict, config: dict) -> dict:
 
 def evaluate_cabinet(snapshot: dict, config: dict, previous_state: dict | None) -> tuple:
     """One evaluation of the whole cabinet: every connector in name order, then the merge (module text)."""
-    state = _copy_state(previous_state if previous_state is not None else initial_state())
     cab = _prepare(snapshot, config)
     names = cab["names"]
+    state = _copy_state(previous_state if previous_state is not None else initial_state(), names)
     n_live = len([n for n in names if cab["requests"][n]["live"]])
     cab_snap = {"t": snapshot["t"], "inputs": snapshot.get("inputs") or {}}
     cab_snap["grid_configured"] = snapshot.get("grid_configured", False)
-    grid = _grid(core._Ctx(cab_snap, config, {}), config, state["grid"], _total_output(cab["ctxs"], names))
+    grid = _grid(core._Ctx(cab_snap, config, {}), config, state["grid"], _total_output(snapshot, cab["ctxs"], names))
     results = {}
     for name in names:
         results[name] = _connector(name, cab, config, state, grid, n_live)

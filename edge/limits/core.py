@@ -25,7 +25,8 @@ Snapshot (temperatures °C, currents A, voltages V, flow l/min, times s)::
      "external_faults": [["can_bus_off", "CAN can0 bus off: ...", True]],  # raised outside the core
      "clear": ["coolant_flow_low"],                # explicit clear requests this evaluation
      "limits": [[80.0, "grid", "site fuse ..."]],  # optional: limits decided outside (connectors.py)
-     "session": True}                              # optional: contactor wanted (else request_a > 0)
+     "session": True,                              # optional: contactor wanted (else request_a > 0)
+     "uncooled": False}                            # optional: no cable monitor (cable inputs not required)
 
 One output per call; a cabinet with several connectors runs this pipeline once per connector
 (``connectors.py``), which also decides the cabinet-wide rules (site fuse) and passes them in ``limits``.
@@ -258,13 +259,16 @@ def _rule_modules(c: _Ctx) -> None:
 
 
 def _rule_sensors(c: _Ctx) -> None:
+    # an output the config marks uncooled (``snapshot["uncooled"]``) has no cable monitor: its cable
+    # inputs are not required, their rules act on what reports (nothing, normally)
+    uncooled = bool(c.snap.get("uncooled"))
     for name in SAFETY_INPUTS:
         v = c.value(name)
-        if v is None:
+        if v is not None:
+            c.vals[name] = v
+        elif not uncooled:
             why = c.why_not(name)
             c.input_lost(name, why, _loss_detail(c, name, why))
-        else:
-            c.vals[name] = v
 
 
 def _loss_detail(c: _Ctx, name: str, why: str) -> str:
