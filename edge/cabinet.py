@@ -141,7 +141,7 @@ class Cabinet:
             out.append(
                 ConnectorView(
                     name=c.name,
-                    phase=str(cd.get("phase", "Off")),
+                    phase="Stopping" if cd.get("ending") else str(cd.get("phase", "Off")),
                     mode=str(cd.get("mode", "Off")),
                     request_v=demand.voltage_v,
                     request_a=demand.current_a,
