@@ -123,6 +123,7 @@ class Cabinet:
             can_frames=self.can.frame_counts(),
             control=self._control_stats(),
             connectors=self.connector_views(),
+            everest=self.everest.stats() if self.everest is not None else {},
         )
 
     def connector_views(self) -> tuple[ConnectorView, ...]:

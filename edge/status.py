@@ -154,6 +154,7 @@ class StatusView:
     can_frames: dict[str, Any] = field(default_factory=dict)
     control: dict[str, Any] = field(default_factory=dict)
     connectors: tuple[ConnectorView, ...] = ()  # config order
+    everest: dict[str, Any] = field(default_factory=dict)  # the EVerest adapter's counters; {} without one
 
     # -- the API's ``status`` ------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
@@ -192,6 +193,7 @@ class StatusView:
             "can": self.can,
             "can_frames": self.can_frames,
             "control": self.control,
+            "everest": self.everest,
         }
 
     # -- the retained MQTT ``state`` -----------------------------------------------------------------
