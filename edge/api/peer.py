@@ -95,6 +95,7 @@ class Identities:
         self._lock = threading.Lock()
         self._known: OrderedDict[tuple[int, int], tuple[float, str, frozenset[str]]] = OrderedDict()
         self._names: OrderedDict[int, str] = OrderedDict()  # uid -> user name, for refusals
+        self._pending: dict[tuple[int, int], asyncio.Future[tuple[str, frozenset[str]]]] = {}  # loop only
 
     def cached(self, uid: int, gid: int) -> tuple[str, frozenset[str]] | None:
         with self._lock:
@@ -117,9 +118,18 @@ class Identities:
         return user, groups
 
     async def peer(self, pid: int, uid: int, gid: int) -> Peer:
-        """The peer with its user and groups: from what is kept, else looked up in a worker thread."""
+        """The peer with its user and groups: from what is kept, else looked up in a worker thread (one
+        lookup per identity at a time: the connections of a burst wait for the same one)."""
         hit = self.cached(uid, gid)
-        user, groups = hit if hit is not None else await asyncio.to_thread(self._look_up, uid, gid)
+        if hit is None:
+            key = (uid, gid)
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = asyncio.ensure_future(asyncio.to_thread(self._look_up, uid, gid))
+                self._pending[key] = pending
+                pending.add_done_callback(lambda _done: self._pending.pop(key, None))
+            hit = await asyncio.shield(pending)  # one waiter cancelled does not cancel the others' lookup
+        user, groups = hit
         return Peer(pid, uid, gid, user, groups)
 
     def peer_now(self, pid: int, uid: int, gid: int) -> Peer:
