@@ -55,6 +55,7 @@ from paho.mqtt.properties import Properties  # noqa: E402
 
 from bench.report import goals  # noqa: E402
 from edge.api.client import ApiError, Client, Unreachable  # noqa: E402
+from edge.api.commands import MAX_EVENTS  # noqa: E402
 from edge.build import Backends  # noqa: E402
 from edge.config import parse_config  # noqa: E402
 from edge.daemon import Daemon  # noqa: E402
@@ -366,13 +367,16 @@ def _admin_bad_args(sock: str, n: int) -> dict[str, int]:
 def _big_reads(sock: str) -> str:
     client = Client(sock, timeout_s=30)
     sizes = []
-    for cmd, args in (("events", {"limit": 100000}), ("events", {"limit": 10000}), ("diag", None)) * 2:
+    for cmd, args in (("events", {"limit": 100000}), ("events", {"limit": MAX_EVENTS}), ("diag", None)) * 2:
+        what = f"{cmd} {args['limit']}" if args else cmd
         t0 = time.perf_counter()
         try:
             data = client.request(cmd, args)
-            sizes.append(f"{cmd} {len(json.dumps(data)) // 1024} kB {1000 * (time.perf_counter() - t0):.0f} ms")
-        except (ApiError, Unreachable) as exc:
-            sizes.append(f"{cmd}: {exc}"[:60])
+            sizes.append(f"{what}: {len(json.dumps(data)) // 1024} kB {1000 * (time.perf_counter() - t0):.0f} ms")
+        except ApiError as exc:
+            sizes.append(f"{what}: {exc.code}")
+        except Unreachable as exc:
+            sizes.append(f"{what}: {exc}"[:60])
     return "; ".join(sizes)
 
 
@@ -401,7 +405,7 @@ try:
             break
         buf += chunk
     answer = json.loads(buf.split(b"\n")[0]) if buf else {}
-    status = "status answered" if answer.get("ok") else f"status failed: {answer.get('message', 'closed')}"
+    status = "status answered" if answer.get("ok") else f"status failed: {answer.get('error', 'closed')}"
     c.close()
 except OSError as exc:
     status = f"status failed: {exc}"

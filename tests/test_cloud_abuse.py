@@ -332,6 +332,7 @@ def test_over_mqtt_a_flood_is_rate_limited_per_command_answered_and_counted_not_
         assert {a["id"] for a in done} <= audited
         assert not {a["id"] for a in limited} - {again} & audited, "a limited command is not audited one by one"
         assert _state_now(be, "q-fl")["external_limit"] is None
+        assert not be.errors, "the rate-limited answers and the rate_limited event follow the schema"
         assert d.proc.poll() is None
     finally:
         d.stop()
