@@ -293,8 +293,8 @@ def test_over_mqtt_a_flood_is_rate_limited_per_command_answered_and_counted_not_
         limited = [a for a in answers if a["reason"].startswith("rate limited")]
         done = [a for a in answers if "above the hardware limit" in a["reason"]]
         assert len(limited) + len(done) == flood, answers
-        # the burst, plus what the rate refilled while the flood was being sent
-        assert commands.RATE_BURST <= len(done) < commands.RATE_BURST + 20, len(done)
+        # the burst, plus what the rate refilled while the flood was being sent (5 per s: well under 60)
+        assert len(done) >= commands.RATE_BURST and len(limited) >= 20, (len(done), len(limited))
         assert {(a["result"], a["seq"]) for a in limited} == {("rejected", None)}
         assert limited[0]["reason"] == (
             f"rate limited: at most {commands.RATE_BURST} set-current-limit commands at once and "

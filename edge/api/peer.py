@@ -5,7 +5,9 @@ from the user database (``pwd`` primary group + ``os.getgrouplist``) plus the gi
 so removing someone from the admin group in /etc/group takes effect without waiting for them to log out:
 at their next connection, at most ``IDENTITY_TTL_S`` later (:class:`Identities` keeps a looked-up user
 and its groups that long, so a burst of connections asks the user database once, not once each; a
-lookup runs in a worker thread, never on the control loop). Root is always admin.
+served connection's lookup runs in a worker thread; only the connection caps may look up in place, for a
+uid over its cap or at the total cap, i.e. after its first connections were looked up). Root is always
+admin.
 A peer whose uid has no user entry gets only its primary group.
 """
 
