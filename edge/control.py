@@ -269,8 +269,9 @@ class Controller:
                 current_a=meas["output_a"][0] if meas else 0.0,
                 mode=str(cd.get("mode", "Off")),
                 capabilities=Capabilities(
-                    max_export_voltage_v=min(c.max_voltage_v, caps.get("max_voltage_v", c.max_voltage_v)),
-                    min_export_voltage_v=max(c.min_voltage_v, caps.get("min_voltage_v", c.min_voltage_v)),
+                    # the modules' range once they report one (0 while none is available: the connector's)
+                    max_export_voltage_v=min(c.max_voltage_v, caps.get("max_voltage_v") or c.max_voltage_v),
+                    min_export_voltage_v=max(c.min_voltage_v, caps.get("min_voltage_v") or c.min_voltage_v),
                     max_export_current_a=max(0.0, max_a),
                     min_export_current_a=0.0,
                     max_export_power_w=max(0.0, max_w),

@@ -86,3 +86,17 @@ def test_hold_is_a_fixed_bench_session_without_notification() -> None:
     req = d.core_request("3")
     assert req is not None and req["mode"] == "Export" and req["phase"] == "Charging"
     assert req["t_setpoint"] == 5.0 and changed == []
+
+
+def test_outside_pre_charge_and_charging_the_heartbeat_keeps_the_request_fresh() -> None:
+    d, _, _ = _store()
+    d.heartbeat("everest", 0.0)
+    d.set_target("1", 920.0, 2.0, 0.5)
+    d.set_mode("1", "Export", "CableCheck", 0.6)
+    d.heartbeat("everest", 20.0)  # an isolation self-test later: the set-point came once
+    req = d.core_request("1")
+    assert req is not None and req["t_setpoint"] == 20.0
+    d.set_mode("1", "Export", "Charging", 21.0)
+    d.heartbeat("everest", 22.0)
+    req = d.core_request("1")
+    assert req is not None and req["t_setpoint"] == 0.5  # CurrentDemand must refresh it itself

@@ -20,6 +20,9 @@ from typing import Any
 from edge.charging.demand import MODES, PHASES, Demand
 
 EventSink = Callable[[str, str, dict[str, Any]], None]
+# phases in which the controller repeats its set-point (every PreChargeReq / CurrentDemand): only their own
+# refresh keeps the request fresh; in the others the controller's heartbeat does
+REPEATING_PHASES = ("PreCharge", "Charging")
 
 
 def _no_events(kind: str, name: str, data: dict[str, Any]) -> None:
@@ -107,8 +110,15 @@ class Demands:
         """The safety core's ``request`` input of ``connector``: None when there is none, or its controller is
         silent (then the core ends the session: 0 A, contactor open below the off current)."""
         d = self._demand[connector]
-        if d.t_mode is None or self.silent(self.sources[connector]):
+        source = self.sources[connector]
+        if d.t_mode is None or self.silent(source):
             return None
+        t_setpoint = d.t_setpoint
+        hb = self._heartbeat.get(source)
+        if d.phase not in REPEATING_PHASES and hb is not None:
+            # EVerest sends the cable-check set-point once and may hold it through a ~20 s isolation
+            # self-test: outside pre-charge and charging its heartbeat keeps the request fresh
+            t_setpoint = hb if t_setpoint is None else max(t_setpoint, hb)
         return {
             "mode": d.mode,
             "phase": d.phase,
@@ -116,7 +126,7 @@ class Demands:
             "current_a": d.current_a,
             "power_w": d.power_w,
             "t_mode": d.t_mode,
-            "t_setpoint": d.t_setpoint,
+            "t_setpoint": t_setpoint,
         }
 
     def hold(self, connector: str, voltage_v: float, current_a: float, now: float) -> None:

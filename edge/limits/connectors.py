@@ -389,8 +389,13 @@ def _capability(c: core._Ctx, snap: dict, cfg: dict, volts_max: float) -> list:
     """``[max_current_a, max_power_w]``: what the connector could give now, whatever is requested."""
     blocked = c.tripped or c.stop or c.sensor_fault or c.external_stop
     amps = 0.0 if blocked else cfg["max_output_current_a"]
+    # with the pump off (no session yet) the flow is 0 and derates to 0 A: not what a session would get,
+    # since the session starts the pump (its flow trip still guards the session)
+    pumping = c.state["pump_since"] is not None
     for item in c.limits:
-        if item[1] not in REQUEST_RULES and item[0] < amps:
+        if item[1] in REQUEST_RULES or (item[1] == "coolant_flow" and not pumping):
+            continue
+        if item[0] < amps:
             amps = max(0.0, item[0])
     watts = amps * volts_max
     hw_w = _num(snap.get("hw_max_w"))
