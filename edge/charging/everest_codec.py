@@ -299,6 +299,7 @@ ERROR_TABLE: tuple[tuple[str, str | None, str], ...] = (
     ("module_alarm_", None, "one power module in alarm: its share leaves the capabilities"),
     ("grid_meter_lost", None, "grid fallback limit: capabilities"),
     ("telemetry_store_error", None, "telemetry only: charging unaffected"),
+    ("request_stale", None, "the controller's own requests stopped: reported as mode Off, not as a fault"),
 )
 UNKNOWN_FAULT_TYPE = "VendorError"
 MODULES_UNREACHABLE = "modules_unreachable"  # sub_type of the CommunicationFault from modules_reachable False
