@@ -327,7 +327,8 @@ def test_the_over_voltage_reference_is_the_connector_maximum():
     ds, _ = run([make(450.0)(i / 10) for i in range(6)] + [make(510.0)(0.6 + i / 10) for i in range(5)])
     assert ds[-2]["faults"] == []
     assert ds[-1]["faults"] == ["over_voltage"]
-    assert ds[-1]["fault_details"]["over_voltage"] == "output 510.0 V above 500.0 V for 400 ms"  # one connector: no name
+    # one connector: its name is not in the detail
+    assert ds[-1]["fault_details"]["over_voltage"] == "output 510.0 V above 500.0 V for 400 ms"
 
 
 @pytest.mark.parametrize("volts", [float("nan"), -5.0])
