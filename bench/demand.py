@@ -60,7 +60,8 @@ GOAL_PRECHARGE_S = 5.0  # DIN 70121: the station's pre-charge time
 MISS_S = 2.0
 STEP_A = 0.01
 TOP_A = 90.0
-BENCH_SPACING_S = 0.002  # as bench.reaction: only rises wait for it
+BENCH_SPACING_S = 0.002
+VC_WINDOW_S = 5.0  # voltage_current is counted over at least this long  # as bench.reaction: only rises wait for it
 
 
 def _config(tmp: Path, broker_port: int, load: bool) -> str:
@@ -77,7 +78,8 @@ def _config(tmp: Path, broker_port: int, load: bool) -> str:
 def _setpoint_a(msg: can.Message, address: int) -> float | None:
     """The current of a set-output frame to ``address`` (A), else None."""
     fid = infy.parse_id(msg.arbitration_id)  # pure bit fields: any id parses
-    if fid.source != infy.CONTROLLER or fid.command != infy.CMD_SET_OUTPUT or fid.destination != address or len(msg.data) < 8:
+    ours = fid.source == infy.CONTROLLER and fid.command == infy.CMD_SET_OUTPUT
+    if not ours or fid.destination != address or len(msg.data) < 8:
         return None
     return infy.decode_set_output(bytes(msg.data))[1]
 
@@ -145,6 +147,7 @@ class Driver:
                 load_thread.start()
             vc0 = time.monotonic()
             self.out.update(self._measure(ev, mid))
+            time.sleep(max(0.0, VC_WINDOW_S - (time.monotonic() - vc0)))  # a rate needs a few periods
             vc = [m.t for m in ev.of("voltage_current", mid, since=vc0)]
             gaps = [b - a for a, b in itertools.pairwise(vc)]
             self.out["vc_hz"] = (len(vc) - 1) / (vc[-1] - vc[0]) if len(vc) > 1 else 0.0
