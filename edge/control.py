@@ -293,6 +293,8 @@ class Controller:
             self.on_event("fault_cleared_by_request", name, {})
         if old is None or old["rule"] != new["rule"]:
             self.on_event("limit_rule", new["rule"], {"reason": new["reason"], "limit_a": round(new["target_a"], 1)})
+        for text in new.get("events", ()):  # e.g. a session ended and why its contactor opened
+            self.on_event("session_event", "connector", {"detail": text})
         for name, cd in new["connectors"].items():
             was = old["connectors"].get(name) if old else None
             if was is None or (was["mode"], was["phase"]) != (cd["mode"], cd["phase"]):
