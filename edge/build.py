@@ -22,7 +22,6 @@ from edge.cabinet import Cabinet
 from edge.can_link import CanLink
 from edge.charging.demand import Capabilities, DemandSink
 from edge.charging.demands import Demands
-from edge.charging.everest import EverestAdapter, EverestSettings
 from edge.config import Config
 from edge.control import Controller, Outputs
 from edge.events import EventLog
@@ -152,6 +151,9 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         cabinet.uplink.on_connected.append(recorder.request_keyframe)
     bindings = {c.everest_module_id: c.name for c in connectors if c.request == "everest" and c.everest_module_id}
     if bindings:
+        # imported only when a connector uses it: a cabinet without EVerest does not carry its code (RSS)
+        from edge.charging.everest import EverestAdapter, EverestSettings
+
         cabinet.everest = EverestAdapter(
             EverestSettings.from_config(config.everest, config.cabinet.cabinet_id),
             bindings,

@@ -9,14 +9,13 @@ import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.power_modules.bank import ModuleBank
 from edge import __version__
 from edge.api.server import ApiServer
 from edge.can_link import CanLink
 from edge.charging.demand import Capabilities, DemandSink
-from edge.charging.everest import EverestAdapter
 from edge.config import Config
 from edge.control import Controller, Outputs
 from edge.events import EventLog
@@ -31,6 +30,9 @@ from edge.telemetry.store import Store
 from edge.telemetry.uplink import Uplink
 from hal.clock import Clock
 from hal.watchdog import WDT
+
+if TYPE_CHECKING:  # imported by build only when a connector uses EVerest
+    from edge.charging.everest import EverestAdapter
 
 log = logging.getLogger("edge.cabinet")
 TICK_STATS_EVERY_S = 1.0  # tick jitter percentiles are recomputed at most this often

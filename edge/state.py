@@ -140,24 +140,18 @@ class CabinetState:
 
     def output_measurements(self, now: float, modules: list[int] | None = None) -> dict[str, list[Any]]:
         """Sum of module output currents and the highest module voltage, as core inputs (of ``modules``
-        only: one connector's; None = every module)."""
-        amps = 0.0
-        volts = 0.0
-        t_oldest = now
+        only: one connector's; None = every module that has reported)."""
         prefix = self.inputs.module_prefix + "."
-        seen = False
-        mine = None if modules is None else {f"{prefix}{a}." for a in modules}
-        for sig, r in self.readings.items():
-            if not sig.startswith(prefix) or r.quality != OK:
-                continue
-            if mine is not None and sig[: sig.rfind(".") + 1] not in mine:
-                continue
-            if sig.endswith(".current_a"):
-                amps += r.value
-                t_oldest = min(t_oldest, r.t)
-                seen = True
-            elif sig.endswith(".voltage_v"):
-                volts = max(volts, r.value)
-        if not seen:
+        names = [str(a) for a in modules] if modules is not None else self._module_names(prefix)
+        currents = self._good([f"{prefix}{n}.current_a" for n in names])
+        if not currents:
             return {}
-        return {"output_a": [amps, t_oldest, OK], "output_v": [volts, t_oldest, OK]}
+        volts = max((r.value for r in self._good([f"{prefix}{n}.voltage_v" for n in names])), default=0.0)
+        t_oldest = min(now, *(r.t for r in currents))
+        return {"output_a": [sum(r.value for r in currents), t_oldest, OK], "output_v": [volts, t_oldest, OK]}
+
+    def _good(self, signals: list[str]) -> list[Reading]:
+        return [r for s in signals if (r := self.readings.get(s)) is not None and r.quality == OK]
+
+    def _module_names(self, prefix: str) -> list[str]:
+        return sorted({s[len(prefix) : s.index(".", len(prefix))] for s in self.readings if s.startswith(prefix)})
