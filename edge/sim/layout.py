@@ -1,9 +1,7 @@
 """Which connectors the simulated cabinet has: their cable monitors, contactor pin, modules and limits.
 
-Read from ``Config.resolved_connectors()`` (the ``[[connector]]`` tables, or one connector built from the
-old single-output keys). While a config class without it is in use, the same single connector "1" is
-derived here from the old keys (every cable, ``outputs.contactor``, every module address, a fixed
-request): the simulator then behaves as it always did.
+Read from ``Config.resolved_connectors()`` (the ``[[connector]]`` tables, or one connector "1" built from
+the old single-output keys with a fixed request: the simulator then behaves as it always did).
 """
 
 from __future__ import annotations
@@ -33,24 +31,8 @@ class SimConnectorSpec:
 
 
 def connector_layout(config: Config) -> list[SimConnectorSpec]:
-    resolved = getattr(config, "resolved_connectors", None)
-    if resolved is not None:
-        return [_from_connector(c) for c in resolved()]
-    max_a = config.limits.max_output_current_a
-    max_v = min(config.limits.max_output_voltage_v, config.power_modules.max_voltage_v)
-    return [
-        SimConnectorSpec(
-            name="1",
-            cables=tuple(c.name for c in config.cable),
-            contactor_pin=config.outputs.contactor,
-            modules=tuple(config.power_modules.addresses),
-            request="fixed",
-            max_current_a=max_a,
-            max_voltage_v=max_v,
-            min_voltage_v=min(150.0, config.control.output_voltage_v),
-            max_power_kw=round(max_a * max_v / 1000.0, 3),
-        )
-    ]
+    """The connectors the simulator builds: the config's, resolved (an old file's one connector included)."""
+    return [_from_connector(c) for c in config.resolved_connectors()]
 
 
 def _from_connector(c: Any) -> SimConnectorSpec:
