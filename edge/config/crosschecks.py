@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from edge.config.schema import Config
 
 Key = tuple[str, ...]
+Problems = list[tuple[Loc, str]]
 
 # set-point -> (unit, the limits it must not exceed). The voltage set-point must also stay at or below the
 # over-voltage trip: above it every session would end in an over_voltage trip.
@@ -114,24 +115,35 @@ def _connector_names(config: Config) -> list[tuple[Loc, str]]:
     return out
 
 
-def _cable_problems(config: Config) -> list[tuple[Loc, str]]:
-    """Every ``[[cable]]`` protects exactly one connector; a connector names only existing cables."""
-    known = [c.name for c in config.cable]
-    owner: dict[str, str] = {}
-    out: list[tuple[Loc, str]] = []
+def _owners(config: Config, key: str, known: list[Any], unknown: str, taken: str) -> tuple[dict[Any, str], Problems]:
+    """Each item a connector lists under ``key`` must be ``known`` and listed by that connector only:
+    ``(item -> its connector, problems)``. ``unknown`` / ``taken`` format the messages (``{conn}``, ``{item}``,
+    ``{known}``, ``{owner}``)."""
+    owner: dict[Any, str] = {}
+    out: Problems = []
     for i, conn in enumerate(config.connector):
-        for name in dict.fromkeys(conn.cables):
-            if name not in known:
-                msg = f"connector {conn.name!r}: {name!r} is not a [[cable]] name (have {known})"
-            elif name in owner:
-                msg = (
-                    f"connector {conn.name!r}: cable {name!r} already protects connector {owner[name]!r}: "
-                    "every [[cable]] belongs to exactly one connector"
-                )
+        for item in dict.fromkeys(getattr(conn, key)):
+            if item not in known:
+                msg = unknown.format(conn=repr(conn.name), item=repr(item), known=known)
+            elif item in owner:
+                msg = taken.format(conn=repr(conn.name), item=repr(item), owner=repr(owner[item]))
             else:
-                owner[name] = conn.name
+                owner[item] = conn.name
                 continue
-            out.append((("connector", i, "cables"), msg))
+            out.append((("connector", i, key), msg))
+    return owner, out
+
+
+def _cable_problems(config: Config) -> Problems:
+    """Every ``[[cable]]`` protects exactly one connector; a connector names only existing cables."""
+    owner, out = _owners(
+        config,
+        "cables",
+        [c.name for c in config.cable],
+        "connector {conn}: {item} is not a [[cable]] name (have {known})",
+        "connector {conn}: cable {item} already protects connector {owner}: "
+        "every [[cable]] belongs to exactly one connector",
+    )
     names = [c.name for c in config.connector]
     out += [
         (
@@ -144,25 +156,15 @@ def _cable_problems(config: Config) -> list[tuple[Loc, str]]:
     return out
 
 
-def _module_problems(config: Config) -> list[tuple[Loc, str]]:
+def _module_problems(config: Config) -> Problems:
     """Every module address of a connector is a configured module, and feeds that connector only."""
-    addresses = list(config.power_modules.addresses)
-    owner: dict[int, str] = {}
-    out: list[tuple[Loc, str]] = []
-    for i, conn in enumerate(config.connector):
-        for address in dict.fromkeys(conn.modules):
-            if address not in addresses:
-                msg = f"connector {conn.name!r}: module {address} is not in power_modules.addresses = {addresses}"
-            elif address in owner:
-                msg = (
-                    f"connector {conn.name!r}: module {address} already feeds connector {owner[address]!r}: "
-                    "each module feeds one connector"
-                )
-            else:
-                owner[address] = conn.name
-                continue
-            out.append((("connector", i, "modules"), msg))
-    return out
+    return _owners(
+        config,
+        "modules",
+        list(config.power_modules.addresses),
+        "connector {conn}: module {item} is not in power_modules.addresses = {known}",
+        "connector {conn}: module {item} already feeds connector {owner}: each module feeds one connector",
+    )[1]
 
 
 def _everest_id_problems(config: Config) -> list[tuple[Loc, str]]:
