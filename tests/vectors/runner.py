@@ -84,13 +84,7 @@ def run_case(case, emit):
             silent.pop(k, None)
         for k in step.get("snapshot") or {}:
             snap_base[k] = step["snapshot"][k]
-        t0 = step["t"]
-        times = [t0]
-        if "every" in step:
-            n = 1
-            while t0 + n * step["every"] <= step["until"] + 1e-9:
-                times.append(t0 + n * step["every"])
-                n += 1
+        times = _times(step)
         for i, t in enumerate(times):
             inputs = {}
             for k, value in fresh.items():
