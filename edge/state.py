@@ -83,23 +83,17 @@ class CabinetState:
         return self.readings.get(signal)
 
     def limits_snapshot(self, now: float, **extra: Any) -> dict[str, Any]:
-        """Plain-dict snapshot for ``edge.limits.core.evaluate`` (missing readings are left out)."""
-        inputs: dict[str, list[Any]] = {}
-        for core_name, signal in self.inputs.core_inputs().items():
-            r = self.readings.get(signal)
-            if r is not None:
-                inputs[core_name] = [r.value, r.t, r.quality]
-        hottest = self._hottest_module()
-        if hottest is not None:
-            inputs[MODULE_TEMP] = hottest
-        snap: dict[str, Any] = {"t": now, "inputs": inputs}
-        snap.update(extra)
-        return snap
+        """Plain-dict snapshot for the single-output ``edge.limits.core.evaluate`` (missing readings are left
+        out): the first cable's inputs with the cabinet's."""
+        return self._snapshot(self.inputs.core_inputs(), now, extra)
 
     def cabinet_snapshot(self, now: float, **extra: Any) -> dict[str, Any]:
         """The cabinet part of ``edge.limits.connectors.evaluate_cabinet``'s snapshot: grid, ambient, the
         hottest module (the connectors' own inputs come from :meth:`connector_inputs`)."""
-        inputs = self._bound(self.inputs.cabinet_inputs())
+        return self._snapshot(self.inputs.cabinet_inputs(), now, extra)
+
+    def _snapshot(self, binding: dict[str, str], now: float, extra: dict[str, Any]) -> dict[str, Any]:
+        inputs = self._bound(binding)
         hottest = self._hottest_module()
         if hottest is not None:
             inputs[MODULE_TEMP] = hottest
