@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 SCHEMA_STATUS = "cabinet-edge/status/1"
 SCHEMA_STATE = "cabinet-edge/state/2"  # 2: "connectors" (edge/status.py, docs/TELEMETRY.md)
 SHUTDOWN_WAIT_S = 1.0  # longest wait for the uplink and paho threads when the daemon stops
+NO_CONNECTION = -1  # never a session epoch: the uplink thread publishes nothing before a CONNACK
 COMMANDS_PER_STEP = 1  # commands handled per event-loop iteration: a burst must not hold the control tick
 MAX_QUEUED_COMMANDS = 1000  # beyond this a burst is dropped (counted): commands_dropped
 
@@ -165,13 +166,14 @@ class Uplink:
         self.traffic = Traffic()
         self._parts: dict[int, tuple[int, set[int]]] = {}  # message id -> (the batch's id, ids not yet acked)
         self._no_message_id = 0  # negative ids of batches that needed no message (never a paho id)
+        self._epoch = NO_CONNECTION  # uplink thread: the session's epoch of the connection it serves
 
     # -- hand-over between threads -------------------------------------------------------------------
     def _session_events(self) -> SessionEvents:
         """paho's thread: queue everything for the uplink thread (delivery) or the loop (commands).
         Methods are looked up when called, so a test or bench may wrap one on the instance."""
         return SessionEvents(
-            connected=lambda present: self._to_io(self._connected, present),
+            connected=lambda present: self._to_io(self._connack, self.session.epoch, present),
             refused=lambda why: self._to_io(self._connect_refused, why),
             connect_failed=lambda: self._to_io(self._connect_failed),
             disconnected=lambda why: self._to_io(self._disconnected, why),
@@ -221,10 +223,15 @@ class Uplink:
         if self.stats.connected:
             self._publish_all(self.encoder.command(topic, payload))
 
+    def _publish(self, m: Message) -> int | None:
+        """Uplink thread: one message on the connection the thread was told of last (refused after a
+        reconnect it has not handled yet: it was prepared for the old connection, see session.py)."""
+        return self.session.publish(m.topic, m.payload, retain=m.retain, qos=m.qos, epoch=self._epoch)
+
     def _publish_all(self, messages: Sequence[Message]) -> None:
         """Messages that carry no records (births): nothing waits for their acknowledgement."""
         for m in messages:
-            self._sent(self.session.publish(m.topic, m.payload, retain=m.retain, qos=m.qos), m.payload)
+            self._sent(self._publish(m), m.payload)
 
     def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
@@ -287,6 +294,10 @@ class Uplink:
             if seqs:
                 self._view.delete(seqs)
 
+    def _connack(self, epoch: int, session_present: bool) -> None:
+        self._epoch = epoch  # what this thread publishes from here belongs to that connection
+        self._connected(session_present)
+
     def _connected(self, session_present: bool) -> None:
         self.stats.connected = True
         self.stats.connects += 1
@@ -304,7 +315,7 @@ class Uplink:
         self.channel.subscribe()
         for topic in self._encoder_topics:
             self.session.subscribe(topic)
-        self.session.publish(self.topics.status, self._status_message("online")[1], retain=True)
+        self._publish(Message(self.topics.status, self._status_message("online")[1], retain=True))
         self._parts.clear()
         self._publish_all(self.encoder.birth())
         for cb in self.on_connected:
@@ -331,6 +342,7 @@ class Uplink:
             )
 
     def _disconnected(self, why: str) -> None:
+        self._epoch = NO_CONNECTION
         self.stats.next_reconnect_s = self.session.next_reconnect_s
         if self._delivery is not None:
             self._delivery.disconnected()
@@ -392,7 +404,7 @@ class Uplink:
             return self._no_message_id
         mids = []
         for m in messages:
-            mid = self.session.publish(m.topic, m.payload, retain=m.retain, qos=m.qos)
+            mid = self._publish(m)
             if mid is None:
                 return None  # not connected: the whole batch is sent again after the next connect
             self._sent(mid, m.payload)
