@@ -45,7 +45,7 @@ from edge.ops import REFUSED, Operations
 from edge.telemetry import commands
 from edge.telemetry.channel import REJECTED, SCHEMA_CMD_RESULT, Answer, CommandChannel, Received
 from edge.telemetry.compact import Deadbands
-from edge.telemetry.delivery import Batch, Delivery
+from edge.telemetry.delivery import BACKLOG_RECORDS_PER_S, Batch, Delivery
 from edge.telemetry.formats import SCHEMA_EVENTS, SCHEMA_TELEMETRY, EncoderContext, Message, encoder_for
 from edge.telemetry.session import Session, SessionEvents, backoff_s
 from edge.telemetry.store import RawRecord, Store, StoreView
@@ -89,6 +89,10 @@ class UplinkStats:
     last_error: str | None = None
     next_reconnect_s: float | None = None
     longest_step_ms: float = 0.0  # longest delivery step on the uplink thread (store reads, publishes)
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 class Uplink:
@@ -167,6 +171,7 @@ class Uplink:
         self._parts: dict[int, tuple[int, set[int]]] = {}  # message id -> (the batch's id, ids not yet acked)
         self._no_message_id = 0  # negative ids of batches that needed no message (never a paho id)
         self._epoch = NO_CONNECTION  # uplink thread: the session's epoch of the connection it serves
+        self._committed: int | None = None  # newest seq the store's writer committed (Store.on_append)
 
     # -- hand-over between threads -------------------------------------------------------------------
     def _session_events(self) -> SessionEvents:
@@ -262,24 +267,37 @@ class Uplink:
             window=self.cfg.max_inflight,
             batch_samples=self.cfg.batch_samples,
             reject_pause_s=self.cfg.reconnect_min_s,
+            backlog_records_per_s=BACKLOG_RECORDS_PER_S,
         )
         try:
             while True:
-                wait = delivery.delete_wait_s(self.clock())
-                if wait is not None and wait <= 0:  # due: a busy queue must not starve the deletes
-                    self._flush_deletes()
-                    wait = None
+                delete_wait, pace_wait = self._due_work(delivery)
                 try:  # group commit: delete as soon as PUBACKs stop coming in a burst
-                    fn = self._io_q.get(timeout=wait)
+                    fn = self._io_q.get(timeout=_earliest(delete_wait, pace_wait))
                 except queue.Empty:
-                    self._flush_deletes()
-                    continue
+                    if delete_wait is not None and (pace_wait is None or delete_wait <= pace_wait):
+                        self._flush_deletes()
+                    continue  # a paced backlog message is due: pumped at the top
                 if fn is None:
                     break
                 self._io_step(fn)
         finally:
             self._flush_deletes()
             view.close()
+
+    def _due_work(self, delivery: Delivery) -> tuple[float | None, float | None]:
+        """Deletes and paced backlog that are due now; then how long until each is due next (None: never
+        by time alone)."""
+        now = self.clock()
+        delete_wait = delivery.delete_wait_s(now)
+        if delete_wait is not None and delete_wait <= 0:  # due: a busy queue must not starve the deletes
+            self._flush_deletes()
+            delete_wait = None
+        pace_wait = delivery.pump_wait_s(now)
+        if pace_wait is not None and pace_wait <= 0:
+            self._io_step(self.pump)
+            pace_wait = delivery.pump_wait_s(self.clock())
+        return delete_wait, pace_wait
 
     def _io_step(self, fn: Callable[[], None]) -> None:
         try:
@@ -387,6 +405,8 @@ class Uplink:
         if delivery is None:
             return
         t0 = time.perf_counter()
+        if (committed := self._committed) is not None:
+            delivery.appended(committed)
         try:
             delivery.pump(self.clock(), self._publish_batch)
         finally:
@@ -460,7 +480,8 @@ class Uplink:
         # every stored record kicks the uplink thread; this tick catches state changes and pauses
         return max(0.05, min(1.0, self.interval_s / 2))
 
-    def _on_append(self, _seq: int) -> None:
+    def _on_append(self, seq: int) -> None:
+        self._committed = seq  # the writer's thread; read by the uplink thread's next pump
         self.kick()
 
     async def _shutdown(self) -> None:
