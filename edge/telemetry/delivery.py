@@ -52,9 +52,11 @@ DELETE_MAX_ROWS = 5000
 # 5 kB billing unit, and a quarter of the messages (PUBACKs, paho and uplink steps, GIL hand-overs) that
 # 20 bytes per sample gave for the same backlog (bench/reaction.py: the drain shares the GIL with control).
 COMPACT_BYTES_PER_SAMPLE = 70
-# The uplink's pace of a backlog drain: a 7-day v2 backlog (60,480 records) in 15 s, a 24 h v1 backlog in 22 s;
-# a v2 drain then takes ~18 % of one core instead of all the GIL it can get (bench/uplink.py, reaction.py).
-BACKLOG_RECORDS_PER_S = 4000.0
+# The uplink's pace of a backlog drain: a 7-day v2 backlog (60,480 records) in ~30 s (goal 60 s), a 24 h v1
+# backlog in ~43 s; a v2 drain then takes under a tenth of one core instead of all the GIL it can get.
+# bench/reaction.py under the drain, 10,000 events each: 4,000/s max 27-33 ms with 4 events > 25 ms;
+# 2,000/s max 23.7 ms, none > 25 ms (docs/BENCHMARKS.md, 2026-12-04).
+BACKLOG_RECORDS_PER_S = 2000.0
 
 
 class RecordSource(Protocol):
