@@ -3,8 +3,9 @@
 The payloads are parsed by ``esio_spb_builder``'s module compiled from Tahu's ``sparkplug_b.proto`` (an
 independent package), so a wrong field number, wire type or DataType code in our subset schema shows up
 here. On top it does what a primary host does: remembers the aliases and datatypes of each birth,
-resolves DATA metrics by alias, checks the seq of every message of a node, and keeps per metric the live
-value and the history.
+resolves DATA metrics by alias, checks the seq of every message of a node, notes any message of a node
+that arrives after its NDEATH and before its next NBIRTH (a host ignores those: the node is offline), and
+keeps per metric the live value and the history.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ class Host:
     births: int = 0
     seq: int | None = None
     seq_errors: list[str] = field(default_factory=list)
+    online: bool = False  # between an NBIRTH and the NDEATH with the same bdSeq
+    while_dead: list[str] = field(default_factory=list)  # messages of the node while it was offline
     names: dict[int, tuple[str, str]] = field(default_factory=dict)  # alias -> (device, metric)
     datatypes: dict[tuple[str, str], int] = field(default_factory=dict)
     birth_props: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
@@ -68,6 +71,8 @@ class Host:
         kind = parts[2]
         device = parts[4] if len(parts) > 4 else ""
         p = decode(payload)
+        if not self.online and kind not in ("NBIRTH", "NDEATH", "NCMD"):
+            self.while_dead.append(f"{kind} {device} seq {p.seq} after NDEATH {self.deaths[-1:]}")
         getattr(self, "_" + kind.lower())(p, device)
         return p
 
@@ -87,10 +92,13 @@ class Host:
         (m,) = p.metrics
         assert m.name == "bdSeq" and m.datatype == DT.Int64, m
         self.deaths.append(m.long_value)
+        if m.long_value == self.bdseq:  # an NDEATH of an older session (another bdSeq) changes nothing
+            self.online = False
 
     def _nbirth(self, p: Any, _device: str) -> None:
         self._check_seq(p, "NBIRTH")
         self.births += 1
+        self.online = True
         by_name = {m.name: m for m in p.metrics}
         assert by_name["bdSeq"].datatype == DT.Int64
         self.bdseq = by_name["bdSeq"].long_value

@@ -35,6 +35,8 @@ class Subscriber:
         self.topics: list[str] = []
         self.lock = threading.Lock()
         self.subscribed = threading.Event()
+        self._by_mid: dict[int, bytes] = {}  # the last payload the broker sent under each message id
+        self.redelivered = 0
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="scada-host")
         c.on_connect = lambda client, *_a: client.subscribe("spBv1.0/#", qos=1)
         c.on_subscribe = lambda *_a: self.subscribed.set()
@@ -45,9 +47,17 @@ class Subscriber:
         wait_for(self.subscribed.is_set, 10, what="host subscribed")
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        payload = bytes(msg.payload)
         with self.lock:
+            # a QoS 1 message the broker sends again (DUP) after its restart, because our PUBACK was not
+            # saved: the host has it already (the broker's redelivery, not the node's: a node's resend
+            # would have a new seq)
+            if msg.dup and self._by_mid.get(msg.mid) == payload:
+                self.redelivered += 1
+                return
+            self._by_mid[msg.mid] = payload
             self.topics.append(msg.topic)
-            self.host.receive(msg.topic, bytes(msg.payload))
+            self.host.receive(msg.topic, payload)
 
     def seen(self, kind: str) -> int:
         with self.lock:

@@ -16,6 +16,12 @@ The rules (at least once; consumers drop duplicates by ``seq``):
   quarter, at least one slot), so live data goes out within one interval while a day of backlog drains.
 - A message carries consecutive records of one kind, up to ``batch_samples`` samples; a record is never
   split.
+- The backlog may be paced to ``backlog_records_per_s`` (the uplink's ``BACKLOG_RECORDS_PER_S``; live
+  records are never paced): after a backlog message of n records the next one waits n / rate, so that a
+  drain leaves the control loop most of the GIL it shares with the uplink and paho threads
+  (bench/reaction.py). The caller pumps again after :meth:`Delivery.pump_wait_s`.
+- Live records are looked for only when the store says it committed newer ones (:meth:`Delivery.appended`,
+  from ``Store.on_append``); before the first such word, at every pump.
 - A record may be deleted only after the PUBACK of its message (:meth:`Delivery.take_deletes`). Deletes
   are a group commit: due ``delete_linger_s`` after the PUBACKs pause, at most ``delete_every_s`` after
   the first one, at once with ``delete_max_rows`` waiting. Acknowledged records not yet deleted are never
@@ -41,7 +47,16 @@ LIVE_ROWS = 256  # live rows read at once
 DELETE_LINGER_S = 0.005
 DELETE_EVERY_S = 0.1
 DELETE_MAX_ROWS = 5000
-COMPACT_BYTES_PER_SAMPLE = 20  # a v1 sample is ~170 bytes of JSON; 200 "samples" of v2 stay below 4 kB
+# A v2 compact record (10 s of 40 signals by exception) is ~670 bytes of MessagePack; at 70 bytes per
+# "sample" the default 200 samples put ~20 of them (~14 kB) in one message, ~3.5 kB after zlib: one AWS IoT
+# 5 kB billing unit, and a quarter of the messages (PUBACKs, paho and uplink steps, GIL hand-overs) that
+# 20 bytes per sample gave for the same backlog (bench/reaction.py: the drain shares the GIL with control).
+COMPACT_BYTES_PER_SAMPLE = 70
+# The uplink's pace of a backlog drain: a 7-day v2 backlog (60,480 records) in ~30 s (goal 60 s), a 24 h v1
+# backlog in ~43 s; a v2 drain then takes under a tenth of one core instead of all the GIL it can get.
+# bench/reaction.py under the drain, 10,000 events each: 4,000/s max 27-33 ms with 4 events > 25 ms;
+# 2,000/s max 23.7 ms, none > 25 ms (docs/BENCHMARKS.md, 2026-12-04).
+BACKLOG_RECORDS_PER_S = 2000.0
 
 
 class RecordSource(Protocol):
@@ -94,6 +109,7 @@ class Delivery:
         delete_linger_s: float = DELETE_LINGER_S,
         delete_every_s: float = DELETE_EVERY_S,
         delete_max_rows: int = DELETE_MAX_ROWS,
+        backlog_records_per_s: float = 0.0,
     ) -> None:
         if window < 1:
             raise ValueError(f"window must be at least 1, got {window}")
@@ -107,6 +123,8 @@ class Delivery:
         self.delete_linger_s = delete_linger_s
         self.delete_every_s = delete_every_s
         self.delete_max_rows = delete_max_rows
+        self.backlog_s_per_record = 1.0 / backlog_records_per_s if backlog_records_per_s > 0 else 0.0
+        self._backlog_due = 0.0  # the next backlog message may go at this time
         self.online = False
         self.session_present: bool | None = None
         self._inflight: dict[int, Batch] = {}
@@ -121,6 +139,7 @@ class Delivery:
         self._acked: list[int] = []  # acknowledged, not yet taken for deletion
         self._acked_set: set[int] = set()
         self._acked_since = 0.0
+        self._newest: int | None = None  # newest seq the store committed, as far as we were told
 
     # -- connection --------------------------------------------------------------------------------
     def connected(self, session_present: bool) -> None:
@@ -155,11 +174,27 @@ class Delivery:
         self._refused = False
         n = self._pump_live(send)
         if not self._refused:
-            n += self._pump_backlog(send)
+            n += self._pump_backlog(send, now_s)
         return n
+
+    def pump_wait_s(self, now_s: float) -> float | None:
+        """How long until a pump could send backlog that is waiting for its pace (0: now; None: nothing
+        waits for time, the next PUBACK or record pumps)."""
+        if not self.online or self._refused or self._backlog_done or self.free_slots <= 0:
+            return None  # refused: not connected any more, the disconnect or the next connect pumps
+        if self.backlog_inflight >= self.backlog_window:
+            return None
+        return max(0.0, self._backlog_due - now_s, self._paused_until - now_s)
+
+    def appended(self, seq: int) -> None:
+        """The store committed records up to ``seq`` (any thread's word, passed on by the caller)."""
+        if self._newest is None or seq > self._newest:
+            self._newest = seq
 
     def _pump_live(self, send: Send) -> int:
         n = 0
+        if self._newest is not None and self._newest <= self._live_after:
+            return 0  # nothing new committed: no query (one per PUBACK during a drain otherwise)
         while self.free_slots > 0:
             rows = self.source.pending_raw(self._live_after, None, self.live_rows)
             if not rows:
@@ -175,9 +210,11 @@ class Delivery:
                 break
         return n
 
-    def _pump_backlog(self, send: Send) -> int:
+    def _pump_backlog(self, send: Send, now_s: float) -> int:
         n = 0
         while not self._backlog_done and self.free_slots > 0 and self.backlog_inflight < self.backlog_window:
+            if now_s < self._backlog_due:
+                break
             if not self._backlog and not self._prefetch():
                 break
             batch = Batch(self._take(self._backlog), replayed=True)
@@ -185,6 +222,8 @@ class Delivery:
                 self._backlog.extendleft(reversed(batch.records))  # first in line at the next pump
                 return n
             n += 1
+            if self.backlog_s_per_record > 0:  # from this send, not from the due time: no burst to catch up
+                self._backlog_due = now_s + self.backlog_s_per_record * len(batch.records)
         return n
 
     def _prefetch(self) -> bool:
@@ -203,10 +242,12 @@ class Delivery:
         first = buf.popleft()
         batch = [first]
         n = sample_count(first)
-        while buf and buf[0].kind == first.kind and n + sample_count(buf[0]) <= self.batch_samples:
-            rec = buf.popleft()
-            batch.append(rec)
-            n += sample_count(rec)
+        while buf and buf[0].kind == first.kind:
+            k = sample_count(buf[0])
+            if n + k > self.batch_samples:
+                break
+            batch.append(buf.popleft())
+            n += k
         return tuple(batch)
 
     def _send(self, batch: Batch, send: Send) -> bool:

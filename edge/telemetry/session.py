@@ -16,6 +16,12 @@
   and, under MQTT 5, the Message Expiry Interval the broker delivered (already counted down by the time
   the message waited in the broker).
 - :meth:`Session.publish` only queues a packet for paho's thread and is safe from any thread.
+- Each connect attempt has its number (:attr:`Session.epoch`, counted before the CONNECT is sent). A
+  publish given the ``epoch`` of the connection it was prepared for is refused once another connect has
+  begun: the uplink thread may still be inside a replay step of the old connection when paho has already
+  connected again, and its messages (Sparkplug: the old session's seq numbers, after the broker's NDEATH)
+  must not go out ahead of the new connection's births. The check and the publish hold paho's outgoing
+  message lock, which the count and the drop of the old queue also hold, so none slips in between.
 """
 
 from __future__ import annotations
@@ -99,6 +105,7 @@ class Session:
         self.attempt = 0
         self.next_reconnect_s: float | None = None
         self.closing = False
+        self.epoch = 0  # connect attempts begun (paho's thread); the current connection's number
         self._client: mqtt.Client | None = None
 
     def start(self) -> None:
@@ -125,9 +132,8 @@ class Session:
             client.tls_insecure_set(c.tls.insecure)
         client.enable_logger(PAHO_LOG)  # errors inside paho callbacks end up in our log
         client.max_inflight_messages_set(c.max_inflight)
-        if callable(self.will):
-            client.on_pre_connect = self._cb_pre_connect
-        else:
+        client.on_pre_connect = self._cb_pre_connect
+        if not callable(self.will):
             client.will_set(self.will[0], self.will[1], qos=1, retain=True)
         client.on_connect = self._cb_connect
         client.on_connect_fail = self._cb_connect_fail
@@ -157,12 +163,15 @@ class Session:
 
     # -- paho thread: hand everything over ----------------------------------------------------------
     def _cb_pre_connect(self, client: mqtt.Client, _u: Any) -> None:
-        assert callable(self.will)
+        """Before every CONNECT (paho calls it without holding its callback lock)."""
+        with client._out_message_mutex:
+            self.epoch += 1  # from here a publish for an earlier connection is refused
+            if not callable(self.will):
+                return
+            # paho would resend these right after the CONNACK, ahead of the new session's births
+            client._out_messages.clear()
         topic, payload = self.will()
         client.will_set(topic, payload, qos=1, retain=False)
-        # paho would resend these right after the CONNACK, ahead of the new session's births
-        with client._out_message_mutex:
-            client._out_messages.clear()
 
     def _cb_connect(self, client: mqtt.Client, _u: Any, flags: Any, reason: Any, _p: Any) -> None:
         if reason.is_failure:
@@ -190,14 +199,23 @@ class Session:
     def started(self) -> bool:
         return self._client is not None
 
-    def publish(self, topic: str, payload: bytes | str, *, retain: bool = False, qos: int = 1) -> int | None:
+    def publish(
+        self, topic: str, payload: bytes | str, *, retain: bool = False, qos: int = 1, epoch: int | None = None
+    ) -> int | None:
         """Queue one message; its message id, or None when paho refused it (not connected: paho keeps its
-        own copy of a QoS 1 message, the caller sends again after the next connect anyway). The id is
+        own copy of a QoS 1 message, the caller sends again after the next connect anyway) or when
+        ``epoch`` is not the current connection's (:attr:`epoch` when its CONNACK came). The id is
         reported to ``published`` on the PUBACK (QoS 1) or once written to the socket (QoS 0)."""
         client = self._client
         if client is None:
             return None
-        info = client.publish(topic, payload, qos=qos, retain=retain)
+        if epoch is None:
+            info = client.publish(topic, payload, qos=qos, retain=retain)
+        else:
+            with client._out_message_mutex:  # paho takes it in publish() too: no new lock order
+                if epoch != self.epoch:
+                    return None
+                info = client.publish(topic, payload, qos=qos, retain=retain)
         return info.mid if info.rc == mqtt.MQTT_ERR_SUCCESS else None
 
     def subscribe(self, topic_filter: str) -> None:

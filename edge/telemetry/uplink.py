@@ -45,7 +45,7 @@ from edge.ops import REFUSED, Operations
 from edge.telemetry import commands
 from edge.telemetry.channel import REJECTED, SCHEMA_CMD_RESULT, Answer, CommandChannel, Received
 from edge.telemetry.compact import Deadbands
-from edge.telemetry.delivery import Batch, Delivery
+from edge.telemetry.delivery import BACKLOG_RECORDS_PER_S, Batch, Delivery
 from edge.telemetry.formats import SCHEMA_EVENTS, SCHEMA_TELEMETRY, EncoderContext, Message, encoder_for
 from edge.telemetry.session import Session, SessionEvents, backoff_s
 from edge.telemetry.store import RawRecord, Store, StoreView
@@ -59,6 +59,7 @@ log = logging.getLogger(__name__)
 SCHEMA_STATUS = "cabinet-edge/status/1"
 SCHEMA_STATE = "cabinet-edge/state/2"  # 2: "connectors" (edge/status.py, docs/TELEMETRY.md)
 SHUTDOWN_WAIT_S = 1.0  # longest wait for the uplink and paho threads when the daemon stops
+NO_CONNECTION = -1  # never a session epoch: the uplink thread publishes nothing before a CONNACK
 COMMANDS_PER_STEP = 1  # commands handled per event-loop iteration: a burst must not hold the control tick
 MAX_QUEUED_COMMANDS = 1000  # beyond this a burst is dropped (counted): commands_dropped
 
@@ -88,6 +89,10 @@ class UplinkStats:
     last_error: str | None = None
     next_reconnect_s: float | None = None
     longest_step_ms: float = 0.0  # longest delivery step on the uplink thread (store reads, publishes)
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 class Uplink:
@@ -165,13 +170,15 @@ class Uplink:
         self.traffic = Traffic()
         self._parts: dict[int, tuple[int, set[int]]] = {}  # message id -> (the batch's id, ids not yet acked)
         self._no_message_id = 0  # negative ids of batches that needed no message (never a paho id)
+        self._epoch = NO_CONNECTION  # uplink thread: the session's epoch of the connection it serves
+        self._committed: int | None = None  # newest seq the store's writer committed (Store.on_append)
 
     # -- hand-over between threads -------------------------------------------------------------------
     def _session_events(self) -> SessionEvents:
         """paho's thread: queue everything for the uplink thread (delivery) or the loop (commands).
         Methods are looked up when called, so a test or bench may wrap one on the instance."""
         return SessionEvents(
-            connected=lambda present: self._to_io(self._connected, present),
+            connected=lambda present: self._to_io(self._connack, self.session.epoch, present),
             refused=lambda why: self._to_io(self._connect_refused, why),
             connect_failed=lambda: self._to_io(self._connect_failed),
             disconnected=lambda why: self._to_io(self._disconnected, why),
@@ -221,10 +228,15 @@ class Uplink:
         if self.stats.connected:
             self._publish_all(self.encoder.command(topic, payload))
 
+    def _publish(self, m: Message) -> int | None:
+        """Uplink thread: one message on the connection the thread was told of last (refused after a
+        reconnect it has not handled yet: it was prepared for the old connection, see session.py)."""
+        return self.session.publish(m.topic, m.payload, retain=m.retain, qos=m.qos, epoch=self._epoch)
+
     def _publish_all(self, messages: Sequence[Message]) -> None:
         """Messages that carry no records (births): nothing waits for their acknowledgement."""
         for m in messages:
-            self._sent(self.session.publish(m.topic, m.payload, retain=m.retain, qos=m.qos), m.payload)
+            self._sent(self._publish(m), m.payload)
 
     def _to_loop(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
@@ -255,24 +267,37 @@ class Uplink:
             window=self.cfg.max_inflight,
             batch_samples=self.cfg.batch_samples,
             reject_pause_s=self.cfg.reconnect_min_s,
+            backlog_records_per_s=BACKLOG_RECORDS_PER_S,
         )
         try:
             while True:
-                wait = delivery.delete_wait_s(self.clock())
-                if wait is not None and wait <= 0:  # due: a busy queue must not starve the deletes
-                    self._flush_deletes()
-                    wait = None
+                delete_wait, pace_wait = self._due_work(delivery)
                 try:  # group commit: delete as soon as PUBACKs stop coming in a burst
-                    fn = self._io_q.get(timeout=wait)
+                    fn = self._io_q.get(timeout=_earliest(delete_wait, pace_wait))
                 except queue.Empty:
-                    self._flush_deletes()
-                    continue
+                    if delete_wait is not None and (pace_wait is None or delete_wait <= pace_wait):
+                        self._flush_deletes()
+                    continue  # a paced backlog message is due: pumped at the top
                 if fn is None:
                     break
                 self._io_step(fn)
         finally:
             self._flush_deletes()
             view.close()
+
+    def _due_work(self, delivery: Delivery) -> tuple[float | None, float | None]:
+        """Deletes and paced backlog that are due now; then how long until each is due next (None: never
+        by time alone)."""
+        now = self.clock()
+        delete_wait = delivery.delete_wait_s(now)
+        if delete_wait is not None and delete_wait <= 0:  # due: a busy queue must not starve the deletes
+            self._flush_deletes()
+            delete_wait = None
+        pace_wait = delivery.pump_wait_s(now)
+        if pace_wait is not None and pace_wait <= 0:
+            self._io_step(self.pump)
+            pace_wait = delivery.pump_wait_s(self.clock())
+        return delete_wait, pace_wait
 
     def _io_step(self, fn: Callable[[], None]) -> None:
         try:
@@ -286,6 +311,10 @@ class Uplink:
             seqs = self._delivery.take_deletes()
             if seqs:
                 self._view.delete(seqs)
+
+    def _connack(self, epoch: int, session_present: bool) -> None:
+        self._epoch = epoch  # what this thread publishes from here belongs to that connection
+        self._connected(session_present)
 
     def _connected(self, session_present: bool) -> None:
         self.stats.connected = True
@@ -304,7 +333,7 @@ class Uplink:
         self.channel.subscribe()
         for topic in self._encoder_topics:
             self.session.subscribe(topic)
-        self.session.publish(self.topics.status, self._status_message("online")[1], retain=True)
+        self._publish(Message(self.topics.status, self._status_message("online")[1], retain=True))
         self._parts.clear()
         self._publish_all(self.encoder.birth())
         for cb in self.on_connected:
@@ -331,6 +360,7 @@ class Uplink:
             )
 
     def _disconnected(self, why: str) -> None:
+        self._epoch = NO_CONNECTION
         self.stats.next_reconnect_s = self.session.next_reconnect_s
         if self._delivery is not None:
             self._delivery.disconnected()
@@ -375,6 +405,8 @@ class Uplink:
         if delivery is None:
             return
         t0 = time.perf_counter()
+        if (committed := self._committed) is not None:
+            delivery.appended(committed)
         try:
             delivery.pump(self.clock(), self._publish_batch)
         finally:
@@ -392,7 +424,7 @@ class Uplink:
             return self._no_message_id
         mids = []
         for m in messages:
-            mid = self.session.publish(m.topic, m.payload, retain=m.retain, qos=m.qos)
+            mid = self._publish(m)
             if mid is None:
                 return None  # not connected: the whole batch is sent again after the next connect
             self._sent(mid, m.payload)
@@ -448,7 +480,8 @@ class Uplink:
         # every stored record kicks the uplink thread; this tick catches state changes and pauses
         return max(0.05, min(1.0, self.interval_s / 2))
 
-    def _on_append(self, _seq: int) -> None:
+    def _on_append(self, seq: int) -> None:
+        self._committed = seq  # the writer's thread; read by the uplink thread's next pump
         self.kick()
 
     async def _shutdown(self) -> None:
