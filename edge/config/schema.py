@@ -12,6 +12,7 @@ from edge.config.crosschecks import check_setpoints
 from edge.config.devices import CableSensor, Meter, PowerModules
 from edge.config.hardware import CanBus, ModbusTcp, Outputs, SerialLine, Watchdog
 from edge.config.limits import LimitsConfig
+from edge.config.remote import Remote
 from edge.config.telemetry import Telemetry
 
 
@@ -66,6 +67,7 @@ class Config(Section):
     api: Api = Api()
     storage: Storage = Storage()
     logging: Logging = Logging()
+    remote: Remote = Remote()
 
     @model_validator(mode="after")
     def _references(self) -> Config:

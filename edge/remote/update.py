@@ -1,0 +1,271 @@
+"""``cmd/update`` in the daemon: check, download, verify, wait for idle connectors, hand over.
+
+Everything slow runs in one worker thread (:class:`UpdateManager`), never on the event loop: the safety
+loop never waits on a download. The hand-over to the root installer (:mod:`edge.remote.installer`) is a file,
+``<state_dir>/request.json``; from then on the installer writes the status file and this side only reads
+and reports it, in whichever release runs (the old one until the restart, the new one after, the old one
+again after a rollback).
+
+Order of the checks, cheapest first, so a refused update changes nothing on the cabinet:
+
+1. arguments (version, https URL, sha256, signature), not the running version, no downgrade unless
+   ``[remote] allow_downgrade`` and the command's ``downgrade: true``;
+2. the Ed25519 signature over (version, sha256) against ``[remote] trusted_keys``: ``InvalidSignature``
+   before a byte is downloaded;
+3. the download (resumable, bounded by ``max_download_mb``), then its SHA-256: ``DownloadFailed``;
+4. while ``sessions_active()``: ``Scheduled``; installed when every connector is idle.
+
+A daemon restart (or power cut) during 1-4 resumes the download where it stopped (``pending.json`` keeps
+the command).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edge.config.remote import Remote
+from edge.remote import download, signing, states
+from edge.remote.states import UpdateStatus
+
+log = logging.getLogger(__name__)
+
+PENDING_FILE = "pending.json"
+PROGRESS_EVERY_S = 1.0  # Downloading progress reports, at most this often
+POLL_S = 2.0  # while Scheduled or installing: how often idle connectors / the installer's status are read
+
+Report = Callable[[UpdateStatus, bool], None]  # (status, True when it entered a new state)
+
+
+class UpdateArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    version: str = Field(pattern=signing.VERSION_RE.pattern, description="release name, e.g. 0.3.1")
+    url: str = Field(max_length=2048, description="https URL of the release bundle (http only to loopback)")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the bundle, lower-case hex")
+    signature: str = Field(max_length=128, description="base64 Ed25519 signature (edge/remote/signing.py)")
+    downgrade: bool = Field(False, description="true to install an older version ([remote] allow_downgrade)")
+
+
+class Refused(Exception):
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def version_key(version: str) -> tuple[tuple[int, str], ...]:
+    """Orders release names numerically where they are numbers: 0.10.0 > 0.9.2, 1.0 > 1.0rc1 is not
+    attempted (pre-releases compare by text)."""
+    return tuple((int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.+-]", version))
+
+
+def _problem(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(x) for x in err["loc"]) or "payload"
+    return f"{where}: {err['msg']}"
+
+
+class UpdateManager:
+    def __init__(
+        self,
+        cfg: Remote,
+        state_dir: Path,
+        running_version: str,
+        *,
+        sessions_active: Callable[[], bool] = lambda: False,
+        active_faults: Callable[[], Iterable[str]] = tuple,
+        report: Report = lambda _status, _new: None,
+        trigger: Callable[[Path], None] = lambda _request: None,
+        poll_s: float = POLL_S,
+    ) -> None:
+        """``sessions_active`` and ``active_faults`` are called from the worker thread (reads only);
+        ``report`` too: hop onto the loop there if what it does is not thread-safe. ``trigger`` starts the
+        installer for a request file; on a cabinet cabinet-edge-update.path does that, so it does nothing."""
+        self.cfg = cfg
+        self.dir = state_dir
+        self.running_version = running_version
+        self.sessions_active = sessions_active
+        self.active_faults = active_faults
+        self.report = report
+        self.trigger = trigger
+        self.poll_s = poll_s
+        self._lock = threading.Lock()
+        self._status = states.load_status(state_dir)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # -- what others read ------------------------------------------------------------------------------
+    @property
+    def status(self) -> UpdateStatus:
+        with self._lock:
+            return self._status
+
+    @property
+    def installing(self) -> bool:
+        """True from the hand-over to the installer until the update is over: a new session should not
+        start then (the daemon is about to restart)."""
+        return (self.dir / states.REQUEST_FILE).exists()
+
+    # -- the command -------------------------------------------------------------------------------
+    def request(self, cmd_id: str, raw: dict[str, Any]) -> str:
+        """Check ``cmd/update`` and start it in the worker; raises :class:`Refused`. Returns at once."""
+        try:
+            args = UpdateArgs.model_validate(raw)
+        except ValidationError as exc:
+            raise Refused(_problem(exc)) from None
+        why = download.url_allowed(args.url)
+        if why is not None:
+            raise Refused(why)
+        busy = self.status
+        if busy.state not in states.FINAL or self.installing or (self._thread and self._thread.is_alive()):
+            raise Refused(f"update {busy.id} to {busy.version} is {busy.state}; one update at a time")
+        self._check_version(args)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        start = UpdateStatus(id=cmd_id, version=args.version, from_version=self.running_version)
+        bad = signing.verify(args.signature, args.version, args.sha256, self.cfg.trusted_keys)
+        if bad is not None:
+            self._set(start.to(states.INVALID_SIGNATURE, bad), save=True)
+            raise Refused(f"InvalidSignature: {bad}")
+        states.write_atomic(self.dir / PENDING_FILE, {"id": cmd_id, **args.model_dump()})
+        self._set(start.to(states.DOWNLOADING, f"from {args.url[:200]}"), save=True)
+        self._start(cmd_id, args)
+        return f"update to {args.version} started (Downloading); progress on the update topic"
+
+    def _check_version(self, args: UpdateArgs) -> None:
+        if args.version == self.running_version:
+            raise Refused(f"version {args.version} is already running")
+        if version_key(args.version) < version_key(self.running_version):
+            if not (self.cfg.allow_downgrade and args.downgrade):
+                raise Refused(
+                    f"{args.version} is older than the running {self.running_version}: a downgrade needs "
+                    '"downgrade": true in the command and [remote] allow_downgrade = true'
+                )
+
+    # -- start-up and shut-down -----------------------------------------------------------------------
+    def resume(self) -> None:
+        """At daemon start: report the status as it is (retained), and carry on an update this daemon had
+        not handed over yet, or follow the installer's."""
+        status = self.status
+        self.report(status, False)
+        if status.state in states.FINAL and not self.installing:
+            return
+        pending = states.read_json(self.dir / PENDING_FILE)
+        if self.installing or pending is None or pending.get("id") != status.id:
+            self._thread = threading.Thread(target=self._follow, name="update", daemon=True)
+            self._thread.start()
+            return
+        try:
+            args = UpdateArgs.model_validate({k: v for k, v in pending.items() if k != "id"})
+        except ValidationError:
+            self._set(status.to(states.DOWNLOAD_FAILED, "the pending update could not be read again"), save=True)
+            return
+        self._start(status.id, args)
+
+    def close(self, timeout_s: float = 5.0) -> None:
+        """Stop the worker (a download stops after its current chunk, and resumes after the restart)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    # -- the worker --------------------------------------------------------------------------------
+    def _start(self, cmd_id: str, args: UpdateArgs) -> None:
+        self._thread = threading.Thread(target=self._work, args=(cmd_id, args), name="update", daemon=True)
+        self._thread.start()
+
+    def _set(self, status: UpdateStatus, save: bool) -> None:
+        with self._lock:
+            new_state = status.state != self._status.state or status.id != self._status.id
+            self._status = status
+        if save:
+            states.save_status(self.dir, status)
+        self.report(status, new_state)
+
+    def _work(self, cmd_id: str, args: UpdateArgs) -> None:
+        try:
+            if not self._download(args):
+                return
+            self._wait_for_idle()
+            if self._stop.is_set():
+                return
+            self._hand_over(cmd_id, args)
+            self._follow()
+        except Exception:  # a bug here must end in a reported state, not a silent thread
+            log.exception("update worker failed")
+            self._set(self.status.to(states.INSTALLATION_FAILED, "internal error in the update worker"), save=True)
+
+    def _download(self, args: UpdateArgs) -> bool:
+        last = [0.0]
+
+        def progress(have: int, total: int | None) -> None:
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_EVERY_S:
+                last[0] = now
+                self._set(
+                    self.status.to(states.DOWNLOADING, self.status.reason, progress_bytes=have, size_bytes=total),
+                    save=False,
+                )
+
+        package = self.dir / f"cabinet-edge-{args.version}.tar.gz"
+        try:
+            got = download.download(
+                args.url,
+                package,
+                args.sha256,
+                int(self.cfg.max_download_mb * 1024 * 1024),
+                cancel=self._stop,
+                progress=progress,
+            )
+        except download.DownloadError as exc:
+            if self._stop.is_set():
+                return False  # shutting down: the part stays and the download resumes after the restart
+            (self.dir / PENDING_FILE).unlink(missing_ok=True)
+            self._set(self.status.to(states.DOWNLOAD_FAILED, exc.message[:300]), save=True)
+            return False
+        resumed = f", resumed at {got.resumed_from} bytes" if got.resumed_from else ""
+        self._set(
+            self.status.to(
+                states.DOWNLOADED,
+                f"{got.size_bytes} bytes, sha256 and signature ok{resumed}",
+                progress_bytes=got.size_bytes,
+                size_bytes=got.size_bytes,
+            ),
+            save=True,
+        )
+        return True
+
+    def _wait_for_idle(self) -> None:
+        while self.sessions_active() and not self._stop.is_set():
+            if self.status.state != states.SCHEDULED:
+                self._set(self.status.to(states.SCHEDULED, "waiting until no connector is in a session"), save=True)
+            self._stop.wait(self.poll_s)
+
+    def _hand_over(self, cmd_id: str, args: UpdateArgs) -> None:
+        request = {
+            "id": cmd_id,
+            "version": args.version,
+            "sha256": args.sha256,
+            "signature": args.signature,
+            "from_version": self.running_version,
+            "baseline_faults": sorted(self.active_faults()),
+            "t_ms": int(time.time() * 1000),
+        }
+        states.write_atomic(self.dir / states.REQUEST_FILE, request)
+        (self.dir / PENDING_FILE).unlink(missing_ok=True)
+        self.trigger(self.dir / states.REQUEST_FILE)
+
+    def _follow(self) -> None:
+        """Report the installer's status file until the update is over (or this daemon stops)."""
+        while not self._stop.is_set():
+            status = states.load_status(self.dir)
+            if status != self.status:
+                self._set(status, save=False)
+            if status.state in states.FINAL and not self.installing:
+                return
+            self._stop.wait(self.poll_s)
