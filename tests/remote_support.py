@@ -57,7 +57,7 @@ class FileServer:
             def log_message(self, *_args: Any) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 name = self.path.lstrip("/")
                 requests.append((name, self.headers.get("Range")))
                 served = files.get(name)
@@ -114,8 +114,9 @@ def build_wheel(out: Path, version: str, *, crash: bool = False, faults: tuple[s
     with zipfile.ZipFile(wheel, "w") as zf:
         for package in ("edge", "drivers", "hal"):
             for file in sorted((REPO / package).rglob("*")):
-                if file.is_file() and "__pycache__" not in file.parts:
-                    zf.write(file, str(file.relative_to(REPO)))
+                rel = str(file.relative_to(REPO))
+                if file.is_file() and "__pycache__" not in file.parts and not (crash and rel == "edge/__init__.py"):
+                    zf.write(file, rel)
         if crash:
             zf.writestr("edge/__init__.py", 'raise SystemExit("this release crashes at start")\n')
         if faults:
@@ -274,7 +275,7 @@ class Cabinet:
             "--restart-cmd",
             "true",
             "--health-cmd",
-            f"{current_python} {self.probe}",
+            f"env -u PYTHONPATH {current_python} {self.probe}",
             "--probe-every-s",
             "0.1",
             f"--install-arg=--python={PYTHON}",

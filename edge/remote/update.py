@@ -226,6 +226,7 @@ class UpdateManager:
             if self._stop.is_set():
                 return False  # shutting down: the part stays and the download resumes after the restart
             (self.dir / PENDING_FILE).unlink(missing_ok=True)
+            package.with_name(package.name + ".part").unlink(missing_ok=True)  # a refused update leaves nothing
             self._set(self.status.to(states.DOWNLOAD_FAILED, exc.message[:300]), save=True)
             return False
         resumed = f", resumed at {got.resumed_from} bytes" if got.resumed_from else ""
