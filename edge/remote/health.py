@@ -44,15 +44,7 @@ def sample_from_status(status: dict[str, Any] | None) -> HealthSample:
     """A sample from the daemon's ``status`` answer; None (no answer) is a daemon that is not up."""
     if status is None:
         return HealthSample(up=False)
-    lost = sorted(str(a) for a, m in (status.get("modules") or {}).items() if m.get("lost"))
-    meters_down = sorted(str(n) for n, m in (status.get("meters") or {}).items() if not m.get("ok"))
-    bad_readings = sorted(str(s) for s, r in (status.get("readings") or {}).items() if r.get("quality") != OK)
-    problems = [
-        f"modules lost: {', '.join(lost)}" if lost else "",
-        f"meters not answering: {', '.join(meters_down)}" if meters_down else "",
-        f"readings not ok: {', '.join(bad_readings[:5])}" if bad_readings else "",
-    ]
-    why = "; ".join(p for p in problems if p)
+    why = _device_problems(status)
     uplink = ((status.get("telemetry") or {}).get("uplink")) or {}
     return HealthSample(
         up=True,
@@ -63,6 +55,23 @@ def sample_from_status(status: dict[str, Any] | None) -> HealthSample:
         faults=frozenset(str(f) for f in (status.get("faults") or {})),
         why_not_devices=why,
     )
+
+
+def _names_where(table: Any, bad: Any) -> list[str]:
+    return sorted(str(name) for name, entry in (table or {}).items() if bad(entry))
+
+
+def _device_problems(status: dict[str, Any]) -> str:
+    """"" when every device answered, else which did not."""
+    lost = _names_where(status.get("modules"), lambda m: m.get("lost"))
+    meters_down = _names_where(status.get("meters"), lambda m: not m.get("ok"))
+    bad_readings = _names_where(status.get("readings"), lambda r: r.get("quality") != OK)
+    problems = [
+        f"modules lost: {', '.join(lost)}" if lost else "",
+        f"meters not answering: {', '.join(meters_down)}" if meters_down else "",
+        f"readings not ok: {', '.join(bad_readings[:5])}" if bad_readings else "",
+    ]
+    return "; ".join(p for p in problems if p)
 
 
 class HealthWindow:

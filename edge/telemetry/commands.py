@@ -375,7 +375,7 @@ def handle(
 def parse(name: str, payload: bytes, max_current_a: float, remote_clear_allowed: bool, now_ms: int) -> Command:
     """Validate one command with the operations' own rules; raises :class:`Rejected` with the reason."""
     cmd = envelope(name, payload, now_ms)
-    if cmd.name == REQUEST_STATE:
+    if cmd.name == REQUEST_STATE or cmd.name in REMOTE_COMMANDS:
         return cmd
     source = Source.cloud(cmd.id or "-")
     try:

@@ -1,0 +1,124 @@
+"""The remote commands on the MQTT command channel (edge.telemetry.commands.handle with ``remote=``):
+each one disabled unless listed in [remote] commands, rate-limited, audited with its source; log-level for a
+bounded time and then back; config-get with secrets redacted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from edge.config.remote import Remote
+from edge.ops import Operations
+from edge.remote.commands import RemoteCommands
+from edge.telemetry import commands
+from tests.remote_support import wait_until
+
+NOW_MS = 1_800_000_000_000
+
+
+class Channel:
+    def __init__(self, cfg: Remote, **kw: Any) -> None:
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.published: list[tuple[str, bytes, bool]] = []
+        self.now_s = 0.0
+        self.ops = Operations(SimpleNamespace(), None, lambda k, n, d: self.events.append((k, n, d)), dict)  # type: ignore[arg-type]
+        self.remote = RemoteCommands(
+            cfg, publish=lambda leaf, p, r: self.published.append((leaf, p, r)), clock=lambda: self.now_s, **kw
+        )
+        self.guard = commands.Guard()
+        self.n = 0
+
+    def send(self, name: str, **args: Any) -> commands.Result:
+        self.n += 1
+        payload = json.dumps({"id": f"c{self.n}", **args}).encode()
+        return commands.handle(name, payload, self.ops, NOW_MS, guard=self.guard, remote=self.remote)
+
+
+def test_a_remote_command_not_enabled_is_refused_and_audited_with_its_source() -> None:
+    ch = Channel(Remote())
+    r = ch.send("log-level", level="DEBUG", duration_s=60)
+    assert r.result == commands.REJECTED and "not enabled on this cabinet ([remote] commands)" in r.reason
+    kind, op, data = ch.events[-1]
+    assert (kind, op, data["source"], data["id"], data["ok"], data["code"]) == (
+        "command",
+        "log-level",
+        "cloud",
+        "c1",
+        False,
+        "refused",
+    )
+
+
+def test_without_a_remote_handler_the_names_are_known_but_refused() -> None:
+    ops = Operations(SimpleNamespace(), None, None, dict)  # type: ignore[arg-type]
+    r = commands.handle("update", b'{"id":"x"}', ops, NOW_MS)
+    assert r.result == commands.REJECTED and "no remote operations" in r.reason
+
+
+def test_remote_commands_are_rate_limited_per_hour() -> None:
+    ch = Channel(Remote(commands=["log-level"], commands_per_hour=3))
+    results = [ch.send("log-level", level="INFO", duration_s=10) for _ in range(4)]
+    assert [r.result for r in results] == ["accepted"] * 3 + ["rejected"]
+    assert "more than 3 remote commands in an hour" in results[-1].reason
+    ch.now_s = 3600.0
+    assert ch.send("log-level", level="INFO", duration_s=10).result == commands.ACCEPTED
+    ch.remote.log_level.restore()
+
+
+def test_log_level_holds_for_its_time_and_then_comes_back() -> None:
+    ch = Channel(Remote(commands=["log-level"], log_level_max_s=60))
+    logger = logging.getLogger("edge.remote_test")
+    logger.setLevel(logging.WARNING)
+    r = ch.send("log-level", level="DEBUG", duration_s=0.3, logger="edge.remote_test")
+    assert r.result == commands.ACCEPTED, r.reason
+    assert logger.level == logging.DEBUG
+    wait_until(lambda: logger.level == logging.WARNING, 5, "the level to come back")
+    assert ch.remote.log_level.until_s is None
+
+
+def test_log_level_refuses_a_time_above_the_bound_and_bad_arguments() -> None:
+    ch = Channel(Remote(commands=["log-level"], log_level_max_s=60))
+    assert "above [remote] log_level_max_s = 60 s" in ch.send("log-level", level="DEBUG", duration_s=61).reason
+    assert "level" in ch.send("log-level", level="TRACE", duration_s=5).reason
+    assert "duration_s" in ch.send("log-level", level="DEBUG").reason
+
+
+def test_a_second_log_level_replaces_the_first_and_the_configured_level_comes_back() -> None:
+    ch = Channel(Remote(commands=["log-level"]))
+    logger = logging.getLogger("edge.remote_test2")
+    logger.setLevel(logging.INFO)
+    ch.send("log-level", level="DEBUG", duration_s=30, logger="edge.remote_test2")
+    ch.send("log-level", level="ERROR", duration_s=0.2, logger="edge.remote_test2")
+    assert logger.level == logging.ERROR
+    wait_until(lambda: logger.level == logging.INFO, 5, "the configured level")
+
+
+def test_config_get_publishes_the_config_with_secrets_redacted(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text('[telemetry.mqtt]\nhost = "broker"\npassword = "hunter2"\n')
+    ch = Channel(Remote(commands=["config-get"]), config_path=str(config))
+    r = ch.send("config-get")
+    assert r.result == commands.ACCEPTED, r.reason
+    leaf, payload, retain = ch.published[-1]
+    body = json.loads(payload)
+    assert leaf == "config" and not retain and body["id"] == "c1"
+    assert "hunter2" not in body["toml"] and 'host = "broker"' in body["toml"]
+    assert body["sha256"] == hashlib.sha256(body["toml"].encode()).hexdigest()
+    assert body["sha256"][:12] in r.reason
+
+
+@pytest.mark.parametrize("name", ["config-apply", "diag"])
+def test_commands_not_built_yet_say_so(name: str) -> None:
+    ch = Channel(Remote(commands=[name]))
+    assert "not available in this version" in ch.send(name).reason
+
+
+def test_update_without_an_update_manager_is_refused() -> None:
+    ch = Channel(Remote(commands=["update"]))
+    assert "not set up" in ch.send("update", version="2.0").reason
