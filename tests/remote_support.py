@@ -211,6 +211,7 @@ class Cabinet:
         self.probe = self.tools / "probe.py"
         self.probe.write_text(HEALTH_PROBE)
         self.edge_check = fake_edge(self.tools)
+        self.restart_cmd = "true"
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CABINET_EDGE_")}
@@ -273,7 +274,7 @@ class Cabinet:
             "--prefix",
             str(self.root),
             "--restart-cmd",
-            "true",
+            self.restart_cmd,
             "--health-cmd",
             f"env -u PYTHONPATH {current_python} {self.probe}",
             "--probe-every-s",
