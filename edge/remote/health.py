@@ -62,7 +62,7 @@ def _names_where(table: Any, bad: Any) -> list[str]:
 
 
 def _device_problems(status: dict[str, Any]) -> str:
-    """"" when every device answered, else which did not."""
+    """ "" when every device answered, else which did not."""
     lost = _names_where(status.get("modules"), lambda m: m.get("lost"))
     meters_down = _names_where(status.get("meters"), lambda m: not m.get("ok"))
     bad_readings = _names_where(status.get("readings"), lambda r: r.get("quality") != OK)
