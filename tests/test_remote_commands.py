@@ -122,3 +122,33 @@ def test_commands_not_built_yet_say_so(name: str) -> None:
 def test_update_without_an_update_manager_is_refused() -> None:
     ch = Channel(Remote(commands=["update"]))
     assert "not set up" in ch.send("update", version="2.0").reason
+
+
+def test_build_remote_publishes_the_update_status_retained_and_each_new_state_as_an_event(tmp_path: Path) -> None:
+    from edge.config import parse_config
+    from edge.remote import states
+    from edge.remote.service import build_remote, state_dir_of
+
+    config = parse_config(
+        f'[cabinet]\nsite_id = "s"\ncabinet_id = "c"\n[storage]\ndata_dir = "{tmp_path}"\n'
+        '[[can]]\nname = "can0"\n'
+        '[remote]\ncommands = ["update"]\n'
+    )
+    assert state_dir_of(config) == tmp_path / "update"
+    published: list[tuple[str, bytes, bool]] = []
+    events: list[tuple[str, str, dict[str, Any]]] = []
+    remote = build_remote(
+        config,
+        None,
+        "1.0",
+        publish=lambda leaf, p, r: published.append((leaf, p, r)),
+        on_event=lambda k, n, d: events.append((k, n, d)),
+    )
+    assert remote.update is not None
+    remote.update.resume()  # nothing pending: the retained Idle status
+    assert published[-1][0] == "update" and published[-1][2] is True
+    assert json.loads(published[-1][1])["state"] == states.IDLE and events == []
+    r = remote.run("update", "u1", {"version": "2.0", "url": "https://x/r", "sha256": "0" * 64, "signature": "AAAA"})
+    assert not r[0] and "InvalidSignature: no trusted keys" in r[1]
+    assert json.loads(published[-1][1])["state"] == states.INVALID_SIGNATURE
+    assert [(k, n) for k, n, _ in events] == [("update", states.INVALID_SIGNATURE)]

@@ -1,0 +1,61 @@
+"""Wiring of the remote operations into a daemon: one call for the integrator (edge/build.py), one
+argument for the command channel (``commands.handle(..., remote=...)`` in edge/telemetry/uplink.py).
+
+    remote = build_remote(config, config_path, edge.__version__,
+                          sessions_active=lambda: any connector in a session,   # thread-safe read
+                          active_faults=lambda: list(controller.decision["faults"]),
+                          publish=lambda leaf, payload, retain: session.publish(f"{topics.base}/{leaf}", payload, retain=retain),
+                          on_event=lambda kind, name, data: loop.call_soon_threadsafe(events.emit, kind, name, data))
+    remote.update.resume()     # at start: publish the retained update status, carry on an unfinished update
+    ...
+    remote.update.close()      # at shutdown (a download resumes after the restart)
+
+Every report of the update worker goes out retained on ``<prefix>/<site>/<cabinet>/update`` and, when it
+is a new state, as an ``update`` event (name = the state) on the events topic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from edge.config import Config
+from edge.remote.commands import UPDATE_TOPIC, Publish, RemoteCommands, update_message
+from edge.remote.states import UpdateStatus
+from edge.remote.update import UpdateManager
+
+EventSink = Callable[[str, str, dict[str, Any]], None]
+
+
+def state_dir_of(config: Config) -> Path:
+    return Path(config.remote.state_dir or str(Path(config.storage.data_dir) / "update"))
+
+
+def build_remote(
+    config: Config,
+    config_path: str | None,
+    version: str,
+    *,
+    sessions_active: Callable[[], bool] = lambda: False,
+    active_faults: Callable[[], Iterable[str]] = tuple,
+    publish: Publish = lambda _leaf, _payload, _retain: None,
+    on_event: EventSink = lambda _kind, _name, _data: None,
+) -> RemoteCommands:
+    """The daemon's remote commands with its update manager. ``sessions_active`` defaults to never (until
+    the connectors report sessions); ``publish`` and ``on_event`` are called from the update worker thread."""
+
+    def report(status: UpdateStatus, new_state: bool) -> None:
+        publish(UPDATE_TOPIC, update_message(status), True)
+        if new_state:
+            on_event("update", status.state, status.as_dict())
+
+    manager = UpdateManager(
+        config.remote,
+        state_dir_of(config),
+        version,
+        sessions_active=sessions_active,
+        active_faults=active_faults,
+        report=report,
+    )
+    return RemoteCommands(config.remote, update=manager, config_path=config_path, publish=publish)
