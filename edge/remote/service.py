@@ -4,7 +4,8 @@ argument for the command channel (``commands.handle(..., remote=...)`` in edge/t
     remote = build_remote(config, config_path, edge.__version__,
                           sessions_active=lambda: any connector in a session,   # thread-safe read
                           active_faults=lambda: list(controller.decision["faults"]),
-                          publish=lambda leaf, payload, retain: session.publish(f"{topics.base}/{leaf}", payload, retain=retain),
+                          publish=lambda leaf, payload, retain: session.publish(
+                              f"{topics.base}/{leaf}", payload, retain=retain),
                           on_event=lambda kind, name, data: loop.call_soon_threadsafe(events.emit, kind, name, data))
     remote.update.resume()     # at start: publish the retained update status, carry on an unfinished update
     ...
