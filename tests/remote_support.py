@@ -173,6 +173,8 @@ def bad_signature() -> str:
 
 
 # ---- a cabinet in a --prefix root -------------------------------------------------------------------------
+SITE_CONFIG = '# site config\n[cabinet]\nsite_id = "site-1"\ncabinet_id = "cab-1"\n[[can]]\nname = "can0"\n'
+
 HEALTH_PROBE = r"""
 import json, pathlib, sys, time
 import edge  # a release that crashes at start fails here: no answer
@@ -180,6 +182,8 @@ prefix = pathlib.Path(sys.prefix).resolve()
 version = (prefix / ".cabinet-edge-release").read_text().strip().split("=", 1)[1]
 marker = pathlib.Path(edge.__file__).parent / "HEALTH_FAULTS"
 faults = marker.read_text().split() if marker.exists() else []
+# a config can make the "daemon" report a fault too (config-apply's health window)
+faults += [l.split(":", 1)[1].strip() for l in open(sys.argv[1]) if l.startswith("# health-test-fault:")]
 print(json.dumps({"version": version, "uptime_s": time.monotonic(), "faults": {f: "test" for f in faults},
                   "modules": {"1": {"lost": False}}, "meters": {"grid": {"ok": True}},
                   "readings": {}, "telemetry": {"uplink": {"connected": True}}}))
@@ -221,7 +225,7 @@ class Cabinet:
     def write_config(self, trusted: list[str]) -> None:
         self.config.parent.mkdir(parents=True, exist_ok=True)
         self.config.write_text(
-            "# site config\n[remote]\n"
+            SITE_CONFIG + "[remote]\n"
             f'commands = ["update", "log-level", "config-get"]\ntrusted_keys = {json.dumps(trusted)}\n'
             f"health_window_s = {self.health_window_s}\nstart_timeout_s = {self.start_timeout_s}\n"
         )
@@ -276,7 +280,7 @@ class Cabinet:
             "--restart-cmd",
             self.restart_cmd,
             "--health-cmd",
-            f"env -u PYTHONPATH {current_python} {self.probe}",
+            f"env -u PYTHONPATH {current_python} {self.probe} {self.config}",
             "--probe-every-s",
             "0.1",
             f"--install-arg=--python={PYTHON}",

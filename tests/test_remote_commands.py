@@ -113,7 +113,7 @@ def test_config_get_publishes_the_config_with_secrets_redacted(tmp_path: Path) -
     assert body["sha256"][:12] in r.reason
 
 
-@pytest.mark.parametrize("name", ["config-apply", "diag"])
+@pytest.mark.parametrize("name", ["diag"])
 def test_commands_not_built_yet_say_so(name: str) -> None:
     ch = Channel(Remote(commands=[name]))
     assert "not available in this version" in ch.send(name).reason

@@ -73,6 +73,7 @@ class Daemon:
             report=lambda s, _new: self.reports.append(s),
             trigger=lambda _req: self._start_installer(installer_env),
             poll_s=0.02,
+            config_path=str(cab.config),
         )
 
     def _start_installer(self, env: dict[str, str]) -> None:
@@ -281,3 +282,59 @@ def test_kill_9_while_a_bad_release_fails_still_ends_rolled_back(
     assert cab.run_installer().returncode == 1
     assert cab.status().state == states.ROLLED_BACK and cab.runnable() == BASE
     d.manager.close()
+
+
+# ---- config-apply: the same hand-over, health window and return to the previous config ------------------
+def serve_config(cab: Cabinet, server: FileServer, name: str, text: str) -> dict[str, str]:
+    body = text.encode()
+    server.files[name] = Served(body)
+    return {"url": server.url(name), "sha256": hashlib.sha256(body).hexdigest()}
+
+
+def new_config(cab: Cabinet, extra: str) -> str:
+    return cab.config.read_text().replace("[remote]", f"{extra}\n[remote]", 1)
+
+
+def test_a_valid_config_is_applied_and_kept_after_its_health_window(cab: Cabinet, server: FileServer) -> None:
+    old = cab.config.read_text()
+    text = new_config(cab, "[control]\ntick_ms = 50")
+    d = Daemon(cab)
+    assert "started" in d.manager.request_config("c1", serve_config(cab, server, "cfg-ok", text))
+    final = d.final()
+    assert (final.state, final.kind) == (states.INSTALLED, states.CONFIG), final
+    assert cab.config.read_text() == text
+    assert (cab.state_dir / "config.previous.toml").read_text() == old
+    assert cab.current() == BASE, "the release is not touched"
+
+
+def test_a_config_that_fails_validation_is_refused_with_line_and_key_and_changes_nothing(
+    cab: Cabinet, server: FileServer
+) -> None:
+    old = cab.config.read_text()
+    d = Daemon(cab)
+    d.manager.request_config("c1", serve_config(cab, server, "cfg-bad", new_config(cab, "[control]\ntick_ms = 5")))
+    final = d.final()
+    assert final.state == states.INSTALLATION_FAILED, final
+    assert final.reason.startswith("config.toml:8: control.tick_ms = 5"), final.reason
+    assert cab.config.read_text() == old and d.installs == []
+
+
+def test_a_config_that_fails_its_health_window_is_returned_by_itself(cab: Cabinet, server: FileServer) -> None:
+    old = cab.config.read_text()
+    d = Daemon(cab)
+    text = new_config(cab, "# health-test-fault: meter_lost")
+    d.manager.request_config("c1", serve_config(cab, server, "cfg-sick", text))
+    final = d.final()
+    assert final.state == states.ROLLED_BACK, final
+    assert "new fault(s)" in final.reason and "meter_lost" in final.reason and "previous config is back" in final.reason
+    assert cab.config.read_text() == old
+
+
+def test_config_apply_cannot_change_the_remote_section(cab: Cabinet, server: FileServer, signer: Signer) -> None:
+    old = cab.config.read_text()
+    d = Daemon(cab)
+    text = old.replace("trusted_keys = [", f'trusted_keys = ["{Signer().public_b64}", ', 1)
+    d.manager.request_config("c1", serve_config(cab, server, "cfg-keys", text))
+    final = d.final()
+    assert final.state == states.INSTALLATION_FAILED and "[remote] section" in final.reason
+    assert cab.config.read_text() == old

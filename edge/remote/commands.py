@@ -1,5 +1,5 @@
-"""The remote operations as MQTT commands: ``update``, ``log-level``, ``config-get`` (and, named here so the
-channel knows them, ``config-apply`` and ``diag``, which are refused until they are built).
+"""The remote operations as MQTT commands: ``update``, ``config-apply``, ``log-level``, ``config-get`` (and,
+named here so the channel knows it, ``diag``, refused until it is built).
 
 :class:`RemoteCommands` is what :func:`edge.telemetry.commands.handle` calls for these names; the channel
 has already checked the envelope (size, id, age, retained, replayed id) and records the audit event
@@ -32,7 +32,7 @@ CONFIG_GET = "config-get"
 CONFIG_APPLY = "config-apply"
 DIAG = "diag"
 REMOTE_COMMANDS = (UPDATE, DIAG, CONFIG_GET, CONFIG_APPLY, LOG_LEVEL)
-NOT_BUILT = (CONFIG_APPLY, DIAG)
+NOT_BUILT = (DIAG,)
 RATE_WINDOW_S = 3600.0
 UPDATE_TOPIC = "update"  # retained: the update status (edge/remote/states.py)
 CONFIG_TOPIC = "config"  # the answer of config-get (not retained)
@@ -143,6 +143,10 @@ class RemoteCommands:
             if self.update is None:
                 raise Refused("updates are not set up in this daemon")
             return self.update.request(cmd_id, args)
+        if name == CONFIG_APPLY:
+            if self.update is None:
+                raise Refused("config-apply is not set up in this daemon")
+            return self.update.request_config(cmd_id, args)
         if name == LOG_LEVEL:
             a = LogLevelArgs.model_validate(args)
             return self.log_level.set(a.logger, a.level, a.duration_s)

@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -43,6 +44,7 @@ from edge.api.client import ApiError, Client, Unreachable
 from edge.config.remote import Remote
 from edge.remote import health, signing, states
 from edge.remote.states import UpdateStatus
+from edge.remote.update import remote_section_changed
 
 DEFAULT_STATE_DIR = "/var/lib/cabinet-edge/update"
 DEFAULT_CONFIG = "/etc/cabinet-edge/config.toml"
@@ -103,7 +105,10 @@ class Installer:
         between only makes the next start see a final state and tidy up)."""
         self.save(status)
         (self.dir / states.REQUEST_FILE).unlink(missing_ok=True)
-        for leftover in (self.bundle_dir(status.version), self.package(status.version)):
+        leftovers = [self.config_file(status.id)] if status.kind == states.CONFIG else []
+        if status.kind == states.RELEASE:
+            leftovers = [self.bundle_dir(status.version), self.package(status.version)]
+        for leftover in leftovers:
             if leftover.is_dir():
                 subprocess.run(["rm", "-rf", "--", str(leftover)], check=False)
             else:
@@ -130,6 +135,8 @@ class Installer:
                 return status
         if status.phase == states.PHASE_INSTALL:
             status = self.install(status)
+        if status.phase == states.PHASE_CONFIG:
+            status = self.apply_config(status)
         if status.phase == states.PHASE_HEALTH:
             status = self.watch(status, request)
         if status.phase == states.PHASE_ROLLBACK:
@@ -137,6 +144,8 @@ class Installer:
         return status
 
     def begin(self, request: dict[str, Any], status: UpdateStatus) -> UpdateStatus:
+        if request.get("kind") == states.CONFIG:
+            return self.begin_config(request, status)
         version, digest, cmd_id = str(request.get("version")), str(request.get("sha256")), str(request.get("id"))
         status = UpdateStatus(id=cmd_id, version=version, history=status.history if status.id == cmd_id else [])
         package = self.package(version)
@@ -156,6 +165,43 @@ class Installer:
             )
         )
         _crash_point("begin")
+        return status
+
+    # -- config-apply ------------------------------------------------------------------------------------
+    def config_file(self, cmd_id: str) -> Path:
+        return self.dir / f"config-{cmd_id}.toml"
+
+    def previous_config(self) -> Path:
+        return self.dir / "config.previous.toml"
+
+    def begin_config(self, request: dict[str, Any], status: UpdateStatus) -> UpdateStatus:
+        cmd_id = str(request.get("id"))
+        status = UpdateStatus(
+            kind=states.CONFIG,
+            id=cmd_id,
+            version=str(request.get("version")),
+            from_version=str(request.get("version")),
+            history=status.history if status.id == cmd_id else [],
+        )
+        new = self.config_file(cmd_id)
+        if not new.is_file() or signing.file_sha256(new) != request.get("sha256"):
+            return self.finish(status.to(states.INSTALLATION_FAILED, f"{new.name} missing or changed"))
+        why = remote_section_changed(self.opts.config, new)
+        if why:
+            return self.finish(status.to(states.INSTALLATION_FAILED, why))
+        shutil.copy2(self.opts.config, self.previous_config().with_suffix(".tmp"))
+        os.replace(self.previous_config().with_suffix(".tmp"), self.previous_config())
+        states.fsync_dir(self.dir)
+        status = self.save(status.to(states.INSTALLING, "applying the config", phase=states.PHASE_CONFIG))
+        _crash_point("begin")
+        return status
+
+    def apply_config(self, status: UpdateStatus) -> UpdateStatus:
+        replace_file(self.config_file(status.id), self.opts.config)
+        _crash_point("installed")
+        status = self.save(status.to(states.INSTALLING, "restarting with the new config", phase=states.PHASE_HEALTH))
+        self.restart()
+        _crash_point("restarted")
         return status
 
     def unpack(self, version: str) -> Path:
@@ -251,6 +297,10 @@ class Installer:
 
     def rollback(self, status: UpdateStatus) -> UpdateStatus:
         failed = status.reason
+        if status.kind == states.CONFIG:
+            replace_file(self.previous_config(), self.opts.config)
+            self.restart()
+            return self.finish(status.to(states.ROLLED_BACK, f"{failed}; the previous config is back"[:300]))
         if not status.from_version:
             return self.finish(status.to(states.INSTALLATION_FAILED, f"{failed}; no previous release to go back to"))
         done = self.install_sh(status.version, "--rollback", "--to", status.from_version)
@@ -264,6 +314,21 @@ class Installer:
         return self.finish(
             status.to(states.ROLLED_BACK, f"{failed}; {status.from_version} runs again"[:300], phase=states.PHASE_NONE)
         )
+
+
+def replace_file(src: Path, dst: Path) -> None:
+    """``dst`` gets ``src``'s content in one rename, keeping ``dst``'s owner and mode (root:cabinet-edge
+    0640 for the config)."""
+    st = dst.stat()
+    tmp = dst.with_name(f".{dst.name}.new")
+    shutil.copyfile(src, tmp)
+    os.chmod(tmp, st.st_mode & 0o7777)
+    if os.geteuid() == 0:
+        os.chown(tmp, st.st_uid, st.st_gid)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, dst)
+    states.fsync_dir(dst.parent)
 
 
 def _last_error(done: subprocess.CompletedProcess[str]) -> str:

@@ -58,5 +58,6 @@ def build_remote(
         sessions_active=sessions_active,
         active_faults=active_faults,
         report=report,
+        config_path=config_path,
     )
     return RemoteCommands(config.remote, update=manager, config_path=config_path, publish=publish)

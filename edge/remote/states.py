@@ -51,7 +51,11 @@ FINAL = frozenset({IDLE, DOWNLOAD_FAILED, INVALID_SIGNATURE, INSTALLED, ROLLED_B
 PHASE_NONE = ""
 PHASE_INSTALL = "install"  # install.sh builds the release and switches `current`
 PHASE_HEALTH = "health"  # the new release runs its health window
-PHASE_ROLLBACK = "rollback"  # install.sh switches back to from_version
+PHASE_ROLLBACK = "rollback"  # install.sh switches back to from_version (a config: the previous file back)
+PHASE_CONFIG = "config"  # config-apply: the new config file replaces the old one
+
+RELEASE = "release"  # what an update changes: a release (cmd/update) ...
+CONFIG = "config"  # ... or the config file (cmd/config-apply); one at a time, same states and topic
 
 STATUS_FILE = "status.json"
 REQUEST_FILE = "request.json"  # the daemon's hand-over; cabinet-edge-update.path starts the installer on it
@@ -60,6 +64,7 @@ REQUEST_FILE = "request.json"  # the daemon's hand-over; cabinet-edge-update.pat
 @dataclass(frozen=True)
 class UpdateStatus:
     state: str = IDLE
+    kind: str = RELEASE
     id: str = ""  # the cmd/update id
     version: str = ""  # the version being installed
     from_version: str = ""  # the version that ran when it started

@@ -25,12 +25,14 @@ import logging
 import re
 import threading
 import time
+import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edge.config import ConfigError, parse_config
 from edge.config.remote import Remote
 from edge.remote import download, signing, states
 from edge.remote.states import UpdateStatus
@@ -54,6 +56,16 @@ class UpdateArgs(BaseModel):
     downgrade: bool = Field(False, description="true to install an older version ([remote] allow_downgrade)")
 
 
+class ConfigApplyArgs(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    url: str = Field(max_length=2048, description="https URL of the complete config.toml (http only to loopback)")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the file, lower-case hex")
+
+
+MAX_CONFIG_BYTES = 1024 * 1024
+
+
 class Refused(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -64,6 +76,31 @@ def version_key(version: str) -> tuple[tuple[int, str], ...]:
     """Orders release names numerically where they are numbers: 0.10.0 > 0.9.2, 1.0 > 1.0rc1 is not
     attempted (pre-releases compare by text)."""
     return tuple((int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.+-]", version))
+
+
+def check_config_text(text: str) -> str:
+    """ "" when ``text`` is a valid config, else its problems as `edge config check` prints them (line and
+    key), joined by "; "."""
+    try:
+        parse_config(text, "config.toml")
+    except ConfigError as exc:
+        return "; ".join(exc.problems)
+    return ""
+
+
+def remote_section_changed(current: Path, new: Path) -> str:
+    """Why ``new`` may not replace ``current`` remotely: the ``[remote]`` section is the cabinet's trust
+    (who may sign, what the backend may do) and changes on site only."""
+    try:
+        with open(new, "rb") as f:
+            new_remote = tomllib.load(f).get("remote")
+        with open(current, "rb") as f:
+            old_remote = tomllib.load(f).get("remote")
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        return f"config cannot be read: {str(exc)[:200]}"
+    if new_remote != old_remote:
+        return "the [remote] section differs from the running config: it changes on site only"
+    return ""
 
 
 def _problem(exc: ValidationError) -> str:
@@ -84,6 +121,7 @@ class UpdateManager:
         report: Report = lambda _status, _new: None,
         trigger: Callable[[Path], None] = lambda _request: None,
         poll_s: float = POLL_S,
+        config_path: str | None = None,
     ) -> None:
         """``sessions_active`` and ``active_faults`` are called from the worker thread (reads only);
         ``report`` too: hop onto the loop there if what it does is not thread-safe. ``trigger`` starts the
@@ -96,6 +134,7 @@ class UpdateManager:
         self.report = report
         self.trigger = trigger
         self.poll_s = poll_s
+        self.config_path = config_path  # the running config: config-apply may not change its [remote]
         self._lock = threading.Lock()
         self._status = states.load_status(state_dir)
         self._stop = threading.Event()
@@ -123,9 +162,7 @@ class UpdateManager:
         why = download.url_allowed(args.url)
         if why is not None:
             raise Refused(why)
-        busy = self.status
-        if busy.state not in states.FINAL or self.installing or (self._thread and self._thread.is_alive()):
-            raise Refused(f"update {busy.id} to {busy.version} is {busy.state}; one update at a time")
+        self._check_idle()
         self._check_version(args)
         self.dir.mkdir(parents=True, exist_ok=True)
         start = UpdateStatus(id=cmd_id, version=args.version, from_version=self.running_version)
@@ -137,6 +174,32 @@ class UpdateManager:
         self._set(start.to(states.DOWNLOADING, f"from {args.url[:200]}"), save=True)
         self._start(cmd_id, args)
         return f"update to {args.version} started (Downloading); progress on the update topic"
+
+    def request_config(self, cmd_id: str, raw: dict[str, Any]) -> str:
+        """Check ``cmd/config-apply`` and start it in the worker; raises :class:`Refused`."""
+        try:
+            args = ConfigApplyArgs.model_validate(raw)
+        except ValidationError as exc:
+            raise Refused(_problem(exc)) from None
+        why = download.url_allowed(args.url)
+        if why is not None:
+            raise Refused(why)
+        self._check_idle()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        pending = {"id": cmd_id, "kind": states.CONFIG, **args.model_dump()}
+        states.write_atomic(self.dir / PENDING_FILE, pending)
+        start = UpdateStatus(
+            kind=states.CONFIG, id=cmd_id, version=self.running_version, from_version=self.running_version
+        )
+        self._set(start.to(states.DOWNLOADING, f"config from {args.url[:200]}"), save=True)
+        self._thread = threading.Thread(target=self._work_config, args=(cmd_id, args), name="update", daemon=True)
+        self._thread.start()
+        return "config download started; checked like `edge config check`, progress on the update topic"
+
+    def _check_idle(self) -> None:
+        busy = self.status
+        if busy.state not in states.FINAL or self.installing or (self._thread and self._thread.is_alive()):
+            raise Refused(f"{busy.kind} update {busy.id} is {busy.state}; one update at a time")
 
     def _check_version(self, args: UpdateArgs) -> None:
         if args.version == self.running_version:
@@ -161,8 +224,15 @@ class UpdateManager:
             self._thread = threading.Thread(target=self._follow, name="update", daemon=True)
             self._thread.start()
             return
+        fields = {k: v for k, v in pending.items() if k not in ("id", "kind")}
+        if pending.get("kind") == states.CONFIG:
+            self._thread = threading.Thread(
+                target=self._work_config, args=(status.id, ConfigApplyArgs.model_validate(fields)), daemon=True
+            )
+            self._thread.start()
+            return
         try:
-            args = UpdateArgs.model_validate({k: v for k, v in pending.items() if k != "id"})
+            args = UpdateArgs.model_validate(fields)
         except ValidationError:
             self._set(status.to(states.DOWNLOAD_FAILED, "the pending update could not be read again"), save=True)
             return
@@ -198,6 +268,37 @@ class UpdateManager:
             self._follow()
         except Exception:  # a bug here must end in a reported state, not a silent thread
             log.exception("update worker failed")
+            self._set(self.status.to(states.INSTALLATION_FAILED, "internal error in the update worker"), save=True)
+
+    def _work_config(self, cmd_id: str, args: ConfigApplyArgs) -> None:
+        try:
+            target = self.dir / f"config-{cmd_id}.toml"
+            try:
+                got = download.download(args.url, target, args.sha256, MAX_CONFIG_BYTES, cancel=self._stop)
+            except download.DownloadError as exc:
+                if not self._stop.is_set():
+                    (self.dir / PENDING_FILE).unlink(missing_ok=True)
+                    self._set(self.status.to(states.DOWNLOAD_FAILED, exc.message[:300]), save=True)
+                return
+            problems = check_config_text(got.path.read_text(encoding="utf-8", errors="replace"))
+            if not problems and self.config_path:
+                problems = remote_section_changed(Path(self.config_path), got.path)
+            if problems:
+                got.path.unlink(missing_ok=True)
+                (self.dir / PENDING_FILE).unlink(missing_ok=True)
+                self._set(self.status.to(states.INSTALLATION_FAILED, problems[:600]), save=True)
+                return
+            self._set(
+                self.status.to(states.DOWNLOADED, f"{got.size_bytes} bytes, valid (edge config check)"), save=True
+            )
+            self._wait_for_idle()
+            if self._stop.is_set():
+                return
+            extra = {"kind": states.CONFIG, "file": target.name}
+            self._write_request(cmd_id, self.running_version, args.sha256, "", extra)
+            self._follow()
+        except Exception:  # a bug here must end in a reported state, not a silent thread
+            log.exception("config-apply worker failed")
             self._set(self.status.to(states.INSTALLATION_FAILED, "internal error in the update worker"), save=True)
 
     def _download(self, args: UpdateArgs) -> bool:
@@ -248,14 +349,18 @@ class UpdateManager:
             self._stop.wait(self.poll_s)
 
     def _hand_over(self, cmd_id: str, args: UpdateArgs) -> None:
+        self._write_request(cmd_id, args.version, args.sha256, args.signature, {"kind": states.RELEASE})
+
+    def _write_request(self, cmd_id: str, version: str, digest: str, signature: str, extra: dict[str, Any]) -> None:
         request = {
             "id": cmd_id,
-            "version": args.version,
-            "sha256": args.sha256,
-            "signature": args.signature,
+            "version": version,
+            "sha256": digest,
+            "signature": signature,
             "from_version": self.running_version,
             "baseline_faults": sorted(self.active_faults()),
             "t_ms": int(time.time() * 1000),
+            **extra,
         }
         states.write_atomic(self.dir / states.REQUEST_FILE, request)
         (self.dir / PENDING_FILE).unlink(missing_ok=True)
