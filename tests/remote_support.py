@@ -44,6 +44,7 @@ class Served:
 class FileServer:
     files: dict[str, Served] = field(default_factory=dict)
     requests: list[tuple[str, str | None]] = field(default_factory=list)  # (path, Range header)
+    uploads: dict[str, bytes] = field(default_factory=dict)  # what was PUT, by path
     server: ThreadingHTTPServer | None = None
 
     def url(self, name: str) -> str:
@@ -51,11 +52,18 @@ class FileServer:
         return f"http://127.0.0.1:{self.server.server_address[1]}/{name}"
 
     def start(self) -> FileServer:
-        files, requests = self.files, self.requests
+        files, requests, uploads = self.files, self.requests, self.uploads
 
         class Handler(BaseHTTPRequestHandler):
             def log_message(self, *_args: Any) -> None:
                 pass
+
+            def do_PUT(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                uploads[self.path.lstrip("/")] = self.rfile.read(length)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
 
             def do_GET(self) -> None:
                 name = self.path.lstrip("/")

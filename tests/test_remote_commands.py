@@ -11,8 +11,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import pytest
-
 from edge.config.remote import Remote
 from edge.ops import Operations
 from edge.remote.commands import RemoteCommands
@@ -113,12 +111,6 @@ def test_config_get_publishes_the_config_with_secrets_redacted(tmp_path: Path) -
     assert body["sha256"][:12] in r.reason
 
 
-@pytest.mark.parametrize("name", ["diag"])
-def test_commands_not_built_yet_say_so(name: str) -> None:
-    ch = Channel(Remote(commands=[name]))
-    assert "not available in this version" in ch.send(name).reason
-
-
 def test_update_without_an_update_manager_is_refused() -> None:
     ch = Channel(Remote(commands=["update"]))
     assert "not set up" in ch.send("update", version="2.0").reason
@@ -152,3 +144,81 @@ def test_build_remote_publishes_the_update_status_retained_and_each_new_state_as
     assert not r[0] and "InvalidSignature: no trusted keys" in r[1]
     assert json.loads(published[-1][1])["state"] == states.INVALID_SIGNATURE
     assert [(k, n) for k, n, _ in events] == [("update", states.INVALID_SIGNATURE)]
+
+
+# ---- diag ----------------------------------------------------------------------------------------------
+def diag_channel(tmp_path: Path, max_bytes: int = 1_000_000) -> tuple[Channel, Path]:
+    from edge.remote.diag import DiagUpload, basic_files
+
+    config = tmp_path / "config.toml"
+    config.write_text('[telemetry.mqtt]\nhost = "broker"\npassword = "hunter2"\n')
+    ch = Channel(Remote(commands=["diag"]), config_path=str(config))
+    ch.remote.diag = DiagUpload(
+        lambda: {**basic_files(str(config)), "status.json": '{"ok": true}\n'},
+        max_bytes,
+        publish=lambda leaf, p, r: ch.published.append((leaf, p, r)),
+        on_event=lambda k, n, d: ch.events.append((k, n, d)),
+    )
+    return ch, config
+
+
+def bundle_members(data: bytes) -> dict[str, bytes]:
+    import io
+    import tarfile
+
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name.split("/", 1)[1]: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}  # type: ignore[union-attr]
+
+
+def test_diag_uploads_the_redacted_bundle_with_put_and_answers_size_and_hash(tmp_path: Path) -> None:
+    from tests.remote_support import FileServer
+
+    srv = FileServer().start()
+    try:
+        ch, _ = diag_channel(tmp_path)
+        r = ch.send("diag", url=srv.url("bucket/diag.tar.gz?sig=abc"))
+        assert r.result == commands.ACCEPTED, r.reason
+        ch.remote.diag.wait(30)  # type: ignore[union-attr]
+        body = srv.uploads["bucket/diag.tar.gz?sig=abc"]
+    finally:
+        srv.stop()
+    summary = json.loads(ch.published[-1][1])
+    assert ch.published[-1][0] == "diag" and summary["result"] == "uploaded"
+    assert summary["size_bytes"] == len(body) and summary["sha256"] == hashlib.sha256(body).hexdigest()
+    members = bundle_members(body)
+    assert b"hunter2" not in b"".join(members.values())
+    assert b"<redacted>" in members["config-file.toml.redacted"] and "status.json" in members
+    assert ("diag", "uploaded") in [(k, n) for k, n, _ in ch.events]
+
+
+def test_diag_without_a_url_is_published_in_chunks_over_mqtt(tmp_path: Path) -> None:
+    from edge.remote import diag as remote_diag
+
+    ch, _ = diag_channel(tmp_path)
+    remote_diag.CHUNK_BYTES, saved = 512, remote_diag.CHUNK_BYTES
+    try:
+        assert ch.send("diag").result == commands.ACCEPTED
+        ch.remote.diag.wait(30)  # type: ignore[union-attr]
+    finally:
+        remote_diag.CHUNK_BYTES = saved
+    summary = json.loads(ch.published[-1][1])
+    chunks = [(leaf, p) for leaf, p, _ in ch.published if leaf.startswith("diag/c1/")]
+    assert summary["result"] == "published" and summary["chunks"] == len(chunks) > 1
+    assert [leaf for leaf, _ in chunks] == [f"diag/c1/{n}" for n in range(len(chunks))]
+    data = b"".join(p for _, p in chunks)
+    assert len(data) == summary["size_bytes"] and hashlib.sha256(data).hexdigest() == summary["sha256"]
+    assert b"hunter2" not in b"".join(bundle_members(data).values())
+
+
+def test_diag_above_its_size_bound_is_not_sent(tmp_path: Path) -> None:
+    ch, _ = diag_channel(tmp_path, max_bytes=100)
+    ch.send("diag")
+    ch.remote.diag.wait(30)  # type: ignore[union-attr]
+    summary = json.loads(ch.published[-1][1])
+    assert summary["result"] == "failed" and "above the bound of 100 bytes" in summary["reason"]
+    assert not [leaf for leaf, _, _ in ch.published if leaf.startswith("diag/")]
+
+
+def test_diag_to_a_plain_http_url_elsewhere_is_refused(tmp_path: Path) -> None:
+    ch, _ = diag_channel(tmp_path)
+    assert "loopback" in ch.send("diag", url="http://bucket.example.com/x").reason

@@ -1,5 +1,5 @@
-"""The remote operations as MQTT commands: ``update``, ``config-apply``, ``log-level``, ``config-get`` (and,
-named here so the channel knows it, ``diag``, refused until it is built).
+"""The remote operations as MQTT commands: ``update``, ``config-apply``, ``diag``, ``log-level``,
+``config-get``.
 
 :class:`RemoteCommands` is what :func:`edge.telemetry.commands.handle` calls for these names; the channel
 has already checked the envelope (size, id, age, retained, replayed id) and records the audit event
@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge.config.remote import Remote
 from edge.redaction import redact_toml_text
+from edge.remote.diag import DiagUpload
 from edge.remote.update import Refused, UpdateManager
 
 UPDATE = "update"
@@ -32,7 +33,6 @@ CONFIG_GET = "config-get"
 CONFIG_APPLY = "config-apply"
 DIAG = "diag"
 REMOTE_COMMANDS = (UPDATE, DIAG, CONFIG_GET, CONFIG_APPLY, LOG_LEVEL)
-NOT_BUILT = (DIAG,)
 RATE_WINDOW_S = 3600.0
 UPDATE_TOPIC = "update"  # retained: the update status (edge/remote/states.py)
 CONFIG_TOPIC = "config"  # the answer of config-get (not retained)
@@ -100,12 +100,14 @@ class RemoteCommands:
         cfg: Remote,
         *,
         update: UpdateManager | None = None,
+        diag: DiagUpload | None = None,
         config_path: str | None = None,
         publish: Publish = lambda _leaf, _payload, _retain: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.cfg = cfg
         self.update = update
+        self.diag = diag
         self.config_path = config_path
         self.publish = publish
         self.clock = clock
@@ -147,6 +149,10 @@ class RemoteCommands:
             if self.update is None:
                 raise Refused("config-apply is not set up in this daemon")
             return self.update.request_config(cmd_id, args)
+        if name == DIAG:
+            if self.diag is None:
+                raise Refused("diag is not set up in this daemon")
+            return self.diag.request(cmd_id, args)
         if name == LOG_LEVEL:
             a = LogLevelArgs.model_validate(args)
             return self.log_level.set(a.logger, a.level, a.duration_s)

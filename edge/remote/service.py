@@ -23,9 +23,11 @@ from typing import Any
 
 from edge.config import Config
 from edge.remote.commands import UPDATE_TOPIC, Publish, RemoteCommands, update_message
+from edge.remote.diag import DiagUpload, Files, basic_files
 from edge.remote.states import UpdateStatus
 from edge.remote.update import UpdateManager
 
+DIAG_MAX_BYTES = 16 * 1024 * 1024  # a bundle is text and a journal excerpt: far below this
 EventSink = Callable[[str, str, dict[str, Any]], None]
 
 
@@ -42,6 +44,7 @@ def build_remote(
     active_faults: Callable[[], Iterable[str]] = tuple,
     publish: Publish = lambda _leaf, _payload, _retain: None,
     on_event: EventSink = lambda _kind, _name, _data: None,
+    diag_files: Callable[[], Files] | None = None,
 ) -> RemoteCommands:
     """The daemon's remote commands with its update manager. ``sessions_active`` defaults to never (until
     the connectors report sessions); ``publish`` and ``on_event`` are called from the update worker thread."""
@@ -60,4 +63,6 @@ def build_remote(
         report=report,
         config_path=config_path,
     )
-    return RemoteCommands(config.remote, update=manager, config_path=config_path, publish=publish)
+    collect = diag_files or (lambda: basic_files(config_path))
+    uploader = DiagUpload(collect, DIAG_MAX_BYTES, publish=publish, on_event=on_event)
+    return RemoteCommands(config.remote, update=manager, diag=uploader, config_path=config_path, publish=publish)
