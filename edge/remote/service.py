@@ -6,12 +6,16 @@ argument for the command channel (``commands.handle(..., remote=...)`` in edge/t
                           active_faults=lambda: list(controller.decision["faults"]),
                           publish=lambda leaf, payload, retain: session.publish(
                               f"{topics.base}/{leaf}", payload, retain=retain),
-                          on_event=lambda kind, name, data: loop.call_soon_threadsafe(events.emit, kind, name, data))
+                          on_event=lambda kind, name, data: loop.call_soon_threadsafe(events.emit, kind, name, data),
+                          diag_files=lambda: {**basic_files(config_path), "status.json": to_json(status_copy)})
     remote.update.resume()     # at start: publish the retained update status, carry on an unfinished update
+    uplink.on_connected.append(remote.update.republish)   # the retained status again after each connect
+    commands.handle(name, payload, ops, now_ms, guard=guard, received=received, remote=remote)   # uplink.py
     ...
     remote.update.close()      # at shutdown (a download resumes after the restart)
 
-Every report of the update worker goes out retained on ``<prefix>/<site>/<cabinet>/update`` and, when it
+``diag_files`` runs in the diag worker thread: give it copies taken on the loop (the last status, the
+recent events), not live objects. Every report of the update worker goes out retained on ``<prefix>/<site>/<cabinet>/update`` and, when it
 is a new state, as an ``update`` event (name = the state) on the events topic.
 """
 

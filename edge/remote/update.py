@@ -238,6 +238,11 @@ class UpdateManager:
             return
         self._start(status.id, args)
 
+    def republish(self) -> None:
+        """Report the status again (no event): for the uplink's on_connected, so the retained ``update``
+        topic is right after a broker outage."""
+        self.report(self.status, False)
+
     def close(self, timeout_s: float = 5.0) -> None:
         """Stop the worker (a download stops after its current chunk, and resumes after the restart)."""
         self._stop.set()
