@@ -15,7 +15,9 @@ argument for the command channel (``commands.handle(..., remote=...)`` in edge/t
     remote.update.close()      # at shutdown (a download resumes after the restart)
 
 ``diag_files`` runs in the diag worker thread: give it copies taken on the loop (the last status, the
-recent events), not live objects. Every report of the update worker goes out retained on ``<prefix>/<site>/<cabinet>/update`` and, when it
+recent events), not live objects.
+
+Every report of the update worker goes out retained on ``<prefix>/<site>/<cabinet>/update`` and, when it
 is a new state, as an ``update`` event (name = the state) on the events topic.
 """
 
