@@ -11,6 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from edge.config.remote import Remote
 from edge.ops import Operations
 from edge.remote.commands import RemoteCommands
@@ -222,3 +224,32 @@ def test_diag_above_its_size_bound_is_not_sent(tmp_path: Path) -> None:
 def test_diag_to_a_plain_http_url_elsewhere_is_refused(tmp_path: Path) -> None:
     ch, _ = diag_channel(tmp_path)
     assert "loopback" in ch.send("diag", url="http://bucket.example.com/x").reason
+
+
+@pytest.mark.parametrize(
+    ("window", "hhmm", "inside"),
+    [
+        ("", "12:00", True),
+        ("01:00-05:00", "01:00", True),
+        ("01:00-05:00", "04:59", True),
+        ("01:00-05:00", "05:00", False),
+        ("01:00-05:00", "12:00", False),
+        ("22:00-02:00", "23:30", True),
+        ("22:00-02:00", "01:59", True),
+        ("22:00-02:00", "02:00", False),
+    ],
+)
+def test_install_window_may_span_midnight(window: str, hhmm: str, inside: bool) -> None:
+    import datetime
+
+    from edge.remote.update import in_window
+
+    assert in_window(window, datetime.datetime.fromisoformat(f"2026-12-04T{hhmm}")) is inside
+
+
+def test_install_window_must_be_hh_mm_hh_mm() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError):
+        Remote(install_window="1:00-5:00")
+    assert Remote(install_window="22:00-02:00").install_window == "22:00-02:00"

@@ -338,3 +338,29 @@ def test_config_apply_cannot_change_the_remote_section(cab: Cabinet, server: Fil
     final = d.final()
     assert final.state == states.INSTALLATION_FAILED and "[remote] section" in final.reason
     assert cab.config.read_text() == old
+
+
+def test_outside_the_install_window_an_idle_cabinet_still_waits(
+    cab: Cabinet, signer: Signer, server: FileServer, tmp_path: Path
+) -> None:
+    import datetime
+
+    from edge.config.remote import Remote
+
+    cfg = installer.remote_config(cab.config).model_copy(update={"install_window": "01:00-05:00"})
+    Remote.model_validate(cfg.model_dump())  # still a valid section
+    handed: list[Path] = []
+    m = UpdateManager(
+        cfg,
+        cab.state_dir,
+        BASE,
+        trigger=handed.append,
+        poll_s=0.02,
+        now=lambda: datetime.datetime(2026, 12, 4, 12, 0),
+    )
+    m.request("w1", signer.command("2.0", server.files["good-2.0"].body, server.url("good-2.0")))
+    wait_until(lambda: m.status.state == states.SCHEDULED, 60, "Scheduled")
+    assert "install window 01:00-05:00" in m.status.reason and handed == []
+    m.now = lambda: datetime.datetime(2026, 12, 5, 1, 30)
+    wait_until(lambda: handed, 30, "the hand-over inside the window")
+    m.close()

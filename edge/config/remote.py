@@ -36,6 +36,12 @@ class Remote(Section):
     max_download_mb: float = Field(200.0, ge=1, le=4096, description="largest release or config accepted, MB")
     log_level_max_s: float = Field(3600.0, ge=10, le=86400, description="longest a remote log level holds, s")
     commands_per_hour: int = Field(30, ge=1, le=3600, description="remote operations accepted per hour (all kinds)")
+    install_window: str = Field(
+        "",
+        pattern=r"^$|^([01][0-9]|2[0-3]):[0-5][0-9]-([01][0-9]|2[0-3]):[0-5][0-9]$",
+        description='local time an update or config may be installed, e.g. "01:00-05:00" (may span midnight); '
+        '"" = any time. Always only while no connector is in a session',
+    )
     state_dir: str = Field("", description='downloads and update state; "" = <storage.data_dir>/update')
 
     @field_validator("trusted_keys")

@@ -21,6 +21,7 @@ the command).
 
 from __future__ import annotations
 
+import datetime
 import logging
 import re
 import threading
@@ -78,6 +79,15 @@ def version_key(version: str) -> tuple[tuple[int, str], ...]:
     return tuple((int(p), "") if p.isdigit() else (-1, p) for p in re.split(r"[.+-]", version))
 
 
+def in_window(window: str, now: datetime.datetime) -> bool:
+    """True when ``now`` (local time) is within ``"HH:MM-HH:MM"`` (which may span midnight); "" is always."""
+    if not window:
+        return True
+    start, end = (datetime.time.fromisoformat(t) for t in window.split("-"))
+    t = now.time()
+    return start <= t < end if start <= end else (t >= start or t < end)
+
+
 def check_config_text(text: str) -> str:
     """ "" when ``text`` is a valid config, else its problems as `edge config check` prints them (line and
     key), joined by "; "."""
@@ -122,6 +132,7 @@ class UpdateManager:
         trigger: Callable[[Path], None] = lambda _request: None,
         poll_s: float = POLL_S,
         config_path: str | None = None,
+        now: Callable[[], datetime.datetime] = datetime.datetime.now,
     ) -> None:
         """``sessions_active`` and ``active_faults`` are called from the worker thread (reads only);
         ``report`` too: hop onto the loop there if what it does is not thread-safe. ``trigger`` starts the
@@ -135,6 +146,7 @@ class UpdateManager:
         self.trigger = trigger
         self.poll_s = poll_s
         self.config_path = config_path  # the running config: config-apply may not change its [remote]
+        self.now = now  # local wall-clock time, for [remote] install_window
         self._lock = threading.Lock()
         self._status = states.load_status(state_dir)
         self._stop = threading.Event()
@@ -348,9 +360,15 @@ class UpdateManager:
         return True
 
     def _wait_for_idle(self) -> None:
-        while self.sessions_active() and not self._stop.is_set():
-            if self.status.state != states.SCHEDULED:
-                self._set(self.status.to(states.SCHEDULED, "waiting until no connector is in a session"), save=True)
+        while not self._stop.is_set():
+            if self.sessions_active():
+                why = "waiting until no connector is in a session"
+            elif not in_window(self.cfg.install_window, self.now()):
+                why = f"waiting for the install window {self.cfg.install_window} ([remote] install_window)"
+            else:
+                return
+            if self.status.state != states.SCHEDULED or self.status.reason != why:
+                self._set(self.status.to(states.SCHEDULED, why), save=True)
             self._stop.wait(self.poll_s)
 
     def _hand_over(self, cmd_id: str, args: UpdateArgs) -> None:
