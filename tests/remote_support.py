@@ -298,7 +298,12 @@ class Cabinet:
 
     def run_installer(self, **env: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            self.installer_cmd(), capture_output=True, text=True, env=self.env(**env), timeout=300, check=False
+            self.installer_cmd(),
+            capture_output=True,
+            text=True,
+            env=self.env(**env),
+            timeout=300 + self.health_window_s + self.start_timeout_s,
+            check=False,
         )
 
     def current(self) -> str:

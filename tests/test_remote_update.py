@@ -303,7 +303,7 @@ def test_a_valid_config_is_applied_and_kept_after_its_health_window(cab: Cabinet
     final = d.final()
     assert (final.state, final.kind) == (states.INSTALLED, states.CONFIG), final
     assert cab.config.read_text() == text
-    assert (cab.state_dir / "config.previous.toml").read_text() == old
+    assert (cab.root / "var/lib/cabinet-edge-installer/config.previous.toml").read_text() == old
     assert cab.current() == BASE, "the release is not touched"
 
 
@@ -364,3 +364,20 @@ def test_outside_the_install_window_an_idle_cabinet_still_waits(
     m.now = lambda: datetime.datetime(2026, 12, 5, 1, 30)
     wait_until(lambda: handed, 30, "the hand-over inside the window")
     m.close()
+
+
+def test_the_installer_checks_the_package_itself_and_works_on_a_private_copy(
+    cab: Cabinet, signer: Signer, server: FileServer
+) -> None:
+    """The daemon's directory is not trusted by root: a package swapped after the daemon's checks is
+    refused, and what is verified is a copy the daemon cannot write."""
+    body = server.files["good-2.0"].body
+    cmd = signer.command("2.0", body, server.url("good-2.0"))
+    (cab.state_dir / "cabinet-edge-2.0.tar.gz").write_bytes(body[:-10] + b"0123456789")
+    states.write_atomic(cab.state_dir / states.REQUEST_FILE, {"id": "s1", "kind": "release", **cmd})
+    done = cab.run_installer()
+    assert done.returncode == 1
+    assert cab.status().state == states.INSTALLATION_FAILED and "missing or changed" in cab.status().reason
+    assert cab.current() == BASE
+    work = cab.root / "var/lib/cabinet-edge-installer"
+    assert oct(work.stat().st_mode & 0o777) == "0o700" and list(work.iterdir()) == []

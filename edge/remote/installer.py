@@ -7,8 +7,10 @@ Started by ``cabinet-edge-update.service`` (systemd/cabinet-edge-update.path sta
 
 Steps, each recorded in the status file (:mod:`edge.remote.states`) before it is taken:
 
-1. ``Installing`` / phase install: check the bundle's SHA-256 and Ed25519 signature again with the keys of
-   the config (the daemon that downloaded it cannot write the config), unpack it, run its
+1. ``Installing`` / phase install: copy the bundle into ``/var/lib/cabinet-edge-installer`` (root only:
+   the daemon could swap a file in its own directory between our check and its use), check the copy's
+   SHA-256 and Ed25519 signature again with the keys of the config (which the daemon cannot write), unpack
+   it there, run its
    ``deploy/install.sh --wheel ... --no-start``: the release is built beside the running one, the config is
    checked with the NEW version, ``current`` is switched atomically. A failure here is
    ``InstallationFailed`` with ``current`` back on the old release.
@@ -49,6 +51,7 @@ from edge.remote.update import remote_section_changed
 DEFAULT_STATE_DIR = "/var/lib/cabinet-edge/update"
 DEFAULT_CONFIG = "/etc/cabinet-edge/config.toml"
 DEFAULT_SOCKET = "/run/cabinet-edge/edge.sock"
+WORK_DIR = "/var/lib/cabinet-edge-installer"  # root only (0700): verified copies, unpacked bundles
 RESTART = "systemctl restart cabinet-edge.service"
 PROBE_EVERY_S = 2.0
 INSTALL_TIMEOUT_S = 1800.0  # building a venv on a slow SD card, with pip fetching dependencies
@@ -65,6 +68,7 @@ class Options:
     socket: str = DEFAULT_SOCKET
     install_args: tuple[str, ...] = ()  # extra install.sh arguments (--pip-arg=..., --python ...)
     probe_every_s: float = PROBE_EVERY_S
+    work_dir: Path | None = None  # root-only copies; None = <prefix>/var/lib/cabinet-edge-installer
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
 
@@ -93,7 +97,12 @@ def current_release(opts: Options) -> str:
 class Installer:
     def __init__(self, opts: Options) -> None:
         self.opts = opts
-        self.dir = opts.state_dir
+        self.dir = opts.state_dir  # the daemon's: its request and downloads, our status for it to report
+        # What we verify, unpack and run lives where the daemon cannot write: a file in the daemon's
+        # directory could be swapped between our check and its use.
+        self.work = opts.work_dir or Path(f"{opts.prefix}{WORK_DIR}")
+        self.work.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(self.work, 0o700)
 
     # -- bookkeeping -------------------------------------------------------------------------------
     def save(self, status: UpdateStatus) -> UpdateStatus:
@@ -105,9 +114,10 @@ class Installer:
         between only makes the next start see a final state and tidy up)."""
         self.save(status)
         (self.dir / states.REQUEST_FILE).unlink(missing_ok=True)
-        leftovers = [self.config_file(status.id)] if status.kind == states.CONFIG else []
+        leftovers = [self.config_file(status.id), self.private(self.config_file(status.id))]
         if status.kind == states.RELEASE:
-            leftovers = [self.bundle_dir(status.version), self.package(status.version)]
+            package = self.package(status.version)
+            leftovers = [self.bundle_dir(status.version), package, self.private(package)]
         for leftover in leftovers:
             if leftover.is_dir():
                 subprocess.run(["rm", "-rf", "--", str(leftover)], check=False)
@@ -119,7 +129,27 @@ class Installer:
         return self.dir / f"cabinet-edge-{version}.tar.gz"
 
     def bundle_dir(self, version: str) -> Path:
-        return self.dir / f"bundle-{version}"
+        return self.work / f"bundle-{version}"
+
+    def private(self, inbox: Path) -> Path:
+        return self.work / inbox.name
+
+    def take(self, inbox: Path, digest: str) -> Path | None:
+        """A private copy of ``inbox`` when it exists and has ``digest``, else None; later steps use only
+        the copy."""
+        copy = self.private(inbox)
+        if not inbox.is_file():
+            return None
+        tmp = copy.with_name(copy.name + ".tmp")
+        shutil.copyfile(inbox, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        if signing.file_sha256(tmp) != digest:
+            tmp.unlink()
+            return None
+        os.replace(tmp, copy)
+        states.fsync_dir(self.work)
+        return copy
 
     # -- steps -------------------------------------------------------------------------------------
     def run(self) -> UpdateStatus:
@@ -149,7 +179,7 @@ class Installer:
         version, digest, cmd_id = str(request.get("version")), str(request.get("sha256")), str(request.get("id"))
         status = UpdateStatus(id=cmd_id, version=version, history=status.history if status.id == cmd_id else [])
         package = self.package(version)
-        if not package.is_file() or signing.file_sha256(package) != digest:
+        if self.take(package, digest) is None:
             return self.finish(status.to(states.INSTALLATION_FAILED, f"package {package.name} missing or changed"))
         why = signing.verify(
             str(request.get("signature")), version, digest, remote_config(self.opts.config).trusted_keys
@@ -172,7 +202,7 @@ class Installer:
         return self.dir / f"config-{cmd_id}.toml"
 
     def previous_config(self) -> Path:
-        return self.dir / "config.previous.toml"
+        return self.work / "config.previous.toml"
 
     def begin_config(self, request: dict[str, Any], status: UpdateStatus) -> UpdateStatus:
         cmd_id = str(request.get("id"))
@@ -183,21 +213,23 @@ class Installer:
             from_version=str(request.get("version")),
             history=status.history if status.id == cmd_id else [],
         )
-        new = self.config_file(cmd_id)
-        if not new.is_file() or signing.file_sha256(new) != request.get("sha256"):
-            return self.finish(status.to(states.INSTALLATION_FAILED, f"{new.name} missing or changed"))
+        new = self.take(self.config_file(cmd_id), str(request.get("sha256")))
+        if new is None:
+            return self.finish(
+                status.to(states.INSTALLATION_FAILED, f"{self.config_file(cmd_id).name} missing or changed")
+            )
         why = remote_section_changed(self.opts.config, new)
         if why:
             return self.finish(status.to(states.INSTALLATION_FAILED, why))
         shutil.copy2(self.opts.config, self.previous_config().with_suffix(".tmp"))
         os.replace(self.previous_config().with_suffix(".tmp"), self.previous_config())
-        states.fsync_dir(self.dir)
+        states.fsync_dir(self.work)
         status = self.save(status.to(states.INSTALLING, "applying the config", phase=states.PHASE_CONFIG))
         _crash_point("begin")
         return status
 
     def apply_config(self, status: UpdateStatus) -> UpdateStatus:
-        replace_file(self.config_file(status.id), self.opts.config)
+        replace_file(self.private(self.config_file(status.id)), self.opts.config)
         _crash_point("installed")
         status = self.save(status.to(states.INSTALLING, "restarting with the new config", phase=states.PHASE_HEALTH))
         self.restart()
@@ -212,7 +244,7 @@ class Installer:
             return target
         tmp = target.with_name(target.name + ".tmp")
         subprocess.run(["rm", "-rf", "--", str(tmp)], check=False)
-        with tarfile.open(self.package(version)) as tar:
+        with tarfile.open(self.private(self.package(version))) as tar:
             tar.extractall(tmp, filter="data")
         os.replace(tmp, target)
         return target
