@@ -168,7 +168,8 @@ def test_bad_signature_is_refused_before_downloading_and_changes_nothing(
     cmd = signer.command("2.0", server.files["good-2.0"].body, server.url("good-2.0"), signature=bad_signature())
     with pytest.raises(Refused, match="InvalidSignature"):
         d.manager.request("u1", cmd)
-    assert d.manager.status.state == states.INVALID_SIGNATURE == cab.status().state
+    assert d.manager.status.state == states.INVALID_SIGNATURE
+    wait_until(lambda: cab.status().state == states.INVALID_SIGNATURE, 10, "the status file")
     assert len(server.requests) == requests, "nothing downloaded"
     assert opt_and_etc(cab) == before and not (cab.state_dir / states.REQUEST_FILE).exists()
 

@@ -180,11 +180,12 @@ class UpdateManager:
         start = UpdateStatus(id=cmd_id, version=args.version, from_version=self.running_version)
         bad = signing.verify(args.signature, args.version, args.sha256, self.cfg.trusted_keys)
         if bad is not None:
-            self._set(start.to(states.INVALID_SIGNATURE, bad), save=True)
+            refused = start.to(states.INVALID_SIGNATURE, bad)
+            self._set(refused, save=False)
+            threading.Thread(target=states.save_status, args=(self.dir, refused), daemon=True).start()
             raise Refused(f"InvalidSignature: {bad}")
-        states.write_atomic(self.dir / PENDING_FILE, {"id": cmd_id, **args.model_dump()})
-        self._set(start.to(states.DOWNLOADING, f"from {args.url[:200]}"), save=True)
-        self._start(cmd_id, args)
+        pending = {"id": cmd_id, **args.model_dump()}
+        self._begin(pending, start.to(states.DOWNLOADING, f"from {args.url[:200]}"), self._work, cmd_id, args)
         return f"update to {args.version} started (Downloading); progress on the update topic"
 
     def request_config(self, cmd_id: str, raw: dict[str, Any]) -> str:
@@ -199,13 +200,12 @@ class UpdateManager:
         self._check_idle()
         self.dir.mkdir(parents=True, exist_ok=True)
         pending = {"id": cmd_id, "kind": states.CONFIG, **args.model_dump()}
-        states.write_atomic(self.dir / PENDING_FILE, pending)
         start = UpdateStatus(
             kind=states.CONFIG, id=cmd_id, version=self.running_version, from_version=self.running_version
         )
-        self._set(start.to(states.DOWNLOADING, f"config from {args.url[:200]}"), save=True)
-        self._thread = threading.Thread(target=self._work_config, args=(cmd_id, args), name="update", daemon=True)
-        self._thread.start()
+        self._begin(
+            pending, start.to(states.DOWNLOADING, f"config from {args.url[:200]}"), self._work_config, cmd_id, args
+        )
         return "config download started; checked like `edge config check`, progress on the update topic"
 
     def _check_idle(self) -> None:
@@ -262,6 +262,18 @@ class UpdateManager:
             self._thread.join(timeout_s)
 
     # -- the worker --------------------------------------------------------------------------------
+    def _begin(self, pending: dict[str, Any], first: UpdateStatus, work: Callable[..., None], *args: Any) -> None:
+        """Report ``first`` at once; the worker records it (fsync: never on the event loop) and goes on."""
+        self._set(first, save=False)
+
+        def record_then_work() -> None:
+            states.write_atomic(self.dir / PENDING_FILE, pending)
+            states.save_status(self.dir, first)
+            work(*args)
+
+        self._thread = threading.Thread(target=record_then_work, name="update", daemon=True)
+        self._thread.start()
+
     def _start(self, cmd_id: str, args: UpdateArgs) -> None:
         self._thread = threading.Thread(target=self._work, args=(cmd_id, args), name="update", daemon=True)
         self._thread.start()
