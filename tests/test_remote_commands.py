@@ -253,3 +253,11 @@ def test_install_window_must_be_hh_mm_hh_mm() -> None:
     with pytest.raises(ValidationError):
         Remote(install_window="1:00-5:00")
     assert Remote(install_window="22:00-02:00").install_window == "22:00-02:00"
+
+
+def test_the_audit_event_keeps_no_pre_signed_url_signature(tmp_path: Path) -> None:
+    ch, _ = diag_channel(tmp_path)
+    ch.send("diag", url="http://127.0.0.1:9/d.tar.gz?X-Amz-Signature=s3cr3t")  # port 9: refused at once
+    ch.remote.diag.wait(30)  # type: ignore[union-attr]
+    audit = [d for k, n, d in ch.events if k == "command"][-1]
+    assert "s3cr3t" not in json.dumps(audit) and audit["args"]["url"].endswith("?<redacted>")

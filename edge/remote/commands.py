@@ -171,6 +171,15 @@ class RemoteCommands:
         return f"redacted config ({len(text)} characters, sha256 {digest[:12]}...) published on {CONFIG_TOPIC}"
 
 
+def audit_args(args: dict[str, Any]) -> dict[str, Any]:
+    """The arguments as the audit event keeps them: a URL without its query string (a pre-signed URL's
+    signature is a credential for whoever reads the event log)."""
+    url = args.get("url")
+    if isinstance(url, str) and "?" in url:
+        return {**args, "url": url.split("?", 1)[0] + "?<redacted>"}
+    return args
+
+
 def update_message(status: Any) -> bytes:
     """The retained ``update`` payload for a status (edge/schemas: see docs/TELEMETRY.md)."""
     return json.dumps(status.as_dict(), separators=(",", ":")).encode()

@@ -54,7 +54,7 @@ from typing import Any
 
 from edge.operator import Source
 from edge.ops import CLOUD_MAX_LIMIT_S, INVALID_ARGUMENT, REFUSED, Operations, OpError, authorise, validate
-from edge.remote.commands import REMOTE_COMMANDS, RemoteHandler
+from edge.remote.commands import REMOTE_COMMANDS, RemoteHandler, audit_args
 from edge.telemetry.channel import LIVE, Received
 
 MAX_PAYLOAD_BYTES = 4096
@@ -313,7 +313,7 @@ def _run(cmd: Command, ops: Operations, remote: RemoteHandler | None) -> Result:
         return Result(cmd.id, cmd.name, ACCEPTED, "state published")
     if cmd.name in REMOTE_COMMANDS:  # audited here: the remote handlers know nothing of the channel
         ok, why = remote.run(cmd.name, cmd.id or "-", cmd.args) if remote else (False, "no remote operations here")
-        ops.audit(cmd.name, Source.cloud(cmd.id or "-"), cmd.args, ok, why, None if ok else REFUSED)
+        ops.audit(cmd.name, Source.cloud(cmd.id or "-"), audit_args(cmd.args), ok, why, None if ok else REFUSED)
         return Result(cmd.id, cmd.name, ACCEPTED if ok else REJECTED, why)
     try:
         done = ops.run(OPS[cmd.name], Source.cloud(cmd.id or "-"), cmd.args)
