@@ -382,3 +382,19 @@ def test_the_installer_checks_the_package_itself_and_works_on_a_private_copy(
     assert cab.current() == BASE
     work = cab.root / "var/lib/cabinet-edge-installer"
     assert oct(work.stat().st_mode & 0o777) == "0o700" and list(work.iterdir()) == []
+
+
+def test_a_daemon_restart_after_the_download_does_not_download_again(
+    cab: Cabinet, signer: Signer, server: FileServer
+) -> None:
+    body = server.files["good-2.0"].body
+    cmd = signer.command("2.0", body, server.url("good-2.0"))
+    states.write_atomic(cab.state_dir / "pending.json", {"id": "u1", **cmd})
+    downloaded = states.UpdateStatus(id="u1", version="2.0", from_version=BASE).to(states.DOWNLOADED)
+    states.save_status(cab.state_dir, downloaded)
+    (cab.state_dir / "cabinet-edge-2.0.tar.gz").write_bytes(body)
+    seen = len(server.requests)
+    d = Daemon(cab)
+    d.manager.resume()
+    assert d.final().state == states.INSTALLED
+    assert len(server.requests) == seen
