@@ -727,7 +727,8 @@ do_uninstall() {
 		host systemctl daemon-reload
 	fi
 	if remove_path "$UDEV_DIR/$UDEV_RULES"; then host udevadm control --reload; fi
-	remove_path "$BIN_LINK" "$OPT" || true
+	# The update installer's private copies (edge/remote/installer.py): transient, never config or data.
+	remove_path "$BIN_LINK" "$OPT" "$PREFIX/var/lib/$APP-installer" || true
 	if ((PURGE)); then
 		remove_path "$ETC" "$DATA" || true
 		remove_accounts
