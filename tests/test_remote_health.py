@@ -56,8 +56,8 @@ def test_a_new_fault_fails_but_one_the_old_release_had_does_not() -> None:
 
 
 def test_devices_and_uplink_must_each_be_seen_ok_once_within_the_window() -> None:
-    mute = HealthSample(up=True, version="2.0", uptime_s=1.0, uplink_ok=True, why_not_devices="modules lost: 2")
-    assert "not every device answered within 300 s (modules lost: 2)" in (
+    mute = HealthSample(up=True, version="2.0", uptime_s=1.0, uplink_ok=True, bad_devices=frozenset({"module 2"}))
+    assert "not every device answered within 300 s (not answering: module 2)" in (
         run(window(), [(1.0, mute), (302.0, mute)]) or ""
     )
     offline = HealthSample(up=True, version="2.0", uptime_s=1.0, devices_ok=True)
@@ -76,7 +76,18 @@ def test_sample_from_the_daemons_status_answer() -> None:
     }
     s = sample_from_status(status)
     assert s.up and s.version == "2.0" and s.uptime_s == 12.5 and s.uplink_ok
-    assert not s.devices_ok and s.why_not_devices == "modules lost: 2"
+    assert not s.devices_ok and s.why_not_devices == "not answering: module 2"
+    assert s.bad_devices == {"module 2"}
     assert s.faults == {"cable_over_temperature"}
     assert sample_from_status(None) == HealthSample(up=False)
     assert sample_from_status({"version": "2", "telemetry": {"uplink": {"enabled": False}}}).uplink_ok
+
+
+def test_a_device_that_did_not_answer_the_old_release_either_does_not_fail_the_new_one() -> None:
+    broken = frozenset({"reading gun1.coolant_flow_lpm"})
+    w = HealthWindow("2.0", [], 300.0, 90.0, 0.0, baseline_bad_devices=broken)
+    s = HealthSample(up=True, version="2.0", uptime_s=1.0, uplink_ok=True, bad_devices=broken)
+    assert (run(w, [(1.0, s), (301.0, s)]) or "").startswith("ok: ")
+    worse = HealthSample(up=True, version="2.0", uptime_s=1.0, uplink_ok=True, bad_devices=broken | {"module 1"})
+    w2 = HealthWindow("2.0", [], 300.0, 90.0, 0.0, baseline_bad_devices=broken)
+    assert "(not answering: module 1)" in (run(w2, [(1.0, worse), (301.0, worse)]) or "")

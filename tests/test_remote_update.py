@@ -121,6 +121,7 @@ def test_signed_update_installs_beside_the_running_release_and_is_kept(
     assert cab.current() == "2.0" and cab.runnable() == "2.0"
     assert (cab.root / "opt/cabinet-edge/releases" / BASE / ".cabinet-edge-release").exists(), "old release kept"
     assert sorted(p.name for p in cab.state_dir.iterdir()) == ["status.json"], "request, bundle and package gone"
+    assert list((cab.root / "var/lib/cabinet-edge-installer").iterdir()) == [], "private copies gone"
     assert d.installs[0].returncode == 0, d.installs[0].stderr
 
 

@@ -5,7 +5,8 @@ and then for ``window_s``:
 
 - it stays up in the same run (a restart in between is a crash, even when systemd brought it back);
 - every configured device answered at least once (no power module lost, every meter ok, every reading of
-  quality ok): the new release talks to the hardware the old one talked to;
+  quality ok), except those that did not answer the old release either (``baseline_bad_devices``): the new
+  release talks to the hardware the old one talked to;
 - the uplink was connected at least once (a release that cannot reach the backend cannot be updated again);
 - no fault appears that was not active before the update (``baseline``): a fault the old release had
   too is the site's, not the release's.
@@ -32,6 +33,7 @@ class HealthSample:
     uplink_ok: bool = False
     faults: frozenset[str] = frozenset()
     why_not_devices: str = ""
+    bad_devices: frozenset[str] = frozenset()  # "module 2", "meter grid", "reading gun1.t" ...
 
 
 @dataclass(frozen=True)
@@ -44,7 +46,8 @@ def sample_from_status(status: dict[str, Any] | None) -> HealthSample:
     """A sample from the daemon's ``status`` answer; None (no answer) is a daemon that is not up."""
     if status is None:
         return HealthSample(up=False)
-    why = _device_problems(status)
+    bad = _bad_devices(status)
+    why = _device_problems(bad)
     uplink = ((status.get("telemetry") or {}).get("uplink")) or {}
     return HealthSample(
         up=True,
@@ -54,6 +57,7 @@ def sample_from_status(status: dict[str, Any] | None) -> HealthSample:
         uplink_ok=bool(uplink.get("connected")) or uplink.get("enabled") is False,
         faults=frozenset(str(f) for f in (status.get("faults") or {})),
         why_not_devices=why,
+        bad_devices=frozenset(bad),
     )
 
 
@@ -61,27 +65,37 @@ def _names_where(table: Any, bad: Any) -> list[str]:
     return sorted(str(name) for name, entry in (table or {}).items() if bad(entry))
 
 
-def _device_problems(status: dict[str, Any]) -> str:
-    """ "" when every device answered, else which did not."""
-    lost = _names_where(status.get("modules"), lambda m: m.get("lost"))
-    meters_down = _names_where(status.get("meters"), lambda m: not m.get("ok"))
-    bad_readings = _names_where(status.get("readings"), lambda r: r.get("quality") != OK)
-    problems = [
-        f"modules lost: {', '.join(lost)}" if lost else "",
-        f"meters not answering: {', '.join(meters_down)}" if meters_down else "",
-        f"readings not ok: {', '.join(bad_readings[:5])}" if bad_readings else "",
+def _bad_devices(status: dict[str, Any]) -> list[str]:
+    return [
+        *(f"module {n}" for n in _names_where(status.get("modules"), lambda m: m.get("lost"))),
+        *(f"meter {n}" for n in _names_where(status.get("meters"), lambda m: not m.get("ok"))),
+        *(f"reading {n}" for n in _names_where(status.get("readings"), lambda r: r.get("quality") != OK)),
     ]
-    return "; ".join(p for p in problems if p)
+
+
+def _device_problems(bad: Iterable[str]) -> str:
+    """ "" when every device answered, else which did not (at most 6 named)."""
+    names = sorted(bad)
+    more = f" and {len(names) - 6} more" if len(names) > 6 else ""
+    return f"not answering: {', '.join(names[:6])}{more}" if names else ""
 
 
 class HealthWindow:
     """Feed samples with their time; :meth:`feed` returns a :class:`Verdict` once the window decided."""
 
     def __init__(
-        self, version: str, baseline_faults: Iterable[str], window_s: float, start_timeout_s: float, t0_s: float
+        self,
+        version: str,
+        baseline_faults: Iterable[str],
+        window_s: float,
+        start_timeout_s: float,
+        t0_s: float,
+        baseline_bad_devices: Iterable[str] = (),
     ) -> None:
+        """``baseline_*``: what was already wrong with the old release (a broken sensor is the site's)."""
         self.version = version
         self.baseline = frozenset(baseline_faults)
+        self.baseline_bad = frozenset(baseline_bad_devices)
         self.window_s = window_s
         self.start_timeout_s = start_timeout_s
         self.t0_s = t0_s
@@ -108,10 +122,12 @@ class HealthWindow:
         new = sorted(s.faults - self.baseline)
         if new:
             return Verdict(False, f"new fault(s) with {self.version}: {', '.join(new)}")
-        self.devices_seen |= s.devices_ok
+        newly_bad = s.bad_devices - self.baseline_bad
+        devices_ok = s.devices_ok or (bool(s.bad_devices) and not newly_bad)
+        self.devices_seen |= devices_ok
         self.uplink_seen |= s.uplink_ok
-        if not s.devices_ok:
-            self.why_not_devices = s.why_not_devices
+        if not devices_ok:
+            self.why_not_devices = _device_problems(newly_bad) if s.bad_devices else s.why_not_devices
         if now_s - self.t_up_s < self.window_s:
             return None
         if not self.devices_seen:

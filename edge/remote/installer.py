@@ -38,7 +38,7 @@ import tarfile
 import time
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,12 +112,16 @@ class Installer:
     def finish(self, status: UpdateStatus) -> UpdateStatus:
         """A final state: recorded first, then the request and the unpacked bundle go (a power cut in
         between only makes the next start see a final state and tidy up)."""
-        self.save(status)
+        status = self.save(replace(status, phase=states.PHASE_NONE))
         (self.dir / states.REQUEST_FILE).unlink(missing_ok=True)
-        leftovers = [self.config_file(status.id), self.private(self.config_file(status.id))]
+        leftovers = [
+            self.baseline_file(status.id),
+            self.config_file(status.id),
+            self.private(self.config_file(status.id)),
+        ]
         if status.kind == states.RELEASE:
             package = self.package(status.version)
-            leftovers = [self.bundle_dir(status.version), package, self.private(package)]
+            leftovers = [self.baseline_file(status.id), self.bundle_dir(status.version), package, self.private(package)]
         for leftover in leftovers:
             if leftover.is_dir():
                 subprocess.run(["rm", "-rf", "--", str(leftover)], check=False)
@@ -130,6 +134,18 @@ class Installer:
 
     def bundle_dir(self, version: str) -> Path:
         return self.work / f"bundle-{version}"
+
+    def baseline_file(self, cmd_id: str) -> Path:
+        return self.work / f"baseline-{cmd_id}.json"
+
+    def record_baseline(self, cmd_id: str) -> None:
+        """What is wrong with the running (old) daemon before we change anything: its faults and the devices
+        that do not answer it are the site's, not the new release's (kept across a power cut)."""
+        before = health.sample_from_status(self.probe())
+        states.write_atomic(
+            self.baseline_file(cmd_id),
+            {"up": before.up, "faults": sorted(before.faults), "bad_devices": sorted(before.bad_devices)},
+        )
 
     def private(self, inbox: Path) -> Path:
         return self.work / inbox.name
@@ -186,6 +202,7 @@ class Installer:
         )
         if why is not None:
             return self.finish(status.to(states.INVALID_SIGNATURE, why))
+        self.record_baseline(cmd_id)
         status = self.save(
             status.to(
                 states.INSTALLING,
@@ -223,7 +240,7 @@ class Installer:
             return self.finish(status.to(states.INSTALLATION_FAILED, why))
         shutil.copy2(self.opts.config, self.previous_config().with_suffix(".tmp"))
         os.replace(self.previous_config().with_suffix(".tmp"), self.previous_config())
-        states.fsync_dir(self.work)
+        self.record_baseline(cmd_id)
         status = self.save(status.to(states.INSTALLING, "applying the config", phase=states.PHASE_CONFIG))
         _crash_point("begin")
         return status
@@ -307,12 +324,14 @@ class Installer:
 
     def watch(self, status: UpdateStatus, request: dict[str, Any]) -> UpdateStatus:
         cfg = remote_config(self.opts.config)
+        before = states.read_json(self.baseline_file(status.id)) or {}
         window = health.HealthWindow(
             status.version,
-            request.get("baseline_faults") or [],
+            [*(request.get("baseline_faults") or []), *(before.get("faults") or [])],
             cfg.health_window_s,
             cfg.start_timeout_s,
             self.opts.clock(),
+            baseline_bad_devices=before.get("bad_devices") or [],
         )
         while True:
             sample = health.sample_from_status(self.probe())
