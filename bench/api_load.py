@@ -31,7 +31,7 @@ from edge.sim.cabinet import SimCabinet
 
 STATUS_LIMIT_MS = 100.0  # a command "feels instant"
 TICK_GOAL = 1.05  # tick p99 under API load within 5 % of quiet (as bench/abuse.py)
-SIM = (Path(__file__).resolve().parent.parent / "edge" / "sim" / "sim.toml").read_text()
+SIM = (Path(__file__).resolve().parent.parent / "edge" / "sim" / "sim-bench.toml").read_text()
 
 
 def pct(values: list[float], q: float) -> float:

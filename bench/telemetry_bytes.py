@@ -1,6 +1,6 @@
 """Telemetry volume of a day: v2 (report by exception, MessagePack, zlib) against v1 JSON.
 
-``python -m bench.telemetry_bytes``: the default simulated cabinet (edge/sim/sim.toml) in simulated time
+``python -m bench.telemetry_bytes``: the default simulated cabinet (edge/sim/sim-bench.toml) in simulated time
 (SimStepper: the simulator's dynamics unchanged) for one charging session and one idle stretch; the day is
 10 sessions plus idle for the rest (the figures of the two parts scaled, not re-simulated). Then a 7-day
 backlog built from those records drains to a local mosquitto through the real uplink.
@@ -219,7 +219,8 @@ def main() -> int:
     ap.add_argument("--idle-s", type=float, default=IDLE_S)
     ap.add_argument("--days", type=int, default=7, help="backlog to drain")
     args = ap.parse_args()
-    cfg = Config.model_validate(tomllib.loads(importlib.resources.files("edge").joinpath("sim/sim.toml").read_text()))
+    sim_toml = importlib.resources.files("edge").joinpath("sim/sim-bench.toml").read_text()
+    cfg = Config.model_validate(tomllib.loads(sim_toml))
     wall = time.perf_counter()
     ses = _part(cfg, args.session_s, charging=True)
     idle = _part(cfg, args.idle_s, charging=False)

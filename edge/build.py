@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from drivers.cable.monitor import CableMonitor
 from drivers.can_dispatch import CanDispatcher
@@ -19,6 +20,8 @@ from edge import __version__
 from edge.api.server import ApiServer
 from edge.cabinet import Cabinet
 from edge.can_link import CanLink
+from edge.charging.demand import Capabilities, DemandSink
+from edge.charging.demands import Demands
 from edge.config import Config
 from edge.control import Controller, Outputs
 from edge.events import EventLog
@@ -34,7 +37,7 @@ from edge.telemetry.store import Store
 from edge.telemetry.uplink import Uplink
 from hal.can import CanPort, CanSettings
 from hal.clock import Clock, LinuxClock
-from hal.pin import SimBoard, make_pin
+from hal.pin import Pin, SimBoard, make_pin
 from hal.watchdog import make_wdt
 
 
@@ -50,6 +53,9 @@ class Backends:
     wall_ms: Callable[[], int] = _wall_ms  # UTC ms for records and events
     board: SimBoard | None = None  # the simulator's pins, when outputs.backend = "sim"
     api: bool = True  # serve the local control socket
+    # the simulator's built-in charging controller (request = "sim"): called every SIM_CHARGING_PERIOD_S with
+    # the demand sink, the time and each connector's capabilities (edge/sim/hardware.py drive_charging)
+    sim_charging: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any] | None = None
 
 
 def build(config: Config, backends: Backends | None = None) -> Cabinet:
@@ -65,9 +71,13 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
     faults = ExternalFaults(events.emit)
     sampler = Sampler()
     grid = next((m.name for m in config.meters if m.role == "grid"), None)
+    connectors = config.resolved_connectors()
     state = CabinetState(
         InputMap(
-            cable=config.cable[0].name if config.cable else None, grid_meter=grid, ambient=config.limits.ambient_signal
+            cable=config.cable[0].name if config.cable else None,
+            grid_meter=grid,
+            ambient=config.limits.ambient_signal,
+            connector_cables={c.name: tuple(c.cables) for c in connectors},
         )
     )
 
@@ -81,7 +91,19 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
     meters = MeterLink(config, take, events.emit, b.clock.monotonic)
     outputs = _build_outputs(config, b.board)
     wdt = make_wdt(config.watchdog.backend, config.watchdog.timeout_ms)
-    controller = Controller(config, state, can_link.bank, outputs, wdt, b.clock, events.emit, faults.core_input)
+    demands = Demands(
+        {c.name: c.request for c in connectors},
+        heartbeat_timeout_s={"everest": config.everest.heartbeat_timeout_ms / 1000.0},
+        on_event=events.emit,
+    )
+    controller = Controller(
+        config, state, can_link.bank, outputs, wdt, b.clock, events.emit, faults.core_input, demands=demands
+    )
+
+    def demand_changed(_connector: str) -> None:
+        controller.evaluate_now()  # a CurrentDemand reaches the modules now, not at the next tick
+
+    demands.on_change = demand_changed
     # operator stops and limits of the previous run, before the first evaluation; saved on every change
     operator_file = OperatorFile(config.storage.data_dir, b.clock.monotonic, b.wall_ms, events.emit, faults)
     controller.operator = operator_file.restore()
@@ -105,7 +127,9 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         controller=controller,
         recorder=recorder,
         started=b.clock.monotonic(),
+        sim_charging=b.sim_charging,
     )
+    controller.on_tick.append(cabinet.sample_connectors)
     cabinet.operations = Operations(config, controller, events.emit, cabinet.status, b.clock)
     if b.api:
         cabinet.api = ApiServer(config.api, cabinet, ops=cabinet.operations)
@@ -125,16 +149,33 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
             telemetry=config.telemetry,
         )
         cabinet.uplink.on_connected.append(recorder.request_keyframe)
+    bindings = {c.everest_module_id: c.name for c in connectors if c.request == "everest" and c.everest_module_id}
+    if bindings:
+        # imported only when a connector uses it: a cabinet without EVerest does not carry its code (RSS)
+        from edge.charging.everest import EverestAdapter, EverestSettings
+
+        cabinet.everest = EverestAdapter(
+            EverestSettings.from_config(config.everest, config.cabinet.cabinet_id),
+            bindings,
+            demands,
+            controller.reports,
+            b.clock.monotonic,
+            events.emit,
+        )
+        controller.after_evaluate.append(cabinet.everest.poke)
     return cabinet
 
 
 def _build_outputs(config: Config, board: SimBoard | None) -> Outputs:
     o = config.outputs
-    names = (o.contactor, o.pump, o.fan)
-    if o.backend == "sim":
-        sim = board or SimBoard()
-        return Outputs(*(sim.pin(n) for n in names))
-    return Outputs(*(make_pin(o.backend, n) for n in names))
+    sim = board or SimBoard()
+
+    def pin(name: str) -> Pin:
+        return sim.pin(name) if o.backend == "sim" else make_pin(o.backend, name)
+
+    contactors = {c.name: pin(c.contactor) for c in config.resolved_connectors()}
+    first = next(iter(contactors.values()))
+    return Outputs(first, pin(o.pump), pin(o.fan), contactors)
 
 
 def _build_can(

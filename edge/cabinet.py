@@ -9,12 +9,13 @@ import logging
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.power_modules.bank import ModuleBank
 from edge import __version__
 from edge.api.server import ApiServer
 from edge.can_link import CanLink
+from edge.charging.demand import Capabilities, DemandSink
 from edge.config import Config
 from edge.control import Controller, Outputs
 from edge.events import EventLog
@@ -22,7 +23,7 @@ from edge.faults import ExternalFaults
 from edge.meter_link import MeterLink
 from edge.ops import Operations
 from edge.state import CabinetState
-from edge.status import ModuleView, OperatorLimitView, ReadingView, StatusView
+from edge.status import ConnectorView, ModuleView, OperatorLimitView, ReadingView, StatusView
 from edge.telemetry.recorder import Recorder
 from edge.telemetry.sampler import Sampler
 from edge.telemetry.store import Store
@@ -30,9 +31,13 @@ from edge.telemetry.uplink import Uplink
 from hal.clock import Clock
 from hal.watchdog import WDT
 
+if TYPE_CHECKING:  # imported by build only when a connector uses EVerest
+    from edge.charging.everest import EverestAdapter
+
 log = logging.getLogger("edge.cabinet")
 TICK_STATS_EVERY_S = 1.0  # tick jitter percentiles are recomputed at most this often
 STATUS_LINE_EVERY_S = 1.0
+SIM_CHARGING_PERIOD_S = 0.05  # the simulated charging controller's step (its CurrentDemand is every 250 ms)
 
 
 @dataclass
@@ -55,6 +60,8 @@ class Cabinet:
     operations: Operations | None = None  # stop, resume, limits, clears, self-test: the one way in (edge/ops.py)
     api: ApiServer | None = None
     uplink: Uplink | None = None
+    everest: EverestAdapter | None = None  # the EVerest power_supply_DC adapter, when a connector uses it
+    sim_charging: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any] | None = None
 
     # -- what the API, the uplink and the tests use --------------------------------------------------
     @property
@@ -117,7 +124,58 @@ class Cabinet:
             can=self.can.status(),
             can_frames=self.can.frame_counts(),
             control=self._control_stats(),
+            connectors=self.connector_views(),
+            everest=self.everest.stats() if self.everest is not None else {},
         )
+
+    def connector_views(self) -> tuple[ConnectorView, ...]:
+        """Each connector as the last evaluation decided it, with its demand and its measured output."""
+        ctl = self.controller
+        d = (ctl.decision or {}).get("connectors", {})
+        now = self.clock.monotonic()
+        reports = ctl.reports() if ctl.decision else {}
+        out = []
+        for c in ctl.connectors:
+            cd = d.get(c.name, {})
+            demand = ctl.demands.get(c.name)
+            asked = [t for t in (demand.t_mode, demand.t_setpoint) if t is not None]
+            rep = reports.get(c.name)
+            caps = rep.capabilities if rep else None
+            out.append(
+                ConnectorView(
+                    name=c.name,
+                    phase="Stopping" if cd.get("ending") else str(cd.get("phase", "Off")),
+                    mode=str(cd.get("mode", "Off")),
+                    request_v=demand.voltage_v,
+                    request_a=demand.current_a,
+                    request_age_s=now - max(asked) if asked else None,
+                    output_v=rep.voltage_v if rep else 0.0,
+                    output_a=rep.current_a if rep else 0.0,
+                    limit_a=float(cd.get("limit_a", 0.0)),
+                    rule=cd.get("rule"),
+                    reason=cd.get("reason"),
+                    contactor=bool(self.outputs.contactors[c.name].value()),
+                    enable=bool(cd.get("enable", False)),
+                    modules=tuple(c.modules),
+                    capabilities={}
+                    if caps is None
+                    else {
+                        "max_export_current_a": round(caps.max_export_current_a, 1),
+                        "max_export_power_w": round(caps.max_export_power_w),
+                        "max_export_voltage_v": caps.max_export_voltage_v,
+                        "min_export_voltage_v": caps.min_export_voltage_v,
+                    },
+                    faults=tuple(cd.get("faults", ())),
+                )
+            )
+        return tuple(out)
+
+    def sample_connectors(self) -> None:
+        """Each connector's telemetry signals, once per tick (``connector.<name>.*``, docs/TELEMETRY.md)."""
+        now = self.clock.monotonic()
+        for view in self.connector_views():
+            for r in view.readings(now):
+                self.sampler.add(r)
 
     def status(self) -> dict[str, Any]:
         """Everything a technician or the API needs about the cabinet right now."""
@@ -157,6 +215,8 @@ class Cabinet:
         """Open the buses and start from a known state whatever the modules did before us."""
         self.can.start(loop)
         self.bank.all_off()
+        if self.everest is not None:
+            self.everest.start(loop)
 
     def tasks(self, status_line: bool = False) -> dict[str, Coroutine[Any, Any, None]]:
         """Every long-running task but the control loop, by name."""
@@ -166,6 +226,10 @@ class Cabinet:
             out["api"] = self.api.serve()
         if self.uplink is not None:
             out["uplink"] = self.uplink.run()
+        if self.everest is not None:
+            out["everest"] = self.everest.run(asyncio.Event())  # runs until cancelled with the other tasks
+        if self.sim_charging is not None:
+            out["sim-charging"] = self._sim_charging(self.sim_charging)
         if status_line:
             out["status-line"] = self._print_status_line()
         return out
@@ -179,6 +243,13 @@ class Cabinet:
         if d is not None:
             faults = ",".join(d["faults"]) or "none"
             self.wdt.status(f"limit {d['limit_a']:.0f} A <- {d['reason']}; faults {faults}")
+
+    async def _sim_charging(self, drive: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any]) -> None:
+        """The simulator's charging controller, through the same demand sink as EVerest."""
+        while True:
+            caps: dict[str, Capabilities | None] = {n: r.capabilities for n, r in self.controller.reports().items()}
+            drive(self.controller.demands, self.clock.monotonic(), caps)
+            await asyncio.sleep(SIM_CHARGING_PERIOD_S)
 
     async def _print_status_line(self) -> None:
         while True:
@@ -196,6 +267,8 @@ class Cabinet:
     def close(self) -> None:
         closers: list[Callable[[], None]] = [p.close for p in self.can.ports.values()]
         closers.append(self.meters.close)
+        if self.everest is not None:
+            closers.append(self.everest.close)
         if self.api is not None:
             closers.append(self.api.close)
         closers.append(self.store.close)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import logging
 import sys
 from typing import NoReturn
 
@@ -68,6 +69,13 @@ def run(config_path: str | None, sim: bool, status_line: bool) -> None:
         click.echo(f"config error:\n{exc}", err=True)
         sys.exit(EXIT_USAGE)
     setup_logging(config.logging.level)
+    for note in config.notes():
+        logging.getLogger("edge.config").warning("%s", note)
+    simulated = [c.name for c in config.resolved_connectors() if c.request == "sim"]
+    if simulated and not sim:
+        # the simulator's charging controller would drive real hardware: only with the simulated cabinet
+        click.echo(f'config error: connector(s) {simulated} have request = "sim": use --sim, or "everest"', err=True)
+        sys.exit(EXIT_USAGE)
     if not sim:
         sys.exit(run_daemon(config, status_line=status_line))
     from edge.sim.cabinet import SimCabinet
@@ -75,7 +83,8 @@ def run(config_path: str | None, sim: bool, status_line: bool) -> None:
     cabinet = SimCabinet(config)
     cabinet.start()
     try:
-        code = run_daemon(cabinet.patched_config(), Backends(board=cabinet.board), status_line=status_line)
+        backends = Backends(board=cabinet.board, sim_charging=cabinet.drive_charging)
+        code = run_daemon(cabinet.patched_config(), backends, status_line=status_line)
     finally:
         cabinet.stop()
     sys.exit(code)
@@ -100,11 +109,16 @@ def config_check(file: str, as_json: bool) -> None:
         click.echo(f"{file}: INVALID ({len(exc.problems)} problem(s)); see docs/CONFIG.md", err=True)
         sys.exit(EXIT_USAGE)
     effective = redact(cfg.model_dump(mode="json"))  # never a secret on a terminal, in a ticket or a log
+    notes = cfg.notes()  # allowed but worth a look (e.g. the old single-output form): exit code stays 0
     if as_json:
-        click.echo(json.dumps({"file": file, "ok": True, "problems": [], "config": effective}, indent=2))
+        click.echo(
+            json.dumps({"file": file, "ok": True, "problems": [], "notes": notes, "config": effective}, indent=2)
+        )
     else:
         click.echo(json.dumps(effective, indent=2))
-    click.echo(f"{file}: OK", err=True)
+    for note in notes:
+        click.echo(f"{file}: note: {note}", err=True)
+    click.echo(f"{file}: OK" + (f" ({len(notes)} note(s))" if notes else ""), err=True)
 
 
 @main.group()

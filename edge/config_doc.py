@@ -148,10 +148,10 @@ def sections(
     out: list[str] = []
     if rows:
         header = f"[[{path}]]" if repeated else f"[{path}]"
-        doc = (model.__doc__ or "").strip().split("\n\n")[0].replace("\n", " ").replace("``", "`")
+        doc = " ".join((model.__doc__ or "").strip().split("\n\n")[0].split()).replace("``", "`")
         out += [f"### `{header}`", ""]
         if repeated:
-            out += ["Repeatable: one table per device/line.", ""]
+            out += ["Repeatable: one table per device, line or connector.", ""]
         if doc and not doc.startswith("A base class"):
             out += [doc, ""]
         out += ["| key | unit | type | default | allowed | meaning |", "|---|---|---|---|---|---|", *rows, ""]

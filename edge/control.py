@@ -13,12 +13,14 @@ import asyncio
 import logging
 from array import array
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.power_modules.bank import ModuleBank
+from edge.charging.demand import Capabilities, ConnectorReport
+from edge.charging.demands import Demands
 from edge.config import Config
-from edge.limits.core import evaluate
+from edge.limits.connectors import evaluate_cabinet
 from edge.operator import ExternalLimit, OperatorState, Source
 from edge.state import CabinetState
 from hal.clock import Clock
@@ -61,12 +63,18 @@ class RecentPeriods:
 
 @dataclass
 class Outputs:
-    contactor: Pin
+    contactor: Pin  # the first connector's output contactor
     pump: Pin
     fan: Pin
+    contactors: dict[str, Pin] = field(default_factory=dict)  # by connector name; {"1": contactor} by default
+
+    def __post_init__(self) -> None:
+        if not self.contactors:
+            self.contactors = {"1": self.contactor}
 
     def all_off(self) -> None:
-        self.contactor.off()
+        for pin in self.contactors.values():
+            pin.off()
         self.pump.off()
         self.fan.off()
 
@@ -82,11 +90,14 @@ class Controller:
         clock: Clock,
         on_event: EventSink,
         external_faults: Callable[[], list[list[Any]]] = list,
+        demands: Demands | None = None,
     ) -> None:
         self.config = config
+        self.connectors = config.resolved_connectors()
+        self.demands = demands or Demands({c.name: c.request for c in self.connectors})
         # faults detected outside the core (CAN bus off, telemetry store): [name, detail, stops_output]
         self.external_faults = external_faults
-        self.limits_cfg = config.limits.model_dump()
+        self.limits_cfg = {**config.limits.model_dump(), "session": config.session.model_dump()}
         self.state = state
         self.bank = bank
         self.outputs = outputs
@@ -102,6 +113,8 @@ class Controller:
         self.ticks = 0
         self.evaluations = 0
         self.tick_periods_ms = RecentPeriods()
+        self.after_evaluate: list[Callable[[], None]] = []  # e.g. the EVerest adapter: derating goes out now
+        self.on_tick: list[Callable[[], None]] = []  # once per tick after the evaluation (telemetry samples)
 
     # -- operator requests (local socket / cloud, through edge.ops; never above the config) ------------
     # Who may lift what is decided in edge.operator; edge.ops evaluates at once after each change.
@@ -159,50 +172,115 @@ class Controller:
         self.bank.check(now)
         for gone in self.operator.expire(now):
             self.on_event("limit_expired", "external_limit", {"amps": gone.amps, "source": gone.source})
-        ext = self.external_limit
-        snap = self.state.limits_snapshot(
-            now,
-            request_a=self.requested_current_a,
-            external_limit_a=ext.amps if ext else None,
-            stop=self.stopped_by is not None,
-            voltage_v=self.config.control.output_voltage_v,
-            modules_available=len(self.bank.available()),
-            module_max_a=self.bank.max_current_a_per_module,
-            modules_configured=len(self.bank.modules),
-            modules_lost=[a for a, m in self.bank.modules.items() if m.lost],
-            modules_alarm=[
-                [a, sorted(m.alarms & m.blocking_alarms)]
-                for a, m in self.bank.modules.items()
-                if not m.lost and m.alarms & m.blocking_alarms
-            ],
-            grid_configured=self.state.inputs.grid_meter is not None,
-            ambient_configured=self.state.inputs.ambient is not None,
-            clear=self._clear_requests,
-            external_faults=self.external_faults(),
-        )
-        snap["inputs"].update(self.state.output_measurements(now))
+        self.demands.check(now)
+        snap = self._snapshot(now)
         self._clear_requests = []
-        decision, self.core_state = evaluate(snap, self.limits_cfg, self.core_state)
+        decision, self.core_state = evaluate_cabinet(snap, self.limits_cfg, self.core_state)
         self._clear_results = [(decision["cleared"], decision["clear_refused"])]
         self._apply(decision)
         self._report_changes(self.decision, decision)
         self.decision = decision
         self.evaluations += 1
+        for hook in self.after_evaluate:
+            hook()
         return decision
 
+    def _snapshot(self, now: float) -> dict[str, Any]:
+        ext = self.external_limit
+        stop = self.stopped_by is not None
+        return self.state.cabinet_snapshot(
+            now,
+            external_limit_a=ext.amps if ext else None,
+            stop=stop,
+            grid_configured=self.state.inputs.grid_meter is not None,
+            ambient_configured=self.state.inputs.ambient is not None,
+            clear=self._clear_requests,
+            external_faults=self.external_faults(),
+            connectors={
+                c.name: self._connector_snapshot(c, now, ext.amps if ext else None, stop) for c in self.connectors
+            },
+        )
+
+    def _connector_snapshot(self, c: Any, now: float, external_limit_a: float | None, stop: bool) -> dict[str, Any]:
+        if c.request == "fixed":  # a bench session at the configured set-points (old single-output config)
+            self.demands.hold(c.name, self.config.control.output_voltage_v, self.requested_current_a, now)
+        request = self.demands.core_request(c.name)
+        volts = request["voltage_v"] if request else 0.0
+        bank = self.bank
+        return {
+            "inputs": self.state.connector_inputs(c.name, c.modules, now),
+            "request": request,
+            "hw_max_a": c.max_current_a,
+            "hw_max_v": c.max_voltage_v,
+            "hw_min_v": c.min_voltage_v,
+            "hw_max_w": c.max_power_kw * 1000.0,
+            "uncooled": c.uncooled,
+            "modules_available": len(bank.available(c.modules)),
+            "module_max_a": bank.module_max_a(c.modules, volts or None),
+            "modules_configured": len(c.modules),
+            "modules_lost": [a for a in c.modules if bank.modules[a].lost],
+            "modules_alarm": [
+                [a, sorted(m.alarms & m.blocking_alarms)]
+                for a in c.modules
+                if not (m := bank.modules[a]).lost and m.alarms & m.blocking_alarms
+            ],
+            "external_limit_a": external_limit_a,
+            "stop": stop,
+            "external_faults": [],
+        }
+
     def _apply(self, d: dict[str, Any]) -> None:
-        # Modules first (0 A / off), then the contactor: never open it before asking for 0 A.
-        if not d["enable"] and any(m.output_on or m.set_current_a > 0 for m in self.bank.modules.values()):
-            # stopping: one group command reaches every module with two frames, before the per-module ones
-            self.bank.all_off()
-        self.bank.apply(d["enable"], d["voltage_v"], d["limit_a"])  # the core's set-point, within the maximum
-        self.outputs.contactor.value(1 if d["contactor"] else 0)
+        # Per connector: its modules first (0 A / off), then its contactor: never open it before asking for 0 A.
+        every = len(self.connectors) == 1
+        for c in self.connectors:
+            cd = d["connectors"][c.name]
+            mods = c.modules
+            if not cd["enable"] and any(
+                self.bank.modules[a].output_on or self.bank.modules[a].set_current_a > 0 for a in mods
+            ):
+                # stopping: with one connector one group command reaches every module with two frames
+                if every:
+                    self.bank.all_off()
+                else:
+                    self.bank.off(mods)
+            self.bank.apply(cd["enable"], cd["voltage_v"], cd["limit_a"], addresses=mods)
+            self.outputs.contactors[c.name].value(1 if cd["contactor"] else 0)
         pump, fan = d["pump"], d["fan"] > 0
         if self.test_outputs and not d["enable"] and self.clock.monotonic() < self.test_outputs_until:
             pump = self.test_outputs.get("pump", pump)
             fan = self.test_outputs.get("fan", fan)
         self.outputs.pump.value(1 if pump else 0)
         self.outputs.fan.value(1 if fan else 0)
+
+    def reports(self) -> dict[str, ConnectorReport]:
+        """What each connector's request source publishes: measured V/I, the mode in force, what it can give."""
+        d = self.decision
+        now = self.clock.monotonic()
+        out: dict[str, ConnectorReport] = {}
+        for c in self.connectors:
+            meas = self.state.output_measurements(now, c.modules)
+            cd = d["connectors"][c.name] if d else {}
+            caps = self.bank.capabilities(c.modules)
+            max_a = min(c.max_current_a, float(cd.get("max_current_a", c.max_current_a)))
+            max_w = min(c.max_power_kw * 1000.0, float(cd.get("max_power_w", c.max_power_kw * 1000.0)))
+            out[c.name] = ConnectorReport(
+                connector=c.name,
+                voltage_v=meas["output_v"][0] if meas else 0.0,
+                current_a=meas["output_a"][0] if meas else 0.0,
+                mode=str(cd.get("mode", "Off")),
+                capabilities=Capabilities(
+                    # the modules' range once they report one (0 while none is available: the connector's)
+                    max_export_voltage_v=min(c.max_voltage_v, caps.get("max_voltage_v") or c.max_voltage_v),
+                    min_export_voltage_v=max(c.min_voltage_v, caps.get("min_voltage_v") or c.min_voltage_v),
+                    max_export_current_a=max(0.0, max_a),
+                    min_export_current_a=0.0,
+                    max_export_power_w=max(0.0, max_w),
+                ),
+                faults=tuple(cd.get("faults", ())),
+                modules_reachable=any(not self.bank.modules[a].lost for a in c.modules),
+                phase=str(cd.get("phase", "Other")),
+            )
+        return out
 
     def _report_changes(self, old: dict[str, Any] | None, new: dict[str, Any]) -> None:
         before = set(old["faults"]) if old else set()
@@ -215,6 +293,21 @@ class Controller:
             self.on_event("fault_cleared_by_request", name, {})
         if old is None or old["rule"] != new["rule"]:
             self.on_event("limit_rule", new["rule"], {"reason": new["reason"], "limit_a": round(new["target_a"], 1)})
+        for text in new.get("events", ()):  # e.g. a session ended and why its contactor opened
+            self.on_event("session_event", "connector", {"detail": text})
+        for name, cd in new["connectors"].items():
+            was = old["connectors"].get(name) if old else None
+            if was is None or (was["mode"], was["phase"]) != (cd["mode"], cd["phase"]):
+                self.on_event(
+                    "connector_mode",
+                    name,
+                    {
+                        "mode": cd["mode"],
+                        "phase": cd["phase"],
+                        "reason": cd["reason"],
+                        "limit_a": round(cd["limit_a"], 1),
+                    },
+                )
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Tick until ``stopping`` is set. Exceptions propagate after the fail-safe."""
@@ -227,6 +320,8 @@ class Controller:
                 self.evaluate_now()
                 self.wdt.feed()
                 self.ticks += 1
+                for hook in self.on_tick:
+                    hook()
                 now = loop.time()
                 if last is not None:
                     self.tick_periods_ms.append((now - last) * 1000.0)
@@ -244,7 +339,8 @@ class Controller:
 
     def fail_safe(self) -> None:
         """Output off, contactor open. Each step is tried even if an earlier one fails."""
-        for step in (self.bank.all_off, self.outputs.contactor.off, self.outputs.fan.off):
+        steps = [self.bank.all_off, *(pin.off for pin in self.outputs.contactors.values()), self.outputs.fan.off]
+        for step in steps:
             try:
                 step()
             except Exception:

@@ -7,15 +7,66 @@ capitals (``41.2 STALE``), so a frozen sensor never looks like a good one.
 
 from __future__ import annotations
 
+import math
 import textwrap
 import time
-from collections.abc import Iterable
+import unicodedata
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from edge.limits import inputs as table
+from edge.status import shown_phase
 
 WIDTH = 80
 LABEL = 9  # width of the left label column
+ELLIPSIS = "…"  # one column (East Asian "ambiguous": one column in wcwidth and in our fallback)
+
+
+def _stdlib_width(text: str) -> int:
+    """Display columns without wcwidth: wide and full-width characters (CJK) take two, combining marks
+    (Thai vowels and tone marks) and control characters none."""
+    cols = 0
+    for ch in text:
+        if unicodedata.combining(ch) or unicodedata.category(ch) in ("Mn", "Me", "Cf", "Cc"):
+            continue
+        cols += 2 if unicodedata.east_asian_width(ch) in ("W", "F") else 1
+    return cols
+
+
+def _wcwidth_or_none() -> Callable[[str], int] | None:
+    try:
+        from wcwidth import wcswidth  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return None
+
+    def width(text: str) -> int:
+        n = int(wcswidth(text))
+        return n if n >= 0 else _stdlib_width(text)  # -1: a control character somewhere
+
+    return width
+
+
+display_width: Callable[[str], int] = _wcwidth_or_none() or _stdlib_width
+
+
+def clip(text: str, cols: int) -> str:
+    """``text`` cut to at most ``cols`` display columns, ending in an ellipsis when something was cut."""
+    if display_width(text) <= cols:
+        return text
+    out, used = "", 0
+    for ch in text:
+        w = display_width(ch)
+        if used + w > cols - 1:
+            break
+        out, used = out + ch, used + w
+    return out + ELLIPSIS if cols > 0 else ""
+
+
+def pad(text: str, cols: int, right: bool = False) -> str:
+    """``text`` clipped and padded to exactly ``cols`` display columns (left-aligned unless ``right``)."""
+    text = clip(text, cols)
+    fill = " " * (cols - display_width(text))
+    return fill + text if right else text + fill
 
 
 def _wrap(label: str, text: str, indent: int = LABEL) -> list[str]:
@@ -62,8 +113,7 @@ def machine_state(st: dict[str, Any]) -> str:
     if st.get("selftest", {}).get("active"):
         return "SELF-TEST"
     if st.get("enable"):
-        amps = sum((m.get("current_a") or 0.0) for m in st.get("modules", {}).values() if not m.get("lost"))
-        return "CHARGING" if amps > 1.0 else "READY"
+        return "CHARGING" if _output(st)[1] > 1.0 else "READY"
     if (st.get("target_a") or 0) <= 0:
         return "OFF (fault)" if st.get("faults") else "OFF"
     return "STARTING"
@@ -90,6 +140,50 @@ def limit_lines(st: dict[str, Any]) -> list[str]:
     if st.get("stopped_by"):
         lines.append(f"{'':<{LABEL}}stopped by {_who(st['stopped_by'])}  (edge resume)")
     return lines
+
+
+# the connector table: name, phase, request V and A, output V and A, limit, and its reason in the rest
+CONNECTOR_COLUMNS = (("connector", 10, False), ("phase", 11, False), ("V req", 6, True), ("A req", 6, True),
+                     ("V out", 7, True), ("A out", 7, True), ("limit", 6, True))  # fmt: skip
+REASON_COLUMN = sum(w for _, w, _ in CONNECTOR_COLUMNS) + 1
+
+
+def _num(v: Any, digits: int) -> str:
+    """A measured or requested value, ``--`` when there is none (null, NaN)."""
+    return f"{v:.{digits}f}" if isinstance(v, int | float) and math.isfinite(v) else "--"
+
+
+def _amps(a: Any) -> str:
+    """Amps to the precision that matters: 2.0 A in pre-charge, 200 A while charging."""
+    return _num(a, 1 if isinstance(a, int | float) and abs(a) < 10 else 0)
+
+
+def _cell(text: str, width: int, right: bool) -> str:
+    """One table cell: ``width`` columns including the one space that separates it from its neighbour."""
+    return " " + pad(text, width - 1, right=True) if right else pad(text, width - 1) + " "
+
+
+def connector_lines(st: dict[str, Any]) -> list[str]:
+    """One line per connector, at most :data:`WIDTH` display columns, the reason cut with an ellipsis (its
+    whole text is in ``--json``; the limiting connector's reason is also the cabinet's ``limit`` line)."""
+    conns = st.get("connectors") or []
+    if not conns:
+        return []
+    out = ["".join(_cell(title, w, right) for title, w, right in CONNECTOR_COLUMNS) + " why"]
+    for c in conns:
+        asked = c.get("request_age_s") is not None
+        values = (
+            str(c.get("name")),
+            shown_phase(c.get("mode"), c.get("phase")),
+            _num(c.get("request_v"), 0) if asked else "--",
+            _amps(c.get("request_a")) if asked else "--",
+            _num(c.get("output_v"), 1),
+            _num(c.get("output_a"), 1),
+            _amps(c.get("limit_a")),
+        )
+        row = "".join(_cell(v, w, right) for v, (_, w, right) in zip(values, CONNECTOR_COLUMNS, strict=True))
+        out.append(row + " " + clip(str(c.get("reason") or "starting"), WIDTH - REASON_COLUMN))
+    return out
 
 
 def fault_lines(faults: dict[str, str], latched: Iterable[str]) -> list[str]:
@@ -262,11 +356,26 @@ def can_lines(st: dict[str, Any]) -> list[str]:
     return _wrap("can", ";  ".join(parts))
 
 
+def _finite(v: Any) -> float:
+    return float(v) if isinstance(v, int | float) and math.isfinite(v) else 0.0
+
+
+def _output(st: dict[str, Any]) -> tuple[float, float, float]:
+    """Highest output voltage, total current and total power (kW): measured at the connectors when the
+    daemon reports them, else from the modules that answer."""
+    conns = st.get("connectors") or []
+    if conns:
+        pairs = [(_finite(c.get("output_v")), _finite(c.get("output_a"))) for c in conns]
+    else:
+        mods = [m for m in st.get("modules", {}).values() if not m.get("lost")]
+        volts = max([(m.get("voltage_v") or 0.0) for m in mods], default=0.0)
+        pairs = [(volts, sum((m.get("current_a") or 0.0) for m in mods))]
+    return max(v for v, _ in pairs), sum(a for _, a in pairs), sum(v * a for v, a in pairs) / 1000
+
+
 def output_line(st: dict[str, Any]) -> str:
-    mods = [m for m in st.get("modules", {}).values() if not m.get("lost")]
-    amps = sum((m.get("current_a") or 0.0) for m in mods)
-    volts = max([(m.get("voltage_v") or 0.0) for m in mods], default=0.0)
-    return f"{'state':<{LABEL}}{machine_state(st):<12}output {volts:.0f} V  {amps:.1f} A  {volts * amps / 1000:.1f} kW"
+    volts, amps, kw = _output(st)
+    return f"{'state':<{LABEL}}{machine_state(st):<12}output {volts:.0f} V  {amps:.1f} A  {kw:.1f} kW"
 
 
 def status_text(st: dict[str, Any], cable: str | None = None) -> str:
@@ -283,6 +392,7 @@ def status_text(st: dict[str, Any], cable: str | None = None) -> str:
         head[:WIDTH],
         output_line(st),
         *limit_lines(st),
+        *connector_lines(st),
         *fault_lines(st.get("faults", {}), st.get("latched", [])),
         *module_lines(st),
         *cable_lines(st, cable),
@@ -290,7 +400,8 @@ def status_text(st: dict[str, Any], cable: str | None = None) -> str:
         *can_lines(st),
         *uplink_lines(st),
     ]
-    return "\n".join(lines)
+    # the 80-column promise holds for whatever a device or the core puts in a text (wrapped by len above)
+    return "\n".join(clip(ln, WIDTH) for ln in lines)
 
 
 def faults_text(data: dict[str, Any]) -> str:

@@ -1,14 +1,16 @@
 """One typed view of the cabinet right now, and its three renderings: the API's ``status`` answer, the
-retained MQTT ``state`` message (schema: edge/schemas/mqtt-v1.schema.json#state) and the one-line status
-of ``edge run --status-line``. Built by :meth:`edge.cabinet.Cabinet.view`; pure from here on."""
+retained MQTT ``state`` message (schema: edge/schemas/mqtt-v1.schema.json#state, ``cabinet-edge/state/2``)
+and the one-line status of ``edge run --status-line``. Built by :meth:`edge.cabinet.Cabinet.view`; pure
+from here on."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.readings import OK
+from drivers.readings import OK, Reading
 from edge.limits import inputs
+from edge.telemetry.measurands import connector_signal, phase_code
 
 PINS = inputs.names_where("place", "connector")  # the connector's pin temperatures, DC+ first
 FLOW = inputs.names_where("sensor", "coolant_flow")[0]
@@ -40,6 +42,91 @@ class OperatorLimitView:
     expires_in_s: float | None  # None: until cleared
 
 
+def shown_phase(mode: str | None, phase: str | None) -> str:
+    """What a technician reads for a connector: the phase, ``FAULT`` in capitals, the mode (``Export``,
+    ``Off``) when the controller named no phase (EVerest ``Other``)."""
+    if mode == "Fault" or phase == "Fault":
+        return "FAULT"
+    if phase and phase != "Other":
+        return phase
+    return mode or "Off"
+
+
+@dataclass(frozen=True)
+class ConnectorView:
+    """One connector as the controller decided it in the last evaluation (config order = screen order)."""
+
+    name: str
+    phase: str  # session phase the cabinet follows: Off, CableCheck, PreCharge, Charging, Stopping, Fault
+    mode: str  # the mode in force: Off, Export, Fault (EVerest power_supply_DC)
+    request_v: float  # what the charging controller asks: target voltage
+    request_a: float  # ... and current limit
+    request_age_s: float | None  # since the last set-point; None = no request received
+    output_v: float  # measured at the output
+    output_a: float
+    limit_a: float  # what the safety core allows this connector now
+    rule: str | None  # the rule that sets limit_a; None before the first evaluation
+    reason: str | None
+    contactor: bool  # its output contactor as commanded
+    enable: bool  # its modules are commanded on
+    modules: tuple[int, ...]  # module addresses feeding it
+    capabilities: dict[str, float]  # what it could give now (EVerest ``capabilities``, units in the keys)
+    faults: tuple[str, ...]  # active fault names that hold this connector (cabinet-wide ones included)
+
+    @property
+    def shown_phase(self) -> str:
+        return shown_phase(self.mode, self.phase)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "phase": self.phase,
+            "mode": self.mode,
+            "request_v": round(float(self.request_v), 1),
+            "request_a": round(float(self.request_a), 1),
+            "request_age_s": None if self.request_age_s is None else round(float(self.request_age_s), 3),
+            "output_v": round(float(self.output_v), 1),
+            "output_a": round(float(self.output_a), 1),
+            "limit_a": round(float(self.limit_a), 1),
+            "rule": self.rule,
+            "reason": self.reason,
+            "contactor": self.contactor,
+            "enable": self.enable,
+            "modules": list(self.modules),
+            "capabilities": {k: float(v) for k, v in self.capabilities.items()},
+            "faults": list(self.faults),
+        }
+
+    def readings(self, t: float) -> list[Reading]:
+        """Its telemetry signals (``connector.<name>.<suffix>``, docs/TELEMETRY.md) at monotonic time ``t``,
+        for the recorder; without a request the requested values are 0."""
+        asked = self.request_age_s is not None
+        values = (
+            ("voltage_v", self.output_v, "V"),
+            ("current_a", self.output_a, "A"),
+            ("limit_a", self.limit_a, "A"),
+            ("request_voltage_v", self.request_v if asked else 0.0, "V"),
+            ("request_current_a", self.request_a if asked else 0.0, "A"),
+            ("phase", float(phase_code(self.mode, self.phase)), ""),
+        )
+        return [Reading(connector_signal(self.name, suffix), float(v), unit, t) for suffix, v, unit in values]
+
+    def mqtt_state(self) -> dict[str, Any]:
+        """The slow part only: the retained state is republished on every change, so measured and requested
+        values (which move every tick) go to telemetry (``connector.<name>.*``), not here."""
+        return {
+            "name": self.name,
+            "phase": self.phase,
+            "mode": self.mode,
+            "limit_a": round(float(self.limit_a), 1),
+            "rule": self.rule,
+            "reason": self.reason,
+            "contactor": self.contactor,
+            "enable": self.enable,
+            "faults": list(self.faults),
+        }
+
+
 @dataclass(frozen=True)
 class StatusView:
     cabinet_id: str
@@ -66,6 +153,8 @@ class StatusView:
     can: dict[str, Any] = field(default_factory=dict)
     can_frames: dict[str, Any] = field(default_factory=dict)
     control: dict[str, Any] = field(default_factory=dict)
+    connectors: tuple[ConnectorView, ...] = ()  # config order
+    everest: dict[str, Any] = field(default_factory=dict)  # the EVerest adapter's counters; {} without one
 
     # -- the API's ``status`` ------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
@@ -79,6 +168,7 @@ class StatusView:
             "rule": self.rule,
             "reason": self.reason,
             "enable": self.enable,
+            "connectors": [c.as_dict() for c in self.connectors],
             "faults": dict(self.faults),
             "latched": list(self.latched),
             "outputs": dict(self.outputs),
@@ -103,6 +193,7 @@ class StatusView:
             "can": self.can,
             "can_frames": self.can_frames,
             "control": self.control,
+            "everest": self.everest,
         }
 
     # -- the retained MQTT ``state`` -----------------------------------------------------------------
@@ -114,6 +205,7 @@ class StatusView:
             "rule": self.rule,
             "reason": self.reason,
             "enable": self.enable,
+            "connectors": [c.mqtt_state() for c in self.connectors],
             "faults": dict(self.faults),
             "latched": list(self.latched),
             "external_limit": None
@@ -145,6 +237,7 @@ class StatusView:
         flow = inputs.entry(FLOW)
         flow_text = f"flow {self._value(f'{cable}.' + flow['reading'])} {flow['unit']}"
         parts = [
+            *(f"{c.name} {c.shown_phase} {c.output_a:.1f} A" for c in self.connectors),
             f"grid {self._value(f'{grid}.Power.Active.Import', '{:.0f}')} W" if grid else "grid --",
             mods,
             f"pins {pins} °C" if cable else "",

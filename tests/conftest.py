@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SIM_TOML = (REPO / "edge" / "sim" / "sim.toml").read_text()
+SIM_TOML = (REPO / "edge" / "sim" / "sim-bench.toml").read_text()
 EXAMPLE_TOML = (REPO / "deploy" / "config.example.toml").read_text()
 
 

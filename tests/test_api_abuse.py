@@ -9,6 +9,7 @@ kernel keeps the credentials of the process that connected. Needs root; skipped 
 
 from __future__ import annotations
 
+import asyncio
 import grp
 import json
 import os
@@ -24,6 +25,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,9 @@ from typing import Any
 import pytest
 
 from edge.api.guard import ADMIN_RESERVE, MAX_CONNECTIONS_PER_USER
+from edge.api.peer import ADMIN, Identities, Policy
+from edge.api.server import ApiServer
+from edge.config.schema import Api
 from edge.ops import AUDIT_REFUSED_PER_WINDOW
 from edge.telemetry.store import Store
 from tests.cli_support import quiet_sim
@@ -363,6 +368,76 @@ def test_connections_are_capped_per_user_with_a_clear_refusal_and_root_still_get
     # once closed, nobody may connect again
     answer = as_nobody(lambda: raw_requests(daemon.socket_path, [b'{"cmd":"whoami"}']))
     assert answer[0]["ok"], answer
+
+
+def test_identities_are_looked_up_once_per_ttl_and_a_group_change_counts_after_it():
+    now = [0.0]
+    groups = {1000: frozenset({"cabinet-edge-admin"})}
+    asked: list[int] = []
+
+    def lookup(uid: int, gid: int) -> tuple[str, frozenset[str]]:
+        asked.append(uid)
+        return f"user{uid}", groups.get(uid, frozenset({str(gid)}))
+
+    ids = Identities(ttl_s=5.0, kept=2, clock=lambda: now[0], lookup=lookup)
+    policy = Policy("cabinet-edge", "cabinet-edge-admin", own_uid=999)
+    assert policy.allows(asyncio.run(ids.peer(1, 1000, 1000)), ADMIN)
+    groups[1000] = frozenset({"cabinet-edge"})  # removed from the admin group
+    now[0] = 4.9
+    assert policy.allows(asyncio.run(ids.peer(2, 1000, 1000)), ADMIN), "kept for the TTL"
+    assert ids.peer_now(3, 1000, 1000).groups == frozenset({"cabinet-edge-admin"}) and asked == [1000]
+    now[0] = 5.0
+    assert not policy.allows(asyncio.run(ids.peer(4, 1000, 1000)), ADMIN), "the change counts after the TTL"
+    assert asked == [1000, 1000]
+    for uid in (1001, 1002, 1003):
+        ids.peer_now(1, uid, uid)
+    assert ids.cached(1000, 1000) is None and ids.cached(1003, 1003) is not None, "at most `kept`, oldest out"
+    assert ids.user(1003) == "user1003" and len(asked) == 5, "a refusal's name from what is kept"
+    assert ids.user(0) == "root" and ids.user(54321) == "uid54321"
+
+
+def test_a_burst_of_connections_lets_the_loop_run_between_accepts(tmp_path, socket_dir):
+    """``sock_accept`` returns at once while connections wait in the backlog: without a yield the accept
+    loop took a whole burst in one go and the control tick waited (bench.abuse, 900 connections)."""
+    sock = f"{socket_dir}/edge-burst.sock"
+    burst = 40  # root's: 16 served (one user database lookup), 24 refused with one line each
+    ops = types.SimpleNamespace(flush_suppressed=lambda: 0)
+    server = ApiServer(Api(socket=sock, group="nogroup"), daemon=types.SimpleNamespace(), ops=ops)  # type: ignore[arg-type]
+    clients: list[socket.socket] = []
+
+    async def run() -> list[int]:
+        listener = server._listen()
+        for _ in range(burst):  # all waiting in the backlog before the accept loop starts
+            c = socket.socket(socket.AF_UNIX)
+            c.connect(sock)
+            clients.append(c)
+        admitted = 0
+        admit = server._admit
+
+        def counting(conn: socket.socket) -> None:
+            nonlocal admitted
+            admitted += 1
+            admit(conn)
+
+        server._admit = counting  # type: ignore[method-assign]
+        accepting = asyncio.create_task(server._accept_loop(listener))
+        seen = []
+        deadline = time.monotonic() + 10
+        while admitted < burst and time.monotonic() < deadline:
+            seen.append(admitted)
+            await asyncio.sleep(0)
+        accepting.cancel()
+        server.close()
+        return seen
+
+    try:
+        seen = asyncio.run(run())
+    finally:
+        for c in clients:
+            c.close()
+    assert len(set(seen)) > burst // 2, f"the loop ran only between {len(set(seen))} of {burst} accepts: {seen}"
+    assert server.identities.lookups == 1, "one lookup for the burst (concurrent misses share it)"
+    assert server.connections.refused == burst - MAX_CONNECTIONS_PER_USER
 
 
 def test_unit_sets_an_fd_limit_above_the_connection_caps():

@@ -114,3 +114,23 @@ def test_stale_and_invalid_values_never_look_good_and_lines_fit():
     assert "NO ANSWER (40 errors: timeout; retry in 30 s)" in absent
     assert "over_temperature,fan_fail" in out
     assert "limit    0 A  <- cable DC+ pin stale" in out
+
+
+def test_a_connector_without_measurement_or_request_shows_dashes_never_nan():
+    conn = {
+        "name": "2",
+        "phase": "Other",
+        "mode": "Export",
+        "request_v": 0.0,
+        "request_a": 0.0,
+        "request_age_s": None,
+        "output_v": float("nan"),
+        "output_a": None,
+        "limit_a": 0.0,
+        "reason": None,
+    }
+    lines = status_text(_status(connectors=[conn])).splitlines()
+    row = next(ln for ln in lines if ln.startswith("2 "))
+    assert row.split() == ["2", "Export", "--", "--", "--", "--", "0.0", "starting"], row
+    assert "nan" not in "\n".join(lines).lower()
+    assert lines[1] == "state    OFF (fault) output 0 V  0.0 A  0.0 kW"

@@ -222,3 +222,118 @@ def test_over_mqtt_retained_future_and_repeated_commands_never_act(tmp_path: Pat
     finally:
         d.stop()
         be.close()
+
+
+# -- floods: a rate per command ----------------------------------------------------------------------
+class _Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_the_rate_limit_admits_a_burst_then_its_rate_per_command_and_reports_at_a_bounded_rate():
+    clock = _Clock()
+    rate = commands.RateLimit(per_s=2.0, burst=5, report_every_s=60.0, clock=clock)
+    assert [rate.admit("stop") for _ in range(7)] == [True] * 5 + [False] * 2
+    assert rate.admit("set-current-limit"), "each command has a bucket of its own"
+    assert rate.bucket("open-contactor") == rate.bucket("x") == commands.OTHER_TOPICS
+    clock.t += 1.0  # refilled by 2
+    assert [rate.admit("stop") for _ in range(3)] == [True, True, False]
+    assert rate.limited == 3
+    assert rate.report_due() == {"stop": 3}, "the first report at once"
+    assert not rate.admit("stop")
+    assert rate.report_due() is None, "then at most one per report interval"
+    clock.t += 60.0
+    assert rate.report_due() == {"stop": 1}
+    assert rate.report_due() is None, "nothing limited since"
+    clock.t += 3600.0
+    assert sum(rate.admit("stop") for _ in range(10)) == 5, "a quiet hour saves up no more than the burst"
+    assert rate.reason("stop") == (
+        "rate limited: at most 5 stop commands at once and 2 per s; not done: send it again later"
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "cmd_id"),
+    [
+        (b'{"id":"a-1","amps":5}', "a-1"),
+        (b'{"amps":5,"id":"a-2"}', "a-2"),
+        (b'{"amps":5,"amps":6,"id":"a-3"}', "a-3"),
+        (b'{"id":"a-4","x":' + b"[" * 50 + b"]" * 50 + b"}", "a-4"),
+        (b'{"id":"a\\n"}', None),
+        (b'{"x":"' + b"y" * 5000 + b'","id":"a-5"}', None),  # too big to parse and the id not first
+        (b"\xff\xfe{", None),
+    ],
+)
+def test_a_rate_limited_command_is_answered_with_its_id_read_cheaply(raw, cmd_id):
+    assert commands.answer_id(raw) == cmd_id
+
+
+def _answers(be: Backend, prefix: str, after: int) -> list[dict[str, Any]]:
+    return [m.body for m in be.on("cmd-result")[after:] if str(m.body["id"]).startswith(prefix)]
+
+
+def test_over_mqtt_a_flood_is_rate_limited_per_command_answered_and_counted_not_audited_one_by_one(
+    tmp_path: Path, mqtt_broker: Broker
+):
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(mqtt_sim_config(tmp_path, mqtt_broker.port))
+    d = DaemonProcess(cfg, str(tmp_path / "edge.sock"))
+    be = Backend(mqtt_broker.port, client_id="backend-flood")
+    flood = commands.RATE_BURST + 60
+    try:
+        d.wait_ready()
+        wait_for(lambda: d.status()["telemetry"]["uplink"]["connected"], 10, what="uplink connected")
+        n = len(be.on("cmd-result"))
+        for i in range(flood):  # above the hardware limit: rejected by the operation when it is done
+            be.send("set-current-limit", {"id": f"fl-{i}", "amps": 500, "duration_s": 60})
+        answers = wait_for(lambda: len(a := _answers(be, "fl-", n)) >= flood and a, 10, what="every flood answer")
+        limited = [a for a in answers if a["reason"].startswith("rate limited")]
+        done = [a for a in answers if "above the hardware limit" in a["reason"]]
+        assert len(limited) + len(done) == flood, answers
+        # the burst, plus what the rate refilled while the flood was being sent (5 per s: well under 60)
+        assert len(done) >= commands.RATE_BURST and len(limited) >= 20, (len(done), len(limited))
+        assert {(a["result"], a["seq"]) for a in limited} == {("rejected", None)}
+        assert limited[0]["reason"] == (
+            f"rate limited: at most {commands.RATE_BURST} set-current-limit commands at once and "
+            f"{commands.RATE_PER_S:g} per s; not done: send it again later"
+        )
+        # another command has its own allowance: a stop during the flood acts, and so does the resume
+        n = len(be.on("cmd-result"))
+        be.send("stop", {"id": "st-1"})
+        assert be.result("st-1", n)["result"] == "accepted"
+        n = len(be.on("cmd-result"))
+        be.send("resume", {"id": "rs-1"})
+        assert be.result("rs-1", n)["result"] == "accepted"
+        # a limited id was not done, so it is not remembered: sent again once the rate allows, it is done
+        again = limited[-1]["id"]
+
+        def retried() -> dict[str, Any] | None:
+            n = len(be.on("cmd-result"))
+            be.send("set-current-limit", {"id": again, "amps": 500, "duration_s": 60})
+            got = wait_for(lambda: _answers(be, again, n), 3, what=f"answer to {again}")[-1]
+            return None if got["reason"].startswith("rate limited") else got
+
+        assert "above the hardware limit" in wait_for(retried, 10, interval=0.3, what="the id done")["reason"]
+        uplink = d.status()["telemetry"]["uplink"]
+        assert uplink["commands_rate_limited"] >= len(limited)
+        assert uplink["commands_dropped"] == 0
+        # recorded: each command done (one event each), the limited ones only counted, in one event
+        events = wait_for(
+            lambda: [e for e in be.records("events") if e["kind"] == "command" and e.get("op") == "rate_limited"],
+            5,
+            what="the rate_limited event",
+        )
+        assert len(events) == 1, events
+        assert events[0]["ok"] is False and 1 <= events[0]["args"]["set-current-limit"] <= len(limited)
+        audited = {e.get("id") for e in be.records("events") if e["kind"] == "command"}
+        assert {a["id"] for a in done} <= audited
+        assert not {a["id"] for a in limited} - {again} & audited, "a limited command is not audited one by one"
+        assert _state_now(be, "q-fl")["external_limit"] is None
+        assert not be.errors, "the rate-limited answers and the rate_limited event follow the schema"
+        assert d.proc.poll() is None
+    finally:
+        d.stop()
+        be.close()

@@ -54,6 +54,57 @@ def test_infypower_output_reply_decodes_floats():
     assert reply.voltage_v == pytest.approx(400.0) and reply.current_a == pytest.approx(31.5)
 
 
+def test_infypower_capabilities_request_is_command_0x0a_with_eight_zero_bytes():
+    # id: device 0x0A (bits 25-22), command 0x0A (21-16), destination module 3, source controller 0xF0
+    frames = infypower.InfyPowerCodec().identify(3)
+    assert [(f.arbitration_id, f.data) for f in frames] == [(0x028A03F0, bytes(8))]
+
+
+def test_infypower_capabilities_reply_golden_vector():
+    # module 3 -> 0xF0, command 0x0A; four u16 BE: Vmax 750 V (x1 = 0x02EE), Vmin 200 V (x1 = 0x00C8),
+    # Imax 100.0 A (x0.1 A = 1000 = 0x03E8), rated power 30 kW (x10 W = 3000 = 0x0BB8)
+    reply = infypower.InfyPowerCodec().decode(0x028AF003, bytes.fromhex("02EE00C803E80BB8"))
+    assert reply is not None and reply.address == 3 and not reply.ack
+    assert reply.capabilities == {
+        "max_voltage_v": 750.0,
+        "min_voltage_v": 200.0,
+        "max_current_a": 100.0,
+        "rated_power_w": 30000.0,
+    }
+
+
+def test_infypower_capabilities_reply_with_the_largest_fields():
+    # 0xFFFF in every field: 65535 V, 65535 V, 6553.5 A, 655350 W (no sign, no overflow)
+    reply = infypower.InfyPowerCodec().decode(0x028AF03E, bytes.fromhex("FFFFFFFFFFFFFFFF"))
+    assert reply is not None and reply.address == 0x3E
+    assert reply.capabilities == {
+        "max_voltage_v": 65535.0,
+        "min_voltage_v": 65535.0,
+        "max_current_a": 6553.5,
+        "rated_power_w": 655350.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("arbitration_id", "error"),
+    [
+        (0x029CF001, 0),  # module 1 -> 0xF0, set V/I (0x1C), error 0: taken
+        (0x029AF001, 0),  # module 1 -> 0xF0, on/off (0x1A)
+        (0x0E9CF001, 3),  # error bits 28-26 = 3 "data invalid": refused
+        (0x1E9AF001, 7),  # error 7 "in start processing"
+    ],
+)
+def test_infypower_answers_to_our_set_commands_are_acknowledgements(arbitration_id, error):
+    reply = infypower.InfyPowerCodec().decode(arbitration_id, bytes.fromhex("0007A12000004E20"))
+    assert reply is not None and reply.ack and reply.address == 1 and reply.error == error
+    assert reply.voltage_v is None and reply.current_a is None and reply.capabilities is None
+
+
+def test_infypower_refused_read_is_not_a_reply():
+    # module 1 -> 0xF0, read output (0x03) with error 3: carries no values
+    assert infypower.InfyPowerCodec().decode(0x0E83F001, bytes(8)) is None
+
+
 def test_cable_monitor_counter_repeat_marks_frame_invalid():
     mon = CableMonitor("cable")
     fid, data = mon.encode(

@@ -72,6 +72,13 @@ class Backend(Consumer):
         self.client.publish(f"{BASE}/cmd/{name}", raw, qos=1)
         return t0
 
+    def wait_listening(self) -> None:
+        """Until the daemon's command subscription is in place: it publishes its retained "online" status
+        right after subscribing, and the broker handles one client's packets in order. "Connected" in the
+        daemon's status is earlier (the CONNACK): a command sent then can reach the broker before the
+        subscription and is dropped (seen once in a loaded CI run)."""
+        wait_for(lambda: any(b"online" in m.payload for m in self.on("status")), 10, what="daemon online")
+
     def result(self, cmd_id: str | None, after: int = 0) -> dict:
         return wait_for(
             lambda: [m.body for m in self.on("cmd-result")[after:] if m.body["id"] == cmd_id],
@@ -91,6 +98,7 @@ def test_commands_over_mqtt_are_answered_within_a_second_and_bounded_by_local_li
     try:
         d.wait_ready()
         wait_for(lambda: d.status()["telemetry"]["uplink"]["connected"], 10, what="uplink connected")
+        be.wait_listening()
         # no wait for charging: the sim may latch a start-up plausibility trip (see report); commands
         # are checked through the controller's own state, which they change either way
 
@@ -174,6 +182,7 @@ def test_remote_clear_when_allowed_answers_with_the_core_reason(tmp_path: Path, 
     try:
         d.wait_ready()
         wait_for(lambda: d.status()["telemetry"]["uplink"]["connected"], 10, what="uplink connected")
+        be.wait_listening()
         be.send("clear-fault", {"id": "c-2", "fault": "coolant_flow_low"})
         res = be.result("c-2")
         assert res["result"] == "rejected" and res["reason"] == "coolant_flow_low is not latched; latched now: none"

@@ -173,4 +173,4 @@ def test_an_integer_is_still_a_float():
 
 def test_shipped_configs_still_load():
     assert parse_config(EXAMPLE_TOML, "config.example.toml").limits.grid.fallback_ac_a == 16.0
-    assert parse_config(SIM_TOML, "sim.toml").limits.grid.fuse_a == 160.0
+    assert parse_config(SIM_TOML, "sim-bench.toml").limits.grid.fuse_a == 160.0

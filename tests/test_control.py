@@ -113,7 +113,7 @@ def test_any_error_in_the_loop_switches_modules_off_opens_the_contactor_and_prop
     def broken(now: float, **extra: Any) -> dict[str, Any]:
         raise RuntimeError("injected: snapshot failed")
 
-    monkeypatch.setattr(rig.state, "limits_snapshot", broken)
+    monkeypatch.setattr(rig.state, "cabinet_snapshot", broken)
     rig.frames.clear()
 
     async def main() -> None:

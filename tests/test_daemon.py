@@ -109,7 +109,7 @@ def test_stop_request_turns_outputs_off(tmp_path):
 
 
 def test_exception_in_control_path_fails_safe_and_exits_nonzero(tmp_path, monkeypatch, caplog):
-    real = edge.control.evaluate
+    real = edge.control.evaluate_cabinet
     armed = {"on": False}
 
     def evaluate(snapshot, config, state):
@@ -117,7 +117,7 @@ def test_exception_in_control_path_fails_safe_and_exits_nonzero(tmp_path, monkey
             raise RuntimeError("injected fault in the safety evaluation")
         return real(snapshot, config, state)
 
-    monkeypatch.setattr(edge.control, "evaluate", evaluate)
+    monkeypatch.setattr(edge.control, "evaluate_cabinet", evaluate)
 
     async def body(daemon, cab, run):
         await _until(lambda: daemon.cabinet.outputs.contactor.value() == 1 and cab.physics.output_a > 1)

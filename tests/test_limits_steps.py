@@ -163,6 +163,48 @@ def test_contactor_closes_only_for_a_session_that_may_run(change, contactor):
     assert not c.contactor
 
 
+@pytest.mark.parametrize(
+    "session, request_a, change, contactor",
+    [
+        (True, 0.0, {}, True),  # a session at 0 A (a connector's controller asks for nothing yet)
+        (False, 100.0, {}, False),  # no session: a request alone does not close it
+        (True, 0.0, {"tripped": True}, False),
+        (True, 0.0, {"stop": True}, False),
+        (True, 0.0, {"sensor_fault": True}, False),
+        (True, 0.0, {"external_stop": True}, False),
+    ],
+)
+def test_a_session_flag_in_the_snapshot_decides_the_contactor_instead_of_the_request(
+    session, request_a, change, contactor
+):
+    c = ctx(modules_available=2, request_a=request_a, session=session)
+    c.applied = 0.0
+    for key, value in change.items():
+        setattr(c, key, value)
+    core._contactor(c)
+    assert c.contactor is contactor and not c.enable
+
+
+def test_limits_from_the_snapshot_come_after_the_hardware_and_before_the_request():
+    c = ctx(request_a=100.0, limits=[[80.0, "grid", "site fuse"], [-1.0, "session", "no session"]])
+    core._base_limits(c)
+    assert c.limits == [
+        [200.0, "hardware", "hardware limit 200 A"],
+        [80.0, "grid", "site fuse"],
+        [0.0, "session", "no session"],
+        [100.0, "request", "vehicle request 100 A"],
+    ]
+
+
+def test_an_uncooled_output_does_not_require_the_cable_inputs_but_uses_what_reports():
+    c = ctx(uncooled=True, inputs={"coolant_out_c": [30.0, T, "ok"]})
+    core._rule_sensors(c)
+    assert (c.sensor_fault, c.faults, c.limits, c.vals) == (False, {}, [], {"coolant_out_c": 30.0})
+    c = ctx(inputs={"coolant_out_c": [30.0, T, "ok"]})
+    core._rule_sensors(c)
+    assert c.sensor_fault and "pin_dc_plus_missing" in c.faults
+
+
 def test_contactor_stays_closed_at_zero_amps_with_the_modules_off():
     c = ctx(modules_available=2, request_a=100.0)
     c.applied = 0.0

@@ -3,9 +3,11 @@
 tests/vectors/*.json hold the cases (see tests/vectors/runner.py for the format). This module merges each
 case with tests/vectors/_defaults.json and the validated default limits config, then runs the one runner
 script under both interpreters. Their outputs must be byte-identical; the expectations of every step are
-then checked on the decisions. The last tests make sure every fault family (including the external faults)
-and every limit rule of the core is exercised by at least one expectation, and that every fault the vectors
-raise has its own section in docs/SAFETY.md (edge/limits/inputs.py FAULT_DOCS).
+then checked on the decisions. tests/vectors/connectors/*.json are cases of a cabinet with several
+connectors (``edge.limits.connectors.evaluate_cabinet``), run the same way. The last tests make sure every
+fault family (including the external faults) and every limit rule of the core is exercised by at least one
+expectation, and that every fault the vectors raise has its own section in docs/SAFETY.md
+(edge/limits/inputs.py FAULT_DOCS).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import Any
 import pytest
 
 from edge.config.limits import LimitsConfig
-from edge.limits import core, inputs
+from edge.limits import connectors, core, inputs
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS = REPO / "tests" / "vectors"
@@ -62,8 +64,38 @@ def load_cases() -> list[dict[str, Any]]:
                     "steps": steps,
                 }
             )
+    cases.extend(load_cabinet_cases(base_config))
     names = [c["name"] for c in cases]
     assert len(names) == len(set(names)), "vector names must be unique"
+    return cases
+
+
+def load_cabinet_cases(base_config: dict[str, Any]) -> list[dict[str, Any]]:
+    """tests/vectors/connectors/*.json: cases of a cabinet with several connectors (runner.py
+    ``run_cabinet_case``), merged with tests/vectors/connectors/_defaults.json. A case's ``session``
+    overrides the session rules (the core's defaults otherwise), ``connectors`` each connector's fields."""
+    folder = VECTORS / "connectors"
+    defaults = json.loads((folder / "_defaults.json").read_text())
+    cases = []
+    for path in sorted(folder.glob("[!_]*.json")):
+        for case in json.loads(path.read_text()):
+            config = _merge(base_config, defaults["fast_config"]) if case.get("fast") else base_config
+            config = LimitsConfig.model_validate(_merge(config, case.get("config", {}))).model_dump()
+            config["session"] = _merge(connectors.SESSION_DEFAULTS, case.get("session", {}))
+            own = case.get("connectors", {})
+            names = case.get("names", defaults["names"])
+            steps = [defaults["warm_up"] if s.get("warm_up") else s for s in case["steps"]]
+            cases.append(
+                {
+                    "name": case["name"],
+                    "file": "connectors/" + path.name,
+                    "config": config,
+                    "snapshot": _merge(defaults["snapshot"], case.get("snapshot", {})),
+                    "fresh": _merge(defaults["fresh"], case.get("fresh", {})),
+                    "connectors": {n: _merge(defaults["connector"], own.get(n, {})) for n in names},
+                    "steps": steps,
+                }
+            )
     return cases
 
 
@@ -119,6 +151,11 @@ def _check(d: dict[str, Any], expect: dict[str, Any], where: str) -> None:
             assert [r[0] for r in d["clear_refused"]] == want, f"{where}: refused {d['clear_refused']}"
         elif key == "refused_has":
             assert any(want in r[1] for r in d["clear_refused"]), f"{where}: {want!r} not in {d['clear_refused']}"
+        elif key == "connectors":
+            for name, sub in want.items():
+                _check(d["connectors"][name], sub, f"{where} connector {name}")
+        elif key == "events_has":
+            assert any(want in e for e in d["events"]), f"{where}: {want!r} not in {d['events']}"
         elif key == "fault_detail_has":
             for name, text in want.items():
                 assert text in d["fault_details"].get(name, ""), f"{where}: {text!r} not in {d['fault_details']}"
@@ -139,11 +176,11 @@ def test_every_fault_and_rule_of_the_core_is_exercised_by_a_vector():
     rules: set[str] = set()
     for case in CASES:
         for step in case["steps"]:
-            e = step.get("expect", {})
-            faults.update(e.get("faults", []) + e.get("faults_has", []) + e.get("latched", []))
-            faults.update(e.get("fault_detail_has", {}))
-            if "rule" in e:
-                rules.add(e["rule"])
+            for e in [step.get("expect", {}), *step.get("expect", {}).get("connectors", {}).values()]:
+                faults.update(e.get("faults", []) + e.get("faults_has", []) + e.get("latched", []))
+                faults.update(e.get("fault_detail_has", {}))
+                if "rule" in e:
+                    rules.add(e["rule"])
     families = {core.fault_doc(f) for f in faults}
     missing = {inputs.DOCS + doc for doc in inputs.FAULT_DOCS.values()} - families
     assert not missing, f"no vector raises a fault documented at {sorted(missing)}"
@@ -164,6 +201,8 @@ def test_every_fault_and_rule_of_the_core_is_exercised_by_a_vector():
         "external_fault",
         "trip",
         "stop",
+        # the session rules of a connector (edge/limits/connectors.py)
+        *connectors.REQUEST_RULES,
     }
     assert all_rules - rules == set(), f"no vector names rule(s) {sorted(all_rules - rules)}"
 

@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parent.parent
 LIMITS = REPO / "edge" / "limits"
 CORE = LIMITS / "core.py"
 INPUTS = LIMITS / "inputs.py"
+CONNECTORS = LIMITS / "connectors.py"
 
 
 def _stubs_dir() -> Path:
@@ -62,7 +63,7 @@ def _mypy_with_micropython_stubs(*paths: Path) -> subprocess.CompletedProcess[st
 
 
 def test_safety_core_and_its_input_table_type_check_against_micropython_stdlib_stubs():
-    res = _mypy_with_micropython_stubs(CORE, INPUTS)
+    res = _mypy_with_micropython_stubs(CORE, INPUTS, CONNECTORS)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -82,3 +83,14 @@ def test_safety_core_imports_nothing_but_its_input_table_under_micropython(tmp_p
     res = subprocess.run([micropython_binary(), str(script)], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "['core', 'inputs']"
+
+
+def test_the_cabinet_core_imports_nothing_but_the_core_and_its_table_under_micropython(tmp_path):
+    script = tmp_path / "probe.py"
+    script.write_text(
+        f"import sys\nsys.path.insert(0, {str(LIMITS)!r})\nbefore = set(sys.modules)\nimport connectors\n"
+        "print(sorted(set(sys.modules) - before))\n"
+    )
+    res = subprocess.run([micropython_binary(), str(script)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.strip() == "['connectors', 'core', 'inputs']"

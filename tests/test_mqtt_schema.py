@@ -70,6 +70,12 @@ def test_a_message_without_cabinet_id_or_with_a_wrong_unit_type_is_rejected_by_t
         ("control.limit_a", {"measurand": "Current.Offered", "location": "Outlet"}),
         ("cable.coolant_flow_lpm", {}),
         ("grid.Voltage.L9", {}),
+        ("connector.1.current_a", {"measurand": "Current.Import", "location": "Outlet", "connector": "1"}),
+        ("connector.left.voltage_v", {"measurand": "Voltage", "location": "Outlet", "connector": "left"}),
+        ("connector.2.limit_a", {"measurand": "Current.Offered", "location": "Outlet", "connector": "2"}),
+        ("connector.2.request_current_a", {"connector": "2"}),
+        ("connector.2.phase", {"connector": "2"}),
+        ("connector.Voltage.L1", {"measurand": "Voltage", "phase": "L1-N"}),  # a meter named "connector"
     ],
 )
 def test_signals_map_to_ocpp_measurands_where_one_exists(signal: str, expected: dict):

@@ -64,7 +64,7 @@ def test_infypower_capabilities_reply_scales_per_protocol():
     rid = (0x0A << 22) | (0x0A << 16) | (0xF0 << 8) | 0x05
     reply = infy.InfyPowerCodec().decode(rid, bytes.fromhex("03E8009603E80BB8"))
     assert reply is not None and reply.address == 5
-    assert reply.extra == {
+    assert reply.capabilities == {
         "max_voltage_v": 1000.0,
         "min_voltage_v": 150.0,
         "max_current_a": 100.0,

@@ -222,3 +222,36 @@ def test_a_silent_grid_meter_falls_back_after_meter_loss_ms(tmp_path, stepper):
     fallback_a = g.fallback_ac_a * 3 * g.phase_voltage_v * g.efficiency / cfg.control.output_voltage_v
     assert sim.decision()["rule"] == "grid_fallback"
     assert sim.decision()["target_a"] == pytest.approx(fallback_a)
+
+
+def test_a_part_scheduled_with_every_runs_the_built_in_sessions_in_simulated_time(tmp_path):
+    from edge.charging.demand import Capabilities
+    from edge.sim.layout import SimConnectorSpec
+
+    cfg = config(tmp_path, SITE, control_tick_ms=10)
+    layout = [SimConnectorSpec("1", ("cable",), cfg.outputs.contactor, (1, 2, 3, 4), request="sim")]
+    made = SimStepper(cfg, tmp_path / "data2", step_s=0.01, layout=layout)
+    try:
+        caps = {"1": Capabilities(1000.0, 150.0, 200.0, 0.0, 150_000.0)}
+        seen: list[tuple[float, str, tuple]] = []
+
+        class Sink:
+            def set_mode(self, connector: str, mode: str, phase: str, now: float) -> None:
+                seen.append((now, "set_mode", (mode, phase)))
+
+            def set_target(self, connector, voltage_v, current_a, now, power_w=None) -> None:
+                seen.append((now, "set_target", (voltage_v, current_a)))
+
+            def heartbeat(self, source: str, now: float) -> None:
+                seen.append((now, "heartbeat", (source,)))
+
+        made.every("sim sessions", 0.01, lambda now: made.drive_charging(Sink(), now, caps))
+        t0 = made.now
+        made.run(1.02)
+        beats = [t for t, kind, _ in seen if kind == "heartbeat"]
+        assert beats == pytest.approx([t0 + 0.01, t0 + 1.01])  # the first step after scheduling, then 1 s on
+        assert seen[1:3] == [(t0 + 0.01, "set_target", (470.0, 2.0)), (t0 + 0.01, "set_mode", ("Export", "CableCheck"))]
+        targets = [t for t, kind, _ in seen if kind == "set_target"]
+        assert targets == pytest.approx([t0 + 0.01 + 0.25 * i for i in range(5)])
+    finally:
+        made.close()

@@ -305,6 +305,7 @@ def test_split_signal_names_the_devices() -> None:
     assert split_signal("cable.coolant_out_c") == ("cable.cooling", "coolant_out_c")
     assert split_signal("cable.leak") == ("cable.cooling", "leak")
     assert split_signal("module.12.temperature_c") == ("module.12", "temperature_c")
+    assert split_signal("connector.2.current_a") == ("connector.2", "current_a")  # one device per connector
     assert split_signal("meter_ev.Power.Active.Import") == ("meter_ev", "Power.Active.Import")
     assert split_signal("ambient_c") == ("cabinet", "ambient_c")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import tracemalloc
 import zlib
 from pathlib import Path
 from typing import Any
@@ -200,3 +201,14 @@ def test_edge_telemetry_decode_reads_mosquitto_sub_hex_lines_and_reports_bad_one
     out = [json.loads(x) for x in res.stdout.splitlines() if x.startswith("{")]
     assert len(out) >= 29 and all(r["cabinet_id"] == "cab" for r in out)
     assert "payload 3: neither a v2 message nor JSON" in res.stderr
+
+
+def test_a_hostile_interval_count_is_refused_before_anything_of_its_size_is_allocated():
+    tracemalloc.start()
+    try:
+        with pytest.raises(v2decode.DecodeError, match="intervals in one record"):
+            v2decode.unpack_compact(0, {"i": 1000, "n": 10**9})
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1_000_000  # bytes: the old code built a list of 10**9 items before refusing

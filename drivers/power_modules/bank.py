@@ -20,13 +20,30 @@
 - Priority: frames of a reduction, of switching off and of a lost module's 0 A carry
   ``Frame.priority`` so the port sends them before queued raises and polls.
 - Module alarms and presence changes are reported through ``on_event`` (kind, name, data).
-- Acknowledgements of our set commands are counted (``acks``); they do not prove presence (only read
-  replies do) and change no state.
+- Acknowledgements of our set commands are counted (``acks``); a set command the module refused (an
+  acknowledgement with an error code) is counted in ``rejected`` and logged (rate-limited). Neither proves
+  presence (only read replies do) nor changes state, and neither is an unknown frame.
+- Capabilities: what a module reports about itself (``codec.identify``; InfyPower 0x0A: voltage range,
+  current, rated power) is asked for when it appears (start-up) and each time it comes back, then again
+  every ``IDENTIFY_RETRY_S`` only while no answer has come since; never on every poll. It is kept in
+  ``ModuleState.capabilities`` (empty: nothing reported, e.g. UUGreen, whose protocol has no such
+  command). A change is an event ``module_capabilities`` and takes effect at once (a set-point above the
+  new figures is reduced now, not at the next :meth:`apply`). Until a module's first report the configured
+  maxima stand alone.
+- Per-module current: never more than ``module_limit_a`` = min(``max_current_a_per_module``, reported
+  current, reported power / commanded voltage).
 - Set-point bounds: no set-output frame carries more than ``max_voltage_v`` (the configured output /
-  module maximum) or ``max_current_a_per_module``, nor more than the codec can encode
-  (``CODEC_MAX_SETPOINT``); NaN and negative values become 0. Upstream (config check, safety core) keeps
-  set-points within these already, so each clamp here is counted (``setpoints_clamped``) and logged (at
-  most once per ``CLAMP_LOG_EVERY_S``): it means a bug upstream.
+  module maximum) or the module's reported maximum voltage, nor more than ``module_limit_a``, nor more
+  than the codec can encode (``CODEC_MAX_SETPOINT``); NaN and negative values become 0. A voltage below a
+  module's reported minimum is not raised to it (that would put more voltage on the output than was
+  asked for): that module gets 0 A and sits out. Upstream (config check, safety core fed by
+  :meth:`module_max_a` and :meth:`capabilities`) keeps set-points within these already, so each clamp here
+  is counted (``setpoints_clamped``) and logged (at most once per ``CLAMP_LOG_EVERY_S``): it means a bug
+  upstream.
+- Groups (one per connector): :meth:`apply`, :meth:`available`, :meth:`possibly_delivering`,
+  :meth:`module_max_a`, :meth:`capabilities` take the group's ``addresses`` (None = every module) and
+  leave the other modules untouched; :meth:`off` switches one group off with per-module priority frames;
+  :meth:`all_off` (group/broadcast frames) is for the fail-safe and cabinet-wide stops only.
 The bank does not own a bus: frames go out through ``send``; frames come in through :meth:`on_frame`,
 registered with a :class:`~drivers.can_dispatch.CanDispatcher` by :meth:`register`; time comes from
 ``clock``.
@@ -52,6 +69,11 @@ EventSink = Callable[[str, str, dict[str, Any]], None]
 # both codecs encode set-points as u32 milli-units (mV, mA): the most any set-output frame can carry
 CODEC_MAX_SETPOINT = 0xFFFFFFFF / 1000.0
 CLAMP_LOG_EVERY_S = 60.0
+REJECT_LOG_EVERY_S = 60.0
+# a present module whose capabilities have not come since it appeared is asked again this often: one
+# lost reply must not leave it on the configured figures for good, and a module that never answers the
+# request (a firmware without it) costs one frame per interval, not one per poll
+IDENTIFY_RETRY_S = 5.0
 MAX_FOREIGN_ADDRESSES = 256  # remembered for diagnostics; the count itself is unbounded
 READINGS_PREFIX = "module"  # readings are module.<address>.voltage_v, ...
 
@@ -80,11 +102,26 @@ class ModuleState:
     last_command_t: float = float("-inf")
     next_poll_t: float = 0.0
     backoff_s: float = 0.0
-    capabilities: dict[str, float] = field(default_factory=dict)
+    capabilities: dict[str, float] = field(default_factory=dict)  # as reported; empty: nothing reported
+    appeared_t: float | None = None  # when it was last found or came back
+    capabilities_t: float | None = None  # when it last reported its capabilities
+    identify_t: float = float("-inf")  # when its capabilities were last asked for
 
     @property
     def available(self) -> bool:
-        return not self.lost and self.restored and not (self.alarms & self.blocking_alarms)
+        return not self.lost and self.restored and not (self.alarms & self.blocking_alarms) and self.can_deliver
+
+    @property
+    def can_deliver(self) -> bool:
+        """False when the module reports it can give nothing (0 A, 0 W, or a voltage range that is empty):
+        it is out of the split like a module with a blocking alarm, rather than pull every module of its
+        connector down to 0 A as the lowest per-module figure."""
+        caps = self.capabilities
+        return (
+            caps.get("max_current_a", 1.0) > 0.0
+            and caps.get("rated_power_w", 1.0) > 0.0
+            and caps.get("max_voltage_v", math.inf) > max(0.0, caps.get("min_voltage_v", 0.0))
+        )
 
 
 @dataclass
@@ -147,6 +184,8 @@ class ModuleBank:
         self.foreign_addresses: set[int] = set()
         self.frames_sent = 0
         self.acks = 0
+        self.rejected = 0
+        self._reject_logged_t = -math.inf
 
     def register(self, dispatcher: CanDispatcher) -> None:
         """Receive the codec's replies and send spaced set-points on time, through ``dispatcher``."""
@@ -179,10 +218,25 @@ class ModuleBank:
                 self.foreign_addresses.add(reply.address)
             return None
         if reply.ack:
-            self.acks += 1
+            self._acknowledged(mod, reply, now)
         else:
             self._update(mod, reply, now)
         return reply
+
+    def _acknowledged(self, mod: ModuleState, reply: ModuleReply, now: float) -> None:
+        if not reply.error:
+            self.acks += 1
+            return
+        self.rejected += 1
+        if now - self._reject_logged_t >= REJECT_LOG_EVERY_S:
+            self._reject_logged_t = now
+            log.warning(
+                "power module %d refused a set command (error code %d; %d refusals so far): it keeps its previous "
+                "set-point",
+                mod.address,
+                reply.error,
+                self.rejected,
+            )
 
     def _update(self, mod: ModuleState, reply: ModuleReply, now: float) -> None:
         mod.last_seen = now
@@ -192,11 +246,32 @@ class ModuleBank:
             mod.current_a = reply.current_a
         if reply.temperature_c is not None:
             mod.temperature_c = reply.temperature_c
-        if reply.extra and "max_current_a" in reply.extra:
-            mod.capabilities = dict(reply.extra)
+        if reply.capabilities is not None:
+            self._take_capabilities(mod, reply.capabilities, now)
         if reply.alarms is not None and reply.alarms != mod.alarms:
             self._alarm_events(mod, reply.alarms)
             mod.alarms = reply.alarms
+
+    def _take_capabilities(self, mod: ModuleState, caps: dict[str, float], now: float) -> None:
+        mod.capabilities_t = now
+        if caps == mod.capabilities:
+            return
+        mod.capabilities = dict(caps)
+        figures = ", ".join(f"{k} {v:g}" for k, v in sorted(caps.items()))
+        if mod.can_deliver:
+            log.info("power module %d reports %s", mod.address, figures)
+        else:
+            log.warning("power module %d reports %s: it can give nothing and is out of the split", mod.address, figures)
+        self._event("module_capabilities", f"module_{mod.address}", {"module": mod.address, **caps})
+        if mod.lost:
+            return
+        # lower figures take effect now, not at the next apply (and are not a clamp: nothing upstream knew)
+        if mod.wanted is not None:
+            volts, amps, on = mod.wanted
+            mod.wanted = (*self._fit(mod, volts, amps), on)
+        volts, amps = self._fit(mod, mod.set_voltage_v, mod.set_current_a)
+        if (volts, amps) != (mod.set_voltage_v, mod.set_current_a):
+            self._command(mod, volts, amps, mod.output_on and amps > 0.0, now)
 
     def _alarm_events(self, mod: ModuleState, new: frozenset[str]) -> None:
         for name in sorted(new - mod.alarms):
@@ -224,9 +299,9 @@ class ModuleBank:
                 mod.lost = False
                 mod.backoff_s = 0.0
                 mod.next_poll_t = now  # poll at the normal rate again, starting now
+                mod.appeared_t = now
                 self._restore(mod, now)
-                for frame in self.codec.identify(mod.address):
-                    self._tx(frame)
+                self._identify(mod, now)
                 if mod.lost_reported:
                     mod.lost_reported = False
                     self._event("module_recovered", f"module_{mod.address}", {"module": mod.address})
@@ -269,35 +344,113 @@ class ModuleBank:
         self._command(mod, volts, amps, on, now, force=True)
         mod.restored = True
 
-    # -- command -------------------------------------------------------------------------------------
-    def available(self) -> list[int]:
-        return [a for a, m in self.modules.items() if m.available]
+    # -- capabilities ---------------------------------------------------------------------------------
+    def _identify(self, mod: ModuleState, now: float) -> None:
+        frames = self.codec.identify(mod.address)
+        for frame in frames:
+            self._tx(frame)
+        if frames:
+            mod.identify_t = now
 
-    def possibly_delivering(self, now: float) -> list[int]:
+    def _identify_due(self, mod: ModuleState, now: float) -> bool:
+        """Present, nothing reported since it last appeared, and not asked within ``IDENTIFY_RETRY_S``."""
+        if mod.lost or now - mod.identify_t < IDENTIFY_RETRY_S:
+            return False
+        answered = mod.capabilities_t is not None and (mod.appeared_t is None or mod.capabilities_t >= mod.appeared_t)
+        return not answered
+
+    def _voltage_range(self, mod: ModuleState) -> tuple[float, float]:
+        """(lowest, highest) voltage one module may be commanded: its reported range within the configured."""
+        low = mod.capabilities.get("min_voltage_v", 0.0)
+        return low, min(self.max_voltage_v, mod.capabilities.get("max_voltage_v", math.inf))
+
+    def module_limit_a(self, mod: ModuleState, voltage_v: float | None = None) -> float:
+        """The most one module may be commanded: min(configured, reported current, reported power / voltage);
+        0 A when ``voltage_v`` is below the module's reported minimum (it cannot regulate there), negative or
+        NaN. ``voltage_v`` None or 0: without the power limit (no voltage to divide by)."""
+        amps = min(self.max_setpoint_a, mod.capabilities.get("max_current_a", math.inf))
+        power_w = mod.capabilities.get("rated_power_w")
+        if voltage_v is not None and not voltage_v >= 0.0:
+            return 0.0
+        if voltage_v is not None and voltage_v > 0.0:
+            if voltage_v < self._voltage_range(mod)[0]:
+                return 0.0
+            if power_w is not None:
+                amps = min(amps, power_w / voltage_v)
+        return max(0.0, amps)
+
+    def _fit(self, mod: ModuleState, volts: float, amps: float) -> tuple[float, float]:
+        """``volts`` / ``amps`` within what this module may be commanded (see the module docstring)."""
+        low, high = self._voltage_range(mod)
+        v = _clamp(volts, high)
+        a = _clamp(amps, self.module_limit_a(mod, v))
+        if a > 0.0 and v < low:  # never raise the voltage to the module's minimum: it sits out
+            return 0.0, 0.0
+        return v, a
+
+    def module_max_a(self, addresses: list[int] | None = None, voltage_v: float | None = None) -> float:
+        """Per module, what the safety core may count on: the lowest :meth:`module_limit_a` over the group's
+        available modules at ``voltage_v`` (None: without the power limit); 0 A when none is available."""
+        limits = [self.module_limit_a(m, voltage_v) for m in self._group(addresses) if m.available]
+        return min(limits, default=0.0)
+
+    def capabilities(self, addresses: list[int] | None = None) -> dict[str, float]:
+        """What the group's available modules can give together: ``max_current_a`` and ``max_power_w`` (sums;
+        a module without a reported power counts its current limit at its highest voltage), ``min_voltage_v``
+        and ``max_voltage_v`` (the range every one of them covers). All 0 when none is available."""
+        mods = [m for m in self._group(addresses) if m.available]
+        if not mods:
+            return {"max_current_a": 0.0, "max_power_w": 0.0, "min_voltage_v": 0.0, "max_voltage_v": 0.0}
+        ranges = [self._voltage_range(m) for m in mods]
+        power_w = 0.0
+        for mod, (_low, high) in zip(mods, ranges, strict=True):
+            amps = self.module_limit_a(mod)
+            power_w += min(mod.capabilities.get("rated_power_w", math.inf), amps * high)
+        return {
+            "max_current_a": sum(self.module_limit_a(m) for m in mods),
+            "max_power_w": power_w,
+            "min_voltage_v": max(low for low, _high in ranges),
+            "max_voltage_v": min(high for _low, high in ranges),
+        }
+
+    # -- command -------------------------------------------------------------------------------------
+    def _group(self, addresses: list[int] | None) -> list[ModuleState]:
+        """The configured modules among ``addresses`` (None: all), each once; others are ignored (the config
+        check refuses a connector with an address that is not a configured module)."""
+        if addresses is None:
+            return list(self.modules.values())
+        return [self.modules[a] for a in dict.fromkeys(addresses) if a in self.modules]
+
+    def available(self, addresses: list[int] | None = None) -> list[int]:
+        return [m.address for m in self._group(addresses) if m.available]
+
+    def possibly_delivering(self, now: float, addresses: list[int] | None = None) -> list[int]:
         """Lost modules that were on and whose own comms watchdog may not have switched them off yet."""
         timeout = self.codec.module_comms_timeout_s
         return [
-            a
-            for a, m in self.modules.items()
+            m.address
+            for m in self._group(addresses)
             if m.lost and m.on_at_loss and m.last_seen is not None and now - m.last_seen < timeout
         ]
 
-    def capacity_a(self) -> float:
-        return self.max_current_a_per_module * len(self.available())
+    def capacity_a(self, addresses: list[int] | None = None, voltage_v: float | None = None) -> float:
+        return sum(self.module_limit_a(m, voltage_v) for m in self._group(addresses) if m.available)
 
-    def apply(self, enable: bool, voltage_v: float, total_current_a: float) -> None:
-        """Split ``total_current_a`` equally across available modules; others get 0 A and off."""
+    def apply(self, enable: bool, voltage_v: float, total_current_a: float, addresses: list[int] | None = None) -> None:
+        """Split ``total_current_a`` equally across the group's available modules, each within its own
+        :meth:`module_limit_a`; the group's other modules get 0 A and off. ``addresses``: the group (one
+        connector's modules); None = every module. Modules outside the group are not touched."""
         now = self._clock()
         if not total_current_a >= 0.0:  # NaN or negative: min() below would pass NaN over as the maximum
             self._clamped(f"total current {total_current_a} A", 0.0, 0.0)
             total_current_a = 0.0
-        avail = self.available()
-        ghosts = len(self.possibly_delivering(now))
-        share = min(self.max_current_a_per_module, total_current_a / (len(avail) + ghosts)) if avail and enable else 0.0
-        share = max(0.0, share)
-        for addr, mod in self.modules.items():
-            on = enable and addr in avail and share > 0
-            amps = share if on else 0.0
+        group = self._group(addresses)
+        avail = {m.address for m in group if m.available and self._reaches(m, voltage_v, enable)}
+        ghosts = len(self.possibly_delivering(now, [m.address for m in group]))
+        share = max(0.0, total_current_a / (len(avail) + ghosts)) if avail and enable else 0.0
+        for mod in group:
+            amps = self._module_share(mod, share, voltage_v) if mod.address in avail else 0.0
+            on = amps > 0.0
             volts = voltage_v if on else 0.0
             if mod.lost:
                 # remember for the restore; a lost module is not addressed
@@ -306,8 +459,20 @@ class ModuleBank:
                 continue
             self._command(mod, volts, amps, on, now)
 
+    def _module_share(self, mod: ModuleState, share: float, voltage_v: float) -> float:
+        """``share`` within the module's own limit at the voltage it will be sent (its highest at most)."""
+        return min(share, self.module_limit_a(mod, min(voltage_v, self._voltage_range(mod)[1])))
+
+    def _reaches(self, mod: ModuleState, voltage_v: float, enable: bool) -> bool:
+        """False (counted and logged as a clamp) when ``voltage_v`` is below the module's reported minimum."""
+        low = self._voltage_range(mod)[0]
+        if not enable or voltage_v >= low:
+            return True
+        self._clamped(f"{voltage_v} V below module {mod.address}'s minimum {low:g} V", 0.0, 0.0)
+        return False
+
     def _command(self, mod: ModuleState, volts: float, amps: float, on: bool, now: float, force: bool = False) -> None:
-        volts, amps = self._bounded(volts, amps)  # what is stored is what can be sent
+        volts, amps = self._bounded(mod, volts, amps)  # what is stored is what can be sent
         reduction = amps < mod.set_current_a or (mod.output_on and not on)
         if force or reduction:
             self._send_now(mod, volts, amps, on, now, force, priority=reduction or (amps == 0.0 and not on))
@@ -325,7 +490,7 @@ class ModuleBank:
         ``priority`` for reductions and off; a forced restore may be a raise and then is not."""
         frames: list[Frame] = []
         if force or (volts, amps) != (mod.set_voltage_v, mod.set_current_a):
-            frames += self._set_output(mod.address, volts, amps)
+            frames += self._set_output(mod, volts, amps)
         if force or on != mod.output_on:
             frames += self.codec.output_on(mod.address, on)
         for frame in frames:
@@ -340,7 +505,7 @@ class ModuleBank:
             return
         volts, amps, on = mod.wanted
         if (volts, amps) != (mod.set_voltage_v, mod.set_current_a):
-            for frame in self._set_output(mod.address, volts, amps):
+            for frame in self._set_output(mod, volts, amps):
                 self._tx(frame)
             mod.set_voltage_v, mod.set_current_a = volts, amps
         elif on != mod.output_on:
@@ -352,15 +517,15 @@ class ModuleBank:
             mod.wanted = None
 
     # -- set-point bounds ------------------------------------------------------------------------------
-    def _set_output(self, address: int, volts: float, amps: float) -> list[Frame]:
+    def _set_output(self, mod: ModuleState, volts: float, amps: float) -> list[Frame]:
         """The encoding boundary: every per-module set-output frame is made here, within the bounds."""
-        volts, amps = self._bounded(volts, amps)
-        return self.codec.set_output(address, volts, amps)
+        volts, amps = self._bounded(mod, volts, amps)
+        return self.codec.set_output(mod.address, volts, amps)
 
-    def _bounded(self, volts: float, amps: float) -> tuple[float, float]:
-        v, a = _clamp(volts, self.max_voltage_v), _clamp(amps, self.max_setpoint_a)
+    def _bounded(self, mod: ModuleState, volts: float, amps: float) -> tuple[float, float]:
+        v, a = self._fit(mod, volts, amps)
         if v != volts or a != amps:  # NaN != NaN: counted as well
-            self._clamped(f"{volts} V / {amps} A", v, a)
+            self._clamped(f"{volts} V / {amps} A to module {mod.address}", v, a)
         return v, a
 
     def _clamped(self, asked: str, volts: float, amps: float) -> None:
@@ -369,7 +534,8 @@ class ModuleBank:
         if now - self._clamp_logged_t >= CLAMP_LOG_EVERY_S:
             self._clamp_logged_t = now
             log.error(
-                "module set-point %s outside 0..%g V / 0..%g A per module, sent %g V / %g A (bug upstream; %d so far)",
+                "module set-point %s outside 0..%g V / 0..%g A per module or the module's reported capabilities, "
+                "sent %g V / %g A (bug upstream; %d so far)",
                 asked,
                 self.max_voltage_v,
                 self.max_setpoint_a,
@@ -385,8 +551,22 @@ class ModuleBank:
     def pending(self) -> int:
         return sum(1 for m in self.modules.values() if m.wanted is not None and not m.lost)
 
+    def off(self, addresses: list[int]) -> None:
+        """The group's modules off and 0 A, whatever we think their state is, with per-module priority frames
+        (a group or broadcast frame would switch the other connectors' modules off too). Lost ones are told
+        as well (they may still hear us) and come back off. For a connector's normal end of session
+        ``apply(False, 0.0, 0.0, addresses)`` does the same with only the frames that change something."""
+        now = self._clock()
+        for mod in self._group(addresses):
+            for frame in self.codec.set_output(mod.address, 0.0, 0.0) + self.codec.output_on(mod.address, False):
+                self._tx(replace(frame, priority=True))
+            mod.set_voltage_v, mod.set_current_a, mod.output_on = 0.0, 0.0, False
+            mod.wanted = None
+            mod.last_command_t = now
+
     def all_off(self) -> None:
-        """Group command: every module off and 0 A, whatever we think their state is."""
+        """Group command: every module off and 0 A, whatever we think their state is (the fail-safe and
+        cabinet-wide stops; one connector's modules go off with :meth:`off`)."""
         for frame in self.codec.set_output(None, 0.0, 0.0) + self.codec.output_on(None, False):
             self._tx(replace(frame, priority=True))
         now = self._clock()
@@ -400,8 +580,18 @@ class ModuleBank:
         self._send(frame)
 
     # -- polling -------------------------------------------------------------------------------------
-    def poll_frames(self, address: int) -> list[Frame]:
-        return self.codec.poll(address)
+    def poll_frames(self, address: int, now: float | None = None) -> list[Frame]:
+        """The poll requests of one module, with its capabilities request when that is due (see
+        ``IDENTIFY_RETRY_S``)."""
+        frames = self.codec.poll(address)
+        mod = self.modules.get(address)
+        t = self._clock() if now is None else now
+        if mod is not None and self._identify_due(mod, t):
+            identify = self.codec.identify(address)
+            if identify:
+                mod.identify_t = t
+                frames = frames + identify
+        return frames
 
     def polls_due(self, now: float) -> list[int]:
         """Addresses to poll now: present modules every ``poll_period_s``, lost ones with backoff."""
@@ -444,7 +634,11 @@ class ModuleBank:
             "foreign_addresses": sorted(self.foreign_addresses),
             "frames_sent": self.frames_sent,
             "acks": self.acks,
+            "rejected": self.rejected,
             "setpoints_clamped": self.setpoints_clamped,
             "pending": self.pending(),
             "possibly_delivering": self.possibly_delivering(self._clock()),
+            # per module as reported ({} = nothing reported), and what the available modules give together
+            "capabilities": {str(a): dict(m.capabilities) for a, m in self.modules.items()},
+            "capabilities_total": self.capabilities(),
         }

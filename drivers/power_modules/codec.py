@@ -11,6 +11,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+#: what a module may report about itself (``ModuleReply.capabilities``); a codec reports the ones its protocol has
+CAPABILITY_KEYS = ("max_voltage_v", "min_voltage_v", "max_current_a", "rated_power_w")
+
 
 @dataclass(frozen=True)
 class Frame:
@@ -27,6 +30,9 @@ class ModuleReply:
     """A decoded answer from one module. Only the fields the frame carried are set.
 
     ``ack``: the module acknowledged one of our set commands; such a reply carries no values.
+    ``error``: with ``ack``, the module received the command and refused it (the protocol's error code, e.g.
+    InfyPower 3 "data invalid"); 0 when it took it.
+    ``capabilities``: what the module reports it can do (keys from :data:`CAPABILITY_KEYS`, V, A, W).
     """
 
     address: int
@@ -37,6 +43,8 @@ class ModuleReply:
     module_count: int | None = None
     extra: dict[str, float] = field(default_factory=dict)
     ack: bool = False
+    error: int = 0
+    capabilities: dict[str, float] | None = None
 
 
 class ModuleCodec(Protocol):
@@ -65,7 +73,8 @@ class ModuleCodec(Protocol):
         ...
 
     def identify(self, address: int) -> list[Frame]:
-        """Read requests for the module's fixed data (capabilities), sent once after it appears."""
+        """Read requests for the module's fixed data (capabilities), sent once after it appears; empty when
+        the protocol has no such request (the configured maxima then stand alone)."""
         ...
 
     def decode(self, arbitration_id: int, data: bytes) -> ModuleReply | None:

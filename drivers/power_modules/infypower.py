@@ -7,7 +7,12 @@ bits 28-26 error code, 25-22 device number (0x0A single module, 0x0B group), 21-
 Replies come from the module (source = module address) to the controller (destination = 0xF0) with
 the command of the request; the module answers our set-output and on/off commands the same way, which
 is decoded as an acknowledgement (``ModuleReply.ack``). A reply with a non-zero error code (bits 28-26:
-2 command invalid, 3 data invalid, 7 in start processing) carries no values and is ignored.
+2 command invalid, 3 data invalid, 7 in start processing) carries no values: to a set command it is a
+refusal (``ack`` with ``error``: the module heard us and kept its previous set-point), to a read it is
+ignored (None).
+
+Capabilities (command 0x0A, asked once after a module appears): four u16 big-endian, maximum output voltage
+x1 V, minimum output voltage x1 V, maximum output current x0.1 A, rated power x10 W.
 
 Module temperature: neither the public protocol nor EVerest's V1.13 driver (which reads only bytes 5-7 of the
 status reply) defines one. ASSUMPTION, to be checked against the module manual before field use: byte 4
@@ -39,6 +44,7 @@ CMD_BARCODE = 0x0B
 CMD_OUTPUT_AFTER_DIODE = 0x0C
 CMD_ON_OFF = 0x1A
 CMD_SET_OUTPUT = 0x1C
+SET_COMMANDS = frozenset({CMD_SET_OUTPUT, CMD_ON_OFF})
 READ_COMMANDS = frozenset(
     {CMD_MODULE_COUNT, CMD_READ_OUTPUT, CMD_STATUS, CMD_CAPABILITIES, CMD_BARCODE, CMD_OUTPUT_AFTER_DIODE}
 )
@@ -171,6 +177,7 @@ def encode_capabilities(
 
 
 def decode_capabilities(data: bytes) -> dict[str, float]:
+    """Four u16 BE: Vmax x1 V, Vmin x1 V, Imax x0.1 A, rated power x10 W (keys of ``CAPABILITY_KEYS``)."""
     vmax, vmin, imax, power = struct.unpack(">HHHH", data[:8])
     return {
         "max_voltage_v": float(vmax),
@@ -232,7 +239,6 @@ class InfyPowerCodec:
         return (
             fid.destination == self.controller
             and len(data) == 8
-            and fid.error == 0
             and fid.device in (DEVICE_SINGLE, DEVICE_GROUP)
             and fid.source <= MAX_MODULE_ADDRESS
         )
@@ -243,8 +249,11 @@ class InfyPowerCodec:
             return None
         addr = fid.source
         data = bytes(data)
-        if fid.command in (CMD_SET_OUTPUT, CMD_ON_OFF):
-            return ModuleReply(addr, ack=True)
+        if fid.command in SET_COMMANDS:
+            # the module's answer to our command, taken (error 0) or refused: never an unknown frame
+            return ModuleReply(addr, ack=True, error=fid.error)
+        if fid.error != 0:
+            return None  # a read the module refused carries no values
         if fid.command == CMD_READ_OUTPUT:
             v, a = decode_output(data)
             if not (math.isfinite(v) and math.isfinite(a)):  # NaN/inf: a reply we cannot use
@@ -255,7 +264,7 @@ class InfyPowerCodec:
         if fid.command == CMD_MODULE_COUNT:
             return ModuleReply(addr, module_count=data[2])
         if fid.command == CMD_CAPABILITIES:
-            return ModuleReply(addr, extra=decode_capabilities(data))
+            return ModuleReply(addr, capabilities=decode_capabilities(data))
         if fid.command == CMD_OUTPUT_AFTER_DIODE:
             return ModuleReply(addr, extra=decode_after_diode(data))
         return None

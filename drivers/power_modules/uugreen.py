@@ -14,6 +14,9 @@ ASSUMPTIONS (the public protocol does not say; check against the UR1000x0 manual
 - the status word's bit names are not public: every set bit is reported as ``status_bit_<n>`` and
   takes the module out of the split (fail safe);
 - the module's own comms watchdog is 10 s like InfyPower's, and commands are spaced 50 ms apart.
+Capabilities: the public protocol has no command that reports a module's voltage range, current or
+power, so :meth:`UUGreenCodec.identify` asks for nothing and the configured ``power_modules.max_current_a``
+and ``max_voltage_v`` are the only per-module figures (set them to the module's rating).
 The high/low voltage mode (command 95) needs "off, wait 2 s, switch, wait 2 s, on": it is not used by
 the control path; the cabinet runs the modules in the mode they were commissioned in.
 """
@@ -123,7 +126,7 @@ class UUGreenCodec:
         return [self._frame(None, TYPE_READ, CMD_STATUS)]
 
     def identify(self, address: int) -> list[Frame]:
-        return []  # no capabilities command in the public protocol
+        return []  # no capabilities command in the public protocol: the configured maxima stand alone
 
     def reply_mask(self) -> tuple[int, int]:
         return (make_id(0, monitor=self.monitor), (0xF << 25) | (0xF << 21))

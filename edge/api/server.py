@@ -9,7 +9,11 @@ No client, however hostile, holds the control loop (docs/RELIABILITY.md, finding
 - connections are capped per peer uid and in all (:mod:`edge.api.guard`); one over the cap gets one
   ``refused`` line and is closed before anything is read from it;
 - the accept loop is our own: out of file descriptors it backs off (up to ``ACCEPT_BACKOFF_MAX_S``) and
-  logs once a minute with a count, instead of spinning and logging on every attempt;
+  logs once a minute with a count, instead of spinning and logging on every attempt; it lets the loop
+  run after each connection (``sock_accept`` returns without yielding while connections are pending, so
+  a burst of 900 held the control tick);
+- the peer's user and groups are looked up once per uid and ``IDENTITY_TTL_S``, in a worker thread
+  (:class:`edge.api.peer.Identities`), not once per connection on the loop;
 - ``events`` and ``diag`` read the store, build and encode their (bounded) answers in one worker thread;
 - a ``watch`` frame is written only when the reader has read the previous one; frames in between are
   dropped and counted (``data.watch.dropped``), so a slow reader gets the newest frame, not a backlog;
@@ -25,7 +29,6 @@ import fcntl
 import grp
 import logging
 import os
-import pwd
 import socket
 import struct
 import termios
@@ -36,7 +39,7 @@ from typing import Any
 
 from edge.api.commands import COMMANDS, Command, Context, DaemonView, WatchArgs, full_status, parse_args
 from edge.api.guard import Connections, LogLimit
-from edge.api.peer import ADMIN, Peer, Policy, credentials, describe
+from edge.api.peer import ADMIN, Identities, Peer, Policy, credentials
 from edge.api.protocol import MAX_LINE_BYTES, ProtocolError, encode, error, ok, parse_request
 from edge.api.reader import EventReader
 from edge.config.schema import Api
@@ -71,13 +74,6 @@ def _low_priority() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WORKER_NICE)
 
 
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"uid{uid}"
-
-
 class ApiServer:
     def __init__(self, config: Api, daemon: DaemonView, ops: Operations | None = None) -> None:
         """``ops``: the cabinet's operations layer; built from ``daemon`` when not given."""
@@ -89,6 +85,7 @@ class ApiServer:
         )
         self.policy = Policy(config.group, config.admin_group, os.getuid())
         self.connections = Connections()
+        self.identities = Identities()
         self.logs = LogLimit(log)
         self.watch_frames_dropped = 0
         self._listener: socket.socket | None = None
@@ -167,6 +164,7 @@ class ApiServer:
                 continue
             backoff_s = 0.0
             self._admit(conn)
+            await asyncio.sleep(0)  # the tick and the served clients run between two accepts
 
     def _admit(self, conn: socket.socket) -> None:
         """Serve ``conn`` in its own task, or refuse it with one line (nothing read) when over a cap."""
@@ -176,7 +174,9 @@ class ApiServer:
             self.logs.log(logging.WARNING, "peercred", "api: cannot read peer credentials (%s): closed", exc)
             conn.close()
             return
-        why = self.connections.why_not(uid, _user_name, lambda: self.policy.allows(describe(pid, uid, gid), ADMIN))
+        why = self.connections.why_not(
+            uid, self.identities.user, lambda: self.policy.allows(self.identities.peer_now(pid, uid, gid), ADMIN)
+        )
         if why is not None:
             self.connections.refused += 1
             self.logs.log(logging.WARNING, f"refused:{uid}", "api: %s", why)
@@ -203,9 +203,13 @@ class ApiServer:
             conn.close()
             self.connections.remove(uid)
             return
+        peer: Peer | None = None
         try:
-            await self._client(reader, writer, describe(pid, uid, gid))
+            peer = await self.identities.peer(pid, uid, gid)
+            await self._client(reader, writer, peer)
         finally:
+            if peer is None:  # the lookup failed or was cancelled: _client did not close it
+                writer.close()
             self.connections.remove(uid)
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, peer: Peer) -> None:

@@ -17,10 +17,11 @@ from typing import Any
 from pydantic import ValidationError
 
 from edge.config.base import Problems
+from edge.config.connectors import Connector, Everest, Session
 from edge.config.schema import Config
 from edge.redaction import REDACTED, is_secret_key
 
-__all__ = ["Config", "ConfigError", "load_config", "parse_config"]
+__all__ = ["Config", "ConfigError", "Connector", "Everest", "Session", "load_config", "parse_config"]
 
 
 class ConfigError(Exception):

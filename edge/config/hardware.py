@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from edge.config.base import Section
 
@@ -36,19 +36,16 @@ class CanBus(Section):
 
 
 class Outputs(Section):
-    """Digital outputs. Pin ids are ``gpiochip0:17`` on linux, any name in sim."""
+    """Digital outputs. Pin ids are ``gpiochip0:17`` on linux, any name in sim. Every pin once (checked with
+    the connectors' pins in ``edge/config/crosschecks.py``)."""
 
     backend: Literal["linux", "sim"] = "linux"
-    contactor: str = "gpiochip0:17"
-    pump: str = "gpiochip0:27"
-    fan: str = "gpiochip0:22"
-
-    @model_validator(mode="after")
-    def _distinct(self) -> Outputs:
-        pins = [self.contactor, self.pump, self.fan]
-        if len(set(pins)) != len(pins):
-            raise ValueError("contactor, pump and fan must be different pins")
-        return self
+    contactor: str = Field(
+        "gpiochip0:17",
+        description="output contactor of a file without [[connector]]; with them unused (refused unless the default)",
+    )
+    pump: str = Field("gpiochip0:27", description="coolant pump")
+    fan: str = Field("gpiochip0:22", description="cabinet fan")
 
 
 class Watchdog(Section):

@@ -8,7 +8,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from edge.config.base import Loc, Section, check
-from edge.config.crosschecks import check_setpoints
+from edge.config.connectors import Connector, Everest, Session, legacy_connector
+from edge.config.crosschecks import connector_notes, connector_problems, pin_problems, setpoint_problems
 from edge.config.devices import CableSensor, Meter, PowerModules
 from edge.config.hardware import CanBus, ModbusTcp, Outputs, SerialLine, Watchdog
 from edge.config.limits import LimitsConfig
@@ -60,6 +61,9 @@ class Config(Section):
     meters: list[Meter] = []
     power_modules: PowerModules = PowerModules()
     cable: list[CableSensor] = []
+    connector: list[Connector] = []
+    everest: Everest = Everest()
+    session: Session = Session()
     outputs: Outputs = Outputs()
     watchdog: Watchdog = Watchdog()
     limits: LimitsConfig = LimitsConfig()
@@ -71,9 +75,26 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _references(self) -> Config:
-        check(self._unique_names() + self._dangling_references() + self._one_grid_meter())
-        check_setpoints(self)  # every set-point within every hardware limit (edge/config/crosschecks.py)
+        check(
+            self._unique_names()
+            + self._dangling_references()
+            + self._one_grid_meter()
+            # edge/config/crosschecks.py: set-points within every hardware limit, connectors against the rest
+            + setpoint_problems(self)
+            + connector_problems(self)
+            + pin_problems(self)
+        )
         return self
+
+    def resolved_connectors(self) -> list[Connector]:
+        """The charging outputs: the ``[[connector]]`` tables, or for a file without any the one connector its
+        old keys describe (name "1", request "fixed"). Every consumer reads this, never ``connector``."""
+        return list(self.connector) if self.connector else [legacy_connector(self)]
+
+    def notes(self) -> list[str]:
+        """Warnings for ``edge config check`` and the daemon's start-up log: allowed, but worth a look (the old
+        single-output form, a connector rated above its modules, keys set but unused)."""
+        return connector_notes(self)
 
     def _unique_names(self) -> list[tuple[Loc, str]]:
         """Every name once per kind; the problem is at the second use. Serial lines and Modbus TCP

@@ -23,7 +23,13 @@ Snapshot (temperatures °C, currents A, voltages V, flow l/min, times s)::
      "grid_configured": True,
      "ambient_configured": False,                  # a cabinet ambient sensor is named in the config
      "external_faults": [["can_bus_off", "CAN can0 bus off: ...", True]],  # raised outside the core
-     "clear": ["coolant_flow_low"]}                # explicit clear requests this evaluation
+     "clear": ["coolant_flow_low"],                # explicit clear requests this evaluation
+     "limits": [[80.0, "grid", "site fuse ..."]],  # optional: limits decided outside (connectors.py)
+     "session": True,                              # optional: contactor wanted (else request_a > 0)
+     "uncooled": False}                            # optional: no cable monitor (cable inputs not required)
+
+One output per call; a cabinet with several connectors runs this pipeline once per connector
+(``connectors.py``), which also decides the cabinet-wide rules (site fuse) and passes them in ``limits``.
 
 Inputs: every name, label, sensor family, stale class and whether it is required comes from the table in
 ``inputs.py``. Required inputs (``SAFETY_INPUTS``: missing, stale, invalid -> 0 A and a fault in the same
@@ -253,13 +259,16 @@ def _rule_modules(c: _Ctx) -> None:
 
 
 def _rule_sensors(c: _Ctx) -> None:
+    # an output the config marks uncooled (``snapshot["uncooled"]``) has no cable monitor: its cable
+    # inputs are not required, their rules act on what reports (nothing, normally)
+    uncooled = bool(c.snap.get("uncooled"))
     for name in SAFETY_INPUTS:
         v = c.value(name)
-        if v is None:
+        if v is not None:
+            c.vals[name] = v
+        elif not uncooled:
             why = c.why_not(name)
             c.input_lost(name, why, _loss_detail(c, name, why))
-        else:
-            c.vals[name] = v
 
 
 def _loss_detail(c: _Ctx, name: str, why: str) -> str:
@@ -615,8 +624,14 @@ RULES = (
 
 
 def _base_limits(c: _Ctx) -> None:
-    """Hardware rating, the vehicle's request and the operator's limit: limits like any rule's."""
+    """Hardware rating, the vehicle's request and the operator's limit: limits like any rule's.
+
+    ``snapshot["limits"]`` (optional, ``[[amps, rule, reason], ...]``) are limits decided outside this
+    output's pipeline (the cabinet's share of the site fuse, the session rules of a connector); they come
+    before the request so that, at equal amps, they name the rule."""
     c.limit(c.hw_max, "hardware", "hardware limit %s A" % fmt_num(c.hw_max, 0))
+    for item in c.snap.get("limits") or []:
+        c.limit(max(0.0, item[0]), item[1], item[2])
     c.limit(c.request, "request", "vehicle request %s A" % fmt_num(c.request, 0))
     ext = c.snap.get("external_limit_a")
     if ext is not None:
@@ -696,10 +711,15 @@ def _ramp_limit(c: _Ctx) -> None:
 
 def _contactor(c: _Ctx) -> None:
     """Closed for a session that may run (even at 0 A while derated); open on any trip, stop, lost safety
-    input, stopping external fault or missing modules. Modules enabled only with a current above 0."""
+    input, stopping external fault or missing modules. Modules enabled only with a current above 0.
+
+    The session is ``snapshot["session"]`` when given (a connector: its charging controller's mode, so a
+    request of 0 A inside a session keeps the contactor closed), else a request above 0 A."""
     modules_ok = c.snap.get("modules_available", 0) > 0
     blocked = c.tripped or c.stop or c.sensor_fault or c.external_stop
-    c.contactor = c.request > 0 and not blocked and modules_ok
+    session = c.snap.get("session")
+    wants = c.request > 0 if session is None else bool(session)
+    c.contactor = wants and not blocked and modules_ok
     c.enable = c.contactor and c.applied > 0.0
 
 

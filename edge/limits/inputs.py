@@ -245,6 +245,7 @@ FAULT_DOCS = {
     "can_bus_off": "can_bus_off",
     "can_bus_off.": "can_bus_off",
     "telemetry_store_error": "telemetry_store_error",
+    "request_stale": "request_stale",
 }
 _FAMILIES = tuple(sorted([k for k in FAULT_DOCS if k[0] == "_" or k[-1] in "_."]))
 

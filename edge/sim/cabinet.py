@@ -19,6 +19,7 @@ from typing import Any
 from edge.config import Config
 from edge.sim import control
 from edge.sim.hardware import SimHardware
+from edge.sim.layout import SimConnectorSpec
 from edge.sim.meter import serial_server, tcp_server
 from edge.sim.serial_link import SerialLink
 
@@ -33,8 +34,8 @@ def _free_port() -> int:
 
 
 class SimCabinet(SimHardware):
-    def __init__(self, config: Config, pace_serial: bool = False) -> None:
-        super().__init__(config)
+    def __init__(self, config: Config, pace_serial: bool = False, layout: list[SimConnectorSpec] | None = None) -> None:
+        super().__init__(config, layout=layout)
         self.links: dict[str, SerialLink] = {
             line.name: SerialLink(line.baudrate if pace_serial else None) for line in config.serial
         }

@@ -1,18 +1,20 @@
-"""Simulated CAN peers: power modules (InfyPower or UUGreen personality) and one cable monitor.
+"""Simulated CAN peers: power modules (InfyPower or UUGreen personality) and a cable monitor per connector.
 
 Runs with its own python-can bus object (``virtual`` in-process, or any interface such as ``slcan``
 for cross-process tests), in two threads in real time or stepped in simulated time
 (edge/sim/stepper.py). Modules answer requests like the real ones, switch themselves off after their
 comms watchdog without controller frames, and can be made silent or raise alarms. The personality
-(which protocol the modules speak) follows ``power_modules.protocol``. The cable monitor sends both
-DBC messages every 100 ms with a rolling counter; it can freeze (repeat the same frame) or fall silent.
+(which protocol the modules speak) follows ``power_modules.protocol``. Each cable monitor (one per
+``[[cable]]``, with its node id) sends both DBC messages every 100 ms with a rolling counter, from the
+pins and coolant of its connector; each can freeze (repeat the same frame) or fall silent.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import can
@@ -20,7 +22,7 @@ import can
 from drivers.cable.monitor import CableMonitor
 from drivers.power_modules import infypower as infy
 from drivers.power_modules import uugreen as uu
-from edge.sim.physics import ModuleModel, Physics
+from edge.sim.physics import ConnectorPhysics, ModuleModel, Physics
 
 CABLE_PERIOD_S = 0.1
 Reply = tuple[int, bytes]
@@ -142,12 +144,60 @@ class UUGreenPersonality:
 PERSONALITIES: dict[str, type[Personality]] = {"infypower": InfyPersonality, "uugreen": UUGreenPersonality}
 
 
+@dataclass
+class SimCablePeer:
+    """One simulated cable monitor: its node id, the connector whose cable it measures, its bus."""
+
+    monitor: CableMonitor
+    connector: str
+    bus: can.BusABC
+    silent: bool = False
+    frozen: bool = False  # repeats its last frames (rolling counter stuck)
+    status_faults: set[str] = field(default_factory=set)  # DBC status bits set in its frames
+    counter: int = 0
+    frozen_frames: list[tuple[int, bytes]] = field(default_factory=list)
+
+    def frames(self, conn: ConnectorPhysics, coolant_in_c: float) -> list[tuple[int, bytes]]:
+        """Its two frames now (the caller holds the physics lock)."""
+        if self.frozen and self.frozen_frames:
+            return self.frozen_frames
+        faults = self.status_faults
+        temps = {
+            "PinTempDcPlus": conn.pin_plus_c,
+            "PinTempDcMinus": conn.pin_minus_c,
+            "CoolantInletTemp": coolant_in_c,
+            "CoolantOutletTemp": min(conn.coolant_out_c, 150.0),
+            "RollingCounter": self.counter,
+            "PinDcPlusSensorFault": int("PinDcPlusSensorFault" in faults),
+            "PinDcMinusSensorFault": int("PinDcMinusSensorFault" in faults),
+            "CoolantTempSensorFault": int("CoolantTempSensorFault" in faults),
+        }
+        cool = {
+            "CoolantFlow": conn.flow_lpm,
+            "CoolantPressure": conn.pressure_bar,
+            "RollingCounter": self.counter,
+            "FlowSensorFault": int("FlowSensorFault" in faults),
+            "PressureSensorFault": int("PressureSensorFault" in faults),
+            "LeakDetected": int("LeakDetected" in faults),
+        }
+        self.counter = (self.counter + 1) % 16
+        self.frozen_frames = [self.monitor.encode("CABLE_TEMPS", temps), self.monitor.encode("CABLE_COOLANT", cool)]
+        return self.frozen_frames
+
+
+# (cable name, node id, connector name, the bus its frames go out on; None: the modules' bus)
+CableSpec = tuple[str, int, str, "can.BusABC | None"]
+
+
 class SimCanDevices:
-    """The simulated modules and cable monitor on one python-can bus object.
+    """The simulated modules and cable monitors on python-can bus objects.
 
     Two ways to run the same code: :meth:`start` runs it in two threads in real time (``edge run
     --sim``, the in-process daemon tests); edge/sim/stepper.py instead calls :meth:`receive_pending`
     and :meth:`tick` itself, in simulated time from ``clock``, with no thread and no sleep.
+
+    ``cables``: one peer per entry; without it, one cable monitor (``cable_name``, ``cable_node``) on the
+    first connector. ``cable_silent``, ``cable_frozen`` and ``cable_status_faults`` are the first peer's.
     """
 
     def __init__(
@@ -160,24 +210,53 @@ class SimCanDevices:
         protocol: str = "infypower",
         cable_bus: can.BusABC | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cables: Sequence[CableSpec] | None = None,
     ) -> None:
         self.bus = bus
-        self.cable_bus = cable_bus or bus
         self.physics = physics
         self.lock = lock
         self.clock = clock  # the modules' comms watchdog counts in this time
         self.personality: Personality = PERSONALITIES[protocol]()
-        self.cable = CableMonitor(cable_name, cable_node)
-        self.cable_silent = False
-        self.cable_frozen = False
-        self.cable_status_faults: set[str] = set()
+        if cables is None:
+            cables = [(cable_name, cable_node, physics.primary.name, cable_bus)]
+        self.cables = [SimCablePeer(CableMonitor(name, node), conn, cbus or bus) for name, node, conn, cbus in cables]
         self.foreign_module: int | None = None  # address of an unconfigured module that chatters
-        self._counter = 0
-        self._frozen_frames: list[tuple[int, bytes]] = []
         self._last_controller_rx = clock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self.frames_handled = 0
+
+    # -- the first cable monitor, as the single-cable knobs knew it -----------------------------------
+    def cable_peer(self, name: str | None = None) -> SimCablePeer:
+        """The cable monitor ``name`` (a [[cable]] name), or the first."""
+        for peer in self.cables:
+            if name is None or peer.monitor.name == name:
+                return peer
+        raise KeyError(f"no simulated cable monitor {name!r}")
+
+    @property
+    def cable(self) -> CableMonitor:
+        return self.cable_peer().monitor
+
+    @property
+    def cable_silent(self) -> bool:
+        return self.cable_peer().silent
+
+    @cable_silent.setter
+    def cable_silent(self, silent: bool) -> None:
+        self.cable_peer().silent = silent
+
+    @property
+    def cable_frozen(self) -> bool:
+        return self.cable_peer().frozen
+
+    @cable_frozen.setter
+    def cable_frozen(self, frozen: bool) -> None:
+        self.cable_peer().frozen = frozen
+
+    @property
+    def cable_status_faults(self) -> set[str]:
+        return self.cable_peer().status_faults
 
     def start(self) -> None:
         """Real-time mode: one thread answers controller frames, one sends every CABLE_PERIOD_S."""
@@ -231,7 +310,7 @@ class SimCanDevices:
         except can.CanError:
             pass
 
-    # -- cable monitor and module comms watchdog ------------------------------------------------------
+    # -- cable monitors and module comms watchdog -----------------------------------------------------
     def _tx_loop(self) -> None:
         next_t = time.monotonic()
         while not self._stop.is_set():
@@ -245,37 +324,12 @@ class SimCanDevices:
             with self.lock:
                 for m in self.physics.modules.values():
                     m.on = False  # the module's own comms watchdog
-        if not self.cable_silent:
-            for fid, data in self._cable_frames():
-                self._send(self.cable_bus, fid, data)
+        for peer in self.cables:
+            if peer.silent:
+                continue
+            with self.lock:
+                frames = peer.frames(self.physics.connectors[peer.connector], self.physics.coolant_in_c)
+            for fid, data in frames:
+                self._send(peer.bus, fid, data)
         if self.foreign_module is not None:
             self._send(self.bus, *self.personality.chatter(self.foreign_module))
-
-    def _cable_frames(self) -> list[tuple[int, bytes]]:
-        if self.cable_frozen and self._frozen_frames:
-            return self._frozen_frames
-        p = self.physics
-        with self.lock:
-            faults = self.cable_status_faults
-            temps = {
-                "PinTempDcPlus": p.pin_plus_c,
-                "PinTempDcMinus": p.pin_minus_c,
-                "CoolantInletTemp": p.coolant_in_c,
-                "CoolantOutletTemp": min(p.coolant_out_c, 150.0),
-                "RollingCounter": self._counter,
-                "PinDcPlusSensorFault": int("PinDcPlusSensorFault" in faults),
-                "PinDcMinusSensorFault": int("PinDcMinusSensorFault" in faults),
-                "CoolantTempSensorFault": int("CoolantTempSensorFault" in faults),
-            }
-            cool = {
-                "CoolantFlow": p.flow_lpm,
-                "CoolantPressure": p.pressure_bar,
-                "RollingCounter": self._counter,
-                "FlowSensorFault": int("FlowSensorFault" in faults),
-                "PressureSensorFault": int("PressureSensorFault" in faults),
-                "LeakDetected": int("LeakDetected" in faults),
-            }
-        self._counter = (self._counter + 1) % 16
-        frames = [self.cable.encode("CABLE_TEMPS", temps), self.cable.encode("CABLE_COOLANT", cool)]
-        self._frozen_frames = frames
-        return frames

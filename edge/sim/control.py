@@ -7,11 +7,17 @@ tests drive faults through it while the daemon runs in another process. One JSON
     {"knob": "module_silent", "address": 2, "value": true}
     {"knob": "module_alarm", "address": 1, "alarm": "over_temperature", "value": true}
     {"knob": "meter_silent", "meter": "grid", "value": true}
-    {"knob": "cable_silent" | "cable_frozen", "value": true}
-    {"knob": "vehicle_demand_a", "value": 150.0}
-    {"knob": "sessions", "value": true}         # cycle plug-in / charge / unplug
+    {"knob": "cable_silent" | "cable_frozen", "value": true}          # "cable": "gun2" for another
+    {"knob": "vehicle_demand_a", "value": 150.0}       # the fixed (bench) load of connector 1
+    {"knob": "sessions", "value": true}         # cycle the fixed load: plug-in / charge / unplug
     {"knob": "can_bus_off"}                     # the controller's CAN chip reports bus-off
+    {"knob": "plug", "connector": "2", "value": true}  # plug in / unplug (value false) a vehicle
+    {"knob": "plug", "connector": "2", "value": true, "car": "800v", "soc": 0.2}
+    {"knob": "soc", "connector": "1", "value": 0.79}   # the vehicle's state of charge, 0..1
+    {"knob": "hot_pin_c", "connector": "1", "value": 30.0}  # a bad DC+ contact: °C on top
     {"get": "physics"}
+
+Without "connector", a knob acts on the first connector ("1").
 
 Answers ``{"ok": true, ...}`` or ``{"ok": false, "error": "..."}``.
 """
@@ -40,12 +46,14 @@ def apply(cabinet: SimCabinet, req: dict[str, Any]) -> dict[str, Any]:
     knob = req.get("knob")
     value = req.get("value")
     try:
-        if knob == "pump_failed":
+        if knob in _CONNECTOR_KNOBS:
+            _connector_knob(cabinet, str(knob), req)
+        elif knob == "pump_failed":
             cabinet.set_pump_failed(bool(value))
         elif knob == "cable_silent":
-            cabinet.set_cable_silent(bool(value))
+            cabinet.set_cable_silent(bool(value), _opt_str(req.get("cable")))
         elif knob == "cable_frozen":
-            cabinet.set_cable_frozen(bool(value))
+            cabinet.set_cable_frozen(bool(value), _opt_str(req.get("cable")))
         elif knob == "module_silent":
             cabinet.set_module_silent(int(req["address"]), bool(value))
         elif knob == "module_alarm":
@@ -63,6 +71,28 @@ def apply(cabinet: SimCabinet, req: dict[str, Any]) -> dict[str, Any]:
     except (KeyError, TypeError, ValueError) as exc:
         return {"ok": False, "error": f"bad request for knob {knob!r}: {exc!r}"}
     return {"ok": True}
+
+
+_CONNECTOR_KNOBS = ("plug", "soc", "hot_pin_c")
+
+
+def _connector_knob(cabinet: SimCabinet, knob: str, req: dict[str, Any]) -> None:
+    connector = _opt_str(req.get("connector"))
+    value: Any = req.get("value")
+    if knob == "plug":
+        if value is None or bool(value):
+            soc = req.get("soc")
+            cabinet.plug_in(connector, _opt_str(req.get("car")), float(soc) if soc is not None else None)
+        else:
+            cabinet.unplug(connector)
+    elif knob == "soc":
+        cabinet.set_soc(float(value), connector)
+    else:
+        cabinet.set_hot_pin(float(value if value is not None else 0.0), connector)
+
+
+def _opt_str(value: Any) -> str | None:
+    return None if value is None else str(value)
 
 
 async def serve(cabinet: SimCabinet, path: str) -> None:

@@ -6,6 +6,12 @@ peers, the meters' registers and the fault knobs. Shared by the two ways the sim
 - :class:`edge.sim.stepper.SimStepper`: in simulated time, stepped by a test, with no thread and no sleep.
 
 Both step the same :meth:`SimHardware.step_physics` and answer with the same device code.
+
+Connectors come from the config (edge/sim/layout.py): each has its contactor pin, its modules, the cable
+monitors of its ``[[cable]]`` names and, unless its request is the fixed bench one, a vehicle (the 400 V
+car on the first, third, ... connector, the 800 V car on the others), plugged in at start. The built-in
+charging controller (edge/sim/session.py) runs the sessions of the connectors whose request is "sim":
+:meth:`SimHardware.step_charging` steps it under the physics lock.
 """
 
 from __future__ import annotations
@@ -14,28 +20,43 @@ import itertools
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import can
 
 from drivers.meters.models import model_for
+from edge.charging.demand import Capabilities, DemandSink
 from edge.config import Config
-from edge.sim.can_devices import SimCanDevices
+from edge.sim.can_devices import CableSpec, SimCanDevices
+from edge.sim.layout import SimConnectorSpec, connector_layout
 from edge.sim.meter import SimMeter
-from edge.sim.physics import ModuleModel, Physics
+from edge.sim.physics import ConnectorPhysics, ModuleModel, Physics
+from edge.sim.session import Request, SimSessions, apply
+from edge.sim.vehicle import DEFAULT_SOC, VEHICLE_TYPES, Vehicle
 from hal.can import CAN_ERR_BUSOFF
 from hal.pin import SimBoard
 
 _instance = itertools.count(1)
+DEFAULT_CARS = ("400v", "800v")  # by connector position, alternating
 
 
 class SimHardware:
-    def __init__(self, config: Config, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        config: Config,
+        clock: Callable[[], float] = time.monotonic,
+        layout: list[SimConnectorSpec] | None = None,
+        plugged: bool = True,
+    ) -> None:
         self.config = config
         self.board = SimBoard()
         self.lock = threading.Lock()
-        self.physics = Physics(modules={a: ModuleModel(a) for a in config.power_modules.addresses})
+        self.layout = layout if layout is not None else connector_layout(config)
+        self.physics = Physics(
+            modules={a: ModuleModel(a) for a in config.power_modules.addresses},
+            connectors={spec.name: _connector(i, spec, plugged) for i, spec in enumerate(self.layout)},
+        )
         self._tag = f"sim{os.getpid()}-{next(_instance)}"
         self.meters: dict[str, SimMeter] = {}
         for m in config.meters:
@@ -45,35 +66,84 @@ class SimHardware:
             self.meters[m.name] = SimMeter(model, m.device_id, self._meter_values)
         # private virtual channels: two simulated cabinets in one process never hear each other
         self.can_channels = {bus.name: f"{self._tag}-{bus.name}" for bus in config.can}
-        cable = config.cable[0] if config.cable else None
-        self._dev_bus = can.Bus(
-            interface="virtual", channel=self.can_channels[config.power_modules.bus], receive_own_messages=False
-        )
+        self._dev_buses: dict[str, can.BusABC] = {}  # one bus object per channel: no peer hears its own frames
+        self._dev_bus = self._device_bus(config.power_modules.bus)
+        owner = {cable: spec.name for spec in self.layout for cable in spec.cables}
+        cables: list[CableSpec] = [
+            (c.name, c.node_id, owner.get(c.name, self.physics.primary.name), self._device_bus(c.bus))
+            for c in config.cable
+        ]
         self.can = SimCanDevices(
             self._dev_bus,
             self.physics,
             self.lock,
-            cable_node=cable.node_id if cable else 1,
-            cable_name=cable.name if cable else "cable",
             protocol=config.power_modules.protocol,
             clock=clock,
+            cables=cables or None,
         )
         self.sessions = False
         self._session_t = 0.0
+        # the built-in charging controller, for the connectors that ask for it
+        self.charging = SimSessions(
+            {
+                spec.name: conn.vehicle
+                for spec in self.layout
+                if spec.request == "sim" and (conn := self.physics.connectors[spec.name]).vehicle is not None
+            }
+        )
+
+    def _device_bus(self, bus_name: str) -> can.BusABC:
+        bus = self._dev_buses.get(bus_name)
+        if bus is None:
+            bus = can.Bus(interface="virtual", channel=self.can_channels[bus_name], receive_own_messages=False)
+            self._dev_buses[bus_name] = bus
+        return bus
 
     def close_devices(self) -> None:
         self.can.stop()
-        self._dev_bus.shutdown()
+        for bus in self._dev_buses.values():
+            bus.shutdown()
 
     # -- one step of the physical world --------------------------------------------------------------
     def step_physics(self, dt_s: float) -> None:
         """Advance the physics by ``dt_s``: contactor and pump as the controller set the board's pins."""
         self._session_step(dt_s)
-        outputs = self.config.outputs
         with self.lock:
-            self.physics.contactor = bool(self.board.level(outputs.contactor))
-            self.physics.pump_on = bool(self.board.level(outputs.pump))
+            for spec in self.layout:
+                self.physics.connectors[spec.name].contactor = bool(self.board.level(spec.contactor_pin))
+            self.physics.pump_on = bool(self.board.level(self.config.outputs.pump))
             self.physics.step(dt_s)
+
+    # -- the built-in charging controller ----------------------------------------------------------------
+    def measured(self) -> dict[str, tuple[float, float]]:
+        """Every connector's output (V, A) as the physics has it."""
+        with self.lock:
+            return {name: (c.output_v, c.output_a) for name, c in self.physics.connectors.items()}
+
+    def step_charging(
+        self,
+        now: float,
+        capabilities: Mapping[str, Capabilities | None],
+        measured: Mapping[str, tuple[float, float]] | None = None,
+    ) -> list[Request]:
+        """One step of the sessions of the "sim" connectors; the requests to hand to the DemandSink.
+
+        ``measured``: connector -> (V, A) as the cabinet measured it; the physics' own values otherwise."""
+        seen = self.measured() if measured is None else measured
+        with self.lock:  # the sessions move the vehicles' contactors, which the physics thread reads
+            return self.charging.step(now, seen, capabilities)
+
+    def drive_charging(
+        self,
+        sink: DemandSink,
+        now: float,
+        capabilities: Mapping[str, Capabilities | None],
+        measured: Mapping[str, tuple[float, float]] | None = None,
+    ) -> list[Request]:
+        """:meth:`step_charging` and hand the requests to ``sink`` (on the caller's thread)."""
+        requests = self.step_charging(now, capabilities, measured)
+        apply(sink, requests, now)
+        return requests
 
     def _meter_values(self) -> dict[str, float]:
         with self.lock:
@@ -104,11 +174,11 @@ class SimHardware:
         with self.lock:
             self.physics.pump_failed = failed
 
-    def set_cable_silent(self, silent: bool) -> None:
-        self.can.cable_silent = silent
+    def set_cable_silent(self, silent: bool, cable: str | None = None) -> None:
+        self.can.cable_peer(cable).silent = silent
 
-    def set_cable_frozen(self, frozen: bool) -> None:
-        self.can.cable_frozen = frozen
+    def set_cable_frozen(self, frozen: bool, cable: str | None = None) -> None:
+        self.can.cable_peer(cable).frozen = frozen
 
     def set_module_silent(self, address: int, silent: bool) -> None:
         with self.lock:
@@ -125,6 +195,45 @@ class SimHardware:
     def set_vehicle_demand(self, amps: float) -> None:
         with self.lock:
             self.physics.vehicle_demand_a = amps
+
+    def connector(self, name: str | None = None) -> ConnectorPhysics:
+        """Connector ``name`` of the physics (the first when None); KeyError names the ones there are."""
+        if name is None:
+            return self.physics.primary
+        try:
+            return self.physics.connectors[name]
+        except KeyError:
+            raise KeyError(f"no connector {name!r} (have {sorted(self.physics.connectors)})") from None
+
+    def vehicle(self, connector: str | None = None) -> Vehicle:
+        v = self.connector(connector).vehicle
+        if v is None:
+            raise KeyError(f"connector {self.connector(connector).name!r} has a fixed load, not a vehicle")
+        return v
+
+    def plug_in(self, connector: str | None = None, car: str | None = None, soc: float | None = None) -> None:
+        """Plug a vehicle in: the same car again, or ``car`` ("400v", "800v") at its default state of charge."""
+        with self.lock:
+            v = self.vehicle(connector)
+            if car is not None and car not in VEHICLE_TYPES:
+                raise KeyError(f"unknown car {car!r} (have {sorted(VEHICLE_TYPES)})")
+            spec = VEHICLE_TYPES[car] if car is not None else None
+            v.plug_in(spec, soc if soc is not None or car is None else DEFAULT_SOC[car])
+
+    def unplug(self, connector: str | None = None) -> None:
+        with self.lock:
+            self.vehicle(connector).unplug()
+
+    def set_soc(self, soc: float, connector: str | None = None) -> None:
+        if not 0.0 <= soc <= 1.0:
+            raise ValueError(f"state of charge {soc} outside 0..1")
+        with self.lock:
+            self.vehicle(connector).soc = soc
+
+    def set_hot_pin(self, extra_c: float, connector: str | None = None) -> None:
+        """A bad contact on the DC+ pin of a connector's cable: ``extra_c`` °C above what the current gives."""
+        with self.lock:
+            self.connector(connector).hot_pin_c = extra_c
 
     def inject_bus_off(self) -> None:
         """What a controller's CAN chip reports when it went bus-off: an error frame with CAN_ERR_BUSOFF.
@@ -156,6 +265,11 @@ class SimHardware:
         with self.lock:
             p = self.physics
             return {
+                "connectors": {name: _connector_view(c) for name, c in p.connectors.items()},
+                "sessions": {
+                    name: {"state": s.state, "reason": s.reason, "precharge_s": s.precharge_s}
+                    for name, s in self.charging.sessions.items()
+                },
                 "output_a": p.output_a,
                 "pin_plus_c": p.pin_plus_c,
                 "pin_minus_c": p.pin_minus_c,
@@ -170,3 +284,43 @@ class SimHardware:
                     for a, m in p.modules.items()
                 },
             }
+
+
+def _connector(index: int, spec: SimConnectorSpec, plugged: bool) -> ConnectorPhysics:
+    if not spec.has_vehicle:
+        return ConnectorPhysics(spec.name, spec.modules)
+    vehicle = Vehicle.of_type(DEFAULT_CARS[index % len(DEFAULT_CARS)], plugged=plugged)
+    vehicle.autonomous = spec.request != "sim"  # an external controller runs its sessions
+    return ConnectorPhysics(spec.name, spec.modules, vehicle=vehicle)
+
+
+def _connector_view(c: ConnectorPhysics) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "contactor": c.contactor,
+        "output_v": round(c.output_v, 2),
+        "output_a": round(c.output_a, 2),
+        "modules": list(c.modules),
+        "pin_plus_c": round(c.pin_plus_c, 2),
+        "pin_minus_c": round(c.pin_minus_c, 2),
+        "flow_lpm": round(c.flow_lpm, 3),
+        "hot_pin_c": c.hot_pin_c,
+    }
+    v = c.vehicle
+    if v is None:
+        view["load"] = {"fixed_demand_a": c.vehicle_demand_a}
+    else:
+        view["vehicle"] = {
+            "car": v.spec.name,
+            "plugged": v.plugged,
+            "soc": round(v.soc, 4),
+            "ocv_v": round(v.ocv_v, 2),
+            "contactors_closed": v.contactors_closed,
+            "acceptance_a": round(v.acceptance_a(), 2),
+            "energy_kwh": round(v.energy_kwh, 4),
+            "max_voltage_v": v.spec.max_voltage_v,  # what an external controller needs to play the vehicle
+            "charge_voltage_v": v.spec.charge_voltage_v,
+            "target_soc": v.spec.target_soc,
+            "full": v.full,
+            "autonomous": v.autonomous,
+        }
+    return view

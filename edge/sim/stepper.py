@@ -52,6 +52,7 @@ from edge.can_link import CAN_WATCH_PERIOD_S
 from edge.config import Config
 from edge.sim.can_devices import CABLE_PERIOD_S
 from edge.sim.hardware import SimHardware
+from edge.sim.layout import SimConnectorSpec
 from edge.sim.meter import InProcessLine
 from hal.clock import SimClock
 
@@ -101,9 +102,10 @@ class SimStepper(SimHardware):
         data_dir: str | Path | None = None,
         step_s: float = DEFAULT_STEP_S,
         start_s: float = 0.0,
+        layout: list[SimConnectorSpec] | None = None,
     ) -> None:
         self.clock = SimClock(start_s)
-        super().__init__(config, self.clock.monotonic)
+        super().__init__(config, self.clock.monotonic, layout)
         self.step_s = step_s
         self._own_dir = None if data_dir is not None else tempfile.mkdtemp(prefix="edge-stepper-")
         # only to construct and close the pymodbus clients build() makes (they need a running loop);
@@ -164,6 +166,12 @@ class SimStepper(SimHardware):
         self.cabinet.controller.evaluate_now()
         self.cabinet.wdt.ready()
         self.deliver()
+
+    def every(self, name: str, period_s: float, run: Callable[[float], None]) -> None:
+        """Run ``run(now)`` every ``period_s`` of simulated time from the next step on, after the parts
+        already scheduled (e.g. a request source's task: the built-in charging sessions through
+        :meth:`SimHardware.drive_charging`); frames are delivered after it as after every part."""
+        self._parts.append(_Every(name, period_s, run, self.now))
 
     # -- time ----------------------------------------------------------------------------------------
     @property

@@ -33,6 +33,14 @@ of nesting (scanned without recursion), integers of up to ``MAX_INT_DIGITS`` dig
 to ``MAX_NUMBER_CHARS`` characters and finite, and no key twice (``{"amps":500,"amps":10}`` is rejected,
 not read as 10 A). A rejection names the problem and keeps the id whenever the id could be read.
 
+Floods (:class:`RateLimit`): each command name has a token bucket of ``RATE_BURST`` commands refilled at
+``RATE_PER_S`` (every other topic shares one more), checked on paho's thread before a command reaches the
+event loop. A command over its bucket is not done, not audited one by one and answered at once
+``rejected`` / "rate limited: ..." (its id read from the payload's start, else by the bounded parse); how
+many were limited, by command, goes into one ``command`` event (op ``rate_limited``) at once and then at
+most once per ``RATE_REPORT_S``. A backend has no reason to send more than a few commands a minute; a
+flood of 2,000 stretched the control tick (bench/abuse.py).
+
 Replays (:class:`Guard`, one per uplink, for the life of the process): a *retained* command is never
 done (the broker would replay it on every subscribe, i.e. after every broker restart); it is counted,
 reported as a ``command`` event at most once per ``RETAINED_REPORT_S`` and answered "retained command
@@ -48,7 +56,10 @@ from __future__ import annotations
 import json
 import math
 import re
+import threading
+import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,6 +90,11 @@ OPS = {
 }
 REQUEST_STATE = "request-state"
 COMMANDS = (*OPS, REQUEST_STATE, *REMOTE_COMMANDS)
+RATE_PER_S = 5.0  # commands per s per command name, sustained
+RATE_BURST = 20  # commands per command name at once (a backend sends a few a minute)
+RATE_REPORT_S = 60.0  # at most one rate_limited event per this (the first at once)
+OTHER_TOPICS = "other"  # the one bucket every topic that is not a command shares
+RATE_LIMITED = "rate limited"
 ACCEPTED = "accepted"
 REJECTED = "rejected"
 
@@ -260,6 +276,81 @@ def envelope(name: str, payload: bytes, now_ms: int, max_skew_s: float = DEFAULT
     if name == REQUEST_STATE and args:
         raise Rejected(f"unexpected field(s) {', '.join(sorted(args))[:200]} for {name}", cmd_id)
     return Command(name, cmd_id, args)
+
+
+def answer_id(payload: bytes) -> str | None:
+    """The id to answer with, without doing the command: read from the payload's start when it is there (a
+    regex on 128 bytes), else by the bounded parse (at most ``MAX_PAYLOAD_BYTES``); None when unreadable."""
+    found = _leading_id(payload[:128].decode("utf-8", "replace"))
+    if found is not None or len(payload) > MAX_PAYLOAD_BYTES:
+        return found
+    try:
+        return _valid_id(_body(payload).get("id"))
+    except Rejected as rej:
+        return rej.cmd_id
+
+
+# -- floods -------------------------------------------------------------------------------------------
+class RateLimit:
+    """Token buckets per command name (``OTHER_TOPICS`` for any other topic): ``burst`` commands at once,
+    refilled at ``per_s``. Thread-safe: paho's thread admits, the event loop takes the reports. Memory:
+    one bucket per known command and one more."""
+
+    def __init__(
+        self,
+        per_s: float = RATE_PER_S,
+        burst: int = RATE_BURST,
+        report_every_s: float = RATE_REPORT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.per_s = per_s
+        self.burst = burst
+        self.report_every_s = report_every_s
+        self.clock = clock
+        self.limited = 0  # in all, for the uplink's status
+        self._lock = threading.Lock()
+        self._buckets: dict[str, tuple[float, float]] = {}  # bucket -> (tokens, when counted, s)
+        self._unreported: dict[str, int] = {}
+        self._reported_s: float | None = None
+
+    @staticmethod
+    def bucket(name: str) -> str:
+        return name if name in COMMANDS else OTHER_TOPICS
+
+    def admit(self, name: str) -> bool:
+        """Take one token from ``name``'s bucket: False (and counted) when it is empty."""
+        key = self.bucket(name)
+        now = self.clock()
+        with self._lock:
+            tokens, then = self._buckets.get(key, (float(self.burst), now))
+            tokens = min(float(self.burst), tokens + (now - then) * self.per_s)
+            if tokens >= 1.0:
+                self._buckets[key] = (tokens - 1.0, now)
+                return True
+            self._buckets[key] = (tokens, now)
+            self.limited += 1
+            self._unreported[key] = self._unreported.get(key, 0) + 1
+            return False
+
+    def reason(self, name: str) -> str:
+        what = f"{name[:64]} commands" if self.bucket(name) != OTHER_TOPICS else "messages on other command topics"
+        return (
+            f"{RATE_LIMITED}: at most {self.burst} {what} at once and {self.per_s:g} per s; "
+            "not done: send it again later"
+        )
+
+    def report_due(self) -> dict[str, int] | None:
+        """Commands limited since the last report, by bucket, when a report is due: the first at once, then
+        at most one per ``report_every_s``; None when nothing is due."""
+        now = self.clock()
+        with self._lock:
+            if not self._unreported:
+                return None
+            if self._reported_s is not None and now - self._reported_s < self.report_every_s:
+                return None
+            self._reported_s = now
+            due, self._unreported = self._unreported, {}
+            return due
 
 
 # -- what the channel remembers between commands ------------------------------------------------------

@@ -24,7 +24,8 @@ The life of a session, as the uplink drives it:
 5. ``death()`` before a clean disconnect: the NDEATH to publish ourselves (the broker drops the will
    on a clean DISCONNECT).
 
-Devices come from the signal names (:func:`split_signal`): ``module.<n>.<x>`` -> device ``module.<n>``;
+Devices come from the signal names (:func:`split_signal`): ``module.<n>.<x>`` -> device ``module.<n>``,
+``connector.<name>.<x>`` -> device ``connector.<name>``;
 a cable's coolant signals (the safety input table, ``edge/limits/inputs.py``: source ``cable``, not at
 the connector) -> device ``<cable>.cooling``; every other ``<device>.<x>`` -> device ``<device>``, metric
 ``<x>``. A metric's value is the interval's ``last``; the safety signals of the cable and its cooling loop
@@ -46,6 +47,7 @@ from google.protobuf.message import DecodeError
 
 from edge.config.telemetry import Sparkplug as SparkplugConfig
 from edge.limits import inputs as safety_inputs
+from edge.telemetry.measurands import CONNECTOR_PREFIX
 from edge.telemetry.sparkplug_b_pb2 import DataType, Payload
 
 NAMESPACE = "spBv1.0"
@@ -60,8 +62,9 @@ GOOD = 192
 BOOLEAN_UNITS = frozenset(("", "1/0"))  # 0/1 signals (module present, coolant leak)
 EXTREMES = (".min", ".max")
 MODULE_PREFIX = "module"
+NUMBERED_DEVICES = (MODULE_PREFIX, CONNECTOR_PREFIX)
 COOLING = "cooling"
-OCPP_PROPERTIES = ("measurand", "phase", "location", "point")
+OCPP_PROPERTIES = ("measurand", "phase", "location", "point", "connector")
 TELEMETRY = "telemetry"
 EVENT_KIND = "event"
 
@@ -128,10 +131,10 @@ def split_signal(signal: str) -> tuple[str, str]:
     head, _, rest = signal.partition(".")
     if not rest:
         return "cabinet", signal
-    if head == MODULE_PREFIX:
+    if head in NUMBERED_DEVICES:  # module.<n>.<x>, connector.<name>.<x>: one device each
         number, _, reading = rest.partition(".")
         if reading:
-            return f"{MODULE_PREFIX}.{number}", reading
+            return f"{head}.{number}", reading
     if rest in COOLING_READINGS:
         return f"{head}.{COOLING}", rest
     return head, rest

@@ -16,8 +16,10 @@ Threads, so that the control path (the daemon's asyncio loop) never waits on net
   deleting on PUBACK as a group commit, resync on connect) runs in one uplink thread fed by a queue:
   connect, disconnect and PUBACK callbacks and "new record" kicks are queued there, in order.
 - commands and the retained state run on the asyncio loop (``call_soon_threadsafe``), because they
-  touch the controller. The store's own writer thread commits the daemon's records and kicks this
-  uplink after each commit (``Store.on_append``).
+  touch the controller. A command over its rate (:class:`~edge.telemetry.commands.RateLimit`) never gets
+  there: paho's thread answers it "rate limited" at once, and the loop reports the count now and then.
+  The store's own writer thread commits the daemon's records and kicks this uplink after each commit
+  (``Store.on_append``).
 Publishing only queues a packet for paho's thread.
 """
 
@@ -38,9 +40,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from edge.config.telemetry import DEADBAND_BY_UNIT, Mqtt, Telemetry
-from edge.ops import Operations
+from edge.operator import Source
+from edge.ops import REFUSED, Operations
 from edge.telemetry import commands
-from edge.telemetry.channel import Answer, CommandChannel, Received
+from edge.telemetry.channel import REJECTED, SCHEMA_CMD_RESULT, Answer, CommandChannel, Received
 from edge.telemetry.compact import Deadbands
 from edge.telemetry.delivery import Batch, Delivery
 from edge.telemetry.formats import SCHEMA_EVENTS, SCHEMA_TELEMETRY, EncoderContext, Message, encoder_for
@@ -54,7 +57,7 @@ __all__ = ["SCHEMA_EVENTS", "SCHEMA_TELEMETRY", "Uplink", "UplinkStats", "backof
 log = logging.getLogger(__name__)
 
 SCHEMA_STATUS = "cabinet-edge/status/1"
-SCHEMA_STATE = "cabinet-edge/state/1"
+SCHEMA_STATE = "cabinet-edge/state/2"  # 2: "connectors" (edge/status.py, docs/TELEMETRY.md)
 SHUTDOWN_WAIT_S = 1.0  # longest wait for the uplink and paho threads when the daemon stops
 COMMANDS_PER_STEP = 1  # commands handled per event-loop iteration: a burst must not hold the control tick
 MAX_QUEUED_COMMANDS = 1000  # beyond this a burst is dropped (counted): commands_dropped
@@ -81,6 +84,7 @@ class UplinkStats:
     commands: int = 0
     commands_rejected: int = 0
     commands_dropped: int = 0  # arrived while MAX_QUEUED_COMMANDS were waiting: not handled, not answered
+    commands_rate_limited: int = 0  # over their command's rate: answered at once, not done
     last_error: str | None = None
     next_reconnect_s: float | None = None
     longest_step_ms: float = 0.0  # longest delivery step on the uplink thread (store reads, publishes)
@@ -102,8 +106,10 @@ class Uplink:
         rnd: random.Random | None = None,
         clock: Callable[[], float] = time.monotonic,
         telemetry: Telemetry | None = None,
+        rate: commands.RateLimit | None = None,
     ) -> None:
-        """``telemetry``: the section with the wire format and deadbands; None means format v1 (tests)."""
+        """``telemetry``: the section with the wire format and deadbands; None means format v1 (tests).
+        ``rate``: the cloud commands' rate limit (default: ``commands.RATE_BURST`` / ``RATE_PER_S``)."""
         self.cfg = cfg
         self.site_id = site_id
         self.cabinet_id = cabinet_id
@@ -143,6 +149,7 @@ class Uplink:
         will = self._encoder_will if self.encoder.session_will else self._status_message("offline")
         self.session = Session(cfg, self.client_id, self._session_events(), will=will, rnd=self.rnd)
         self.guard = commands.Guard(max_skew_s=cfg.command_max_skew_s)  # recent ids survive reconnects
+        self.rate = rate or commands.RateLimit()
         self.channel = CommandChannel(
             self.topics, self._handle_command, self.session, site_id=site_id, cabinet_id=cabinet_id, now_ms=now_ms
         )
@@ -174,11 +181,36 @@ class Uplink:
 
     def _route_message(self, topic: str, payload: bytes, received: Received) -> None:
         """paho's thread: the format's own commands (Sparkplug NCMD) to the uplink thread, which owns the
-        encoder; cloud commands to the loop."""
+        encoder; cloud commands within their rate to the loop, the others answered here."""
         if topic in self._encoder_topics:
             self._to_io(self._encoder_command, topic, payload)
-        else:
+            return
+        name = self.channel.command_name(topic)
+        if self.rate.admit(name):
             self._to_loop(self._queue_command, topic, payload, received)
+        else:
+            self._answer_rate_limited(name, payload, received)
+
+    def _answer_rate_limited(self, name: str, payload: bytes, received: Received) -> None:
+        """paho's thread: a command over its rate, answered without the loop, the store or a log line (the
+        loop records the count: ``_report_rate_limited``). A retained one without an id is not answered,
+        as in the channel: nobody waits for it."""
+        self.stats.commands_rate_limited += 1  # only this thread writes it
+        cmd_id = commands.answer_id(payload)
+        if received.retained and cmd_id is None:
+            return
+        msg = {
+            "schema": SCHEMA_CMD_RESULT,
+            "cabinet_id": self.cabinet_id,
+            "site_id": self.site_id,
+            "t_ms": now_ms(),
+            "id": cmd_id,
+            "command": name[:64],
+            "result": REJECTED,
+            "reason": self.rate.reason(name),
+            "seq": None,
+        }
+        self.session.publish(self.topics.cmd_result, json.dumps(msg, separators=(",", ":")))
 
     def _encoder_will(self) -> tuple[str, bytes]:
         """paho's thread, just before a connect (the uplink thread is waiting for the CONNACK then)."""
@@ -402,6 +434,7 @@ class Uplink:
                 await asyncio.sleep(self._tick_s())
                 self.kick()  # a safety net: every committed record kicks already
                 try:
+                    self._report_rate_limited()
                     self._publish_state_if_changed()
                 except Exception as exc:  # logged and counted; control must go on
                     self.stats.last_error = f"{type(exc).__name__}: {exc}"
@@ -477,6 +510,21 @@ class Uplink:
         after = self.store.last_seq()
         return after if after > before else None
 
+    def _report_rate_limited(self) -> None:
+        """Loop: one ``command`` event (op ``rate_limited``) with what was limited, by command, when due."""
+        due = self.rate.report_due()
+        if not due:
+            return
+        n = sum(due.values())
+        by = ", ".join(f"{k} {v}" for k, v in sorted(due.items()))
+        result = (
+            f"{n} cloud commands rate limited ({by}): answered, not done "
+            f"(at most {self.rate.burst} at once and {self.rate.per_s:g} per s per command)"
+        )
+        log.warning("%s; %d in all", result, self.rate.limited)
+        if self.ops is not None:
+            self.ops.audit("rate_limited", Source.cloud("-"), due, False, result, REFUSED)
+
     def _handle_command(self, name: str, payload: bytes, received: Received) -> Answer:
         """The channel's handler (loop): one command through the operations layer, which evaluates at once and
         records the ``command`` event; the answer carries that event's seq (None when no event was recorded:
@@ -509,12 +557,14 @@ class Uplink:
                 asyncio.get_running_loop().call_soon(self._command_step)
 
     def _command(self, topic: str, payload: bytes, received: Received) -> None:
-        """One command from the broker (loop): run it, answer on cmd-result, publish the state."""
+        """One command from the broker (loop): run it, answer on cmd-result, publish the state when it may
+        have changed (a rejected command changed nothing; building the state reads the store)."""
         answer = self.channel.on_message(topic, payload, received)
         self.stats.commands += 1
         if not answer.accepted:
             self.stats.commands_rejected += 1
-        self._publish_state_if_changed(force=answer.accepted and answer.result.command == "request-state")
+            return
+        self._publish_state_if_changed(force=answer.result.command == "request-state")
 
     def status(self) -> dict[str, Any]:
         delivery = self._delivery

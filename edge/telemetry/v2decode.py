@@ -112,7 +112,7 @@ def parse_birth(payload: bytes | str | dict[str, Any]) -> Birth:
             raise DecodeError("birth_id does not match the signal table (corrupted birth)")
         table = {}
         for s in sigs:
-            ocpp = {k: s[k] for k in ("measurand", "phase", "location", "point") if k in s}
+            ocpp = {k: s[k] for k in ("measurand", "phase", "location", "point", "connector") if k in s}
             table[int(s["alias"])] = SignalDef(
                 int(s["alias"]), str(s["signal"]), str(s["unit"]), int(s["exp"]), float(s["deadband"]),
                 bool(s["safety"]), ocpp,
@@ -219,9 +219,12 @@ class Compact:
 def unpack_compact(t_ms: int, rec: dict[str, Any]) -> Compact:
     try:
         step = int(rec["i"])
-        gaps = rec["d"] if "d" in rec else [step] * (int(rec.get("n", 1)) - 1)
-        if not 0 <= len(gaps) < MAX_INTERVALS:
-            raise DecodeError(f"{len(gaps) + 1} intervals in one record (at most {MAX_INTERVALS})")
+        # the count is checked before anything of that size is built: a hostile n = 10**9 is refused, not
+        # allocated (it was a list of 10**9 items first: 8 GB and half a minute before the refusal)
+        count = len(rec["d"]) + 1 if "d" in rec else int(rec.get("n", 1))
+        if not 1 <= count <= MAX_INTERVALS:
+            raise DecodeError(f"{count} intervals in one record (at most {MAX_INTERVALS})")
+        gaps = rec["d"] if "d" in rec else [step] * (count - 1)
         times = [t_ms]
         for d in gaps:
             times.append(times[-1] + int(d))
