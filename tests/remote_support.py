@@ -100,7 +100,7 @@ class FileServer:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
         return self
 
     def stop(self) -> None:
@@ -294,6 +294,7 @@ class Cabinet:
             f"--install-arg=--python={PYTHON}",
             "--install-arg=--pip-arg=--no-deps",
             "--install-arg=--pip-arg=--no-index",
+            "--install-arg=--settle=0",  # our health window decides; install.sh's own settle only waits
         ]
 
     def run_installer(self, **env: str) -> subprocess.CompletedProcess[str]:

@@ -146,6 +146,7 @@ def test_build_remote_publishes_the_update_status_retained_and_each_new_state_as
     assert not r[0] and "InvalidSignature: no trusted keys" in r[1]
     assert json.loads(published[-1][1])["state"] == states.INVALID_SIGNATURE
     assert [(k, n) for k, n, _ in events] == [("update", states.INVALID_SIGNATURE)]
+    assert events[0][2]["target"] == "release" and "kind" not in events[0][2], "an event's kind is its own"
 
 
 # ---- diag ----------------------------------------------------------------------------------------------

@@ -7,19 +7,31 @@ runnable release, and the next start finishes the update."""
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import re
 import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from edge.remote import installer, states
+from edge.remote import installer, signing, states
 from edge.remote.update import Refused, UpdateManager
+from tests.conftest import REPO, DaemonProcess, _drop_tables, api_request, wait_for
+from tests.mqtt_broker import Broker, Consumer
+from tests.mqtt_sim import BASE as BASE_TOPIC
 from tests.remote_support import Cabinet, FileServer, Served, Signer, bad_signature, build_bundle, wait_until
 
 pytestmark = pytest.mark.timeout(300)
 BASE = "1.0"
+# the simulated sessions start without a plausibility trip of the fast ramp (as tests/test_charging_e2e.py)
+FAST_LIMITS = (
+    "raise_hold_ms = 0\nramp_up_a_per_s = 1000.0\n"
+    "[limits.plausibility]\nmax_rate_c_per_s = 500.0\nstep_allowance_c = 50.0"
+)
 
 
 @pytest.fixture(scope="module")
@@ -109,39 +121,13 @@ def update(d: Daemon, signer: Signer, server: FileServer, name: str, version: st
     return d.manager.request("u1", signer.command(version, body, server.url(name), **extra))
 
 
-def test_signed_update_installs_beside_the_running_release_and_is_kept(
-    cab: Cabinet, signer: Signer, server: FileServer
-) -> None:
+def test_a_release_that_crashes_at_start_rolls_back_by_itself(cab: Cabinet, signer: Signer, server: FileServer) -> None:
     d = Daemon(cab)
-    assert "started" in update(d, signer, server, "good-2.0", "2.0")
-    final = d.final()
-    assert final.state == states.INSTALLED, final
-    assert d.seen() == ["Downloading", "Downloaded", "Installing", "Installed"]
-    assert final.history == ["Downloading", "Downloaded", "Installing", "Installed"]
-    assert cab.current() == "2.0" and cab.runnable() == "2.0"
-    assert (cab.root / "opt/cabinet-edge/releases" / BASE / ".cabinet-edge-release").exists(), "old release kept"
-    assert sorted(p.name for p in cab.state_dir.iterdir()) == ["status.json"], "request, bundle and package gone"
-    assert list((cab.root / "var/lib/cabinet-edge-installer").iterdir()) == [], "private copies gone"
-    assert d.installs[0].returncode == 0, d.installs[0].stderr
-
-
-@pytest.mark.parametrize(
-    ("name", "version", "why"),
-    [
-        ("crash-2.1", "2.1", "did not come up within 3 s"),
-        ("faulty-2.2", "2.2", "new fault(s) with 2.2: cable_over_temperature"),
-    ],
-    ids=["crashes-at-start", "fails-health-window"],
-)
-def test_a_bad_release_rolls_back_by_itself(
-    cab: Cabinet, signer: Signer, server: FileServer, name: str, version: str, why: str
-) -> None:
-    d = Daemon(cab)
-    update(d, signer, server, name, version)
+    update(d, signer, server, "crash-2.1", "2.1")
     final = d.final()
     assert final.state == states.ROLLED_BACK, final
     assert final.history[-3:] == ["Installing", "InstallVerificationFailed", "RolledBack"]
-    assert why in final.reason and f"{BASE} runs again" in final.reason
+    assert "did not come up within 3 s" in final.reason and f"{BASE} runs again" in final.reason
     assert cab.current() == BASE and cab.runnable() == BASE
     assert "old_fault" not in final.reason, "a fault the old release had is not the new one's"
 
@@ -202,21 +188,6 @@ def test_wrong_hash_or_truncated_download_is_refused_and_changes_nothing(
     assert sorted(p.name for p in cab.state_dir.iterdir()) == ["status.json"]
 
 
-def test_an_update_during_a_session_waits_until_every_connector_is_idle(
-    cab: Cabinet, signer: Signer, server: FileServer
-) -> None:
-    sessions = threading.Event()
-    sessions.set()
-    d = Daemon(cab, sessions)
-    update(d, signer, server, "good-2.0", "2.0")
-    wait_until(lambda: d.manager.status.state == states.SCHEDULED, 30, "Scheduled")
-    assert not d.manager.installing and cab.current() == BASE and d.installs == []
-    sessions.clear()
-    assert d.final().state == states.INSTALLED
-    assert d.seen() == ["Downloading", "Downloaded", "Scheduled", "Installing", "Installed"]
-    assert cab.current() == "2.0"
-
-
 def test_downgrade_same_version_and_a_second_update_are_refused(
     cab: Cabinet, signer: Signer, server: FileServer
 ) -> None:
@@ -247,43 +218,71 @@ def test_a_daemon_restart_mid_download_resumes_with_range(cab: Cabinet, signer: 
     )
     (cab.state_dir / "cabinet-edge-2.0.tar.gz.part").write_bytes(body[:10_000])
     seen = len(server.requests)
-    d = Daemon(cab)
-    d.manager.resume()
-    assert d.final().state == states.INSTALLED
+    handed = handed_over(cab)
+    handed.resume()
+    wait_handed_over(cab)
+    handed.close()
     assert server.requests[seen:] == [("good-2.0", "bytes=10000-")]
+    assert signing.file_sha256(cab.state_dir / "cabinet-edge-2.0.tar.gz") == cmd["sha256"]
+    assert handed.status.history == ["Downloading", "Downloaded"]
 
 
-CRASH_POINTS = ["begin", "unpacked", "installed", "restarted", "health"]
+def wait_handed_over(cab: Cabinet) -> None:
+    request = cab.state_dir / states.REQUEST_FILE
+    wait_until(request.exists, 60, "the hand-over to the installer")
 
 
-@pytest.mark.parametrize("step", CRASH_POINTS)
+def handed_over(cab: Cabinet) -> UpdateManager:
+    """A daemon side that stops at the hand-over: the request file is written, no installer runs."""
+    return UpdateManager(installer.remote_config(cab.config), cab.state_dir, BASE, poll_s=0.02)
+
+
+def kill_at_each(cab: Cabinet, steps: list[str]) -> list[str]:
+    """The installer (its own process, as the path unit starts it) SIGKILLed at each of ``steps`` in turn,
+    each time started again as the path unit would after a power cut; what ``current`` named after each."""
+    after = []
+    for step in steps:
+        done = cab.run_installer(**{installer.CRASH_AT: step})
+        assert done.returncode == -9, f"{step}: {done.returncode} {done.stderr[-500:]}"
+        after.append(cab.runnable())
+        assert (cab.state_dir / states.REQUEST_FILE).exists(), f"{step}: the path unit starts the installer again"
+    return after
+
+
 def test_kill_9_at_each_installer_step_leaves_a_runnable_release_and_the_update_finishes(
-    cab: Cabinet, signer: Signer, server: FileServer, step: str
+    cab: Cabinet, signer: Signer, server: FileServer
 ) -> None:
-    d = Daemon(cab, **{installer.CRASH_AT: step})
+    d = Daemon(cab)  # its trigger starts the installer: the first run is killed at "begin"
+    d.manager.trigger = lambda _req: None
     update(d, signer, server, "good-2.0", "2.0")
-    wait_until(lambda: d.installs, 120, "the installer to die")
-    assert d.installs[0].returncode == -9, d.installs[0].stderr
-    assert cab.runnable() in (BASE, "2.0")
-    assert (cab.state_dir / states.REQUEST_FILE).exists(), "the path unit starts the installer again"
-    again = cab.run_installer()  # cabinet-edge-update.path, at the next boot or at once
+    wait_handed_over(cab)
+    after = kill_at_each(cab, ["begin", "unpacked", "installed", "restarted", "health"])
+    assert after == [BASE, BASE, "2.0", "2.0", "2.0"], "current switches once, after the release is built"
+    again = cab.run_installer()
     assert again.returncode == 0, again.stderr
-    assert cab.status().state == states.INSTALLED and cab.runnable() == "2.0"
-    d.manager.close()
+    final = d.final()
+    assert final.state == states.INSTALLED and cab.runnable() == "2.0", final
+    assert final.history[-2:] == ["Installing", "Installed"]
+    assert (cab.root / "opt/cabinet-edge/releases" / BASE / ".cabinet-edge-release").exists(), "old release kept"
+    assert sorted(p.name for p in cab.state_dir.iterdir()) == ["status.json"], "request, bundle and package gone"
+    assert list((cab.root / "var/lib/cabinet-edge-installer").iterdir()) == [], "private copies gone"
 
 
-@pytest.mark.parametrize("step", ["restarted", "verification_failed"])
-def test_kill_9_while_a_bad_release_fails_still_ends_rolled_back(
-    cab: Cabinet, signer: Signer, server: FileServer, step: str
+def test_a_release_failing_its_health_window_rolls_back_also_when_killed_on_the_way(
+    cab: Cabinet, signer: Signer, server: FileServer
 ) -> None:
-    d = Daemon(cab, **{installer.CRASH_AT: step})
+    d = Daemon(cab)
+    d.manager.trigger = lambda _req: None
     update(d, signer, server, "faulty-2.2", "2.2")
-    wait_until(lambda: d.installs, 120, "the installer to die")
-    assert d.installs[0].returncode == -9
-    assert cab.runnable() in (BASE, "2.2")
+    wait_handed_over(cab)
+    assert kill_at_each(cab, ["restarted", "verification_failed"]) == ["2.2", "2.2"]
     assert cab.run_installer().returncode == 1
-    assert cab.status().state == states.ROLLED_BACK and cab.runnable() == BASE
-    d.manager.close()
+    final = d.final()
+    assert final.state == states.ROLLED_BACK, final
+    assert final.history[-3:] == ["Installing", "InstallVerificationFailed", "RolledBack"]
+    assert "new fault(s) with 2.2: cable_over_temperature" in final.reason and f"{BASE} runs again" in final.reason
+    assert "old_fault" not in final.reason, "a fault the old release had is not the new one's"
+    assert cab.current() == BASE and cab.runnable() == BASE
 
 
 # ---- config-apply: the same hand-over, health window and return to the previous config ------------------
@@ -395,7 +394,91 @@ def test_a_daemon_restart_after_the_download_does_not_download_again(
     states.save_status(cab.state_dir, downloaded)
     (cab.state_dir / "cabinet-edge-2.0.tar.gz").write_bytes(body)
     seen = len(server.requests)
-    d = Daemon(cab)
-    d.manager.resume()
-    assert d.final().state == states.INSTALLED
+    handed = handed_over(cab)
+    handed.resume()
+    wait_handed_over(cab)
+    handed.close()
     assert len(server.requests) == seen
+
+
+# ---- end to end: cmd/update over a real mosquitto to the real daemon (edge run --sim) --------------------
+def two_connector_config(tmp: Path, port: int, signer: Signer, cab: Cabinet) -> str:
+    """edge/sim/sim.toml (two cars charging from the start, request = "sim") with the uplink on ``port`` and
+    remote updates signed by ``signer`` downloaded into ``cab``'s state directory."""
+    ours = (
+        f'\n[telemetry.mqtt]\nhost = "127.0.0.1"\nport = {port}\nreconnect_min_s = 0.1\nreconnect_max_s = 1.0\n'
+        f"\n[limits]\n{FAST_LIMITS}\n"
+        f'\n[remote]\ncommands = ["update"]\ntrusted_keys = ["{signer.public_b64}"]\n'
+        f'state_dir = "{cab.state_dir}"\nhealth_window_s = 1\nstart_timeout_s = 3\n'
+    )
+    redefined = {ln.strip() for ln in ours.splitlines() if ln.strip().startswith("[")}
+    text = _drop_tables((REPO / "edge" / "sim" / "sim.toml").read_text(), redefined)
+    text = text.replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp}/edge.sock"')
+    text = text.replace('data_dir = ".edge-sim"', f'data_dir = "{tmp}/data"')
+    return re.sub(r'backend = "systemd"[^\n]*', 'backend = "sim"', text) + ours
+
+
+def test_update_over_mqtt_waits_for_the_session_then_installs_and_reports_installed(
+    cab: Cabinet, signer: Signer, server: FileServer, tmp_path: Path, mqtt_broker: Broker
+) -> None:
+    """The daemon's two simulated cars charge; cmd/update is answered at once and waits (Scheduled) until
+    both are unplugged and every connector is idle; then the real installer (standing in for the path unit)
+    installs the release into the --prefix root and the daemon reports Installed on the retained topic."""
+    cfg = tmp_path / "daemon.toml"
+    cfg.write_text(two_connector_config(tmp_path, mqtt_broker.port, signer, cab))
+    installs: list[subprocess.CompletedProcess[str]] = []
+    stop = threading.Event()
+
+    def path_unit() -> None:  # cabinet-edge-update.path: the installer when request.json appears
+        while not stop.wait(0.05):
+            if (cab.state_dir / states.REQUEST_FILE).exists():
+                installs.append(cab.run_installer())
+                return
+
+    unit = threading.Thread(target=path_unit, daemon=True)
+    unit.start()
+    daemon = DaemonProcess(cfg, str(tmp_path / "edge.sock"))
+    backend = Consumer(mqtt_broker.port, client_id="backend")
+    try:
+        daemon.wait_ready()
+        wait_for(lambda: any(b"online" in m.payload for m in backend.on("status")), 15, what="daemon online")
+
+        def charging() -> bool:
+            return any(c["phase"] in ("CableCheck", "PreCharge", "Charging") for c in daemon.status()["connectors"])
+
+        wait_for(charging, 20, what=f"a simulated session\n{daemon.log()}")
+        body = server.files["good-2.0"].body
+        cmd = {"id": "up-1", **signer.command("2.0", body, server.url("good-2.0"))}
+        backend.client.publish(f"{BASE_TOPIC}/cmd/update", json.dumps(cmd), qos=1)
+        answer = wait_for(lambda: [m.body for m in backend.on("cmd-result") if m.body["id"] == "up-1"], 5)[-1]
+        assert answer["result"] == "accepted", answer
+
+        def update_topic() -> list[Any]:  # not cmd/update, which ends the same
+            return [m for m in backend.on("update") if m.topic == f"{BASE_TOPIC}/update"]
+
+        def update_states() -> list[str]:
+            return [m.body["state"] for m in update_topic()]
+
+        wait_for(lambda: "Scheduled" in update_states(), 30, what=f"Scheduled\n{daemon.log()}")
+        scheduled = [m.body for m in update_topic() if m.body["state"] == "Scheduled"][-1]
+        assert scheduled["reason"] == "waiting until no connector is in a session" and scheduled["id"] == "up-1"
+        assert cab.current() == BASE and installs == [], "nothing installed while a car charges"
+        sim = os.path.join(str(tmp_path), "sim-control.sock")
+        for connector in ("1", "2"):
+            unplugged = api_request(sim, {"knob": "plug", "connector": connector, "value": False})
+            assert unplugged["ok"], unplugged
+        wait_for(lambda: "Installed" in update_states(), 90, what=f"Installed\n{daemon.log()}")
+        installed = [m for m in update_topic() if m.body["state"] == "Installed"][-1]
+        assert installed.retain or installed.body["version"] == "2.0"
+        assert installed.body["history"] == ["Downloading", "Downloaded", "Scheduled", "Installing", "Installed"]
+        assert cab.current() == "2.0" and cab.runnable() == "2.0"
+        assert installs[0].returncode == 0, installs[0].stderr
+        events = backend.records("events")
+        assert {e["name"] for e in events if e["kind"] == "update"} >= {"Scheduled", "Installed"}, events[-5:]
+        assert any(e["kind"] == "command" and e.get("id") == "up-1" and e["ok"] for e in events)
+        assert not backend.errors, backend.errors[:3]
+    finally:
+        stop.set()
+        daemon.stop()
+        backend.close()
+        unit.join(120)

@@ -66,7 +66,7 @@ class Options:
     restart_cmd: str = RESTART  # restarts the daemon with the release `current` points at
     health_cmd: str = ""  # prints the daemon's status as JSON; "" = ask the control socket
     socket: str = DEFAULT_SOCKET
-    install_args: tuple[str, ...] = ()  # extra install.sh arguments (--pip-arg=..., --python ...)
+    install_args: tuple[str, ...] = ()  # extra install.sh arguments, install and rollback (--pip-arg=..., --settle)
     probe_every_s: float = PROBE_EVERY_S
     work_dir: Path | None = None  # root-only copies; None = <prefix>/var/lib/cabinet-edge-installer
     clock: Callable[[], float] = time.monotonic
@@ -354,7 +354,7 @@ class Installer:
             return self.finish(status.to(states.ROLLED_BACK, f"{failed}; the previous config is back"[:300]))
         if not status.from_version:
             return self.finish(status.to(states.INSTALLATION_FAILED, f"{failed}; no previous release to go back to"))
-        done = self.install_sh(status.version, "--rollback", "--to", status.from_version)
+        done = self.install_sh(status.version, "--rollback", "--to", status.from_version, *self.opts.install_args)
         if done.returncode != 0:
             why = _last_error(done) or f"exit status {done.returncode}"
             return self.finish(

@@ -2,17 +2,18 @@
 argument for the command channel (``commands.handle(..., remote=...)`` in edge/telemetry/uplink.py).
 
     remote = build_remote(config, config_path, edge.__version__,
-                          sessions_active=lambda: any connector in a session,   # thread-safe read
-                          active_faults=lambda: list(controller.decision["faults"]),
+                          sessions_active=lambda: sessions_active_in(controller.decision),
+                          active_faults=lambda: active_faults_in(controller.decision),
                           publish=lambda leaf, payload, retain: session.publish(
                               f"{topics.base}/{leaf}", payload, retain=retain),
-                          on_event=lambda kind, name, data: loop.call_soon_threadsafe(events.emit, kind, name, data),
+                          on_event=lambda kind, name, data: uplink.to_loop(events.emit, kind, name, data),
                           diag_files=lambda: {**basic_files(config_path), "status.json": to_json(status_copy)})
-    remote.update.resume()     # at start: publish the retained update status, carry on an unfinished update
+    uplink.remote = remote     # commands.handle(..., remote=uplink.remote) in the uplink
     uplink.on_connected.append(remote.update.republish)   # the retained status again after each connect
-    commands.handle(name, payload, ops, now_ms, guard=guard, received=received, remote=remote)   # uplink.py
-    ...
-    remote.update.close()      # at shutdown (a download resumes after the restart)
+    remote.update.resume()     # Cabinet.start: the retained update status, carry on an unfinished update
+    remote.update.close()      # Cabinet.close (a download resumes after the restart)
+
+edge/build.py does exactly this when ``telemetry.mqtt`` is enabled (the remote commands arrive over MQTT).
 
 ``diag_files`` runs in the diag worker thread: give it copies taken on the loop (the last status, the
 recent events), not live objects.
@@ -37,6 +38,34 @@ DIAG_MAX_BYTES = 16 * 1024 * 1024  # a bundle is text and a journal excerpt: far
 EventSink = Callable[[str, str, dict[str, Any]], None]
 
 
+IDLE_PHASES = ("Other", "Off")  # a connector's phase with no vehicle session (edge/charging/demand.py)
+
+
+def sessions_active_in(decision: dict[str, Any] | None) -> bool:
+    """True while any connector of the controller's last decision is in a session: asked to export, in a
+    phase of one (a cable check's discharge is Off but still CableCheck), in the off-current wait, or with
+    its contactor closed. Reads one dict the control loop replaces whole: safe from the update worker."""
+    for cd in ((decision or {}).get("connectors") or {}).values():
+        if cd.get("mode", "Off") != "Off" or cd.get("phase", "Other") not in IDLE_PHASES:
+            return True
+        if cd.get("ending") or cd.get("contactor"):
+            return True
+    return False
+
+
+def active_faults_in(decision: dict[str, Any] | None) -> list[str]:
+    """The faults of the controller's last decision (the health window's baseline)."""
+    return list((decision or {}).get("faults") or ())
+
+
+def event_data(status: UpdateStatus) -> dict[str, Any]:
+    """An update event's fields: the status as on the topic, its ``kind`` (release or config) as ``target``
+    (an event's own ``kind`` is ``update``)."""
+    data = status.as_dict()
+    data["target"] = data.pop("kind")
+    return data
+
+
 def state_dir_of(config: Config) -> Path:
     return Path(config.remote.state_dir or str(Path(config.storage.data_dir) / "update"))
 
@@ -58,7 +87,7 @@ def build_remote(
     def report(status: UpdateStatus, new_state: bool) -> None:
         publish(UPDATE_TOPIC, update_message(status), True)
         if new_state:
-            on_event("update", status.state, status.as_dict())
+            on_event("update", status.state, event_data(status))
 
     manager = UpdateManager(
         config.remote,
