@@ -10,7 +10,6 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -232,6 +231,7 @@ class Cabinet:
 
     def write_config(self, trusted: list[str]) -> None:
         self.config.parent.mkdir(parents=True, exist_ok=True)
+        self.config.unlink(missing_ok=True)  # a clone's config is a hard link to the base cabinet's
         self.config.write_text(
             SITE_CONFIG + "[remote]\n"
             f'commands = ["update", "log-level", "config-get"]\ntrusted_keys = {json.dumps(trusted)}\n'
@@ -269,7 +269,9 @@ class Cabinet:
         self.state_dir.mkdir(parents=True, exist_ok=True)
 
     def clone(self, root: Path) -> Cabinet:
-        shutil.copytree(self.root, root, symlinks=True)
+        # hard links: nothing here changes a file in place (install.sh, the installer and write_atomic
+        # replace files by rename; write_config unlinks first), and a copy of the venv took seconds
+        subprocess.run(["cp", "-al", str(self.root), str(root)], check=True)
         other = Cabinet(root, self.health_window_s, self.start_timeout_s)
         return other
 

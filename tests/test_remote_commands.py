@@ -262,3 +262,29 @@ def test_the_audit_event_keeps_no_pre_signed_url_signature(tmp_path: Path) -> No
     ch.remote.diag.wait(30)  # type: ignore[union-attr]
     audit = [d for k, n, d in ch.events if k == "command"][-1]
     assert "s3cr3t" not in json.dumps(audit) and audit["args"]["url"].endswith("?<redacted>")
+
+
+# ---- what the daemon tells the update manager ---------------------------------------------------------
+def _decision(**connectors: dict[str, Any]) -> dict[str, Any]:
+    idle = {"mode": "Off", "phase": "Other", "ending": False, "contactor": False}
+    return {"faults": ["door_open"], "connectors": {n: {**idle, **cd} for n, cd in connectors.items()}}
+
+
+@pytest.mark.parametrize(
+    ("connector", "active"),
+    [
+        ({}, False),
+        ({"mode": "Export", "phase": "Charging"}, True),
+        ({"mode": "Off", "phase": "CableCheck"}, True),  # the discharge after a cable check: mid-session
+        ({"ending": True}, True),  # the off-current wait before the contactor opens
+        ({"contactor": True}, True),
+        ({"phase": "Off"}, False),
+    ],
+    ids=["idle", "charging", "cable-check-discharge", "ending", "contactor-closed", "off"],
+)
+def test_a_session_is_any_connector_not_idle(connector: dict[str, Any], active: bool) -> None:
+    from edge.remote.service import active_faults_in, sessions_active_in
+
+    assert sessions_active_in(_decision(**{"1": {}, "2": connector})) is active
+    assert sessions_active_in(None) is False, "before the first evaluation: nothing charges"
+    assert active_faults_in(_decision(**{"1": connector})) == ["door_open"] and active_faults_in(None) == []

@@ -237,6 +237,9 @@ def handed_over(cab: Cabinet) -> UpdateManager:
     return UpdateManager(installer.remote_config(cab.config), cab.state_dir, BASE, poll_s=0.02)
 
 
+KILL_STEPS = ["begin", "unpacked", "installed", "restarted", "health"]  # edge.remote.installer's crash points
+
+
 def kill_at_each(cab: Cabinet, steps: list[str]) -> list[str]:
     """The installer (its own process, as the path unit starts it) SIGKILLed at each of ``steps`` in turn,
     each time started again as the path unit would after a power cut; what ``current`` named after each."""
@@ -247,25 +250,6 @@ def kill_at_each(cab: Cabinet, steps: list[str]) -> list[str]:
         after.append(cab.runnable())
         assert (cab.state_dir / states.REQUEST_FILE).exists(), f"{step}: the path unit starts the installer again"
     return after
-
-
-def test_kill_9_at_each_installer_step_leaves_a_runnable_release_and_the_update_finishes(
-    cab: Cabinet, signer: Signer, server: FileServer
-) -> None:
-    d = Daemon(cab)  # its trigger starts the installer: the first run is killed at "begin"
-    d.manager.trigger = lambda _req: None
-    update(d, signer, server, "good-2.0", "2.0")
-    wait_handed_over(cab)
-    after = kill_at_each(cab, ["begin", "unpacked", "installed", "restarted", "health"])
-    assert after == [BASE, BASE, "2.0", "2.0", "2.0"], "current switches once, after the release is built"
-    again = cab.run_installer()
-    assert again.returncode == 0, again.stderr
-    final = d.final()
-    assert final.state == states.INSTALLED and cab.runnable() == "2.0", final
-    assert final.history[-2:] == ["Installing", "Installed"]
-    assert (cab.root / "opt/cabinet-edge/releases" / BASE / ".cabinet-edge-release").exists(), "old release kept"
-    assert sorted(p.name for p in cab.state_dir.iterdir()) == ["status.json"], "request, bundle and package gone"
-    assert list((cab.root / "var/lib/cabinet-edge-installer").iterdir()) == [], "private copies gone"
 
 
 def test_a_release_failing_its_health_window_rolls_back_also_when_killed_on_the_way(
@@ -418,20 +402,27 @@ def two_connector_config(tmp: Path, port: int, signer: Signer, cab: Cabinet) -> 
     return re.sub(r'backend = "systemd"[^\n]*', 'backend = "sim"', text) + ours
 
 
-def test_update_over_mqtt_waits_for_the_session_then_installs_and_reports_installed(
+def test_update_over_mqtt_waits_for_the_session_then_installs_through_kill_9_at_each_step(
     cab: Cabinet, signer: Signer, server: FileServer, tmp_path: Path, mqtt_broker: Broker
 ) -> None:
     """The daemon's two simulated cars charge; cmd/update is answered at once and waits (Scheduled) until
     both are unplugged and every connector is idle; then the real installer (standing in for the path unit)
-    installs the release into the --prefix root and the daemon reports Installed on the retained topic."""
+    installs the release into the --prefix root, killed with SIGKILL at each of its steps and started again
+    each time, and the daemon reports Installed on the retained topic."""
     cfg = tmp_path / "daemon.toml"
     cfg.write_text(two_connector_config(tmp_path, mqtt_broker.port, signer, cab))
     installs: list[subprocess.CompletedProcess[str]] = []
+    after_kill: list[str] = []  # the release `current` named after each kill -9
     stop = threading.Event()
 
-    def path_unit() -> None:  # cabinet-edge-update.path: the installer when request.json appears
+    def path_unit() -> None:
+        """cabinet-edge-update.path: the installer when request.json appears, and again after each
+        kill -9 (a power cut at that step); the last run is not killed."""
         while not stop.wait(0.05):
             if (cab.state_dir / states.REQUEST_FILE).exists():
+                for step in KILL_STEPS:
+                    installs.append(cab.run_installer(**{installer.CRASH_AT: step}))
+                    after_kill.append(cab.runnable())
                 installs.append(cab.run_installer())
                 return
 
@@ -471,8 +462,12 @@ def test_update_over_mqtt_waits_for_the_session_then_installs_and_reports_instal
         installed = [m for m in update_topic() if m.body["state"] == "Installed"][-1]
         assert installed.retain or installed.body["version"] == "2.0"
         assert installed.body["history"] == ["Downloading", "Downloaded", "Scheduled", "Installing", "Installed"]
+        assert [i.returncode for i in installs] == [-9] * len(KILL_STEPS) + [0], installs[-1].stderr
+        assert after_kill == [BASE, BASE, "2.0", "2.0", "2.0"], "current switches once, after the release is built"
         assert cab.current() == "2.0" and cab.runnable() == "2.0"
-        assert installs[0].returncode == 0, installs[0].stderr
+        assert (cab.root / "opt/cabinet-edge/releases" / BASE / ".cabinet-edge-release").exists(), "old release kept"
+        assert sorted(p.name for p in cab.state_dir.iterdir()) == ["status.json"], "request, bundle and package gone"
+        assert list((cab.root / "var/lib/cabinet-edge-installer").iterdir()) == [], "private copies gone"
         events = backend.records("events")
         assert {e["name"] for e in events if e["kind"] == "update"} >= {"Scheduled", "Installed"}, events[-5:]
         assert any(e["kind"] == "command" and e.get("id") == "up-1" and e["ok"] for e in events)
