@@ -38,6 +38,7 @@ from tests.remote_support import Cabinet, FileServer, Served, Signer, build_bund
 
 BASE = "1.0"
 RSS_GOAL_MB = 5.0
+INSTALL_SH_SETTLE_S = 10  # deploy/install.sh's default --settle
 ROLLBACK_MARGIN_S = 30.0
 DOWNLOAD_MB = 50
 
@@ -140,6 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             base = Cabinet(work / "base" / "root", a.health_window_s, a.start_timeout_s)
             base.install_base(BASE, work / "base")
+            base.settle_s = INSTALL_SH_SETTLE_S  # the rollback waits as on a cabinet
             good = base.clone(work / "good" / "root")
             good.write_config([signer.public_b64])
             restart_time_hook(good)

@@ -223,6 +223,9 @@ class Cabinet:
         self.probe.write_text(HEALTH_PROBE)
         self.edge_check = fake_edge(self.tools)
         self.restart_cmd = "true"
+        # install.sh --settle for the installer's rollback: the tests need none (our health window decides),
+        # bench/update.py keeps install.sh's default so its time to RolledBack is a cabinet's
+        self.settle_s = 0
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CABINET_EDGE_")}
@@ -273,6 +276,7 @@ class Cabinet:
         # replace files by rename; write_config unlinks first), and a copy of the venv took seconds
         subprocess.run(["cp", "-al", str(self.root), str(root)], check=True)
         other = Cabinet(root, self.health_window_s, self.start_timeout_s)
+        other.settle_s = self.settle_s
         return other
 
     def installer_cmd(self) -> list[str]:
@@ -296,7 +300,7 @@ class Cabinet:
             f"--install-arg=--python={PYTHON}",
             "--install-arg=--pip-arg=--no-deps",
             "--install-arg=--pip-arg=--no-index",
-            "--install-arg=--settle=0",  # our health window decides; install.sh's own settle only waits
+            f"--install-arg=--settle={self.settle_s}",
         ]
 
     def run_installer(self, **env: str) -> subprocess.CompletedProcess[str]:
