@@ -286,6 +286,7 @@ def test_over_mqtt_a_flood_is_rate_limited_per_command_answered_and_counted_not_
     try:
         d.wait_ready()
         wait_for(lambda: d.status()["telemetry"]["uplink"]["connected"], 10, what="uplink connected")
+        be.wait_listening()
         n = len(be.on("cmd-result"))
         for i in range(flood):  # above the hardware limit: rejected by the operation when it is done
             be.send("set-current-limit", {"id": f"fl-{i}", "amps": 500, "duration_s": 60})

@@ -72,12 +72,17 @@ class Backend(Consumer):
         self.client.publish(f"{BASE}/cmd/{name}", raw, qos=1)
         return t0
 
-    def wait_listening(self) -> None:
+    def onlines(self) -> int:
+        """How many "online" status messages arrived so far (one per daemon start, plus the retained one)."""
+        return sum(b"online" in m.payload for m in self.on("status"))
+
+    def wait_listening(self, after: int = 0) -> None:
         """Until the daemon's command subscription is in place: it publishes its retained "online" status
         right after subscribing, and the broker handles one client's packets in order. "Connected" in the
         daemon's status is earlier (the CONNACK): a command sent then can reach the broker before the
-        subscription and is dropped (seen once in a loaded CI run)."""
-        wait_for(lambda: any(b"online" in m.payload for m in self.on("status")), 10, what="daemon online")
+        subscription and is dropped (seen once in a loaded CI run). ``after``: :meth:`onlines` before a
+        restart, so the restarted daemon's own "online" is awaited."""
+        wait_for(lambda: self.onlines() > after, 10, what="daemon online")
 
     def result(self, cmd_id: str | None, after: int = 0) -> dict:
         return wait_for(

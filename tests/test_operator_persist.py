@@ -239,6 +239,7 @@ def test_daemon_killed_keeps_the_local_stop_and_the_cloud_limit_after_a_restart(
     try:
         d.wait_ready()
         wait_for(lambda: d.status()["telemetry"]["uplink"]["connected"], 10, what="uplink connected")
+        be.wait_listening()
         _op(d, "stop", {"reason": "working on the cable"})
         n = len(be.on("cmd-result"))
         be.send("set-current-limit", {"id": "dr-p1", "amps": 32, "duration_s": 600})
@@ -248,6 +249,7 @@ def test_daemon_killed_keeps_the_local_stop_and_the_cloud_limit_after_a_restart(
         assert before["stopped_by"] == local and local.startswith("cli:")
         d.stop(signal.SIGKILL)
         t_kill = time.monotonic()
+        onlines = be.onlines()
 
         d = DaemonProcess(cfg, str(tmp_path / "edge.sock"))
         d.wait_ready()
@@ -263,6 +265,7 @@ def test_daemon_killed_keeps_the_local_stop_and_the_cloud_limit_after_a_restart(
 
         # still the technician's stop: a cloud resume is refused and names the local holder
         wait_for(lambda: d.status()["telemetry"]["uplink"]["connected"], 10, what="uplink connected again")
+        be.wait_listening(after=onlines)
         n = len(be.on("cmd-result"))
         be.send("resume", {"id": "dr-p2"})
         res = be.result("dr-p2", n)

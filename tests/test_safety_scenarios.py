@@ -188,7 +188,9 @@ def test_rising_grid_load_lowers_the_charger_current_so_the_site_fuse_holds(tmp_
         await _charging(daemon, cab, 170.0)
         with cab.lock:
             cab.physics.grid_base_a = 80.0  # the site's own load jumps: over the fuse until we react
-        t0 = await until(lambda: max(cab.physics.grid_a) > fuse_a, timeout=2, what="grid over the fuse")
+        t0 = time.monotonic()
+        # the core saw the jump (on a loaded machine the test may never sample the short excursion itself)
+        await until(lambda: _decision(daemon)["rule"] == "grid", timeout=2, what="the site fuse limits")
         await until(lambda: max(cab.physics.grid_a) <= fuse_a - margin_a + 0.5, timeout=5, what="fuse respected")
         seen["settle_s"] = time.monotonic() - t0
         # and it stays so while charging goes on: on a loaded machine the meter and module samples can

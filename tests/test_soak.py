@@ -1,7 +1,9 @@
-"""The 2-minute soak: the whole cabinet under a fault campaign (bench/soak.py), as part of `make test`.
+"""One round of the soak: the whole cabinet under every fault of the campaign (bench/soak.py), in `make test`.
 
 Fails on any lost record, any fault not detected or not cleared, a schema violation, or memory growth
-beyond a bound scaled to the run's length. The 1-hour run and its figures: docs/BENCHMARKS.md.
+beyond a bound scaled to the run's length. A round runs every fault once (about a minute, whatever the
+duration asks: the campaign never ends before each fault ran); the 2-minute and 1-hour runs are
+`python -m bench.soak` (make bench), their figures in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ import pytest
 
 from bench.soak import duration_s, problems, run_soak, table
 
-DURATION_S = 120.0
+DURATION_S = 30.0
 
 
 @pytest.mark.timeout(900)
-def test_two_minute_soak_loses_nothing_and_detects_and_clears_every_fault(tmp_path):
+def test_one_soak_round_loses_nothing_and_detects_and_clears_every_fault(tmp_path):
     if not (shutil.which("mosquitto") or os.path.exists("/usr/sbin/mosquitto")):
         pytest.skip("mosquitto is not installed (make test installs it when run as root)")
     summary = run_soak(tmp_path / "soak", DURATION_S, log=lambda m: None)

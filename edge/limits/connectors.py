@@ -388,7 +388,16 @@ def _session_flag(sess: dict, req: dict, ctx: core._Ctx, scfg: dict, t: float) -
 def _capability(c: core._Ctx, snap: dict, cfg: dict, volts_max: float) -> list:
     """``[max_current_a, max_power_w]``: what the connector could give now, whatever is requested."""
     blocked = c.tripped or c.stop or c.sensor_fault or c.external_stop
-    amps = 0.0 if blocked else cfg["max_output_current_a"]
+    amps = 0.0 if blocked else _capability_a(c, cfg["max_output_current_a"])
+    watts = amps * volts_max
+    hw_w = _num(snap.get("hw_max_w"))
+    if hw_w is not None and hw_w < watts:
+        watts = hw_w
+    return [amps, watts]
+
+
+def _capability_a(c: core._Ctx, amps: float) -> float:
+    """The lowest limit of the connector's own rules (not the request's), at most ``amps``."""
     # with the pump off (no session yet) the flow is 0 and derates to 0 A: not what a session would get,
     # since the session starts the pump (its flow trip still guards the session)
     pumping = c.state["pump_since"] is not None
@@ -397,11 +406,7 @@ def _capability(c: core._Ctx, snap: dict, cfg: dict, volts_max: float) -> list:
             continue
         if item[0] < amps:
             amps = max(0.0, item[0])
-    watts = amps * volts_max
-    hw_w = _num(snap.get("hw_max_w"))
-    if hw_w is not None and hw_w < watts:
-        watts = hw_w
-    return [amps, watts]
+    return amps
 
 
 def _requested_v(req: dict) -> float | None:
