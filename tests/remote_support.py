@@ -274,6 +274,7 @@ class Cabinet:
     def clone(self, root: Path) -> Cabinet:
         # hard links: nothing here changes a file in place (install.sh, the installer and write_atomic
         # replace files by rename; write_config unlinks first), and a copy of the venv took seconds
+        root.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(["cp", "-al", str(self.root), str(root)], check=True)
         other = Cabinet(root, self.health_window_s, self.start_timeout_s)
         other.settle_s = self.settle_s
