@@ -29,6 +29,7 @@ from edge.faults import ExternalFaults
 from edge.meter_link import MeterLink
 from edge.operator import OperatorFile
 from edge.ops import Operations
+from edge.remote.diag import basic_files, daemon_files
 from edge.remote.service import active_faults_in, build_remote, sessions_active_in
 from edge.state import CabinetState, InputMap
 from edge.telemetry.formats import compactor_for
@@ -184,6 +185,7 @@ def _wire_remote(cabinet: Cabinet, uplink: Uplink, config_path: str | None) -> N
         active_faults=lambda: active_faults_in(ctl.decision),
         publish=publish,
         on_event=lambda kind, name, data: uplink.to_loop(cabinet.events.emit, kind, name, data),
+        diag_files=lambda: {**basic_files(config_path), **daemon_files(cabinet.config.api.socket)},
     )
     uplink.remote = cabinet.remote
     if cabinet.remote.update is not None:

@@ -7,10 +7,12 @@ runnable release, and the next start finishes the update."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
 import subprocess
+import tarfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -385,6 +387,23 @@ def test_a_daemon_restart_after_the_download_does_not_download_again(
     assert len(server.requests) == seen
 
 
+def check_diag_over_mqtt(backend: Consumer) -> None:
+    """cmd/diag without a URL: the bundle in chunks on diag/<id>/<n>, then the summary; the bundle holds
+    what `edge diag` takes from the daemon (its status with both connectors)."""
+    backend.client.publish(f"{BASE_TOPIC}/cmd/diag", json.dumps({"id": "dg-1"}), qos=1)
+    summary = wait_for(
+        lambda: [m.body for m in backend.on("diag") if m.topic == f"{BASE_TOPIC}/diag" and m.body["id"] == "dg-1"], 30
+    )[-1]
+    assert summary["result"] == "published", summary
+    chunks = {int(m.topic.rsplit("/", 1)[1]): m.payload for m in backend.messages if "/diag/dg-1/" in m.topic}
+    data = b"".join(chunks[n] for n in range(summary["chunks"]))
+    assert hashlib.sha256(data).hexdigest() == summary["sha256"]
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        files = {m.name.rsplit("/", 1)[-1]: tar.extractfile(m) for m in tar.getmembers() if m.isfile()}
+        status = json.loads(files["status.json"].read())  # type: ignore[union-attr]
+    assert [c["name"] for c in status["connectors"]] == ["1", "2"] and "config-file.toml.redacted" in files
+
+
 # ---- end to end: cmd/update over a real mosquitto to the real daemon (edge run --sim) --------------------
 def two_connector_config(tmp: Path, port: int, signer: Signer, cab: Cabinet) -> str:
     """edge/sim/sim.toml (two cars charging from the start, request = "sim") with the uplink on ``port`` and
@@ -392,7 +411,7 @@ def two_connector_config(tmp: Path, port: int, signer: Signer, cab: Cabinet) -> 
     ours = (
         f'\n[telemetry.mqtt]\nhost = "127.0.0.1"\nport = {port}\nreconnect_min_s = 0.1\nreconnect_max_s = 1.0\n'
         f"\n[limits]\n{FAST_LIMITS}\n"
-        f'\n[remote]\ncommands = ["update"]\ntrusted_keys = ["{signer.public_b64}"]\n'
+        f'\n[remote]\ncommands = ["update", "diag"]\ntrusted_keys = ["{signer.public_b64}"]\n'
         f'state_dir = "{cab.state_dir}"\nhealth_window_s = 1\nstart_timeout_s = 3\n'
     )
     redefined = {ln.strip() for ln in ours.splitlines() if ln.strip().startswith("[")}
@@ -468,10 +487,15 @@ def test_update_over_mqtt_waits_for_the_session_then_installs_through_kill_9_at_
         assert (cab.root / "opt/cabinet-edge/releases" / BASE / ".cabinet-edge-release").exists(), "old release kept"
         assert sorted(p.name for p in cab.state_dir.iterdir()) == ["status.json"], "request, bundle and package gone"
         assert list((cab.root / "var/lib/cabinet-edge-installer").iterdir()) == [], "private copies gone"
+
+        def update_events() -> set[str]:  # the events topic follows the telemetry interval
+            return {e["name"] for e in backend.records("events") if e["kind"] == "update"}
+
+        wait_for(lambda: update_events() >= {"Scheduled", "Installed"}, 10, what="update events")
         events = backend.records("events")
-        assert {e["name"] for e in events if e["kind"] == "update"} >= {"Scheduled", "Installed"}, events[-5:]
         assert any(e["kind"] == "command" and e.get("id") == "up-1" and e["ok"] for e in events)
         assert not backend.errors, backend.errors[:3]
+        check_diag_over_mqtt(backend)
     finally:
         stop.set()
         daemon.stop()

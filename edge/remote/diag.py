@@ -7,7 +7,8 @@ plain http only to loopback); without, it is published over MQTT in chunks on ``
 "reason"}``. The bundle is built and sent in a worker thread, bounded by ``max_bytes``, and never kept.
 
 What goes in is the integrator's ``collect()`` (name -> content); :func:`basic_files` is what is there
-without a daemon: the config file redacted, versions, the journal.
+without a daemon: the config file redacted, versions, the journal; :func:`daemon_files` adds what `edge
+diag` takes from the daemon (the daemon asks its own control socket).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edge import diag
+from edge.api.client import ApiError, Client, Unreachable
 from edge.remote import download
 from edge.remote.update import Refused
 
@@ -38,6 +40,16 @@ DIAG_TOPIC = "diag"
 Files = dict[str, str | bytes]
 Publish = Callable[[str, bytes, bool], None]
 EventSink = Callable[[str, str, dict[str, Any]], None]
+
+
+def daemon_files(socket_path: str, n_events: int = 500) -> Files:
+    """What `edge diag` takes from the daemon (redacted config, status, events, store), asked over the
+    daemon's own control socket: call it from a worker thread, the API answers on the event loop."""
+    try:
+        data = Client(socket_path, timeout_s=10.0).request("diag", {"limit": n_events})
+    except (Unreachable, ApiError, OSError, ValueError) as exc:
+        return {"daemon.error.txt": f"daemon not reachable at {socket_path}: {exc}\n"}
+    return {f"{name}.json": diag.to_json(data[name]) for name in ("config", "status", "events", "store", "daemon")}
 
 
 class DiagArgs(BaseModel):
