@@ -7,7 +7,7 @@ argument for the command channel (``commands.handle(..., remote=...)`` in edge/t
                           publish=lambda leaf, payload, retain: session.publish(
                               f"{topics.base}/{leaf}", payload, retain=retain),
                           on_event=lambda kind, name, data: uplink.to_loop(events.emit, kind, name, data),
-                          diag_files=lambda: {**basic_files(config_path), "status.json": to_json(status_copy)})
+                          diag_files=lambda: {**basic_files(config_path), **daemon_files(config.api.socket)})
     uplink.remote = remote     # commands.handle(..., remote=uplink.remote) in the uplink
     uplink.on_connected.append(remote.update.republish)   # the retained status again after each connect
     remote.update.resume()     # Cabinet.start: the retained update status, carry on an unfinished update
@@ -15,11 +15,12 @@ argument for the command channel (``commands.handle(..., remote=...)`` in edge/t
 
 edge/build.py does exactly this when ``telemetry.mqtt`` is enabled (the remote commands arrive over MQTT).
 
-``diag_files`` runs in the diag worker thread: give it copies taken on the loop (the last status, the
-recent events), not live objects.
+``diag_files`` runs in the diag worker thread: nothing that lives on the loop is read there directly
+(daemon_files asks the daemon's own control socket, whose answer is made on the loop).
 
 Every report of the update worker goes out retained on ``<prefix>/<site>/<cabinet>/update`` and, when it
-is a new state, as an ``update`` event (name = the state) on the events topic.
+is a new state, as an ``update`` event (name = the state, ``target`` = release or config) on the events
+topic.
 """
 
 from __future__ import annotations
