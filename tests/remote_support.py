@@ -191,7 +191,11 @@ marker = pathlib.Path(edge.__file__).parent / "HEALTH_FAULTS"
 faults = marker.read_text().split() if marker.exists() else []
 # a config can make the "daemon" report a fault too (config-apply's health window)
 faults += [l.split(":", 1)[1].strip() for l in open(sys.argv[1]) if l.startswith("# health-test-fault:")]
+# the test's connectors (a session in progress), as the daemon's status lists them
+sessions = pathlib.Path(sys.argv[0]).with_name("connectors.json")
+connectors = json.loads(sessions.read_text()) if sessions.exists() else []
 print(json.dumps({"version": version, "uptime_s": time.monotonic(), "faults": {f: "test" for f in faults},
+                  "connectors": connectors,
                   "modules": {"1": {"lost": False}}, "meters": {"grid": {"ok": True}},
                   "readings": {}, "telemetry": {"uplink": {"connected": True}}}))
 """

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from edge.remote import installer, signing, states
+from edge.remote import health, installer, signing, states
 from edge.remote.update import Refused, UpdateManager
 from tests.conftest import REPO, DaemonProcess, _drop_tables, api_request, wait_for
 from tests.mqtt_broker import Broker, Consumer
@@ -292,6 +292,28 @@ def test_a_valid_config_is_applied_and_kept_after_its_health_window(cab: Cabinet
     assert cab.config.read_text() == text
     assert (cab.root / "var/lib/cabinet-edge-installer/config.previous.toml").read_text() == old
     assert cab.current() == BASE, "the release is not touched"
+
+
+def test_a_session_that_began_during_the_install_ends_before_the_restart(cab: Cabinet, server: FileServer) -> None:
+    """The daemon handed over while idle; a car plugged in before the installer got to the restart."""
+    restarted = cab.tools / "restarted"
+    cab.restart_cmd = f"touch {restarted}"
+    charging = cab.tools / "connectors.json"  # what the (test) daemon's status says about its connectors
+    charging.write_text(json.dumps([{"name": "1", "phase": "Charging", "mode": "Export", "contactor": True}]))
+    d = Daemon(cab)
+    d.manager.request_config("c1", serve_config(cab, server, "cfg-busy", new_config(cab, "[control]\ntick_ms = 50")))
+    wait_until(lambda: "in a session (now: 1)" in cab.status().reason, 60, "the installer waiting for the session")
+    assert not restarted.exists() and cab.status().state == states.INSTALLING
+    charging.write_text(json.dumps([{"name": "1", "phase": "Other", "mode": "Off", "contactor": False}]))
+    final = d.final()
+    assert final.state == states.INSTALLED and restarted.exists(), final
+
+
+def test_connectors_in_session_from_the_daemons_status() -> None:
+    idle = {"name": "1", "phase": "Other", "mode": "Off", "contactor": False}
+    assert health.connectors_in_session(None) == [] and health.connectors_in_session({"connectors": [idle]}) == []
+    for busy in ({"phase": "Stopping"}, {"mode": "Export"}, {"contactor": True}, {"phase": "CableCheck"}):
+        assert health.connectors_in_session({"connectors": [idle, {**idle, "name": "2", **busy}]}) == ["2"], busy
 
 
 def test_a_config_that_fails_validation_is_refused_with_line_and_key_and_changes_nothing(

@@ -42,6 +42,19 @@ class Verdict:
     reason: str
 
 
+IDLE_PHASES = ("Other", "Off")  # a connector's phase with no vehicle session
+
+
+def connectors_in_session(status: dict[str, Any] | None) -> list[str]:
+    """The connectors of the daemon's ``status`` answer that are in a session (exporting, in a session's
+    phase or ``Stopping``, or with the contactor closed); [] when the daemon did not answer."""
+    busy = []
+    for c in (status or {}).get("connectors") or []:
+        if c.get("mode", "Off") != "Off" or c.get("phase", "Off") not in IDLE_PHASES or c.get("contactor"):
+            busy.append(str(c.get("name")))
+    return busy
+
+
 def sample_from_status(status: dict[str, Any] | None) -> HealthSample:
     """A sample from the daemon's ``status`` answer; None (no answer) is a daemon that is not up."""
     if status is None:

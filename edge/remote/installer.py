@@ -248,6 +248,7 @@ class Installer:
     def apply_config(self, status: UpdateStatus) -> UpdateStatus:
         replace_file(self.private(self.config_file(status.id)), self.opts.config)
         _crash_point("installed")
+        self.wait_for_idle(status)
         status = self.save(status.to(states.INSTALLING, "restarting with the new config", phase=states.PHASE_HEALTH))
         self.restart()
         _crash_point("restarted")
@@ -297,10 +298,23 @@ class Installer:
                 self.install_sh(status.version, "--rollback", "--to", status.from_version, "--no-start")
             return self.finish(status.to(states.INSTALLATION_FAILED, why[:300], phase=states.PHASE_NONE))
         _crash_point("installed")
+        self.wait_for_idle(status)
         status = self.save(status.to(states.INSTALLING, "restarting into the new release", phase=states.PHASE_HEALTH))
         self.restart()
         _crash_point("restarted")
         return status
+
+    def wait_for_idle(self, status: UpdateStatus) -> None:
+        """The daemon waited for idle connectors before the hand-over, but building a release takes minutes:
+        a car that plugged in meanwhile finishes its session before the restart. A daemon that does not
+        answer is restarted at once (it cannot be charging anyone)."""
+        reported = ""
+        while busy := health.connectors_in_session(self.probe()):
+            why = f"restart waits until no connector is in a session (now: {', '.join(busy)})"
+            if why != reported:
+                reported = why
+                self.save(status.to(states.INSTALLING, why))
+            self.opts.sleep(self.opts.probe_every_s)
 
     def restart(self) -> None:
         subprocess.run(shlex.split(self.opts.restart_cmd), capture_output=True, timeout=120, check=False)
