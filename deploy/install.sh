@@ -4,6 +4,7 @@
 #   sudo deploy/install.sh                       install or update from this source tree
 #   sudo deploy/install.sh --wheel FILE.whl      ... from a wheel
 #   sudo deploy/install.sh --rollback            go back to the previous release
+#   sudo deploy/install.sh --rollback --to VER   go back to release VER (the remote updater's rollback)
 #   sudo deploy/install.sh --uninstall [--purge] remove (config and data stay unless --purge)
 #
 # Every run is idempotent: running it twice changes nothing the second time. Each version lives in its
@@ -32,6 +33,9 @@ set -euo pipefail
 readonly APP=cabinet-edge
 readonly UNIT=cabinet-edge.service
 readonly CAN_UNIT=cabinet-edge-can0.service
+# Remote updates: the path unit starts the (root) installer when the daemon hands over a verified release.
+readonly UPDATE_PATH=cabinet-edge-update.path
+readonly UPDATE_UNIT=cabinet-edge-update.service
 readonly CAN_NETWORK=80-cabinet-edge-can0.network
 readonly UDEV_RULES=99-cabinet-edge-rs485.rules
 readonly SERVICE_USER=cabinet-edge
@@ -50,6 +54,7 @@ PURGE=0
 SOURCE=""
 WHEEL=""
 VERSION=""
+ROLLBACK_TO=""
 PYTHON=python3
 SKIP_VENV=0
 PIP_ARGS=()
@@ -84,6 +89,7 @@ Install or update:
   --no-apt            do not apt-get install missing packages (${APT_PACKAGES[*]})
 Other actions:
   --rollback          switch back to the previous release and restart
+  --to VER            with --rollback: switch to release VER (must be built) instead
   --uninstall         remove the software; keep config, data, user and groups
   --purge             with --uninstall: remove config, data, user and groups too
 General:
@@ -366,6 +372,12 @@ install_units() {
 	local changed=0
 	note "systemd units ($UNIT_DIR), CAN set-up: $CAN_MODE"
 	if install_file "$SCRIPT_DIR/../systemd/$UNIT" "$UNIT_DIR/$UNIT" 0644; then changed=1; fi
+	local u
+	for u in "$UPDATE_PATH" "$UPDATE_UNIT"; do
+		if [[ -f $SCRIPT_DIR/../systemd/$u ]] && install_file "$SCRIPT_DIR/../systemd/$u" "$UNIT_DIR/$u" 0644; then
+			changed=1
+		fi
+	done
 	case $CAN_MODE in
 	unit)
 		if install_file "$SCRIPT_DIR/../systemd/$CAN_UNIT" "$UNIT_DIR/$CAN_UNIT" 0644; then changed=1; fi
@@ -385,6 +397,13 @@ install_units() {
 	esac
 	if ((changed)); then host systemctl daemon-reload; fi
 	enable_unit "$UNIT"
+	if [[ -f $UNIT_DIR/$UPDATE_PATH ]]; then
+		enable_unit "$UPDATE_PATH"
+		# Watching from now on, not from the next boot (starting it never starts an update by itself).
+		if ((START)) && { ((changed)) || { [[ -z $PREFIX ]] && ! systemctl is-active --quiet "$UPDATE_PATH"; }; }; then
+			host systemctl start "$UPDATE_PATH"
+		fi
+	fi
 	if [[ $CAN_MODE == unit ]]; then enable_unit "$CAN_UNIT"; fi
 	if [[ $CAN_MODE == networkd ]] && ((changed)); then
 		host systemctl enable --now systemd-networkd.service
@@ -685,8 +704,9 @@ do_install() {
 
 do_rollback() {
 	local prev
-	prev=$(previous_release)
+	prev=${ROLLBACK_TO:-$(previous_release)}
 	if [[ -z $prev ]] || [[ ! -d $RELEASES/$prev ]]; then die "no previous release to roll back to"; fi
+	release_built "$prev" || die "release $prev is not complete; not switching to it"
 	note "rolling back from $(current_release) to $prev"
 	# Advisory only: a rollback is what the operator asked for, even when the old release would reject
 	# a config already edited for the new one (it then fails to start, and we say so).
@@ -701,11 +721,14 @@ do_uninstall() {
 	note "uninstalling $APP from ${PREFIX:-/}"
 	disable_unit "$UNIT"
 	disable_unit "$CAN_UNIT"
-	if remove_path "$UNIT_DIR/$UNIT" "$UNIT_DIR/$CAN_UNIT" "$NETWORK_DIR/$CAN_NETWORK"; then
+	disable_unit "$UPDATE_PATH"
+	if remove_path "$UNIT_DIR/$UNIT" "$UNIT_DIR/$CAN_UNIT" "$UNIT_DIR/$UPDATE_PATH" "$UNIT_DIR/$UPDATE_UNIT" \
+		"$NETWORK_DIR/$CAN_NETWORK"; then
 		host systemctl daemon-reload
 	fi
 	if remove_path "$UDEV_DIR/$UDEV_RULES"; then host udevadm control --reload; fi
-	remove_path "$BIN_LINK" "$OPT" || true
+	# The update installer's private copies (edge/remote/installer.py): transient, never config or data.
+	remove_path "$BIN_LINK" "$OPT" "$PREFIX/var/lib/$APP-installer" || true
 	if ((PURGE)); then
 		remove_path "$ETC" "$DATA" || true
 		remove_accounts
@@ -722,6 +745,8 @@ parse_args() {
 		--dry-run) DRY_RUN=1 ;;
 		--uninstall) ACTION=uninstall ;;
 		--rollback) ACTION=rollback ;;
+		--to) ROLLBACK_TO=${2:?--to needs a release}; shift ;;
+		--to=*) ROLLBACK_TO=${1#*=} ;;
 		--purge) PURGE=1 ;;
 		--source) SOURCE=${2:?--source needs a directory}; shift ;;
 		--source=*) SOURCE=${1#*=} ;;
@@ -755,6 +780,8 @@ parse_args() {
 		die "--ready-timeout, --settle and --keep take whole numbers" 64
 	((KEEP_RELEASES >= 2)) || KEEP_RELEASES=2
 	((PURGE == 0)) || [[ $ACTION == uninstall ]] || die "--purge goes with --uninstall" 64
+	[[ -z $ROLLBACK_TO ]] || [[ $ACTION == rollback ]] || die "--to goes with --rollback" 64
+	[[ -z $ROLLBACK_TO || $ROLLBACK_TO =~ ^[A-Za-z0-9._+-]+$ ]] || die "bad release name '$ROLLBACK_TO'" 64
 	((SKIP_VENV == 0)) || [[ -n $PREFIX ]] || die "--skip-venv is for tests and needs --prefix" 64
 	if [[ -n $PREFIX ]]; then
 		((DRY_RUN)) || mkdir -p "$PREFIX" || die "cannot create $PREFIX"

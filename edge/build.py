@@ -29,6 +29,8 @@ from edge.faults import ExternalFaults
 from edge.meter_link import MeterLink
 from edge.operator import OperatorFile
 from edge.ops import Operations
+from edge.remote.diag import basic_files, daemon_files
+from edge.remote.service import active_faults_in, build_remote, sessions_active_in
 from edge.state import CabinetState, InputMap
 from edge.telemetry.formats import compactor_for
 from edge.telemetry.recorder import Recorder
@@ -56,6 +58,7 @@ class Backends:
     # the simulator's built-in charging controller (request = "sim"): called every SIM_CHARGING_PERIOD_S with
     # the demand sink, the time and each connector's capabilities (edge/sim/hardware.py drive_charging)
     sim_charging: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any] | None = None
+    config_path: str | None = None  # the config file the daemon runs with (remote config-get / config-apply)
 
 
 def build(config: Config, backends: Backends | None = None) -> Cabinet:
@@ -149,6 +152,7 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
             telemetry=config.telemetry,
         )
         cabinet.uplink.on_connected.append(recorder.request_keyframe)
+        _wire_remote(cabinet, cabinet.uplink, b.config_path)
     bindings = {c.everest_module_id: c.name for c in connectors if c.request == "everest" and c.everest_module_id}
     if bindings:
         # imported only when a connector uses it: a cabinet without EVerest does not carry its code (RSS)
@@ -164,6 +168,28 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         )
         controller.after_evaluate.append(cabinet.everest.poke)
     return cabinet
+
+
+def _wire_remote(cabinet: Cabinet, uplink: Uplink, config_path: str | None) -> None:
+    """The remote operations (update, config-apply, diag, ...) arrive over MQTT: edge/remote/service.py."""
+    ctl = cabinet.controller
+
+    def publish(leaf: str, payload: bytes, retain: bool) -> None:
+        uplink.session.publish(f"{uplink.topics.base}/{leaf}", payload, retain=retain)
+
+    cabinet.remote = build_remote(
+        cabinet.config,
+        config_path,
+        __version__,
+        sessions_active=lambda: sessions_active_in(ctl.decision),
+        active_faults=lambda: active_faults_in(ctl.decision),
+        publish=publish,
+        on_event=lambda kind, name, data: uplink.to_loop(cabinet.events.emit, kind, name, data),
+        diag_files=lambda: {**basic_files(config_path), **daemon_files(cabinet.config.api.socket)},
+    )
+    uplink.remote = cabinet.remote
+    if cabinet.remote.update is not None:
+        uplink.on_connected.append(cabinet.remote.update.republish)
 
 
 def _build_outputs(config: Config, board: SimBoard | None) -> Outputs:

@@ -22,6 +22,7 @@ from edge.events import EventLog
 from edge.faults import ExternalFaults
 from edge.meter_link import MeterLink
 from edge.ops import Operations
+from edge.remote.commands import RemoteCommands
 from edge.state import CabinetState
 from edge.status import ConnectorView, ModuleView, OperatorLimitView, ReadingView, StatusView
 from edge.telemetry.recorder import Recorder
@@ -61,6 +62,7 @@ class Cabinet:
     api: ApiServer | None = None
     uplink: Uplink | None = None
     everest: EverestAdapter | None = None  # the EVerest power_supply_DC adapter, when a connector uses it
+    remote: RemoteCommands | None = None  # update, config-apply, diag, ... over MQTT (edge/remote)
     sim_charging: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any] | None = None
 
     # -- what the API, the uplink and the tests use --------------------------------------------------
@@ -217,6 +219,8 @@ class Cabinet:
         self.bank.all_off()
         if self.everest is not None:
             self.everest.start(loop)
+        if self.remote is not None and self.remote.update is not None:
+            self.remote.update.resume()  # the retained update status; an update a restart interrupted goes on
 
     def tasks(self, status_line: bool = False) -> dict[str, Coroutine[Any, Any, None]]:
         """Every long-running task but the control loop, by name."""
@@ -269,6 +273,8 @@ class Cabinet:
         closers.append(self.meters.close)
         if self.everest is not None:
             closers.append(self.everest.close)
+        if self.remote is not None and self.remote.update is not None:
+            closers.append(self.remote.update.close)
         if self.api is not None:
             closers.append(self.api.close)
         closers.append(self.store.close)

@@ -77,13 +77,13 @@ def run(config_path: str | None, sim: bool, status_line: bool) -> None:
         click.echo(f'config error: connector(s) {simulated} have request = "sim": use --sim, or "everest"', err=True)
         sys.exit(EXIT_USAGE)
     if not sim:
-        sys.exit(run_daemon(config, status_line=status_line))
+        sys.exit(run_daemon(config, Backends(config_path=config_path or DEFAULT_CONFIG), status_line=status_line))
     from edge.sim.cabinet import SimCabinet
 
     cabinet = SimCabinet(config)
     cabinet.start()
     try:
-        backends = Backends(board=cabinet.board, sim_charging=cabinet.drive_charging)
+        backends = Backends(board=cabinet.board, sim_charging=cabinet.drive_charging, config_path=config_path)
         code = run_daemon(cabinet.patched_config(), backends, status_line=status_line)
     finally:
         cabinet.stop()

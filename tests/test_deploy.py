@@ -162,7 +162,7 @@ def test_prefix_enable_makes_the_links_systemctl_enable_makes(inst: Installer, t
     inst.install()
     reference = tmp_path / "reference"
     (reference / ROOT_UNITS).mkdir(parents=True)
-    units = ["cabinet-edge.service", "cabinet-edge-can0.service"]
+    units = ["cabinet-edge.service", "cabinet-edge-can0.service", "cabinet-edge-update.path"]
     for unit in units:
         shutil.copy(REPO / "systemd" / unit, reference / ROOT_UNITS / unit)
     subprocess.run(["systemctl", f"--root={reference}", "enable", *units], capture_output=True, timeout=60, check=True)

@@ -13,6 +13,7 @@ from edge.config.crosschecks import connector_notes, connector_problems, pin_pro
 from edge.config.devices import CableSensor, Meter, PowerModules
 from edge.config.hardware import CanBus, ModbusTcp, Outputs, SerialLine, Watchdog
 from edge.config.limits import LimitsConfig
+from edge.config.remote import Remote
 from edge.config.telemetry import Telemetry
 
 
@@ -70,6 +71,7 @@ class Config(Section):
     api: Api = Api()
     storage: Storage = Storage()
     logging: Logging = Logging()
+    remote: Remote = Remote()
 
     @model_validator(mode="after")
     def _references(self) -> Config:

@@ -13,6 +13,8 @@ stop                   stop             reason (optional)
 resume                 resume           (none)
 clear-fault            clear            fault
 request-state          (answered here)  (none)
+update, log-level,     edge/remote      see edge/remote/commands.py (``remote=`` of :func:`handle`)
+config-get, ...
 =====================  ===============  =====================
 
 No command can raise anything above the local configuration: a current limit above
@@ -62,7 +64,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge.operator import Source
-from edge.ops import CLOUD_MAX_LIMIT_S, INVALID_ARGUMENT, Operations, OpError, authorise, validate
+from edge.ops import CLOUD_MAX_LIMIT_S, INVALID_ARGUMENT, REFUSED, Operations, OpError, authorise, validate
+from edge.remote.commands import REMOTE_COMMANDS, RemoteHandler, audit_args
 from edge.telemetry.channel import LIVE, Received
 
 MAX_PAYLOAD_BYTES = 4096
@@ -86,7 +89,7 @@ OPS = {
     "clear-fault": "clear",
 }
 REQUEST_STATE = "request-state"
-COMMANDS = (*OPS, REQUEST_STATE)
+COMMANDS = (*OPS, REQUEST_STATE, *REMOTE_COMMANDS)
 RATE_PER_S = 5.0  # commands per s per command name, sustained
 RATE_BURST = 20  # commands per command name at once (a backend sends a few a minute)
 RATE_REPORT_S = 60.0  # at most one rate_limited event per this (the first at once)
@@ -396,9 +399,13 @@ class Guard:
 
 
 # -- the command channel -----------------------------------------------------------------------------
-def _run(cmd: Command, ops: Operations) -> Result:
+def _run(cmd: Command, ops: Operations, remote: RemoteHandler | None) -> Result:
     if cmd.name == REQUEST_STATE:  # the caller publishes the state
         return Result(cmd.id, cmd.name, ACCEPTED, "state published")
+    if cmd.name in REMOTE_COMMANDS:  # audited here: the remote handlers know nothing of the channel
+        ok, why = remote.run(cmd.name, cmd.id or "-", cmd.args) if remote else (False, "no remote operations here")
+        ops.audit(cmd.name, Source.cloud(cmd.id or "-"), audit_args(cmd.args), ok, why, None if ok else REFUSED)
+        return Result(cmd.id, cmd.name, ACCEPTED if ok else REJECTED, why)
     try:
         done = ops.run(OPS[cmd.name], Source.cloud(cmd.id or "-"), cmd.args)
     except OpError as exc:
@@ -427,6 +434,7 @@ def handle(
     *,
     guard: Guard | None = None,
     received: Received = LIVE,
+    remote: RemoteHandler | None = None,
 ) -> Result:
     """One command from the command topic ``name``: validated, done through ``ops`` (which evaluates at
     once and records the ``command`` event), answered. Never raises for a bad command.
@@ -447,7 +455,7 @@ def handle(
     seen = guard.recall(cmd_id)
     if seen is not None:
         return seen
-    result = _run(cmd, ops)
+    result = _run(cmd, ops, remote)
     if cmd.name == REQUEST_STATE:
         ops.audit(REQUEST_STATE, Source.cloud(cmd_id), None, True, result.reason)
     guard.remember(cmd_id, result)
@@ -458,7 +466,7 @@ def handle(
 def parse(name: str, payload: bytes, max_current_a: float, remote_clear_allowed: bool, now_ms: int) -> Command:
     """Validate one command with the operations' own rules; raises :class:`Rejected` with the reason."""
     cmd = envelope(name, payload, now_ms)
-    if cmd.name == REQUEST_STATE:
+    if cmd.name == REQUEST_STATE or cmd.name in REMOTE_COMMANDS:
         return cmd
     source = Source.cloud(cmd.id or "-")
     try:

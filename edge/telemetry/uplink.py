@@ -42,6 +42,7 @@ from typing import Any
 from edge.config.telemetry import DEADBAND_BY_UNIT, Mqtt, Telemetry
 from edge.operator import Source
 from edge.ops import REFUSED, Operations
+from edge.remote.commands import RemoteHandler
 from edge.telemetry import commands
 from edge.telemetry.channel import REJECTED, SCHEMA_CMD_RESULT, Answer, CommandChannel, Received
 from edge.telemetry.compact import Deadbands
@@ -167,6 +168,7 @@ class Uplink:
         self._commands: deque[tuple[str, bytes, Received]] = deque()
         self._last_state: str | None = None
         self.on_connected: list[Callable[[], None]] = []  # after the birth: the recorder's keyframe request
+        self.remote: RemoteHandler | None = None  # update, diag, config-apply, ... (edge/remote, set by build)
         self.traffic = Traffic()
         self._parts: dict[int, tuple[int, set[int]]] = {}  # message id -> (the batch's id, ids not yet acked)
         self._no_message_id = 0  # negative ids of batches that needed no message (never a paho id)
@@ -245,6 +247,10 @@ class Uplink:
                 loop.call_soon_threadsafe(fn, *args)
             except RuntimeError:  # loop closed while we were shutting down
                 pass
+
+    def to_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Call ``fn`` on the event loop from any thread (dropped before the uplink runs or after it ended)."""
+        self._to_loop(fn, *args)
 
     def _to_io(self, fn: Callable[..., None], *args: Any) -> None:
         self._io_q.put(lambda: fn(*args))
@@ -565,7 +571,9 @@ class Uplink:
         if self.ops is None:
             return Answer(commands.Result(None, name[:64], commands.REJECTED, "commands are not served here"))
         before = self.store.last_seq()
-        result = commands.handle(name, payload, self.ops, now_ms(), guard=self.guard, received=received)
+        result = commands.handle(
+            name, payload, self.ops, now_ms(), guard=self.guard, received=received, remote=self.remote
+        )
         after = self.store.last_seq()
         return Answer(result, after if after > before else None)
 
