@@ -23,10 +23,12 @@ import re
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+# cryptography costs the daemon ~9 MB of resident memory (the soak's 60 MB goal): imported where a signature
+# is made or checked, which on a cabinet is once per update
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 SHA256_RE = re.compile(r"[0-9a-f]{64}")
 VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,63}")  # what deploy/install.sh accepts as a release name
@@ -40,6 +42,8 @@ def message(version: str, sha256_hex: str) -> bytes:
 
 
 def public_key_b64(key: Ed25519PrivateKey) -> str:
+    from cryptography.hazmat.primitives import serialization
+
     raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     return base64.b64encode(raw).decode()
 
@@ -51,6 +55,9 @@ def sign(key: Ed25519PrivateKey, version: str, sha256_hex: str) -> str:
 
 def verify(signature_b64: str, version: str, sha256_hex: str, trusted_keys: Iterable[str]) -> str | None:
     """None when one of ``trusted_keys`` made this signature, else why not (for the InvalidSignature report)."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     keys = list(trusted_keys)
     if not keys:
         return "no trusted keys configured ([remote] trusted_keys)"
@@ -79,6 +86,9 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 
 def _main(argv: list[str]) -> int:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     if len(argv) == 2 and argv[0] == "keygen":
         key = Ed25519PrivateKey.generate()
         pem = key.private_bytes(
