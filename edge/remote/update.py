@@ -29,7 +29,7 @@ import time
 import tomllib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -64,6 +64,7 @@ class ConfigApplyArgs(BaseModel):
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the file, lower-case hex")
 
 
+_Args = TypeVar("_Args", UpdateArgs, ConfigApplyArgs)
 MAX_CONFIG_BYTES = 1024 * 1024
 
 
@@ -165,16 +166,21 @@ class UpdateManager:
         return (self.dir / states.REQUEST_FILE).exists()
 
     # -- the command -------------------------------------------------------------------------------
-    def request(self, cmd_id: str, raw: dict[str, Any]) -> str:
-        """Check ``cmd/update`` and start it in the worker; raises :class:`Refused`. Returns at once."""
+    def _arguments(self, model: type[_Args], raw: dict[str, Any]) -> _Args:
+        """A command's arguments, checked (schema, URL) while the cabinet is idle; raises :class:`Refused`."""
         try:
-            args = UpdateArgs.model_validate(raw)
+            args = model.model_validate(raw)
         except ValidationError as exc:
             raise Refused(_problem(exc)) from None
         why = download.url_allowed(args.url)
         if why is not None:
             raise Refused(why)
         self._check_idle()
+        return args
+
+    def request(self, cmd_id: str, raw: dict[str, Any]) -> str:
+        """Check ``cmd/update`` and start it in the worker; raises :class:`Refused`. Returns at once."""
+        args = self._arguments(UpdateArgs, raw)
         self._check_version(args)
         self.dir.mkdir(parents=True, exist_ok=True)
         start = UpdateStatus(id=cmd_id, version=args.version, from_version=self.running_version)
@@ -190,14 +196,7 @@ class UpdateManager:
 
     def request_config(self, cmd_id: str, raw: dict[str, Any]) -> str:
         """Check ``cmd/config-apply`` and start it in the worker; raises :class:`Refused`."""
-        try:
-            args = ConfigApplyArgs.model_validate(raw)
-        except ValidationError as exc:
-            raise Refused(_problem(exc)) from None
-        why = download.url_allowed(args.url)
-        if why is not None:
-            raise Refused(why)
-        self._check_idle()
+        args = self._arguments(ConfigApplyArgs, raw)
         self.dir.mkdir(parents=True, exist_ok=True)
         pending = {"id": cmd_id, "kind": states.CONFIG, **args.model_dump()}
         start = UpdateStatus(
