@@ -391,3 +391,28 @@ def test_the_store_fault_text_counts_failed_writes_and_lost_records_apart():
     assert (
         "3 records lost (not written), 5 telemetry records dropped for low disk" in faults.text["telemetry_store_error"]
     )
+
+
+def test_backlog_counts_a_record_once_while_its_commit_is_being_accounted(tmp_path: Path):
+    # the writer commits, then counts the records as written: a backlog read in between counted them
+    # twice (70 of 55 in one CI run), and a status or an uplink decision on it was wrong for a moment
+    import threading
+
+    s = Store(str(tmp_path), background=True)
+    committed, go_on = threading.Event(), threading.Event()
+    written = s._written
+
+    def slow_written(n: int) -> None:
+        committed.set()
+        go_on.wait(5.0)
+        written(n)
+
+    s._written = slow_written  # type: ignore[method-assign]
+    _fill(s, 30)
+    assert committed.wait(5.0)
+    try:
+        assert s.backlog() == 30
+    finally:
+        go_on.set()
+    assert s.flush(5.0) and s.backlog() == 30
+    s.close()

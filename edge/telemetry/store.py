@@ -526,8 +526,15 @@ class Store(_Records):
 
     # -- reading -------------------------------------------------------------------------------------
     def backlog(self) -> int:
-        """Records not yet acknowledged, including those queued for the writer."""
-        return super().backlog() + self._unwritten
+        """Records not yet acknowledged, including those queued for the writer. The rows and the highest
+        committed seq come from one read (one snapshot): the writer's counter of queued records is updated
+        just after its commit, and adding it to the rows counted a record twice in between."""
+        row = self._db.execute(
+            "SELECT (SELECT COUNT(*) FROM records), (SELECT seq FROM sqlite_sequence WHERE name = 'records')"
+        ).fetchone()
+        committed_seq = int(row[1]) if row[1] is not None else 0
+        queued = max(0, self._next_seq - 1 - committed_seq) if self._queue is not None else 0
+        return int(row[0]) + queued
 
     def last_seq(self) -> int:
         """The newest seq given out (committed a few ms later in background mode)."""
