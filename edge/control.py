@@ -91,13 +91,20 @@ class Controller:
         on_event: EventSink,
         external_faults: Callable[[], list[list[Any]]] = list,
         demands: Demands | None = None,
+        contactor_feedback: Callable[[], dict[str, int | None]] = dict,
     ) -> None:
         self.config = config
         self.connectors = config.resolved_connectors()
         self.demands = demands or Demands({c.name: c.request for c in self.connectors})
         # faults detected outside the core (CAN bus off, telemetry store): [name, detail, stops_output]
         self.external_faults = external_faults
-        self.limits_cfg = {**config.limits.model_dump(), "session": config.session.model_dump()}
+        # mirror contacts by connector name: 1 closed, 0 open, None / absent = no feedback wired
+        self.contactor_feedback = contactor_feedback
+        self.limits_cfg = {
+            **config.limits.model_dump(),
+            "session": config.session.model_dump(),
+            "contactor": config.contactors.model_dump(include={"close_timeout_ms", "open_timeout_ms"}),
+        }
         self.state = state
         self.bank = bank
         self.outputs = outputs
@@ -188,6 +195,7 @@ class Controller:
     def _snapshot(self, now: float) -> dict[str, Any]:
         ext = self.external_limit
         stop = self.stopped_by is not None
+        feedback = self.contactor_feedback()
         return self.state.cabinet_snapshot(
             now,
             external_limit_a=ext.amps if ext else None,
@@ -197,7 +205,9 @@ class Controller:
             clear=self._clear_requests,
             external_faults=self.external_faults(),
             connectors={
-                c.name: self._connector_snapshot(c, now, ext.amps if ext else None, stop) for c in self.connectors
+                c.name: self._connector_snapshot(c, now, ext.amps if ext else None, stop)
+                | {"contactor_fb": feedback.get(c.name)}
+                for c in self.connectors
             },
         )
 

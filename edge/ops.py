@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from edge.config import Config
 from edge.limits import inputs
+from edge.limits.core import LOCAL_CLEAR_ONLY
 from edge.operator import CLOUD, LOCAL, ExternalLimit, Held, OperatorState, Source
 from hal.clock import Clock, LinuxClock
 
@@ -433,6 +434,10 @@ class Operations:
 
     def _clear(self, source: Source, args: Args) -> Done:
         assert isinstance(args, ClearArgs)
+        if source.kind == CLOUD and args.fault in LOCAL_CLEAR_ONLY:
+            raise OpError(
+                FORBIDDEN, f"{args.fault} is cleared on site only (edge clear {args.fault}), never from the cloud"
+            )
         st = self.status()
         cleared, why = self.control.request_clear(args.fault)  # evaluates at once
         if cleared:

@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from edge.config.base import Loc, Section, check
-from edge.config.connectors import Connector, Everest, Session, legacy_connector
+from edge.config.connectors import Connector, Contactors, Everest, Session, legacy_connector
 from edge.config.crosschecks import connector_notes, connector_problems, pin_problems, setpoint_problems
 from edge.config.devices import CableSensor, Meter, PowerModules
 from edge.config.hardware import CanBus, ModbusTcp, Outputs, SerialLine, Watchdog
@@ -63,6 +63,7 @@ class Config(Section):
     connector: list[Connector] = []
     everest: Everest = Everest()
     session: Session = Session()
+    contactors: Contactors = Contactors()
     outputs: Outputs = Outputs()
     watchdog: Watchdog = Watchdog()
     limits: LimitsConfig = LimitsConfig()

@@ -1,7 +1,7 @@
 """Safety core of a cabinet with several connectors: ``evaluate_cabinet(snapshot, config, previous_state)``.
 
 Pure and MicroPython-safe like ``core.py`` (same rules: no I/O, no clock, builtin types only, sorted output;
-imports only ``core`` and ``inputs``, as plain modules on the MCU). Each connector runs the single-output
+imports only ``core``, ``inputs`` and ``contactor``, as plain modules on the MCU). Each connector runs the single-output
 pipeline of ``core.py`` (its cable, its output, its modules, its hardware maxima, its own state and
 latches); this module adds what belongs to the cabinet or to a charging session:
 
@@ -26,9 +26,12 @@ Snapshot (units as in core.py)::
                                       "t_mode", "t_setpoint"} or None,
                           "hw_max_a", "hw_max_v", "hw_min_v", "hw_max_w", "uncooled",
                           "modules_available", "module_max_a", "modules_configured", "modules_lost",
-                          "modules_alarm", "external_limit_a", "stop", "external_faults"}}}
+                          "modules_alarm", "external_limit_a", "stop", "external_faults",
+                          "contactor_fb": 1|0|None (mirror contact, contactor.py)}}}
 
-Config: the core's limits dict plus ``session`` (:data:`SESSION_DEFAULTS` fill what it lacks).
+Config: the core's limits dict plus ``session`` (:data:`SESSION_DEFAULTS` fill what it lacks) and
+``contactor`` (``contactor.DEFAULTS`` fill what it lacks). Contactor feedback (weld, fail to close) and the
+pre-charge check are ``contactor.py``'s rules, run inside each connector's pipeline.
 
 Decision: the core's cabinet-wide fields (``limit_a`` and ``target_a`` summed, ``enable`` and ``contactor``
 any, ``voltage_v`` the highest, ``rule``/``reason`` of the most limited connector in session, ``pump``,
@@ -36,12 +39,14 @@ any, ``voltage_v`` the highest, ``rule``/``reason`` of the most limited connecto
 ``events`` (texts of this evaluation: a session ended and why the contactor opened), ``grid_allowed_w``
 (the site fuse's allowance for the cabinet's DC output, W; None without a grid meter) and ``connectors``:
 {name: {"limit_a", "target_a", "voltage_v", "enable", "contactor", "phase", "mode", "ending", "rule",
-"reason", "faults", "latched", "max_current_a", "max_power_w", "voltage_reached", "request_age_s"}}.
+"reason", "faults", "latched", "max_current_a", "max_power_w", "voltage_reached", "request_age_s",
+"out_of_service"}}.
 """
 
 try:
-    from . import core, inputs
+    from . import contactor, core, inputs
 except ImportError:  # imported by path as a plain module (safety MCU, tests/vectors/runner.py)
+    import contactor  # type: ignore[import-not-found,no-redef]
     import core  # type: ignore[import-not-found,no-redef]
     import inputs  # type: ignore[import-not-found,no-redef]
 
@@ -55,12 +60,22 @@ SESSION_DEFAULTS = {
     "off_current_a": 1.0,  # the contactor opens at the end of a session only below this current
     "off_timeout_ms": 2000,  # ... or this long after the end anyway
     "precharge_tolerance_v": 20.0,  # PreCharge is done within this of the target voltage
+    "precharge_timeout_ms": contactor.PRECHARGE_TIMEOUT_MS,  # ... or precharge_timeout (contactor.py)
 }
 PRECHECK_PHASES = ("CableCheck", "PreCharge")
 
 # limits that come from the request, not from what the connector can give (kept out of max_current_a);
 # the power rating is in max_power_w instead
-REQUEST_RULES = ("session", "request", "request_stale", "precheck", "request_power", "voltage_range", "hardware_power")
+REQUEST_RULES = (
+    "session",
+    "request",
+    "request_stale",
+    "precheck",
+    "precharge",
+    "request_power",
+    "voltage_range",
+    "hardware_power",
+)
 
 # faults of the cabinet's inputs (one ambient sensor, the modules' temperature, one grid meter) -> the input:
 # listed once with no connector named, unless that connector sent the input itself
@@ -460,8 +475,10 @@ def _connector(name: str, cab: dict, config: dict, state: dict, grid: list | Non
     cfg = _connector_config(config, conn)
     cstate = core._copy_state(state["connectors"].get(name) or core.initial_state())
     c = core._Ctx(_core_snapshot(name, cab, limits, flag, n_share), cfg, cstate)
+    contactor.check(c, conn, req, cab["session"], contactor.settings(config))  # feedback, pre-charge
     for step in core.STEPS:
         step(c)
+    contactor.record(cstate, c.contactor, t)
     cstate["t_prev"] = t
     state["connectors"][name] = cstate
     sess["contactor"] = c.contactor
@@ -507,6 +524,7 @@ def _connector_view(r: dict, scfg: dict) -> dict:
         "max_power_w": cap[1],
         "voltage_reached": _voltage_reached(r, scfg),
         "request_age_s": r["req"]["age_s"],
+        "out_of_service": contactor.out_of_service(d["latched"]),
     }
 
 
