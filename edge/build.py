@@ -56,6 +56,10 @@ class Backends:
     # the simulator's built-in charging controller (request = "sim"): called every SIM_CHARGING_PERIOD_S with
     # the demand sink, the time and each connector's capabilities (edge/sim/hardware.py drive_charging)
     sim_charging: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any] | None = None
+    # the contactors' mirror contacts by connector (1 closed, 0 open); the simulator's, or none read yet
+    # TODO(issue 15): on a board, read each [[connector]].contactor_feedback through hal Pin.IN and the
+    # debounced reader of drivers/digital_inputs.py ([contactors] feedback_active, feedback_debounce_ms)
+    contactor_feedback: Callable[[], dict[str, int | None]] = dict
 
 
 def build(config: Config, backends: Backends | None = None) -> Cabinet:
@@ -97,7 +101,16 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         on_event=events.emit,
     )
     controller = Controller(
-        config, state, can_link.bank, outputs, wdt, b.clock, events.emit, faults.core_input, demands=demands
+        config,
+        state,
+        can_link.bank,
+        outputs,
+        wdt,
+        b.clock,
+        events.emit,
+        faults.core_input,
+        demands=demands,
+        contactor_feedback=b.contactor_feedback,
     )
 
     def demand_changed(_connector: str) -> None:

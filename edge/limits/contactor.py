@@ -9,7 +9,7 @@ Inputs: the connector's ``"contactor_fb"`` in the snapshot (1 = the mirror conta
 None = no feedback wired: nothing is checked), its request (phase, requested voltage) and the measured
 ``output_v``. State (in the connector's core state, lists only, so the core's copy copies them):
 ``contactor_cmd`` = [commanded closed, t of the last change, closed at least once since start-up] and
-``precharge`` = [t PreCharge began or None, target reached, timeout detail or None].
+``precharge`` = [t PreCharge began or None, target reached, timeout detail or None, target V].
 
 Rules (units: ms in the config, V, A; defaults and ranges in :data:`DEFAULTS` and the config schema):
 
@@ -24,7 +24,8 @@ Rules (units: ms in the config, V, A; defaults and ranges in :data:`DEFAULTS` an
 - ``precharge_timeout``: in PreCharge the output is not within ``session.precharge_tolerance_v`` of the
   requested voltage ``session.precharge_timeout_ms`` after PreCharge began. Held for the rest of the
   session (0 A, contactor open), not latched: the next session starts afresh. And a session that was in
-  PreCharge gets no more than ``precheck_current_a`` in Charging until the target was reached.
+  PreCharge gets no more than ``precheck_current_a`` after it until the output was seen within the
+  tolerance of the pre-charge target (in PreCharge, or after it with the vehicle's battery connected).
 """
 
 try:
@@ -118,14 +119,20 @@ def _num(x: object) -> float | None:
     return None
 
 
+def _reached(c: core._Ctx, target: float | None, scfg: dict) -> bool:
+    out_v = c.value("output_v")
+    return target is not None and out_v is not None and abs(out_v - target) <= scfg["precharge_tolerance_v"]
+
+
 def _precharge_step(c: core._Ctx, req: dict, scfg: dict, pc: list) -> list:
     """One evaluation in PreCharge: start the timer, note the target reached, or time out."""
     t = c.t
     if pc[0] is None:
-        pc = [t, False, None]
+        pc = [t, False, None, None]
     target = _num(req.get("voltage_v"))
+    pc[3] = target
     out_v = c.value("output_v")
-    if target is not None and out_v is not None and abs(out_v - target) <= scfg["precharge_tolerance_v"]:
+    if _reached(c, target, scfg):
         pc[1] = True
     elif not pc[1] and pc[2] is None and t - pc[0] >= scfg["precharge_timeout_ms"] / 1000.0 - EPS_S:
         pc[2] = "output %s V not within %s V of the pre-charge target %s V after %d ms" % (
@@ -137,13 +144,21 @@ def _precharge_step(c: core._Ctx, req: dict, scfg: dict, pc: list) -> list:
     return pc
 
 
+def _precharge_state(c: core._Ctx, req: dict, scfg: dict, pc: list) -> list:
+    if not req["live"]:
+        return [None, False, None, None]  # the session is over: the next one starts afresh
+    if req["phase"] == "PreCharge":
+        return _precharge_step(c, req, scfg, pc)
+    if pc[0] is not None and not pc[1] and pc[2] is None:
+        # the vehicle moved on before an evaluation saw the output there (measurements come in periods):
+        # its battery now on the output at the pre-charge target counts as reached
+        pc[1] = _reached(c, pc[3], scfg)
+    return pc
+
+
 def _check_precharge(c: core._Ctx, req: dict, scfg: dict) -> None:
     state = c.state
-    pc = state.get("precharge") or [None, False, None]
-    if not req["live"]:
-        pc = [None, False, None]  # the session is over: the next one starts afresh
-    elif req["phase"] == "PreCharge":
-        pc = _precharge_step(c, req, scfg, pc)
+    pc = _precharge_state(c, req, scfg, state.get("precharge") or [None, False, None, None])
     if pc[2] is not None:
         c.trip(PRECHARGE_TIMEOUT, pc[2], False)
     elif pc[0] is not None and not pc[1] and req["phase"] != "PreCharge":

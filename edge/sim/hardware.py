@@ -29,6 +29,7 @@ from drivers.meters.models import model_for
 from edge.charging.demand import Capabilities, DemandSink
 from edge.config import Config
 from edge.sim.can_devices import CableSpec, SimCanDevices
+from edge.sim.contactor import SimContactor
 from edge.sim.layout import SimConnectorSpec, connector_layout
 from edge.sim.meter import SimMeter
 from edge.sim.physics import ConnectorPhysics, ModuleModel, Physics
@@ -83,6 +84,9 @@ class SimHardware:
         )
         self.sessions = False
         self._session_t = 0.0
+        # each connector's contactor follows its pin with a delay; its mirror contact is read where wired
+        self.contactors = {spec.name: SimContactor() for spec in self.layout}
+        self._feedback_wired = {c.name for c in config.resolved_connectors() if c.contactor_feedback}
         # the built-in charging controller, for the connectors that ask for it
         self.charging = SimSessions(
             {
@@ -110,7 +114,8 @@ class SimHardware:
         self._session_step(dt_s)
         with self.lock:
             for spec in self.layout:
-                self.physics.connectors[spec.name].contactor = bool(self.board.level(spec.contactor_pin))
+                coil = bool(self.board.level(spec.contactor_pin))
+                self.physics.connectors[spec.name].contactor = self.contactors[spec.name].step(coil, dt_s)
             self.physics.pump_on = bool(self.board.level(self.config.outputs.pump))
             self.physics.step(dt_s)
 
@@ -170,6 +175,21 @@ class SimHardware:
             return vals
 
     # -- fault knobs ---------------------------------------------------------------------------------
+    def contactor_feedback(self) -> dict[str, int | None]:
+        """The mirror contacts the controller reads (Controller ``contactor_feedback``): 1 closed, 0 open,
+        for the connectors whose ``contactor_feedback`` pin is set in the config."""
+        return {name: int(c.closed) for name, c in self.contactors.items() if name in self._feedback_wired}
+
+    def weld_contactor(self, connector: str | None = None, on: bool = True, closed_now: bool = False) -> None:
+        """Knob: the connector's contactor welds (stays closed once closed; ``closed_now``: closed at once)."""
+        with self.lock:
+            self.contactors[self.connector(connector).name].weld(on, closed_now)
+
+    def contactor_fails_to_close(self, connector: str | None = None, on: bool = True) -> None:
+        """Knob: the connector's contactor no longer closes (coil, driver or its supply broken)."""
+        with self.lock:
+            self.contactors[self.connector(connector).name].fail_to_close(on)
+
     def set_pump_failed(self, failed: bool) -> None:
         with self.lock:
             self.physics.pump_failed = failed
