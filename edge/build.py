@@ -26,6 +26,7 @@ from edge.config import Config
 from edge.control import Controller, Outputs
 from edge.events import EventLog
 from edge.faults import ExternalFaults
+from edge.latches import LatchFile, core_state_with
 from edge.meter_link import MeterLink
 from edge.operator import OperatorFile
 from edge.ops import Operations
@@ -120,6 +121,10 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
     # operator stops and limits of the previous run, before the first evaluation; saved on every change
     operator_file = OperatorFile(config.storage.data_dir, b.clock.monotonic, b.wall_ms, events.emit, faults)
     controller.operator = operator_file.restore()
+    # latched faults of the previous run, in force before the first evaluation; saved when the set changes
+    latch_file = LatchFile(config.storage.data_dir, b.clock.monotonic, b.wall_ms, events.emit, faults)
+    controller.core_state = core_state_with(latch_file.restore(c.name for c in connectors))
+    controller.after_evaluate.append(lambda: latch_file.save_if_changed(controller.core_state))
     can_link.evaluate_now = controller.evaluate_now
     compactor = compactor_for(config.telemetry, store.alias)  # None for v1: every sample as JSON
     recorder = Recorder(sampler, store, faults, config.telemetry.interval_s, b.clock.monotonic, b.wall_ms, compactor)

@@ -167,3 +167,16 @@ def test_no_input_sequence_closes_a_contactor_reported_welded(steps: list[dict[s
             assert one["out_of_service"] and not one["contactor"] and not one["enable"] and one["limit_a"] == 0.0
         if "contactor_welded" in d["cleared"]:
             assert step["fb"] == 0  # cleared only while the mirror contact reads open
+
+
+def test_a_cloud_clear_of_a_weld_is_refused_even_with_remote_clears_allowed(tmp_path: Path):
+    from edge.operator import Source
+    from tests.test_ops import Cabinet
+
+    cab = Cabinet(tmp_path, "[limits]\nremote_clear_allowed = true\n")
+    err = cab.refused(cab.ops.clear_fault, Source.cloud("dr-9"), {"fault": "contactor_welded"})
+    assert err.code == "forbidden" and "cleared on site only" in err.message
+    err = cab.refused(cab.ops.clear_fault, Source.cloud("dr-9"), {"fault": "coolant_flow_low"})
+    assert err.code == "refused"  # another fault goes on to the core, which answers "not latched"
+    err = cab.refused(cab.ops.clear_fault, Source.local("alice", 1000), {"fault": "contactor_welded"})
+    assert err.code == "refused" and "not latched" in err.message  # locally it reaches the core
