@@ -13,6 +13,7 @@ from typing import Any
 
 from drivers.cable.monitor import CableMonitor
 from drivers.can_dispatch import CanDispatcher
+from drivers.digital_inputs import InputSpec, build_inputs
 from drivers.power_modules.bank import ModuleBank
 from drivers.power_modules.registry import CODECS
 from drivers.readings import Reading
@@ -38,7 +39,7 @@ from edge.telemetry.store import Store
 from edge.telemetry.uplink import Uplink
 from hal.can import CanPort, CanSettings
 from hal.clock import Clock, LinuxClock
-from hal.pin import Pin, SimBoard, make_pin
+from hal.pin import Pin, SimBoard, make_input, make_pin
 from hal.watchdog import make_wdt
 
 
@@ -57,10 +58,8 @@ class Backends:
     # the simulator's built-in charging controller (request = "sim"): called every SIM_CHARGING_PERIOD_S with
     # the demand sink, the time and each connector's capabilities (edge/sim/hardware.py drive_charging)
     sim_charging: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any] | None = None
-    # the contactors' mirror contacts by connector (1 closed, 0 open); the simulator's, or none read yet
-    # TODO(issue 15): on a board, read each [[connector]].contactor_feedback through hal Pin.IN and the
-    # debounced reader of drivers/digital_inputs.py ([contactors] feedback_active, feedback_debounce_ms)
-    contactor_feedback: Callable[[], dict[str, int | None]] = dict
+    # the contactors' mirror contacts by connector (1 closed, 0 open) instead of the configured input pins
+    contactor_feedback: Callable[[], dict[str, int | None]] | None = None
 
 
 def build(config: Config, backends: Backends | None = None) -> Cabinet:
@@ -111,7 +110,7 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         events.emit,
         faults.core_input,
         demands=demands,
-        contactor_feedback=b.contactor_feedback,
+        contactor_feedback=b.contactor_feedback or _contactor_feedback(config, outputs.board, b.clock),
     )
 
     def demand_changed(_connector: str) -> None:
@@ -184,6 +183,24 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
     return cabinet
 
 
+def _contactor_feedback(config: Config, board: SimBoard | None, clock: Clock) -> Callable[[], dict[str, int | None]]:
+    """Each connector's mirror contact (``contactor_feedback`` pin) through a debounced input: 1 = closed
+    (an NO auxiliary contact: it conducts with the contactor), read at every evaluation; {} when none is wired."""
+    cc = config.contactors
+    specs = [
+        InputSpec(c.name, c.contactor_feedback, cc.feedback_active, "no", cc.feedback_debounce_ms)
+        for c in config.resolved_connectors()
+        if c.contactor_feedback
+    ]
+    if not specs:
+        return dict
+    backend = config.outputs.backend
+    reader = build_inputs(
+        specs, board.input if board is not None else (lambda pin: make_input(backend, pin)), clock.monotonic
+    )
+    return reader.poll  # type: ignore[return-value]  # {name: 1|0}: every wired connector has a value
+
+
 def _build_outputs(config: Config, board: SimBoard | None) -> Outputs:
     o = config.outputs
     sim = board or SimBoard()
@@ -193,7 +210,9 @@ def _build_outputs(config: Config, board: SimBoard | None) -> Outputs:
 
     contactors = {c.name: pin(c.contactor) for c in config.resolved_connectors()}
     first = next(iter(contactors.values()))
-    return Outputs(first, pin(o.pump), pin(o.fan), contactors)
+    out = Outputs(first, pin(o.pump), pin(o.fan), contactors)
+    out.board = sim if o.backend == "sim" else None  # the simulated board's inputs are read from it too
+    return out
 
 
 def _build_can(

@@ -24,7 +24,7 @@ from edge.limits.connectors import evaluate_cabinet
 from edge.operator import ExternalLimit, OperatorState, Source
 from edge.state import CabinetState
 from hal.clock import Clock
-from hal.pin import Pin
+from hal.pin import Pin, SimBoard
 from hal.watchdog import WDT
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class Outputs:
     pump: Pin
     fan: Pin
     contactors: dict[str, Pin] = field(default_factory=dict)  # by connector name; {"1": contactor} by default
+    board: SimBoard | None = None  # the simulated board (sim backend): its input pins are read as well
 
     def __post_init__(self) -> None:
         if not self.contactors:

@@ -180,3 +180,26 @@ def test_a_cloud_clear_of_a_weld_is_refused_even_with_remote_clears_allowed(tmp_
     assert err.code == "refused"  # another fault goes on to the core, which answers "not latched"
     err = cab.refused(cab.ops.clear_fault, Source.local("alice", 1000), {"fault": "contactor_welded"})
     assert err.code == "refused" and "not latched" in err.message  # locally it reaches the core
+
+
+def test_the_mirror_contacts_are_read_through_the_configured_input_pins_with_their_active_level(tmp_path: Path):
+    sim = SimStepper(parse_config(SIM_TOML + '\n[contactors]\nfeedback_active = "low"\n'), tmp_path / "d", step_s=0.01)
+    try:
+        ctl = sim.cabinet.controller
+        sim.every(
+            "sim sessions",
+            SIM_CHARGING_PERIOD_S,
+            lambda now: sim.drive_charging(ctl.demands, now, {n: r.capabilities for n, r in ctl.reports().items()}),
+        )
+        sim.run_until(lambda: all(_conn(sim, n)["limit_a"] > 50 for n in ("1", "2")), 60.0, "both charging")
+        assert sim.decision()["faults"] == []
+        assert sim.board.inputs["contactor1_fb"].value() == 0  # closed reads low on this wiring
+        assert ctl.contactor_feedback() == {"1": 1, "2": 1}
+        sim.contactor_fails_to_close("1")
+        sim.weld_contactor("2")
+        sim.unplug("2")
+        sim.board.pin("contactor1", 0)  # the coil drops out for a moment (its supply): the contacts open
+        sim.run_until(lambda: {"contactor_failed_to_close", "contactor_welded"} <= set(sim.decision()["latched"]), 10.0)
+        assert ctl.contactor_feedback() == {"1": 0, "2": 1}
+    finally:
+        sim.close()

@@ -86,7 +86,11 @@ class SimHardware:
         self._session_t = 0.0
         # each connector's contactor follows its pin with a delay; its mirror contact is read where wired
         self.contactors = {spec.name: SimContactor() for spec in self.layout}
-        self._feedback_wired = {c.name for c in config.resolved_connectors() if c.contactor_feedback}
+        # the mirror contacts the daemon reads: connector -> its contactor_feedback input pin
+        self._feedback_pins = {
+            c.name: c.contactor_feedback for c in config.resolved_connectors() if c.contactor_feedback
+        }
+        self._drive_feedback()
         # the built-in charging controller, for the connectors that ask for it
         self.charging = SimSessions(
             {
@@ -116,6 +120,7 @@ class SimHardware:
             for spec in self.layout:
                 coil = bool(self.board.level(spec.contactor_pin))
                 self.physics.connectors[spec.name].contactor = self.contactors[spec.name].step(coil, dt_s)
+            self._drive_feedback()
             self.physics.pump_on = bool(self.board.level(self.config.outputs.pump))
             self.physics.step(dt_s)
 
@@ -175,10 +180,11 @@ class SimHardware:
             return vals
 
     # -- fault knobs ---------------------------------------------------------------------------------
-    def contactor_feedback(self) -> dict[str, int | None]:
-        """The mirror contacts the controller reads (Controller ``contactor_feedback``): 1 closed, 0 open,
-        for the connectors whose ``contactor_feedback`` pin is set in the config."""
-        return {name: int(c.closed) for name, c in self.contactors.items() if name in self._feedback_wired}
+    def _drive_feedback(self) -> None:
+        """Each wired mirror contact's input level as the contacts stand ([contactors] feedback_active)."""
+        closed_level = 1 if self.config.contactors.feedback_active == "high" else 0
+        for name, pin in self._feedback_pins.items():
+            self.board.drive(pin, closed_level if self.contactors[name].closed else 1 - closed_level)
 
     def weld_contactor(self, connector: str | None = None, on: bool = True, closed_now: bool = False) -> None:
         """Knob: the connector's contactor welds (stays closed once closed; ``closed_now``: closed at once)."""

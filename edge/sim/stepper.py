@@ -133,7 +133,6 @@ class SimStepper(SimHardware):
                 wall_ms=self.wall_ms,
                 board=self.board,
                 api=False,
-                contactor_feedback=self.contactor_feedback,
             ),
         )
 
