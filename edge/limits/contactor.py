@@ -124,35 +124,32 @@ def _reached(c: core._Ctx, target: float | None, scfg: dict) -> bool:
     return target is not None and out_v is not None and abs(out_v - target) <= scfg["precharge_tolerance_v"]
 
 
-def _precharge_step(c: core._Ctx, req: dict, scfg: dict, pc: list) -> list:
-    """One evaluation in PreCharge: start the timer, note the target reached, or time out."""
-    t = c.t
-    if pc[0] is None:
-        pc = [t, False, None, None]
-    target = _num(req.get("voltage_v"))
-    pc[3] = target
+def _timeout_detail(c: core._Ctx, pc: list, scfg: dict) -> str:
     out_v = c.value("output_v")
-    if _reached(c, target, scfg):
-        pc[1] = True
-    elif not pc[1] and pc[2] is None and t - pc[0] >= scfg["precharge_timeout_ms"] / 1000.0 - EPS_S:
-        pc[2] = "output %s V not within %s V of the pre-charge target %s V after %d ms" % (
-            "not measured" if out_v is None else fmt_num(out_v),
-            fmt_num(scfg["precharge_tolerance_v"]),
-            "-" if target is None else fmt_num(target),
-            scfg["precharge_timeout_ms"],
-        )
-    return pc
+    return "output %s V not within %s V of the pre-charge target %s V after %d ms" % (
+        "not measured" if out_v is None else fmt_num(out_v),
+        fmt_num(scfg["precharge_tolerance_v"]),
+        "-" if pc[3] is None else fmt_num(pc[3]),
+        scfg["precharge_timeout_ms"],
+    )
 
 
 def _precharge_state(c: core._Ctx, req: dict, scfg: dict, pc: list) -> list:
+    """Start the timer when PreCharge begins (its target: the requested voltage), note the target reached
+    (in PreCharge, or after it once the vehicle's battery is on the output: measurements come in periods
+    and the vehicle may move on between two), or time out; all afresh when the session ends."""
     if not req["live"]:
-        return [None, False, None, None]  # the session is over: the next one starts afresh
+        return [None, False, None, None]
     if req["phase"] == "PreCharge":
-        return _precharge_step(c, req, scfg, pc)
-    if pc[0] is not None and not pc[1] and pc[2] is None:
-        # the vehicle moved on before an evaluation saw the output there (measurements come in periods):
-        # its battery now on the output at the pre-charge target counts as reached
-        pc[1] = _reached(c, pc[3], scfg)
+        if pc[0] is None:
+            pc = [c.t, False, None, None]
+        pc[3] = _num(req.get("voltage_v"))
+    if pc[0] is None or pc[1] or pc[2] is not None:
+        return pc
+    if _reached(c, pc[3], scfg):
+        pc[1] = True
+    elif c.t - pc[0] >= scfg["precharge_timeout_ms"] / 1000.0 - EPS_S:
+        pc[2] = _timeout_detail(c, pc, scfg)
     return pc
 
 
