@@ -21,8 +21,9 @@ Rules (units: ms in the config, V, A; defaults and ranges in :data:`DEFAULTS` an
   (it never closed, or it dropped out during the session). Latched: a coil, driver or feedback that does
   not work would fail the next session the same way, and a feedback that never reads closed could not see
   a weld either; cleared (also remotely) once the contactor is commanded open and reads open.
-- ``precharge_timeout``: in PreCharge the output is not within ``session.precharge_tolerance_v`` of the
-  requested voltage ``session.precharge_timeout_ms`` after PreCharge began. Held for the rest of the
+- ``precharge_timeout``: the output was not seen within ``session.precharge_tolerance_v`` of the
+  pre-charge voltage (the voltage requested in PreCharge) ``session.precharge_timeout_ms`` after PreCharge
+  began (in PreCharge, or after it when the vehicle moved on without it). Held for the rest of the
   session (0 A, contactor open), not latched: the next session starts afresh. And a session that was in
   PreCharge gets no more than ``precheck_current_a`` after it until the output was seen within the
   tolerance of the pre-charge target (in PreCharge, or after it with the vehicle's battery connected).
