@@ -134,6 +134,8 @@ def test_the_decision_has_the_documented_shape():
         "connectors",
         "events",
         "grid_allowed_w",
+        "estop",  # edge/limits/safety_inputs.py
+        "digital",
     }
     assert set(d["connectors"]["1"]) == {
         "limit_a",
@@ -153,7 +155,7 @@ def test_the_decision_has_the_documented_shape():
         "voltage_reached",
         "request_age_s",
     }
-    assert set(state) == {"connectors", "sessions", "grid"}
+    assert set(state) == {"connectors", "sessions", "grid", "safety"}
     assert d["limit_a"] == 200.0 and d["enable"] and d["contactor"]
 
 
