@@ -166,24 +166,23 @@ def apply(c: core._Ctx, result: dict) -> None:
         c.faults["door_open"] = d[2]
 
 
+def _union(names: list, more: list) -> list:
+    out = list(names)
+    for name in more:
+        if name not in out:
+            out.append(name)
+    return sorted(out)
+
+
 def finish(out: dict, result: dict, snapshot: dict) -> None:
     """The cabinet decision's additions: ``estop``, ``digital``, these latches, this module's clear answers
     (the connectors answered "not latched" for them: replaced)."""
     out["estop"] = result["estop"]
-    digital = snapshot.get("digital") or {}
-    out["digital"] = dict(digital)
-    latched = list(out["latched"])
-    for name in result["latched"]:
-        if name not in latched:
-            latched.append(name)
-    out["latched"] = sorted(latched)
+    out["digital"] = dict(snapshot.get("digital") or {})
+    out["latched"] = _union(out["latched"], result["latched"])
     mine = result["answered"]
     out["clear_refused"] = [r for r in out["clear_refused"] if r[0] not in mine] + result["refused"]
-    for name in result["cleared"]:
-        if name not in out["cleared"]:
-            out["cleared"].append(name)
+    out["cleared"] = out["cleared"] + [n for n in result["cleared"] if n not in out["cleared"]]
     views = out["connectors"]
     for conn in views:
-        views[conn]["latched"] = sorted(
-            views[conn]["latched"] + [n for n in result["latched"] if n not in views[conn]["latched"]]
-        )
+        views[conn]["latched"] = _union(views[conn]["latched"], result["latched"])
