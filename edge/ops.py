@@ -34,6 +34,7 @@ from pydantic_core import PydanticCustomError
 
 from edge.config import Config
 from edge.limits import inputs
+from edge.limits.safety_inputs import LOCAL_CLEAR_ONLY
 from edge.operator import CLOUD, LOCAL, ExternalLimit, Held, OperatorState, Source
 from hal.clock import Clock, LinuxClock
 
@@ -172,7 +173,7 @@ def validate(op: str, raw: Mapping[str, Any] | None, source: Source, max_output_
         raise OpError(INVALID_ARGUMENT, f"unknown operation {op!r} (known: {', '.join(ARGS)})")
     context = {"max_output_current_a": max_output_current_a, "source_kind": source.kind}
     try:
-        return model.model_validate(dict(raw or {}), context=context)
+        args = model.model_validate(dict(raw or {}), context=context)
     except ValidationError as exc:
         errors = exc.errors()
         extra = sorted(str(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden")
@@ -181,6 +182,10 @@ def validate(op: str, raw: Mapping[str, Any] | None, source: Source, max_output_
             allowed = ", ".join(model.model_fields) or "none"
             problems.insert(0, f"unexpected field(s) {', '.join(extra)[:200]}; allowed: {allowed}")
         raise OpError(INVALID_ARGUMENT, "; ".join(problems)) from None
+    if isinstance(args, ClearArgs) and source.kind == CLOUD and args.fault in LOCAL_CLEAR_ONLY:
+        # someone must look at the cabinet (e-stop, water, tilt): whatever limits.remote_clear_allowed says
+        raise OpError(FORBIDDEN, f"{args.fault} may be cleared only on site (edge clear {args.fault} at the cabinet)")
+    return args
 
 
 def authorise(op: str, source: Source, remote_clear_allowed: bool) -> None:

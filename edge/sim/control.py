@@ -15,6 +15,8 @@ tests drive faults through it while the daemon runs in another process. One JSON
     {"knob": "plug", "connector": "2", "value": true, "car": "800v", "soc": 0.2}
     {"knob": "soc", "connector": "1", "value": 0.79}   # the vehicle's state of charge, 0..1
     {"knob": "hot_pin_c", "connector": "1", "value": 30.0}  # a bad DC+ contact: °C on top
+    {"knob": "input", "function": "estop", "value": true}  # e-stop pressed (false: released); also
+                                                # "door" (open), "water", "tilt": every [[input]] of it
     {"get": "physics"}
 
 Without "connector", a knob acts on the first connector ("1").
@@ -66,6 +68,8 @@ def apply(cabinet: SimCabinet, req: dict[str, Any]) -> dict[str, Any]:
             cabinet.inject_bus_off()
         elif knob == "sessions":
             cabinet.set_sessions(bool(value))
+        elif knob == "input":
+            cabinet.set_input(str(req["function"]), bool(value))
         else:
             return {"ok": False, "error": f"unknown knob {knob!r}"}
     except (KeyError, TypeError, ValueError) as exc:
