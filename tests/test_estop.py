@@ -15,6 +15,7 @@ from edge.config import parse_config
 from edge.operator import Source
 from edge.ops import FORBIDDEN, REFUSED, OpError
 from edge.render import status_text
+from edge.sim import control as sim_control
 from edge.sim.stepper import SimStepper
 from tests.conftest import REPO
 
@@ -88,3 +89,20 @@ def test_estop_mid_session_switches_everything_off_at_once_latched_until_release
     assert not d["estop"] and "emergency_stop" not in d["faults"] and d["latched"] == []
     st = sim.cabinet.status()
     assert st["estop"] == "ok" and st["inputs"]["estop"] == {"function": "estop", "active": False}
+
+
+def test_door_knob_stops_the_sessions_while_open_not_latched_and_an_unknown_function_is_refused(sim):
+    sim.run_until(
+        lambda: all(c.output_a > 20.0 for c in sim.physics.connectors.values()), timeout_s=60.0, what="both charging"
+    )
+    assert sim_control.apply(sim, {"knob": "input", "function": "door", "value": True}) == {"ok": True}
+    sim.deliver()
+    d = sim.decision()
+    assert "door_open" in d["faults"] and d["latched"] == [] and not d["estop"]
+    assert _energised(sim) == []
+    assert sim.cabinet.status()["inputs"]["door"]["active"]
+    sim_control.apply(sim, {"knob": "input", "function": "door", "value": False})
+    sim.run(0.5)
+    assert "door_open" not in sim.decision()["faults"]
+    answer = sim_control.apply(sim, {"knob": "input", "function": "tilt", "value": True})
+    assert not answer["ok"] and "no [[input]] with function 'tilt'" in answer["error"]
