@@ -4,12 +4,16 @@ water, tilt, output current and clear requests (local clears included) do."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge.limits.connectors import evaluate_cabinet
+from edge.limits.safety_inputs import LOCAL_CLEAR_ONLY
+from edge.telemetry.commands import Rejected, parse
 from tests.test_limits_connectors import FAST, cabinet, connector, request
 
 FUNCTIONS = ("estop", "door", "water", "tilt")
@@ -40,9 +44,7 @@ def test_no_input_sequence_energises_a_connector_while_the_estop_is_active_or_la
     for s in steps:
         t += s["dt"]
         conns = {
-            name: connector(
-                t, request(t, current_a=s["amps"]) if live else None, inputs={"output_a": s["output_a"]}
-            )
+            name: connector(t, request(t, current_a=s["amps"]) if live else None, inputs={"output_a": s["output_a"]})
             for name, live in zip(("1", "2"), s["live"], strict=True)
         }
         d, state = evaluate_cabinet(cabinet(t, conns, digital=s["digital"], clear=s["clear"]), cfg, state)
@@ -57,3 +59,13 @@ def test_no_input_sequence_energises_a_connector_while_the_estop_is_active_or_la
                 energised = c["enable"] or c["contactor"] or c["target_a"] > 0 or c["limit_a"] > 0
                 assert not energised, f"connector {name} energised during an e-stop: {c}"
             assert not d["enable"] and not d["contactor"]
+
+
+def test_the_cloud_clear_command_is_refused_for_local_clear_only_faults_even_with_remote_clears_allowed() -> None:
+    assert set(LOCAL_CLEAR_ONLY) == {"emergency_stop", "water_ingress", "tilt"}
+    for fault in LOCAL_CLEAR_ONLY:
+        raw = json.dumps({"id": "c1", "fault": fault}).encode()
+        with pytest.raises(Rejected, match="only on site"):
+            parse("clear-fault", raw, max_current_a=200.0, remote_clear_allowed=True, now_ms=0)
+    ok = parse("clear-fault", b'{"id": "c2", "fault": "coolant_flow_low"}', 200.0, True, 0)
+    assert ok.args == {"fault": "coolant_flow_low"}
