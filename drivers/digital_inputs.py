@@ -115,6 +115,10 @@ class DigitalInputs:
             d.pin.irq(self._edge_handler(d))
 
     @property
+    def pins(self) -> list[Pin]:
+        return [d.pin for d in self._inputs.values()]
+
+    @property
     def specs(self) -> list[InputSpec]:
         return [d.spec for d in self._inputs.values()]
 

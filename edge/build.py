@@ -6,6 +6,7 @@ Build inside the running event loop: pymodbus clients bind to the loop that is r
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ from typing import Any
 
 from drivers.cable.monitor import CableMonitor
 from drivers.can_dispatch import CanDispatcher
-from drivers.digital_inputs import InputSpec, build_inputs
+from drivers.digital_inputs import DigitalInputs, InputSpec, build_inputs
 from drivers.power_modules.bank import ModuleBank
 from drivers.power_modules.registry import CODECS
 from drivers.readings import Reading
@@ -39,7 +40,7 @@ from edge.telemetry.store import Store
 from edge.telemetry.uplink import Uplink
 from hal.can import CanPort, CanSettings
 from hal.clock import Clock, LinuxClock
-from hal.pin import Pin, SimBoard, make_input, make_pin
+from hal.pin import LinuxPin, Pin, SimBoard, make_input, make_pin
 from hal.watchdog import make_wdt
 
 
@@ -117,6 +118,7 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         controller.evaluate_now()  # a CurrentDemand reaches the modules now, not at the next tick
 
     demands.on_change = demand_changed
+    controller.digital = _build_inputs(config, b.board, b.clock, controller.evaluate_now)
     # operator stops and limits of the previous run, before the first evaluation; saved on every change
     operator_file = OperatorFile(config.storage.data_dir, b.clock.monotonic, b.wall_ms, events.emit, faults)
     controller.operator = operator_file.restore()
@@ -213,6 +215,51 @@ def _build_outputs(config: Config, board: SimBoard | None) -> Outputs:
     out = Outputs(first, pin(o.pump), pin(o.fan), contactors)
     out.board = sim if o.backend == "sim" else None  # the simulated board's inputs are read from it too
     return out
+
+
+def _build_inputs(
+    config: Config, board: SimBoard | None, clock: Clock, evaluate_now: Callable[[], Any]
+) -> DigitalInputs | None:
+    """The ``[[input]]`` pins on the outputs' backend, debounced; an edge evaluates at once (a debounced one
+    when its time is over) in the event loop's thread. A simulator knob turned from another thread hands the
+    evaluation to the loop; with no loop running (the SimStepper between steps) it runs in the caller."""
+    if not config.input:
+        return None
+    loop = asyncio.get_running_loop()  # build() runs inside the daemon's loop
+
+    def in_loop_thread() -> bool:
+        try:
+            return asyncio.get_running_loop() is loop
+        except RuntimeError:
+            return False
+
+    def on_change() -> None:
+        if loop.is_running() and not in_loop_thread():
+            loop.call_soon_threadsafe(evaluate_now)
+        else:
+            evaluate_now()
+
+    def call_later(delay_s: float, fn: Callable[[], None]) -> None:
+        if in_loop_thread():
+            loop.call_later(delay_s, fn)
+        elif loop.is_running():
+            loop.call_soon_threadsafe(loop.call_later, delay_s, fn)
+        # else: no loop (SimStepper): the next tick's poll takes the change
+
+    backend = config.outputs.backend
+    sim = board or SimBoard()
+    specs = [InputSpec(i.name, i.pin, i.active, i.wiring, float(i.debounce_ms)) for i in config.input]
+    reader = build_inputs(
+        specs,
+        sim.input if backend == "sim" else (lambda pin: make_input(backend, pin)),
+        clock.monotonic,
+        on_change,
+        call_later,
+    )
+    for pin in reader.pins:
+        if isinstance(pin, LinuxPin):  # pragma: no cover - only on the board: edge events wake the loop
+            loop.add_reader(pin.fileno(), pin.handle_events)
+    return reader
 
 
 def _build_can(

@@ -138,6 +138,8 @@ def test_the_decision_has_the_documented_shape():
         "connectors",
         "events",
         "grid_allowed_w",
+        "estop",  # edge/limits/safety_inputs.py
+        "digital",
     }
     assert set(d["connectors"]["1"]) == {
         "limit_a",
@@ -158,7 +160,7 @@ def test_the_decision_has_the_documented_shape():
         "request_age_s",
         "out_of_service",
     }
-    assert set(state) == {"connectors", "sessions", "grid"}
+    assert set(state) == {"connectors", "sessions", "grid", "safety"}
     assert d["limit_a"] == 200.0 and d["enable"] and d["contactor"]
 
 

@@ -18,6 +18,8 @@ tests drive faults through it while the daemon runs in another process. One JSON
     {"knob": "contactor_weld", "connector": "1", "value": true}  # stays closed once closed
     {"knob": "contactor_weld", "connector": "1", "value": true, "closed_now": true}  # welded closed at once
     {"knob": "contactor_fail_to_close", "connector": "2", "value": true}  # the coil no longer pulls in
+    {"knob": "input", "function": "estop", "value": true}  # e-stop pressed (false: released); also
+                                                # "door" (open), "water", "tilt": every [[input]] of it
     {"get": "physics"}
 
 Without "connector", a knob acts on the first connector ("1").
@@ -69,6 +71,8 @@ def apply(cabinet: SimCabinet, req: dict[str, Any]) -> dict[str, Any]:
             cabinet.inject_bus_off()
         elif knob == "sessions":
             cabinet.set_sessions(bool(value))
+        elif knob == "input":
+            cabinet.set_input(str(req["function"]), bool(value))
         else:
             return {"ok": False, "error": f"unknown knob {knob!r}"}
     except (KeyError, TypeError, ValueError) as exc:

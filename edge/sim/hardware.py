@@ -25,6 +25,7 @@ from typing import Any
 
 import can
 
+from drivers.digital_inputs import is_active
 from drivers.meters.models import model_for
 from edge.charging.demand import Capabilities, DemandSink
 from edge.config import Config
@@ -52,6 +53,8 @@ class SimHardware:
     ) -> None:
         self.config = config
         self.board = SimBoard()
+        for inp in config.input:  # the safety inputs start in their normal state (loop closed, door shut)
+            self.board.input(inp.pin, _input_level(inp.active, inp.wiring, False))
         self.lock = threading.Lock()
         self.layout = layout if layout is not None else connector_layout(config)
         self.physics = Physics(
@@ -218,6 +221,23 @@ class SimHardware:
     def set_meter_silent(self, name: str, silent: bool) -> None:
         self.meters[name].silent = silent
 
+    def set_input(self, function: str, active: bool) -> None:
+        """Every ``[[input]]`` of ``function`` ("estop", "door", "water", "tilt") ACTIVE (pressed, open, wet,
+        tilted) or back to normal: its pin driven to the level that means it with its wiring, as the wiring
+        outside would (a change reaches the controller at once through the pin's irq)."""
+        inputs = [i for i in self.config.input if i.function == function]
+        if not inputs:
+            have = sorted({i.function for i in self.config.input})
+            raise KeyError(f"no [[input]] with function {function!r} in the config (have {have})")
+        for inp in inputs:
+            self.board.drive(inp.pin, _input_level(inp.active, inp.wiring, active))
+
+    def set_estop(self, pressed: bool) -> None:
+        self.set_input("estop", pressed)
+
+    def set_door_open(self, open_: bool) -> None:
+        self.set_input("door", open_)
+
     def set_vehicle_demand(self, amps: float) -> None:
         with self.lock:
             self.physics.vehicle_demand_a = amps
@@ -310,6 +330,11 @@ class SimHardware:
                     for a, m in p.modules.items()
                 },
             }
+
+
+def _input_level(active_level: str, wiring: str, active: bool) -> int:
+    """The pin level that reads as ``active`` for an input with this active level and wiring."""
+    return 1 if bool(is_active(1, active_level, wiring)) == active else 0
 
 
 def _connector(index: int, spec: SimConnectorSpec, plugged: bool) -> ConnectorPhysics:
