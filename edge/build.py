@@ -6,6 +6,7 @@ Build inside the running event loop: pymodbus clients bind to the loop that is r
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from typing import Any
 
 from drivers.cable.monitor import CableMonitor
 from drivers.can_dispatch import CanDispatcher
+from drivers.digital_inputs import DigitalInputs, InputSpec, build_inputs
 from drivers.power_modules.bank import ModuleBank
 from drivers.power_modules.registry import CODECS
 from drivers.readings import Reading
@@ -26,6 +28,7 @@ from edge.config import Config
 from edge.control import Controller, Outputs
 from edge.events import EventLog
 from edge.faults import ExternalFaults
+from edge.latches import LatchFile, core_state_with
 from edge.meter_link import MeterLink
 from edge.operator import OperatorFile
 from edge.ops import Operations
@@ -39,7 +42,7 @@ from edge.telemetry.store import Store
 from edge.telemetry.uplink import Uplink
 from hal.can import CanPort, CanSettings
 from hal.clock import Clock, LinuxClock
-from hal.pin import Pin, SimBoard, make_pin
+from hal.pin import LinuxPin, Pin, SimBoard, make_input, make_pin
 from hal.watchdog import make_wdt
 
 
@@ -59,6 +62,8 @@ class Backends:
     # the demand sink, the time and each connector's capabilities (edge/sim/hardware.py drive_charging)
     sim_charging: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any] | None = None
     config_path: str | None = None  # the config file the daemon runs with (remote config-get / config-apply)
+    # the contactors' mirror contacts by connector (1 closed, 0 open) instead of the configured input pins
+    contactor_feedback: Callable[[], dict[str, int | None]] | None = None
 
 
 def build(config: Config, backends: Backends | None = None) -> Cabinet:
@@ -100,16 +105,30 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         on_event=events.emit,
     )
     controller = Controller(
-        config, state, can_link.bank, outputs, wdt, b.clock, events.emit, faults.core_input, demands=demands
+        config,
+        state,
+        can_link.bank,
+        outputs,
+        wdt,
+        b.clock,
+        events.emit,
+        faults.core_input,
+        demands=demands,
+        contactor_feedback=b.contactor_feedback or _contactor_feedback(config, outputs.board, b.clock),
     )
 
     def demand_changed(_connector: str) -> None:
         controller.evaluate_now()  # a CurrentDemand reaches the modules now, not at the next tick
 
     demands.on_change = demand_changed
+    controller.digital = _build_inputs(config, b.board, b.clock, controller.evaluate_now)
     # operator stops and limits of the previous run, before the first evaluation; saved on every change
     operator_file = OperatorFile(config.storage.data_dir, b.clock.monotonic, b.wall_ms, events.emit, faults)
     controller.operator = operator_file.restore()
+    # latched faults of the previous run, in force before the first evaluation; saved when the set changes
+    latch_file = LatchFile(config.storage.data_dir, b.clock.monotonic, b.wall_ms, events.emit, faults)
+    controller.core_state = core_state_with(latch_file.restore(c.name for c in connectors))
+    controller.after_evaluate.append(lambda: latch_file.save_if_changed(controller.core_state))
     can_link.evaluate_now = controller.evaluate_now
     compactor = compactor_for(config.telemetry, store.alias)  # None for v1: every sample as JSON
     recorder = Recorder(sampler, store, faults, config.telemetry.interval_s, b.clock.monotonic, b.wall_ms, compactor)
@@ -192,6 +211,24 @@ def _wire_remote(cabinet: Cabinet, uplink: Uplink, config_path: str | None) -> N
         uplink.on_connected.append(cabinet.remote.update.republish)
 
 
+def _contactor_feedback(config: Config, board: SimBoard | None, clock: Clock) -> Callable[[], dict[str, int | None]]:
+    """Each connector's mirror contact (``contactor_feedback`` pin) through a debounced input: 1 = closed
+    (an NO auxiliary contact: it conducts with the contactor), read at every evaluation; {} when none is wired."""
+    cc = config.contactors
+    specs = [
+        InputSpec(c.name, c.contactor_feedback, cc.feedback_active, "no", cc.feedback_debounce_ms)
+        for c in config.resolved_connectors()
+        if c.contactor_feedback
+    ]
+    if not specs:
+        return dict
+    backend = config.outputs.backend
+    reader = build_inputs(
+        specs, board.input if board is not None else (lambda pin: make_input(backend, pin)), clock.monotonic
+    )
+    return reader.poll  # type: ignore[return-value]  # {name: 1|0}: every wired connector has a value
+
+
 def _build_outputs(config: Config, board: SimBoard | None) -> Outputs:
     o = config.outputs
     sim = board or SimBoard()
@@ -201,7 +238,54 @@ def _build_outputs(config: Config, board: SimBoard | None) -> Outputs:
 
     contactors = {c.name: pin(c.contactor) for c in config.resolved_connectors()}
     first = next(iter(contactors.values()))
-    return Outputs(first, pin(o.pump), pin(o.fan), contactors)
+    out = Outputs(first, pin(o.pump), pin(o.fan), contactors)
+    out.board = sim if o.backend == "sim" else None  # the simulated board's inputs are read from it too
+    return out
+
+
+def _build_inputs(
+    config: Config, board: SimBoard | None, clock: Clock, evaluate_now: Callable[[], Any]
+) -> DigitalInputs | None:
+    """The ``[[input]]`` pins on the outputs' backend, debounced; an edge evaluates at once (a debounced one
+    when its time is over) in the event loop's thread. A simulator knob turned from another thread hands the
+    evaluation to the loop; with no loop running (the SimStepper between steps) it runs in the caller."""
+    if not config.input:
+        return None
+    loop = asyncio.get_running_loop()  # build() runs inside the daemon's loop
+
+    def in_loop_thread() -> bool:
+        try:
+            return asyncio.get_running_loop() is loop
+        except RuntimeError:
+            return False
+
+    def on_change() -> None:
+        if loop.is_running() and not in_loop_thread():
+            loop.call_soon_threadsafe(evaluate_now)
+        else:
+            evaluate_now()
+
+    def call_later(delay_s: float, fn: Callable[[], None]) -> None:
+        if in_loop_thread():
+            loop.call_later(delay_s, fn)
+        elif loop.is_running():
+            loop.call_soon_threadsafe(loop.call_later, delay_s, fn)
+        # else: no loop (SimStepper): the next tick's poll takes the change
+
+    backend = config.outputs.backend
+    sim = board or SimBoard()
+    specs = [InputSpec(i.name, i.pin, i.active, i.wiring, float(i.debounce_ms)) for i in config.input]
+    reader = build_inputs(
+        specs,
+        sim.input if backend == "sim" else (lambda pin: make_input(backend, pin)),
+        clock.monotonic,
+        on_change,
+        call_later,
+    )
+    for pin in reader.pins:
+        if isinstance(pin, LinuxPin):  # pragma: no cover - only on the board: edge events wake the loop
+            loop.add_reader(pin.fileno(), pin.handle_events)
+    return reader
 
 
 def _build_can(

@@ -24,7 +24,7 @@ from edge.meter_link import MeterLink
 from edge.ops import Operations
 from edge.remote.commands import RemoteCommands
 from edge.state import CabinetState
-from edge.status import ConnectorView, ModuleView, OperatorLimitView, ReadingView, StatusView
+from edge.status import ConnectorView, ModuleView, OperatorLimitView, ReadingView, StatusView, estop_text
 from edge.telemetry.recorder import Recorder
 from edge.telemetry.sampler import Sampler
 from edge.telemetry.store import Store
@@ -127,6 +127,11 @@ class Cabinet:
             can_frames=self.can.frame_counts(),
             control=self._control_stats(),
             connectors=self.connector_views(),
+            estop=estop_text(d.get("latched", ()), self.controller.input_values, self.controller.input_functions),
+            inputs={
+                n: {"function": f, "active": bool(self.controller.input_values.get(n))}
+                for n, f in self.controller.input_functions.items()
+            },
             everest=self.everest.stats() if self.everest is not None else {},
         )
 

@@ -16,15 +16,17 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from drivers.digital_inputs import DigitalInputs
 from drivers.power_modules.bank import ModuleBank
 from edge.charging.demand import Capabilities, ConnectorReport
 from edge.charging.demands import Demands
 from edge.config import Config
+from edge.config.digital_inputs import safety_inputs_config
 from edge.limits.connectors import evaluate_cabinet
 from edge.operator import ExternalLimit, OperatorState, Source
 from edge.state import CabinetState
 from hal.clock import Clock
-from hal.pin import Pin
+from hal.pin import Pin, SimBoard
 from hal.watchdog import WDT
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,7 @@ class Outputs:
     pump: Pin
     fan: Pin
     contactors: dict[str, Pin] = field(default_factory=dict)  # by connector name; {"1": contactor} by default
+    board: SimBoard | None = None  # the simulated board (sim backend): its input pins are read as well
 
     def __post_init__(self) -> None:
         if not self.contactors:
@@ -91,13 +94,21 @@ class Controller:
         on_event: EventSink,
         external_faults: Callable[[], list[list[Any]]] = list,
         demands: Demands | None = None,
+        contactor_feedback: Callable[[], dict[str, int | None]] = dict,
     ) -> None:
         self.config = config
         self.connectors = config.resolved_connectors()
         self.demands = demands or Demands({c.name: c.request for c in self.connectors})
         # faults detected outside the core (CAN bus off, telemetry store): [name, detail, stops_output]
         self.external_faults = external_faults
-        self.limits_cfg = {**config.limits.model_dump(), "session": config.session.model_dump()}
+        # mirror contacts by connector name: 1 closed, 0 open, None / absent = no feedback wired
+        self.contactor_feedback = contactor_feedback
+        self.limits_cfg = {
+            **config.limits.model_dump(),
+            "session": config.session.model_dump(),
+            "contactor": config.contactors.model_dump(include={"close_timeout_ms", "open_timeout_ms"}),
+            "safety_inputs": safety_inputs_config(config.input),
+        }
         self.state = state
         self.bank = bank
         self.outputs = outputs
@@ -115,6 +126,10 @@ class Controller:
         self.tick_periods_ms = RecentPeriods()
         self.after_evaluate: list[Callable[[], None]] = []  # e.g. the EVerest adapter: derating goes out now
         self.on_tick: list[Callable[[], None]] = []  # once per tick after the evaluation (telemetry samples)
+        # e-stop, door, water, tilt ([[input]]): read at every evaluation; an edge evaluates at once (build.py)
+        self.digital: DigitalInputs | None = None
+        self.input_functions: dict[str, str] = {i.name: i.function for i in config.input}
+        self.input_values: dict[str, int] = {}  # by input name, as last evaluated (status, events)
 
     # -- operator requests (local socket / cloud, through edge.ops; never above the config) ------------
     # Who may lift what is decided in edge.operator; edge.ops evaluates at once after each change.
@@ -188,6 +203,7 @@ class Controller:
     def _snapshot(self, now: float) -> dict[str, Any]:
         ext = self.external_limit
         stop = self.stopped_by is not None
+        feedback = self.contactor_feedback()
         return self.state.cabinet_snapshot(
             now,
             external_limit_a=ext.amps if ext else None,
@@ -197,9 +213,30 @@ class Controller:
             clear=self._clear_requests,
             external_faults=self.external_faults(),
             connectors={
-                c.name: self._connector_snapshot(c, now, ext.amps if ext else None, stop) for c in self.connectors
+                c.name: self._connector_snapshot(c, now, ext.amps if ext else None, stop)
+                | {"contactor_fb": feedback.get(c.name)}
+                for c in self.connectors
             },
+            **self._digital_snapshot(),
         )
+
+    def _digital_snapshot(self) -> dict[str, Any]:
+        """``digital`` (by function, 1 = ACTIVE; several inputs of one function: any) and ``digital_names``
+        (the ACTIVE inputs by function); an event for every debounced change."""
+        if self.digital is None:
+            return {}
+        values = self.digital.poll()
+        by_function: dict[str, int] = {}
+        names: dict[str, list[str]] = {}
+        for name, function in self.input_functions.items():
+            v = values[name]
+            by_function[function] = max(by_function.get(function, 0), v)
+            if v:
+                names.setdefault(function, []).append(name)
+            if self.input_values.get(name, 0) != v:  # at start-up: the ACTIVE ones
+                self.on_event("input", name, {"function": function, "active": bool(v)})
+        self.input_values = values
+        return {"digital": by_function, "digital_names": names}
 
     def _connector_snapshot(self, c: Any, now: float, external_limit_a: float | None, stop: bool) -> dict[str, Any]:
         if c.request == "fixed":  # a bench session at the configured set-points (old single-output config)

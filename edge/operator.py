@@ -253,19 +253,7 @@ class OperatorFile:
     def write(self, state: OperatorState) -> None:
         """Temp file, fsync, rename over the old one, fsync the directory: after a crash at any point the
         file is the old state or the new one, never a mix. Raises OSError."""
-        data = json.dumps(self.record(state), separators=(",", ":"), allow_nan=False).encode()
-        os.makedirs(self.data_dir, exist_ok=True)
-        tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
-        fd = os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_atomic(self.path, json.dumps(self.record(state), separators=(",", ":"), allow_nan=False).encode())
         self.saves += 1
 
     def save(self, state: OperatorState) -> None:
@@ -353,6 +341,24 @@ class OperatorFile:
                 "detail": detail[:400],
             },
         )
+
+
+def write_atomic(path: str, data: bytes) -> None:
+    """Temp file, fsync, rename over ``path``, fsync the directory: after a crash at any point the file is
+    the old content or the new one, never a mix (also edge/latches.py's writer). Raises OSError."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, exist_ok=True)
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 _PREFIX_OF = {LOCAL: "cli:", CLOUD: "cloud:"}

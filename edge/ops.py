@@ -33,9 +33,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from pydantic_core import PydanticCustomError
 
 from edge.config import Config
-from edge.limits import inputs
+from edge.limits import core, inputs, safety_inputs
 from edge.operator import CLOUD, LOCAL, ExternalLimit, Held, OperatorState, Source
 from hal.clock import Clock, LinuxClock
+
+# faults cleared on site only, never from the cloud: the core's (welded contactor, unreadable latch file) and
+# the safety inputs' (e-stop, water, tilt)
+LOCAL_CLEAR_ONLY = core.LOCAL_CLEAR_ONLY + safety_inputs.LOCAL_CLEAR_ONLY
 
 INVALID_ARGUMENT = "invalid_argument"
 REFUSED = "refused"
@@ -172,7 +176,7 @@ def validate(op: str, raw: Mapping[str, Any] | None, source: Source, max_output_
         raise OpError(INVALID_ARGUMENT, f"unknown operation {op!r} (known: {', '.join(ARGS)})")
     context = {"max_output_current_a": max_output_current_a, "source_kind": source.kind}
     try:
-        return model.model_validate(dict(raw or {}), context=context)
+        args = model.model_validate(dict(raw or {}), context=context)
     except ValidationError as exc:
         errors = exc.errors()
         extra = sorted(str(e["loc"][-1]) for e in errors if e["type"] == "extra_forbidden")
@@ -181,6 +185,11 @@ def validate(op: str, raw: Mapping[str, Any] | None, source: Source, max_output_
             allowed = ", ".join(model.model_fields) or "none"
             problems.insert(0, f"unexpected field(s) {', '.join(extra)[:200]}; allowed: {allowed}")
         raise OpError(INVALID_ARGUMENT, "; ".join(problems)) from None
+    if isinstance(args, ClearArgs) and source.kind == CLOUD and args.fault in LOCAL_CLEAR_ONLY:
+        # someone must look at the cabinet (e-stop, water, tilt, a welded contactor, a lost latch file):
+        # whatever limits.remote_clear_allowed says
+        raise OpError(FORBIDDEN, f"{args.fault} may be cleared only on site (edge clear {args.fault} at the cabinet)")
+    return args
 
 
 def authorise(op: str, source: Source, remote_clear_allowed: bool) -> None:

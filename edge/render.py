@@ -388,8 +388,10 @@ def status_text(st: dict[str, Any], cable: str | None = None) -> str:
     )
     if st.get("time_ms"):
         head += f"   {time.strftime('%H:%M:%S %Z', time.localtime(st['time_ms'] / 1000))}"
+    estop = st.get("estop")
     lines = [
         head[:WIDTH],
+        *(_wrap("E-STOP", estop) if estop and estop != "ok" else []),  # before anything else it explains
         output_line(st),
         *limit_lines(st),
         *connector_lines(st),

@@ -42,6 +42,19 @@ class OperatorLimitView:
     expires_in_s: float | None  # None: until cleared
 
 
+def estop_text(latched: Any, values: dict[str, int], functions: dict[str, str]) -> str | None:
+    """``ok``, pressed or latched, and what to do; None when no ``[[input]]`` is an e-stop."""
+    names = [n for n, f in functions.items() if f == "estop"]
+    if not names:
+        return None
+    pressed = [n for n in names if values.get(n)]
+    if pressed:
+        return f"PRESSED ({', '.join(pressed)}): every output off; release it, then edge clear emergency_stop"
+    if "emergency_stop" in latched:
+        return "released, LATCHED: every output off until edge clear emergency_stop (on site)"
+    return "ok"
+
+
 def shown_phase(mode: str | None, phase: str | None) -> str:
     """What a technician reads for a connector: the phase, ``FAULT`` in capitals, the mode (``Export``,
     ``Off``) when the controller named no phase (EVerest ``Other``)."""
@@ -155,10 +168,14 @@ class StatusView:
     control: dict[str, Any] = field(default_factory=dict)
     connectors: tuple[ConnectorView, ...] = ()  # config order
     everest: dict[str, Any] = field(default_factory=dict)  # the EVerest adapter's counters; {} without one
+    estop: str | None = None  # the e-stop's state for a technician (estop_text); None without an e-stop input
+    inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # [[input]] by name: function, active
 
     # -- the API's ``status`` ------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
         return {
+            "estop": self.estop,
+            "inputs": self.inputs,
             "cabinet_id": self.cabinet_id,
             "site_id": self.site_id,
             "version": self.version,

@@ -110,7 +110,10 @@ def test_m2e_payloads_follow_the_api() -> None:
         ("module_alarm_2", None),
         ("grid_meter_lost", None),
         ("telemetry_store_error", None),
-        ("contactor_welded", "VendorError"),  # not in the table: stops the session rather than being ignored
+        ("contactor_welded", "HardwareFault"),
+        ("contactor_failed_to_close", "HardwareFault"),
+        ("precharge_timeout", "HardwareFault"),
+        ("some_future_fault", "VendorError"),  # not in the table: stops the session rather than being ignored
     ],
 )
 def test_error_mapping(fault: str, kind: str | None) -> None:
@@ -118,6 +121,18 @@ def test_error_mapping(fault: str, kind: str | None) -> None:
     assert (err.type if err else None) == kind
     if err is not None:
         assert err.sub_type == fault and err.type in codec.ERROR_TYPES
+
+
+def test_contactor_faults_are_raised_as_mrec17_on_that_connectors_module_only() -> None:
+    """A weld or a failure to close is the ChargeX MREC17EVSEContactorFault of that connector: raised on its
+    own power_supply_DC module (its report's faults), none on a connector without the fault."""
+    for fault in ("contactor_welded", "contactor_failed_to_close"):
+        err = codec.everest_error(fault)
+        assert err is not None and err.type == "HardwareFault" and err.sub_type == fault
+        assert err.message.startswith("MREC17EVSEContactorFault")
+    one = codec.wanted_errors(["contactor_welded"], modules_reachable=True)
+    assert list(one) == [("HardwareFault", "contactor_welded")]
+    assert codec.wanted_errors([], modules_reachable=True) == {}
 
 
 def test_every_fault_the_core_documents_has_a_conscious_mapping() -> None:

@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from edge.config.connectors import Contactors, Session
 from edge.config.limits import LimitsConfig
-from edge.limits import connectors
+from edge.limits import connectors, contactor
 from edge.limits.connectors import SESSION_DEFAULTS, evaluate_cabinet
 
 FAST = LimitsConfig(raise_hold_ms=0, ramp_up_a_per_s=1000.0).model_dump()
@@ -108,7 +109,10 @@ def test_session_defaults_match_the_config_keys_and_a_config_section_overrides_t
         "off_current_a": 1.0,
         "off_timeout_ms": 2000,
         "precharge_tolerance_v": 20.0,
+        "precharge_timeout_ms": 5000,
     }
+    assert SESSION_DEFAULTS == Session().model_dump()
+    assert contactor.DEFAULTS == Contactors().model_dump(include={"close_timeout_ms", "open_timeout_ms"})
     assert connectors.session_config({"session": {"off_current_a": 0.5}})["off_current_a"] == 0.5
     assert connectors.session_config({})["request_stale_ms"] == 3000
 
@@ -134,6 +138,8 @@ def test_the_decision_has_the_documented_shape():
         "connectors",
         "events",
         "grid_allowed_w",
+        "estop",  # edge/limits/safety_inputs.py
+        "digital",
     }
     assert set(d["connectors"]["1"]) == {
         "limit_a",
@@ -152,8 +158,9 @@ def test_the_decision_has_the_documented_shape():
         "max_power_w",
         "voltage_reached",
         "request_age_s",
+        "out_of_service",
     }
-    assert set(state) == {"connectors", "sessions", "grid"}
+    assert set(state) == {"connectors", "sessions", "grid", "safety"}
     assert d["limit_a"] == 200.0 and d["enable"] and d["contactor"]
 
 

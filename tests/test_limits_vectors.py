@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from edge.config.limits import LimitsConfig
-from edge.limits import connectors, core, inputs
+from edge.limits import connectors, contactor, core, inputs, safety_inputs
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS = REPO / "tests" / "vectors"
@@ -77,18 +77,23 @@ def load_cabinet_cases(base_config: dict[str, Any]) -> list[dict[str, Any]]:
     folder = VECTORS / "connectors"
     defaults = json.loads((folder / "_defaults.json").read_text())
     cases = []
-    for path in sorted(folder.glob("[!_]*.json")):
+    # tests/vectors/contactor/ and safety_inputs/: edge/limits/contactor.py and safety_inputs.py, same format
+    paths = [*folder.glob("[!_]*.json"), *(VECTORS / "contactor").glob("[!_]*.json")]
+    paths += [*(VECTORS / "safety_inputs").glob("[!_]*.json")]
+    for path in sorted(paths):
         for case in json.loads(path.read_text()):
             config = _merge(base_config, defaults["fast_config"]) if case.get("fast") else base_config
             config = LimitsConfig.model_validate(_merge(config, case.get("config", {}))).model_dump()
             config["session"] = _merge(connectors.SESSION_DEFAULTS, case.get("session", {}))
+            config["contactor"] = _merge(contactor.DEFAULTS, case.get("contactor", {}))
+            config["safety_inputs"] = _merge(safety_inputs.DEFAULTS, case.get("safety_inputs", {}))
             own = case.get("connectors", {})
             names = case.get("names", defaults["names"])
             steps = [defaults["warm_up"] if s.get("warm_up") else s for s in case["steps"]]
             cases.append(
                 {
                     "name": case["name"],
-                    "file": "connectors/" + path.name,
+                    "file": str(path.relative_to(VECTORS)),
                     "config": config,
                     "snapshot": _merge(defaults["snapshot"], case.get("snapshot", {})),
                     "fresh": _merge(defaults["fresh"], case.get("fresh", {})),

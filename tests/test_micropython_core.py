@@ -24,6 +24,8 @@ LIMITS = REPO / "edge" / "limits"
 CORE = LIMITS / "core.py"
 INPUTS = LIMITS / "inputs.py"
 CONNECTORS = LIMITS / "connectors.py"
+CONTACTOR = LIMITS / "contactor.py"
+SAFETY_INPUTS = LIMITS / "safety_inputs.py"
 
 
 def _stubs_dir() -> Path:
@@ -63,7 +65,7 @@ def _mypy_with_micropython_stubs(*paths: Path) -> subprocess.CompletedProcess[st
 
 
 def test_safety_core_and_its_input_table_type_check_against_micropython_stdlib_stubs():
-    res = _mypy_with_micropython_stubs(CORE, INPUTS, CONNECTORS)
+    res = _mypy_with_micropython_stubs(CORE, INPUTS, CONNECTORS, CONTACTOR, SAFETY_INPUTS)
     assert res.returncode == 0, res.stdout + res.stderr
 
 
@@ -93,4 +95,4 @@ def test_the_cabinet_core_imports_nothing_but_the_core_and_its_table_under_micro
     )
     res = subprocess.run([micropython_binary(), str(script)], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "['connectors', 'core', 'inputs']"
+    assert res.stdout.strip() == "['connectors', 'contactor', 'core', 'inputs', 'safety_inputs']"

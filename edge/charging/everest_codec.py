@@ -300,6 +300,16 @@ ERROR_TABLE: tuple[tuple[str, str | None, str], ...] = (
     ("grid_meter_lost", None, "grid fallback limit: capabilities"),
     ("telemetry_store_error", None, "telemetry only: charging unaffected"),
     ("request_stale", None, "the controller's own requests stopped: reported as mode Off, not as a fault"),
+    # ChargeX MREC17EVSEContactorFault, on that connector's power_supply_DC module
+    ("contactor_welded", "HardwareFault", "MREC17EVSEContactorFault: contactor welded, connector out of service"),
+    ("contactor_failed_to_close", "HardwareFault", "MREC17EVSEContactorFault: contactor failed to close"),
+    ("precharge_timeout", "HardwareFault", "pre-charge voltage not reached in time"),
+    # the cabinet's digital safety inputs; the MREC / board-support name in the message for the operator
+    ("emergency_stop", "HardwareFault", "emergency stop pressed or latched (MREC8EmergencyStop)"),
+    ("water_ingress", "HardwareFault", "water in the cabinet (WaterIngressDetected)"),
+    ("tilt", "HardwareFault", "cabinet tilted (TiltDetected)"),
+    # stop or derate per door_action: the cabinet's mode and capabilities carry it, the warning says why
+    ("door_open", "VendorWarning", "cabinet door open during a session (EnclosureOpen)"),
 )
 UNKNOWN_FAULT_TYPE = "VendorError"
 MODULES_UNREACHABLE = "modules_unreachable"  # sub_type of the CommunicationFault from modules_reachable False

@@ -207,6 +207,54 @@ class Session(Section):
         le=20,
         description="PreCharge is done once the output is within this of the target (vehicles close within 20 V)",
     )
+    precharge_timeout_ms: int = Field(
+        5000,
+        ge=1000,
+        le=7000,
+        description="PreCharge not within precharge_tolerance_v of the target after this long: fault "
+        "precharge_timeout, 0 A (DIN 70121: 5 s for the station; the vehicle gives up after 7 s)",
+    )
+
+
+class Contactors(Section):
+    """Mirror contacts of the output contactors (``contactor_feedback`` of a ``[[connector]]``): how fast
+    a contactor must follow its command before it counts as welded or failed to close (docs/SAFETY.md)."""
+
+    close_timeout_ms: int = Field(
+        200,
+        ge=50,
+        le=2000,
+        description="the mirror contact reads closed within this after the close command, else fault "
+        "contactor_failed_to_close (DC contactors close in 20-50 ms; the rest is debounce and the control tick)",
+    )
+    open_timeout_ms: int = Field(
+        200,
+        ge=50,
+        le=2000,
+        description="the mirror contact reads open within this after the open command, else fault "
+        "contactor_welded (DC contactors open in under 20 ms with an economizer)",
+    )
+    feedback_active: Literal["high", "low"] = Field(
+        "high", description="input level of a closed contactor: high (NO mirror contact) or low (NC)"
+    )
+    feedback_debounce_ms: int = Field(
+        10, ge=0, le=100, description="a feedback level counts once it was steady this long"
+    )
+
+    @model_validator(mode="after")
+    def _debounce_within_timeouts(self) -> Contactors:
+        shortest = min(self.close_timeout_ms, self.open_timeout_ms)
+        if self.feedback_debounce_ms * 2 > shortest:
+            check(
+                [
+                    (
+                        ("feedback_debounce_ms",),
+                        f"{self.feedback_debounce_ms} ms leaves too little of the shortest timeout ({shortest} ms): "
+                        "allowed at most half of close_timeout_ms and open_timeout_ms",
+                    )
+                ]
+            )
+        return self
 
 
 def legacy_connector(config: Config) -> Connector:

@@ -8,9 +8,10 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from edge.config.base import Loc, Section, check
-from edge.config.connectors import Connector, Everest, Session, legacy_connector
+from edge.config.connectors import Connector, Contactors, Everest, Session, legacy_connector
 from edge.config.crosschecks import connector_notes, connector_problems, pin_problems, setpoint_problems
 from edge.config.devices import CableSensor, Meter, PowerModules
+from edge.config.digital_inputs import DigitalInput, input_problems
 from edge.config.hardware import CanBus, ModbusTcp, Outputs, SerialLine, Watchdog
 from edge.config.limits import LimitsConfig
 from edge.config.remote import Remote
@@ -64,7 +65,9 @@ class Config(Section):
     connector: list[Connector] = []
     everest: Everest = Everest()
     session: Session = Session()
+    contactors: Contactors = Contactors()
     outputs: Outputs = Outputs()
+    input: list[DigitalInput] = []  # digital safety inputs: e-stop, door, water, tilt
     watchdog: Watchdog = Watchdog()
     limits: LimitsConfig = LimitsConfig()
     telemetry: Telemetry = Telemetry()
@@ -83,6 +86,7 @@ class Config(Section):
             + setpoint_problems(self)
             + connector_problems(self)
             + pin_problems(self)
+            + input_problems(self)
         )
         return self
 

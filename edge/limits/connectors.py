@@ -1,7 +1,7 @@
 """Safety core of a cabinet with several connectors: ``evaluate_cabinet(snapshot, config, previous_state)``.
 
 Pure and MicroPython-safe like ``core.py`` (same rules: no I/O, no clock, builtin types only, sorted output;
-imports only ``core`` and ``inputs``, as plain modules on the MCU). Each connector runs the single-output
+imports only ``core``, ``inputs`` and ``contactor``, as plain modules on the MCU). Each connector runs the single-output
 pipeline of ``core.py`` (its cable, its output, its modules, its hardware maxima, its own state and
 latches); this module adds what belongs to the cabinet or to a charging session:
 
@@ -26,24 +26,32 @@ Snapshot (units as in core.py)::
                                       "t_mode", "t_setpoint"} or None,
                           "hw_max_a", "hw_max_v", "hw_min_v", "hw_max_w", "uncooled",
                           "modules_available", "module_max_a", "modules_configured", "modules_lost",
-                          "modules_alarm", "external_limit_a", "stop", "external_faults"}}}
+                          "modules_alarm", "external_limit_a", "stop", "external_faults",
+                          "contactor_fb": 1|0|None (mirror contact, contactor.py)}}}
 
-Config: the core's limits dict plus ``session`` (:data:`SESSION_DEFAULTS` fill what it lacks).
+Config: the core's limits dict plus ``session`` (:data:`SESSION_DEFAULTS` fill what it lacks) and
+``contactor`` (``contactor.DEFAULTS`` fill what it lacks). Contactor feedback (weld, fail to close) and the
+pre-charge check are ``contactor.py``'s rules, run inside each connector's pipeline.
 
 Decision: the core's cabinet-wide fields (``limit_a`` and ``target_a`` summed, ``enable`` and ``contactor``
 any, ``voltage_v`` the highest, ``rule``/``reason`` of the most limited connector in session, ``pump``,
 ``fan``, ``faults``, ``fault_details``, ``fault_docs``, ``latched``, ``cleared``, ``clear_refused``) plus
 ``events`` (texts of this evaluation: a session ended and why the contactor opened), ``grid_allowed_w``
-(the site fuse's allowance for the cabinet's DC output, W; None without a grid meter) and ``connectors``:
+(the site fuse's allowance for the cabinet's DC output, W; None without a grid meter), ``estop`` and
+``digital`` (e-stop, door, water, tilt: ``safety_inputs.py``, which also reads the snapshot's ``digital``) and
+``connectors``:
 {name: {"limit_a", "target_a", "voltage_v", "enable", "contactor", "phase", "mode", "ending", "rule",
-"reason", "faults", "latched", "max_current_a", "max_power_w", "voltage_reached", "request_age_s"}}.
+"reason", "faults", "latched", "max_current_a", "max_power_w", "voltage_reached", "request_age_s",
+"out_of_service"}}.
 """
 
 try:
-    from . import core, inputs
+    from . import contactor, core, inputs, safety_inputs
 except ImportError:  # imported by path as a plain module (safety MCU, tests/vectors/runner.py)
+    import contactor  # type: ignore[import-not-found,no-redef]
     import core  # type: ignore[import-not-found,no-redef]
     import inputs  # type: ignore[import-not-found,no-redef]
+    import safety_inputs  # type: ignore[import-not-found,no-redef]
 
 fmt_num = core.fmt_num
 EPS_S = core.EPS_S
@@ -55,12 +63,22 @@ SESSION_DEFAULTS = {
     "off_current_a": 1.0,  # the contactor opens at the end of a session only below this current
     "off_timeout_ms": 2000,  # ... or this long after the end anyway
     "precharge_tolerance_v": 20.0,  # PreCharge is done within this of the target voltage
+    "precharge_timeout_ms": contactor.PRECHARGE_TIMEOUT_MS,  # ... or precharge_timeout (contactor.py)
 }
 PRECHECK_PHASES = ("CableCheck", "PreCharge")
 
 # limits that come from the request, not from what the connector can give (kept out of max_current_a);
 # the power rating is in max_power_w instead
-REQUEST_RULES = ("session", "request", "request_stale", "precheck", "request_power", "voltage_range", "hardware_power")
+REQUEST_RULES = (
+    "session",
+    "request",
+    "request_stale",
+    "precheck",
+    "precharge",
+    "request_power",
+    "voltage_range",
+    "hardware_power",
+)
 
 # faults of the cabinet's inputs (one ambient sensor, the modules' temperature, one grid meter) -> the input:
 # listed once with no connector named, unless that connector sent the input itself
@@ -91,6 +109,7 @@ def initial_state() -> dict:
         "connectors": {},  # name -> core state (latches, ramp, timers of that output)
         "sessions": {},  # name -> {"contactor": closed last time, "t_end": session end or None, "cause"}
         "grid": {"ok_t": None, "allowed_ac": None, "charger_w": []},  # the cabinet's site-fuse rule
+        "safety": safety_inputs.initial_state(),  # e-stop, water, tilt latches (safety_inputs.py)
     }
 
 
@@ -119,6 +138,7 @@ def _copy_state(state: dict, names: list) -> dict:
     grid = state.get("grid")
     if grid is not None:
         out["grid"] = {"ok_t": grid["ok_t"], "allowed_ac": grid["allowed_ac"], "charger_w": list(grid["charger_w"])}
+    out["safety"] = safety_inputs.copy_state(state.get("safety"))
     return out
 
 
@@ -465,8 +485,11 @@ def _connector(name: str, cab: dict, config: dict, state: dict, grid: list | Non
     cfg = _connector_config(config, conn)
     cstate = core._copy_state(state["connectors"].get(name) or core.initial_state())
     c = core._Ctx(_core_snapshot(name, cab, limits, flag, n_share), cfg, cstate)
+    contactor.check(c, conn, req, cab["session"], contactor.settings(config))  # feedback, pre-charge
+    safety_inputs.apply(c, cab["safety"])  # e-stop, door, water, tilt: trips and derating of the cabinet
     for step in core.STEPS:
         step(c)
+    contactor.record(cstate, c.contactor, t)
     cstate["t_prev"] = t
     state["connectors"][name] = cstate
     sess["contactor"] = c.contactor
@@ -512,6 +535,7 @@ def _connector_view(r: dict, scfg: dict) -> dict:
         "max_power_w": cap[1],
         "voltage_reached": _voltage_reached(r, scfg),
         "request_age_s": r["req"]["age_s"],
+        "out_of_service": contactor.out_of_service(d["latched"]),
     }
 
 
@@ -651,6 +675,8 @@ def evaluate_cabinet(snapshot: dict, config: dict, previous_state: dict | None) 
     names = cab["names"]
     state = _copy_state(previous_state if previous_state is not None else initial_state(), names)
     n_live = len([n for n in names if cab["requests"][n]["live"]])
+    closed = [n for n in names if (state["sessions"].get(n) or {}).get("contactor")]
+    cab["safety"] = safety_inputs.evaluate(snapshot, config, state["safety"], n_live > 0 or len(closed) > 0)
     cab_snap = {"t": snapshot["t"], "inputs": snapshot.get("inputs") or {}}
     cab_snap["grid_configured"] = snapshot.get("grid_configured", False)
     grid = _grid(core._Ctx(cab_snap, config, {}), config, state["grid"], _total_output(snapshot, cab["ctxs"], names))
@@ -665,6 +691,8 @@ def _decision(snapshot: dict, config: dict, cab: dict, results: dict, grid: list
     cabinet_external = {}  # type: dict
     for item in snapshot.get("external_faults") or []:
         cabinet_external[item[0]] = True
+    for name in cab["safety"]["faults"]:
+        cabinet_external[name] = True  # the cabinet's inputs: listed once, no connector named
     views = {}
     events = []
     for name in names:
@@ -680,6 +708,7 @@ def _decision(snapshot: dict, config: dict, cab: dict, results: dict, grid: list
         out["grid_allowed_w"] = grid[0] * 3.0 * rule["phase_voltage_v"] * rule["efficiency"]
         if grid[3] is not None:
             _add_cabinet_fault(out, "grid_meter_lost", grid[3])
+    safety_inputs.finish(out, cab["safety"], snapshot)
     return out
 
 

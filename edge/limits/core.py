@@ -71,6 +71,8 @@ DOCS = inputs.DOCS
 fault_doc = inputs.fault_doc
 PUMP_COOLDOWN_S = 60.0  # keep coolant moving after a session so the pins cool down
 EPS_S = 1e-6  # timers: 1.4 - 1.0 is 0.3999999999999999 in binary floating point
+# latched faults a clear from the cloud may never lift: cleared on site only, with the condition gone
+LOCAL_CLEAR_ONLY = ("contactor_welded", "latch_state_unreadable")
 
 
 def fmt_num(x: float, digits: int = 1) -> str:

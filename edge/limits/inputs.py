@@ -246,6 +246,14 @@ FAULT_DOCS = {
     "can_bus_off.": "can_bus_off",
     "telemetry_store_error": "telemetry_store_error",
     "request_stale": "request_stale",
+    "contactor_welded": "contactor_welded",
+    "contactor_failed_to_close": "contactor_failed_to_close",
+    "precharge_timeout": "precharge_timeout",
+    # the cabinet's digital safety inputs (safety_inputs.py)
+    "emergency_stop": "emergency_stop",
+    "door_open": "door_open",
+    "water_ingress": "water_ingress",
+    "tilt": "tilt",
 }
 _FAMILIES = tuple(sorted([k for k in FAULT_DOCS if k[0] == "_" or k[-1] in "_."]))
 

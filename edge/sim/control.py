@@ -15,6 +15,11 @@ tests drive faults through it while the daemon runs in another process. One JSON
     {"knob": "plug", "connector": "2", "value": true, "car": "800v", "soc": 0.2}
     {"knob": "soc", "connector": "1", "value": 0.79}   # the vehicle's state of charge, 0..1
     {"knob": "hot_pin_c", "connector": "1", "value": 30.0}  # a bad DC+ contact: °C on top
+    {"knob": "contactor_weld", "connector": "1", "value": true}  # stays closed once closed
+    {"knob": "contactor_weld", "connector": "1", "value": true, "closed_now": true}  # welded closed at once
+    {"knob": "contactor_fail_to_close", "connector": "2", "value": true}  # the coil no longer pulls in
+    {"knob": "input", "function": "estop", "value": true}  # e-stop pressed (false: released); also
+                                                # "door" (open), "water", "tilt": every [[input]] of it
     {"get": "physics"}
 
 Without "connector", a knob acts on the first connector ("1").
@@ -66,6 +71,8 @@ def apply(cabinet: SimCabinet, req: dict[str, Any]) -> dict[str, Any]:
             cabinet.inject_bus_off()
         elif knob == "sessions":
             cabinet.set_sessions(bool(value))
+        elif knob == "input":
+            cabinet.set_input(str(req["function"]), bool(value))
         else:
             return {"ok": False, "error": f"unknown knob {knob!r}"}
     except (KeyError, TypeError, ValueError) as exc:
@@ -73,7 +80,7 @@ def apply(cabinet: SimCabinet, req: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True}
 
 
-_CONNECTOR_KNOBS = ("plug", "soc", "hot_pin_c")
+_CONNECTOR_KNOBS = ("plug", "soc", "hot_pin_c", "contactor_weld", "contactor_fail_to_close")
 
 
 def _connector_knob(cabinet: SimCabinet, knob: str, req: dict[str, Any]) -> None:
@@ -87,6 +94,10 @@ def _connector_knob(cabinet: SimCabinet, knob: str, req: dict[str, Any]) -> None
             cabinet.unplug(connector)
     elif knob == "soc":
         cabinet.set_soc(float(value), connector)
+    elif knob == "contactor_weld":
+        cabinet.weld_contactor(connector, value is None or bool(value), bool(req.get("closed_now")))
+    elif knob == "contactor_fail_to_close":
+        cabinet.contactor_fails_to_close(connector, value is None or bool(value))
     else:
         cabinet.set_hot_pin(float(value if value is not None else 0.0), connector)
 

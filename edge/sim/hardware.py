@@ -25,10 +25,12 @@ from typing import Any
 
 import can
 
+from drivers.digital_inputs import is_active
 from drivers.meters.models import model_for
 from edge.charging.demand import Capabilities, DemandSink
 from edge.config import Config
 from edge.sim.can_devices import CableSpec, SimCanDevices
+from edge.sim.contactor import SimContactor
 from edge.sim.layout import SimConnectorSpec, connector_layout
 from edge.sim.meter import SimMeter
 from edge.sim.physics import ConnectorPhysics, ModuleModel, Physics
@@ -51,6 +53,8 @@ class SimHardware:
     ) -> None:
         self.config = config
         self.board = SimBoard()
+        for inp in config.input:  # the safety inputs start in their normal state (loop closed, door shut)
+            self.board.input(inp.pin, _input_level(inp.active, inp.wiring, False))
         self.lock = threading.Lock()
         self.layout = layout if layout is not None else connector_layout(config)
         self.physics = Physics(
@@ -83,6 +87,13 @@ class SimHardware:
         )
         self.sessions = False
         self._session_t = 0.0
+        # each connector's contactor follows its pin with a delay; its mirror contact is read where wired
+        self.contactors = {spec.name: SimContactor() for spec in self.layout}
+        # the mirror contacts the daemon reads: connector -> its contactor_feedback input pin
+        self._feedback_pins = {
+            c.name: c.contactor_feedback for c in config.resolved_connectors() if c.contactor_feedback
+        }
+        self._drive_feedback()
         # the built-in charging controller, for the connectors that ask for it
         self.charging = SimSessions(
             {
@@ -110,7 +121,9 @@ class SimHardware:
         self._session_step(dt_s)
         with self.lock:
             for spec in self.layout:
-                self.physics.connectors[spec.name].contactor = bool(self.board.level(spec.contactor_pin))
+                coil = bool(self.board.level(spec.contactor_pin))
+                self.physics.connectors[spec.name].contactor = self.contactors[spec.name].step(coil, dt_s)
+            self._drive_feedback()
             self.physics.pump_on = bool(self.board.level(self.config.outputs.pump))
             self.physics.step(dt_s)
 
@@ -170,6 +183,22 @@ class SimHardware:
             return vals
 
     # -- fault knobs ---------------------------------------------------------------------------------
+    def _drive_feedback(self) -> None:
+        """Each wired mirror contact's input level as the contacts stand ([contactors] feedback_active)."""
+        closed_level = 1 if self.config.contactors.feedback_active == "high" else 0
+        for name, pin in self._feedback_pins.items():
+            self.board.drive(pin, closed_level if self.contactors[name].closed else 1 - closed_level)
+
+    def weld_contactor(self, connector: str | None = None, on: bool = True, closed_now: bool = False) -> None:
+        """Knob: the connector's contactor welds (stays closed once closed; ``closed_now``: closed at once)."""
+        with self.lock:
+            self.contactors[self.connector(connector).name].weld(on, closed_now)
+
+    def contactor_fails_to_close(self, connector: str | None = None, on: bool = True) -> None:
+        """Knob: the connector's contactor no longer closes (coil, driver or its supply broken)."""
+        with self.lock:
+            self.contactors[self.connector(connector).name].fail_to_close(on)
+
     def set_pump_failed(self, failed: bool) -> None:
         with self.lock:
             self.physics.pump_failed = failed
@@ -191,6 +220,23 @@ class SimHardware:
 
     def set_meter_silent(self, name: str, silent: bool) -> None:
         self.meters[name].silent = silent
+
+    def set_input(self, function: str, active: bool) -> None:
+        """Every ``[[input]]`` of ``function`` ("estop", "door", "water", "tilt") ACTIVE (pressed, open, wet,
+        tilted) or back to normal: its pin driven to the level that means it with its wiring, as the wiring
+        outside would (a change reaches the controller at once through the pin's irq)."""
+        inputs = [i for i in self.config.input if i.function == function]
+        if not inputs:
+            have = sorted({i.function for i in self.config.input})
+            raise KeyError(f"no [[input]] with function {function!r} in the config (have {have})")
+        for inp in inputs:
+            self.board.drive(inp.pin, _input_level(inp.active, inp.wiring, active))
+
+    def set_estop(self, pressed: bool) -> None:
+        self.set_input("estop", pressed)
+
+    def set_door_open(self, open_: bool) -> None:
+        self.set_input("door", open_)
 
     def set_vehicle_demand(self, amps: float) -> None:
         with self.lock:
@@ -284,6 +330,11 @@ class SimHardware:
                     for a, m in p.modules.items()
                 },
             }
+
+
+def _input_level(active_level: str, wiring: str, active: bool) -> int:
+    """The pin level that reads as ``active`` for an input with this active level and wiring."""
+    return 1 if bool(is_active(1, active_level, wiring)) == active else 0
 
 
 def _connector(index: int, spec: SimConnectorSpec, plugged: bool) -> ConnectorPhysics:
