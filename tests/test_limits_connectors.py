@@ -152,6 +152,8 @@ def test_the_decision_has_the_documented_shape():
         "max_power_w",
         "voltage_reached",
         "request_age_s",
+        "imd",
+        "over_voltage_v",
     }
     assert set(state) == {"connectors", "sessions", "grid"}
     assert d["limit_a"] == 200.0 and d["enable"] and d["contactor"]

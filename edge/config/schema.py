@@ -12,6 +12,7 @@ from edge.config.connectors import Connector, Everest, Session, legacy_connector
 from edge.config.crosschecks import connector_notes, connector_problems, pin_problems, setpoint_problems
 from edge.config.devices import CableSensor, Meter, PowerModules
 from edge.config.hardware import CanBus, ModbusTcp, Outputs, SerialLine, Watchdog
+from edge.config.isolation import IsolationMonitor, IsolationRule, OverVoltageMonitor, isolation_problems
 from edge.config.limits import LimitsConfig
 from edge.config.telemetry import Telemetry
 
@@ -66,6 +67,9 @@ class Config(Section):
     outputs: Outputs = Outputs()
     watchdog: Watchdog = Watchdog()
     limits: LimitsConfig = LimitsConfig()
+    isolation_monitor: list[IsolationMonitor] = []
+    isolation: IsolationRule = IsolationRule()
+    over_voltage_monitor: OverVoltageMonitor = OverVoltageMonitor()
     telemetry: Telemetry = Telemetry()
     api: Api = Api()
     storage: Storage = Storage()
@@ -81,6 +85,7 @@ class Config(Section):
             + setpoint_problems(self)
             + connector_problems(self)
             + pin_problems(self)
+            + isolation_problems(self)
         )
         return self
 
