@@ -26,6 +26,7 @@ from edge.config import Config
 from edge.control import Controller, Outputs
 from edge.events import EventLog
 from edge.faults import ExternalFaults
+from edge.isolation_link import IsolationLink
 from edge.meter_link import MeterLink
 from edge.operator import OperatorFile
 from edge.ops import Operations
@@ -96,8 +97,21 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         heartbeat_timeout_s={"everest": config.everest.heartbeat_timeout_ms / 1000.0},
         on_event=events.emit,
     )
+    # the insulation monitors share the meters' Modbus lines
+    isolation = (
+        IsolationLink(config, meters.lines, events.emit, b.clock.monotonic) if config.isolation_monitor else None
+    )
     controller = Controller(
-        config, state, can_link.bank, outputs, wdt, b.clock, events.emit, faults.core_input, demands=demands
+        config,
+        state,
+        can_link.bank,
+        outputs,
+        wdt,
+        b.clock,
+        events.emit,
+        faults.core_input,
+        demands=demands,
+        isolation=isolation,
     )
 
     def demand_changed(_connector: str) -> None:
@@ -128,6 +142,7 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         recorder=recorder,
         started=b.clock.monotonic(),
         sim_charging=b.sim_charging,
+        isolation=isolation,
     )
     controller.on_tick.append(cabinet.sample_connectors)
     cabinet.operations = Operations(config, controller, events.emit, cabinet.status, b.clock)

@@ -20,6 +20,7 @@ from edge.config import Config
 from edge.control import Controller, Outputs
 from edge.events import EventLog
 from edge.faults import ExternalFaults
+from edge.isolation_link import IsolationLink
 from edge.meter_link import MeterLink
 from edge.ops import Operations
 from edge.state import CabinetState
@@ -62,6 +63,7 @@ class Cabinet:
     uplink: Uplink | None = None
     everest: EverestAdapter | None = None  # the EVerest power_supply_DC adapter, when a connector uses it
     sim_charging: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any] | None = None
+    isolation: IsolationLink | None = None  # the insulation monitors, when [[isolation_monitor]] names any
 
     # -- what the API, the uplink and the tests use --------------------------------------------------
     @property
@@ -221,6 +223,8 @@ class Cabinet:
     def tasks(self, status_line: bool = False) -> dict[str, Coroutine[Any, Any, None]]:
         """Every long-running task but the control loop, by name."""
         out: dict[str, Coroutine[Any, Any, None]] = {**self.can.tasks(), **self.meters.tasks()}
+        if self.isolation is not None:
+            out.update(self.isolation.tasks())
         out["telemetry"] = self.recorder.run(self._limit_a, self._watchdog_status)
         if self.api is not None:
             out["api"] = self.api.serve()

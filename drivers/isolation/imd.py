@@ -16,12 +16,20 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from drivers.isolation import registers as regs
 from drivers.meters.planner import Block
 from drivers.meters.reader import MeterCommError, MeterTimeout, ModbusLine
 
 OK, FAULT, SELF_TEST = "ok", "fault", "self_test"  # ImdReading.status
+
+
+class ImdLine(Protocol):
+    """What the driver needs of a line: :class:`ModbusLine`, or an in-process simulated line that also has
+    ``write_register(device_id, address, value, timeout_s)``."""
+
+    async def read(self, device_id: int, block: Block, timeout_s: float) -> list[int]: ...
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,7 @@ class ImdDriver:
 
     def __init__(
         self,
-        line: ModbusLine,
+        line: ImdLine,
         device_id: int,
         timeout_s: float = 0.5,
         self_test_timeout_s: float = 30.0,
@@ -105,23 +113,30 @@ class ImdDriver:
         return regs.decode_ascii(name), fw[1]
 
     async def _write(self, address: int, value: int) -> None:
-        """One register, function code 16, under the line's lock (one transaction at a time)."""
-        line = self.line
-        async with line.lock:
-            wait = line._last_end + line.gap_s - line.clock()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            try:
-                if not line.client.connected:
-                    await asyncio.wait_for(line.client.connect(), self.timeout_s)
-                rr = await asyncio.wait_for(
-                    line.client.write_registers(address, [value], device_id=self.device_id), self.timeout_s
-                )
-            except (TimeoutError, OSError) as exc:
-                raise MeterTimeout(f"device {self.device_id}: write {address} timed out") from exc
-            except Exception as exc:  # pymodbus' ModbusException and friends
-                raise MeterCommError(f"device {self.device_id}: write {address}: {exc}") from exc
-            finally:
-                line._last_end = line.clock()
-        if rr.isError():
-            raise MeterCommError(f"device {self.device_id}: write {address} refused")
+        write = getattr(self.line, "write_register", None)  # an in-process line (the stepped simulator)
+        if write is not None:
+            await write(self.device_id, address, value, self.timeout_s)
+        elif isinstance(self.line, ModbusLine):
+            await write_register(self.line, self.device_id, address, value, self.timeout_s)
+        else:
+            raise TypeError(f"cannot write registers through {self.line!r}")
+
+
+async def write_register(line: ModbusLine, device_id: int, address: int, value: int, timeout_s: float) -> None:
+    """One register, function code 16, under the line's lock (one transaction at a time, the RTU gap)."""
+    async with line.lock:
+        wait = line._last_end + line.gap_s - line.clock()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        try:
+            if not line.client.connected:
+                await asyncio.wait_for(line.client.connect(), timeout_s)
+            rr = await asyncio.wait_for(line.client.write_registers(address, [value], device_id=device_id), timeout_s)
+        except (TimeoutError, OSError) as exc:
+            raise MeterTimeout(f"device {device_id}: write {address} timed out") from exc
+        except Exception as exc:  # pymodbus' ModbusException and friends
+            raise MeterCommError(f"device {device_id}: write {address}: {exc}") from exc
+        finally:
+            line._last_end = line.clock()
+    if rr.isError():
+        raise MeterCommError(f"device {device_id}: write {address} refused")

@@ -20,6 +20,8 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.isolation import registers as regs
+from drivers.meters.planner import Block
+from drivers.meters.reader import MeterTimeout
 from edge.sim.meter import _never_answer, _NoAnswer
 
 # address ranges the device answers (holding registers): channels, settings, self-test, identity
@@ -121,6 +123,25 @@ class SimImd:
             return None
         registers[:] = self.words(start_address, len(registers))
         return None
+
+
+class InProcessImdLine:
+    """The IMDs of one line without bytes (the stepped simulator): answers at once, never suspends."""
+
+    def __init__(self, imds: list[SimImd]) -> None:
+        self.imds = {m.device_id: m for m in imds}
+
+    def _imd(self, device_id: int, timeout_s: float) -> SimImd:
+        m = self.imds.get(device_id)
+        if m is None or m.silent:
+            raise MeterTimeout(f"device {device_id}: no reply within {timeout_s * 1000:.0f} ms")
+        return m
+
+    async def read(self, device_id: int, block: Block, timeout_s: float) -> list[int]:
+        return self._imd(device_id, timeout_s).words(block.start, block.count)
+
+    async def write_register(self, device_id: int, address: int, value: int, timeout_s: float) -> None:
+        self._imd(device_id, timeout_s).write(address, value)
 
 
 def _devices(imds: list[SimImd]) -> list[SimDevice]:
