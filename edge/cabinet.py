@@ -128,6 +128,7 @@ class Cabinet:
             control=self._control_stats(),
             connectors=self.connector_views(),
             everest=self.everest.stats() if self.everest is not None else {},
+            isolation=self.isolation.status if self.isolation is not None else {},
         )
 
     def connector_views(self) -> tuple[ConnectorView, ...]:

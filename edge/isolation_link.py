@@ -64,9 +64,15 @@ class IsolationLink:
             return None
         r = mon.reading
         if r is None:
-            return {"ohm": None, "t": None, "status": "stale", "self_test": mon.driver.self_test}
+            return {"ohm": None, "t": None, "status": "stale", "self_test": mon.driver.self_test, "voltage_v": None}
         status = r.status if mon.ok else "stale"
-        return {"ohm": r.resistance_ohm, "t": r.t, "status": status, "self_test": mon.driver.self_test}
+        return {
+            "ohm": r.resistance_ohm,
+            "t": r.t,
+            "status": status,
+            "self_test": mon.driver.self_test,
+            "voltage_v": r.voltage_v,
+        }
 
     def command(self, connector: str, view: dict[str, Any] | None) -> None:
         """The core's wishes for the connector's IMD (its decision's ``imd``), applied by the poll loop."""

@@ -155,6 +155,7 @@ class StatusView:
     control: dict[str, Any] = field(default_factory=dict)
     connectors: tuple[ConnectorView, ...] = ()  # config order
     everest: dict[str, Any] = field(default_factory=dict)  # the EVerest adapter's counters; {} without one
+    isolation: dict[str, dict[str, Any]] = field(default_factory=dict)  # the insulation monitors; {} without one
 
     # -- the API's ``status`` ------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
@@ -194,6 +195,7 @@ class StatusView:
             "can_frames": self.can_frames,
             "control": self.control,
             "everest": self.everest,
+            **({"isolation": self.isolation} if self.isolation else {}),
         }
 
     # -- the retained MQTT ``state`` -----------------------------------------------------------------

@@ -84,3 +84,29 @@ def test_an_insulation_drop_while_charging_stops_the_session_and_latches(sim: Si
     sim.set_imd_resistance(5e6, "1")
     sim.run(1.0)
     assert "isolation_fault" in sim.decision()["latched"]  # still latched until cleared
+
+
+def test_edge_status_shows_each_imd(sim: SimStepper) -> None:
+    from edge.render import status_text
+
+    sim.run_until(lambda: sim.charging.states()["1"] == CHARGING, 30.0, "charging")
+    st = sim.cabinet.view().as_dict()
+    assert st["isolation"]["imd1"]["ok"] and st["isolation"]["imd1"]["self_test"] == "passed"
+    text = status_text(st)
+    assert "imd      imd1 ok  R 5000 kOhm  ok  self-test passed" in text
+    sim.set_imd_silent(True, "2")
+    sim.run(5.0)
+    assert "imd      imd2 NO ANSWER" in status_text(sim.cabinet.view().as_dict())
+    assert "isolation_monitor_lost" in sim.decision()["faults"]  # in a session: fail safe
+    assert not view(sim, "2")["contactor"] and view(sim, "1")["contactor"]
+
+
+def test_the_imd_knobs_of_the_sim_control_socket(sim: SimStepper) -> None:
+    from edge.sim.control import apply
+
+    assert apply(sim, {"knob": "imd_ohm", "connector": "2", "value": 1234.0}) == {"ok": True}  # type: ignore[arg-type]
+    assert apply(sim, {"knob": "imd_self_test_fails", "value": True}) == {"ok": True}  # type: ignore[arg-type]
+    assert apply(sim, {"knob": "imd_silent", "connector": "2", "value": True}) == {"ok": True}  # type: ignore[arg-type]
+    assert sim.imds["imd2"].resistance_ohm == 1234.0 and sim.imds["imd2"].silent
+    assert sim.imds["imd1"].self_test_fails and not sim.imds["imd1"].silent
+    assert not apply(sim, {"knob": "imd_ohm", "connector": "9", "value": 1.0})["ok"]  # type: ignore[arg-type]

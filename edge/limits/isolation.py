@@ -7,7 +7,8 @@ connector's core state under ``"isolation"``). Numbers are IEC 61851-23 figures 
 vendor code; every one is configuration (:data:`DEFAULTS`, schema in edge/config/isolation.py).
 
 Snapshot per connector: ``"imd": {"ohm": float|None, "t": s of the reading, "status": "ok"|"fault"|
-"stale"|"self_test", "self_test": None|"running"|"passed"|"failed"}``; absent when no IMD watches the
+"stale"|"self_test", "self_test": None|"running"|"passed"|"failed", "voltage_v": float|None (optional: the
+voltage the IMD measures)}``; absent when no IMD watches the
 connector (then nothing here runs: the charging controller's own IMD does the cable check).
 
 Cable check (phase ``CableCheck``, request live): the IMD's self-test (``self_test``), then
@@ -97,6 +98,17 @@ def _fresh_ohm(imd: dict, cfg: dict, t: float) -> float | None:
     if (t - rx) * 1000.0 > cfg["stale_ms"] + core.EPS_S * 1000.0:
         return None
     return float(ohm)
+
+
+def _lowest_v(imd: dict, out_v: float | None, cfg: dict, t: float) -> float:
+    """The lower of the measured output voltage and the IMD's own (fresh) voltage reading: the IMD is often
+    read more often than the modules, so the output's short dip below the safe voltage is seen sooner."""
+    low = out_v if out_v is not None else 1e9
+    imd_v = imd.get("voltage_v")
+    rx = imd.get("t")
+    if imd_v is not None and imd_v == imd_v and rx is not None and (t - rx) * 1000.0 <= cfg["stale_ms"]:
+        low = min(low, imd_v)
+    return low
 
 
 def _device_problem(imd: dict, cfg: dict, t: float) -> list | None:
@@ -263,7 +275,7 @@ def evaluate(imd: dict | None, request: dict, out_v: float | None, config: dict,
     phase = request["phase"] if request["phase"] in SESSION_PHASES else "Other"
     _follow_phase(state, phase, t, cfg)
     ohm = _fresh_ohm(imd, cfg, t)
-    if out_v is not None and out_v < cfg["safe_voltage_v"]:
+    if _lowest_v(imd, out_v, cfg, t) < cfg["safe_voltage_v"]:
         state["discharged"] = state["check"] == PASSED or state["discharged"]
     if request["live"] and phase in SESSION_PHASES:
         _in_session(state, imd, request, phase, ohm, out_v, cfg, t, out)

@@ -15,6 +15,8 @@ tests drive faults through it while the daemon runs in another process. One JSON
     {"knob": "plug", "connector": "2", "value": true, "car": "800v", "soc": 0.2}
     {"knob": "soc", "connector": "1", "value": 0.79}   # the vehicle's state of charge, 0..1
     {"knob": "hot_pin_c", "connector": "1", "value": 30.0}  # a bad DC+ contact: °C on top
+    {"knob": "imd_ohm", "connector": "1", "value": 60000.0}  # insulation its IMD measures, Ohm
+    {"knob": "imd_self_test_fails" | "imd_silent", "connector": "1", "value": true}
     {"get": "physics"}
 
 Without "connector", a knob acts on the first connector ("1").
@@ -48,6 +50,8 @@ def apply(cabinet: SimCabinet, req: dict[str, Any]) -> dict[str, Any]:
     try:
         if knob in _CONNECTOR_KNOBS:
             _connector_knob(cabinet, str(knob), req)
+        elif knob in _IMD_KNOBS:
+            _imd_knob(cabinet, str(knob), req)
         elif knob == "pump_failed":
             cabinet.set_pump_failed(bool(value))
         elif knob == "cable_silent":
@@ -74,6 +78,7 @@ def apply(cabinet: SimCabinet, req: dict[str, Any]) -> dict[str, Any]:
 
 
 _CONNECTOR_KNOBS = ("plug", "soc", "hot_pin_c")
+_IMD_KNOBS = ("imd_ohm", "imd_self_test_fails", "imd_silent")
 
 
 def _connector_knob(cabinet: SimCabinet, knob: str, req: dict[str, Any]) -> None:
@@ -89,6 +94,17 @@ def _connector_knob(cabinet: SimCabinet, knob: str, req: dict[str, Any]) -> None
         cabinet.set_soc(float(value), connector)
     else:
         cabinet.set_hot_pin(float(value if value is not None else 0.0), connector)
+
+
+def _imd_knob(cabinet: SimCabinet, knob: str, req: dict[str, Any]) -> None:
+    connector = _opt_str(req.get("connector")) or cabinet.physics.primary.name
+    value: Any = req.get("value")
+    if knob == "imd_ohm":
+        cabinet.set_imd_resistance(float(value), connector)
+    elif knob == "imd_self_test_fails":
+        cabinet.set_imd_self_test_fails(bool(value), connector)
+    else:
+        cabinet.set_imd_silent(bool(value), connector)
 
 
 def _opt_str(value: Any) -> str | None:
