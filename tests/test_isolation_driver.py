@@ -115,3 +115,43 @@ def test_failed_self_test_and_silent_device() -> None:
             await drv.read()
 
     asyncio.run(_with_server(sim, True, body))
+
+
+def test_the_link_carries_the_cores_commands_and_reports_a_silent_imd() -> None:
+    from edge.config import parse_config
+    from edge.isolation_link import IsolationLink
+    from tests.conftest import REPO
+
+    cfg = parse_config((REPO / "edge" / "sim" / "sim.toml").read_text())
+    sim = SimImd(device_id=3, resistance_ohm=2e6, voltage_v=lambda: 470.0, self_test_s=0.2)
+    sim.measuring = False
+    events: list[tuple[str, str]] = []
+
+    async def body(drv: ImdDriver) -> None:
+        link = IsolationLink(cfg, {"rs485-grid": drv.line}, lambda kind, name, _d: events.append((kind, name)))
+        mon = link.by_connector["1"]
+        assert link.snapshot("1", 0.0)["status"] == "stale" and link.snapshot("9", 0.0) is None
+        mon.driver.self_test = "passed"  # left from the last session
+        link.command("1", {"measure": True, "self_test": True})
+        assert link.snapshot("1", 0.0)["self_test"] is None  # not this session's result
+        await link.poll_once(mon)
+        assert sim.measuring and sim.self_tests == 1 and (3026, 1) in sim.writes
+        link.command("1", {"measure": True, "self_test": True})  # still asked: no second test
+        await until(lambda: _polled(link, mon, "passed"), 5.0, "self-test passed through the link")
+        assert sim.self_tests == 1
+        snap = link.snapshot("1", 0.0)
+        assert (snap["ohm"], snap["status"], snap["voltage_v"]) == (2e6, "ok", 470.0)
+        link.command("1", {"measure": False, "self_test": False})
+        await link.poll_once(mon)
+        assert not sim.measuring and link.snapshot("1", 0.0)["ohm"] is None
+        sim.silent = True
+        await link.poll_once(mon)
+        assert link.snapshot("1", 0.0)["status"] == "stale" and link.status["imd1"]["errors"] == 1
+        assert events == [("isolation_monitor_ok", "imd1"), ("isolation_monitor_lost", "imd1")]
+
+    asyncio.run(_with_server(sim, True, body))
+
+
+async def _polled(link, mon, result: str) -> bool:  # type: ignore[no-untyped-def]
+    await link.poll_once(mon)
+    return mon.driver.self_test == result
