@@ -28,6 +28,7 @@ from edge.config import Config
 from edge.control import Controller, Outputs
 from edge.events import EventLog
 from edge.faults import ExternalFaults
+from edge.isolation_link import IsolationLink
 from edge.latches import LatchFile, core_state_with
 from edge.meter_link import MeterLink
 from edge.operator import OperatorFile
@@ -104,6 +105,10 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         heartbeat_timeout_s={"everest": config.everest.heartbeat_timeout_ms / 1000.0},
         on_event=events.emit,
     )
+    # the insulation monitors share the meters' Modbus lines
+    isolation = (
+        IsolationLink(config, meters.lines, events.emit, b.clock.monotonic) if config.isolation_monitor else None
+    )
     controller = Controller(
         config,
         state,
@@ -115,6 +120,7 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         faults.core_input,
         demands=demands,
         contactor_feedback=b.contactor_feedback or _contactor_feedback(config, outputs.board, b.clock),
+        isolation=isolation,
     )
 
     def demand_changed(_connector: str) -> None:
@@ -150,6 +156,7 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         recorder=recorder,
         started=b.clock.monotonic(),
         sim_charging=b.sim_charging,
+        isolation=isolation,
     )
     controller.on_tick.append(cabinet.sample_connectors)
     cabinet.operations = Operations(config, controller, events.emit, cabinet.status, b.clock)

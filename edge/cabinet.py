@@ -20,6 +20,7 @@ from edge.config import Config
 from edge.control import Controller, Outputs
 from edge.events import EventLog
 from edge.faults import ExternalFaults
+from edge.isolation_link import IsolationLink
 from edge.meter_link import MeterLink
 from edge.ops import Operations
 from edge.remote.commands import RemoteCommands
@@ -64,6 +65,7 @@ class Cabinet:
     everest: EverestAdapter | None = None  # the EVerest power_supply_DC adapter, when a connector uses it
     remote: RemoteCommands | None = None  # update, config-apply, diag, ... over MQTT (edge/remote)
     sim_charging: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any] | None = None
+    isolation: IsolationLink | None = None  # the insulation monitors, when [[isolation_monitor]] names any
 
     # -- what the API, the uplink and the tests use --------------------------------------------------
     @property
@@ -133,6 +135,7 @@ class Cabinet:
                 for n, f in self.controller.input_functions.items()
             },
             everest=self.everest.stats() if self.everest is not None else {},
+            isolation=self.isolation.status if self.isolation is not None else {},
         )
 
     def connector_views(self) -> tuple[ConnectorView, ...]:
@@ -230,6 +233,8 @@ class Cabinet:
     def tasks(self, status_line: bool = False) -> dict[str, Coroutine[Any, Any, None]]:
         """Every long-running task but the control loop, by name."""
         out: dict[str, Coroutine[Any, Any, None]] = {**self.can.tasks(), **self.meters.tasks()}
+        if self.isolation is not None:
+            out.update(self.isolation.tasks())
         out["telemetry"] = self.recorder.run(self._limit_a, self._watchdog_status)
         if self.api is not None:
             out["api"] = self.api.serve()

@@ -22,6 +22,7 @@ from edge.charging.demand import Capabilities, ConnectorReport
 from edge.charging.demands import Demands
 from edge.config import Config
 from edge.config.digital_inputs import safety_inputs_config
+from edge.isolation_link import IsolationLink
 from edge.limits.connectors import evaluate_cabinet
 from edge.operator import ExternalLimit, OperatorState, Source
 from edge.state import CabinetState
@@ -95,6 +96,7 @@ class Controller:
         external_faults: Callable[[], list[list[Any]]] = list,
         demands: Demands | None = None,
         contactor_feedback: Callable[[], dict[str, int | None]] = dict,
+        isolation: IsolationLink | None = None,
     ) -> None:
         self.config = config
         self.connectors = config.resolved_connectors()
@@ -108,7 +110,10 @@ class Controller:
             "session": config.session.model_dump(),
             "contactor": config.contactors.model_dump(include={"close_timeout_ms", "open_timeout_ms"}),
             "safety_inputs": safety_inputs_config(config.input),
+            "isolation": config.isolation.model_dump(),
+            "over_voltage_monitor": config.over_voltage_monitor.model_dump(),
         }
+        self.isolation = isolation  # the insulation monitors: each connector's "imd" reading and commands
         self.state = state
         self.bank = bank
         self.outputs = outputs
@@ -244,7 +249,9 @@ class Controller:
         request = self.demands.core_request(c.name)
         volts = request["voltage_v"] if request else 0.0
         bank = self.bank
+        imd = self.isolation.snapshot(c.name, now) if self.isolation is not None else None
         return {
+            **({"imd": imd} if imd is not None else {}),
             "inputs": self.state.connector_inputs(c.name, c.modules, now),
             "request": request,
             "hw_max_a": c.max_current_a,
@@ -282,6 +289,8 @@ class Controller:
                     self.bank.off(mods)
             self.bank.apply(cd["enable"], cd["voltage_v"], cd["limit_a"], addresses=mods)
             self.outputs.contactors[c.name].value(1 if cd["contactor"] else 0)
+            if self.isolation is not None:
+                self.isolation.command(c.name, cd.get("imd"))
         pump, fan = d["pump"], d["fan"] > 0
         if self.test_outputs and not d["enable"] and self.clock.monotonic() < self.test_outputs_until:
             pump = self.test_outputs.get("pump", pump)

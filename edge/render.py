@@ -222,6 +222,18 @@ def meter_lines(st: dict[str, Any]) -> list[str]:
     return out
 
 
+def isolation_lines(st: dict[str, Any]) -> list[str]:
+    """One line per insulation monitor: its health, the resistance it reads and its self-test."""
+    out = []
+    for name, m in st.get("isolation", {}).items():
+        health = "ok" if m.get("ok") else f"NO ANSWER ({m.get('errors', 0)} errors: {m.get('last_error')})"
+        ohm = m.get("ohm")
+        value = "--" if ohm is None else f"{ohm / 1000.0:.0f} kOhm"
+        test = m.get("self_test") or "-"
+        out += _wrap("imd", f"{name} {health}  R {value}  {m.get('status') or '-'}  self-test {test}")
+    return out
+
+
 def _kw(st: dict[str, Any], signal: str) -> str:
     r = st.get("readings", {}).get(signal)
     if not r or r.get("value") is None:
@@ -399,6 +411,7 @@ def status_text(st: dict[str, Any], cable: str | None = None) -> str:
         *module_lines(st),
         *cable_lines(st, cable),
         *meter_lines(st),
+        *isolation_lines(st),
         *can_lines(st),
         *uplink_lines(st),
     ]

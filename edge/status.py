@@ -170,6 +170,7 @@ class StatusView:
     everest: dict[str, Any] = field(default_factory=dict)  # the EVerest adapter's counters; {} without one
     estop: str | None = None  # the e-stop's state for a technician (estop_text); None without an e-stop input
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # [[input]] by name: function, active
+    isolation: dict[str, dict[str, Any]] = field(default_factory=dict)  # the insulation monitors; {} without one
 
     # -- the API's ``status`` ------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
@@ -211,6 +212,7 @@ class StatusView:
             "can_frames": self.can_frames,
             "control": self.control,
             "everest": self.everest,
+            **({"isolation": self.isolation} if self.isolation else {}),
         }
 
     # -- the retained MQTT ``state`` -----------------------------------------------------------------

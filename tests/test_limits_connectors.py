@@ -159,6 +159,8 @@ def test_the_decision_has_the_documented_shape():
         "voltage_reached",
         "request_age_s",
         "out_of_service",
+        "imd",
+        "over_voltage_v",
     }
     assert set(state) == {"connectors", "sessions", "grid", "safety"}
     assert d["limit_a"] == 200.0 and d["enable"] and d["contactor"]

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from edge.config.limits import LimitsConfig
-from edge.limits import connectors, contactor, core, inputs, safety_inputs
+from edge.limits import connectors, contactor, core, inputs, isolation, overvoltage, safety_inputs
 
 REPO = Path(__file__).resolve().parent.parent
 VECTORS = REPO / "tests" / "vectors"
@@ -74,19 +74,23 @@ def load_cabinet_cases(base_config: dict[str, Any]) -> list[dict[str, Any]]:
     """tests/vectors/connectors/*.json: cases of a cabinet with several connectors (runner.py
     ``run_cabinet_case``), merged with tests/vectors/connectors/_defaults.json. A case's ``session``
     overrides the session rules (the core's defaults otherwise), ``connectors`` each connector's fields."""
-    folder = VECTORS / "connectors"
-    defaults = json.loads((folder / "_defaults.json").read_text())
+    defaults = json.loads((VECTORS / "connectors" / "_defaults.json").read_text())
     cases = []
-    # tests/vectors/contactor/ and safety_inputs/: edge/limits/contactor.py and safety_inputs.py, same format
-    paths = [*folder.glob("[!_]*.json"), *(VECTORS / "contactor").glob("[!_]*.json")]
-    paths += [*(VECTORS / "safety_inputs").glob("[!_]*.json")]
-    for path in sorted(paths):
+    # the connectors' own rules (contactor, safety inputs, isolation, over-voltage) have their own folders, same format
+    paths = [
+        p
+        for folder in ("connectors", "contactor", "safety_inputs", "isolation", "overvoltage")
+        for p in sorted((VECTORS / folder).glob("[!_]*.json"))
+    ]
+    for path in paths:
         for case in json.loads(path.read_text()):
             config = _merge(base_config, defaults["fast_config"]) if case.get("fast") else base_config
             config = LimitsConfig.model_validate(_merge(config, case.get("config", {}))).model_dump()
             config["session"] = _merge(connectors.SESSION_DEFAULTS, case.get("session", {}))
             config["contactor"] = _merge(contactor.DEFAULTS, case.get("contactor", {}))
             config["safety_inputs"] = _merge(safety_inputs.DEFAULTS, case.get("safety_inputs", {}))
+            config["isolation"] = _merge(isolation.DEFAULTS, case.get("isolation", {}))
+            config["over_voltage_monitor"] = _merge(overvoltage.DEFAULTS, case.get("over_voltage_monitor", {}))
             own = case.get("connectors", {})
             names = case.get("names", defaults["names"])
             steps = [defaults["warm_up"] if s.get("warm_up") else s for s in case["steps"]]

@@ -95,4 +95,7 @@ def test_the_cabinet_core_imports_nothing_but_the_core_and_its_table_under_micro
     )
     res = subprocess.run([micropython_binary(), str(script)], capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == "['connectors', 'contactor', 'core', 'inputs', 'safety_inputs']"
+    assert (
+        res.stdout.strip()
+        == "['connectors', 'contactor', 'core', 'inputs', 'isolation', 'overvoltage', 'safety_inputs']"
+    )

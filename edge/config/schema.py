@@ -13,6 +13,7 @@ from edge.config.crosschecks import connector_notes, connector_problems, pin_pro
 from edge.config.devices import CableSensor, Meter, PowerModules
 from edge.config.digital_inputs import DigitalInput, input_problems
 from edge.config.hardware import CanBus, ModbusTcp, Outputs, SerialLine, Watchdog
+from edge.config.isolation import IsolationMonitor, IsolationRule, OverVoltageMonitor, isolation_problems
 from edge.config.limits import LimitsConfig
 from edge.config.remote import Remote
 from edge.config.telemetry import Telemetry
@@ -70,6 +71,9 @@ class Config(Section):
     input: list[DigitalInput] = []  # digital safety inputs: e-stop, door, water, tilt
     watchdog: Watchdog = Watchdog()
     limits: LimitsConfig = LimitsConfig()
+    isolation_monitor: list[IsolationMonitor] = []
+    isolation: IsolationRule = IsolationRule()
+    over_voltage_monitor: OverVoltageMonitor = OverVoltageMonitor()
     telemetry: Telemetry = Telemetry()
     api: Api = Api()
     storage: Storage = Storage()
@@ -87,6 +91,7 @@ class Config(Section):
             + connector_problems(self)
             + pin_problems(self)
             + input_problems(self)
+            + isolation_problems(self)
         )
         return self
 

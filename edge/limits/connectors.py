@@ -46,11 +46,13 @@ any, ``voltage_v`` the highest, ``rule``/``reason`` of the most limited connecto
 """
 
 try:
-    from . import contactor, core, inputs, safety_inputs
+    from . import contactor, core, inputs, isolation, overvoltage, safety_inputs
 except ImportError:  # imported by path as a plain module (safety MCU, tests/vectors/runner.py)
     import contactor  # type: ignore[import-not-found,no-redef]
     import core  # type: ignore[import-not-found,no-redef]
     import inputs  # type: ignore[import-not-found,no-redef]
+    import isolation  # type: ignore[import-not-found,no-redef]
+    import overvoltage  # type: ignore[import-not-found,no-redef]
     import safety_inputs  # type: ignore[import-not-found,no-redef]
 
 fmt_num = core.fmt_num
@@ -78,6 +80,7 @@ REQUEST_RULES = (
     "request_power",
     "voltage_range",
     "hardware_power",
+    "cable_check",
 )
 
 # faults of the cabinet's inputs (one ambient sensor, the modules' temperature, one grid meter) -> the input:
@@ -487,14 +490,47 @@ def _connector(name: str, cab: dict, config: dict, state: dict, grid: list | Non
     c = core._Ctx(_core_snapshot(name, cab, limits, flag, n_share), cfg, cstate)
     contactor.check(c, conn, req, cab["session"], contactor.settings(config))  # feedback, pre-charge
     safety_inputs.apply(c, cab["safety"])  # e-stop, door, water, tilt: trips and derating of the cabinet
+    extra = {}  # type: dict
     for step in core.STEPS:
         step(c)
+        if step is core._apply_rules:
+            extra = _output_rules(c, conn, req, config)
     contactor.record(cstate, c.contactor, t)
     cstate["t_prev"] = t
     state["connectors"][name] = cstate
     sess["contactor"] = c.contactor
     state["sessions"][name] = sess
-    return {"ctx": c, "decision": core._decision(c), "req": req, "flag": flag, "cfg": cfg, "conn": conn}
+    return {"ctx": c, "decision": core._decision(c), "req": req, "flag": flag, "cfg": cfg, "conn": conn, "extra": extra}
+
+
+def _output_rules(c: core._Ctx, conn: dict, req: dict, config: dict) -> dict:
+    """The connector's own output rules outside the core (isolation.py, overvoltage.py), run right after
+    the core's rules: their limits, trips, stops and clear blockers join the core's before the lowest limit
+    is taken. Their state lives in the connector's core state (flat dicts, copied with it)."""
+    out_v = c.value("output_v")
+    iso_state = c.state.get("isolation") or isolation.initial_state()
+    ov_state = c.state.get("ov") or overvoltage.initial_state()
+    iso = isolation.evaluate(conn.get("imd"), req, out_v, config, iso_state, c.t)
+    ov = overvoltage.evaluate(out_v, _num(conn.get("ev_max_v")), c.cfg["max_output_voltage_v"], config, ov_state, c.t)
+    c.state["isolation"] = iso_state
+    c.state["ov"] = ov_state
+    for item in iso["limits"]:
+        c.limit(item[0], item[1], item[2])
+    for item in iso["trips"] + ov["trips"]:
+        c.trip(item[0], item[1], item[2])
+    for item in iso["stops"]:  # the IMD lost or faulty in a session: like a lost safety input
+        c.faults[item[0]] = item[1]
+        c.limit(0.0, "isolation", item[1])
+        c.external_stop = True
+    for item in iso["warnings"]:
+        c.faults[item[0]] = item[1]
+    for item in iso["blockers"] + ov["blockers"]:
+        c.block(item[0], item[1])
+    return {
+        "imd": iso["view"],
+        "events": iso["events"],
+        "over_voltage_v": [ov["view"]["error_v"], ov["view"]["emergency_v"]],
+    }
 
 
 def _mode(r: dict) -> str:
@@ -536,6 +572,8 @@ def _connector_view(r: dict, scfg: dict) -> dict:
         "voltage_reached": _voltage_reached(r, scfg),
         "request_age_s": r["req"]["age_s"],
         "out_of_service": contactor.out_of_service(d["latched"]),
+        "imd": r["extra"].get("imd"),
+        "over_voltage_v": r["extra"].get("over_voltage_v"),
     }
 
 
@@ -699,6 +737,8 @@ def _decision(snapshot: dict, config: dict, cab: dict, results: dict, grid: list
         views[name] = _connector_view(results[name], cab["session"])
         if results[name]["flag"][2] is not None:
             events.append("connector %s: %s" % (name, results[name]["flag"][2]))
+        for text in results[name]["extra"].get("events") or []:
+            events.append("connector %s: %s" % (name, text))
     out = {"connectors": views, "events": events, "grid_allowed_w": None}  # type: dict
     _merge_faults(results, names, cabinet_external, out)
     _merge_clears(snapshot, results, names, out)

@@ -254,6 +254,14 @@ FAULT_DOCS = {
     "door_open": "door_open",
     "water_ingress": "water_ingress",
     "tilt": "tilt",
+    # isolation monitor and cable check (isolation.py), over-voltage by IEC 61851-23 (overvoltage.py)
+    "cable_check_failed": "cable_check_failed",
+    "isolation_fault": "isolation_fault",
+    "isolation_warning": "isolation_warning",
+    "isolation_monitor_lost": "isolation_monitor_lost",
+    "isolation_monitor_fault": "isolation_monitor_lost",
+    "over_voltage_error": "over_voltage_error",
+    "over_voltage_emergency": "over_voltage_emergency",
 }
 _FAMILIES = tuple(sorted([k for k in FAULT_DOCS if k[0] == "_" or k[-1] in "_."]))
 

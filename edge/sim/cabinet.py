@@ -94,14 +94,18 @@ class SimCabinet(SimHardware):
         """One pymodbus server per line that has simulated meters on it (RTU on the pty, or TCP)."""
         servers: list[Any] = []
         for line in self.config.serial:
-            meters = [self.meters[m.name] for m in self.config.meters if m.line == line.name]
+            meters = [self.meters[m.name] for m in self.config.meters if m.line == line.name] + self._imds_on(line.name)
             if meters:
                 servers.append(serial_server(meters, self.links[line.name].device_path, line.baudrate))
         for tcp in self.config.modbus_tcp:
-            meters = [self.meters[m.name] for m in self.config.meters if m.line == tcp.name]
+            meters = [self.meters[m.name] for m in self.config.meters if m.line == tcp.name] + self._imds_on(tcp.name)
             if meters:
                 servers.append(tcp_server(meters, "127.0.0.1", self.tcp_ports[tcp.name]))
         return servers
+
+    def _imds_on(self, line: str) -> list[Any]:
+        """The simulated IMDs on ``line``: served by the same server as its meters (one RS-485 line)."""
+        return [self.imds[m.name] for m in self.config.isolation_monitor if m.line == line and m.name in self.imds]
 
     async def _main(self) -> None:
         servers = self._meter_servers()

@@ -20,6 +20,8 @@ tests drive faults through it while the daemon runs in another process. One JSON
     {"knob": "contactor_fail_to_close", "connector": "2", "value": true}  # the coil no longer pulls in
     {"knob": "input", "function": "estop", "value": true}  # e-stop pressed (false: released); also
                                                 # "door" (open), "water", "tilt": every [[input]] of it
+    {"knob": "imd_ohm", "connector": "1", "value": 60000.0}  # insulation its IMD measures, Ohm
+    {"knob": "imd_self_test_fails" | "imd_silent", "connector": "1", "value": true}
     {"get": "physics"}
 
 Without "connector", a knob acts on the first connector ("1").
@@ -53,6 +55,8 @@ def apply(cabinet: SimCabinet, req: dict[str, Any]) -> dict[str, Any]:
     try:
         if knob in _CONNECTOR_KNOBS:
             _connector_knob(cabinet, str(knob), req)
+        elif knob in _IMD_KNOBS:
+            _imd_knob(cabinet, str(knob), req)
         elif knob == "pump_failed":
             cabinet.set_pump_failed(bool(value))
         elif knob == "cable_silent":
@@ -81,6 +85,7 @@ def apply(cabinet: SimCabinet, req: dict[str, Any]) -> dict[str, Any]:
 
 
 _CONNECTOR_KNOBS = ("plug", "soc", "hot_pin_c", "contactor_weld", "contactor_fail_to_close")
+_IMD_KNOBS = ("imd_ohm", "imd_self_test_fails", "imd_silent")
 
 
 def _connector_knob(cabinet: SimCabinet, knob: str, req: dict[str, Any]) -> None:
@@ -100,6 +105,17 @@ def _connector_knob(cabinet: SimCabinet, knob: str, req: dict[str, Any]) -> None
         cabinet.contactor_fails_to_close(connector, value is None or bool(value))
     else:
         cabinet.set_hot_pin(float(value if value is not None else 0.0), connector)
+
+
+def _imd_knob(cabinet: SimCabinet, knob: str, req: dict[str, Any]) -> None:
+    connector = _opt_str(req.get("connector")) or cabinet.physics.primary.name
+    value: Any = req.get("value")
+    if knob == "imd_ohm":
+        cabinet.set_imd_resistance(float(value), connector)
+    elif knob == "imd_self_test_fails":
+        cabinet.set_imd_self_test_fails(bool(value), connector)
+    else:
+        cabinet.set_imd_silent(bool(value), connector)
 
 
 def _opt_str(value: Any) -> str | None:

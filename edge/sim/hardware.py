@@ -16,6 +16,7 @@ charging controller (edge/sim/session.py) runs the sessions of the connectors wh
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import os
 import threading
@@ -31,6 +32,7 @@ from edge.charging.demand import Capabilities, DemandSink
 from edge.config import Config
 from edge.sim.can_devices import CableSpec, SimCanDevices
 from edge.sim.contactor import SimContactor
+from edge.sim.imd import SimImd
 from edge.sim.layout import SimConnectorSpec, connector_layout
 from edge.sim.meter import SimMeter
 from edge.sim.physics import ConnectorPhysics, ModuleModel, Physics
@@ -85,6 +87,12 @@ class SimHardware:
             clock=clock,
             cables=cables or None,
         )
+        # one simulated insulation monitor per [[isolation_monitor]], measuring its first connector's output
+        self.imds: dict[str, SimImd] = {
+            m.name: SimImd(m.device_id, voltage_v=self._output_v(m.connectors[0]), clock=clock)
+            for m in config.isolation_monitor
+            if m.connectors[0] in self.physics.connectors
+        }
         self.sessions = False
         self._session_t = 0.0
         # each connector's contactor follows its pin with a delay; its mirror contact is read where wired
@@ -102,6 +110,31 @@ class SimHardware:
                 if spec.request == "sim" and (conn := self.physics.connectors[spec.name]).vehicle is not None
             }
         )
+        self._give_imd_time(config)
+
+    def _output_v(self, connector: str) -> Callable[[], float]:
+        return lambda: self.physics.connectors[connector].output_v
+
+    def _give_imd_time(self, config: Config) -> None:
+        """A connector the cabinet's own IMD watches: its session measures long enough for the cabinet's cable
+        check (self-test, then the samples, one poll each, with a margin) when no verdict source is set."""
+        for m in config.isolation_monitor:
+            wait_s = 0.5 + (config.isolation.samples + 3) * m.poll_ms / 1000.0
+            wait_s += (
+                max((i.self_test_s for i in self.imds.values()), default=0.0) if config.isolation.self_test else 0.0
+            )
+            for name in m.connectors:
+                session = self.charging.sessions.get(name)
+                if session is not None:
+                    session.settings = dataclasses.replace(session.settings, isolation_measure_s=wait_s)
+
+    def set_cable_check_verdict(self, verdict: Callable[[str], str | None]) -> None:
+        """The cabinet's cable-check result per connector (its decision's ``imd.cable_check``): the sessions of
+        the connectors an IMD watches wait for it instead of a fixed time."""
+        watched = {n for m in self.config.isolation_monitor for n in m.connectors}
+        for name, session in self.charging.sessions.items():
+            if name in watched:
+                session.verdict = verdict
 
     def _device_bus(self, bus_name: str) -> can.BusABC:
         bus = self._dev_buses.get(bus_name)
@@ -237,6 +270,23 @@ class SimHardware:
 
     def set_door_open(self, open_: bool) -> None:
         self.set_input("door", open_)
+
+    def imd(self, connector: str) -> SimImd:
+        """The simulated IMD watching ``connector`` (KeyError when none does)."""
+        for m in self.config.isolation_monitor:
+            if connector in m.connectors and m.name in self.imds:
+                return self.imds[m.name]
+        raise KeyError(f"no isolation monitor watches connector {connector!r}")
+
+    def set_imd_resistance(self, ohm: float, connector: str = "1") -> None:
+        """The insulation resistance the IMD of ``connector`` measures, Ohm (a fault: below 100 kOhm)."""
+        self.imd(connector).resistance_ohm = ohm
+
+    def set_imd_self_test_fails(self, fails: bool, connector: str = "1") -> None:
+        self.imd(connector).self_test_fails = fails
+
+    def set_imd_silent(self, silent: bool, connector: str = "1") -> None:
+        self.imd(connector).silent = silent
 
     def set_vehicle_demand(self, amps: float) -> None:
         with self.lock:

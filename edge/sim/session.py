@@ -12,9 +12,10 @@ which the caller hands to the cabinet's :class:`edge.charging.demand.DemandSink`
 A session (numbers from IEC 61851-23 / DIN 70121 as EVerest applies them; all in :class:`SessionSettings`):
 
 1. Plug-in, once the connector has reported capabilities: Export/CableCheck at the cable-check voltage
-   (EV max <= 500 V: min(EV max + 50 V, 500 V); else 1.1 x EV max; never above the supply's maximum) and
-   2 A, until the output is within 10 V of it; the isolation monitor measures for a moment; then mode
-   Off (phase CableCheck) until the output is below 60 V.
+   (EV max <= 500 V: min(EV max + 50 V, 500 V); else 1.1 x EV max; never above the supply's maximum;
+   edge/limits/isolation.py) and 2 A, until the output is within 10 V of it; the isolation monitor
+   measures for a moment (with ``verdict``: until the cabinet's own cable check passed; failed ends the
+   session); then mode Off (phase CableCheck) until the output is below 60 V.
 2. Export/PreCharge at the battery voltage and 2 A; the vehicle closes its contactors when its inlet is
    within 20 V (edge/sim/vehicle.py), which ends pre-charge.
 3. Export/Charging: a CurrentDemand every 250 ms, the vehicle's CC/CV target voltage and the current it
@@ -28,11 +29,12 @@ requests (PreChargeReq, CurrentDemandReq) make EVerest repeat them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from edge.charging.demand import Capabilities, DemandSink
+from edge.limits.isolation import cable_check_voltage
 from edge.sim.vehicle import Vehicle
 
 Request = tuple[str, str, tuple[Any, ...]]
@@ -54,6 +56,7 @@ class SessionSettings:
     cable_check_tolerance_v: float = 10.0
     cable_check_reach_s: float = 10.0  # the check voltage must be reached within this
     isolation_measure_s: float = 1.0  # the isolation monitor measures at the check voltage
+    cable_check_timeout_s: float = 38.0  # DIN 70121: the station's CableCheck limit (with a cabinet's verdict)
     safe_voltage_v: float = 60.0
     discharge_timeout_s: float = 10.0
     precharge_timeout_s: float = 7.0  # DIN 70121: the vehicle gives up pre-charge after 7 s
@@ -61,12 +64,6 @@ class SessionSettings:
     heartbeat_period_s: float = 1.0  # EVerest's default heartbeat interval
     off_current_a: float = 1.0  # the vehicle opens its contactors below this
     stop_timeout_s: float = 5.0  # ... or after this long anyway
-
-
-def cable_check_voltage(ev_max_v: float, supply_max_v: float) -> float:
-    """The IEC 61851-23 cable-check voltage for a vehicle's maximum voltage, within the supply's maximum."""
-    volts = min(ev_max_v + 50.0, 500.0) if ev_max_v <= 500.0 else 1.1 * ev_max_v
-    return min(volts, supply_max_v)
 
 
 @dataclass
@@ -84,6 +81,9 @@ class SimSession:
     precharge_s: float | None = None  # ... and how long it took to the vehicle's contactors closing
     sessions: int = 0  # sessions started since construction
     history: list[tuple[float, str]] = field(default_factory=list)  # (time, state) on every change
+    # the cabinet's own cable check of this connector ("passed", "failed", else running), None without one
+    # (then the check is this controller's timer, as with EVerest's own IMD)
+    verdict: Callable[[str], str | None] | None = None
     _next_demand: float = 0.0
     _target: tuple[float, float] = (0.0, 0.0)
 
@@ -131,7 +131,13 @@ class SimSession:
         s = self.settings
         if abs(measured_v - self.check_v) <= s.cable_check_tolerance_v and self.t_reached is None:
             self.t_reached = now
-        if self.t_reached is not None and now - self.t_reached >= s.isolation_measure_s:
+        verdict = self.verdict(self.connector) if self.verdict is not None else None
+        if verdict == "failed":
+            return self._fail(now, None, "cable check: the cabinet's isolation check failed")
+        if verdict is not None and verdict != "passed" and now - self.t_state > s.cable_check_timeout_s:
+            return self._fail(now, None, f"cable check: no result in {s.cable_check_timeout_s} s")
+        measured = self.t_reached is not None and now - self.t_reached >= s.isolation_measure_s
+        if verdict == "passed" or (verdict is None and measured):
             self._enter(now, DISCHARGE)
             return [self._set_mode("Off", "CableCheck")]
         if self.t_reached is None and now - self.t_state > s.cable_check_reach_s:

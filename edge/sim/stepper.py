@@ -13,6 +13,7 @@ CABLE_PERIOD_S     cable frames, the modules' comms watchdog
 CAN_WATCH_PERIOD_S                                                      ``CanLink.watch_step``
 command spacing                                                         ``CanLink.poll_step``
 meter poll_ms      registers of :class:`edge.sim.meter.SimMeter`        ``MeterPoller.poll``
+IMD poll_ms        registers of :class:`edge.sim.imd.SimImd`            ``IsolationLink.poll_once``
 control.tick_ms                                                         ``Controller.evaluate_now``
 telemetry interval                                                      ``Cabinet.flush_telemetry``
 =================  ===================================================  =========================
@@ -50,8 +51,10 @@ from edge.build import Backends, build
 from edge.cabinet import Cabinet
 from edge.can_link import CAN_WATCH_PERIOD_S
 from edge.config import Config
+from edge.isolation_link import IsolationLink
 from edge.sim.can_devices import CABLE_PERIOD_S
 from edge.sim.hardware import SimHardware
+from edge.sim.imd import InProcessImdLine
 from edge.sim.layout import SimConnectorSpec
 from edge.sim.meter import InProcessLine
 from hal.clock import SimClock
@@ -122,6 +125,11 @@ class SimStepper(SimHardware):
         for poller, _line in self._meter_lines:
             for meter in poller.meters:
                 _anchor(meter, self.clock.monotonic())
+        link = self.cabinet.isolation
+        if link is not None:  # the insulation monitors answer in process, through the real driver
+            for mon in link.monitors:
+                mon.driver.line = InProcessImdLine([self.imds[mon.config.name]])
+            self.set_cable_check_verdict(self._cable_check_verdict)
         self._parts = self._schedule(self.clock.monotonic())
         self._start()
 
@@ -152,6 +160,10 @@ class SimStepper(SimHardware):
             # the poller decides what is due; look as often as the fastest meter polls
             fastest_s = min(m.poll_ms for m in self.config.meters) / 1000.0
             parts.append(_Every("meters", fastest_s, self._meters_step, now))
+        if cab.isolation is not None:
+            for mon in cab.isolation.monitors:
+                period_s = mon.config.poll_ms / 1000.0
+                parts.append(_Every(f"imd {mon.config.name}", period_s, _imd_poll(cab.isolation, mon), now))
         parts += [
             _Every("control tick", self.config.control.tick_ms / 1000.0, self._control_tick, now),
             _Every("telemetry", self.config.telemetry.interval_s, self._flush_telemetry, now),
@@ -251,6 +263,10 @@ class SimStepper(SimHardware):
             link.on_event(kind, name, data)
         link.status[meter.name] = meter.status()
 
+    def _cable_check_verdict(self, connector: str) -> str | None:
+        imd = ((self.decision().get("connectors") or {}).get(connector) or {}).get("imd")
+        return None if imd is None else str(imd["cable_check"])
+
     # -- what a test looks at ------------------------------------------------------------------------
     def events(self, kind: str | None = None, name: str | None = None) -> list[SimEvent]:
         """The cabinet's recent events (optionally of one kind / name), with their simulated time."""
@@ -302,6 +318,10 @@ def _run_now(coro: Coroutine[Any, Any, Any]) -> Any:
         return done.value
     coro.close()
     raise RuntimeError("a stepped meter read waited for something; the stepped simulator has no event loop")
+
+
+def _imd_poll(link: IsolationLink, mon: Any) -> Callable[[float], None]:
+    return lambda _now: _run_now(link.poll_once(mon))
 
 
 def _anchor(meter: MeterPoller, now: float) -> None:

@@ -30,6 +30,8 @@ import sys
 sys.path.insert(0, sys.argv[1])
 import connectors  # the cabinet with several connectors (imports core and inputs the same way)
 import core  # imported by path, like on the MCU
+import isolation  # noqa: F401  # connectors' own output rules, imported the same way
+import overvoltage  # noqa: F401
 
 
 def _str(s):
@@ -149,6 +151,11 @@ class _Part:
     def build(self, step, t):
         snap = dict(self.snap)
         snap["inputs"] = _inputs(self.fresh, self.silent, self.held, step.get("raw"), t)
+        imd = snap.get("imd")
+        if imd is not None and "t" not in imd:  # an IMD reading without a time is a fresh one each evaluation
+            imd = dict(imd)
+            imd["t"] = t
+            snap["imd"] = imd
         if self.request is not None and self.refresh:
             self.request = dict(self.request)
             self.request["t_mode"] = t

@@ -1,0 +1,46 @@
+"""Config of the insulation monitors and the cable-check rules (edge/config/isolation.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from edge.config import ConfigError, parse_config
+from edge.config.isolation import IsolationRule
+from edge.limits import isolation
+from tests.conftest import REPO
+
+SIM_TOML = (REPO / "edge" / "sim" / "sim.toml").read_text()
+
+
+def test_the_schema_defaults_are_the_cores() -> None:
+    assert IsolationRule().model_dump() == isolation.DEFAULTS
+
+
+def test_the_sim_cabinet_has_one_imd_per_connector() -> None:
+    cfg = parse_config(SIM_TOML)
+    assert {n: m.connectors for m in cfg.isolation_monitor for n in [m.name]} == {"imd1": ["1"], "imd2": ["2"]}
+
+
+@pytest.mark.parametrize(
+    "table, message",
+    [
+        ('line = "nope"', "not a [[serial]] or [[modbus_tcp]] name"),
+        ('connectors = ["9"]', "no connector '9'"),
+        ('connectors = ["2"]', "connector '2' is already watched by isolation monitor 'imd1'"),
+    ],
+)
+def test_wrong_references_are_refused_at_their_key(table: str, message: str, tmp_path: Path) -> None:
+    key = table.split(" = ", maxsplit=1)[0]
+    old = {"line": 'line = "rs485-grid"\ndevice_id = 3', "connectors": 'connectors = ["1"]'}[key]
+    new = {"line": table + "\ndevice_id = 3", "connectors": table}[key]
+    text = SIM_TOML.replace(old, new, 1)
+    with pytest.raises(ConfigError) as err:
+        parse_config(text, "sim.toml")
+    assert message in str(err.value) and "isolation_monitor" in str(err.value)
+
+
+def test_the_warning_threshold_must_be_above_the_fault_threshold() -> None:
+    with pytest.raises(ConfigError, match="warning_ohm_per_v"):
+        parse_config(SIM_TOML + "\n[isolation]\nwarning_ohm_per_v = 80.0\n", "sim.toml")
