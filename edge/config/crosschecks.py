@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from edge.config.base import Loc
 from edge.config.connectors import connector_block, legacy_connector
+from edge.config.sharing import relay_pins
 
 if TYPE_CHECKING:
     from edge.config.schema import Config
@@ -294,6 +295,7 @@ def pin_problems(config: Config) -> list[tuple[Loc, str]]:
         if conn.contactor_feedback:
             label = f"connector {conn.name!r} contactor_feedback"
             pins.append((("connector", i, "contactor_feedback"), conn.contactor_feedback, label))
+    pins += relay_pins(config)
     first: dict[str, str] = {}
     for loc, pin, label in pins:
         if pin.strip() in first:

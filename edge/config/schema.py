@@ -13,6 +13,7 @@ from edge.config.crosschecks import connector_notes, connector_problems, pin_pro
 from edge.config.devices import CableSensor, Meter, PowerModules
 from edge.config.hardware import CanBus, ModbusTcp, Outputs, SerialLine, Watchdog
 from edge.config.limits import LimitsConfig
+from edge.config.sharing import ModuleGroup, Relay, Sharing, sharing_problems
 from edge.config.telemetry import Telemetry
 
 
@@ -63,6 +64,9 @@ class Config(Section):
     connector: list[Connector] = []
     everest: Everest = Everest()
     session: Session = Session()
+    sharing: Sharing | None = None
+    module_group: list[ModuleGroup] = []
+    relay: list[Relay] = []
     outputs: Outputs = Outputs()
     watchdog: Watchdog = Watchdog()
     limits: LimitsConfig = LimitsConfig()
@@ -81,6 +85,7 @@ class Config(Section):
             + setpoint_problems(self)
             + connector_problems(self)
             + pin_problems(self)
+            + sharing_problems(self)
         )
         return self
 
