@@ -233,3 +233,14 @@ def test_unknown_policy_is_refused() -> None:
     connectors, groups = _cabinet({"1": "Charging", "2": "Charging"})
     with pytest.raises(ValueError, match="unknown policy"):
         al.allocate(connectors, groups, "fastest", 1000.0, 100.0, HOLD_S)
+
+
+def test_the_group_that_must_move_anyway_is_the_one_that_goes_to_work() -> None:
+    """Regression (found by bench/allocation.py): alike groups, one idle on no connector, one left on a
+    connector that stopped charging; the charging connector needs one: taking the second moves one group,
+    taking the first would move both."""
+    connectors, groups = _cabinet({"1": "Charging", "2": "Other"}, at=None, live=False, request_kw=50.0)
+    groups = {"A": groups["A"], "B": dict(groups["B"], at="2")}
+    result = al.allocate(connectors, groups, "even", 1000.0, 100.0, HOLD_S)
+    assert result["target"] == {"1": ["B"], "2": []}
+    assert result["moves"] == [["B", "2", "1"]]

@@ -336,8 +336,12 @@ def _name_groups(groups, kind, comp):
         if at is not None and want.get(at, 0) > 0:
             out[g] = at
             want[at] -= 1
+    for g in reversed(members):  # then groups that stay on no connector (the first names go to work)
+        if g not in out and groups[g].get("at") is None and want[None] > 0:
+            out[g] = None
+            want[None] -= 1
     slots = []  # type: list
-    for d in [*kind[1], None]:
+    for d in kind[1] + [None]:  # no [*x] in MicroPython
         slots += [d] * want.get(d, 0)
     rest = [g for g in members if g not in out]
     for i, g in enumerate(rest):  # as many slots as groups left (no zip(strict=): MicroPython)
