@@ -330,22 +330,29 @@ def _name_groups(groups, kind, comp):
     members = kind[2]
     want = dict(comp)
     want[None] = len(members) - sum(comp.values())
-    out = {}  # type: dict
-    for g in members:  # first, groups that may stay where they are
-        at = groups[g].get("at")
-        if at is not None and want.get(at, 0) > 0:
-            out[g] = at
-            want[at] -= 1
-    for g in reversed(members):  # then groups that stay on no connector (the first names go to work)
-        if g not in out and groups[g].get("at") is None and want[None] > 0:
-            out[g] = None
-            want[None] -= 1
+    out = _stays(groups, members, want)
     slots = []  # type: list
     for d in kind[1] + [None]:  # no [*x] in MicroPython
         slots += [d] * want.get(d, 0)
     rest = [g for g in members if g not in out]
     for i, g in enumerate(rest):  # as many slots as groups left (no zip(strict=): MicroPython)
         out[g] = slots[i]
+    return out
+
+
+def _stays(groups, members, want):
+    """The groups that stay where they are (``want`` is used up as they do): on their connector first,
+    then on no connector, the last names first (so the first names are the ones that go to work)."""
+    out = {}  # type: dict
+    for g in members:
+        at = groups[g].get("at")
+        if at is not None and want.get(at, 0) > 0:
+            out[g] = at
+            want[at] -= 1
+    for g in reversed(members):
+        if g not in out and groups[g].get("at") is None and want[None] > 0:
+            out[g] = None
+            want[None] -= 1
     return out
 
 
