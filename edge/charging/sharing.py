@@ -1,0 +1,177 @@
+"""The switching sequence that moves one module group from one connector to another (issue 16 item 3).
+
+Pure: readings in, commands out, the time as an argument; the controller carries the commands out (and the
+simulator's relay matrix answers with its mirror contacts). One :class:`Move` per group on its way; a group is
+never switched with current on it and never closed to a connector while any other relay of it is not
+confirmed open (so two connectors are never paralleled, whatever the allocator asked):
+
+1. ``capabilities`` of the losing connector (its lower limit, so its vehicle asks for less),
+2. ``group_current 0`` and wait until the group carries at most ``off_current_a`` (or ``ramp_timeout_s``),
+3. ``modules off`` and wait until the current is below ``off_current_a`` (else fault ``group_not_off``),
+4. ``relay open`` to the losing connector; its mirror contact must read open within ``confirm_s``
+   (else fault ``relay_stuck``: the group stays where it is, modules off, out of service),
+5. check every relay of the group reads open, ``relay close`` to the gaining connector; its mirror must read
+   closed within ``confirm_s`` (else fault ``relay_failed_to_close``: opened again, out of service),
+6. ``modules on`` and ``capabilities`` of the gaining connector.
+
+A group coming from no connector starts at 5, one going to no connector ends after 4. A fault takes the group
+out of service: the caller marks it unavailable, and the allocator recomputes without it.
+
+Commands (lists, so they log and serialise as they are): ``["capabilities", connector]``,
+``["group_current", group, 0.0]``, ``["modules", group, "off"|"on"]``, ``["relay", group, connector,
+"open"|"close"]``, ``["fault", group, name, detail]``, ``["done", group, connector or None]``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+Command = list[Any]
+
+# the steps of a move, in order
+REPUBLISH_LOSS = "republish_loss"
+RAMP_DOWN = "ramp_down"
+MODULES_OFF = "modules_off"
+OPEN = "open"
+CLOSE = "close"
+DONE = "done"
+FAILED = "failed"
+
+FAULTS = {
+    "group_not_off": "the group still carries current with its modules off: check the modules' output stage; "
+    "the relay was not opened",
+    "relay_stuck": "a relay's mirror contact did not read open after the open command: check the relay and its "
+    "mirror contact (group out of service, modules off, left where it was)",
+    "relay_failed_to_close": "a relay's mirror contact did not read closed after the close command: check the "
+    "relay coil, its supply and its mirror contact (group out of service, relay opened again)",
+    "relay_not_open": "another relay of the group does not read open: the group is not closed to a second "
+    "connector (that would parallel two outputs)",
+}
+
+
+@dataclass(frozen=True)
+class Timing:
+    """The sequence's limits: from ``[sharing]`` and ``[session]``."""
+
+    confirm_s: float = 0.5  # sharing.relay_confirm_ms
+    ramp_timeout_s: float = 2.0  # session.off_timeout_ms: modules off after this even if the current is not down
+    off_current_a: float = 1.0  # session.off_current_a: a relay opens only below this
+
+
+@dataclass
+class Move:
+    """One group on its way from ``source`` to ``target`` (connector names; None = no connector)."""
+
+    group: str
+    source: str | None
+    target: str | None
+    step: str = REPUBLISH_LOSS
+    since_s: float = 0.0
+    fault: str | None = None
+    log: list[Command] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.step in (DONE, FAILED)
+
+
+def start(group: str, source: str | None, target: str | None, now_s: float) -> tuple[Move, list[Command]]:
+    """A new move and its first commands."""
+    move = Move(group, source, target, since_s=now_s)
+    if source is None:
+        return _enter(move, CLOSE, now_s, [])
+    return _enter(move, REPUBLISH_LOSS, now_s, [["capabilities", source]])
+
+
+def step(
+    move: Move, current_a: float | None, mirror: dict[str, int | None], now_s: float, timing: Timing
+) -> list[Command]:
+    """Advance ``move`` with the group's measured output current (None = not known) and the mirror contacts of
+    all its relays ``{connector: 1 closed | 0 open | None not read}``; returns the commands to carry out."""
+    if move.finished:
+        return []
+    waited = now_s - move.since_s
+    low = current_a is not None and abs(current_a) <= timing.off_current_a
+    if move.step == REPUBLISH_LOSS:
+        return _enter(move, RAMP_DOWN, now_s, [["group_current", move.group, 0.0]])[1]
+    if move.step == RAMP_DOWN:
+        if low or waited >= timing.ramp_timeout_s:
+            return _enter(move, MODULES_OFF, now_s, [["modules", move.group, "off"]])[1]
+        return []
+    if move.step == MODULES_OFF:
+        return _after_off(move, low, waited, now_s, timing)
+    if move.step == OPEN:
+        return _after_open(move, mirror, waited, now_s, timing)
+    return _after_close(move, mirror, waited, now_s, timing)
+
+
+def _after_off(move: Move, low: bool, waited: float, now_s: float, timing: Timing) -> list[Command]:
+    if low:
+        assert move.source is not None
+        return _enter(move, OPEN, now_s, [["relay", move.group, move.source, "open"]])[1]
+    if waited >= timing.confirm_s:
+        return _fail(move, "group_not_off", f"more than {timing.off_current_a:g} A {waited:.1f} s after modules off")
+    return []
+
+
+def _after_open(
+    move: Move, mirror: dict[str, int | None], waited: float, now_s: float, timing: Timing
+) -> list[Command]:
+    assert move.source is not None
+    if mirror.get(move.source) == 0:
+        if move.target is None:
+            return _finish(move, now_s)
+        return _enter(move, CLOSE, now_s, [])[1] + _close(move, mirror, now_s)
+    if waited >= timing.confirm_s:
+        detail = f"relay {move.group}->{move.source}: mirror contact not open {waited * 1000:.0f} ms after open"
+        return _fail(move, "relay_stuck", detail)
+    return []
+
+
+def _close(move: Move, mirror: dict[str, int | None], now_s: float) -> list[Command]:
+    """The close command, only with every relay of the group confirmed open."""
+    assert move.target is not None
+    closed = sorted(c for c, state in mirror.items() if state != 0)
+    if closed:
+        return _fail(move, "relay_not_open", f"group {move.group}: relay(s) to {closed} not confirmed open")
+    move.log.append(["relay", move.group, move.target, "close"])
+    move.since_s = now_s  # the mirror contact has confirm_s from the command on
+    return [["relay", move.group, move.target, "close"]]
+
+
+def _after_close(
+    move: Move, mirror: dict[str, int | None], waited: float, now_s: float, timing: Timing
+) -> list[Command]:
+    assert move.target is not None
+    if not any(c[:2] == ["relay", move.group] and c[3] == "close" for c in move.log):
+        return _close(move, mirror, now_s)  # a group from no connector: the first step
+    if mirror.get(move.target) == 1:
+        done = [["modules", move.group, "on"], ["capabilities", move.target]]
+        move.log += done
+        return done + _finish(move, now_s)
+    if waited >= timing.confirm_s:
+        detail = f"relay {move.group}->{move.target}: mirror contact not closed {waited * 1000:.0f} ms after close"
+        return [["relay", move.group, move.target, "open"], *_fail(move, "relay_failed_to_close", detail)]
+    return []
+
+
+def _enter(move: Move, step_name: str, now_s: float, commands: list[Command]) -> tuple[Move, list[Command]]:
+    move.step = step_name
+    move.since_s = now_s
+    move.log += commands
+    return move, commands
+
+
+def _finish(move: Move, now_s: float) -> list[Command]:
+    move.step = DONE
+    move.since_s = now_s
+    return [["done", move.group, move.target]]
+
+
+def _fail(move: Move, name: str, detail: str) -> list[Command]:
+    move.step = FAILED
+    move.fault = name
+    cmd: Command = ["fault", move.group, name, detail]
+    move.log.append(cmd)
+    return [cmd]
