@@ -111,3 +111,21 @@ def test_groups_and_relays_need_a_sharing_section() -> None:
     text = TWO + _matrix()
     msg = _at(_problems(text), "module_group[0].name", text)
     assert "need a [sharing] section" in msg
+
+
+def test_the_matrix_the_cabinet_runs_on_comes_from_the_config() -> None:
+    from edge.charging.sharing import Cabinet, matrix_from_config
+
+    assert matrix_from_config(parse_config(TWO)) is None
+    matrix = matrix_from_config(parse_config(SHARED))
+    assert matrix is not None
+    assert matrix.groups == {"A": [1], "B": [2], "C": [3], "D": [4]}
+    assert matrix.reach["A"] == ["1", "2"] and matrix.home == {"1": ["A", "B"], "2": ["C", "D"]}
+    assert (matrix.policy, matrix.hold_s, matrix.priority, matrix.min_groups) == (
+        "even",
+        5.0,
+        {"1": 0, "2": 3},
+        {"1": 0, "2": 1},
+    )
+    cabinet = Cabinet(matrix)
+    assert cabinet.modules_of("1") == [1, 2] and cabinet.modules_of("2") == [3, 4]

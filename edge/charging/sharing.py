@@ -27,6 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from edge.limits import allocation
+
 Command = list[Any]
 
 # the steps of a move, in order
@@ -175,3 +177,194 @@ def _fail(move: Move, name: str, detail: str) -> list[Command]:
     cmd: Command = ["fault", move.group, name, detail]
     move.log.append(cmd)
     return [cmd]
+
+
+# -- the cabinet: the allocator and the moves together --------------------------------------------------
+@dataclass
+class Matrix:
+    """The relay matrix as the config gives it: groups (name -> modules), each group's reach (connectors it has
+    a relay to), home groups per connector, per-connector policy settings, and the module rating."""
+
+    groups: dict[str, list[int]]
+    reach: dict[str, list[str]]  # group -> connectors
+    home: dict[str, list[str]]  # connector -> groups
+    policy: str = "even"
+    hold_s: float = 10.0
+    module_a: float = 50.0
+    module_kw: float = 40.0
+    priority: dict[str, int] = field(default_factory=dict)
+    min_groups: dict[str, int] = field(default_factory=dict)
+    max_groups: dict[str, int] = field(default_factory=dict)
+
+
+def matrix_from_config(config: Any) -> Matrix | None:
+    """The :class:`Matrix` of a loaded config; None without ``[sharing]`` (each connector its static modules)."""
+    sharing = config.sharing
+    if sharing is None:
+        return None
+    reach: dict[str, list[str]] = {g.name: [] for g in config.module_group}
+    for relay in config.relay:
+        reach[relay.group].append(relay.connector)
+    group_of = {m: g.name for g in config.module_group for m in g.modules}
+    home = {c.name: sorted({group_of[m] for m in c.modules}) for c in config.connector}
+    per = {sc.name: sc for sc in sharing.connector}
+    names = [c.name for c in config.connector]
+    return Matrix(
+        groups={g.name: list(g.modules) for g in config.module_group},
+        reach=reach,
+        home=home,
+        policy=sharing.policy,
+        hold_s=sharing.hold_s,
+        module_a=config.power_modules.max_current_a,
+        module_kw=sharing.module_max_power_kw,
+        priority={n: per[n].priority if n in per else 0 for n in names},
+        min_groups={n: per[n].min_groups if n in per else 0 for n in names},
+        max_groups={n: per[n].max_groups if n in per else 64 for n in names},
+    )
+
+
+@dataclass
+class Cabinet:
+    """Where each group is (its confirmed relay), the moves under way, the groups out of service, when each
+    connector's groups last changed and when each connector began to charge. :meth:`tick` is pure apart from
+    this state: readings and the time in, commands and events out."""
+
+    matrix: Matrix
+    timing: Timing = field(default_factory=Timing)
+    at: dict[str, str | None] = field(default_factory=dict)
+    moves: dict[str, Move] = field(default_factory=dict)
+    out_of_service: dict[str, str] = field(default_factory=dict)
+    changed_s: dict[str, float] = field(default_factory=dict)
+    arrival: dict[str, float] = field(default_factory=dict)
+    last_target: dict[str, list[str]] = field(default_factory=dict)
+    limit_kw: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for conn, groups in self.matrix.home.items():
+            for g in groups:
+                self.at.setdefault(g, conn)
+        for g in self.matrix.groups:
+            self.at.setdefault(g, None)
+
+    def modules_of(self, connector: str) -> list[int]:
+        """The modules feeding ``connector`` now: its groups' (a group on its way is nobody's)."""
+        out: list[int] = []
+        for g, where in sorted(self.at.items()):
+            if where == connector and g not in self.moves and g not in self.out_of_service:
+                out += self.matrix.groups[g]
+        return out
+
+    def groups_of(self, connector: str) -> list[str]:
+        return sorted(g for g, where in self.at.items() if where == connector)
+
+    def tick(
+        self,
+        now_s: float,
+        connectors: dict[str, dict[str, Any]],
+        group_current_a: dict[str, float | None],
+        mirror: dict[str, dict[str, int | None]],
+        headroom_kw: float,
+        lost: tuple[str, ...] = (),
+    ) -> tuple[list[Command], list[dict[str, Any]]]:
+        """One evaluation. ``connectors``: ``{name: {phase, request_kw, request_v, max_a, max_kw}}``;
+        ``group_current_a``: each group's output current; ``mirror``: each group's mirror contacts; ``lost``:
+        groups whose modules are lost. Returns (commands for the controller, events)."""
+        events: list[dict[str, Any]] = []
+        commands = self._step_moves(now_s, group_current_a, mirror, events)
+        self._arrivals(now_s, connectors)
+        result = allocation.allocate(
+            self._connector_inputs(connectors),
+            self._group_inputs(group_current_a, lost),
+            self.matrix.policy,
+            headroom_kw,
+            now_s,
+            self.matrix.hold_s,
+        )
+        self.limit_kw = dict(result["limit_kw"])
+        if result["target"] != self.last_target:
+            events.append(
+                {
+                    "event": "allocation_changed",
+                    "before": self.last_target,
+                    "after": result["target"],
+                    "reason": "; ".join(f"{c}: {r}" for c, r in sorted(result["reasons"].items())),
+                }
+            )
+            self.last_target = result["target"]
+        for group, source, target in result["moves"]:
+            if group in self.moves or group in self.out_of_service:
+                continue
+            move, first = start(group, source, target, now_s)
+            self.moves[group] = move
+            commands += first
+        return commands, events
+
+    def _step_moves(
+        self,
+        now_s: float,
+        group_current_a: dict[str, float | None],
+        mirror: dict[str, dict[str, int | None]],
+        events: list[dict[str, Any]],
+    ) -> list[Command]:
+        commands: list[Command] = []
+        for g in sorted(self.moves):
+            move = self.moves[g]
+            commands += step(move, group_current_a.get(g), mirror.get(g, {}), now_s, self.timing)
+            if not move.finished:
+                continue
+            del self.moves[g]
+            if move.fault is None:
+                self.at[g] = move.target
+                for c in (move.source, move.target):
+                    if c is not None:
+                        self.changed_s[c] = now_s
+                continue
+            self.out_of_service[g] = move.fault
+            # not off or stuck: still on its source (modules off); else its relays are open (or unknown)
+            self.at[g] = move.source if move.fault in ("group_not_off", "relay_stuck") else None
+            events.append({"event": "group_out_of_service", "group": g, "fault": move.fault, "at": self.at[g]})
+        return commands
+
+    def _arrivals(self, now_s: float, connectors: dict[str, dict[str, Any]]) -> None:
+        for name, conn in connectors.items():
+            charging = conn.get("phase") in allocation.WANT_PHASES
+            if charging:
+                self.arrival.setdefault(name, now_s)
+            else:
+                self.arrival.pop(name, None)
+
+    def _connector_inputs(self, connectors: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+        m = self.matrix
+        return [
+            {
+                "name": name,
+                "phase": conn.get("phase"),
+                "request_kw": conn.get("request_kw", 0.0),
+                "request_v": conn.get("request_v", 0.0),
+                "max_a": conn["max_a"],
+                "max_kw": conn["max_kw"],
+                "priority": m.priority.get(name, 0),
+                "arrival": self.arrival.get(name, 0.0),
+                "min_groups": m.min_groups.get(name, 0),
+                "max_groups": m.max_groups.get(name, 64),
+                "reach": sorted(g for g, to in m.reach.items() if name in to),
+                "home": m.home.get(name, []),
+                "changed_s": self.changed_s.get(name),
+            }
+            for name, conn in sorted(connectors.items())
+        ]
+
+    def _group_inputs(self, group_current_a: dict[str, float | None], lost: tuple[str, ...]) -> dict[str, Any]:
+        out = {}
+        for g, modules in self.matrix.groups.items():
+            current = group_current_a.get(g)
+            move = self.moves.get(g)
+            out[g] = {
+                "available": g not in self.out_of_service and g not in lost,
+                "max_a": len(modules) * self.matrix.module_a,
+                "max_kw": len(modules) * self.matrix.module_kw,
+                # a group on its way counts as where it goes (so no second group is sent after it)
+                "at": move.target if move is not None else self.at.get(g),
+                "live": move is None and (current is None or abs(current) > self.timing.off_current_a),
+            }
+        return out
