@@ -100,6 +100,9 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         config, state, can_link.bank, outputs, wdt, b.clock, events.emit, faults.core_input, demands=demands
     )
 
+    if config.sharing is not None:
+        controller.sharing = sharing_runner(config)
+
     def demand_changed(_connector: str) -> None:
         controller.evaluate_now()  # a CurrentDemand reaches the modules now, not at the next tick
 
@@ -164,6 +167,29 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         )
         controller.after_evaluate.append(cabinet.everest.poke)
     return cabinet
+
+
+def sharing_runner(config: Config) -> Any:
+    """The power-sharing runner of a cabinet with ``[sharing]`` (issue 16). The relay matrix is the simulated
+    one: relays driven from pins with mirror-contact inputs need the input side of hal (not there yet), so a
+    hardware cabinet runs the allocator and the sequence against the simulated matrix only in ``--sim``."""
+    # imported only with [sharing]: a cabinet without it does not carry the allocator (RSS)
+    from edge.charging.sharing import Cabinet as SharingCabinet
+    from edge.charging.sharing import Runner, Timing, matrix_from_config
+    from edge.sim.relays import SimRelayMatrix
+
+    matrix = matrix_from_config(config)
+    assert matrix is not None
+    assert config.sharing is not None
+    timing = Timing(
+        confirm_s=config.sharing.relay_confirm_ms / 1000.0,
+        ramp_timeout_s=config.session.off_timeout_ms / 1000.0,
+        off_current_a=config.session.off_current_a,
+    )
+    cabinet = SharingCabinet(matrix, timing)
+    relays = SimRelayMatrix([(r.group, r.connector) for r in config.relay])
+    relays.close_home(cabinet.at)
+    return Runner(cabinet, relays)
 
 
 def _build_outputs(config: Config, board: SimBoard | None) -> Outputs:

@@ -96,7 +96,8 @@ def _brute_best(connectors: list[dict], groups: dict, policy: str, headroom: flo
             dests = [c for c in by if c in charging and g in by[c]["reach"]]
             if policy == "sequential":
                 dests = [c for c in dests if c == first]
-            options.append([None, *dests])
+            parked = [at] if at is not None and at not in charging else []  # may stay on an idle connector
+            options.append([None, *dests, *parked])
     best = None
     names = sorted(groups)
     for combo in itertools.product(*options):
@@ -145,7 +146,7 @@ def test_allocation_properties(policy: str, cab: tuple) -> None:
         for g in gs:
             assert groups[g]["available"] and g in conn["reach"]
         if conn["phase"] not in al.WANT_PHASES:
-            assert gs == [] or policy == "static"
+            assert all(groups[g]["at"] == name for g in gs) or policy == "static"  # parked, never sent there
             assert result["limit_kw"][name] == 0.0
         amps = sum(groups[g]["max_a"] for g in gs)
         kw = sum(groups[g]["max_kw"] for g in gs)

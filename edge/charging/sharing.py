@@ -25,7 +25,7 @@ Commands (lists, so they log and serialise as they are): ``["capabilities", conn
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from edge.limits import allocation
 
@@ -368,3 +368,92 @@ class Cabinet:
                 "live": move is None and (current is None or abs(current) > self.timing.off_current_a),
             }
         return out
+
+
+# -- the controller's side: readings from the cabinet, commands to the bank and the relays -----------------
+class RelayMatrix(Protocol):
+    """The relays and their mirror contacts (edge/sim/relays.py in the simulator)."""
+
+    def command(self, group: str, connector: str, close: bool, now_s: float) -> None: ...
+
+    def mirror(self, group: str) -> dict[str, int | None]: ...
+
+    def advance(self, now_s: float) -> None: ...
+
+
+@dataclass
+class Runner:
+    """What edge/control.py calls when the config has ``[sharing]``: the modules of each connector now, the
+    allocation's power limit, and once per evaluation :meth:`after_decision` (readings in, the commands carried
+    out on the module bank and the relay matrix, events out)."""
+
+    cabinet: Cabinet
+    relays: RelayMatrix
+
+    def modules_of(self, connector: str) -> list[int]:
+        return self.cabinet.modules_of(connector)
+
+    def limit_w(self, connector: str) -> float | None:
+        kw = self.cabinet.limit_kw.get(connector)
+        return None if kw is None else kw * 1000.0
+
+    def after_decision(self, ctl: Any, decision: dict[str, Any], now_s: float) -> list[Command]:
+        """One sharing step after the safety core's decision (``ctl``: the Controller)."""
+        cab = self.cabinet
+        self.relays.advance(now_s)
+        connectors = _requests(ctl, decision)
+        currents, lost = _group_currents(ctl, cab.matrix)
+        allowed_w = decision.get("grid_allowed_w")
+        headroom_kw = allowed_w / 1000.0 if allowed_w is not None else sum(c.max_power_kw for c in ctl.connectors)
+        mirror = {g: self.relays.mirror(g) for g in cab.matrix.groups}
+        commands, events = cab.tick(now_s, connectors, currents, mirror, headroom_kw, tuple(lost))
+        for cmd in commands:
+            self._carry_out(ctl, cmd, now_s)
+        for event in events:
+            ctl.on_event(event["event"], "sharing", {k: v for k, v in event.items() if k != "event"})
+        return commands
+
+    def _carry_out(self, ctl: Any, cmd: Command, now_s: float) -> None:
+        kind = cmd[0]
+        if kind == "relay":
+            self.relays.command(cmd[1], cmd[2], cmd[3] == "close", now_s)
+            return
+        modules = self.cabinet.matrix.groups.get(cmd[1], []) if kind in ("group_current", "modules") else []
+        if kind == "group_current":
+            volts = max((ctl.bank.modules[a].set_voltage_v for a in modules), default=0.0)
+            ctl.bank.apply(True, volts, 0.0, addresses=modules)
+        elif kind == "modules" and cmd[2] == "off":
+            ctl.bank.off(modules)
+        # "modules on": the connector's next apply switches them on; "capabilities": reports() has the new limit
+
+
+def _requests(ctl: Any, decision: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each connector's phase and request (kW at the requested voltage) and its hardware limits."""
+    out = {}
+    for c in ctl.connectors:
+        request = ctl.demands.core_request(c.name) or {}
+        volts = float(request.get("voltage_v") or 0.0)
+        amps = float(request.get("current_a") or 0.0)
+        power_kw = float(request.get("power_w") or 0.0) / 1000.0 or volts * amps / 1000.0
+        out[c.name] = {
+            "phase": decision["connectors"][c.name]["phase"] if request else "Other",
+            "request_kw": min(c.max_power_kw, power_kw),
+            "request_v": volts,
+            "max_a": c.max_current_a,
+            "max_kw": c.max_power_kw,
+        }
+    return out
+
+
+def _group_currents(ctl: Any, matrix: Matrix) -> tuple[dict[str, float | None], list[str]]:
+    """Each group's output current from its modules (None: not known) and the groups whose modules are all lost."""
+    currents: dict[str, float | None] = {}
+    lost = []
+    for g, modules in matrix.groups.items():
+        states = [ctl.bank.modules[a] for a in modules]
+        # a lost module that was on may still deliver: the group's current is then not known
+        unknown = any(m.lost and (m.on_at_loss or m.last_seen is None) for m in states)
+        currents[g] = None if unknown else sum(m.current_a for m in states if not m.lost)
+        if all(m.lost for m in states):
+            lost.append(g)
+    return currents, lost

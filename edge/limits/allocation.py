@@ -16,8 +16,9 @@ Rules (every policy):
 - a group feeds at most one connector, only one its relays reach, only while available;
 - a connector gets at most ``max_groups``; while it charges, ``min_groups`` come first (as far as groups
   are there to give);
-- a connector that is not charging gets no group; a charging connector keeps the groups it has for
-  ``hold_s`` after its last change (no flapping) unless a group is lost;
+- a connector that is not charging gets no group and delivers nothing; the groups it has stay parked there
+  until a charging connector needs them (no relay operation for nothing); a charging connector keeps the
+  groups it has for ``hold_s`` after its last change (no flapping) unless a group is lost;
 - the power limits add up to at most the fuse headroom; each is within the connector's hardware (kW, and
   A at the requested voltage) and its request.
 
@@ -167,8 +168,16 @@ def candidates(connectors, groups, policy, now_s, hold_s):
         if rule is not None:
             fixed[g] = rule[0]
         else:
-            free[g] = [c for c in dests if g in by_name[c].get("reach", ())]
+            free[g] = [c for c in dests if g in by_name[c].get("reach", ())] + _parking(by_name, groups[g], g)
     return fixed, free
+
+
+def _parking(by_name, info, g):
+    """A group may stay parked on a connector that does not charge (no relay operation for nothing)."""
+    at = info.get("at")
+    if at is not None and at in by_name and not wants(by_name[at]) and g in by_name[at].get("reach", ()):
+        return [at]
+    return []
 
 
 def _destinations(connectors, policy):
@@ -395,7 +404,7 @@ def _result(connectors, groups, assign, limits, policy, now_s, hold_s):
 
 def _reason(conn, got, limit_kw, policy, now_s, hold_s):
     if not wants(conn):
-        return "not charging: no group"
+        return "not charging: %d group(s) parked" % len(got) if got else "not charging: no group"
     text = "%s: %d group(s), %s kW" % (policy, len(got), _num(limit_kw))
     if _held(conn, now_s, hold_s):
         text += ", held %s s more" % _num(float(conn["changed_s"]) + float(hold_s) - now_s)
