@@ -126,6 +126,7 @@ class Cabinet:
             control=self._control_stats(),
             connectors=self.connector_views(),
             everest=self.everest.stats() if self.everest is not None else {},
+            sharing=self.controller.sharing.status() if self.controller.sharing is not None else {},
         )
 
     def connector_views(self) -> tuple[ConnectorView, ...]:
@@ -156,7 +157,7 @@ class Cabinet:
                     reason=cd.get("reason"),
                     contactor=bool(self.outputs.contactors[c.name].value()),
                     enable=bool(cd.get("enable", False)),
-                    modules=tuple(c.modules),
+                    modules=tuple(ctl.modules_of(c)),
                     capabilities={}
                     if caps is None
                     else {

@@ -155,6 +155,7 @@ class StatusView:
     control: dict[str, Any] = field(default_factory=dict)
     connectors: tuple[ConnectorView, ...] = ()  # config order
     everest: dict[str, Any] = field(default_factory=dict)  # the EVerest adapter's counters; {} without one
+    sharing: dict[str, Any] = field(default_factory=dict)  # power sharing: groups and shares; {} without it
 
     # -- the API's ``status`` ------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
@@ -194,6 +195,7 @@ class StatusView:
             "can_frames": self.can_frames,
             "control": self.control,
             "everest": self.everest,
+            **({"sharing": self.sharing} if self.sharing else {}),
         }
 
     # -- the retained MQTT ``state`` -----------------------------------------------------------------
@@ -218,6 +220,11 @@ class StatusView:
             "stopped_by": self.stopped_by,
             "modules": {a: {"lost": m.lost, "on": m.on} for a, m in self.modules.items()},
             "telemetry_store": {"degraded": store.get("degraded"), "write_errors": store.get("write_errors", 0)},
+            **(
+                {"sharing": {"policy": self.sharing["policy"], "groups": self.sharing["groups"]}}
+                if self.sharing
+                else {}
+            ),
         }
 
     # -- ``edge run --status-line`` ------------------------------------------------------------------

@@ -117,6 +117,10 @@ def test_a_car_alone_gets_the_other_connectors_group_through_the_sequence(tmp_pa
     changed = [d for k, _, d in rig.events if k == "allocation_changed"]
     assert changed[-1]["after"] == {"1": ["A", "B"], "2": []} and "even: 2 group(s)" in changed[-1]["reason"]
     assert rig.ctl.reports()["1"].capabilities.max_export_power_w == 80000.0
+    # connector 2 has no group now: held at 0 A by the module rule, and that is not a fault
+    d = rig.ctl.decision
+    assert d is not None and not [f for f in d["faults"] if "module" in f]
+    assert d["connectors"]["2"]["limit_a"] == 0.0
     for a in (3, 4):  # switched off on the way (then on again with connector 1)
         assert rig.bank.modules[a].set_current_a >= 0.0
 
@@ -129,3 +133,29 @@ def _decision_modules(self: Rig, name: str) -> int:
 
 
 Rig.decision_modules = _decision_modules  # type: ignore[attr-defined]
+
+
+def test_status_and_mqtt_state_show_each_group_and_the_shares(tmp_path: Path) -> None:
+    from edge.render import status_text
+
+    rig = ShareRig(tmp_path)
+    rig.step()
+    view = rig.cabinet.view()
+    st = view.as_dict()
+    assert st["sharing"]["policy"] == "even"
+    assert st["sharing"]["groups"]["A"] == {"connector": "1", "modules": [1, 2], "state": "parked"}
+    assert view.mqtt_state()["sharing"]["groups"]["B"]["connector"] == "2"
+    assert [c["modules"] for c in st["connectors"]] == [[1, 2], [3, 4]]
+    text = status_text(st)
+    assert "sharing  even: 1 0 kW, 2 0 kW" in text
+    assert "group A -> 1  modules 1,2  parked" in text
+    rig.ctl.sharing.relays.stick("B", "2")  # type: ignore[union-attr]
+    now = rig.clock.monotonic()
+    rig.ctl.demands.set_mode("1", "Export", "Charging", now)
+    rig.ctl.demands.set_target("1", 400.0, 200.0, now)
+    for _ in range(15):
+        rig.step()
+    st = rig.cabinet.view().as_dict()
+    assert st["sharing"]["groups"]["B"]["state"] == "out of service: relay_stuck"
+    assert "group B -> 2  modules 3,4  out of service: relay_stuck" in status_text(st)
+    assert [d["fault"] for k, _, d in rig.events if k == "group_out_of_service"] == ["relay_stuck"]

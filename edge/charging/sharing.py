@@ -238,6 +238,7 @@ class Cabinet:
     arrival: dict[str, float] = field(default_factory=dict)
     last_target: dict[str, list[str]] = field(default_factory=dict)
     limit_kw: dict[str, float] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         for conn, groups in self.matrix.home.items():
@@ -253,6 +254,27 @@ class Cabinet:
             if where == connector and g not in self.moves and g not in self.out_of_service:
                 out += self.matrix.groups[g]
         return out
+
+    def status(self) -> dict[str, Any]:
+        """For ``edge status`` and the MQTT state: the policy, each group (where, its modules, what it is doing)
+        and each connector's share and why."""
+        groups = {}
+        for g, modules in sorted(self.matrix.groups.items()):
+            move = self.moves.get(g)
+            if g in self.out_of_service:
+                doing = f"out of service: {self.out_of_service[g]}"
+            elif move is not None:
+                doing = f"moving {move.source or '-'} -> {move.target or '-'}: {move.step}"
+            else:
+                where = self.at.get(g)
+                doing = "idle" if where is None else ("in use" if where in self.arrival else "parked")
+            groups[g] = {"connector": self.at.get(g), "modules": list(modules), "state": doing}
+        return {
+            "policy": self.matrix.policy,
+            "groups": groups,
+            "limit_kw": {c: round(kw, 1) for c, kw in sorted(self.limit_kw.items())},
+            "reasons": dict(sorted(self.reasons.items())),
+        }
 
     def groups_of(self, connector: str) -> list[str]:
         return sorted(g for g, where in self.at.items() if where == connector)
@@ -281,6 +303,7 @@ class Cabinet:
             self.matrix.hold_s,
         )
         self.limit_kw = dict(result["limit_kw"])
+        self.reasons = dict(result["reasons"])
         if result["target"] != self.last_target:
             events.append(
                 {
@@ -392,6 +415,9 @@ class Runner:
 
     def modules_of(self, connector: str) -> list[int]:
         return self.cabinet.modules_of(connector)
+
+    def status(self) -> dict[str, Any]:
+        return self.cabinet.status()
 
     def limit_w(self, connector: str) -> float | None:
         kw = self.cabinet.limit_kw.get(connector)
