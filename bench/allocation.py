@@ -77,7 +77,10 @@ def scenario(rnd: random.Random, n_groups: int, n_conns: int) -> tuple[list[dict
 def brute_force(connectors: list[dict], groups: dict, policy: str, headroom: float) -> tuple:
     """The best objective over every assignment of the groups the rules leave free, and its limits."""
     fixed, free = al.candidates(connectors, groups, policy, NOW_S, HOLD_S)
-    room = {c["name"]: c["max_groups"] - sum(1 for w in fixed.values() if w == c["name"]) for c in connectors}
+    room = {
+        c["name"]: c["max_groups"] - sum(1 for g, w in fixed.items() if w == c["name"] and groups[g]["available"])
+        for c in connectors
+    }
     names = sorted(free)
     best: tuple | None = None
     for combo in itertools.product(*[[None, *free[g]] for g in names]):
@@ -102,7 +105,8 @@ def optimality(policy: str, n: int, seed: int) -> tuple[float, int, float]:
         connectors, groups, headroom = scenario(rnd, rnd.randint(1, 4), rnd.randint(1, 3))
         result = al.allocate(connectors, groups, policy, headroom, NOW_S, HOLD_S)
         assign = {g: c for c, gs in result["target"].items() for g in gs}
-        full = al.score(connectors, groups, {g: assign.get(g) for g in groups}, policy, headroom)
+        placed = {g: assign.get(g) if info["available"] else info["at"] for g, info in groups.items()}
+        full = al.score(connectors, groups, placed, policy, headroom)
         best_key, best_limits = brute_force(connectors, groups, policy, headroom)
         got += sum(result["limit_kw"].values())
         want += sum(best_limits.values())

@@ -68,7 +68,7 @@ HOLD_S = 10.0
 
 
 def _assignment(result: dict, groups: dict) -> dict:
-    out: dict[str, str | None] = dict.fromkeys(groups)
+    out: dict[str, str | None] = {g: None if info["available"] else info["at"] for g, info in groups.items()}
     for conn, gs in result["target"].items():
         for g in gs:
             out[g] = conn
@@ -86,7 +86,7 @@ def _brute_best(connectors: list[dict], groups: dict, policy: str, headroom: flo
         info = groups[g]
         at = info["at"]
         if not info["available"]:
-            options.append([None])
+            options.append([at])  # left where it is, serving no one
         elif policy == "static":
             options.append([next((c["name"] for c in connectors if g in c["home"]), None)])
         elif at in charging and by[at]["changed_s"] is not None and now_s - by[at]["changed_s"] < HOLD_S:
@@ -136,7 +136,7 @@ def test_allocation_properties(policy: str, cab: tuple) -> None:
         placed = [g for gs in result[view].values() for g in gs]
         assert len(placed) == len(set(placed)), f"a group on two connectors in {view}: {result[view]}"
     for g, info in groups.items():
-        if info["live"] and info["at"] is not None:
+        if info["live"] and info["at"] is not None and info["available"]:
             assert g in result["now"][info["at"]], f"live group {g} moved away from {info['at']}"
             if g not in result["target"][info["at"]]:
                 assert g in result["ramp_down"]

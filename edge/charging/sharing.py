@@ -30,6 +30,7 @@ from typing import Any, Protocol
 from edge.limits import allocation
 
 Command = list[Any]
+SATURATED = 0.95  # a request at this share of what the connector's groups give may want more
 
 # the steps of a move, in order
 REPUBLISH_LOSS = "republish_loss"
@@ -447,7 +448,10 @@ class Runner:
         modules = self.cabinet.matrix.groups.get(cmd[1], []) if kind in ("group_current", "modules") else []
         if kind == "group_current":
             volts = max((ctl.bank.modules[a].set_voltage_v for a in modules), default=0.0)
-            ctl.bank.apply(True, volts, 0.0, addresses=modules)
+            if volts > 0.0:
+                ctl.bank.apply(True, volts, 0.0, addresses=modules)  # 0 A at the voltage they hold
+            else:
+                ctl.bank.off(modules)  # not regulating anything: off is 0 A already
         elif kind == "modules" and cmd[2] == "off":
             ctl.bank.off(modules)
         # "modules on": the connector's next apply switches them on; "capabilities": reports() has the new limit
@@ -461,6 +465,11 @@ def _requests(ctl: Any, decision: dict[str, Any]) -> dict[str, dict[str, Any]]:
         volts = float(request.get("voltage_v") or 0.0)
         amps = float(request.get("current_a") or 0.0)
         power_kw = float(request.get("power_w") or 0.0) / 1000.0 or volts * amps / 1000.0
+        # a vehicle asks for at most what it was told it may have: one asking (nearly) all of that may want
+        # more, so it counts as asking for the connector's whole rating (the allocation then finds out)
+        told_a = len(ctl.sharing.modules_of(c.name)) * ctl.sharing.cabinet.matrix.module_a
+        if amps >= SATURATED * told_a:
+            power_kw = c.max_power_kw
         out[c.name] = {
             "phase": decision["connectors"][c.name]["phase"] if request else "Other",
             "request_kw": min(c.max_power_kw, power_kw),

@@ -13,7 +13,8 @@ fuse headroom split by the policy) and a reason per connector.
 
 Rules (every policy):
 
-- a group feeds at most one connector, only one its relays reach, only while available;
+- a group feeds at most one connector, only one its relays reach, only while available (one that is not is
+  left where it is, serving no one, and is in no list of the result);
 - a connector gets at most ``max_groups``; while it charges, ``min_groups`` come first (as far as groups
   are there to give);
 - a connector that is not charging gets no group and delivers nothing; the groups it has stay parked there
@@ -102,7 +103,7 @@ def score(connectors, groups, assign, policy, headroom_kw):
         kw[c["name"]] = 0.0
         count[c["name"]] = 0
     for g, where in assign.items():
-        if where is not None:
+        if where is not None and groups[g].get("available", True):
             amps[where] += float(groups[g]["max_a"])
             kw[where] += float(groups[g]["max_kw"])
             count[where] += 1
@@ -193,7 +194,7 @@ def _fixed_place(connectors, by_name, info, g, policy, now_s, hold_s):
     """``[connector or None]`` when a rule decides where group ``g`` is; None when the policy may choose."""
     at = info.get("at")
     if not info.get("available", True):
-        return [None]
+        return [at]  # out of service or lost: not moved, and it serves no one (left out of every sum)
     if policy == "static":
         return [_home(connectors, g)]
     if at is not None and at in by_name and _held(by_name[at], now_s, hold_s):
@@ -230,19 +231,7 @@ def allocate(connectors, groups, policy, headroom_kw, now_s, hold_s):
 
 # -- the search over counts of alike groups ---------------------------------------------------------------
 def _search(connectors, groups, fixed, free, policy, headroom_kw):
-    names = [c["name"] for c in connectors]
-    amps = {}
-    kw = {}
-    count = {}
-    for n in names:
-        amps[n] = 0.0
-        kw[n] = 0.0
-        count[n] = 0
-    for g, where in fixed.items():
-        if where is not None:
-            amps[where] += float(groups[g]["max_a"])
-            kw[where] += float(groups[g]["max_kw"])
-            count[where] += 1
+    amps, kw, count = _fixed_sums(connectors, groups, fixed)
     room = {}
     for c in connectors:
         room[c["name"]] = max(0, int(c.get("max_groups", 64)) - count[c["name"]])
@@ -256,6 +245,23 @@ def _search(connectors, groups, fixed, free, policy, headroom_kw):
     for i, kind in enumerate(kinds):
         assign.update(_name_groups(groups, kind, comps[i]))
     return assign
+
+
+def _fixed_sums(connectors, groups, fixed):
+    """Per connector: A, kW and number of the available groups a rule already placed there."""
+    amps = {}  # type: dict
+    kw = {}  # type: dict
+    count = {}  # type: dict
+    for c in connectors:
+        amps[c["name"]] = 0.0
+        kw[c["name"]] = 0.0
+        count[c["name"]] = 0
+    for g, where in fixed.items():
+        if where is not None and groups[g].get("available", True):
+            amps[where] += float(groups[g]["max_a"])
+            kw[where] += float(groups[g]["max_kw"])
+            count[where] += 1
+    return amps, kw, count
 
 
 def _kinds(groups, free):
@@ -372,23 +378,11 @@ def _result(connectors, groups, assign, limits, policy, now_s, hold_s):
     for c in connectors:
         target[c["name"]] = []
         now[c["name"]] = []
-    ramp_down = []
-    moves = []
+    ramp_down = []  # type: list
+    moves = []  # type: list
     for g in sorted(assign):
-        where = assign[g]
-        at = groups[g].get("at")
-        if where is not None:
-            target[where].append(g)
-        if at == where:
-            if where is not None:
-                now[where].append(g)
-            continue
-        moves.append([g, at, where])
-        if at in now and groups[g].get("live"):
-            ramp_down.append(g)  # carries current: stays until ramped to 0 A
-            now[at].append(g)
-        elif where is not None:
-            now[where].append(g)
+        if groups[g].get("available", True):  # one that is not stays where it is, serving no one: in no list
+            _place(g, groups[g].get("at"), assign[g], groups[g].get("live"), target, now, ramp_down, moves)
     reasons = {}
     for c in connectors:
         reasons[c["name"]] = _reason(c, target[c["name"]], limits.get(c["name"], 0.0), policy, now_s, hold_s)
@@ -400,6 +394,22 @@ def _result(connectors, groups, assign, limits, policy, now_s, hold_s):
         "moves": moves,
         "reasons": reasons,
     }
+
+
+def _place(g, at, where, live, target, now, ramp_down, moves):
+    """Group ``g`` into the lists of the result: target, now (a live group stays until ramped down), moves."""
+    if where is not None:
+        target[where].append(g)
+    if at == where:
+        if where is not None:
+            now[where].append(g)
+        return
+    moves.append([g, at, where])
+    if at in now and live:
+        ramp_down.append(g)  # carries current: stays until ramped to 0 A
+        now[at].append(g)
+    elif where is not None:
+        now[where].append(g)
 
 
 def _reason(conn, got, limit_kw, policy, now_s, hold_s):

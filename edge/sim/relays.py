@@ -64,3 +64,13 @@ class SimRelayMatrix:
             self.lost.add(group)
         else:
             self.lost.discard(group)
+
+
+def routes(relays: SimRelayMatrix, groups: dict[str, list[int]]) -> dict[str, tuple[int, ...]]:
+    """``{connector: modules}`` as the contacts are now, for the simulator's physics (a group whose contacts are
+    all open feeds nothing)."""
+    out: dict[str, list[int]] = {}
+    for group, modules in sorted(groups.items()):
+        for conn in relays.connected(group):
+            out.setdefault(conn, []).extend(modules)
+    return {conn: tuple(mods) for conn, mods in out.items()}

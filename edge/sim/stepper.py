@@ -54,6 +54,7 @@ from edge.sim.can_devices import CABLE_PERIOD_S
 from edge.sim.hardware import SimHardware
 from edge.sim.layout import SimConnectorSpec
 from edge.sim.meter import InProcessLine
+from edge.sim.relays import SimRelayMatrix, routes
 from hal.clock import SimClock
 
 DEFAULT_STEP_S = 0.01
@@ -122,6 +123,11 @@ class SimStepper(SimHardware):
         for poller, _line in self._meter_lines:
             for meter in poller.meters:
                 _anchor(meter, self.clock.monotonic())
+        sharing = self.cabinet.controller.sharing
+        if sharing is not None and isinstance(sharing.relays, SimRelayMatrix):
+            # power sharing: the physics follows the relay matrix the controller drives
+            relays, groups = sharing.relays, sharing.cabinet.matrix.groups
+            self.physics.routing = lambda: routes(relays, groups)
         self._parts = self._schedule(self.clock.monotonic())
         self._start()
 
