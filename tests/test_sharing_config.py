@@ -129,3 +129,19 @@ def test_the_matrix_the_cabinet_runs_on_comes_from_the_config() -> None:
     )
     cabinet = Cabinet(matrix)
     assert cabinet.modules_of("1") == [1, 2] and cabinet.modules_of("2") == [3, 4]
+
+
+def test_config_check_has_no_static_module_notes_with_sharing() -> None:
+    """A group in no connector's home (E) and a connector rated above its home modules are what sharing is for:
+    no "feed no connector" / "never gets more" notes then (the same file without sharing has both)."""
+    extra = 'name = "E"\nmodules = [5]\n' + "".join(
+        f'\n[[relay]]\ngroup = "E"\nconnector = "{c}"\npin = "rE{c}"\nfeedback = "rE{c}-mirror"\n' for c in "12"
+    )
+    text = (SHARED + "\n[[module_group]]\n" + extra).replace("addresses = [1, 2, 3, 4]", "addresses = [1, 2, 3, 4, 5]")
+    text = text.replace("max_current_a = 100.0", "max_current_a = 200.0", 1)
+    notes = " ".join(parse_config(text).notes())
+    assert "feed no connector" not in notes and "never gets more than its modules" not in notes
+    static = TWO.replace("addresses = [1, 2, 3, 4]", "addresses = [1, 2, 3, 4, 5]")
+    static = static.replace("max_current_a = 100.0", "max_current_a = 200.0", 1)
+    notes = " ".join(parse_config(static).notes())
+    assert "feed no connector" in notes and "never gets more than its modules" in notes

@@ -315,6 +315,8 @@ def connector_notes(config: Config) -> list[str]:
             'contactor from [outputs] (for EVerest: request = "everest" and everest_module_id; docs/CONFIG.md, '
             f'"Connectors"):\n{block}'
         ]
+    if config.sharing is not None:  # modules move between connectors: a connector's list is only its home
+        return _unused_notes(config)
     return _module_current_notes(config) + _unused_notes(config)
 
 
@@ -334,6 +336,8 @@ def _module_current_notes(config: Config) -> list[str]:
 
 def _unused_notes(config: Config) -> list[str]:
     used = {m for conn in config.connector for m in conn.modules}
+    if config.sharing is not None:  # with [sharing] every module is in a group with a relay (checked)
+        used = {m for g in config.module_group for m in g.modules}
     idle = [m for m in config.power_modules.addresses if m not in used]
     out = []
     if idle:

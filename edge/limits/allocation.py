@@ -56,10 +56,19 @@ def wants(conn):
 def deliverable_kw(conn, amps, kw):
     """What ``conn`` can deliver with groups giving ``amps`` and ``kw`` in all: the least of its request,
     its hardware (kW, and A at the requested voltage) and the groups (kW, and A at that voltage)."""
+    return _deliverable(_limits_of(conn), amps, kw)
+
+
+def _limits_of(conn):
+    """(request kW, hardware kW, voltage for A -> kW, hardware A) of a connector, as floats."""
+    volts = max(float(conn.get("request_v") or 0.0), MIN_V)
+    return (float(conn["request_kw"]), float(conn["max_kw"]), volts, float(conn["max_a"]))
+
+
+def _deliverable(lim, amps, kw):
     if amps <= 0 or kw <= 0:
         return 0.0
-    volts = max(float(conn.get("request_v") or 0.0), MIN_V)
-    best = min(float(conn["request_kw"]), float(conn["max_kw"]), kw, volts * min(amps, float(conn["max_a"])) / 1000.0)
+    best = min(lim[0], lim[1], kw, lim[2] * min(amps, lim[3]) / 1000.0)
     return round(max(best, 0.0), DIGITS)
 
 
@@ -115,15 +124,15 @@ def score(connectors, groups, assign, policy, headroom_kw):
 
 def context(connectors, policy):
     """What the score needs of the connectors, computed once per evaluation: the order of service, who
-    wants groups, each one's min_groups and dict."""
+    wants groups, each one's min_groups and limits."""
     want = {}
     least = {}
-    by_name = {}
+    lims = {}
     for c in connectors:
         want[c["name"]] = wants(c)
         least[c["name"]] = int(c.get("min_groups", 0))
-        by_name[c["name"]] = c
-    return {"order": order(connectors, policy), "want": want, "min": least, "conn": by_name, "policy": policy}
+        lims[c["name"]] = _limits_of(c) if want[c["name"]] else None
+    return {"order": order(connectors, policy), "want": want, "min": least, "lims": lims, "policy": policy}
 
 
 def _score_sums(ctx, amps, kw, count, headroom_kw):
@@ -133,7 +142,7 @@ def _score_sums(ctx, amps, kw, count, headroom_kw):
     want = ctx["want"]
     for name in ctx["order"]:
         if want[name]:
-            deliverable[name] = deliverable_kw(ctx["conn"][name], amps[name], kw[name])
+            deliverable[name] = _deliverable(ctx["lims"][name], amps[name], kw[name])
             kept += min(count[name], ctx["min"][name])
         else:
             deliverable[name] = 0.0
@@ -238,8 +247,8 @@ def _search(connectors, groups, fixed, free, policy, headroom_kw):
     kinds = _kinds(groups, free)
     best = [None, None]  # [key, [composition per kind]]
     ctx = context(connectors, policy)
-    ctx["fixed_moves"] = sum(1 for g, where in fixed.items() if groups[g].get("at") != where)
-    _walk(ctx, groups, kinds, 0, [], amps, kw, count, room, headroom_kw, fixed, best)
+    fixed_moves = sum(1 for g, where in fixed.items() if groups[g].get("at") != where)
+    _walk(ctx, kinds, 0, [], amps, kw, count, room, headroom_kw, fixed_moves, best)
     assign = dict(fixed)
     comps = best[1] or []  # type: list
     for i, kind in enumerate(kinds):
@@ -265,19 +274,27 @@ def _fixed_sums(connectors, groups, fixed):
 
 
 def _kinds(groups, free):
-    """Free groups by (capability, destinations): ``[[key, dests, [group names]]]``, sorted."""
+    """Free groups by (capability, destinations): ``[[key, dests, [group names], {place now: how many}]]``,
+    sorted."""
     table = {}  # type: dict
     for g in sorted(free):
         key = (float(groups[g]["max_a"]), float(groups[g]["max_kw"]), tuple(free[g]))
         table.setdefault(key, []).append(g)
-    return [[k, list(k[2]), table[k]] for k in sorted(table)]
+    out = []
+    for k in sorted(table):
+        here = {}  # type: dict
+        for g in table[k]:
+            here[groups[g].get("at")] = here.get(groups[g].get("at"), 0) + 1
+        out.append([k, list(k[2]), table[k], here])
+    return out
 
 
-def _walk(ctx, groups, kinds, i, comps, amps, kw, count, room, headroom_kw, fixed, best):
+def _walk(ctx, kinds, i, comps, amps, kw, count, room, headroom_kw, moves, best):
+    """Depth-first over the kinds: each composition of kind ``i`` with its moves (counted once, here)."""
     if i == len(kinds):
-        _leaf(ctx, groups, kinds, comps, amps, kw, count, headroom_kw, fixed, best)
+        _leaf(ctx, comps, amps, kw, count, headroom_kw, moves, best)
         return
-    key, dests, members = kinds[i]
+    key, dests, members, here = kinds[i]
     for comp in _compositions(len(members), dests, room):
         for d, n in comp.items():
             amps[d] += n * key[0]
@@ -285,7 +302,8 @@ def _walk(ctx, groups, kinds, i, comps, amps, kw, count, room, headroom_kw, fixe
             count[d] += n
             room[d] -= n
         comps.append(comp)
-        _walk(ctx, groups, kinds, i + 1, comps, amps, kw, count, room, headroom_kw, fixed, best)
+        step = _kind_moves(here, len(members), comp)
+        _walk(ctx, kinds, i + 1, comps, amps, kw, count, room, headroom_kw, moves + step, best)
         comps.pop()
         for d, n in comp.items():
             amps[d] -= n * key[0]
@@ -313,31 +331,24 @@ def _compositions(n, dests, room):
     return out
 
 
-def _leaf(ctx, groups, kinds, comps, amps, kw, count, headroom_kw, fixed, best):
+def _leaf(ctx, comps, amps, kw, count, headroom_kw, moves, best):
     kept, vector, _limits = _score_sums(ctx, amps, kw, count, headroom_kw)
-    moves = ctx["fixed_moves"]
-    used = sum(count.values())
-    for i, kind in enumerate(kinds):
-        moves += _kind_moves(groups, kind[2], comps[i])
-    key = (kept, vector, -moves, -used)
+    key = (kept, vector, -moves, -sum(count.values()))
     if best[0] is None or key > best[0]:
         best[0] = key
         best[1] = [dict(c) for c in comps]
 
 
-def _kind_moves(groups, members, comp):
-    """Fewest moves to realise ``comp`` with these alike groups: each stays where it is when it can."""
-    here = {}  # type: dict
-    for g in members:
-        at = groups[g].get("at")
-        here[at] = here.get(at, 0) + 1
+def _kind_moves(here, n, comp):
+    """Fewest moves to realise ``comp`` with ``n`` alike groups, ``here`` of them on each place now (None: on
+    no connector): each stays where it is when it can."""
     stay = 0
     given = 0
-    for d, n in comp.items():
-        stay += min(n, here.get(d, 0))
-        given += n
-    stay += min(len(members) - given, here.get(None, 0))
-    return len(members) - stay
+    for d, k in comp.items():
+        stay += min(k, here.get(d, 0))
+        given += k
+    stay += min(n - given, here.get(None, 0))
+    return n - stay
 
 
 def _name_groups(groups, kind, comp):
