@@ -56,6 +56,8 @@ class Backends:
     # the simulator's built-in charging controller (request = "sim"): called every SIM_CHARGING_PERIOD_S with
     # the demand sink, the time and each connector's capabilities (edge/sim/hardware.py drive_charging)
     sim_charging: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any] | None = None
+    # power sharing: the relay matrix with its mirror contacts (the simulator's, edge/sim/relays.py)
+    relays: Any = None
 
 
 def build(config: Config, backends: Backends | None = None) -> Cabinet:
@@ -101,7 +103,7 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
     )
 
     if config.sharing is not None:
-        controller.sharing = sharing_runner(config)
+        controller.sharing = sharing_runner(config, b.relays)
 
     def demand_changed(_connector: str) -> None:
         controller.evaluate_now()  # a CurrentDemand reaches the modules now, not at the next tick
@@ -169,10 +171,10 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
     return cabinet
 
 
-def sharing_runner(config: Config) -> Any:
-    """The power-sharing runner of a cabinet with ``[sharing]`` (issue 16). The relay matrix is the simulated
-    one: relays driven from pins with mirror-contact inputs need the input side of hal (not there yet), so a
-    hardware cabinet runs the allocator and the sequence against the simulated matrix only in ``--sim``."""
+def sharing_runner(config: Config, relays: Any = None) -> Any:
+    """The power-sharing runner of a cabinet with ``[sharing]`` (issue 16) on ``relays`` (the simulator's matrix,
+    whose contacts its physics follows). Relays driven from pins with mirror-contact inputs need the input side
+    of hal (not there yet): without ``relays`` the runner gets a simulated matrix of its own."""
     # imported only with [sharing]: a cabinet without it does not carry the allocator (RSS)
     from edge.charging.sharing import Cabinet as SharingCabinet
     from edge.charging.sharing import Runner, Timing, matrix_from_config
@@ -187,8 +189,9 @@ def sharing_runner(config: Config) -> Any:
         off_current_a=config.session.off_current_a,
     )
     cabinet = SharingCabinet(matrix, timing)
-    relays = SimRelayMatrix([(r.group, r.connector) for r in config.relay])
-    relays.close_home(cabinet.at)
+    if relays is None:  # none given (a test's cabinet without the simulator): a simulated one of its own
+        relays = SimRelayMatrix([(r.group, r.connector) for r in config.relay])
+        relays.close_home(cabinet.at)
     return Runner(cabinet, relays)
 
 

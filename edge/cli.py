@@ -83,7 +83,7 @@ def run(config_path: str | None, sim: bool, status_line: bool) -> None:
     cabinet = SimCabinet(config)
     cabinet.start()
     try:
-        backends = Backends(board=cabinet.board, sim_charging=cabinet.drive_charging)
+        backends = Backends(board=cabinet.board, sim_charging=cabinet.drive_charging, relays=cabinet.relays)
         code = run_daemon(cabinet.patched_config(), backends, status_line=status_line)
     finally:
         cabinet.stop()

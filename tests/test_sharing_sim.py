@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from edge.config import parse_config
 from edge.sim.stepper import SimStepper
@@ -86,3 +87,35 @@ def test_car_b_arrives_while_car_a_charges_alone_on_the_sim(tmp_path: Path) -> N
             f"car B plugged in -> group B open {opened[0] - arrived:.2f} s, closed to 2 {closed[0] - arrived:.2f} s, "
             f"car B above 50 A {t_both - arrived:.2f} s (simulated; car B's cable check and pre-charge included)"
         )
+
+
+def test_relay_stuck_and_group_lost_knobs_on_the_sim(tmp_path: Path) -> None:
+    """The simulator's knobs: group B's relay to connector 2 jammed closed, car A charging: B cannot come over
+    (relay_stuck, out of service, left on connector 2 with its modules off) and car A stays on group A; then
+    group A's modules stop answering: the group is dropped from the allocation, car A is held at 0 A and the
+    lost modules are faults as without sharing."""
+    cfg = parse_config(_config(tmp_path))
+    with SimStepper(cfg, tmp_path / "data", step_s=0.01) as sim:
+        ctl = sim.cabinet.controller
+        sharing = ctl.sharing
+        assert sharing is not None and sim.relays is not None
+        sim.unplug("2")
+        sim.set_relay_stuck("B", "2")
+        sim.every("sessions", 0.05, lambda now: sim.drive_charging(ctl.demands, now, _caps(ctl)))
+        sim.run_until(lambda: sharing.cabinet.out_of_service.get("B") == "relay_stuck", timeout_s=60.0, what="B stuck")
+        assert sim.relays.connected("B") == ["2"] and sharing.cabinet.groups_of("1") == ["A"]
+        assert sim.events("group_out_of_service")[-1].data["fault"] == "relay_stuck"
+        sim.run_until(lambda: sim.physics.connectors["1"].output_a > 90.0, timeout_s=60.0, what="car A on group A")
+        assert sim.physics.connectors["1"].output_a <= 101.0
+        sim.set_group_lost("A")
+        sim.run_until(lambda: sim.physics.connectors["1"].output_a < 1.0, timeout_s=10.0, what="car A at 0 A")
+        sim.run_until(  # A serves no one once its modules are lost
+            lambda: sim.events("allocation_changed")[-1].data["after"] == {"1": [], "2": []},
+            timeout_s=10.0,
+            what="group A dropped",
+        )
+        assert "all_modules_lost" in (ctl.decision or {})["faults"]
+
+
+def _caps(ctl: Any) -> dict:
+    return {n: r.capabilities for n, r in ctl.reports().items()}

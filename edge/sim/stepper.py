@@ -54,7 +54,6 @@ from edge.sim.can_devices import CABLE_PERIOD_S
 from edge.sim.hardware import SimHardware
 from edge.sim.layout import SimConnectorSpec
 from edge.sim.meter import InProcessLine
-from edge.sim.relays import SimRelayMatrix, routes
 from hal.clock import SimClock
 
 DEFAULT_STEP_S = 0.01
@@ -123,16 +122,13 @@ class SimStepper(SimHardware):
         for poller, _line in self._meter_lines:
             for meter in poller.meters:
                 _anchor(meter, self.clock.monotonic())
-        sharing = self.cabinet.controller.sharing
-        if sharing is not None and isinstance(sharing.relays, SimRelayMatrix):
-            # power sharing: the physics follows the relay matrix the controller drives
-            relays, groups = sharing.relays, sharing.cabinet.matrix.groups
-            self.physics.routing = lambda: routes(relays, groups)
         self._parts = self._schedule(self.clock.monotonic())
         self._start()
 
     async def _build(self, cfg: Config) -> Cabinet:
-        return build(cfg, Backends(clock=self.clock, wall_ms=self.wall_ms, board=self.board, api=False))
+        return build(
+            cfg, Backends(clock=self.clock, wall_ms=self.wall_ms, board=self.board, api=False, relays=self.relays)
+        )
 
     def _on_loop(self, coro: Coroutine[Any, Any, Cabinet]) -> Cabinet:
         return self._loop.run_until_complete(coro)
