@@ -10,6 +10,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from edge.config import parse_config
 from edge.sim.stepper import SimStepper
 from tests.conftest import REPO, _drop_tables
@@ -119,3 +121,30 @@ def test_relay_stuck_and_group_lost_knobs_on_the_sim(tmp_path: Path) -> None:
 
 def _caps(ctl: Any) -> dict:
     return {n: r.capabilities for n, r in ctl.reports().items()}
+
+
+@pytest.mark.parametrize(
+    ("policy", "one", "two"),
+    [
+        ("first_come", ["A", "B"], []),  # car A came first and can use both groups: car B waits
+        ("sequential", ["A", "B"], []),  # one car at a time
+        ("priority", ["A"], ["B"]),  # connector 2 first: it takes the one group it can use (60 kW)
+        ("static", ["A"], ["B"]),  # each connector its home group, whatever car A could use
+    ],
+)
+def test_each_policy_when_car_b_arrives_on_the_sim(tmp_path: Path, policy: str, one: list, two: list) -> None:
+    text = _config(tmp_path).replace('policy = "even"', f'policy = "{policy}"')
+    text += '\n[[sharing.connector]]\nname = "2"\npriority = 1\n'
+    cfg = parse_config(text)
+    with SimStepper(cfg, tmp_path / "data", step_s=0.01) as sim:
+        ctl = sim.cabinet.controller
+        sharing = ctl.sharing
+        assert sharing is not None
+        sim.unplug("2")
+        sim.every("sessions", 0.05, lambda now: sim.drive_charging(ctl.demands, now, _caps(ctl)))
+        sim.run_until(lambda: sim.physics.connectors["1"].output_a > 90.0, timeout_s=60.0, what="car A charging")
+        sim.run(8.0)
+        sim.plug_in("2")
+        sim.run(20.0)
+        assert (sharing.cabinet.groups_of("1"), sharing.cabinet.groups_of("2")) == (one, two)
+        assert (sim.physics.connectors["2"].output_a > 50.0) == bool(two)
