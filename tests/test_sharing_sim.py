@@ -148,3 +148,44 @@ def test_each_policy_when_car_b_arrives_on_the_sim(tmp_path: Path, policy: str, 
         sim.run(20.0)
         assert (sharing.cabinet.groups_of("1"), sharing.cabinet.groups_of("2")) == (one, two)
         assert (sim.physics.connectors["2"].output_a > 50.0) == bool(two)
+
+
+def test_the_shared_sim_cabinet_four_groups_car_a_arrives_both_end_at_half(tmp_path: Path) -> None:
+    """edge/sim/sim-sharing.toml (8 modules in 4 groups, full matrix, even): the 800 V car alone on connector 2
+    grows into all four groups; the 400 V car plugs in on connector 1: two groups each within the hold time,
+    and the first relay of connector 2's groups opens only with that group at 0 A."""
+    text = (REPO / "edge" / "sim" / "sim-sharing.toml").read_text()
+    text = text.replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp_path}/edge.sock"')
+    text = text.replace('data_dir = ".edge-sim"', f'data_dir = "{tmp_path}/data"')
+    text = re.sub(r'backend = "systemd"[^\n]*', 'backend = "sim"', text)
+    text = text.replace('[telemetry.mqtt]\nhost = "127.0.0.1"', '[telemetry.mqtt]\nenabled = false\nhost = "127.0.0.1"')
+    cfg = parse_config(text)
+    with SimStepper(cfg, tmp_path / "data", step_s=0.01) as sim:
+        ctl = sim.cabinet.controller
+        sharing = ctl.sharing
+        assert sharing is not None and sim.relays is not None
+        relays = sim.relays
+        sim.unplug("1")
+        opened_at_a: list[float] = []
+
+        def watch(_now: float) -> None:
+            for g, mods in (("A", (1, 2)), ("B", (3, 4)), ("C", (5, 6)), ("D", (7, 8))):
+                assert len(relays.connected(g)) <= 1
+                if not relays.connected(g):
+                    opened_at_a.append(sum(sim.physics.modules[a].out_a for a in mods))
+
+        sim.every("watch", 0.01, watch)
+        sim.every("sessions", 0.05, lambda now: sim.drive_charging(ctl.demands, now, _caps(ctl)))
+        sim.run_until(lambda: sim.physics.connectors["2"].output_a > 250.0, timeout_s=60.0, what="car B > 250 A")
+        assert sharing.cabinet.groups_of("2") == ["A", "B", "C", "D"]
+        sim.run(6.0)  # past the hold time
+        sim.plug_in("1")
+        sim.run_until(
+            lambda: sharing.cabinet.groups_of("1") and len(sharing.cabinet.groups_of("1")) == 2,
+            timeout_s=5.0,
+            what="two groups to connector 1 within the hold time",
+        )
+        assert len(sharing.cabinet.groups_of("2")) == 2
+        assert max(opened_at_a) <= 1.0  # no group was ever without a closed relay while it carried current
+        sim.run_until(lambda: sim.physics.connectors["1"].output_a > 150.0, timeout_s=60.0, what="car A > 150 A")
+        assert sim.physics.connectors["2"].output_a <= 200.0 + 1.0  # two groups: 4 x 50 A

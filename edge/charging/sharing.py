@@ -465,10 +465,12 @@ def _requests(ctl: Any, decision: dict[str, Any]) -> dict[str, dict[str, Any]]:
         volts = float(request.get("voltage_v") or 0.0)
         amps = float(request.get("current_a") or 0.0)
         power_kw = float(request.get("power_w") or 0.0) / 1000.0 or volts * amps / 1000.0
-        # a vehicle asks for at most what it was told it may have: one asking (nearly) all of that may want
-        # more, so it counts as asking for the connector's whole rating (the allocation then finds out)
-        told_a = len(ctl.sharing.modules_of(c.name)) * ctl.sharing.cabinet.matrix.module_a
-        if amps >= SATURATED * told_a:
+        # a vehicle asks for at most what it was told it may have: one asking (nearly) all of that current or
+        # power may want more, so it counts as asking for the connector's whole rating (the allocation then
+        # finds out)
+        modules = len(ctl.sharing.modules_of(c.name))
+        matrix = ctl.sharing.cabinet.matrix
+        if amps >= SATURATED * modules * matrix.module_a or power_kw >= SATURATED * modules * matrix.module_kw:
             power_kw = c.max_power_kw
         out[c.name] = {
             "phase": decision["connectors"][c.name]["phase"] if request else "Other",
