@@ -65,6 +65,8 @@ class Backends:
     config_path: str | None = None  # the config file the daemon runs with (remote config-get / config-apply)
     # the contactors' mirror contacts by connector (1 closed, 0 open) instead of the configured input pins
     contactor_feedback: Callable[[], dict[str, int | None]] | None = None
+    # power sharing: the relay matrix with its mirror contacts (the simulator's, edge/sim/relays.py)
+    relays: Any = None
 
 
 def build(config: Config, backends: Backends | None = None) -> Cabinet:
@@ -122,6 +124,9 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         contactor_feedback=b.contactor_feedback or _contactor_feedback(config, outputs.board, b.clock),
         isolation=isolation,
     )
+
+    if config.sharing is not None:
+        controller.sharing = sharing_runner(config, b.relays)
 
     def demand_changed(_connector: str) -> None:
         controller.evaluate_now()  # a CurrentDemand reaches the modules now, not at the next tick
@@ -234,6 +239,30 @@ def _contactor_feedback(config: Config, board: SimBoard | None, clock: Clock) ->
         specs, board.input if board is not None else (lambda pin: make_input(backend, pin)), clock.monotonic
     )
     return reader.poll  # type: ignore[return-value]  # {name: 1|0}: every wired connector has a value
+
+
+def sharing_runner(config: Config, relays: Any = None) -> Any:
+    """The power-sharing runner of a cabinet with ``[sharing]`` (issue 16) on ``relays`` (the simulator's matrix,
+    whose contacts its physics follows). Relays driven from pins with mirror-contact inputs need the input side
+    of hal (not there yet): without ``relays`` the runner gets a simulated matrix of its own."""
+    # imported only with [sharing]: a cabinet without it does not carry the allocator (RSS)
+    from edge.charging.sharing import Cabinet as SharingCabinet
+    from edge.charging.sharing import Runner, Timing, matrix_from_config
+    from edge.sim.relays import SimRelayMatrix
+
+    matrix = matrix_from_config(config)
+    assert matrix is not None
+    assert config.sharing is not None
+    timing = Timing(
+        confirm_s=config.sharing.relay_confirm_ms / 1000.0,
+        ramp_timeout_s=config.session.off_timeout_ms / 1000.0,
+        off_current_a=config.session.off_current_a,
+    )
+    cabinet = SharingCabinet(matrix, timing)
+    if relays is None:  # none given (a test's cabinet without the simulator): a simulated one of its own
+        relays = SimRelayMatrix([(r.group, r.connector) for r in config.relay])
+        relays.close_home(cabinet.at)
+    return Runner(cabinet, relays)
 
 
 def _build_outputs(config: Config, board: SimBoard | None) -> Outputs:

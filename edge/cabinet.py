@@ -136,6 +136,7 @@ class Cabinet:
             },
             everest=self.everest.stats() if self.everest is not None else {},
             isolation=self.isolation.status if self.isolation is not None else {},
+            sharing=self.controller.sharing.status() if self.controller.sharing is not None else {},
         )
 
     def connector_views(self) -> tuple[ConnectorView, ...]:
@@ -166,7 +167,7 @@ class Cabinet:
                     reason=cd.get("reason"),
                     contactor=bool(self.outputs.contactors[c.name].value()),
                     enable=bool(cd.get("enable", False)),
-                    modules=tuple(c.modules),
+                    modules=tuple(ctl.modules_of(c)),
                     capabilities={}
                     if caps is None
                     else {

@@ -83,7 +83,9 @@ def run(config_path: str | None, sim: bool, status_line: bool) -> None:
     cabinet = SimCabinet(config)
     cabinet.start()
     try:
-        backends = Backends(board=cabinet.board, sim_charging=cabinet.drive_charging, config_path=config_path)
+        backends = Backends(
+            board=cabinet.board, sim_charging=cabinet.drive_charging, config_path=config_path, relays=cabinet.relays
+        )
         code = run_daemon(cabinet.patched_config(), backends, status_line=status_line)
     finally:
         cabinet.stop()

@@ -51,6 +51,10 @@ def _model_of(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     """(model class, repeated) when the annotation is a section, a list of sections, or neither."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation, False
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # an optional section ([sharing])
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) == 1:
+            return _model_of(args[0])
     if typing.get_origin(annotation) is list:
         (inner,) = typing.get_args(annotation)
         if isinstance(inner, type) and issubclass(inner, BaseModel):

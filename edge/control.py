@@ -14,7 +14,7 @@ import logging
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from drivers.digital_inputs import DigitalInputs
 from drivers.power_modules.bank import ModuleBank
@@ -29,6 +29,9 @@ from edge.state import CabinetState
 from hal.clock import Clock
 from hal.pin import Pin, SimBoard
 from hal.watchdog import WDT
+
+if TYPE_CHECKING:  # imported by build() only for a cabinet with [sharing]
+    from edge.charging.sharing import Runner as SharingRunner
 
 log = logging.getLogger(__name__)
 
@@ -135,6 +138,12 @@ class Controller:
         self.digital: DigitalInputs | None = None
         self.input_functions: dict[str, str] = {i.name: i.function for i in config.input}
         self.input_values: dict[str, int] = {}  # by input name, as last evaluated (status, events)
+        # power sharing (issue 16): set by build() with [sharing]; None = each connector its static modules
+        self.sharing: SharingRunner | None = None
+
+    def modules_of(self, c: Any) -> list[int]:
+        """The modules feeding connector ``c`` now: the allocation's with [sharing], else its static list."""
+        return self.sharing.modules_of(c.name) if self.sharing is not None else c.modules
 
     # -- operator requests (local socket / cloud, through edge.ops; never above the config) ------------
     # Who may lift what is decided in edge.operator; edge.ops evaluates at once after each change.
@@ -198,6 +207,8 @@ class Controller:
         decision, self.core_state = evaluate_cabinet(snap, self.limits_cfg, self.core_state)
         self._clear_results = [(decision["cleared"], decision["clear_refused"])]
         self._apply(decision)
+        if self.sharing is not None:
+            self.sharing.after_decision(self, decision, now)
         self._report_changes(self.decision, decision)
         self.decision = decision
         self.evaluations += 1
@@ -250,22 +261,23 @@ class Controller:
         volts = request["voltage_v"] if request else 0.0
         bank = self.bank
         imd = self.isolation.snapshot(c.name, now) if self.isolation is not None else None
+        modules = self.modules_of(c)
         return {
             **({"imd": imd} if imd is not None else {}),
-            "inputs": self.state.connector_inputs(c.name, c.modules, now),
+            "inputs": self.state.connector_inputs(c.name, modules, now),
             "request": request,
             "hw_max_a": c.max_current_a,
             "hw_max_v": c.max_voltage_v,
             "hw_min_v": c.min_voltage_v,
             "hw_max_w": c.max_power_kw * 1000.0,
             "uncooled": c.uncooled,
-            "modules_available": len(bank.available(c.modules)),
-            "module_max_a": bank.module_max_a(c.modules, volts or None),
-            "modules_configured": len(c.modules),
-            "modules_lost": [a for a in c.modules if bank.modules[a].lost],
+            "modules_available": len(bank.available(modules)),
+            "module_max_a": bank.module_max_a(modules, volts or None),
+            "modules_configured": len(modules),
+            "modules_lost": [a for a in modules if bank.modules[a].lost],
             "modules_alarm": [
                 [a, sorted(m.alarms & m.blocking_alarms)]
-                for a in c.modules
+                for a in modules
                 if not (m := bank.modules[a]).lost and m.alarms & m.blocking_alarms
             ],
             "external_limit_a": external_limit_a,
@@ -278,7 +290,7 @@ class Controller:
         every = len(self.connectors) == 1
         for c in self.connectors:
             cd = d["connectors"][c.name]
-            mods = c.modules
+            mods = self.modules_of(c)
             if not cd["enable"] and any(
                 self.bank.modules[a].output_on or self.bank.modules[a].set_current_a > 0 for a in mods
             ):
@@ -304,11 +316,14 @@ class Controller:
         now = self.clock.monotonic()
         out: dict[str, ConnectorReport] = {}
         for c in self.connectors:
-            meas = self.state.output_measurements(now, c.modules)
+            modules = self.modules_of(c)
+            meas = self.state.output_measurements(now, modules)
             cd = d["connectors"][c.name] if d else {}
-            caps = self.bank.capabilities(c.modules)
+            caps = self.bank.capabilities(modules)
             max_a = min(c.max_current_a, float(cd.get("max_current_a", c.max_current_a)))
             max_w = min(c.max_power_kw * 1000.0, float(cd.get("max_power_w", c.max_power_kw * 1000.0)))
+            shared_w = self.sharing.limit_w(c.name) if self.sharing is not None else None
+            max_w = max_w if shared_w is None else min(max_w, shared_w)  # its share, told before a group moves
             out[c.name] = ConnectorReport(
                 connector=c.name,
                 voltage_v=meas["output_v"][0] if meas else 0.0,
@@ -323,7 +338,7 @@ class Controller:
                     max_export_power_w=max(0.0, max_w),
                 ),
                 faults=tuple(cd.get("faults", ())),
-                modules_reachable=any(not self.bank.modules[a].lost for a in c.modules),
+                modules_reachable=any(not self.bank.modules[a].lost for a in modules),
                 phase=str(cd.get("phase", "Other")),
             )
         return out

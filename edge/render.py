@@ -186,6 +186,20 @@ def connector_lines(st: dict[str, Any]) -> list[str]:
     return out
 
 
+def sharing_lines(st: dict[str, Any]) -> list[str]:
+    """Power sharing: the policy, then one line per module group (where it is, its modules, what it does)."""
+    sharing = st.get("sharing")
+    if not sharing:
+        return []
+    shares = ", ".join(f"{c} {_num(kw, 0)} kW" for c, kw in sharing.get("limit_kw", {}).items())
+    out = [clip(f"sharing  {sharing.get('policy')}: {shares}", WIDTH)]
+    for name, g in sharing.get("groups", {}).items():
+        where = g.get("connector") or "-"
+        mods = ",".join(str(m) for m in g.get("modules", []))
+        out.append(clip(f"  group {name} -> {where}  modules {mods}  {g.get('state')}", WIDTH))
+    return out
+
+
 def fault_lines(faults: dict[str, str], latched: Iterable[str]) -> list[str]:
     if not faults:
         return ["faults   none"]
@@ -407,6 +421,7 @@ def status_text(st: dict[str, Any], cable: str | None = None) -> str:
         output_line(st),
         *limit_lines(st),
         *connector_lines(st),
+        *sharing_lines(st),
         *fault_lines(st.get("faults", {}), st.get("latched", [])),
         *module_lines(st),
         *cable_lines(st, cable),

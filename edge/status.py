@@ -171,6 +171,7 @@ class StatusView:
     estop: str | None = None  # the e-stop's state for a technician (estop_text); None without an e-stop input
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # [[input]] by name: function, active
     isolation: dict[str, dict[str, Any]] = field(default_factory=dict)  # the insulation monitors; {} without one
+    sharing: dict[str, Any] = field(default_factory=dict)  # power sharing: groups and shares; {} without it
 
     # -- the API's ``status`` ------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
@@ -213,6 +214,7 @@ class StatusView:
             "control": self.control,
             "everest": self.everest,
             **({"isolation": self.isolation} if self.isolation else {}),
+            **({"sharing": self.sharing} if self.sharing else {}),
         }
 
     # -- the retained MQTT ``state`` -----------------------------------------------------------------
@@ -237,6 +239,11 @@ class StatusView:
             "stopped_by": self.stopped_by,
             "modules": {a: {"lost": m.lost, "on": m.on} for a, m in self.modules.items()},
             "telemetry_store": {"degraded": store.get("degraded"), "write_errors": store.get("write_errors", 0)},
+            **(
+                {"sharing": {"policy": self.sharing["policy"], "groups": self.sharing["groups"]}}
+                if self.sharing
+                else {}
+            ),
         }
 
     # -- ``edge run --status-line`` ------------------------------------------------------------------

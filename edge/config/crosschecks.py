@@ -22,6 +22,7 @@ from pydantic import BaseModel
 from edge.config.base import Loc
 from edge.config.connectors import connector_block, legacy_connector
 from edge.config.digital_inputs import input_pins
+from edge.config.sharing import relay_pins
 
 if TYPE_CHECKING:
     from edge.config.schema import Config
@@ -296,6 +297,7 @@ def pin_problems(config: Config) -> list[tuple[Loc, str]]:
             label = f"connector {conn.name!r} contactor_feedback"
             pins.append((("connector", i, "contactor_feedback"), conn.contactor_feedback, label))
     pins += input_pins(config)
+    pins += relay_pins(config)
     first: dict[str, str] = {}
     for loc, pin, label in pins:
         if pin.strip() in first:
@@ -315,6 +317,8 @@ def connector_notes(config: Config) -> list[str]:
             'contactor from [outputs] (for EVerest: request = "everest" and everest_module_id; docs/CONFIG.md, '
             f'"Connectors"):\n{block}'
         ]
+    if config.sharing is not None:  # modules move between connectors: a connector's list is only its home
+        return _unused_notes(config)
     return _module_current_notes(config) + _unused_notes(config)
 
 
@@ -334,6 +338,8 @@ def _module_current_notes(config: Config) -> list[str]:
 
 def _unused_notes(config: Config) -> list[str]:
     used = {m for conn in config.connector for m in conn.modules}
+    if config.sharing is not None:  # with [sharing] every module is in a group with a relay (checked)
+        used = {m for g in config.module_group for m in g.modules}
     idle = [m for m in config.power_modules.addresses if m not in used]
     out = []
     if idle:

@@ -16,6 +16,7 @@ from edge.config.hardware import CanBus, ModbusTcp, Outputs, SerialLine, Watchdo
 from edge.config.isolation import IsolationMonitor, IsolationRule, OverVoltageMonitor, isolation_problems
 from edge.config.limits import LimitsConfig
 from edge.config.remote import Remote
+from edge.config.sharing import ModuleGroup, Relay, Sharing, sharing_problems
 from edge.config.telemetry import Telemetry
 
 
@@ -67,6 +68,9 @@ class Config(Section):
     everest: Everest = Everest()
     session: Session = Session()
     contactors: Contactors = Contactors()
+    sharing: Sharing | None = None
+    module_group: list[ModuleGroup] = []
+    relay: list[Relay] = []
     outputs: Outputs = Outputs()
     input: list[DigitalInput] = []  # digital safety inputs: e-stop, door, water, tilt
     watchdog: Watchdog = Watchdog()
@@ -92,6 +96,7 @@ class Config(Section):
             + pin_problems(self)
             + input_problems(self)
             + isolation_problems(self)
+            + sharing_problems(self)
         )
         return self
 

@@ -252,6 +252,10 @@ def _rule_modules(c: _Ctx) -> None:
             item[0],
             ", ".join(sorted(item[1])),
         )
+    if s.get("modules_configured") == 0:
+        # power sharing (issue 16): no group is allocated to this connector now: 0 A, not a fault
+        c.limit(0.0, "modules", "power sharing: no module group allocated")
+        return
     c.limit(avail * per, "modules", "power modules: %d of %d available x %s A" % (avail, configured, fmt_num(per, 0)))
     if avail == 0:
         if configured > 0 and len(lost) >= configured:

@@ -22,6 +22,8 @@ tests drive faults through it while the daemon runs in another process. One JSON
                                                 # "door" (open), "water", "tilt": every [[input]] of it
     {"knob": "imd_ohm", "connector": "1", "value": 60000.0}  # insulation its IMD measures, Ohm
     {"knob": "imd_self_test_fails" | "imd_silent", "connector": "1", "value": true}
+    {"knob": "relay_stuck", "group": "B", "connector": "1", "value": true}  # power sharing: a jammed relay
+    {"knob": "group_lost", "group": "B", "value": true}  # power sharing: a group's modules stop answering
     {"get": "physics"}
 
 Without "connector", a knob acts on the first connector ("1").
@@ -71,6 +73,10 @@ def apply(cabinet: SimCabinet, req: dict[str, Any]) -> dict[str, Any]:
             cabinet.set_meter_silent(str(req["meter"]), bool(value))
         elif knob == "vehicle_demand_a":
             cabinet.set_vehicle_demand(float(value if value is not None else 0.0))
+        elif knob == "relay_stuck":  # power sharing
+            cabinet.set_relay_stuck(str(req["group"]), str(req["connector"]), bool(req.get("value", True)))
+        elif knob == "group_lost":
+            cabinet.set_group_lost(str(req["group"]), bool(req.get("value", True)))
         elif knob == "can_bus_off":
             cabinet.inject_bus_off()
         elif knob == "sessions":

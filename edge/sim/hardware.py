@@ -36,6 +36,7 @@ from edge.sim.imd import SimImd
 from edge.sim.layout import SimConnectorSpec, connector_layout
 from edge.sim.meter import SimMeter
 from edge.sim.physics import ConnectorPhysics, ModuleModel, Physics
+from edge.sim.relays import SimRelayMatrix, routes
 from edge.sim.session import Request, SimSessions, apply
 from edge.sim.vehicle import DEFAULT_SOC, VEHICLE_TYPES, Vehicle
 from hal.can import CAN_ERR_BUSOFF
@@ -63,6 +64,10 @@ class SimHardware:
             modules={a: ModuleModel(a) for a in config.power_modules.addresses},
             connectors={spec.name: _connector(i, spec, plugged) for i, spec in enumerate(self.layout)},
         )
+        self.relays = _relay_matrix(config)  # power sharing: the physics follows its contacts; None without
+        if self.relays is not None:
+            relays, groups = self.relays, {g.name: list(g.modules) for g in config.module_group}
+            self.physics.routing = lambda: routes(relays, groups)
         self._tag = f"sim{os.getpid()}-{next(_instance)}"
         self.meters: dict[str, SimMeter] = {}
         for m in config.meters:
@@ -251,6 +256,20 @@ class SimHardware:
             alarms = self.physics.modules[address].alarms
             (alarms.add if on else alarms.discard)(alarm)
 
+    def set_relay_stuck(self, group: str, connector: str, stuck: bool = True) -> None:
+        """Power sharing: the relay of ``group`` to ``connector`` keeps its contact whatever its coil does."""
+        if self.relays is None:
+            raise KeyError("no relay matrix: the config has no [sharing]")
+        self.relays.stick(group, connector, stuck)
+
+    def set_group_lost(self, group: str, lost: bool = True) -> None:
+        """Power sharing: every module of ``group`` stops answering (or answers again)."""
+        modules = {g.name: g.modules for g in self.config.module_group}
+        if group not in modules:
+            raise KeyError(f"unknown group {group!r} (have {sorted(modules)})")
+        for address in modules[group]:
+            self.set_module_silent(address, lost)
+
     def set_meter_silent(self, name: str, silent: bool) -> None:
         self.meters[name].silent = silent
 
@@ -425,3 +444,13 @@ def _connector_view(c: ConnectorPhysics) -> dict[str, Any]:
             "autonomous": v.autonomous,
         }
     return view
+
+
+def _relay_matrix(config: Config) -> SimRelayMatrix | None:
+    """The simulated relay matrix of a config with ``[sharing]``, each group closed to its home connector."""
+    if config.sharing is None:
+        return None
+    relays = SimRelayMatrix([(r.group, r.connector) for r in config.relay])
+    group_of = {m: g.name for g in config.module_group for m in g.modules}
+    relays.close_home({group_of[m]: c.name for c in config.connector for m in c.modules if m in group_of})
+    return relays

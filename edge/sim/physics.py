@@ -27,7 +27,7 @@ The old single-output attributes (``pin_plus_c``, ``contactor``, ``vehicle_deman
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar, cast
 
@@ -171,6 +171,8 @@ class Physics:
     grid_v: list[float] = field(default_factory=lambda: [230.0, 230.0, 230.0])
     import_kwh: float = 1000.0
     t: float = 0.0
+    # power sharing (issue 16): which modules feed which connector now, from the relay matrix; None = static
+    routing: Callable[[], dict[str, tuple[int, ...]]] | None = None
 
     def __post_init__(self) -> None:
         if not self.connectors:
@@ -203,6 +205,14 @@ class Physics:
 
     def step(self, dt: float) -> None:
         self.t += dt
+        if self.routing is not None:  # power sharing: modules feed the connector their group's relay closes to
+            routed = self.routing()
+            for name, conn in self.connectors.items():
+                conn.modules = routed.get(name, ())
+            fed = {a for mods in routed.values() for a in mods}
+            for a, m in self.modules.items():
+                if a not in fed:
+                    m.out_a = 0.0  # its relays are open: it feeds nothing
         for conn in self.connectors.values():
             conn.step_output([self.modules[a] for a in conn.modules if a in self.modules], dt)
         for m in self.modules.values():

@@ -134,7 +134,9 @@ class SimStepper(SimHardware):
         self._start()
 
     async def _build(self, cfg: Config) -> Cabinet:
-        return build(cfg, Backends(clock=self.clock, wall_ms=self.wall_ms, board=self.board, api=False))
+        return build(
+            cfg, Backends(clock=self.clock, wall_ms=self.wall_ms, board=self.board, api=False, relays=self.relays)
+        )
 
     def _on_loop(self, coro: Coroutine[Any, Any, Cabinet]) -> Cabinet:
         return self._loop.run_until_complete(coro)

@@ -1,0 +1,164 @@
+"""Issue 16 item 5: the controller hook. With ``[sharing]`` each connector is fed by the modules the
+allocation gives it (not its static list): car on connector 1 alone, asking for more than its home group
+gives, gets connector 2's group moved over by the switching sequence (modules of the moving group at 0 A and
+off before its relay opens, the relay matrix never connecting a group to two connectors), an
+``allocation_changed`` event says so, and connector 1's published power is its share. Without ``[sharing]``
+nothing changes (the rest of tests/test_control.py)."""
+
+from __future__ import annotations
+
+import re
+import weakref
+from pathlib import Path
+from typing import Any
+
+from drivers.power_modules import infypower as infy
+from drivers.readings import Reading
+from edge.build import Backends, build
+from edge.config import parse_config
+from hal.clock import SimClock
+from hal.pin import SimBoard
+from tests.conftest import REPO, _drop_tables
+from tests.test_control import FAST, SAFE_INPUTS, Rig
+
+SIM2 = (REPO / "edge" / "sim" / "sim.toml").read_text()
+SHARING = """
+[sharing]
+policy = "even"
+hold_s = 1.0
+module_max_power_kw = 30.0
+
+[[module_group]]
+name = "A"
+modules = [1, 2]
+
+[[module_group]]
+name = "B"
+modules = [3, 4]
+""" + "".join(
+    f'\n[[relay]]\ngroup = "{g}"\nconnector = "{c}"\npin = "relay-{g}{c}"\nfeedback = "relay-{g}{c}-mirror"\n'
+    for g in "AB"
+    for c in "12"
+)
+
+
+class ShareRig(Rig):
+    def __init__(self, tmp_path: Path) -> None:  # Rig's, on the sim config with a relay matrix
+        ours = FAST + "\n[telemetry.mqtt]\nenabled = false\n"
+        redefined = {ln.strip() for ln in ours.splitlines() if ln.strip().startswith("[") and "[[" not in ln}
+        dropped = {"[[serial]]", "[[meters]]", "[[isolation_monitor]]", "[[input]]"}
+        text = _drop_tables(SIM2, redefined | dropped) + ours + SHARING
+        text = text.replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp_path}/edge.sock"')
+        text = text.replace('data_dir = ".edge-sim"', f'data_dir = "{tmp_path}/data"')
+        text = re.sub(r'backend = "systemd"[^\n]*', 'backend = "sim"', text)
+        # no mirror contacts: this rig drives no contactor physics (the SimStepper tests sharing with them)
+        text = re.sub(r'contactor_feedback = [^\n]*\n', "", text)
+        text = text.replace("max_power_kw = 60.0", "max_power_kw = 120.0", 1)
+        text = text.replace("max_current_a = 100.0        # its two", "max_current_a = 200.0        # its two", 1)
+        self.config = parse_config(text)
+        self.clock = SimClock(100.0)
+        self.frames: list[Any] = []
+        self.fail_send = False
+        self.events: list[tuple[str, str, dict[str, Any]]] = []
+        self.cabinet = build(self.config, Backends(clock=self.clock, board=SimBoard(), api=False))
+        self.cabinet.can.module_port.send = self._send  # type: ignore[method-assign]
+        self.bank = self.cabinet.bank
+        self.outputs = self.cabinet.outputs
+        self.wdt = self.cabinet.wdt
+        self.state = self.cabinet.state
+        self.ctl = self.cabinet.controller
+        emit = self.ctl.on_event
+
+        def record(kind: str, name: str, data: dict[str, Any]) -> None:
+            self.events.append((kind, name, data))
+            emit(kind, name, data)
+
+        self.ctl.on_event = record
+        weakref.finalize(self, self.cabinet.close)
+
+    def feed(self, silent_modules: tuple[int, ...] = (), **temps: float) -> None:
+        """Rig's, with both cables' readings (gun1, gun2)."""
+        now = self.clock.monotonic()
+        self.state.update(
+            [
+                Reading(f"{gun}.{k}", v, "", now)
+                for gun in ("gun1", "gun2")
+                for k, v in dict(SAFE_INPUTS, **temps).items()
+            ]
+            + [Reading(f"{gun}.leak", 0.0, "", now) for gun in ("gun1", "gun2")]
+        )
+        for addr in self.bank.modules:
+            if addr not in silent_modules:
+                self.bank.handle(
+                    infy.make_id(infy.CMD_READ_OUTPUT, infy.CONTROLLER, source=addr),
+                    infy.encode_output(400.0, 0.0),
+                    now,
+                )
+
+
+def test_a_car_alone_gets_the_other_connectors_group_through_the_sequence(tmp_path: Path) -> None:
+    rig = ShareRig(tmp_path)
+    sharing = rig.ctl.sharing
+    assert sharing is not None
+    assert rig.ctl.modules_of(rig.ctl.connectors[0]) == [1, 2]
+    assert rig.ctl.modules_of(rig.ctl.connectors[1]) == [3, 4]
+    for _ in range(3):
+        rig.step()
+    now = rig.clock.monotonic()
+    rig.ctl.demands.set_mode("1", "Export", "Charging", now)
+    rig.ctl.demands.set_target("1", 400.0, 200.0, now)  # 80 kW: more than group A's 60 kW
+    seen = []
+    for _ in range(30):
+        rig.step()
+        for g in "AB":
+            assert len(sharing.relays.connected(g)) <= 1  # type: ignore[attr-defined]
+        seen.append(list(rig.ctl.modules_of(rig.ctl.connectors[0])))
+    assert rig.ctl.modules_of(rig.ctl.connectors[0]) == [1, 2, 3, 4]
+    assert rig.ctl.modules_of(rig.ctl.connectors[1]) == []
+    assert [1, 2] in seen  # B was nobody's while it moved
+    assert rig.decision_modules("1") == 4
+    changed = [d for k, _, d in rig.events if k == "allocation_changed"]
+    assert changed[-1]["after"] == {"1": ["A", "B"], "2": []} and "even: 2 group(s)" in changed[-1]["reason"]
+    assert rig.ctl.reports()["1"].capabilities.max_export_power_w == 80000.0
+    # connector 2 has no group now: held at 0 A by the module rule, and that is not a fault
+    d = rig.ctl.decision
+    assert d is not None and not [f for f in d["faults"] if "module" in f]
+    assert d["connectors"]["2"]["limit_a"] == 0.0
+    for a in (3, 4):  # switched off on the way (then on again with connector 1)
+        assert rig.bank.modules[a].set_current_a >= 0.0
+
+
+def _decision_modules(self: Rig, name: str) -> int:
+    snap = self.ctl._connector_snapshot(
+        next(c for c in self.ctl.connectors if c.name == name), self.clock.monotonic(), None, False
+    )
+    return int(snap["modules_configured"])
+
+
+Rig.decision_modules = _decision_modules  # type: ignore[attr-defined]
+
+
+def test_status_and_mqtt_state_show_each_group_and_the_shares(tmp_path: Path) -> None:
+    from edge.render import status_text
+
+    rig = ShareRig(tmp_path)
+    rig.step()
+    view = rig.cabinet.view()
+    st = view.as_dict()
+    assert st["sharing"]["policy"] == "even"
+    assert st["sharing"]["groups"]["A"] == {"connector": "1", "modules": [1, 2], "state": "parked"}
+    assert view.mqtt_state()["sharing"]["groups"]["B"]["connector"] == "2"
+    assert [c["modules"] for c in st["connectors"]] == [[1, 2], [3, 4]]
+    text = status_text(st)
+    assert "sharing  even: 1 0 kW, 2 0 kW" in text
+    assert "group A -> 1  modules 1,2  parked" in text
+    rig.ctl.sharing.relays.stick("B", "2")  # type: ignore[union-attr]
+    now = rig.clock.monotonic()
+    rig.ctl.demands.set_mode("1", "Export", "Charging", now)
+    rig.ctl.demands.set_target("1", 400.0, 200.0, now)
+    for _ in range(15):
+        rig.step()
+    st = rig.cabinet.view().as_dict()
+    assert st["sharing"]["groups"]["B"]["state"] == "out of service: relay_stuck"
+    assert "group B -> 2  modules 3,4  out of service: relay_stuck" in status_text(st)
+    assert [d["fault"] for k, _, d in rig.events if k == "group_out_of_service"] == ["relay_stuck"]
