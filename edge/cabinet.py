@@ -22,6 +22,7 @@ from edge.events import EventLog
 from edge.faults import ExternalFaults
 from edge.meter_link import MeterLink
 from edge.ops import Operations
+from edge.render import LiveLine
 from edge.state import CabinetState
 from edge.status import ConnectorView, ModuleView, OperatorLimitView, ReadingView, StatusView
 from edge.telemetry.recorder import Recorder
@@ -106,6 +107,7 @@ class Cabinet:
                     m.temperature_c,
                     tuple(sorted(m.alarms)),
                     m.set_current_a,
+                    max(0.0, m.next_poll_t - now) if m.lost else None,
                 )
                 for a, m in self.bank.modules.items()
             },
@@ -126,6 +128,7 @@ class Cabinet:
             control=self._control_stats(),
             connectors=self.connector_views(),
             everest=self.everest.stats() if self.everest is not None else {},
+            cables=tuple(c.name for c in self.config.cable),
         )
 
     def connector_views(self) -> tuple[ConnectorView, ...]:
@@ -252,9 +255,13 @@ class Cabinet:
             await asyncio.sleep(SIM_CHARGING_PERIOD_S)
 
     async def _print_status_line(self) -> None:
-        while True:
-            await asyncio.sleep(STATUS_LINE_EVERY_S)
-            print(self.view().line(), flush=True)
+        out = LiveLine()  # in place on a terminal, plain lines into a pipe or the journal
+        try:
+            while True:
+                await asyncio.sleep(STATUS_LINE_EVERY_S)
+                out.show(self.view().line(out.width()))
+        finally:
+            out.close()
 
     def fail_safe(self) -> None:
         """Output off, contactor open, pump and fan off (the controller tries each step even if one fails)."""
