@@ -121,7 +121,7 @@ class Cabinet:
             grid_meter=self.state.inputs.grid_meter,
             cable=self.state.inputs.cable,
             backlog=int(store["backlog"]),
-            meters=self.meters.status,
+            meters=self.meters.live_status(),
             telemetry={**store, "uplink": self.uplink.status() if self.uplink else {"enabled": False}},
             can=self.can.status(),
             can_frames=self.can.frame_counts(),
