@@ -129,6 +129,7 @@ class Cabinet:
             connectors=self.connector_views(),
             everest=self.everest.stats() if self.everest is not None else {},
             cables=tuple(c.name for c in self.config.cable),
+            cable_status=self.can.cable_status(),
         )
 
     def connector_views(self) -> tuple[ConnectorView, ...]:

@@ -197,10 +197,10 @@ def connector_lines(st: dict[str, Any]) -> list[str]:
 
 # what each line of the screen is worth when the terminal is too short: lower numbers stay
 P_HEAD, P_LIMIT, P_FAULT, P_DETAIL, P_DEVICE, P_LINK = 0, 1, 2, 3, 4, 5
-Tagged = list[tuple[int, str]]
+Tagged = list[tuple[float, str]]  # a fractional priority: a group of lines kept whole or not at all
 
 
-def _tag(priority: int, lines: Iterable[str]) -> Tagged:
+def _tag(priority: float, lines: Iterable[str]) -> Tagged:
     return [(priority, ln) for ln in lines]
 
 
@@ -214,10 +214,11 @@ def fault_lines_tagged(faults: dict[str, str], latched: Iterable[str]) -> Tagged
         mark = "  " + _("LATCHED") if name in latched else ""
         out.append((P_FAULT, clip(_label(_("faults") if i == 0 else "") + name + mark, WIDTH)))
         body = wrap_cells(detail.removesuffix(" (latched)"), WIDTH, " " * (LABEL + 2), " " * (LABEL + 4))
-        out += _tag(P_DETAIL, body)
+        group = P_DETAIL + (i + 1) / 1000  # one fault's detail is shown whole or not at all
+        out += _tag(group, body)
         if name in latched:
             hint = _("-> fix the cause, then: edge clear {fault}").format(fault=name)
-            out.append((P_DETAIL, clip(" " * (LABEL + 2) + hint, WIDTH)))
+            out.append((group, clip(" " * (LABEL + 2) + hint, WIDTH)))
     return out
 
 
@@ -314,6 +315,58 @@ def cable_lines(st: dict[str, Any], cable: str | None, label_name: bool = False)
     parts = [coolant(table.COOLANT_IN), coolant(table.COOLANT_OUT), coolant(table.COOLANT_FLOW)]
     parts.append(v(table.COOLANT_PRESSURE))
     return _wrap(_("cable"), f"{name}{pins}{leak_txt}") + _wrap(_("coolant"), "  ".join(parts))
+
+
+def _reading_label(reading: str) -> str:
+    """``pin DC+`` for ``pin_dc_plus_c``: the short name a technician knows, else the reading's own."""
+    for e in table.INPUTS:
+        if e.get("reading") == reading:
+            return _(e["short"])
+    return reading
+
+
+def _check_texts(cable: str, diag: dict[str, Any]) -> list[str]:
+    """What to check for one cable monitor: silence, a stuck or lossy sender, a faulty or out-of-range
+    sensor each name a different part."""
+    if diag.get("last_frame_s") is None:
+        text = _(
+            "{cable}: no frame from its cable monitor (node {node}) since start: "
+            "check the monitor's CAN wiring, node id and power"
+        )
+        return [text.format(cable=cable, node=diag.get("node_id"))]
+    if diag.get("silent"):
+        text = _("{cable}: cable monitor silent for {time}: check its CAN cable, termination and power supply")
+        return [text.format(cable=cable, time=duration(diag["last_frame_s"]))]
+    by_cause: dict[str, list[str]] = {}
+    for reading, cause in (diag.get("invalid") or {}).items():
+        by_cause.setdefault(cause, []).append(_reading_label(reading))
+    texts = {
+        "frozen": _(
+            "{cable}: the cable monitor repeats the same frame (counter stuck): "
+            "restart or replace the cable monitor unit"
+        ),
+        "counter_jump": _(
+            "{cable}: frames lost on the way (counter skipped): check the CAN bus (errors, bus-off, termination)"
+        ),
+        "fault_bit": _(
+            "{cable}: the cable monitor flags {sensors} faulty: check that sensor and its plug (open or short)"
+        ),
+        "out_of_range": _("{cable}: {sensors} out of range: check that sensor and its wiring in the connector"),
+        "bad_length": _("{cable}: frames of the wrong length: the cable monitor's firmware does not match its DBC"),
+    }
+    return [
+        texts.get(cause, "{cable}: {sensors} " + cause).format(cable=cable, sensors=", ".join(sensors))
+        for cause, sensors in sorted(by_cause.items())
+    ]
+
+
+def check_lines(st: dict[str, Any]) -> list[str]:
+    """``check`` lines: the part to look at for each cable monitor that is silent or sends invalid values."""
+    out: list[str] = []
+    for cable, diag in sorted((st.get("cable_status") or {}).items()):
+        for text in _check_texts(cable, diag):
+            out += _wrap(_("check"), text)
+    return out
 
 
 def outputs_line(st: dict[str, Any]) -> str:
@@ -476,6 +529,7 @@ def status_tagged(st: dict[str, Any], cable: str | None = None) -> Tagged:
         *_tag(P_LIMIT, limit_lines(st)),
         *_tag(P_LIMIT, connector_lines(st)),
         *fault_lines_tagged(st.get("faults", {}), st.get("latched", [])),
+        *_tag(P_FAULT, check_lines(st)),
         *_tag(P_DEVICE, device),
         *_tag(P_LINK, can_lines(st)),
         *_tag(P_LINK, uplink_lines(st)),
@@ -491,6 +545,9 @@ def fit_screen(tagged: Tagged, height: int | None, width: int = WIDTH) -> list[s
     room = max(1, height - 1)
     order = sorted(range(len(tagged)), key=lambda i: (tagged[i][0], i))
     keep = sorted(order[:room])
+    cut = tagged[order[room]][0]
+    if cut != int(cut):  # the last group kept would be cut in half: leave it out
+        keep = [i for i in keep if tagged[i][0] != cut]
     hidden = len(lines) - len(keep)
     note = _("… {n} more lines hidden: a taller terminal, or edge status --json").format(n=hidden)
     return [lines[i] for i in keep] + [clip(note, width)]

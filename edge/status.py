@@ -157,6 +157,7 @@ class StatusView:
     connectors: tuple[ConnectorView, ...] = ()  # config order
     everest: dict[str, Any] = field(default_factory=dict)  # the EVerest adapter's counters; {} without one
     cables: tuple[str, ...] = ()  # every configured cable monitor, shown even while it is silent
+    cable_status: dict[str, Any] = field(default_factory=dict)  # by cable: silent, why values are invalid
 
     # -- the API's ``status`` ------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
@@ -201,6 +202,7 @@ class StatusView:
             "grid_meter": self.grid_meter,
             "cables": list(self.cables or ((self.cable,) if self.cable else ())),
             "backlog": self.backlog,
+            "cable_status": self.cable_status,
         }
 
     # -- the retained MQTT ``state`` -----------------------------------------------------------------
