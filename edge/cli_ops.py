@@ -11,6 +11,7 @@ import grp
 import json
 import os
 import pwd
+import shutil
 import sys
 import threading
 import time
@@ -178,6 +179,12 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def screen_rows(reserved: int) -> int:
+    """Rows for the status screen on this terminal (24 when it does not say), less ``reserved`` rows for
+    what follows it and one for the cursor's line."""
+    return max(5, shutil.get_terminal_size((render.WIDTH, render.HEIGHT)).lines - reserved - 1)
+
+
 def _conn(socket_opt: str | None, config_path: str | None, as_json: bool) -> dict[str, Any]:
     return {"socket_opt": socket_opt, "config_path": config_path, "as_json": as_json}
 
@@ -191,7 +198,8 @@ def status(socket_opt: str | None, config_path: str | None, as_json: bool) -> No
     if as_json:
         emit_json(data)
     else:
-        click.echo(render.status_text(data))
+        # on a terminal one screen, least important lines hidden (and counted); into a file or pipe all
+        click.echo(render.status_text(data, height=screen_rows(0) if sys.stdout.isatty() else None))
 
 
 @click.command()
@@ -219,7 +227,8 @@ def watch(socket_opt: str | None, config_path: str | None, as_json: bool, interv
             if as_json:
                 click.echo(json.dumps(data, ensure_ascii=False))
             elif in_place:
-                click.echo("\x1b[H\x1b[2J" + render.status_text(data) + "\n\n(Ctrl-C to leave)", nl=False)
+                screen = render.status_text(data, height=screen_rows(1))
+                click.echo("\x1b[H\x1b[2J" + screen + "\n" + _("(Ctrl-C to leave)"), nl=False)
             else:
                 click.echo(("\n" if seen else "") + render.status_text(data))
             seen += 1

@@ -5,8 +5,20 @@ no line is wider than 80 terminal cells, also with every text twice as long (a p
 
 from __future__ import annotations
 
+import fcntl
 import gettext
+import json
+import os
+import pty
 import re
+import select
+import socket
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -151,3 +163,66 @@ def test_the_run_status_line_rewrites_one_line_on_a_terminal_and_prints_lines_in
     plain = LiveLine(pipe)
     plain.show(sim.cabinet.view().line(plain.width()))
     assert pipe.out.endswith("\n") and "\r" not in pipe.out and "\x1b" not in pipe.out
+
+
+def _serve_watch(path: Path, status: dict[str, Any], n: int) -> threading.Thread:
+    """A socket that answers ``watch`` with ``n`` copies of ``status`` (the daemon's side, without one)."""
+    srv = socket.socket(socket.AF_UNIX)
+    srv.bind(str(path))
+    srv.listen()
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn, srv:
+            conn.makefile().readline()
+            for _i in range(n):
+                conn.sendall((json.dumps({"v": 1, "id": None, "ok": True, "data": status}) + "\n").encode())
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return t
+
+
+def _rows_on_screen(raw: str) -> list[str]:
+    """What an 80x24 terminal shows after ``raw``: the part after the last clear-screen, escapes removed."""
+    last = raw.rsplit("\x1b[H\x1b[2J", 1)[-1]
+    return re.sub(r"\x1b\[[0-9;]*[A-Za-z]", "", last).replace("\r", "").split("\n")
+
+
+def test_edge_watch_in_a_pseudo_terminal_of_80x24_shows_one_screen_that_fits(charging, tmp_path):
+    sim = charging()
+    for turn in KNOBS.values():
+        turn(sim)
+    sim.run(12.0)
+    st = json.loads(json.dumps(sim.cabinet.status()))
+    sock = tmp_path / "w.sock"
+    server = _serve_watch(sock, st, 2)
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    env = {**os.environ, "COLUMNS": "80", "LINES": "24", "LANG": "C"}
+    cmd = [sys.executable, "-m", "edge.cli", "watch", "--count", "2", "--interval", "0.2", "--socket", str(sock)]
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=slave, env=env, cwd=REPO)
+    os.close(slave)
+    raw = b""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        ready, _w, _x = select.select([master], [], [], 0.5)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the child closed the terminal
+                break
+            if not chunk:
+                break
+            raw += chunk
+        elif proc.poll() is not None:
+            break
+    os.close(master)
+    assert proc.wait(10) == 0, raw.decode(errors="replace")
+    server.join(5)
+    rows = _rows_on_screen(raw.decode())
+    shown = [r for r in rows if r.strip()]
+    assert len(rows) <= HEIGHT and all(display_width(r) <= WIDTH for r in rows), "\n".join(rows)
+    assert shown[0].startswith("cabinet sim-cab") and shown[1].startswith("state")
+    assert any(r.startswith("limit ") for r in shown) and any(r.startswith("faults ") for r in shown)
+    assert "more lines hidden" in "\n".join(shown) and shown[-1] == "(Ctrl-C to leave)"
