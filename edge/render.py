@@ -84,6 +84,11 @@ def countdown(seconds: float | None) -> str:
     return "--" if seconds is None else duration(math.ceil(max(0.0, seconds)))
 
 
+def _retry(wait_s: float, waiting: str, trying: str) -> str:
+    """``retry in 4 s`` while the next try is ahead, ``retrying now`` once it is due (being made)."""
+    return waiting.format(time=countdown(wait_s)) if wait_s > 0 else trying
+
+
 def clock(t_ms: int | float) -> str:
     """A wall-clock time in UTC, with the zone (events, expiries and the status header say the same)."""
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t_ms / 1000.0))
@@ -239,7 +244,7 @@ def meter_lines(st: dict[str, Any]) -> list[str]:
                 errors=ms.get("errors", 0), error=ms.get("last_error")
             )
             wait = ms.get("retry_in_s", ms.get("backoff_s")) if ms.get("absent") else None
-            health += ("; " + _("retry in {time}").format(time=countdown(wait)) if wait is not None else "") + ")"
+            health += ("; " + _retry(wait, _("retry in {time}"), _("retrying now")) if wait is not None else "") + ")"
         # an absent meter's last values are history: dashes, not numbers that look live
         gone = bool(ms.get("absent"))
 
@@ -274,7 +279,7 @@ def module_lines(st: dict[str, Any]) -> list[str]:
         state = _("LOST") if lost else (_("on") if m.get("on") else _("off"))
         alarms = ",".join(m.get("alarms") or []) or ("-" if not lost else _("no answer"))
         if lost and m.get("retry_in_s") is not None:
-            alarms += ", " + _("re-poll in {time}").format(time=countdown(m["retry_in_s"]))
+            alarms += ", " + _retry(m["retry_in_s"], _("re-poll in {time}"), _("re-polling now"))
         # a lost module's last values are history, not measurements: never show them as if live
         v_txt, a_txt, t_txt = (
             ("--", "--", "--")
@@ -396,7 +401,7 @@ def uplink_state(tel: dict[str, Any]) -> str:
     if not up.get("connected", True) and up.get("last_error"):
         text += f": {up['last_error']}"
         if up.get("next_reconnect_s") is not None:
-            text += ", " + _("retry in {time}").format(time=countdown(up["next_reconnect_s"]))
+            text += ", " + _retry(up["next_reconnect_s"], _("retry in {time}"), _("retrying now"))
     return text
 
 
@@ -566,12 +571,12 @@ def status_line(st: dict[str, Any], width: int = WIDTH) -> str:
     first (clipped if even they do not fit), then faults, grid, pins and backlog as long as they fit."""
     first = [machine_state(st)]
     first += [
-        f"{c.get('name')} {_(shown_phase(c.get('mode'), c.get('phase')))} {_num(c.get('output_a'), 1)} A"
+        f"{c.get('name')} {_(shown_phase(c.get('mode'), c.get('phase')))} {_amps(c.get('output_a'))} A"
         for c in st.get("connectors") or []
     ]
-    first.append(
-        _("limit {amps} A <- {why}").format(amps=f"{st.get('limit_a') or 0:.0f}", why=_reason(st.get("reason")))
-    )
+    # the cabinet's reason names its connector as "connector 2: ...": "2: ..." here, where room is short
+    why = re.sub(r"^connector (\S+): ", r"\1: ", _reason(st.get("reason")))
+    first.append(_("limit {amps} A <- {why}").format(amps=f"{st.get('limit_a') or 0:.0f}", why=why))
     faults = sorted(st.get("faults") or {})
     rest = [_("faults {names}").format(names=",".join(faults) or _("none"))]
     grid = st.get("grid_meter")

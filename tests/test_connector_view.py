@@ -232,7 +232,7 @@ def test_mqtt_state_does_not_change_with_measured_or_requested_values():
 def test_status_line_starts_with_the_state_each_connectors_phase_and_current_then_the_limit():
     v = view(connector("1", output_a=199.54), connector("2", "Off", "Other", output_a=0.0))
     line = v.line()
-    assert line.startswith("CHARGING | 1 Charging 199.5 A | 2 Off 0.0 A | limit 1000 A <- site fuse: L2"), line
+    assert line.startswith("CHARGING | 1 Charging 200 A | 2 Off 0.0 A | limit 1000 A <- site fuse: L2"), line
     assert display_width(line) == WIDTH and line.endswith("…")  # the long reason is cut, not the line wrapped
 
 
