@@ -548,6 +548,14 @@ def _daemon_files(daemon: dict[str, Any], files: dict[str, str | bytes], notes: 
         notes.append(f"events: the newest {len(daemon['events'])} bundled, older ones left out (--events N)")
 
 
+def _refuse_overwrite(output: str, as_json: bool) -> NoReturn:
+    msg = _("edge diag: {path} exists; choose another name with -o, or --force to overwrite it").format(path=output)
+    if as_json:
+        click.echo(json.dumps({"ok": False, "code": "exists", "error": msg}))
+    click.echo(msg, err=True)
+    sys.exit(EXIT_USAGE)
+
+
 @click.command("diag")
 @client_options
 @click.option(
@@ -572,11 +580,7 @@ def diag_cmd(
 ) -> None:
     """Write a diagnostics bundle for the manufacturer (no passwords or keys)."""
     if output is not None and os.path.exists(output) and not force:
-        msg = _("edge diag: {path} exists; choose another name with -o, or --force to overwrite it").format(path=output)
-        if as_json:
-            click.echo(json.dumps({"ok": False, "code": "exists", "error": msg}))
-        click.echo(msg, err=True)
-        sys.exit(EXIT_USAGE)
+        _refuse_overwrite(output, as_json)
     files: dict[str, str | bytes] = {}
     notes: list[str] = []
     path = socket_path(socket_opt, config_path)
