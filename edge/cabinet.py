@@ -257,6 +257,7 @@ class Cabinet:
 
     async def _print_status_line(self) -> None:
         out = LiveLine()  # in place on a terminal, plain lines into a pipe or the journal
+        out.attach_logging()
         try:
             while True:
                 await asyncio.sleep(STATUS_LINE_EVERY_S)

@@ -7,6 +7,7 @@ capitals (``41.2 STALE``), so a frozen sensor never looks like a good one.
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import shutil
@@ -666,12 +667,16 @@ def selftest_text(r: dict[str, Any]) -> str:
 class LiveLine:
     """Where ``edge run --status-line`` writes: on a terminal one line rewritten in place (carriage return,
     the line, clear to the end of the line) at most the terminal's width; otherwise (a pipe, a journal)
-    plain lines of at most :data:`WIDTH` cells, one per update."""
+    plain lines of at most :data:`WIDTH` cells, one per update. On a terminal a log line first wipes the
+    status line, so it is printed on a clean line (the status comes back below it at the next update)."""
 
     def __init__(self, stream: Any = None, tty: bool | None = None, columns: int | None = None) -> None:
         self.stream = stream if stream is not None else sys.stdout
         self.tty = bool(self.stream.isatty()) if tty is None else tty
         self.columns = columns  # None: ask the terminal each time (it may be resized)
+        self.shown = False
+        self._filter = _WipeBeforeLog(self)
+        self._handlers: list[logging.Handler] = []
 
     def width(self) -> int:
         if not self.tty:
@@ -682,8 +687,35 @@ class LiveLine:
     def show(self, text: str) -> None:
         self.stream.write(f"\r{text}\x1b[K" if self.tty else text + "\n")
         self.stream.flush()
+        self.shown = self.tty
+
+    def wipe(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False
+
+    def attach_logging(self, logger: logging.Logger | None = None) -> None:
+        """Wipe the status line before each record the handlers of ``logger`` (root) print."""
+        if self.tty:
+            self._handlers = list((logger or logging.getLogger()).handlers)
+            for h in self._handlers:
+                h.addFilter(self._filter)
 
     def close(self) -> None:
-        if self.tty:
+        for h in self._handlers:
+            h.removeFilter(self._filter)
+        if self.shown:
             self.stream.write("\n")  # leave the last status on its own line for the shell prompt
             self.stream.flush()
+            self.shown = False
+
+
+class _WipeBeforeLog(logging.Filter):
+    def __init__(self, live: LiveLine) -> None:
+        super().__init__()
+        self.live = live
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.live.wipe()
+        return True

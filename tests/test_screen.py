@@ -8,6 +8,7 @@ from __future__ import annotations
 import fcntl
 import gettext
 import json
+import logging
 import os
 import pty
 import re
@@ -158,6 +159,19 @@ def test_the_run_status_line_rewrites_one_line_on_a_terminal_and_prints_lines_in
     assert "\n" not in tty.out.rstrip("\n") and tty.out.count("\r") == 3 and tty.out.count("\x1b[K") == 3
     shown = [s.removesuffix("\x1b[K") for s in tty.out.strip("\n").split("\r") if s]
     assert all(display_width(s) <= 79 for s in shown) and all(s.startswith("CHARGING | 1 ") for s in shown)
+    # a log line on the same terminal wipes the status line first, so it starts on a clean line
+    logger = logging.getLogger("test.screen.live")
+    handler = logging.StreamHandler(tty)  # type: ignore[arg-type]
+    logger.addHandler(handler)
+    try:
+        live.show("CHARGING | 1 Charging 10 A")
+        live.attach_logging(logger)
+        logger.warning("fault_raised x")
+        assert tty.out.endswith("\rCHARGING | 1 Charging 10 A\x1b[K\r\x1b[Kfault_raised x\n"), repr(tty.out[-80:])
+        live.close()
+        assert not handler.filters  # detached
+    finally:
+        logger.removeHandler(handler)
     pipe = _Tty()
     pipe.isatty = lambda: False  # type: ignore[method-assign]
     plain = LiveLine(pipe)
