@@ -2,21 +2,31 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-$(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+SUM    := $(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
+# two installs: `make run` needs only the daemon's dependencies (quick on a first start); `make test`
+# adds the test and lint extras. The stamps name the setup files' checksum: an edit reinstalls.
+RUN_STAMP  := $(VENV)/.installed-run-$(SUM)
+TEST_STAMP := $(VENV)/.installed-test-$(SUM)
+# setuptools' note that every editable install prints (flat layout) is information, not a problem
+PIP    := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q
 
 .PHONY: run test lint venv mosquitto bench clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(RUN_STAMP): setup.cfg pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
-	@rm -f $(VENV)/.installed-*
+	$(PIP) -e .
+	@rm -f $(VENV)/.installed-run-*
 	@touch $@
 
-venv: $(STAMP)
+$(TEST_STAMP): $(RUN_STAMP)
+	$(PIP) -e '.[test]'
+	@rm -f $(VENV)/.installed-test-*
+	@touch $@
+
+venv: $(TEST_STAMP)
 
 ## run: start the daemon on the built-in simulated cabinet with a live status line (no broker needed)
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(VENV)/bin/edge run --sim --status-line
 
 ## mosquitto: tests need a real broker binary; install it when missing and we are root
@@ -38,7 +48,7 @@ test: lint mosquitto
 ## lint: ruff, ruff format --check, mypy, import contracts; the tools come from the test extra of setup.cfg,
 ## so a missing one is an error (a broken venv), never a skipped check
 LINT_TOOLS := ruff mypy lint-imports
-lint: $(STAMP)
+lint: $(TEST_STAMP)
 	@for t in $(LINT_TOOLS); do test -x $(VENV)/bin/$$t || { echo "lint: $(VENV)/bin/$$t missing: run make clean test"; exit 1; }; done
 	$(VENV)/bin/ruff check edge drivers hal tests bench
 	$(VENV)/bin/ruff format --check edge drivers hal tests bench
@@ -49,7 +59,7 @@ lint: $(STAMP)
 ## file, bench/ would come first on sys.path and bench/can.py would shadow python-can). Takes about 15 min.
 ## Not run: bench/memprobe.py, a leak finder that wraps `edge run` until stopped (python -m bench.soak --memprobe)
 BENCHES := $(filter-out __init__ memprobe,$(basename $(notdir $(wildcard bench/*.py))))
-bench: $(STAMP) mosquitto
+bench: $(TEST_STAMP) mosquitto
 	@for b in $(BENCHES); do echo "== python -m bench.$$b"; $(PY) -m bench.$$b || exit 1; done
 
 clean:

@@ -24,6 +24,7 @@ from edge.isolation_link import IsolationLink
 from edge.meter_link import MeterLink
 from edge.ops import Operations
 from edge.remote.commands import RemoteCommands
+from edge.render import LiveLine
 from edge.state import CabinetState
 from edge.status import ConnectorView, ModuleView, OperatorLimitView, ReadingView, StatusView, estop_text
 from edge.telemetry.recorder import Recorder
@@ -110,6 +111,7 @@ class Cabinet:
                     m.temperature_c,
                     tuple(sorted(m.alarms)),
                     m.set_current_a,
+                    max(0.0, m.next_poll_t - now) if m.lost else None,
                 )
                 for a, m in self.bank.modules.items()
             },
@@ -123,7 +125,7 @@ class Cabinet:
             grid_meter=self.state.inputs.grid_meter,
             cable=self.state.inputs.cable,
             backlog=int(store["backlog"]),
-            meters=self.meters.status,
+            meters=self.meters.live_status(),
             telemetry={**store, "uplink": self.uplink.status() if self.uplink else {"enabled": False}},
             can=self.can.status(),
             can_frames=self.can.frame_counts(),
@@ -137,6 +139,8 @@ class Cabinet:
             everest=self.everest.stats() if self.everest is not None else {},
             isolation=self.isolation.status if self.isolation is not None else {},
             sharing=self.controller.sharing.status() if self.controller.sharing is not None else {},
+            cables=tuple(c.name for c in self.config.cable),
+            cable_status=self.can.cable_status(),
         )
 
     def connector_views(self) -> tuple[ConnectorView, ...]:
@@ -267,9 +271,14 @@ class Cabinet:
             await asyncio.sleep(SIM_CHARGING_PERIOD_S)
 
     async def _print_status_line(self) -> None:
-        while True:
-            await asyncio.sleep(STATUS_LINE_EVERY_S)
-            print(self.view().line(), flush=True)
+        out = LiveLine()  # in place on a terminal, plain lines into a pipe or the journal
+        out.attach_logging()
+        try:
+            while True:
+                await asyncio.sleep(STATUS_LINE_EVERY_S)
+                out.show(self.view().line(out.width()))
+        finally:
+            out.close()
 
     def fail_safe(self) -> None:
         """Output off, contactor open, pump and fan off (the controller tries each step even if one fails)."""

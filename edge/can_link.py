@@ -144,6 +144,11 @@ class CanLink:
     def status(self) -> dict[str, Any]:
         return {n: p.status() for n, p in self.ports.items()}
 
+    def cable_status(self) -> dict[str, Any]:
+        """Each cable monitor's diagnosis now (silent since when, why a value is invalid)."""
+        now = self.clock.monotonic()
+        return {name: mon.diagnosis(now) for name, mon in self.cables.items()}
+
     def frame_counts(self) -> dict[str, Any]:
         """Frames no device claimed and frames a device could not decode, over all buses; the bank's own."""
         unknown = sum(d.stats.unknown for d in self.dispatchers.values())

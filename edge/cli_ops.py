@@ -11,7 +11,9 @@ import grp
 import json
 import os
 import pwd
+import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeVar
@@ -23,6 +25,7 @@ from edge.api.client import ApiError, Client, Unreachable
 from edge.api.protocol import EXIT_DOWN, EXIT_FAIL, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, exit_code
 from edge.cli_parse import parse_current_a, parse_duration_s, parse_since_ms
 from edge.config import ConfigError, load_config
+from edge.i18n import _
 
 DEFAULT_CONFIG = "/etc/cabinet-edge/config.toml"
 DEFAULT_SOCKET = "/run/cabinet-edge/edge.sock"
@@ -81,23 +84,63 @@ def _socket_group(path: str) -> str:
         return "cabinet-edge"
 
 
+def _configured_group() -> str:
+    """api.group of the local config when it can be read, else the packaged default."""
+    if os.access(DEFAULT_CONFIG, os.R_OK):
+        try:
+            return load_config(DEFAULT_CONFIG).api.group
+        except ConfigError:
+            pass
+    return "cabinet-edge"
+
+
+def _group_exists(name: str) -> bool:
+    try:
+        grp.getgrnam(name)
+        return True
+    except KeyError:
+        return False
+
+
+def permission_fix(path: str) -> str:
+    """How to get access to the socket. A socket of group root means the daemon could not give it to
+    api.group (the group does not exist): joining root is never the answer."""
+    group, me = _socket_group(path), _me()
+    if group != "root":
+        return _(
+            "{me} is not in the socket's group {group}; fix: sudo usermod -aG {group} {me}, "
+            "then log in again (or use sudo)"
+        ).format(me=me, group=group)
+    wanted = _configured_group()
+    if not _group_exists(wanted):
+        text = _(
+            "the socket belongs to root because group {group} (api.group) does not exist; an administrator: "
+            "sudo groupadd {group} && sudo usermod -aG {group} {me} && sudo systemctl restart cabinet-edge "
+            "(or use sudo)"
+        )
+    else:
+        text = _(
+            "the socket belongs to root, not to group {group} (api.group): restart the daemon "
+            "(sudo systemctl restart cabinet-edge), and join the group: sudo usermod -aG {group} {me} (or use sudo)"
+        )
+    return text.format(group=wanted, me=me)
+
+
 def unreachable(exc: Unreachable, as_json: bool) -> NoReturn:
     if exc.kind == "permission":
         code = EXIT_REFUSED
-        group = _socket_group(exc.path)
-        msg = (
-            f"edge: permission denied on {exc.path}: {_me()} is not in the socket's group {group}; "
-            f"fix: sudo usermod -aG {group} {_me()}, then log in again (or use sudo)"
-        )
+        msg = _("edge: permission denied on {path}: {fix}").format(path=exc.path, fix=permission_fix(exc.path))
     else:
         code = EXIT_DOWN
         fix = {
-            "missing": "is the daemon running? sudo systemctl status cabinet-edge",
-            "refused": "the daemon is not running: sudo systemctl start cabinet-edge",
-            "timeout": "the daemon is hung or overloaded: sudo journalctl -u cabinet-edge -n 50",
-            "closed": "the daemon is restarting? try again, see sudo journalctl -u cabinet-edge -n 50",
+            "missing": _("is the daemon running? sudo systemctl status cabinet-edge"),
+            "refused": _("the daemon is not running: sudo systemctl start cabinet-edge"),
+            "timeout": _("the daemon is hung or overloaded: sudo journalctl -u cabinet-edge -n 50"),
+            "closed": _("the daemon is restarting? try again, see sudo journalctl -u cabinet-edge -n 50"),
         }.get(exc.kind, "sudo systemctl status cabinet-edge")
-        msg = f"edge: daemon not reachable at {exc.path}: {exc.why}; {fix} (or --socket PATH)"
+        msg = _("edge: daemon not reachable at {path}: {why}; {fix} (or --socket PATH)").format(
+            path=exc.path, why=exc.why, fix=fix
+        )
     if as_json:
         click.echo(
             json.dumps(
@@ -136,6 +179,12 @@ def emit_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
 
+def screen_rows(reserved: int) -> int:
+    """Rows for the status screen on this terminal (24 when it does not say), less ``reserved`` rows for
+    what follows it and one for the cursor's line."""
+    return max(5, shutil.get_terminal_size((render.WIDTH, render.HEIGHT)).lines - reserved - 1)
+
+
 def _conn(socket_opt: str | None, config_path: str | None, as_json: bool) -> dict[str, Any]:
     return {"socket_opt": socket_opt, "config_path": config_path, "as_json": as_json}
 
@@ -149,7 +198,8 @@ def status(socket_opt: str | None, config_path: str | None, as_json: bool) -> No
     if as_json:
         emit_json(data)
     else:
-        click.echo(render.status_text(data))
+        # on a terminal one screen, least important lines hidden (and counted); into a file or pipe all
+        click.echo(render.status_text(data, height=screen_rows(0) if sys.stdout.isatty() else None))
 
 
 @click.command()
@@ -177,7 +227,8 @@ def watch(socket_opt: str | None, config_path: str | None, as_json: bool, interv
             if as_json:
                 click.echo(json.dumps(data, ensure_ascii=False))
             elif in_place:
-                click.echo("\x1b[H\x1b[2J" + render.status_text(data) + "\n\n(Ctrl-C to leave)", nl=False)
+                screen = render.status_text(data, height=screen_rows(1))
+                click.echo("\x1b[H\x1b[2J" + screen + "\n" + _("(Ctrl-C to leave)"), nl=False)
             else:
                 click.echo(("\n" if seen else "") + render.status_text(data))
             seen += 1
@@ -260,13 +311,60 @@ def events(
 @click.command()
 @client_options
 def whoami(socket_opt: str | None, config_path: str | None, as_json: bool) -> None:
-    """Who the daemon thinks you are, and whether you may change things."""
-    data = call(_conn(socket_opt, config_path, as_json), "whoami", "whoami")
+    """Who the daemon thinks you are, and whether you may change things. Anyone may ask: without access
+    to the socket the answer comes from this machine, with what to do to get access."""
+    path = socket_path(socket_opt, config_path)
+    try:
+        data = Client(path).request("whoami")
+    except Unreachable as exc:
+        if exc.kind != "permission":
+            unreachable(exc, as_json)
+        _whoami_local(path, as_json)
+        return
+    except ApiError as exc:
+        failed(exc, as_json, "whoami")
     if as_json:
         emit_json(data)
         return
-    may = "read and change" if data["admin"] else f"read only (changing needs group {data['admin_group']})"
-    click.echo(f"{data['user']} (uid {data['uid']}), groups {', '.join(data['groups'])}: {may}")
+    may = (
+        _("read and change")
+        if data["admin"]
+        else _("read only (changing needs group {group})").format(group=data["admin_group"])
+    )
+    click.echo(f"{data['user']} (uid {data['uid']}), {_('groups')} {', '.join(data['groups'])}: {may}")
+
+
+def _whoami_local(path: str, as_json: bool) -> None:
+    """``whoami`` for a user the socket lets not in: who this process is, and the fix."""
+    groups = sorted({g.gr_name for g in grp.getgrall() if g.gr_gid in os.getgroups()} | {_primary_group()})
+    fix = permission_fix(path)
+    if as_json:
+        emit_json(
+            {
+                "user": _me(),
+                "uid": os.getuid(),
+                "groups": groups,
+                "admin": False,
+                "read": False,
+                "socket": path,
+                "socket_group": _socket_group(path),
+                "fix": fix,
+                "answered_by": "local",
+            }
+        )
+        return
+    click.echo(
+        f"{_me()} (uid {os.getuid()}), {_('groups')} {', '.join(groups)}: "
+        + _("no access to the daemon at {path}").format(path=path)
+    )
+    click.echo(fix)
+
+
+def _primary_group() -> str:
+    try:
+        return grp.getgrgid(os.getgid()).gr_name
+    except KeyError:
+        return str(os.getgid())
 
 
 # -- change -----------------------------------------------------------------------------------------
@@ -393,15 +491,24 @@ def resume(socket_opt: str | None, config_path: str | None, as_json: bool) -> No
 )
 def selftest(socket_opt: str | None, config_path: str | None, as_json: bool, duration_s: float) -> None:
     """Run pump and fan with the output off; report flow and temperatures (refused while charging)."""
-    if not as_json:
-        click.echo(f"running pump and fan for {duration_s:g} s ...", err=True)
-    data = call(
-        _conn(socket_opt, config_path, as_json),
-        "selftest",
-        "selftest",
-        {"duration_s": duration_s},
-        timeout_s=duration_s + 10.0,
+    # said only once the daemon has not refused at once (permission, charging): a refusal comes back in
+    # milliseconds, and "running pump and fan" before it would be untrue
+    note = threading.Timer(
+        SELFTEST_NOTE_AFTER_S,
+        lambda: click.echo(_("running pump and fan for {seconds} s ...").format(seconds=f"{duration_s:g}"), err=True),
     )
+    if not as_json:
+        note.start()
+    try:
+        data = call(
+            _conn(socket_opt, config_path, as_json),
+            "selftest",
+            "selftest",
+            {"duration_s": duration_s},
+            timeout_s=duration_s + 10.0,
+        )
+    finally:
+        note.cancel()
     if as_json:
         emit_json(data)
     else:
@@ -409,6 +516,7 @@ def selftest(socket_opt: str | None, config_path: str | None, as_json: bool, dur
     sys.exit(EXIT_OK if data["verdict"] in ("pass", "warn") else EXIT_FAIL)
 
 
+SELFTEST_NOTE_AFTER_S = 0.5
 DIAG_MAX_EVENTS = 20_000
 PAGE_EVENTS = 1000  # the daemon's most per answer
 
@@ -440,6 +548,14 @@ def _daemon_files(daemon: dict[str, Any], files: dict[str, str | bytes], notes: 
         notes.append(f"events: the newest {len(daemon['events'])} bundled, older ones left out (--events N)")
 
 
+def _refuse_overwrite(output: str, as_json: bool) -> NoReturn:
+    msg = _("edge diag: {path} exists; choose another name with -o, or --force to overwrite it").format(path=output)
+    if as_json:
+        click.echo(json.dumps({"ok": False, "code": "exists", "error": msg}))
+    click.echo(msg, err=True)
+    sys.exit(EXIT_USAGE)
+
+
 @click.command("diag")
 @client_options
 @click.option(
@@ -458,8 +574,13 @@ def _daemon_files(daemon: dict[str, Any], files: dict[str, str | bytes], notes: 
     show_default=True,
     help="newest events to bundle (fetched 1000 at a time)",
 )
-def diag_cmd(socket_opt: str | None, config_path: str | None, as_json: bool, output: str | None, n_events: int) -> None:
+@click.option("--force", is_flag=True, help="overwrite the output file if it exists")
+def diag_cmd(
+    socket_opt: str | None, config_path: str | None, as_json: bool, output: str | None, n_events: int, force: bool
+) -> None:
     """Write a diagnostics bundle for the manufacturer (no passwords or keys)."""
+    if output is not None and os.path.exists(output) and not force:
+        _refuse_overwrite(output, as_json)
     files: dict[str, str | bytes] = {}
     notes: list[str] = []
     path = socket_path(socket_opt, config_path)

@@ -76,6 +76,11 @@ class MeterLink:
 
         await line.run(sink, on_event)
 
+    def live_status(self) -> dict[str, dict[str, Any]]:
+        """Each meter's status now: asked of the poller at the moment of the question, so its ``retry_in_s``
+        counts down to the next probe (a copy made at the last poll would show the same wait until then)."""
+        return {m.name: m.status() if m.polls else self.status[m.name] for m, _cfg in self.meters}
+
     def tasks(self) -> dict[str, Any]:
         return {f"meters-{p.line.name}": self.poll(p) for p in self.pollers}
 

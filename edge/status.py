@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.readings import OK, Reading
+from drivers.readings import Reading
 from edge.limits import inputs
 from edge.telemetry.measurands import connector_signal, phase_code
 
@@ -25,6 +25,7 @@ class ModuleView:
     temperature_c: float | None
     alarms: tuple[str, ...]
     set_current_a: float
+    retry_in_s: float | None = None  # lost: until the next poll goes out (from its deadline)
 
 
 @dataclass(frozen=True)
@@ -172,6 +173,8 @@ class StatusView:
     inputs: dict[str, dict[str, Any]] = field(default_factory=dict)  # [[input]] by name: function, active
     isolation: dict[str, dict[str, Any]] = field(default_factory=dict)  # the insulation monitors; {} without one
     sharing: dict[str, Any] = field(default_factory=dict)  # power sharing: groups and shares; {} without it
+    cables: tuple[str, ...] = ()  # every configured cable monitor, shown even while it is silent
+    cable_status: dict[str, Any] = field(default_factory=dict)  # by cable: silent, why values are invalid
 
     # -- the API's ``status`` ------------------------------------------------------------------------
     def as_dict(self) -> dict[str, Any]:
@@ -194,9 +197,11 @@ class StatusView:
             "modules": {
                 a: {
                     "lost": m.lost,
-                    "voltage_v": m.voltage_v,
-                    "current_a": m.current_a,
-                    "temperature_c": m.temperature_c,
+                    # a lost module's last figures are history: null, never shown as if measured now
+                    "voltage_v": None if m.lost else m.voltage_v,
+                    "current_a": None if m.lost else m.current_a,
+                    "temperature_c": None if m.lost else m.temperature_c,
+                    "retry_in_s": None if m.retry_in_s is None else round(m.retry_in_s, 3),
                     "alarms": list(m.alarms),
                     "set_current_a": m.set_current_a,
                     "on": m.on,
@@ -215,6 +220,10 @@ class StatusView:
             "everest": self.everest,
             **({"isolation": self.isolation} if self.isolation else {}),
             **({"sharing": self.sharing} if self.sharing else {}),
+            "grid_meter": self.grid_meter,
+            "cables": list(self.cables or ((self.cable,) if self.cable else ())),
+            "backlog": self.backlog,
+            "cable_status": self.cable_status,
         }
 
     # -- the retained MQTT ``state`` -----------------------------------------------------------------
@@ -247,29 +256,8 @@ class StatusView:
         }
 
     # -- ``edge run --status-line`` ------------------------------------------------------------------
-    def _value(self, signal: str, fmt: str = "{:.1f}") -> str:
-        r = self.readings.get(signal)
-        if r is None:
-            return "--"
-        return fmt.format(r.value) + ("" if r.quality == OK else f"({r.quality})")
+    def line(self, width: int = 80) -> str:
+        """One line of at most ``width`` terminal cells: state, each connector's current, limit and why first."""
+        from edge.render import status_line  # render reads this module's shown_phase
 
-    def line(self) -> str:
-        grid, cable = self.grid_meter, self.cable
-        mods = " ".join(
-            f"M{a}:{m.voltage_v:.0f}V/{m.current_a:.0f}A" + ("(lost)" if m.lost else "")
-            for a, m in self.modules.items()
-        )
-        pins = "/".join(self._value(f"{cable}.{inputs.reading(n)}") for n in PINS)
-        flow = inputs.entry(FLOW)
-        flow_text = f"flow {self._value(f'{cable}.' + flow['reading'])} {flow['unit']}"
-        parts = [
-            *(f"{c.name} {c.shown_phase} {c.output_a:.1f} A" for c in self.connectors),
-            f"grid {self._value(f'{grid}.Power.Active.Import', '{:.0f}')} W" if grid else "grid --",
-            mods,
-            f"pins {pins} °C" if cable else "",
-            flow_text if cable else "",
-            f"limit {self.limit_a:.0f} A <- {self.reason or 'starting'}",
-            f"faults {','.join(sorted(self.faults)) or 'none'}",
-            f"backlog {self.backlog}",
-        ]
-        return " | ".join(p for p in parts if p)
+        return status_line(self.as_dict(), width)

@@ -128,7 +128,7 @@ def test_status_names_the_rule_behind_the_limit_on_one_80_column_screen(daemon):
     wait_for(
         lambda: (
             (s := charging(daemon))["rule"] in ("pin_dc_plus_c", "pin_dc_minus_c")
-            and sum(m["current_a"] for m in s["modules"].values()) > 1
+            and sum(m["current_a"] or 0.0 for m in s["modules"].values()) > 1
         ),
         timeout=20,
         what="charging, with the pin temperature rule the lowest limit",

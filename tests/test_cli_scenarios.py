@@ -129,7 +129,7 @@ def test_lost_module_shows_as_lost_and_the_limit_names_the_remaining_modules(tmp
         await until(lambda: daemon.cabinet.controller.decision["rule"] == "modules", what="modules rule")
         code, out, _ = await edge("status")
         assert code == 0
-        assert re.search(r"^ +2  LOST +-- +-- +--  no answer$", out, re.M), out
+        assert re.search(r"^ +2  LOST +-- +-- +--  no answer, re-poll(ing now| in \d+ s)$", out, re.M), out
         modules = r"^limit +150 A  <- power modules: 3 of 4 available x 50 A(; rising \d+ A/s)?$"
         assert re.search(modules, out, re.M), out
         cab.set_module_silent(2, False)

@@ -229,9 +229,11 @@ def test_mqtt_state_does_not_change_with_measured_or_requested_values():
     assert a.mqtt_state() != view(connector("1", phase="PreCharge")).mqtt_state()
 
 
-def test_status_line_starts_with_each_connectors_phase_and_current():
+def test_status_line_starts_with_the_state_each_connectors_phase_and_current_then_the_limit():
     v = view(connector("1", output_a=199.54), connector("2", "Off", "Other", output_a=0.0))
-    assert v.line().startswith("1 Charging 199.5 A | 2 Off 0.0 A | grid --")
+    line = v.line()
+    assert line.startswith("CHARGING | 1 Charging 200 A | 2 Off 0.0 A | limit 1000 A <- site fuse: L2"), line
+    assert display_width(line) == WIDTH and line.endswith("…")  # the long reason is cut, not the line wrapped
 
 
 # -- telemetry ----------------------------------------------------------------------------------------

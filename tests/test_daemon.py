@@ -59,7 +59,7 @@ def test_sim_daemon_reads_meter_modules_and_cable(sim_daemon):
     )
     # the vehicle draws current once limits allow it
     wait_for(
-        lambda: d.status()["limit_a"] > 0 and sum(m["current_a"] for m in d.status()["modules"].values()) > 1,
+        lambda: d.status()["limit_a"] > 0 and sum(m["current_a"] or 0.0 for m in d.status()["modules"].values()) > 1,
         timeout=15,
         what="output current",
     )

@@ -52,7 +52,7 @@ class ShareRig(Rig):
         text = text.replace('data_dir = ".edge-sim"', f'data_dir = "{tmp_path}/data"')
         text = re.sub(r'backend = "systemd"[^\n]*', 'backend = "sim"', text)
         # no mirror contacts: this rig drives no contactor physics (the SimStepper tests sharing with them)
-        text = re.sub(r'contactor_feedback = [^\n]*\n', "", text)
+        text = re.sub(r"contactor_feedback = [^\n]*\n", "", text)
         text = text.replace("max_power_kw = 60.0", "max_power_kw = 120.0", 1)
         text = text.replace("max_current_a = 100.0        # its two", "max_current_a = 200.0        # its two", 1)
         self.config = parse_config(text)

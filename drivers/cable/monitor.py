@@ -38,6 +38,12 @@ DBC_PATH = os.path.join(os.path.dirname(__file__), "cable_monitor.dbc")
 NODE_MASK = 0xFF
 DEFAULT_NODE = 0x01
 COUNTER = "RollingCounter"
+# why a value is invalid (CableMonitor.causes): each points to a different part
+FROZEN = "frozen"  # the rolling counter repeated: the monitor's sender is stuck (the monitor unit)
+COUNTER_JUMP = "counter_jump"  # the counter skipped: frames were lost (the CAN bus: errors, bus-off)
+FAULT_BIT = "fault_bit"  # the monitor flags the sensor faulty (the sensor or its wiring, open or short)
+OUT_OF_RANGE = "out_of_range"  # outside the DBC range (the sensor or its wiring)
+BAD_LENGTH = "bad_length"  # a frame of the wrong length (firmware / DBC version of the monitor)
 # DBC units are ASCII; readings carry them the way a technician reads them
 UNITS = {"degC": "°C"}
 
@@ -112,6 +118,8 @@ class CableMonitor:
         self.stale_after_s = stale_after_s
         self.frames_invalid = 0
         self.frames_ok = 0
+        # why each reading is invalid now (absent: it is not), so a technician is sent to the right part
+        self.causes: dict[str, str] = {}
 
     @property
     def frame_ids(self) -> frozenset[int]:
@@ -144,22 +152,51 @@ class CableMonitor:
     def _decode(self, msg: _Message, arbitration_id: int, data: bytes, t: float) -> list[Reading]:
         if len(data) != msg.dbc.length:
             self.frames_invalid += 1
+            self._set_causes(msg, dict.fromkeys((s.reading for s in msg.specs), BAD_LENGTH))
             return [self._reading(s, float("nan"), t, INVALID) for s in msg.specs]
         values: dict[str, Any] = dict(msg.dbc.decode(bytes(data), decode_choices=False, scaling=True))
-        counter_ok = self._counter_ok(arbitration_id, int(values.get(COUNTER, 0)), t)
-        if counter_ok:
+        counter = self._counter_cause(arbitration_id, int(values.get(COUNTER, 0)), t)
+        if counter is None:
             self.frames_ok += 1
         else:
             self.frames_invalid += 1
-        return [self._reading(s, float(values[s.dbc_name]), t, _quality(s, values, counter_ok)) for s in msg.specs]
+        causes = {s.reading: _cause(s, values, counter) for s in msg.specs}
+        self._set_causes(msg, causes)
+        return [
+            self._reading(s, float(values[s.dbc_name]), t, OK if causes[s.reading] is None else INVALID)
+            for s in msg.specs
+        ]
 
-    def _counter_ok(self, arbitration_id: int, counter: int, t: float) -> bool:
+    def _set_causes(self, msg: _Message, causes: dict[str, str | None]) -> None:
+        for reading, cause in causes.items():
+            if cause is None:
+                self.causes.pop(reading, None)
+            else:
+                self.causes[reading] = cause
+
+    def _counter_cause(self, arbitration_id: int, counter: int, t: float) -> str | None:
+        """None when the rolling counter advanced by one; FROZEN when it repeated (the sender is stuck),
+        COUNTER_JUMP when it skipped (frames were lost on the way)."""
         last_rx = self._last_rx.get(arbitration_id)
         if last_rx is not None and t - last_rx > self.stale_after_s:
             self._last_counter.pop(arbitration_id, None)  # after a silence a new sequence starts
         prev = self._last_counter.get(arbitration_id)
         self._last_counter[arbitration_id] = counter
-        return prev is None or counter == (prev + 1) % 16
+        if prev is None or counter == (prev + 1) % 16:
+            return None
+        return FROZEN if counter == prev else COUNTER_JUMP
+
+    def diagnosis(self, now: float) -> dict[str, Any]:
+        """What a technician needs to find the faulty part: seconds since the last frame (None: never one),
+        whether it is silent (no frame within ``stale_after_s``), and why each invalid reading is invalid."""
+        last = max(self._last_rx.values(), default=None)
+        age = None if last is None else round(now - last, 3)
+        return {
+            "node_id": self.node_id,
+            "last_frame_s": age,
+            "silent": age is None or age > self.stale_after_s,
+            "invalid": dict(sorted(self.causes.items())),
+        }
 
     def _reading(self, spec: SignalSpec, value: float, t: float, quality: str) -> Reading:
         return Reading(f"{self.name}.{spec.reading}", value, spec.unit, t, quality, True)
@@ -186,6 +223,12 @@ class CableMonitor:
         return (msg.frame_id & ~NODE_MASK) | self.node_id, bytes(msg.encode(full, strict=False))
 
 
-def _quality(spec: SignalSpec, values: dict[str, Any], counter_ok: bool) -> str:
-    faulted = spec.fault_bit is not None and bool(values.get(spec.fault_bit, 0))
-    return OK if counter_ok and spec.in_range(float(values[spec.dbc_name])) and not faulted else INVALID
+def _cause(spec: SignalSpec, values: dict[str, Any], counter: str | None) -> str | None:
+    """Why one value of a frame cannot be trusted, the most specific first; None: it can."""
+    if counter is not None:
+        return counter
+    if spec.fault_bit is not None and bool(values.get(spec.fault_bit, 0)):
+        return FAULT_BIT
+    if not spec.in_range(float(values[spec.dbc_name])):
+        return OUT_OF_RANGE
+    return None

@@ -191,6 +191,8 @@ class MeterPoller:
             "last_error": self.last_error,
             "timeout_ms": round(self.timeout.timeout_s(0.0) * 1000, 1),
             "backoff_s": self.backoff_s if self.absent else 0.0,
+            # from the deadline of the next probe, so it counts down (the back-off is already the next one)
+            "retry_in_s": round(max(0.0, self.next_probe - self.clock()), 3) if self.absent else None,
         }
 
     # -- one poll ---------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import random
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -103,7 +104,9 @@ class Session:
         self.will = will
         self.rnd = rnd or random.Random()
         self.attempt = 0
-        self.next_reconnect_s: float | None = None
+        self.next_reconnect_s: float | None = None  # the delay last set (kept for the log)
+        self.reconnect_at: float | None = None  # monotonic time of the next connection attempt
+        self.clock = time.monotonic  # paho's reconnect wait runs on the same clock
         self.closing = False
         self.epoch = 0  # connect attempts begun (paho's thread); the current connection's number
         self._client: mqtt.Client | None = None
@@ -154,10 +157,16 @@ class Session:
         )
         return client
 
+    def retry_in_s(self) -> float | None:
+        """Seconds until paho tries to connect again (counts down; 0 while it is trying), None before the
+        first delay is set."""
+        return None if self.reconnect_at is None else round(max(0.0, self.reconnect_at - self.clock()), 3)
+
     def _set_delay(self, client: mqtt.Client) -> None:
         self.attempt += 1
         d = backoff_s(self.attempt, self.cfg.reconnect_min_s, self.cfg.reconnect_max_s, self.rnd)
         self.next_reconnect_s = round(d, 3)
+        self.reconnect_at = self.clock() + d
         # paho doubles from min to max; with min == max it waits exactly our jittered delay
         client.reconnect_delay_set(min_delay=d, max_delay=d)  # type: ignore[arg-type]
 

@@ -611,7 +611,7 @@ class Uplink:
         delivery = self._delivery
         return {
             **vars(self.stats),
-            "next_reconnect_s": self.session.next_reconnect_s,
+            "next_reconnect_s": self.session.retry_in_s(),  # counts down to paho's next attempt
             "commands_duplicate": self.guard.duplicates,
             "commands_retained_ignored": self.guard.retained_ignored,
             "inflight": delivery.inflight if delivery is not None else 0,
