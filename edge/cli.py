@@ -104,7 +104,8 @@ def config_check(file: str, as_json: bool) -> None:
         cfg = load_config(file)
     except ConfigError as exc:
         if as_json:
-            click.echo(json.dumps({"file": file, "ok": False, "problems": exc.problems}, indent=2))
+            problems = [p.as_json() for p in exc.details]
+            click.echo(json.dumps({"file": file, "ok": False, "problems": problems}, indent=2, ensure_ascii=False))
         click.echo(str(exc), err=True)
         click.echo(f"{file}: INVALID ({len(exc.problems)} problem(s)); see docs/CONFIG.md", err=True)
         sys.exit(EXIT_USAGE)
