@@ -11,8 +11,10 @@ combining mark none, so a Chinese or Thai screen fits 80 columns too.
 
 from __future__ import annotations
 
+import functools
 import gettext
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -36,10 +38,15 @@ def language_from_env(env: Mapping[str, str] | None = None) -> str:
     return "en"
 
 
+_ALIASES = {"zh": "zh_CN", "zh_Hans": "zh_CN", "pt": "pt_BR", "zh-CN": "zh_CN", "pt-BR": "pt_BR"}
+
+
 def use(lang: str | None = None) -> str:
-    """Switch every later :func:`_` to ``lang`` (or the environment's language); returns the language used."""
+    """Switch every later :func:`_` to ``lang`` (or the environment's language); returns the language used:
+    "en" when there is no catalogue for it (``es_MX`` uses ``es``; ``zh`` and ``pt`` mean zh_CN and pt_BR)."""
     global _translations, _language
     wanted = lang or language_from_env()
+    wanted = _ALIASES.get(wanted, wanted)
     _translations = gettext.translation(DOMAIN, LOCALE_DIR, languages=[wanted], fallback=True)
     _language = wanted if isinstance(_translations, gettext.GNUTranslations) else "en"
     return _language
@@ -55,6 +62,52 @@ def _(message: str) -> str:
 
 def ngettext(singular: str, plural: str, n: int) -> str:
     return _translations.ngettext(singular, plural, n)
+
+
+def N_(message: str) -> str:
+    """Marks ``message`` for extraction without translating it (translated where it is shown)."""
+    return message
+
+
+_NESTED = ("detail", "reason", "text")  # placeholders that hold another core text
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+
+
+@functools.lru_cache(maxsize=1)
+def _templates() -> list[tuple[re.Pattern[str], str]]:
+    """(regex, msgid) of every core text, the most literal text first (``tripped: {fault}: {detail} (+{more}
+    more)`` before ``tripped: {fault}: {detail}``)."""
+    from edge.i18n_texts import CORE_TEXTS
+
+    out = []
+    for msgid in sorted(CORE_TEXTS, key=lambda m: -len(_PLACEHOLDER.sub("", m))):
+        parts = _PLACEHOLDER.split(msgid)  # literal, name, literal, name, ...
+        pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.+?)" for i, p in enumerate(parts))
+        out.append((re.compile(f"^{pattern}$", re.DOTALL), msgid))
+    return out
+
+
+def core_text(text: str) -> str:
+    """A reason, fault detail or hint of the safety core (English) in the current language: matched against
+    the templates of edge/i18n_texts.py and rendered with the same values; texts joined by ``"; "`` are
+    translated one by one; a text no template matches stays as it is."""
+    if _language == "en" or not text:
+        return text
+    for pattern, msgid in _templates():
+        m = pattern.match(text)
+        if m:
+            values = {k: core_text(v) if k in _NESTED else v for k, v in m.groupdict().items()}
+            return _(msgid).format(**values)
+    if "; " in text:
+        return "; ".join(core_text(part) for part in text.split("; "))
+    return text
+
+
+def rule_label(rule: str) -> str:
+    """The name of a limit rule (``"grid"``) as a technician reads it, in the current language."""
+    from edge.i18n_texts import RULE_LABELS
+
+    return _(RULE_LABELS[rule]) if rule in RULE_LABELS else rule
 
 
 def display_width(text: str) -> int:

@@ -219,27 +219,29 @@ def _find_line(text: str, loc: list[Any]) -> int | None:
     file (a key left at its default), else None (nothing of it in the file)."""
     names = [str(p) for p in loc if not isinstance(p, int)]
     index = next((p for p in loc if isinstance(p, int)), None)
-    leaf_is_key = bool(loc) and not isinstance(loc[-1], int)
-    tables = names[:-1] if leaf_is_key else names
+    n_tables = len(names) - 1 if loc and not isinstance(loc[-1], int) else len(names)
     best: tuple[int, int] | None = None  # (how many names it covers, line): the most specific wins
     for n, table, nth, line in _lines(text, names[0] if names else ""):
         if index is not None and nth != index and table.split(".")[0] == names[0]:
-            continue
-        parts = table.split(".") if table else []
-        if parts != names[: len(parts)]:
-            continue
-        if line is None:
-            covered = len(parts) if len(parts) <= len(tables) else -1
-        else:
-            m = _KEY.match(line)
-            keys = [k.strip() for k in m.group(1).split(".")] if m else []
-            full = parts + keys
-            if not keys or full != names[: len(full)]:
-                continue
-            covered = len(full) + (1 if full == names else 0)  # the key itself beats a table that holds it
+            continue  # another entry of the [[array]]
+        covered = _covers(names, n_tables, table.split(".") if table else [], line)
         if covered > 0 and (best is None or covered > best[0]):
             best = (covered, n)
     return best[1] if best else None
+
+
+def _covers(names: list[str], n_tables: int, table: list[str], line: str | None) -> int:
+    """How much of the key path ``names`` a line gives: a header the table or an enclosing one (its length), a
+    key line the path it sets (+1 when it is the key itself); 0 when it is about something else."""
+    if table != names[: len(table)]:
+        return 0
+    if line is None:
+        return len(table) if len(table) <= n_tables else 0
+    m = _KEY.match(line)
+    full = table + ([k.strip() for k in m.group(1).split(".")] if m else [])
+    if not m or full != names[: len(full)]:
+        return 0
+    return len(full) + (1 if full == names else 0)
 
 
 def _lines(text: str, array: str) -> Iterator[tuple[int, str, int, str | None]]:
