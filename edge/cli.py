@@ -101,8 +101,11 @@ def run(config_path: str | None, sim: bool, status_line: bool) -> None:
         sys.exit(run_daemon(config, status_line=status_line))
     from edge.sim.cabinet import SimCabinet
 
-    cabinet = SimCabinet(config)
+    cabinet = SimCabinet(config, scan_access=True)
     cabinet.start()
+    sim_file = config_path or str(importlib.resources.files("edge.sim").joinpath("sim.toml"))
+    for line in cabinet.scan_access_text(sim_file):  # docs/SIM.md, "Scanning the simulator"
+        click.echo(line, err=True)
     try:
         backends = Backends(board=cabinet.board, sim_charging=cabinet.drive_charging)
         code = run_daemon(cabinet.patched_config(), backends, status_line=status_line)

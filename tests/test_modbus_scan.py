@@ -54,10 +54,15 @@ def test_scan_json_lists_found_ids_only(line):
 
 
 def test_scan_of_an_unreachable_gateway_fails_with_a_clear_message():
+    port = free_port()
     result = CliRunner().invoke(
-        modbus_command, ["--host", "127.0.0.1", "--tcp-port", str(free_port()), "--ids", "1", "--timeout", "100"]
+        modbus_command, ["--host", "127.0.0.1", "--tcp-port", str(port), "--ids", "1", "--timeout", "100"]
     )
-    assert result.exit_code == 1 and "cannot open" in result.output
+    # what failed, on which host and port (it used to say "cannot open rs485", the default line name)
+    assert (
+        result.exit_code == 1 and f"cannot connect to Modbus TCP 127.0.0.1:{port}: Connection refused" in result.output
+    )
+    assert "rs485" not in result.output
 
 
 def test_scan_refuses_bad_usage():

@@ -6,7 +6,8 @@ discovery, then a read of every configured address, about once a second) so that
 those are read requests only, never set-points or on/off. Runs beside the daemon on socketcan (both
 see every frame); on a serial slcan adapter stop the daemon first (one process per tty).
 
-Exit code: 0 every configured device answered, 1 something is silent, 2 bad usage or config.
+Exit code: 0 every configured device answered (without a config: some frame was seen), 1 something is silent
+or nothing was seen at all, 2 bad usage or config.
 """
 
 from __future__ import annotations
@@ -306,7 +307,8 @@ def can_command(
 
     It SENDS read requests (module discovery and status/output reads, about once a second) so that the
     modules answer; never set-points or on/off. Use --listen-only to send nothing.
-    Exit 0: every configured device answered; 1: something is silent; 2: bad usage.
+    Exit 0: every configured device answered (no config: a frame was seen); 1: something is silent or
+    nothing was seen; 2: bad usage.
     """
     cfg, path = _load(config_path)
     if cfg is None and (interface is None or channel is None):
@@ -329,7 +331,9 @@ def can_command(
     else:
         header = f"CAN {name}: {settings.interface} {settings.channel} {settings.bitrate} bit/s"
         click.echo(format_text(res, header))
-    sys.exit(1 if res.silent() else 0)
+    if not res.frames:
+        click.echo(f"nothing seen on {settings.interface} {settings.channel} in {seconds:g} s", err=True)
+    sys.exit(1 if res.silent() or not res.frames else 0)
 
 
 def _load(config_path: str | None) -> tuple[Config | None, str | None]:

@@ -5,12 +5,15 @@ most specific first (ABB model string, Carlo Gavazzi model id, then the Eastron 
 that does not answer the first read within ``--timeout`` is absent and costs nothing more, so a scan
 of N ids takes at most N x timeout for an empty line plus a few reads per device found. Prints what it
 found and a config snippet to paste into the config file (or JSON with ``--json``).
+
+Exit code: 0 something answered, 1 nothing answered or the line/host could not be opened, 2 bad usage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -122,15 +125,33 @@ def config_snippet(
     return "\n".join(lines).rstrip() + "\n"
 
 
-async def _scan(line: ModbusLine, ids: list[int], timeout_s: float, bar: Any) -> list[Found]:
+def _cannot_connect(where: tuple[str, int] | str, why: str) -> str:
+    """What failed on which port or host, and what to check (a TCP connect is retried for its errno)."""
+    if isinstance(where, str):
+        hint = "check the device path and that no other program (the daemon?) holds it"
+        return f"cannot open serial port {where}{': ' + why if why else ''}: {hint}"
+    host, port = where
+    if not why:
+        try:
+            socket.create_connection((host, port), timeout=2.0).close()
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+    hint = "is the device or gateway on and is the port right? (edge run --sim prints its Modbus TCP port)"
+    return f"cannot connect to Modbus TCP {host}:{port}: {why or 'no connection'}; {hint}"
+
+
+async def _scan(
+    line: ModbusLine, ids: list[int], timeout_s: float, bar: Any, where: tuple[str, int] | str
+) -> list[Found]:
     found: list[Found] = []
     try:
+        why = ""
         try:
             connected = await asyncio.wait_for(line.client.connect(), max(1.0, timeout_s))
-        except (TimeoutError, OSError):
-            connected = False
+        except (TimeoutError, OSError) as exc:
+            connected, why = False, str(exc) or type(exc).__name__
         if not connected:
-            raise click.ClickException(f"cannot open {line.name}: check the port or host (see docs/METERS.md)")
+            raise click.ClickException(_cannot_connect(where, why))
         for dev in ids:
             f = await identify(line, dev, timeout_s)
             if f is not None:
@@ -196,7 +217,7 @@ def modbus_command(
         else:
             line = ModbusLine.tcp(str(host), tcp_port, name=line_name)
         with click.progressbar(length=len(ids), label="ids", file=sys.stderr) as bar:
-            return await _scan(line, ids, timeout_s, bar)
+            return await _scan(line, ids, timeout_s, bar, (str(host), tcp_port) if host else str(port))
 
     found = asyncio.run(main())
     elapsed = time.monotonic() - t0
@@ -217,10 +238,13 @@ def modbus_command(
                 indent=2,
             )
         )
-        return
+        sys.exit(0 if found else 1)
     click.echo(f"{len(found)} device(s) answered in {elapsed:.1f} s")
     for f in found:
         click.echo(f"  id {f.device_id:3d}  {f.model or 'unknown':8s}  {f.detail}")
     if found:
         click.echo("")
         click.echo(config_snippet(found, line_name, port, int(baud), parity, host, tcp_port), nl=False)
+    else:
+        click.echo("nothing answered: check wiring, baud rate, parity and the id range (--ids)", err=True)
+        sys.exit(1)
