@@ -6,6 +6,7 @@ Exit codes (every command; docs/CLI.md): 0 ok, 1 failure, 2 bad usage or invalid
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import json
 import logging
@@ -130,7 +131,8 @@ def config_check(file: str, as_json: bool) -> None:
         if as_json:
             problems = [p.as_json() for p in exc.details]
             click.echo(json.dumps({"file": file, "ok": False, "problems": problems}, indent=2, ensure_ascii=False))
-        click.echo(str(exc), err=True)
+        for problem in exc.details:
+            click.echo(str(dataclasses.replace(problem, message=i18n.core_text(problem.message))), err=True)
         n = len(exc.problems)
         invalid = ngettext("INVALID ({n} problem); see docs/CONFIG.md", "INVALID ({n} problems); see docs/CONFIG.md", n)
         click.echo(f"{file}: " + invalid.format(n=n), err=True)

@@ -77,10 +77,10 @@ _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 def _templates() -> list[tuple[re.Pattern[str], str]]:
     """(regex, msgid) of every core text, the most literal text first (``tripped: {fault}: {detail} (+{more}
     more)`` before ``tripped: {fault}: {detail}``)."""
-    from edge.i18n_texts import CORE_TEXTS
+    from edge.i18n_texts import CONFIG_TEXTS, CORE_TEXTS
 
     out = []
-    for msgid in sorted(CORE_TEXTS, key=lambda m: -len(_PLACEHOLDER.sub("", m))):
+    for msgid in sorted(CORE_TEXTS + CONFIG_TEXTS, key=lambda m: -len(_PLACEHOLDER.sub("", m))):
         parts = _PLACEHOLDER.split(msgid)  # literal, name, literal, name, ...
         pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.+?)" for i, p in enumerate(parts))
         out.append((re.compile(f"^{pattern}$", re.DOTALL), msgid))
@@ -88,9 +88,9 @@ def _templates() -> list[tuple[re.Pattern[str], str]]:
 
 
 def core_text(text: str) -> str:
-    """A reason, fault detail or hint of the safety core (English) in the current language: matched against
-    the templates of edge/i18n_texts.py and rendered with the same values; texts joined by ``"; "`` are
-    translated one by one; a text no template matches stays as it is."""
+    """A reason, fault detail or hint of the safety core, or a config problem (English), in the current
+    language: matched against the templates of edge/i18n_texts.py and rendered with the same values; texts
+    joined by ``"; "`` are translated one by one; a text no template matches stays as it is."""
     if _language == "en" or not text:
         return text
     for pattern, msgid in _templates():

@@ -35,6 +35,7 @@ CORE_TEXTS: tuple[str, ...] = (
     N_("no session ({cause})"),
     N_("requested {volts} V below the connector minimum {min_v} V"),
     N_("requested power {kw} kW at {volts} V"),
+    N_("{phase}: at most {amps} A"),
     N_("hardware power {kw} kW at {volts} V"),
     N_("connector {name}: {text}"),
     # fault details
@@ -59,6 +60,23 @@ CORE_TEXTS: tuple[str, ...] = (
     # fault hints (edge/api/commands.py)
     N_("fix the cause, then: edge clear {name}"),
     N_("clears by itself when the condition is gone"),
+)
+
+# What `edge config check` says most often (edge/config/__init__.py, pydantic's messages); the rest stays English
+CONFIG_TEXTS: tuple[str, ...] = (
+    N_("unknown key (typo?); allowed keys: {keys}"),
+    N_("required key is missing"),
+    N_("file not found"),
+    N_("cannot read: {why}"),
+    N_("not valid TOML: {why}"),
+    N_("Input should be greater than or equal to {limit} (allowed: {allowed})"),
+    N_("Input should be less than or equal to {limit} (allowed: {allowed})"),
+    N_("Input should be greater than {limit} (allowed: {allowed})"),
+    N_("Input should be less than {limit} (allowed: {allowed})"),
+    N_("Input should be a valid string"),
+    N_("Input should be a valid integer (allowed: {allowed})"),
+    N_("Input should be a valid number (allowed: {allowed})"),
+    N_("Input should be a valid boolean (allowed: {allowed})"),
 )
 
 # Rule names of a decision ("rule" in status JSON), shown as a label in the technician's language.
