@@ -69,38 +69,70 @@ def N_(message: str) -> str:
     return message
 
 
-_NESTED = ("detail", "reason", "text")  # placeholders that hold another core text
+_NESTED = ("detail", "reason", "text")  # placeholders that hold another core text (any characters)
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_VALUE = "(?:(?!; ).)+?"  # a value never spans the "; " that joins two texts
 
 
 @functools.lru_cache(maxsize=1)
 def _templates() -> list[tuple[re.Pattern[str], str]]:
-    """(regex, msgid) of every core text, the most literal text first (``tripped: {fault}: {detail} (+{more}
-    more)`` before ``tripped: {fault}: {detail}``)."""
+    """(regex, msgid) of every core and config text, the most literal text first (``tripped: {fault}:
+    {detail} (+{more} more)`` before ``tripped: {fault}: {detail}``)."""
     from edge.i18n_texts import CONFIG_TEXTS, CORE_TEXTS
 
     out = []
     for msgid in sorted(CORE_TEXTS + CONFIG_TEXTS, key=lambda m: -len(_PLACEHOLDER.sub("", m))):
         parts = _PLACEHOLDER.split(msgid)  # literal, name, literal, name, ...
-        pattern = "".join(re.escape(p) if i % 2 == 0 else f"(?P<{p}>.+?)" for i, p in enumerate(parts))
+        pattern = "".join(
+            re.escape(p) if i % 2 == 0 else f"(?P<{p}>{'.+?' if p in _NESTED else _VALUE})" for i, p in enumerate(parts)
+        )
         out.append((re.compile(f"^{pattern}$", re.DOTALL), msgid))
     return out
+
+
+def _one(text: str, strict: bool) -> str | None:
+    """``text`` as one template's translation; strict: None unless the nested texts translate too."""
+    for pattern, msgid in _templates():
+        m = pattern.match(text)
+        if m is None:
+            continue
+        values: dict[str, str] = {}
+        for key, value in m.groupdict().items():
+            inner = _joined(value, strict) if key in _NESTED else value
+            if inner is None:
+                break
+            values[key] = inner
+        else:
+            return _(msgid).format(**values)
+    return None
+
+
+def _joined(text: str, strict: bool) -> str | None:
+    """Texts joined by ``"; "`` (``connector 1: ...; connector 2: ...``), each the shortest run of parts a
+    template translates whole (``power module 3 not answering; its share removed`` is one text)."""
+    parts, out, i = text.split("; "), [], 0
+    while i < len(parts):
+        for j in range(i + 1, len(parts) + 1):
+            done = _one("; ".join(parts[i:j]), True)
+            if done is not None:
+                out.append(done)
+                i = j
+                break
+        else:
+            if strict:
+                return None
+            out.append(_one(parts[i], False) or parts[i])  # translate around what no template knows
+            i += 1
+    return "; ".join(out)
 
 
 def core_text(text: str) -> str:
     """A reason, fault detail or hint of the safety core, or a config problem (English), in the current
     language: matched against the templates of edge/i18n_texts.py and rendered with the same values; texts
-    joined by ``"; "`` are translated one by one; a text no template matches stays as it is."""
+    joined by ``"; "`` are translated one by one; what no template matches stays as it is."""
     if _language == "en" or not text:
         return text
-    for pattern, msgid in _templates():
-        m = pattern.match(text)
-        if m:
-            values = {k: core_text(v) if k in _NESTED else v for k, v in m.groupdict().items()}
-            return _(msgid).format(**values)
-    if "; " in text:
-        return "; ".join(core_text(part) for part in text.split("; "))
-    return text
+    return _joined(text, True) or _joined(text, False) or text
 
 
 def rule_label(rule: str) -> str:
