@@ -25,6 +25,7 @@ from drivers.meters.models import MODELS, MeterModel, Signature
 from drivers.meters.planner import Block
 from drivers.meters.reader import MeterCommError, MeterTimeout, ModbusLine
 from drivers.meters.registers import DecodeError, decode_words
+from edge.i18n import _, ngettext
 from hal.serial import SerialSettings
 
 
@@ -128,16 +129,20 @@ def config_snippet(
 def _cannot_connect(where: tuple[str, int] | str, why: str) -> str:
     """What failed on which port or host, and what to check (a TCP connect is retried for its errno)."""
     if isinstance(where, str):
-        hint = "check the device path and that no other program (the daemon?) holds it"
-        return f"cannot open serial port {where}{': ' + why if why else ''}: {hint}"
+        return _(
+            "cannot open serial port {port}: {why}; check the device path and that no other program "
+            "(the daemon?) holds it"
+        ).format(port=where, why=why or _("no connection"))
     host, port = where
     if not why:
         try:
             socket.create_connection((host, port), timeout=2.0).close()
         except OSError as exc:
             why = exc.strerror or str(exc)
-    hint = "is the device or gateway on and is the port right? (edge run --sim prints its Modbus TCP port)"
-    return f"cannot connect to Modbus TCP {host}:{port}: {why or 'no connection'}; {hint}"
+    return _(
+        "cannot connect to Modbus TCP {host}:{port}: {why}; is the device or gateway on and is the port right? "
+        "(edge run --sim prints its Modbus TCP port)"
+    ).format(host=host, port=port, why=why or _("no connection"))
 
 
 async def _scan(
@@ -200,12 +205,16 @@ def modbus_command(
 ) -> None:
     """Find meters on a Modbus line and print a config snippet for them."""
     if bool(port) == bool(host):
-        raise click.UsageError("give either --port (RS-485) or --host (Modbus TCP)")
+        raise click.UsageError(_("give either --port (RS-485) or --host (Modbus TCP)"))
     ids = parse_ids(ids_text)
     timeout_s = timeout_ms / 1000.0
     worst = len(ids) * timeout_s + 0.5
     click.echo(
-        f"scanning {len(ids)} id(s) on {port or f'{host}:{tcp_port}'}; at most ~{worst:.0f} s for an empty line",
+        ngettext(
+            "scanning {n} id on {line}; at most ~{seconds} s for an empty line",
+            "scanning {n} ids on {line}; at most ~{seconds} s for an empty line",
+            len(ids),
+        ).format(n=len(ids), line=port or f"{host}:{tcp_port}", seconds=f"{worst:.0f}"),
         err=True,
     )
     t0 = time.monotonic()
@@ -239,12 +248,17 @@ def modbus_command(
             )
         )
         sys.exit(0 if found else 1)
-    click.echo(f"{len(found)} device(s) answered in {elapsed:.1f} s")
+    click.echo(
+        ngettext("{n} device answered in {seconds} s", "{n} devices answered in {seconds} s", len(found)).format(
+            n=len(found), seconds=f"{elapsed:.1f}"
+        )
+    )
     for f in found:
-        click.echo(f"  id {f.device_id:3d}  {f.model or 'unknown':8s}  {f.detail}")
+        model = f.model or _("unknown")
+        click.echo(f"  id {f.device_id:3d}  {model:8s}  {f.detail}")
     if found:
         click.echo("")
         click.echo(config_snippet(found, line_name, port, int(baud), parity, host, tcp_port), nl=False)
     else:
-        click.echo("nothing answered: check wiring, baud rate, parity and the id range (--ids)", err=True)
+        click.echo(_("nothing answered: check wiring, baud rate, parity and the id range (--ids)"), err=True)
         sys.exit(1)
