@@ -83,7 +83,7 @@ def run(config_path: str | None, sim: bool, status_line: bool) -> None:
     try:
         config = _load(config_path, sim)
     except ConfigError as exc:
-        click.echo(_("config error:") + f"\n{exc}", err=True)
+        click.echo(_("config error:") + "\n" + _problems_text(exc), err=True)
         sys.exit(EXIT_USAGE)
     setup_logging(config.logging.level)
     for note in config.notes():
@@ -115,6 +115,11 @@ def run(config_path: str | None, sim: bool, status_line: bool) -> None:
     sys.exit(code)
 
 
+def _problems_text(exc: ConfigError) -> str:
+    """Every problem, one a line, its message in the technician's language where a catalogue knows it."""
+    return "\n".join(str(dataclasses.replace(p, message=i18n.core_text(p.message))) for p in exc.details)
+
+
 @main.group()
 def config() -> None:
     """Configuration tools."""
@@ -131,8 +136,7 @@ def config_check(file: str, as_json: bool) -> None:
         if as_json:
             problems = [p.as_json() for p in exc.details]
             click.echo(json.dumps({"file": file, "ok": False, "problems": problems}, indent=2, ensure_ascii=False))
-        for problem in exc.details:
-            click.echo(str(dataclasses.replace(problem, message=i18n.core_text(problem.message))), err=True)
+        click.echo(_problems_text(exc), err=True)
         n = len(exc.problems)
         invalid = ngettext("INVALID ({n} problem); see docs/CONFIG.md", "INVALID ({n} problems); see docs/CONFIG.md", n)
         click.echo(f"{file}: " + invalid.format(n=n), err=True)

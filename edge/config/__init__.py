@@ -22,7 +22,7 @@ from edge.config.connectors import Connector, Everest, Session
 from edge.config.schema import Config
 from edge.redaction import REDACTED, is_secret_key
 
-__all__ = ["Config", "ConfigError", "Connector", "Everest", "Session", "load_config", "parse_config"]
+__all__ = ["Config", "ConfigError", "Connector", "Everest", "Problem", "Session", "load_config", "parse_config"]
 
 
 @dataclass(frozen=True)
