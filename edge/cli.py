@@ -6,6 +6,7 @@ Exit codes (every command; docs/CLI.md): 0 ok, 1 failure, 2 bad usage or invalid
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import json
 import logging
@@ -14,9 +15,11 @@ from typing import NoReturn
 
 import click
 
+from edge import i18n
 from edge.api.protocol import EXIT_DOWN, EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from edge.cli_ops import OPS_COMMANDS
 from edge.config import Config, ConfigError, load_config, parse_config
+from edge.i18n import _, ngettext
 from edge.redaction import redact
 
 __all__ = ["EXIT_DOWN", "EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "main"]
@@ -35,12 +38,26 @@ def _load(path: str | None, sim: bool) -> Config:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 80})
 @click.version_option(package_name="cabinet-edge")
-def main() -> None:
+@click.option(
+    "--lang",
+    default=None,
+    metavar="LANG",
+    help=f"language of the output: {', '.join(i18n.LANGUAGES)} (default from LANG/LC_MESSAGES; else en)",
+)
+def main(lang: str | None) -> None:
     """cabinet-edge: DC fast-charger cabinet controller.
 
     Exit codes: 0 ok, 1 failure, 2 bad usage/invalid input, 3 daemon not
     reachable, 4 refused (permission or cabinet state). See docs/CLI.md.
     """
+    used = i18n.use(lang)
+    if lang and used == "en" and not lang.startswith(("en", "C", "POSIX")):
+        click.echo(
+            _("edge: no translation for {lang}; using English (have {have})").format(
+                lang=lang, have=", ".join(i18n.LANGUAGES)
+            ),
+            err=True,
+        )
 
 
 for _cmd in OPS_COMMANDS:
@@ -66,7 +83,7 @@ def run(config_path: str | None, sim: bool, status_line: bool) -> None:
     try:
         config = _load(config_path, sim)
     except ConfigError as exc:
-        click.echo(f"config error:\n{exc}", err=True)
+        click.echo(_("config error:") + "\n" + _problems_text(exc), err=True)
         sys.exit(EXIT_USAGE)
     setup_logging(config.logging.level)
     for note in config.notes():
@@ -74,14 +91,22 @@ def run(config_path: str | None, sim: bool, status_line: bool) -> None:
     simulated = [c.name for c in config.resolved_connectors() if c.request == "sim"]
     if simulated and not sim:
         # the simulator's charging controller would drive real hardware: only with the simulated cabinet
-        click.echo(f'config error: connector(s) {simulated} have request = "sim": use --sim, or "everest"', err=True)
+        click.echo(
+            _('config error: connector(s) {names} have request = "sim": use --sim, or "everest"').format(
+                names=simulated
+            ),
+            err=True,
+        )
         sys.exit(EXIT_USAGE)
     if not sim:
         sys.exit(run_daemon(config, Backends(config_path=config_path or DEFAULT_CONFIG), status_line=status_line))
     from edge.sim.cabinet import SimCabinet
 
-    cabinet = SimCabinet(config)
+    cabinet = SimCabinet(config, scan_access=True)
     cabinet.start()
+    sim_file = config_path or str(importlib.resources.files("edge.sim").joinpath("sim.toml"))
+    for line in cabinet.scan_access_text(sim_file):  # docs/SIM.md, "Scanning the simulator"
+        click.echo(line, err=True)
     try:
         backends = Backends(
             board=cabinet.board, sim_charging=cabinet.drive_charging, config_path=config_path, relays=cabinet.relays
@@ -90,6 +115,11 @@ def run(config_path: str | None, sim: bool, status_line: bool) -> None:
     finally:
         cabinet.stop()
     sys.exit(code)
+
+
+def _problems_text(exc: ConfigError) -> str:
+    """Every problem, one a line, its message in the technician's language where a catalogue knows it."""
+    return "\n".join(str(dataclasses.replace(p, message=i18n.core_text(p.message))) for p in exc.details)
 
 
 @main.group()
@@ -106,9 +136,12 @@ def config_check(file: str, as_json: bool) -> None:
         cfg = load_config(file)
     except ConfigError as exc:
         if as_json:
-            click.echo(json.dumps({"file": file, "ok": False, "problems": exc.problems}, indent=2))
-        click.echo(str(exc), err=True)
-        click.echo(f"{file}: INVALID ({len(exc.problems)} problem(s)); see docs/CONFIG.md", err=True)
+            problems = [p.as_json() for p in exc.details]
+            click.echo(json.dumps({"file": file, "ok": False, "problems": problems}, indent=2, ensure_ascii=False))
+        click.echo(_problems_text(exc), err=True)
+        n = len(exc.problems)
+        invalid = ngettext("INVALID ({n} problem); see docs/CONFIG.md", "INVALID ({n} problems); see docs/CONFIG.md", n)
+        click.echo(f"{file}: " + invalid.format(n=n), err=True)
         sys.exit(EXIT_USAGE)
     effective = redact(cfg.model_dump(mode="json"))  # never a secret on a terminal, in a ticket or a log
     notes = cfg.notes()  # allowed but worth a look (e.g. the old single-output form): exit code stays 0
@@ -119,8 +152,9 @@ def config_check(file: str, as_json: bool) -> None:
     else:
         click.echo(json.dumps(effective, indent=2))
     for note in notes:
-        click.echo(f"{file}: note: {note}", err=True)
-    click.echo(f"{file}: OK" + (f" ({len(notes)} note(s))" if notes else ""), err=True)
+        click.echo(f"{file}: " + _("note: {note}").format(note=note), err=True)
+    ok = ngettext("OK ({n} note)", "OK ({n} notes)", len(notes)).format(n=len(notes)) if notes else _("OK")
+    click.echo(f"{file}: {ok}", err=True)
 
 
 @main.group()
@@ -148,7 +182,7 @@ def telemetry_decode(files: tuple[str, ...]) -> None:
                 click.echo(json.dumps(rec, ensure_ascii=False, separators=(",", ":")))
         except DecodeError as exc:
             bad += 1
-            click.echo(f"payload {n}: {exc}", err=True)
+            click.echo(_("payload {n}: {why}").format(n=n, why=exc), err=True)
     for rec in dec.finish():
         click.echo(json.dumps(rec, ensure_ascii=False, separators=(",", ":")))
     if bad:
@@ -185,7 +219,10 @@ class _ScanGroup(click.Group):
 def _unavailable(name: str) -> click.Command:
     @click.command(name, context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
     def missing() -> NoReturn:
-        click.echo(f"edge scan {name}: not available in this build ({_scan_errors.get(name)})", err=True)
+        click.echo(
+            _("edge scan {name}: not available in this build ({why})").format(name=name, why=_scan_errors.get(name)),
+            err=True,
+        )
         sys.exit(EXIT_FAIL)
 
     return missing

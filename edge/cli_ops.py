@@ -20,12 +20,12 @@ from typing import Any, NoReturn, TypeVar
 
 import click
 
-from edge import diag, render
+from edge import diag, i18n, render
 from edge.api.client import ApiError, Client, Unreachable
 from edge.api.protocol import EXIT_DOWN, EXIT_FAIL, EXIT_OK, EXIT_REFUSED, EXIT_USAGE, exit_code
 from edge.cli_parse import parse_current_a, parse_duration_s, parse_since_ms
 from edge.config import ConfigError, load_config
-from edge.i18n import _
+from edge.i18n import N_, _
 
 DEFAULT_CONFIG = "/etc/cabinet-edge/config.toml"
 DEFAULT_SOCKET = "/run/cabinet-edge/edge.sock"
@@ -59,7 +59,12 @@ def socket_path(socket_opt: str | None, config_path: str | None) -> str:
         try:
             return load_config(config_path).api.socket
         except ConfigError as exc:
-            click.echo(f"edge: cannot take the socket path from {config_path}: {exc.problems[0]}", err=True)
+            click.echo(
+                _("edge: cannot take the socket path from {path}: {problem}").format(
+                    path=config_path, problem=exc.problems[0]
+                ),
+                err=True,
+            )
             sys.exit(EXIT_USAGE)
     if os.access(DEFAULT_CONFIG, os.R_OK):
         try:
@@ -133,13 +138,13 @@ def unreachable(exc: Unreachable, as_json: bool) -> NoReturn:
     else:
         code = EXIT_DOWN
         fix = {
-            "missing": _("is the daemon running? sudo systemctl status cabinet-edge"),
-            "refused": _("the daemon is not running: sudo systemctl start cabinet-edge"),
-            "timeout": _("the daemon is hung or overloaded: sudo journalctl -u cabinet-edge -n 50"),
-            "closed": _("the daemon is restarting? try again, see sudo journalctl -u cabinet-edge -n 50"),
+            "missing": N_("is the daemon running? sudo systemctl status cabinet-edge"),
+            "refused": N_("the daemon is not running: sudo systemctl start cabinet-edge"),
+            "timeout": N_("the daemon is hung or overloaded: sudo journalctl -u cabinet-edge -n 50"),
+            "closed": N_("the daemon is restarting? try again, see sudo journalctl -u cabinet-edge -n 50"),
         }.get(exc.kind, "sudo systemctl status cabinet-edge")
         msg = _("edge: daemon not reachable at {path}: {why}; {fix} (or --socket PATH)").format(
-            path=exc.path, why=exc.why, fix=fix
+            path=exc.path, why=exc.why, fix=_(fix)
         )
     if as_json:
         click.echo(
@@ -289,7 +294,7 @@ def events(
     """Events (faults, clears, limit rules, operator commands), oldest first: the newest page, or the page
     before/after a seq. The daemon answers at most 1000 events at a time."""
     if before_seq is not None and after_seq is not None:
-        raise click.UsageError("give --before or --after, not both")
+        raise click.UsageError(_("give --before or --after, not both"))
     args: dict[str, Any] = {"limit": limit}
     if since is not None:
         args["since_ms"] = max(0, since)
@@ -305,7 +310,7 @@ def events(
         where = (
             f"--after {data['events'][-1]['seq']}" if after_seq is not None else f"--before {data['events'][0]['seq']}"
         )
-        click.echo(f"(more: edge events {where})")
+        click.echo(_("(more: edge events {where})").format(where=where))
 
 
 @click.command()
@@ -377,7 +382,7 @@ def clear(socket_opt: str | None, config_path: str | None, as_json: bool, fault:
     if as_json:
         emit_json(data)
     else:
-        click.echo(f"cleared {fault}; recorded as {_me()}")
+        click.echo(_("cleared {fault}; recorded as {user}").format(fault=fault, user=_me()))
 
 
 def _current(ctx: click.Context, param: click.Parameter, value: str) -> float:
@@ -395,7 +400,9 @@ def _duration(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     except ValueError as exc:
         raise click.BadParameter(str(exc)) from None
     if seconds > 7 * 86400:
-        raise click.BadParameter(f"{value!r} is longer than 7 days; use `edge limit set` without --for instead")
+        raise click.BadParameter(
+            _("{value} is longer than 7 days; use `edge limit set` without --for instead").format(value=repr(value))
+        )
     return seconds
 
 
@@ -431,13 +438,17 @@ def limit_set(
         emit_json(data)
         return
     until = (
-        "until `edge limit clear`"
+        _("until `edge limit clear`")
         if duration_s is None
-        else f"for {render.duration(duration_s)} (until {render.clock(data['expires_at_ms'])})"
+        else _("for {duration} (until {time})").format(
+            duration=render.duration(duration_s), time=render.clock(data["expires_at_ms"])
+        )
     )
-    click.echo(f"operator limit {current:g} A {until}")
+    click.echo(_("operator limit {amps} A {until}").format(amps=f"{current:g}", until=until))
     st = call(conn, "limit set", "status")
-    click.echo(f"limit now {st['target_a']:.0f} A  <- {st['reason']}")
+    click.echo(
+        _("limit now {amps} A  <- {reason}").format(amps=f"{st['target_a']:.0f}", reason=i18n.core_text(st["reason"]))
+    )
 
 
 @limit.command("clear")
@@ -460,8 +471,9 @@ def stop(socket_opt: str | None, config_path: str | None, as_json: bool) -> None
         emit_json(data)
     else:
         click.echo(
-            f"stopped: output {'still on (ramping down)' if data['enable'] else 'off'}, "
-            "contactor open; `edge resume` to charge again"
+            _("stopped: output still on (ramping down), contactor open; `edge resume` to charge again")
+            if data["enable"]
+            else _("stopped: output off, contactor open; `edge resume` to charge again")
         )
 
 
@@ -474,8 +486,11 @@ def resume(socket_opt: str | None, config_path: str | None, as_json: bool) -> No
         emit_json(data)
     else:
         click.echo(
-            ("resumed" if data["resumed"] else "was not stopped")
-            + f"; limit {data['target_a']:.0f} A  <- {data['reason']}"
+            (_("resumed") if data["resumed"] else _("was not stopped"))
+            + "; "
+            + _("limit {amps} A  <- {reason}").format(
+                amps=f"{data['target_a']:.0f}", reason=i18n.core_text(data["reason"])
+            )
         )
 
 

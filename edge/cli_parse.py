@@ -10,6 +10,8 @@ import re
 import time
 from datetime import datetime
 
+from edge.i18n import _
+
 _CURRENT = re.compile(r"^\s*(?P<num>[+-]?\d+(?:\.\d+)?)\s*(?P<unit>[A-Za-z]*)\s*$")
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(min|d|h|m|s)", re.IGNORECASE)
 _UNIT_S = {"d": 86400.0, "h": 3600.0, "m": 60.0, "min": 60.0, "s": 1.0}
@@ -19,14 +21,16 @@ def parse_current_a(text: str) -> float:
     """``120A``, ``120 A``, ``87.5a`` -> amps. Raises ValueError with a message for a technician."""
     m = _CURRENT.match(text)
     if not m:
-        raise ValueError(f"{text!r} is not a current; write it like 120A")
+        raise ValueError(_("{text} is not a current; write it like 120A").format(text=repr(text)))
     value, unit = float(m.group("num")), m.group("unit")
     if not unit:
-        raise ValueError(f"{text!r} has no unit; write it like {m.group('num')}A")
+        raise ValueError(
+            _("{text} has no unit; write it like {number}A").format(text=repr(text), number=m.group("num"))
+        )
     if unit not in ("A", "a"):
-        raise ValueError(f"{text!r}: unit must be A (amps), got {unit!r}")
+        raise ValueError(_("{text}: unit must be A (amps), got {unit}").format(text=repr(text), unit=repr(unit)))
     if value < 0:
-        raise ValueError(f"{text!r}: a current limit cannot be negative")
+        raise ValueError(_("{text}: a current limit cannot be negative").format(text=repr(text)))
     return value
 
 
@@ -40,10 +44,12 @@ def parse_duration_s(text: str) -> float:
         total += float(m.group(1)) * _UNIT_S[m.group(2).lower()]
         pos = m.end()
     if pos != len(t) or not t:
-        hint = f"; write it like {t}m or {t}s" if re.fullmatch(r"\d+(\.\d+)?", t) else ""
-        raise ValueError(f"{text!r} is not a duration (units d, h, m, s: 30m, 1h30m, 90s){hint}")
+        hint = _("; write it like {t}m or {t}s").format(t=t) if re.fullmatch(r"\d+(\.\d+)?", t) else ""
+        raise ValueError(
+            _("{text} is not a duration (units d, h, m, s: 30m, 1h30m, 90s)").format(text=repr(text)) + hint
+        )
     if total <= 0:
-        raise ValueError(f"{text!r}: a duration must be longer than 0 s")
+        raise ValueError(_("{text}: a duration must be longer than 0 s").format(text=repr(text)))
     return total
 
 
@@ -58,7 +64,9 @@ def parse_since_ms(text: str, now_s: float | None = None) -> int:
         dt = datetime.fromisoformat(text.strip())
     except ValueError:
         raise ValueError(
-            f"{text!r} is neither a duration (10m, 2h, 1d) nor an ISO time "
-            "(2026-11-26T13:00, local time unless it ends in Z or +hh:mm)"
+            _(
+                "{text} is neither a duration (10m, 2h, 1d) nor an ISO time "
+                "(2026-11-26T13:00, local time unless it ends in Z or +hh:mm)"
+            ).format(text=repr(text))
         ) from None
     return int(dt.timestamp() * 1000)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from edge.i18n import _, clip, display_width
+from edge.i18n import _, clip, core_text, display_width
 from edge.limits import inputs as table
 from edge.status import shown_phase
 
@@ -129,7 +129,7 @@ def _who(source: str | None) -> str:
 
 
 def _reason(text: Any) -> str:
-    return str(text) if text else _("starting")
+    return core_text(str(text)) if text else _("starting")
 
 
 def limit_lines(st: dict[str, Any]) -> list[str]:
@@ -219,7 +219,7 @@ def fault_lines_tagged(faults: dict[str, str], latched: Iterable[str]) -> Tagged
     for i, (name, detail) in enumerate(sorted(faults.items())):
         mark = "  " + _("LATCHED") if name in latched else ""
         out.append((P_FAULT, clip(_label(_("faults") if i == 0 else "") + name + mark, WIDTH)))
-        body = wrap_cells(detail.removesuffix(" (latched)"), WIDTH, " " * (LABEL + 2), " " * (LABEL + 4))
+        body = wrap_cells(core_text(detail.removesuffix(" (latched)")), WIDTH, " " * (LABEL + 2), " " * (LABEL + 4))
         group = P_DETAIL + (i + 1) / 1000  # one fault's detail is shown whole or not at all
         out += _tag(group, body)
         if name in latched:

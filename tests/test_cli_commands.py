@@ -398,7 +398,8 @@ def test_config_check_json(tmp_path):
     bad.write_text(sim_config_text(tmp_path).replace("poll_ms = 250", "poll_ms = 5"))
     res = CliRunner().invoke(main, ["config", "check", str(bad), "--json"])
     data = json.loads(res.stdout)
-    assert res.exit_code == 2 and data["ok"] is False and "meters[0].poll_ms = 5" in data["problems"][0]
+    problem = data["problems"][0]
+    assert res.exit_code == 2 and data["ok"] is False and problem["key"] == "meters[0].poll_ms" and problem["line"]
 
 
 def _spawn(args: list[str], **kw: Any) -> subprocess.Popen[bytes]:

@@ -81,7 +81,7 @@ def test_error_points_at_the_line_of_the_key():
 def test_broken_toml_is_refused_with_position():
     with pytest.raises(ConfigError) as err:
         parse_config("[cabinet\nsite_id = 1\n", "x.toml")
-    assert "x.toml: not valid TOML" in str(err.value) and "line 1" in str(err.value)
+    assert "x.toml:1: not valid TOML" in str(err.value) and "line 1" in str(err.value)
 
 
 def test_missing_file(tmp_path):

@@ -471,7 +471,7 @@ def test_config_check_prints_the_legacy_note_and_exits_0(tmp_path):
     assert (
         '[[connector]]\nname = "1"\ncables = ["cable"]\ncontactor = "contactor"\nmodules = [1, 2, 3, 4]' in res.stderr
     )
-    assert res.stderr.rstrip().endswith(": OK (1 note(s))")
+    assert res.stderr.rstrip().endswith(": OK (1 note)")
     res = check_cli(tmp_path, LEGACY, "--json")
     assert res.returncode == 0 and json.loads(res.stdout)["notes"][0].startswith("no [[connector]] table")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +22,42 @@ from edge.config.connectors import Connector, Everest, Session
 from edge.config.schema import Config
 from edge.redaction import REDACTED, is_secret_key
 
-__all__ = ["Config", "ConfigError", "Connector", "Everest", "Session", "load_config", "parse_config"]
+__all__ = ["Config", "ConfigError", "Connector", "Everest", "Problem", "Session", "load_config", "parse_config"]
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem of a config file, for a person (``str()``) and for a program (``edge config check --json``:
+    :meth:`as_json`). ``line`` is None only when nothing of the key is in the file (a required table left out);
+    ``key`` is "" for the file as a whole (not found, not TOML); ``allowed`` is what the key takes, when known.
+    """
+
+    file: str
+    line: int | None
+    key: str
+    message: str
+    allowed: str | None = None
+    value: str = ""  # `` = 5`` as shown after the key (secrets redacted), "" when not shown
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        return f"{where}: {self.key}{self.value}: {self.message}" if self.key else f"{where}: {self.message}"
+
+    def as_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        del out["value"]
+        return out
 
 
 class ConfigError(Exception):
-    """A configuration that must not be used. ``str()`` is the full message for a technician."""
+    """A configuration that must not be used. ``str()`` is the full message for a technician; ``problems`` are
+    its lines, ``details`` the same as :class:`Problem` objects (file, line, key, message, allowed)."""
 
-    def __init__(self, path: str, problems: list[str]) -> None:
+    def __init__(self, path: str, problems: list[str] | list[Problem]) -> None:
         self.path = path
-        self.problems = problems
-        super().__init__("\n".join(problems))
+        self.details = [p if isinstance(p, Problem) else Problem(path, None, "", p) for p in problems]
+        self.problems = [str(p) for p in problems]
+        super().__init__("\n".join(self.problems))
 
 
 def load_config(path: str | Path) -> Config:
@@ -38,46 +65,58 @@ def load_config(path: str | Path) -> Config:
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(str(p), [f"{p}: file not found"]) from None
+        raise ConfigError(str(p), [Problem(str(p), None, "", "file not found")]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(p), [f"{p}: cannot read: {exc}"]) from None
+        raise ConfigError(str(p), [Problem(str(p), None, "", f"cannot read: {exc}")]) from None
     return parse_config(text, str(p))
+
+
+_TOML_AT = re.compile(r"\(at line (\d+), column \d+\)")
 
 
 def parse_config(text: str, path: str = "<config>") -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(path, [f"{path}: not valid TOML: {exc}"]) from None
+        at = _TOML_AT.search(str(exc))
+        raise ConfigError(
+            path, [Problem(path, int(at.group(1)) if at else None, "", f"not valid TOML: {exc}")]
+        ) from None
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(
-            path, [line for err in exc.errors() for line in _describe_all(path, text, data, err)]
+            path, [problem for err in exc.errors() for problem in _describe_all(path, text, data, err)]
         ) from None
 
 
-def _describe_all(path: str, text: str, data: dict[str, Any], err: Any) -> list[str]:
-    """One line per problem: a cross-key check (:class:`Problems`) may report several, each at its key."""
+def _describe_all(path: str, text: str, data: dict[str, Any], err: Any) -> list[Problem]:
+    """One problem per key: a cross-key check (:class:`Problems`) may report several, each at its key."""
     found = (err.get("ctx") or {}).get("error")
     if isinstance(found, Problems):
         return [_describe(path, text, data, [*err["loc"], *loc], "value_error", msg) for loc, msg in found.problems]
     return [_describe(path, text, data, list(err["loc"]), err["type"], err["msg"].removeprefix("Value error, "))]
 
 
-def _describe(path: str, text: str, data: dict[str, Any], loc: list[Any], kind: str, msg: str) -> str:
+_ALLOWED_IN = re.compile(r"\ballowed (.+)$")
+
+
+def _describe(path: str, text: str, data: dict[str, Any], loc: list[Any], kind: str, msg: str) -> Problem:
     key = _key_path(loc)
     line = _find_line(text, loc)
-    where = f"{path}:{line}" if line else path
     if kind == "extra_forbidden":
-        return f"{where}: {key}: unknown key (typo?); allowed keys: {', '.join(_allowed(loc))}"
+        keys = ", ".join(_allowed(loc))
+        return Problem(path, line, key, f"unknown key (typo?); allowed keys: {keys}", keys)
     if kind == "missing":
-        return f"{where}: {key}: required key is missing"
+        return Problem(path, line, key, "required key is missing", _allowed_values(loc) or None)
     msg = msg.removeprefix("Value error, ")
+    allowed: str | None = None
     if kind.endswith(("_type", "_parsing")) or kind.startswith(("greater_than", "less_than")):
-        allowed = _allowed_values(loc)
+        allowed = _allowed_values(loc) or None
         msg += f" (allowed: {allowed})" if allowed else ""
-    return f"{where}: {key}{_shown_value(loc, _lookup(data, loc))}: {msg}"
+    elif found := _ALLOWED_IN.search(msg):
+        allowed = found.group(1)  # a cross-key check says it in its message: "...: allowed 50..1000 V"
+    return Problem(path, line, key, msg, allowed, _shown_value(loc, _lookup(data, loc)))
 
 
 def _shown_value(loc: list[Any], value: Any) -> str:
@@ -170,29 +209,39 @@ def _bounds(metadata: list[Any]) -> tuple[str, str]:
 _HEADER = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-]+)\s*\]\]?")
 
 
+_KEY = re.compile(r"^\s*([A-Za-z0-9_\-]+(?:\s*\.\s*[A-Za-z0-9_\-]+)*)\s*=")
+
+
 def _find_line(text: str, loc: list[Any]) -> int | None:
-    """Best-effort line number of the key at ``loc`` (TOML parsers keep no positions): the line of the key
-    in its table, else the table's header line (a key left at its default), else None."""
-    tables = [str(p) for p in loc[:-1] if not isinstance(p, int)]
-    want_table = ".".join(tables)
+    """Best-effort line number of the key at ``loc`` (TOML parsers keep no positions): the line that sets the
+    key (also as a dotted key or inside an inline table: ``pin_temperature.trip_c = 90`` or ``pin_temperature
+    = {...}`` under ``[limits]``), else the header of its table, else of the nearest enclosing table in the
+    file (a key left at its default), else None (nothing of it in the file)."""
+    names = [str(p) for p in loc if not isinstance(p, int)]
     index = next((p for p in loc if isinstance(p, int)), None)
-    key = _key_line(loc[-1] if loc else None)
-    header_line = None
-    for n, table, nth, line in _lines(text, tables[0] if tables else ""):
-        if table != want_table or (index is not None and nth != index):
-            continue
-        if line is None:
-            header_line = n
-        elif key.match(line):
-            return n
-    return header_line
+    n_tables = len(names) - 1 if loc and not isinstance(loc[-1], int) else len(names)
+    best: tuple[int, int] | None = None  # (how many names it covers, line): the most specific wins
+    for n, table, nth, line in _lines(text, names[0] if names else ""):
+        if index is not None and nth != index and table.split(".")[0] == names[0]:
+            continue  # another entry of the [[array]]
+        covered = _covers(names, n_tables, table.split(".") if table else [], line)
+        if covered > 0 and (best is None or covered > best[0]):
+            best = (covered, n)
+    return best[1] if best else None
 
 
-def _key_line(leaf: Any) -> re.Pattern[str]:
-    """The line that sets ``leaf``; a list index (or nothing) is no key: a pattern that never matches."""
-    if leaf is None or isinstance(leaf, int):
-        return re.compile(r"(?!)")
-    return re.compile(rf"^\s*{re.escape(str(leaf))}\s*=")
+def _covers(names: list[str], n_tables: int, table: list[str], line: str | None) -> int:
+    """How much of the key path ``names`` a line gives: a header the table or an enclosing one (its length), a
+    key line the path it sets (+1 when it is the key itself); 0 when it is about something else."""
+    if table != names[: len(table)]:
+        return 0
+    if line is None:
+        return len(table) if len(table) <= n_tables else 0
+    m = _KEY.match(line)
+    full = table + ([k.strip() for k in m.group(1).split(".")] if m else [])
+    if not m or full != names[: len(full)]:
+        return 0
+    return len(full) + (1 if full == names else 0)
 
 
 def _lines(text: str, array: str) -> Iterator[tuple[int, str, int, str | None]]:

@@ -6,6 +6,8 @@ Defaults are conservative: no public standard gives trip temperatures for cable 
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import Field, model_validator
 
 from edge.config.base import Loc, Section, check, set_in_file
@@ -62,8 +64,39 @@ class TemperatureRule(Section):
         return []
 
 
-def _temp(start: float, end: float, trip: float) -> TemperatureRule:
-    return TemperatureRule(derate_start_c=start, derate_end_c=end, trip_c=trip)
+def _c(default: float) -> Any:
+    return Field(default, ge=TEMP_MIN_C, le=TEMP_MAX_C)
+
+
+# One class per temperature with its documented defaults as field defaults: a partial section
+# (``[limits.pin_temperature]`` with only ``trip_c``) takes them for the keys it leaves out, and
+# ``model_fields_set`` still says which keys the file sets (problems are reported at those).
+class PinTemperature(TemperatureRule):
+    __doc__ = TemperatureRule.__doc__
+    derate_start_c: float = _c(70.0)
+    derate_end_c: float = _c(90.0)
+    trip_c: float = _c(95.0)
+
+
+class CoolantTemperature(TemperatureRule):
+    __doc__ = TemperatureRule.__doc__
+    derate_start_c: float = _c(45.0)
+    derate_end_c: float = _c(60.0)
+    trip_c: float = _c(65.0)
+
+
+class ModuleTemperature(TemperatureRule):
+    __doc__ = TemperatureRule.__doc__
+    derate_start_c: float = _c(75.0)
+    derate_end_c: float = _c(90.0)
+    trip_c: float = _c(95.0)
+
+
+class AmbientTemperature(TemperatureRule):
+    __doc__ = TemperatureRule.__doc__
+    derate_start_c: float = _c(45.0)
+    derate_end_c: float = _c(55.0)
+    trip_c: float = _c(60.0)
 
 
 class CoolantFlowRule(Section):
@@ -202,10 +235,10 @@ class LimitsConfig(Section):
         2.0, ge=0, le=100, description="a drop larger than this (A) restarts the hold; smaller ones are noise"
     )
     remote_clear_allowed: bool = Field(False, description="may cloud commands clear latched faults")
-    pin_temperature: TemperatureRule = _temp(70.0, 90.0, 95.0)
-    coolant_temperature: TemperatureRule = _temp(45.0, 60.0, 65.0)
-    module_temperature: TemperatureRule = _temp(75.0, 90.0, 95.0)
-    ambient_temperature: TemperatureRule = _temp(45.0, 55.0, 60.0)
+    pin_temperature: PinTemperature = PinTemperature()
+    coolant_temperature: CoolantTemperature = CoolantTemperature()
+    module_temperature: ModuleTemperature = ModuleTemperature()
+    ambient_temperature: AmbientTemperature = AmbientTemperature()
     coolant_flow: CoolantFlowRule = CoolantFlowRule()
     over_current: OverCurrentRule = OverCurrentRule()
     over_voltage: OverVoltageRule = OverVoltageRule()

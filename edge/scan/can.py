@@ -6,7 +6,8 @@ discovery, then a read of every configured address, about once a second) so that
 those are read requests only, never set-points or on/off. Runs beside the daemon on socketcan (both
 see every frame); on a serial slcan adapter stop the daemon first (one process per tty).
 
-Exit code: 0 every configured device answered, 1 something is silent, 2 bad usage or config.
+Exit code: 0 every configured device answered (without a config: some frame was seen), 1 something is silent
+or nothing was seen at all, 2 bad usage or config.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from drivers.cable.monitor import CableMonitor
 from drivers.power_modules.codec import ModuleCodec
 from drivers.power_modules.registry import CODECS
 from edge.config import Config, ConfigError, load_config
+from edge.i18n import _, clip
 from hal.can import CanSettings, classify_error_frame, open_bus
 
 DEFAULT_CONFIG = "/etc/cabinet-edge/config.toml"
@@ -219,19 +221,24 @@ def format_text(res: ScanResult, header: str) -> str:
     """The report, every line at most 80 columns."""
     lines = [
         header,
-        f"{res.seconds:.1f} s: {res.frames} frames, {len(res.ids)} ids, {res.error_frames} error frames",
+        _("{seconds} s: {frames} frames, {ids} ids, {errors} error frames").format(
+            seconds=f"{res.seconds:.1f}", frames=res.frames, ids=len(res.ids), errors=res.error_frames
+        ),
         f"{'ID':<11} {'DLC':>3} {'COUNT':>7} {'RATE/S':>8}  DECODED",
         *_id_lines(res),
         *_module_lines(res),
     ]
     for name, c in res.cables.items():
-        state = f"ok {c['frames']} frames" if c["frames"] else "SILENT  (check wiring, node id)"
-        extra = f", {c['invalid']} invalid" if c["invalid"] else ""
-        lines.append(f"cable {name} (node 0x{c['node_id']:02X}): {state}{extra}")
+        state = _("ok {n} frames").format(n=c["frames"]) if c["frames"] else _("SILENT  (check wiring, node id)")
+        extra = ", " + _("{n} invalid").format(n=c["invalid"]) if c["invalid"] else ""
+        lines.append(
+            _("cable {name} (node {node}): {state}").format(name=name, node=f"0x{c['node_id']:02X}", state=state)
+            + extra
+        )
     if res.sent:
-        lines.append(f"sent {res.sent} read requests to provoke answers (--listen-only: none)")
-    lines += [f"error: {e}" for e in dict.fromkeys(res.errors[:5])]
-    return "\n".join(line[:80] for line in lines)
+        lines.append(_("sent {n} read requests to provoke answers (--listen-only: none)").format(n=res.sent))
+    lines += [_("error: {why}").format(why=e) for e in dict.fromkeys(res.errors[:5])]
+    return "\n".join(clip(line, 80) for line in lines)
 
 
 def _id_lines(res: ScanResult) -> list[str]:
@@ -248,24 +255,28 @@ def _id_lines(res: ScanResult) -> list[str]:
 def _module_lines(res: ScanResult) -> list[str]:
     if res.protocol is None:
         return []
-    lines = [f"power modules ({res.protocol}):"]
+    lines = [_("power modules ({protocol}):").format(protocol=res.protocol)]
     lines += [_module_line(a, m) for a, m in res.modules.items()]
     for a, n in sorted(res.foreign_modules.items()):
-        lines.append(f"  module {a:<3} answers ({n}) but is NOT in power_modules.addresses")
+        lines.append(
+            "  " + _("module {address} answers ({n}) but is NOT in power_modules.addresses").format(address=a, n=n)
+        )
     return lines
 
 
 def _module_line(address: int, m: dict[str, Any]) -> str:
     if not m["answers"]:
-        return f"  module {address:<3} SILENT  (check power, address, bit rate, termination)"
-    parts = [f"  module {address:<3} ok {m['answers']:>4} answers"]
+        return "  " + _("module {address} SILENT  (check power, address, bit rate, termination)").format(
+            address=f"{address:<3}"
+        )
+    parts = ["  " + _("module {address} ok {n} answers").format(address=f"{address:<3}", n=f"{m['answers']:>4}")]
     if m["voltage_v"] is not None:
         parts.append(f"{m['voltage_v']:.0f} V")
     if m["current_a"] is not None:
         parts.append(f"{m['current_a']:.1f} A")
     if m["temperature_c"] is not None:
         parts.append(f"{m['temperature_c']:.0f} °C")
-    parts.append("alarms: " + (",".join(m["alarms"]) or "none"))
+    parts.append(_("alarms: {alarms}").format(alarms=",".join(m["alarms"]) or _("none")))
     return "  ".join(parts)
 
 
@@ -306,11 +317,12 @@ def can_command(
 
     It SENDS read requests (module discovery and status/output reads, about once a second) so that the
     modules answer; never set-points or on/off. Use --listen-only to send nothing.
-    Exit 0: every configured device answered; 1: something is silent; 2: bad usage.
+    Exit 0: every configured device answered (no config: a frame was seen); 1: something is silent or
+    nothing was seen; 2: bad usage.
     """
     cfg, path = _load(config_path)
     if cfg is None and (interface is None or channel is None):
-        click.echo("no config: give --config FILE or both --interface and --channel", err=True)
+        click.echo(_("no config: give --config FILE or both --interface and --channel"), err=True)
         sys.exit(2)
     name = bus_name or (cfg.power_modules.bus if cfg is not None else "can")
     settings = _settings(cfg, path, name, interface, channel, bitrate)
@@ -318,7 +330,12 @@ def can_command(
     try:
         bus = open_bus(settings)
     except (can.CanError, OSError, ValueError) as exc:
-        click.echo(f"cannot open CAN {settings.interface} {settings.channel}: {exc}", err=True)
+        click.echo(
+            _("cannot open CAN {interface} {channel}: {why}").format(
+                interface=settings.interface, channel=settings.channel, why=exc
+            ),
+            err=True,
+        )
         sys.exit(1)
     try:
         res = scan(bus, seconds, name, codec, addresses, cables, poll=not listen_only)
@@ -329,7 +346,14 @@ def can_command(
     else:
         header = f"CAN {name}: {settings.interface} {settings.channel} {settings.bitrate} bit/s"
         click.echo(format_text(res, header))
-    sys.exit(1 if res.silent() else 0)
+    if not res.frames:
+        click.echo(
+            _("nothing seen on {interface} {channel} in {seconds} s").format(
+                interface=settings.interface, channel=settings.channel, seconds=f"{seconds:g}"
+            ),
+            err=True,
+        )
+    sys.exit(1 if res.silent() or not res.frames else 0)
 
 
 def _load(config_path: str | None) -> tuple[Config | None, str | None]:
@@ -340,7 +364,7 @@ def _load(config_path: str | None) -> tuple[Config | None, str | None]:
     try:
         return load_config(path), path
     except ConfigError as exc:
-        click.echo(f"config error:\n{exc}", err=True)
+        click.echo(_("config error:") + f"\n{exc}", err=True)
         sys.exit(2)
 
 
@@ -351,7 +375,12 @@ def _settings(
     bus_cfg = next((b for b in cfg.can if b.name == name), None) if cfg is not None else None
     if cfg is not None and bus_cfg is None and (interface is None or channel is None):
         known = [b.name for b in cfg.can]
-        click.echo(f"--bus {name!r} is not a [[can]] name in {path} (have {known})", err=True)
+        click.echo(
+            _("--bus {name} is not a [[can]] name in {path} (have {known})").format(
+                name=repr(name), path=path, known=known
+            ),
+            err=True,
+        )
         sys.exit(2)
     base = (
         CanSettings(name) if bus_cfg is None else CanSettings(name, bus_cfg.interface, bus_cfg.channel, bus_cfg.bitrate)

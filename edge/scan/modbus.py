@@ -5,12 +5,15 @@ most specific first (ABB model string, Carlo Gavazzi model id, then the Eastron 
 that does not answer the first read within ``--timeout`` is absent and costs nothing more, so a scan
 of N ids takes at most N x timeout for an empty line plus a few reads per device found. Prints what it
 found and a config snippet to paste into the config file (or JSON with ``--json``).
+
+Exit code: 0 something answered, 1 nothing answered or the line/host could not be opened, 2 bad usage.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +25,7 @@ from drivers.meters.models import MODELS, MeterModel, Signature
 from drivers.meters.planner import Block
 from drivers.meters.reader import MeterCommError, MeterTimeout, ModbusLine
 from drivers.meters.registers import DecodeError, decode_words
+from edge.i18n import _, ngettext
 from hal.serial import SerialSettings
 
 
@@ -122,15 +126,37 @@ def config_snippet(
     return "\n".join(lines).rstrip() + "\n"
 
 
-async def _scan(line: ModbusLine, ids: list[int], timeout_s: float, bar: Any) -> list[Found]:
+def _cannot_connect(where: tuple[str, int] | str, why: str) -> str:
+    """What failed on which port or host, and what to check (a TCP connect is retried for its errno)."""
+    if isinstance(where, str):
+        return _(
+            "cannot open serial port {port}: {why}; check the device path and that no other program "
+            "(the daemon?) holds it"
+        ).format(port=where, why=why or _("no connection"))
+    host, port = where
+    if not why:
+        try:
+            socket.create_connection((host, port), timeout=2.0).close()
+        except OSError as exc:
+            why = exc.strerror or str(exc)
+    return _(
+        "cannot connect to Modbus TCP {host}:{port}: {why}; is the device or gateway on and is the port right? "
+        "(edge run --sim prints its Modbus TCP port)"
+    ).format(host=host, port=port, why=why or _("no connection"))
+
+
+async def _scan(
+    line: ModbusLine, ids: list[int], timeout_s: float, bar: Any, where: tuple[str, int] | str
+) -> list[Found]:
     found: list[Found] = []
     try:
+        why = ""
         try:
             connected = await asyncio.wait_for(line.client.connect(), max(1.0, timeout_s))
-        except (TimeoutError, OSError):
-            connected = False
+        except (TimeoutError, OSError) as exc:
+            connected, why = False, str(exc) or type(exc).__name__
         if not connected:
-            raise click.ClickException(f"cannot open {line.name}: check the port or host (see docs/METERS.md)")
+            raise click.ClickException(_cannot_connect(where, why))
         for dev in ids:
             f = await identify(line, dev, timeout_s)
             if f is not None:
@@ -179,12 +205,16 @@ def modbus_command(
 ) -> None:
     """Find meters on a Modbus line and print a config snippet for them."""
     if bool(port) == bool(host):
-        raise click.UsageError("give either --port (RS-485) or --host (Modbus TCP)")
+        raise click.UsageError(_("give either --port (RS-485) or --host (Modbus TCP)"))
     ids = parse_ids(ids_text)
     timeout_s = timeout_ms / 1000.0
     worst = len(ids) * timeout_s + 0.5
     click.echo(
-        f"scanning {len(ids)} id(s) on {port or f'{host}:{tcp_port}'}; at most ~{worst:.0f} s for an empty line",
+        ngettext(
+            "scanning {n} id on {line}; at most ~{seconds} s for an empty line",
+            "scanning {n} ids on {line}; at most ~{seconds} s for an empty line",
+            len(ids),
+        ).format(n=len(ids), line=port or f"{host}:{tcp_port}", seconds=f"{worst:.0f}"),
         err=True,
     )
     t0 = time.monotonic()
@@ -196,7 +226,7 @@ def modbus_command(
         else:
             line = ModbusLine.tcp(str(host), tcp_port, name=line_name)
         with click.progressbar(length=len(ids), label="ids", file=sys.stderr) as bar:
-            return await _scan(line, ids, timeout_s, bar)
+            return await _scan(line, ids, timeout_s, bar, (str(host), tcp_port) if host else str(port))
 
     found = asyncio.run(main())
     elapsed = time.monotonic() - t0
@@ -217,10 +247,18 @@ def modbus_command(
                 indent=2,
             )
         )
-        return
-    click.echo(f"{len(found)} device(s) answered in {elapsed:.1f} s")
+        sys.exit(0 if found else 1)
+    click.echo(
+        ngettext("{n} device answered in {seconds} s", "{n} devices answered in {seconds} s", len(found)).format(
+            n=len(found), seconds=f"{elapsed:.1f}"
+        )
+    )
     for f in found:
-        click.echo(f"  id {f.device_id:3d}  {f.model or 'unknown':8s}  {f.detail}")
+        model = f.model or _("unknown")
+        click.echo(f"  id {f.device_id:3d}  {model:8s}  {f.detail}")
     if found:
         click.echo("")
         click.echo(config_snippet(found, line_name, port, int(baud), parity, host, tcp_port), nl=False)
+    else:
+        click.echo(_("nothing answered: check wiring, baud rate, parity and the id range (--ids)"), err=True)
+        sys.exit(1)

@@ -21,6 +21,7 @@ from edge.sim import control
 from edge.sim.hardware import SimHardware
 from edge.sim.layout import SimConnectorSpec
 from edge.sim.meter import serial_server, tcp_server
+from edge.sim.scan_access import SCAN_MODBUS_PORT, SlcanBridge, tcp_port
 from edge.sim.serial_link import SerialLink
 
 log = logging.getLogger(__name__)
@@ -34,8 +35,21 @@ def _free_port() -> int:
 
 
 class SimCabinet(SimHardware):
-    def __init__(self, config: Config, pace_serial: bool = False, layout: list[SimConnectorSpec] | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        pace_serial: bool = False,
+        layout: list[SimConnectorSpec] | None = None,
+        scan_access: bool = False,
+    ) -> None:
         super().__init__(config, layout=layout)
+        # edge/sim/scan_access.py: the meters also on Modbus TCP, the CAN buses on slcan ptys (for `edge scan`)
+        self.scan_modbus_ports: dict[str, int] = {}
+        self.scan_slcan: dict[str, SlcanBridge] = {}
+        if scan_access:
+            lines = [line.name for line in config.serial if any(m.line == line.name for m in config.meters)]
+            self.scan_modbus_ports = {name: tcp_port(SCAN_MODBUS_PORT + i) for i, name in enumerate(lines)}
+            self.scan_slcan = {bus.name: SlcanBridge(bus.name, self.can_channels[bus.name]) for bus in config.can}
         self.links: dict[str, SerialLink] = {
             line.name: SerialLink(line.baudrate if pace_serial else None) for line in config.serial
         }
@@ -58,7 +72,25 @@ class SimCabinet(SimHardware):
         return Config.model_validate(data)
 
     # -- lifecycle -----------------------------------------------------------------------------------
+    def scan_access_text(self, config_file: str) -> list[str]:
+        """How to scan this simulator from another terminal (printed by ``edge run --sim``); ``config_file``
+        is the simulator's config (the scan takes the module protocol, addresses and cables from it)."""
+        out = []
+        for line, port in self.scan_modbus_ports.items():
+            ids = ",".join(str(m.device_id) for m in self.config.meters if m.line == line)
+            out.append(
+                f"sim: meters of {line} on Modbus TCP: edge scan modbus --host 127.0.0.1 --tcp-port {port} --ids {ids}"
+            )
+        for bus, bridge in self.scan_slcan.items():
+            out.append(
+                f"sim: CAN {bus} on slcan: edge scan can --interface slcan --channel {bridge.path} "
+                f"--config {config_file} --bus {bus}"
+            )
+        return out
+
     def start(self) -> None:
+        for bridge in self.scan_slcan.values():
+            bridge.start()
         for link in self.links.values():
             link.start()
         self.can.start()
@@ -74,6 +106,8 @@ class SimCabinet(SimHardware):
         self.close_devices()
         for link in self.links.values():
             link.close()
+        for bridge in self.scan_slcan.values():
+            bridge.close()
 
     def _thread_main(self) -> None:
         loop = asyncio.new_event_loop()
@@ -101,6 +135,9 @@ class SimCabinet(SimHardware):
             meters = [self.meters[m.name] for m in self.config.meters if m.line == tcp.name] + self._imds_on(tcp.name)
             if meters:
                 servers.append(tcp_server(meters, "127.0.0.1", self.tcp_ports[tcp.name]))
+        for name, port in self.scan_modbus_ports.items():
+            meters = [self.meters[m.name] for m in self.config.meters if m.line == name]
+            servers.append(tcp_server(meters, "127.0.0.1", port))
         return servers
 
     def _imds_on(self, line: str) -> list[Any]:

@@ -1,0 +1,114 @@
+"""English texts of the safety core and the daemon, as translation templates for the rendering edge.
+
+The safety core (edge/limits) runs under MicroPython and imports nothing: it writes its reasons and fault
+details in English (``"hardware limit 200 A"``). Each text it can produce is listed here once as a template
+with named placeholders (the msgid in the catalogues); :func:`edge.i18n.core_text` matches a text against
+them and renders the translation with the same values. A text no template matches stays English (never
+lost, never wrong). Keep these in step with the ``%`` formats in edge/limits/*.py: tests/test_i18n.py
+translates real decisions of the core and fails when a template no longer matches.
+"""
+
+from __future__ import annotations
+
+from edge.i18n import N_
+
+# Placeholders called detail, reason or text hold another text of this list (translated in turn).
+CORE_TEXTS: tuple[str, ...] = (
+    # limit reasons (edge/limits/core.py, connectors.py)
+    N_("hardware limit {amps} A"),
+    N_("vehicle request {amps} A"),
+    N_("external limit {amps} A (CLI/cloud)"),
+    N_("power modules: {available} of {configured} available x {per_a} A"),
+    N_("tripped: {fault}: {detail} (+{more} more)"),
+    N_("tripped: {fault}: {detail}"),
+    N_("stopped by operator"),
+    N_("held {seconds} s after a reduction"),
+    N_("rising {rate} A/s"),
+    N_("voltage set-point {volts} V invalid, 0 V sent"),
+    N_("voltage set-point {volts} V clamped to {max_v} V"),
+    N_("{sensor} {value} °C (derating {start}-{end} °C)"),
+    N_("coolant flow {flow} l/min (derating {start}-{end} l/min)"),
+    N_("site fuse: L{phase} at {amps} A of {fuse_a} A (margin {margin_a} A)"),
+    N_("grid meter lost: fallback {amps} A per phase"),
+    N_("site fuse: last good meter reading {ms} ms ago"),
+    N_("shared by {n} connectors"),
+    N_("no session ({cause})"),
+    N_("requested {volts} V below the connector minimum {min_v} V"),
+    N_("requested power {kw} kW at {volts} V"),
+    N_("{phase}: at most {amps} A"),
+    N_("hardware power {kw} kW at {volts} V"),
+    N_("connector {name}: {text}"),
+    # fault details
+    N_("{detail} (latched)"),
+    N_("power module {address} not answering; its share removed"),
+    N_("power module {address} alarm: {alarms}; its share removed"),
+    N_("all {n} power modules lost: output stopped"),
+    N_("no power module available ({n} configured): output stopped"),
+    N_("{sensor} missing: no reading received"),
+    N_("{sensor} stale: no valid value for {ms} ms (max {max_ms} ms)"),
+    N_("{sensor} invalid: sensor reports a fault or an out-of-range value"),
+    N_("{sensor} {value} °C above trip {trip} °C"),
+    N_("{sensor} jumped {step} °C in {ms} ms (max {rate} °C/s + {allowance} °C)"),
+    N_("DC+ {plus} °C and DC- {minus} °C pins differ by {diff} °C (max {max_c} °C)"),
+    N_("a pin sensor is not valid: cannot compare DC+ and DC-"),
+    N_("{sensor} temperature {why} (max age {ms} ms)"),
+    N_("{sensor} temperature not reported: cannot confirm it is below trip"),
+    N_("{sensor} not valid: cannot confirm it is below trip"),
+    N_("coolant flow not valid: cannot confirm it is back in range"),
+    N_("leak sensor not valid: cannot confirm the leak is gone"),
+    N_("condition still present: {detail}"),
+    N_("coolant flow {flow} l/min below {trip} l/min for {ms} ms"),
+    N_("coolant flow {flow} l/min below {trip} l/min: run the pump and check the level"),
+    N_("output {amps} A above limit {limit} A + {tolerance} A for {ms} ms"),
+    N_("output {amps} A still above limit {limit} A + {tolerance} A"),
+    N_("output {volts} V above {max_v} V for {ms} ms"),
+    N_("output {volts} V still above {max_v} V"),
+    N_("grid meter: no good reading for {ms} ms (max {max_ms} ms)"),
+    N_("request stale: no mode or set-point for {ms} ms (max {max_ms} ms)"),
+    N_("session ended ({cause}): output {amps} A below {off_a} A, contactor opened"),
+    # fault hints (edge/api/commands.py)
+    N_("fix the cause, then: edge clear {name}"),
+    N_("clears by itself when the condition is gone"),
+)
+
+# What `edge config check` says most often (edge/config/__init__.py, pydantic's messages); the rest stays English
+CONFIG_TEXTS: tuple[str, ...] = (
+    N_("unknown key (typo?); allowed keys: {keys}"),
+    N_("required key is missing"),
+    N_("file not found"),
+    N_("cannot read: {why}"),
+    N_("not valid TOML: {why}"),
+    N_("Input should be greater than or equal to {limit} (allowed: {allowed})"),
+    N_("Input should be less than or equal to {limit} (allowed: {allowed})"),
+    N_("Input should be greater than {limit} (allowed: {allowed})"),
+    N_("Input should be less than {limit} (allowed: {allowed})"),
+    N_("Input should be a valid string"),
+    N_("Input should be a valid integer (allowed: {allowed})"),
+    N_("Input should be a valid number (allowed: {allowed})"),
+    N_("Input should be a valid boolean (allowed: {allowed})"),
+)
+
+# Rule names of a decision ("rule" in status JSON), shown as a label in the technician's language.
+RULE_LABELS: dict[str, str] = {
+    "hardware": N_("hardware"),
+    "hardware_power": N_("hardware power"),
+    "request": N_("vehicle request"),
+    "request_power": N_("vehicle power request"),
+    "request_stale": N_("request stale"),
+    "precheck": N_("cable check"),
+    "session": N_("session"),
+    "voltage_range": N_("voltage range"),
+    "external": N_("external limit"),
+    "external_fault": N_("fault"),
+    "modules": N_("power modules"),
+    "stop": N_("stopped"),
+    "trip": N_("tripped"),
+    "sensor": N_("sensor"),
+    "grid": N_("site fuse"),
+    "grid_fallback": N_("grid meter lost"),
+    "coolant_flow": N_("coolant flow"),
+    "pin_temperature": N_("pin temperature"),
+    "coolant_temperature": N_("coolant temperature"),
+    "module_temperature": N_("module temperature"),
+    "ambient_temperature": N_("ambient temperature"),
+}
