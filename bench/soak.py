@@ -259,11 +259,15 @@ class Soak:
 
     # -- daemon --------------------------------------------------------------------------------------
     def start_daemon(self) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        # the daemon's environment as systemd/cabinet-edge.service sets it (MALLOC_ARENA_MAX: glibc's heap
+        # arenas per thread were 0.7-0.8 MB of the soak's resident memory)
+        env = dict(os.environ, PYTHONPATH=str(REPO), MALLOC_ARENA_MAX="2")
         env.pop("NOTIFY_SOCKET", None)
         log = open(self.dir / "daemon.log", "ab")
         self.spawned_at = time.monotonic()
-        edge = ["run", "--sim", "--config", str(self.config)]
+        # the daemon and its simulated devices; not the simulator's mirrors for `edge scan` (a Modbus TCP server
+        # and slcan bridges: about 1.5 MB of a process the cabinet never runs)
+        edge = ["run", "--sim", "--no-scan-access", "--config", str(self.config)]
         launcher = (
             ["-m", "edge"] if self.memprobe is None else ["-m", "bench.memprobe", "--out", str(self.memprobe), "--"]
         )

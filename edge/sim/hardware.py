@@ -69,29 +69,21 @@ class SimHardware:
             relays, groups = self.relays, {g.name: list(g.modules) for g in config.module_group}
             self.physics.routing = lambda: routes(relays, groups)
         self._tag = f"sim{os.getpid()}-{next(_instance)}"
-        self.meters: dict[str, SimMeter] = {}
-        for m in config.meters:
-            model = model_for(
-                m.model, m.name, [r.model_dump() for r in m.registers], m.max_registers_per_request, m.rejects_gaps
+        self.meters: dict[str, SimMeter] = {
+            m.name: SimMeter(
+                model_for(
+                    m.model, m.name, [r.model_dump() for r in m.registers], m.max_registers_per_request, m.rejects_gaps
+                ),
+                m.device_id,
+                self._meter_values,
             )
-            self.meters[m.name] = SimMeter(model, m.device_id, self._meter_values)
+            for m in config.meters
+        }
         # private virtual channels: two simulated cabinets in one process never hear each other
         self.can_channels = {bus.name: f"{self._tag}-{bus.name}" for bus in config.can}
         self._dev_buses: dict[str, can.BusABC] = {}  # one bus object per channel: no peer hears its own frames
         self._dev_bus = self._device_bus(config.power_modules.bus)
-        owner = {cable: spec.name for spec in self.layout for cable in spec.cables}
-        cables: list[CableSpec] = [
-            (c.name, c.node_id, owner.get(c.name, self.physics.primary.name), self._device_bus(c.bus))
-            for c in config.cable
-        ]
-        self.can = SimCanDevices(
-            self._dev_bus,
-            self.physics,
-            self.lock,
-            protocol=config.power_modules.protocol,
-            clock=clock,
-            cables=cables or None,
-        )
+        self.can = self._can_devices(config, clock)
         # one simulated insulation monitor per [[isolation_monitor]], measuring its first connector's output
         self.imds: dict[str, SimImd] = {
             m.name: SimImd(m.device_id, voltage_v=self._output_v(m.connectors[0]), clock=clock)
@@ -116,6 +108,22 @@ class SimHardware:
             }
         )
         self._give_imd_time(config)
+
+    def _can_devices(self, config: Config, clock: Callable[[], float]) -> SimCanDevices:
+        """The power modules and cable monitors on their private virtual buses; each cable by its connector."""
+        owner = {cable: spec.name for spec in self.layout for cable in spec.cables}
+        cables: list[CableSpec] = [
+            (c.name, c.node_id, owner.get(c.name, self.physics.primary.name), self._device_bus(c.bus))
+            for c in config.cable
+        ]
+        return SimCanDevices(
+            self._dev_bus,
+            self.physics,
+            self.lock,
+            protocol=config.power_modules.protocol,
+            clock=clock,
+            cables=cables or None,
+        )
 
     def _output_v(self, connector: str) -> Callable[[], float]:
         return lambda: self.physics.connectors[connector].output_v
