@@ -138,7 +138,7 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
     controller.operator = operator_file.restore()
     # latched faults of the previous run, in force before the first evaluation; saved when the set changes
     latch_file = LatchFile(config.storage.data_dir, b.clock.monotonic, b.wall_ms, events.emit, faults)
-    controller.core_state = core_state_with(latch_file.restore(c.name for c in connectors))
+    controller.core_state = core_state_with(*latch_file.restore(c.name for c in connectors))
     controller.after_evaluate.append(lambda: latch_file.save_if_changed(controller.core_state))
     can_link.evaluate_now = controller.evaluate_now
     compactor = compactor_for(config.telemetry, store.alias)  # None for v1: every sample as JSON

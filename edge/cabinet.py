@@ -181,6 +181,7 @@ class Cabinet:
                         "min_export_voltage_v": caps.min_export_voltage_v,
                     },
                     faults=tuple(cd.get("faults", ())),
+                    out_of_service=bool(cd.get("out_of_service", False)),
                 )
             )
         return tuple(out)

@@ -138,6 +138,7 @@ class Controller:
         self.digital: DigitalInputs | None = None
         self.input_functions: dict[str, str] = {i.name: i.function for i in config.input}
         self.input_values: dict[str, int] = {}  # by input name, as last evaluated (status, events)
+        self._input_events: list[tuple[str, dict[str, Any]]] = []  # this evaluation's, emitted after the outputs
         # power sharing (issue 16): set by build() with [sharing]; None = each connector its static modules
         self.sharing: SharingRunner | None = None
 
@@ -207,6 +208,9 @@ class Controller:
         decision, self.core_state = evaluate_cabinet(snap, self.limits_cfg, self.core_state)
         self._clear_results = [(decision["cleared"], decision["clear_refused"])]
         self._apply(decision)
+        # an input's event (log line, store append) only after the outputs: not on the e-stop's path to off
+        for name, data in self._input_events:
+            self.on_event("input", name, data)
         if self.sharing is not None:
             self.sharing.after_decision(self, decision, now)
         self._report_changes(self.decision, decision)
@@ -239,6 +243,7 @@ class Controller:
     def _digital_snapshot(self) -> dict[str, Any]:
         """``digital`` (by function, 1 = ACTIVE; several inputs of one function: any) and ``digital_names``
         (the ACTIVE inputs by function); an event for every debounced change."""
+        self._input_events = []
         if self.digital is None:
             return {}
         values = self.digital.poll()
@@ -250,7 +255,7 @@ class Controller:
             if v:
                 names.setdefault(function, []).append(name)
             if self.input_values.get(name, 0) != v:  # at start-up: the ACTIVE ones
-                self.on_event("input", name, {"function": function, "active": bool(v)})
+                self._input_events.append((name, {"function": function, "active": bool(v)}))
         self.input_values = values
         return {"digital": by_function, "digital_names": names}
 

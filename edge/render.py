@@ -198,6 +198,9 @@ def connector_lines(st: dict[str, Any]) -> list[str]:
         )
         row = "".join(_cell(v, w, right) for v, (_t, w, right) in zip(values, CONNECTOR_COLUMNS, strict=True))
         out.append(row + " " + clip(_reason(c.get("reason")), WIDTH - REASON_COLUMN))
+        if c.get("out_of_service"):  # a welded contactor: what the technician must do, under its row
+            indent = " " * CONNECTOR_COLUMNS[0][1]
+            out += wrap_cells(_("OUT OF SERVICE: contactor welded, clear on site after repair"), WIDTH, indent, indent)
     return out
 
 

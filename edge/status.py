@@ -86,6 +86,8 @@ class ConnectorView:
     modules: tuple[int, ...]  # module addresses feeding it
     capabilities: dict[str, float]  # what it could give now (EVerest ``capabilities``, units in the keys)
     faults: tuple[str, ...]  # active fault names that hold this connector (cabinet-wide ones included)
+    # never energised until cleared on site with the condition gone (a welded contactor: the core's out_of_service)
+    out_of_service: bool = False
 
     @property
     def shown_phase(self) -> str:
@@ -109,6 +111,7 @@ class ConnectorView:
             "modules": list(self.modules),
             "capabilities": {k: float(v) for k, v in self.capabilities.items()},
             "faults": list(self.faults),
+            "out_of_service": self.out_of_service,
         }
 
     def readings(self, t: float) -> list[Reading]:
@@ -138,6 +141,7 @@ class ConnectorView:
             "contactor": self.contactor,
             "enable": self.enable,
             "faults": list(self.faults),
+            "out_of_service": self.out_of_service,
         }
 
 

@@ -126,6 +126,24 @@ def test_two_connectors_in_every_phase_with_three_faults_fit_80_columns_and_come
     assert all(f in text for f in FAULTS)
 
 
+@pytest.mark.parametrize("lang", ["en", "es", "pt_BR", "th", "zh_CN"])
+def test_an_out_of_service_connector_says_so_under_its_row_within_80_columns_in_every_language(lang):
+    from edge import i18n
+
+    welded = connector("1", "Fault", "Fault", faults=("contactor_welded",), out_of_service=True)
+    try:
+        i18n.use(lang)
+        lines = status_text(view(welded, connector("2")).as_dict()).splitlines()
+        said = i18n._("OUT OF SERVICE: contactor welded, clear on site after repair")
+    finally:
+        i18n.use("en")
+    one = _index(lines, r"1 +")
+    assert lines[one + 1].split()[0] == said.split()[0] and lines[one + 1].startswith(" " * 10)
+    assert (lang == "en") == (said == "OUT OF SERVICE: contactor welded, clear on site after repair")
+    assert re.match(r"2 +", lines[one + 2 + (display_width(said) > WIDTH - 10)])  # connector 2's row follows
+    assert all(display_width(ln) <= WIDTH for ln in lines), "\n".join(lines)
+
+
 def test_the_reason_is_cut_by_display_width_so_a_chinese_reason_still_fits():
     chinese = connector("1", reason="站点保险丝：L2 在 160 A 中已用 158 A（余量 3 A），两个充电枪共享")
     lines = status_text(view(chinese).as_dict()).splitlines()
@@ -171,6 +189,7 @@ def test_json_status_has_every_connector_field_in_config_order():
         "modules": [1, 2],
         "capabilities": {"max_export_current_a": 500.0, "max_export_power_w": 150000.0},
         "faults": ["pin_dc_plus_hot"],
+        "out_of_service": False,
     }
     assert st["connectors"][0]["request_age_s"] is None
 
@@ -203,6 +222,7 @@ def test_mqtt_state_carries_the_connectors_and_validates_against_state_2():
         "contactor",
         "enable",
         "faults",
+        "out_of_service",
     }
     STATE.validate(_state_message(view()))  # no connector yet: an empty list, still state/2
 

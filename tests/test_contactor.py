@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from edge.cabinet import SIM_CHARGING_PERIOD_S
 from edge.config import parse_config
 from edge.config.limits import LimitsConfig
+from edge.i18n import display_width
 from edge.limits import connectors
+from edge.render import status_text
 from edge.sim.contactor import SimContactor
 from edge.sim.control import apply
 from edge.sim.stepper import SimStepper
@@ -66,6 +68,14 @@ def test_a_weld_on_connector_1_takes_it_out_of_service_while_connector_2_keeps_c
     assert sim.board.level("contactor1") == 0 and sim.board.level("contactor2") == 1
     report = sim.cabinet.controller.reports()["1"]
     assert report.mode == "Fault" and "contactor_welded" in report.faults  # EVerest: MREC17 on its module
+    # the technician sees it: status JSON, the retained MQTT state, the `edge status` screen under its row
+    st = sim.cabinet.status()
+    assert [c["out_of_service"] for c in st["connectors"]] == [True, False]
+    assert [c["out_of_service"] for c in sim.cabinet.mqtt_state()["connectors"]] == [True, False]
+    lines = status_text(st).splitlines()
+    (row,) = [i for i, ln in enumerate(lines) if ln.startswith("1 ")]
+    assert lines[row + 1].strip() == "OUT OF SERVICE: contactor welded, clear on site after repair"
+    assert not any("OUT OF SERVICE" in ln for ln in lines[row + 2 :]) and max(map(display_width, lines)) <= 80
     # plugged in again: connector 1 stays off; a clear is refused while the mirror contact reads closed
     apply(sim, {"knob": "plug", "connector": "1", "value": True})  # type: ignore[arg-type]
     sim.run(5.0)
@@ -79,6 +89,7 @@ def test_a_weld_on_connector_1_takes_it_out_of_service_while_connector_2_keeps_c
     ok, why = sim.cabinet.controller.request_clear("contactor_welded")
     assert ok, why
     sim.run_until(lambda: _conn(sim, "1")["contactor"] and _closed(sim, "1"), 60.0, "connector 1 back")
+    assert "OUT OF SERVICE" not in status_text(sim.cabinet.status())
 
 
 def test_a_contactor_that_does_not_close_is_latched_and_the_other_connector_goes_on(tmp_path: Path):

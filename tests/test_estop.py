@@ -106,3 +106,37 @@ def test_door_knob_stops_the_sessions_while_open_not_latched_and_an_unknown_func
     assert "door_open" not in sim.decision()["faults"]
     answer = sim_control.apply(sim, {"knob": "input", "function": "tilt", "value": True})
     assert not answer["ok"] and "no [[input]] with function 'tilt'" in answer["error"]
+
+
+def test_door_open_with_door_action_derate_holds_each_connector_at_door_derate_a_without_stopping(tmp_path: Path):
+    """The other choice of docs/SAFETY.md: ``door_action = "derate"``: the sessions go on at most
+    ``door_derate_a`` each while the door is open, contactors closed, nothing latched; back to full on closing."""
+    door = 'function = "door"\ndebounce_ms = 0\n'
+    text = SIM_TOML.read_text().replace(door, door + 'door_action = "derate"\ndoor_derate_a = 30.0\n')
+    assert 'door_action = "derate"' in text
+    sim = SimStepper(parse_config(text), tmp_path / "data", step_s=0.01)
+    try:
+        cab = sim.cabinet
+        sim.every(
+            "sim sessions",
+            0.05,
+            lambda now: sim.drive_charging(
+                cab.controller.demands, now, {n: r.capabilities for n, r in cab.controller.reports().items()}
+            ),
+        )
+        sim.run_until(lambda: all(c["limit_a"] > 50.0 for c in sim.decision()["connectors"].values()), 60.0, "both")
+        sim.set_input("door", True)
+        sim.deliver()
+        d = sim.decision()
+        assert "door_open" in d["faults"] and d["latched"] == [] and not d["estop"]
+        assert "derated to 30 A" in d["fault_details"]["door_open"]
+        for c in d["connectors"].values():
+            assert c["limit_a"] <= 30.0 and c["enable"] and c["contactor"]  # still in session, not stopped
+        sim.run(2.0)
+        for name, c in sim.decision()["connectors"].items():
+            assert c["contactor"] and 0.0 < sim.physics.connectors[name].output_a <= 31.0, name
+        sim.set_input("door", False)
+        sim.run_until(lambda: all(c["limit_a"] > 50.0 for c in sim.decision()["connectors"].values()), 10.0, "back")
+        assert "door_open" not in sim.decision()["faults"]
+    finally:
+        sim.close()
