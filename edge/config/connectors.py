@@ -71,6 +71,12 @@ class Connector(Section):
         description="id of this connector's power_supply_DC_API module in the EVerest config; required with "
         'request = "everest", unique',
     )
+    everest_ovm_module_id: str = Field(
+        "",
+        pattern=MODULE_ID_PATTERN,
+        description="serve this output's over-voltage monitoring to EVerest as its over_voltage_monitor_API "
+        'module of this id (over [everest]): its limits become the negotiated maximum; "" = not served; unique',
+    )
 
     @model_validator(mode="after")
     def _own_checks(self) -> Connector:
