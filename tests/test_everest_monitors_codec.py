@@ -158,3 +158,13 @@ def test_error_changes() -> None:
     assert codec.error_changes({}, {a.key: a}) == ([a], [])
     assert codec.error_changes({a.key: a}, {b.key: b}) == ([b], [a])
     assert codec.error_changes({a.key: a}, {a.key: a}) == ([], [])
+
+
+def test_a_reset_never_clears_the_same_latch_of_another_connector() -> None:
+    assert codec.faults_to_clear_on_reset("1", {"1": ["over_voltage_error"], "2": []}) == [
+        "over_voltage_emergency",
+        "over_voltage_error",
+    ]
+    assert codec.faults_to_clear_on_reset("1", {"1": ["over_voltage_error"], "2": ["over_voltage_error"]}) == [
+        "over_voltage_emergency"
+    ]

@@ -20,7 +20,8 @@ core's snapshot (``ev_max_v``, ``ev_emergency_v``: edge/limits/overvoltage.py ac
 ``error_time_ms``); an over-voltage fault of the connector while monitoring raises ``MREC5OverVoltage``
 (severity Medium: the cabinet's software error shutdown), which stays raised until
 ``reset_over_voltage_error``; that reset also asks the core to clear the over-voltage latches (refused by the
-core while the output is still above the limit) and stops monitoring. ``voltage_measurement_V`` every
+core while the output is still above the limit; not when another connector holds the same fault, as the
+core clears by name) and stops monitoring. ``voltage_measurement_V`` every
 ``OVM_MEASUREMENT_PERIOD_S``.
 """
 
@@ -263,7 +264,8 @@ class EverestMonitors:
             st.monitoring = False
         elif isinstance(req, codec.Reset):
             st.monitoring = False
-            for fault in codec.OVER_VOLTAGE_FAULTS:
+            faults = {name: r.faults for name, r in self.reports().items()}
+            for fault in codec.faults_to_clear_on_reset(st.connector, faults):
                 self.request_clear(fault)  # the core refuses while the output is still above the limit
             if st.mrec5 is not None and self._publish(
                 codec.OVM_API, module_id, "clear_error", codec.error_payload(st.mrec5)

@@ -256,6 +256,14 @@ def mrec5_error(faults: Iterable[str], monitoring: bool) -> MonitorError | None:
     return None
 
 
+def faults_to_clear_on_reset(connector: str, faults_by_connector: Mapping[str, Iterable[str]]) -> list[str]:
+    """The over-voltage latches EVerest's reset may ask the core to clear for ``connector``: the core clears a
+    fault name on every connector at once, so one another connector also holds stays for its own reset or
+    an ``edge clear`` on site."""
+    others = {f for name, faults in faults_by_connector.items() if name != connector for f in faults}
+    return [f for f in sorted(OVER_VOLTAGE_FAULTS) if f not in others]
+
+
 def error_changes(
     raised: Mapping[tuple[str, str], MonitorError], wanted: Mapping[tuple[str, str], MonitorError]
 ) -> tuple[list[MonitorError], list[MonitorError]]:
