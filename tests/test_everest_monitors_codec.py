@@ -124,11 +124,16 @@ def test_scalar_payloads() -> None:
 
 
 def test_imd_errors_report_device_problems_never_a_low_resistance() -> None:
-    assert codec.imd_wanted_errors({"status": "ok", "ohm": 10.0}) == {}
-    assert codec.imd_wanted_errors({"status": "self_test", "ohm": None}) == {}
-    assert list(codec.imd_wanted_errors({"status": "fault"})) == [("DeviceFault", "isolation_monitor_fault")]
-    assert list(codec.imd_wanted_errors({"status": "stale"})) == [("CommunicationFault", "isolation_monitor_lost")]
-    assert list(codec.imd_wanted_errors(None)) == [("CommunicationFault", "isolation_monitor_lost")]
+    assert codec.imd_wanted_errors({"status": "ok", "ohm": 10.0, "t": 1.0}, 60.0) == {}
+    assert codec.imd_wanted_errors({"status": "self_test", "ohm": None, "t": 1.0}, 60.0) == {}
+    fault = {"status": "fault", "t": 1.0}
+    assert list(codec.imd_wanted_errors(fault, 60.0)) == [("DeviceFault", "isolation_monitor_fault")]
+    lost = [("CommunicationFault", "isolation_monitor_lost")]
+    assert list(codec.imd_wanted_errors({"status": "stale", "t": 1.0}, 60.0)) == lost
+    assert list(codec.imd_wanted_errors(None, 60.0)) == lost
+    # just started: the first poll may not have happened yet; still never read after that: lost
+    assert codec.imd_wanted_errors({"status": "stale", "t": None}, 1.0) == {}
+    assert list(codec.imd_wanted_errors({"status": "stale", "t": None}, codec.IMD_FIRST_READING_S)) == lost
     body = json.loads(codec.error_payload(codec.IMD_DEVICE_FAULT))
     assert body == {"type": "DeviceFault", "sub_type": "isolation_monitor_fault", "message": body["message"]}
     assert "severity" not in body
@@ -168,3 +173,10 @@ def test_a_reset_never_clears_the_same_latch_of_another_connector() -> None:
     assert codec.faults_to_clear_on_reset("1", {"1": ["over_voltage_error"], "2": ["over_voltage_error"]}) == [
         "over_voltage_emergency"
     ]
+
+
+def test_the_ovm_reports_a_communication_fault_while_nothing_measures_the_output() -> None:
+    assert codec.ovm_wanted_errors(True) == {}
+    (err,) = codec.ovm_wanted_errors(False).values()
+    body = json.loads(codec.error_payload(err))
+    assert body["type"] == "CommunicationFault" and "severity" not in body

@@ -237,8 +237,10 @@ def test_over_voltage_monitor_served_to_everest(rig: MonitorsRig) -> None:
     demand = Demand(rig, "1", MODULE_IDS[0], 60.0)
     try:
         rig.ev.wait(lambda: rig.measured(MODULE_IDS[0])[1] > 20.0, 10, "charging current")
-        wait_for(lambda: mon.of("voltage_measurement_V"), 3, what="voltage_measurement_V")
-        assert mon.of("voltage_measurement_V")[-1].body == pytest.approx(rig.measured(MODULE_IDS[0])[0], abs=25.0)
+        t_charging = time.monotonic()
+        wait_for(lambda: mon.of("voltage_measurement_V", t_charging), 3, what="voltage_measurement_V while charging")
+        measured_v = mon.of("voltage_measurement_V", t_charging)[0].body
+        assert measured_v == pytest.approx(rig.measured(MODULE_IDS[0])[0], abs=25.0)
         assert not mon.active(OVM_ID)
 
         # a regulation fault: the output reads above EVerest's error limit (below its emergency limit)

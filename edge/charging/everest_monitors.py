@@ -17,7 +17,8 @@ in the IMD's snapshot); its IMD-lost rule still stops the connector.
 over_voltage_monitor (one module id per connector with ``everest_ovm_module_id``): ``set_limits`` is
 cached; from ``start`` to ``stop`` (or reset) the limits are the connector's negotiated maximum in the safety
 core's snapshot (``ev_max_v``, ``ev_emergency_v``: edge/limits/overvoltage.py acts on them, output off after
-``error_time_ms``); an over-voltage fault of the connector while monitoring raises ``MREC5OverVoltage``
+``error_time_ms``); ``CommunicationFault`` while none of its power modules answers (nothing measures the
+output); an over-voltage fault of the connector while monitoring raises ``MREC5OverVoltage``
 (severity Medium: the cabinet's software error shutdown), which stays raised until
 ``reset_over_voltage_error``; that reset also asks the core to clear the over-voltage latches (refused by the
 core while the output is still above the limit; not when another connector holds the same fault, as the
@@ -80,6 +81,7 @@ class _Ovm:
     limits: codec.Limits | None = None
     monitoring: bool = False
     mrec5: codec.MonitorError | None = None  # raised, until EVerest's reset
+    raised: dict[tuple[str, str], codec.MonitorError] = field(default_factory=dict)  # the others
 
 
 class EverestMonitors:
@@ -112,6 +114,7 @@ class EverestMonitors:
         self._client: mqtt.Client | None = None
         self._connected = False
         self._clear_leftovers = True
+        self._t_start: float | None = None
         self._refused: dict[str, int] = {}  # paho thread
         self._applied: dict[str, int] = {}  # loop thread
         self._published: dict[str, int] = {}
@@ -119,6 +122,7 @@ class EverestMonitors:
     # -- lifecycle ----------------------------------------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._t_start = self.clock()
         s = self.settings
         c = mqtt.Client(
             CallbackAPIVersion.VERSION2,
@@ -302,6 +306,11 @@ class EverestMonitors:
             for err in imd.raised.values():
                 self._publish(codec.IMD_API, mid, "raise_error", codec.error_payload(err))
         for mid, ovm in self._ovms.items():
+            if leftovers:
+                err = codec.OVM_COMMUNICATION_FAULT
+                self._publish(codec.OVM_API, mid, "clear_error", codec.error_payload(err))
+            for err in ovm.raised.values():
+                self._publish(codec.OVM_API, mid, "raise_error", codec.error_payload(err))
             if ovm.mrec5 is not None:
                 self._publish(codec.OVM_API, mid, "raise_error", codec.error_payload(ovm.mrec5))
 
@@ -315,15 +324,26 @@ class EverestMonitors:
                 if r is not None:
                     self._check_ovm(mid, ovm, r)
 
+    def _sync_errors(
+        self,
+        api: str,
+        module_id: str,
+        raised: dict[tuple[str, str], codec.MonitorError],
+        wanted: dict[tuple[str, str], codec.MonitorError],
+    ) -> None:
+        """Raise and clear so that ``raised`` (what EVerest was told) becomes ``wanted``."""
+        to_raise, to_clear = codec.error_changes(raised, wanted)
+        for err in to_raise:
+            if self._publish(api, module_id, "raise_error", codec.error_payload(err)):
+                raised[err.key] = err
+        for err in to_clear:
+            if self._publish(api, module_id, "clear_error", codec.error_payload(err)):
+                del raised[err.key]
+
     def _check_imd(self, module_id: str, st: _Imd, now: float) -> None:
         snap = self.imd.snapshot(st.connector, now) if self.imd is not None else None
-        to_raise, to_clear = codec.error_changes(st.raised, codec.imd_wanted_errors(snap))
-        for err in to_raise:
-            if self._publish(codec.IMD_API, module_id, "raise_error", codec.error_payload(err)):
-                st.raised[err.key] = err
-        for err in to_clear:
-            if self._publish(codec.IMD_API, module_id, "clear_error", codec.error_payload(err)):
-                del st.raised[err.key]
+        running_s = now - (self._t_start if self._t_start is not None else now)
+        self._sync_errors(codec.IMD_API, module_id, st.raised, codec.imd_wanted_errors(snap, running_s))
         if snap is None:
             return
         if st.test_asked:
@@ -340,12 +360,13 @@ class EverestMonitors:
                 st.last_t = t
 
     def _check_ovm(self, module_id: str, st: _Ovm, r: ConnectorReport) -> None:
+        self._sync_errors(codec.OVM_API, module_id, st.raised, codec.ovm_wanted_errors(r.modules_reachable))
         if st.mrec5 is not None:
             return  # raised until EVerest resets it
-        err = codec.mrec5_error(r.faults, st.monitoring)
-        if err is not None and self._publish(codec.OVM_API, module_id, "raise_error", codec.error_payload(err)):
-            st.mrec5 = err
-            self.on_event("everest_mrec5_raised", module_id, {"connector": st.connector, "fault": err.sub_type})
+        mrec5 = codec.mrec5_error(r.faults, st.monitoring)
+        if mrec5 is not None and self._publish(codec.OVM_API, module_id, "raise_error", codec.error_payload(mrec5)):
+            st.mrec5 = mrec5
+            self.on_event("everest_mrec5_raised", module_id, {"connector": st.connector, "fault": mrec5.sub_type})
 
     def _publish_ovm_voltages(self) -> None:
         if not self._ovms:

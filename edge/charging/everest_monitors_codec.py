@@ -221,12 +221,18 @@ IMD_COMMUNICATION_FAULT = MonitorError(
 IMD_ERRORS = (IMD_DEVICE_FAULT, IMD_COMMUNICATION_FAULT)
 
 
-def imd_wanted_errors(imd: Mapping[str, Any] | None) -> dict[tuple[str, str], MonitorError]:
+IMD_FIRST_READING_S = 5.0  # after the start, an IMD not yet read is not yet a communication fault
+
+
+def imd_wanted_errors(imd: Mapping[str, Any] | None, running_s: float) -> dict[tuple[str, str], MonitorError]:
     """The errors that must be active for the IMD's snapshot entry (edge/isolation_link.py): a device fault
-    or a silent IMD; a reading (however low) is no error."""
+    or a silent IMD; a reading (however low) is no error. ``running_s``: time since the adapter started (the
+    first poll of the IMD may not have happened yet)."""
     status = None if imd is None else imd.get("status")
     if status == "fault":
         return {IMD_DEVICE_FAULT.key: IMD_DEVICE_FAULT}
+    if imd is not None and imd.get("t") is None and running_s < IMD_FIRST_READING_S:
+        return {}
     if imd is None or status == "stale":
         return {IMD_COMMUNICATION_FAULT.key: IMD_COMMUNICATION_FAULT}
     return {}
@@ -254,6 +260,16 @@ def mrec5_error(faults: Iterable[str], monitoring: bool) -> MonitorError | None:
             what = "emergency limit" if fault == "over_voltage_emergency" else "error limit (negotiated maximum)"
             return MonitorError(MREC5, fault, f"output above the {what}: the cabinet switched it off", severity)
     return None
+
+
+OVM_COMMUNICATION_FAULT = MonitorError(
+    "CommunicationFault", "modules_unreachable", "the cabinet does not reach the power modules that measure the output"
+)
+
+
+def ovm_wanted_errors(modules_reachable: bool) -> dict[tuple[str, str], MonitorError]:
+    """The OVM's errors besides MREC5: the output voltage cannot be measured while no module answers."""
+    return {} if modules_reachable else {OVM_COMMUNICATION_FAULT.key: OVM_COMMUNICATION_FAULT}
 
 
 def faults_to_clear_on_reset(connector: str, faults_by_connector: Mapping[str, Iterable[str]]) -> list[str]:
