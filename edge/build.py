@@ -198,7 +198,31 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
             events.emit,
         )
         controller.after_evaluate.append(cabinet.everest.poke)
+    cabinet.everest_monitors = _everest_monitors(config, connectors, isolation, demands, controller, b.clock.monotonic)
     return cabinet
+
+
+def _everest_monitors(
+    config: Config,
+    connectors: list[Any],
+    isolation: IsolationLink | None,
+    demands: Demands,
+    controller: Controller,
+    clock: Callable[[], float],
+) -> Any:
+    """EVerest's isolation_monitor / over_voltage_monitor APIs, when a served IMD or connector names one."""
+    imd_ids = {m.everest_module_id: m.connectors[0] for m in config.isolation_monitor if m.everest_module_id}
+    ovm_ids = {c.everest_ovm_module_id: c.name for c in connectors if c.everest_ovm_module_id}
+    if not (imd_ids or ovm_ids):
+        return None
+    from edge.charging.everest import EverestSettings
+    from edge.charging.everest_monitors import EverestMonitors
+
+    settings = EverestSettings.from_config(config.everest, config.cabinet.cabinet_id)
+    return EverestMonitors(
+        settings, imd_ids, ovm_ids, isolation, demands, controller.reports, controller.request_clear, clock,
+        controller.on_event,
+    )  # fmt: skip
 
 
 def _wire_remote(cabinet: Cabinet, uplink: Uplink, config_path: str | None) -> None:

@@ -36,6 +36,7 @@ from hal.watchdog import WDT
 
 if TYPE_CHECKING:  # imported by build only when a connector uses EVerest
     from edge.charging.everest import EverestAdapter
+    from edge.charging.everest_monitors import EverestMonitors
 
 log = logging.getLogger("edge.cabinet")
 TICK_STATS_EVERY_S = 1.0  # tick jitter percentiles are recomputed at most this often
@@ -64,6 +65,7 @@ class Cabinet:
     api: ApiServer | None = None
     uplink: Uplink | None = None
     everest: EverestAdapter | None = None  # the EVerest power_supply_DC adapter, when a connector uses it
+    everest_monitors: EverestMonitors | None = None  # EVerest's isolation / over-voltage monitor APIs, if served
     remote: RemoteCommands | None = None  # update, config-apply, diag, ... over MQTT (edge/remote)
     sim_charging: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any] | None = None
     isolation: IsolationLink | None = None  # the insulation monitors, when [[isolation_monitor]] names any
@@ -233,6 +235,8 @@ class Cabinet:
         self.bank.all_off()
         if self.everest is not None:
             self.everest.start(loop)
+        if self.everest_monitors is not None:
+            self.everest_monitors.start(loop)
         if self.remote is not None and self.remote.update is not None:
             self.remote.update.resume()  # the retained update status; an update a restart interrupted goes on
 
@@ -248,6 +252,8 @@ class Cabinet:
             out["uplink"] = self.uplink.run()
         if self.everest is not None:
             out["everest"] = self.everest.run(asyncio.Event())  # runs until cancelled with the other tasks
+        if self.everest_monitors is not None:
+            out["everest-monitors"] = self.everest_monitors.run(asyncio.Event())
         if self.sim_charging is not None:
             out["sim-charging"] = self._sim_charging(self.sim_charging)
         if status_line:
@@ -294,6 +300,8 @@ class Cabinet:
         closers.append(self.meters.close)
         if self.everest is not None:
             closers.append(self.everest.close)
+        if self.everest_monitors is not None:
+            closers.append(self.everest_monitors.close)
         if self.remote is not None and self.remote.update is not None:
             closers.append(self.remote.update.close)
         if self.api is not None:

@@ -269,6 +269,7 @@ class Controller:
         modules = self.modules_of(c)
         return {
             **({"imd": imd} if imd is not None else {}),
+            **self.demands.voltage_limits(c.name),  # EVerest's over-voltage limits (over_voltage_monitor API)
             "inputs": self.state.connector_inputs(c.name, modules, now),
             "request": request,
             "hw_max_a": c.max_current_a,

@@ -49,6 +49,8 @@ class IsolationLink:
         self.monitors: list[_Monitor] = []
         self.by_connector: dict[str, _Monitor] = {}
         self.stale_s = config.isolation.stale_ms / 1000.0
+        # connectors whose IMD is served to EVerest (isolation_monitor API): EVerest gives the cable-check verdict
+        self.everest_served = {n for m in config.isolation_monitor if m.everest_module_id for n in m.connectors}
         for m in config.isolation_monitor:
             driver = ImdDriver(lines[m.line], m.device_id, m.timeout_ms / 1000.0, clock=clock)
             mon = _Monitor(m, driver)
@@ -63,8 +65,16 @@ class IsolationLink:
         if mon is None:
             return None
         r = mon.reading
+        served = {"everest": True} if connector in self.everest_served else {}
         if r is None:
-            return {"ohm": None, "t": None, "status": "stale", "self_test": mon.driver.self_test, "voltage_v": None}
+            return {
+                "ohm": None,
+                "t": None,
+                "status": "stale",
+                "self_test": mon.driver.self_test,
+                "voltage_v": None,
+                **served,
+            }
         status = r.status if mon.ok else "stale"
         return {
             "ohm": r.resistance_ohm,
@@ -72,6 +82,7 @@ class IsolationLink:
             "status": status,
             "self_test": mon.driver.self_test,
             "voltage_v": r.voltage_v,
+            **served,
         }
 
     def command(self, connector: str, view: dict[str, Any] | None) -> None:
@@ -85,6 +96,20 @@ class IsolationLink:
             mon.test_pending = True
             mon.driver.self_test = None  # the last session's result is not this one's
         mon.want_test[connector] = asked
+
+    # -- EVerest's side (isolation_monitor API, edge/charging/everest_monitors.py) -----------------------
+    def everest_measure(self, connector: str, on: bool) -> None:
+        """EVerest's start / stop: measuring on while either EVerest or the core's session wants it."""
+        mon = self.by_connector.get(connector)
+        if mon is not None:
+            mon.want_measure["everest:" + connector] = on
+
+    def everest_self_test(self, connector: str) -> None:
+        """EVerest's start_self_test: one self-test now (its result in the snapshot's ``self_test``)."""
+        mon = self.by_connector.get(connector)
+        if mon is not None:
+            mon.test_pending = True
+            mon.driver.self_test = None
 
     @property
     def status(self) -> dict[str, dict[str, Any]]:

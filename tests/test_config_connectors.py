@@ -456,7 +456,7 @@ def test_a_connector_key_typo_is_refused_with_the_allowed_keys():
     missing, typo = _problems(text)
     assert typo.startswith(
         f"config.toml:{_line(text, 'max_power_kW')}: connector[1].max_power_kW: unknown key (typo?); allowed keys: "
-        "cables, contactor, contactor_feedback, everest_module_id, max_current_a, max_power_kw,"
+        "cables, contactor, contactor_feedback, everest_module_id, everest_ovm_module_id, max_current_a, max_power_kw,"
     )
     assert (
         missing == f"config.toml:{_line(text, '[[connector]]', 1)}: connector[1].max_power_kw: required key is missing"

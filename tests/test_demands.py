@@ -100,3 +100,16 @@ def test_outside_pre_charge_and_charging_the_heartbeat_keeps_the_request_fresh()
     d.heartbeat("everest", 22.0)
     req = d.core_request("1")
     assert req is not None and req["t_setpoint"] == 0.5  # CurrentDemand must refresh it itself
+
+
+def test_the_controllers_over_voltage_limits_become_the_connectors_negotiated_maximum() -> None:
+    d, changed, _ = _store()
+    assert d.voltage_limits("1") == {}
+    d.set_voltage_limits("1", 420.0, 550.0)
+    assert changed == ["1"]  # evaluated at once
+    assert d.voltage_limits("1") == {"ev_max_v": 420.0, "ev_emergency_v": 550.0}
+    assert d.voltage_limits("2") == {}
+    d.set_voltage_limits("1", None, None)  # stop: lifted
+    assert d.voltage_limits("1") == {}
+    d.set_voltage_limits("9", 420.0, 550.0)
+    assert d.rejected == 1

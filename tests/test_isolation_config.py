@@ -44,3 +44,26 @@ def test_wrong_references_are_refused_at_their_key(table: str, message: str, tmp
 def test_the_warning_threshold_must_be_above_the_fault_threshold() -> None:
     with pytest.raises(ConfigError, match="warning_ohm_per_v"):
         parse_config(SIM_TOML + "\n[isolation]\nwarning_ohm_per_v = 80.0\n", "sim.toml")
+
+
+def test_an_imd_served_to_everest_watches_one_connector_and_module_ids_are_unique() -> None:
+    served = SIM_TOML.replace('name = "imd1"\n', 'name = "imd1"\neverest_module_id = "imd_a"\n')
+    cfg = parse_config(served)
+    assert [m.everest_module_id for m in cfg.isolation_monitor] == ["imd_a", ""]
+    two = served.replace('name = "imd2"\n', 'name = "imd2"\neverest_module_id = "imd_a"\n')
+    with pytest.raises(ConfigError, match="'imd_a' is the module id of another IMD"):
+        parse_config(two, "sim.toml")
+    both = SIM_TOML.replace('name = "imd2"', 'name = "imd2"\neverest_module_id = "imd_b"').replace(
+        'connectors = ["2"]\npoll_ms', 'connectors = ["2", "3"]\npoll_ms'
+    )
+    with pytest.raises(ConfigError, match="must watch exactly one connector"):
+        parse_config(both, "sim.toml")
+
+
+def test_over_voltage_monitor_module_ids_are_unique() -> None:
+    first = 'name = "1"\n'
+    text = SIM_TOML.replace(first, first + 'everest_ovm_module_id = "ovm"\n', 1)
+    assert parse_config(text).connector[0].everest_ovm_module_id == "ovm"
+    text = text.replace('name = "2"\n', 'name = "2"\neverest_ovm_module_id = "ovm"\n', 1)
+    with pytest.raises(ConfigError, match="already the over_voltage_monitor of '1'"):
+        parse_config(text, "sim.toml")

@@ -53,3 +53,14 @@ def test_emergency_after_50_ms_above_the_table_limit_and_no_error_rule_without_a
 def test_the_table_must_ascend() -> None:
     with pytest.raises(ValidationError, match="not ascending"):
         OverVoltageMonitor(emergency_table=[[750.0, 825.0], [500.0, 550.0]])
+
+
+def test_the_controllers_emergency_limit_replaces_table_103_only_with_a_negotiated_maximum() -> None:
+    def view(ev_max_v: float | None, ev_emergency_v: float | None) -> dict:
+        st = overvoltage.initial_state()
+        return overvoltage.evaluate(400.0, ev_max_v, 1000.0, {}, st, 0.0, ev_emergency_v)["view"]
+
+    assert view(450.0, 500.0) == {"error_v": 450.0, "emergency_v": 500.0}  # EVerest's set_limits
+    assert view(450.0, None) == {"error_v": 450.0, "emergency_v": 550.0}  # Table 103
+    assert view(None, 500.0) == {"error_v": None, "emergency_v": 1100.0}  # no session limits: the connector's
+    assert view(450.0, 440.0) == {"error_v": 450.0, "emergency_v": 550.0}  # below the error limit: not used

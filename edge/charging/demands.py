@@ -47,6 +47,7 @@ class Demands:
         self._demand: dict[str, Demand] = {c: Demand() for c in sources}
         self._heartbeat: dict[str, float] = {}
         self._silent: set[str] = set()
+        self._voltage_limits: dict[str, tuple[float, float | None]] = {}
         self.rejected = 0  # requests for a connector this store does not know, or of a bad mode/phase/value
 
     # -- DemandSink --------------------------------------------------------------------------------------
@@ -128,6 +129,26 @@ class Demands:
             "t_mode": d.t_mode,
             "t_setpoint": t_setpoint,
         }
+
+    def set_voltage_limits(self, connector: str, error_v: float | None, emergency_v: float | None) -> None:
+        """The charging controller's over-voltage limits for the session (EVerest's over_voltage_monitor
+        set_limits while monitoring): ``error_v`` is the negotiated maximum; None lifts them."""
+        if connector not in self._demand:
+            self.rejected += 1
+            return
+        if error_v is None:
+            self._voltage_limits.pop(connector, None)
+        else:
+            self._voltage_limits[connector] = (float(error_v), None if emergency_v is None else float(emergency_v))
+        self._changed(connector)
+
+    def voltage_limits(self, connector: str) -> dict[str, float]:
+        """The connector snapshot's ``ev_max_v`` (and ``ev_emergency_v``) for edge/limits/overvoltage.py; {}
+        when the controller gave none."""
+        lim = self._voltage_limits.get(connector)
+        if lim is None:
+            return {}
+        return {"ev_max_v": lim[0], **({"ev_emergency_v": lim[1]} if lim[1] is not None else {})}
 
     def hold(self, connector: str, voltage_v: float, current_a: float, now: float) -> None:
         """A permanent Export/Charging request, refreshed by the controller on every evaluation: the

@@ -71,6 +71,12 @@ class Connector(Section):
         description="id of this connector's power_supply_DC_API module in the EVerest config; required with "
         'request = "everest", unique',
     )
+    everest_ovm_module_id: str = Field(
+        "",
+        pattern=MODULE_ID_PATTERN,
+        description="serve this output's over-voltage monitoring to EVerest as its over_voltage_monitor_API "
+        'module of this id (over [everest]): its limits become the negotiated maximum; "" = not served; unique',
+    )
 
     @model_validator(mode="after")
     def _own_checks(self) -> Connector:
@@ -118,7 +124,8 @@ class Connector(Section):
 
 class Everest(Section):
     """The charging controller's MQTT broker (EVerest's power_supply_DC API; often the dispenser's mosquitto).
-    Used by the connectors with request = "everest"."""
+    Used by the connectors with request = "everest" and by the served isolation / over-voltage monitor APIs
+    (everest_module_id of [[isolation_monitor]], everest_ovm_module_id of [[connector]])."""
 
     host: str = Field("127.0.0.1", min_length=1, description="broker host name or IP address")
     port: int = Field(1883, ge=1, le=65535, description="broker port (8883 is usual with TLS)")

@@ -181,6 +181,13 @@ def _everest_id_problems(config: Config) -> list[tuple[Loc, str]]:
             )
             out.append((("connector", i, "everest_module_id"), msg))
         seen.setdefault(module_id, conn.name)
+    ovm: dict[str, str] = {}
+    for i, conn in enumerate(config.connector):
+        module_id = conn.everest_ovm_module_id
+        if module_id and module_id in ovm:
+            msg = f"connector {conn.name!r}: {module_id!r} is already the over_voltage_monitor of {ovm[module_id]!r}"
+            out.append((("connector", i, "everest_ovm_module_id"), msg))
+        ovm.setdefault(module_id, conn.name)
     return out
 
 

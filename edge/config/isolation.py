@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from edge.config.base import Loc, Section, check
+from edge.config.connectors import MODULE_ID_PATTERN
 from edge.config.hardware import Name
 
 if TYPE_CHECKING:
@@ -33,6 +34,12 @@ class IsolationMonitor(Section):
     )
     poll_ms: int = Field(1000, ge=100, le=10000, description="ms between two readings of resistance and status")
     timeout_ms: int = Field(500, ge=50, le=5000, description="ms to wait for one reply at most")
+    everest_module_id: str = Field(
+        "",
+        pattern=MODULE_ID_PATTERN,
+        description="serve this IMD to EVerest as its isolation_monitor_API module of this id (over [everest]); "
+        'EVerest then runs the cable check and decides; one connector only; "" = the cabinet runs the cable check',
+    )
 
 
 class IsolationRule(Section):
@@ -136,6 +143,17 @@ def isolation_problems(config: Config) -> list[tuple[Loc, str]]:
                     f"isolation monitor {imd.name!r}: not a [[serial]] or [[modbus_tcp]] name (have {lines})",
                 )
             )
+        if imd.everest_module_id and len(imd.connectors) != 1:
+            out.append(
+                (
+                    (*loc, "connectors"),
+                    f"isolation monitor {imd.name!r} is served to EVerest (everest_module_id): it must watch "
+                    f"exactly one connector (EVerest has one IMD per charging port), not {len(imd.connectors)}",
+                )
+            )
+        served = [m.everest_module_id for m in config.isolation_monitor[:i] if m.everest_module_id]
+        if imd.everest_module_id and imd.everest_module_id in served:
+            out.append(((*loc, "everest_module_id"), f"{imd.everest_module_id!r} is the module id of another IMD"))
         for name in imd.connectors:
             if name not in names:
                 out.append(

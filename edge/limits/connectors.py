@@ -511,7 +511,10 @@ def _output_rules(c: core._Ctx, conn: dict, req: dict, config: dict) -> dict:
     iso_state = c.state.get("isolation") or isolation.initial_state()
     ov_state = c.state.get("ov") or overvoltage.initial_state()
     iso = isolation.evaluate(conn.get("imd"), req, out_v, config, iso_state, c.t)
-    ov = overvoltage.evaluate(out_v, _num(conn.get("ev_max_v")), c.cfg["max_output_voltage_v"], config, ov_state, c.t)
+    ov_limits = (_num(conn.get("ev_max_v")), c.cfg["max_output_voltage_v"])
+    ov = overvoltage.evaluate(
+        out_v, ov_limits[0], ov_limits[1], config, ov_state, c.t, _num(conn.get("ev_emergency_v"))
+    )
     c.state["isolation"] = iso_state
     c.state["ov"] = ov_state
     for item in iso["limits"]:

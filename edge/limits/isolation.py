@@ -9,7 +9,10 @@ vendor code; every one is configuration (:data:`DEFAULTS`, schema in edge/config
 Snapshot per connector: ``"imd": {"ohm": float|None, "t": s of the reading, "status": "ok"|"fault"|
 "stale"|"self_test", "self_test": None|"running"|"passed"|"failed", "voltage_v": float|None (optional: the
 voltage the IMD measures)}``; absent when no IMD watches the
-connector (then nothing here runs: the charging controller's own IMD does the cable check).
+connector (then nothing here runs: the charging controller's own IMD does the cable check). With
+``"everest": True`` the IMD is served to EVerest (isolation_monitor API): EVerest runs the cable check and
+decides, so the cable-check rules here are off; the IMD-lost / device-fault stop and the Charging rules
+still apply.
 
 Cable check (phase ``CableCheck``, request live): the IMD's self-test (``self_test``), then
 ``samples`` readings taken while the output is within ``check_tolerance_v`` of the requested check voltage
@@ -236,7 +239,9 @@ def _in_session(st: dict, imd: dict, request: dict, phase: str, ohm: float | Non
     problem = _device_problem(imd, cfg, t)
     if problem is not None:
         out["stops"].append(problem)
-    if phase == "CableCheck":
+    if imd.get("everest"):
+        pass  # served to EVerest (isolation_monitor API): its cable check, its verdict
+    elif phase == "CableCheck":
         _cable_check(st, imd, ohm, out_v, request.get("voltage_v"), cfg, t, out)
     else:
         _before_current(st, phase, out_v, cfg, out)
@@ -260,7 +265,7 @@ def _view(st: dict, imd: dict, phase: str) -> dict:
         "cable_check": st["check"],
         "samples": st["n"],
         "measure": phase in SESSION_PHASES,
-        "self_test": st["check"] == SELF_TEST and phase == "CableCheck",
+        "self_test": st["check"] == SELF_TEST and phase == "CableCheck" and not imd.get("everest"),
     }
 
 

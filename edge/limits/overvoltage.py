@@ -12,7 +12,8 @@ code; all are configuration (:data:`DEFAULTS`, schema in edge/config/isolation.p
   above the limit for ``emergency_time_ms`` -> ``over_voltage_emergency``.
 - Error limit (Table 104): the negotiated maximum itself; above it for ``error_time_ms`` (the standard
   allows 200-400 ms) -> ``over_voltage_error``. Only with a negotiated maximum (``ev_max_v`` of the
-  connector's snapshot, from the charging controller); without one the core's ``over_voltage`` rule (the
+  connector's snapshot, from the charging controller: EVerest's over_voltage_monitor ``set_limits``
+  ``error_limit_V`` while it monitors, its ``emergency_limit_V`` as ``ev_emergency_v``); without one the core's ``over_voltage`` rule (the
   cabinet's configured maximum, limits.over_voltage) is the error rule, and the emergency limit is taken
   from the connector's maximum voltage.
 
@@ -85,12 +86,16 @@ def _check(out: dict, state: dict, name: str, volts: float, limit_v: float | Non
 
 
 def evaluate(out_v: float | None, ev_max_v: float | None, connector_max_v: float, config: dict, state: dict,
-             t: float) -> dict:  # fmt: skip
-    """One evaluation of one connector (see the module text); ``state`` is changed in place."""
+             t: float, ev_emergency_v: float | None = None) -> dict:  # fmt: skip
+    """One evaluation of one connector (see the module text); ``state`` is changed in place.
+    ``ev_emergency_v``: the charging controller's own emergency limit (EVerest's over_voltage_monitor
+    set_limits); it replaces Table 103 when given with a negotiated maximum."""
     cfg = config_of(config)
     negotiated = ev_max_v if ev_max_v is not None and ev_max_v > 0 else None
     error_v = negotiated
     emergency_v = emergency_limit_v(negotiated if negotiated is not None else connector_max_v, cfg)
+    if negotiated is not None and ev_emergency_v is not None and ev_emergency_v >= negotiated:
+        emergency_v = ev_emergency_v
     out = {"trips": [], "blockers": [], "view": {"error_v": error_v, "emergency_v": emergency_v}}  # type: dict
     volts = out_v if out_v is not None else 0.0
     _check(out, state, "error", volts, error_v, t, cfg["error_time_ms"], cfg["latch"])

@@ -15,6 +15,7 @@ tests drive faults through it while the daemon runs in another process. One JSON
     {"knob": "plug", "connector": "2", "value": true, "car": "800v", "soc": 0.2}
     {"knob": "soc", "connector": "1", "value": 0.79}   # the vehicle's state of charge, 0..1
     {"knob": "hot_pin_c", "connector": "1", "value": 30.0}  # a bad DC+ contact: °C on top
+    {"knob": "over_voltage_v", "connector": "1", "value": 80.0}  # the delivering output reads 80 V high
     {"knob": "contactor_weld", "connector": "1", "value": true}  # stays closed once closed
     {"knob": "contactor_weld", "connector": "1", "value": true, "closed_now": true}  # welded closed at once
     {"knob": "contactor_fail_to_close", "connector": "2", "value": true}  # the coil no longer pulls in
@@ -90,7 +91,7 @@ def apply(cabinet: SimCabinet, req: dict[str, Any]) -> dict[str, Any]:
     return {"ok": True}
 
 
-_CONNECTOR_KNOBS = ("plug", "soc", "hot_pin_c", "contactor_weld", "contactor_fail_to_close")
+_CONNECTOR_KNOBS = ("plug", "soc", "hot_pin_c", "contactor_weld", "contactor_fail_to_close", "over_voltage_v")
 _IMD_KNOBS = ("imd_ohm", "imd_self_test_fails", "imd_silent")
 
 
@@ -109,6 +110,8 @@ def _connector_knob(cabinet: SimCabinet, knob: str, req: dict[str, Any]) -> None
         cabinet.weld_contactor(connector, value is None or bool(value), bool(req.get("closed_now")))
     elif knob == "contactor_fail_to_close":
         cabinet.contactor_fails_to_close(connector, value is None or bool(value))
+    elif knob == "over_voltage_v":
+        cabinet.set_over_voltage(float(value if value is not None else 0.0), connector)
     else:
         cabinet.set_hot_pin(float(value if value is not None else 0.0), connector)
 

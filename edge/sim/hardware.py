@@ -358,6 +358,11 @@ class SimHardware:
         with self.lock:
             self.connector(connector).hot_pin_c = extra_c
 
+    def set_over_voltage(self, extra_v: float, connector: str | None = None) -> None:
+        """An output regulation fault: while its modules deliver, the connector's output reads ``extra_v`` V high."""
+        with self.lock:
+            self.connector(connector).over_voltage_v = extra_v
+
     def inject_bus_off(self) -> None:
         """What a controller's CAN chip reports when it went bus-off: an error frame with CAN_ERR_BUSOFF.
 

@@ -81,6 +81,7 @@ class ConnectorPhysics:
     coolant_out_c: float = 25.0
     pressure_bar: float = 0.2
     hot_pin_c: float = 0.0  # a bad contact: extra °C on the DC+ pin at any current
+    over_voltage_v: float = 0.0  # a regulation fault: the delivering modules measure the output this much higher
 
     @property
     def power_w(self) -> float:
@@ -117,7 +118,8 @@ class ConnectorPhysics:
                 v.try_close(self.output_v)
         for m in mods:
             m.out_a = self.output_a * m.set_a / deliverable if m in on and deliverable > 0 else 0.0
-            m.out_v = 0.0 if m.silent else self.output_v  # every module measures the common output
+            high = self.over_voltage_v if m in on else 0.0
+            m.out_v = 0.0 if m.silent else self.output_v + high  # every module measures the common output
 
     def _fixed_load(self, mods: list[ModuleModel], on: list[ModuleModel], deliverable: float) -> None:
         total = min(self.vehicle_demand_a, deliverable) if self.contactor else 0.0
