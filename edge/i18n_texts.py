@@ -30,6 +30,7 @@ CORE_TEXTS: tuple[str, ...] = (
     N_("coolant flow {flow} l/min (derating {start}-{end} l/min)"),
     N_("site fuse: L{phase} at {amps} A of {fuse_a} A (margin {margin_a} A)"),
     N_("grid meter lost: fallback {amps} A per phase"),
+    N_("grid meter not read yet: fallback {amps} A per phase"),
     N_("site fuse: last good meter reading {ms} ms ago"),
     N_("shared by {n} connectors"),
     N_("no session ({cause})"),
