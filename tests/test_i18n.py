@@ -227,3 +227,25 @@ def test_every_core_template_is_a_brace_format_with_distinct_names():
     for msgid in CORE_TEXTS:
         names = [n for _, n, _, _ in string.Formatter().parse(msgid) if n]
         assert len(names) == len(set(names)) and all(n.isidentifier() for n in names), msgid
+
+
+def test_edge_faults_shows_the_core_texts_in_the_language(lang):
+    from edge.render import faults_text
+
+    data = {
+        "faults": {
+            "module_lost_2": {
+                "detail": "connector 1: power module 2 not answering; its share removed",
+                "latched": False,
+                "hint": "clears by itself when the condition is gone",
+            }
+        },
+        "limit_a": 0.0,
+        "reason": "connector 1: hardware limit 200 A",
+    }
+    lang("zh_CN")
+    text = faults_text(data)
+    assert "连接器 1：电源模块 2 无应答；已去除其份额" in text, text
+    assert i18n.core_text("clears by itself when the condition is gone") in text
+    assert "连接器 1：硬件限值 200 A" in text and "power module" not in text, text
+    assert all(display_width(ln) <= WIDTH for ln in text.splitlines())
