@@ -7,8 +7,7 @@ SUM    := $(shell cat setup.cfg pyproject.toml | cksum | cut -d' ' -f1)
 # adds the test and lint extras. The stamps name the setup files' checksum: an edit reinstalls.
 RUN_STAMP  := $(VENV)/.installed-run-$(SUM)
 TEST_STAMP := $(VENV)/.installed-test-$(SUM)
-# setuptools' note that every editable install prints (flat layout) is information, not a problem
-PIP    := PYTHONWARNINGS="ignore:Editable installation" $(PY) -m pip install -q
+PIP    := $(PY) -m pip install -q
 
 .PHONY: run test lint venv mosquitto bench clean
 

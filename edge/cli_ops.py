@@ -623,10 +623,10 @@ def diag_cmd(
             pass
     files["versions.json"] = diag.to_json(diag.system_versions())
     files["journal.txt"] = diag.journal()
-    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%d-%H%M%SZ")  # UTC, like every time shown
     output = output or f"edge-diag-{cabinet}-{stamp}.tar.gz"
     manifest = [
-        f"cabinet-edge diagnostics of cabinet {cabinet}, {time.strftime('%Y-%m-%d %H:%M:%S %Z')}",
+        f"cabinet-edge diagnostics of cabinet {cabinet}, {render.clock(time.time() * 1000)}",
         f"made by {_me()} with socket {path}",
         "secrets: values of keys naming a password/secret/token/key passphrase are <redacted>;",
         "         TLS certificate and key files are never read, only their paths appear.",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 
 from edge.i18n import _
 
@@ -54,7 +54,8 @@ def parse_duration_s(text: str) -> float:
 
 
 def parse_since_ms(text: str, now_s: float | None = None) -> int:
-    """``10m`` (ago) or an ISO date/time (``2026-11-26T13:00``; local time unless it has an offset)."""
+    """``10m`` (ago) or an ISO date/time (``2026-11-26T13:00``; UTC unless it has an offset), read the way
+    the CLI prints every time (``2026-11-26 13:00:00 UTC``: events, status, expiries)."""
     now_s = time.time() if now_s is None else now_s
     try:
         return int((now_s - parse_duration_s(text)) * 1000)
@@ -66,7 +67,9 @@ def parse_since_ms(text: str, now_s: float | None = None) -> int:
         raise ValueError(
             _(
                 "{text} is neither a duration (10m, 2h, 1d) nor an ISO time "
-                "(2026-11-26T13:00, local time unless it ends in Z or +hh:mm)"
+                "(2026-11-26T13:00, UTC unless it ends in +hh:mm)"
             ).format(text=repr(text))
         ) from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)

@@ -5,7 +5,10 @@ details in English (``"hardware limit 200 A"``). Each text it can produce is lis
 with named placeholders (the msgid in the catalogues); :func:`edge.i18n.core_text` matches a text against
 them and renders the translation with the same values. A text no template matches stays English (never
 lost, never wrong). Keep these in step with the ``%`` formats in edge/limits/*.py: tests/test_i18n.py
-translates real decisions of the core and fails when a template no longer matches.
+translates real decisions of the core and fails when a template no longer matches, and checks that every
+text the core gives in the scenario vectors (tests/vectors) matches a template whole. This is how the core's
+reasons stay structured for the CLI (issue 19 item 6): the template is the rule's text, its placeholders
+the values and thresholds with their units; the core itself stays free of catalogues (MicroPython).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ CORE_TEXTS: tuple[str, ...] = (
     N_("coolant flow {flow} l/min (derating {start}-{end} l/min)"),
     N_("site fuse: L{phase} at {amps} A of {fuse_a} A (margin {margin_a} A)"),
     N_("grid meter lost: fallback {amps} A per phase"),
+    N_("grid meter not read yet: fallback {amps} A per phase"),
     N_("site fuse: last good meter reading {ms} ms ago"),
     N_("shared by {n} connectors"),
     N_("no session ({cause})"),
@@ -66,6 +70,48 @@ CORE_TEXTS: tuple[str, ...] = (
     N_("grid meter: no good reading for {ms} ms (max {max_ms} ms)"),
     N_("request stale: no mode or set-point for {ms} ms (max {max_ms} ms)"),
     N_("session ended ({cause}): output {amps} A below {off_a} A, contactor opened"),
+    N_("session ended ({cause}): output still {amps} A after {ms} ms (off current {off_a} A), contactor opened anyway"),
+    N_("session ended ({cause}): output not measured after {ms} ms (off current {off_a} A), contactor opened anyway"),
+    N_("power sharing: no module group allocated"),
+    N_("coolant leak detected by the cable monitor (pump stopped)"),
+    N_("not latched"),
+    # contactor feedback and pre-charge (edge/limits/contactor.py)
+    N_("mirror contact still reads closed {ms} ms after the open command: contactor welded, connector out of service"),
+    N_(
+        "mirror contact still reads closed {ms} ms after start-up (never commanded closed): contactor welded, "
+        "connector out of service"
+    ),
+    N_("mirror contact still reads closed"),
+    N_("mirror contact reads open {ms} ms after the close command: contactor failed to close"),
+    N_("mirror contact not readable: cannot confirm the contactor is open"),
+    N_("output {volts} V not within {tolerance} V of the pre-charge target {target} V after {ms} ms"),
+    N_("pre-charge target not reached: at most {amps} A"),
+    # insulation monitor and cable check (edge/limits/isolation.py)
+    N_("isolation monitor reports a device fault"),
+    N_("isolation monitor silent: no reading (max {ms} ms)"),
+    N_("isolation monitor silent: last reading {age} ms ago (max {max_ms} ms)"),
+    N_("cable check failed: {detail}"),
+    N_("isolation monitor self-test failed"),
+    N_("isolation monitor self-test not done within {ms} ms"),
+    N_("insulation {ohm} below {min_ohm} at {volts} V"),
+    N_("cable check passed: {n} readings of at least {min_ohm} at {volts} V"),
+    N_("{phase} without a passed cable check this session"),
+    N_("output {volts} V not yet below {safe_v} V after the cable check"),
+    N_("output not measured not yet below {safe_v} V after the cable check"),
+    N_("insulation {ohm} below {per_v} Ohm/V x {volts} V = {limit_ohm}"),
+    N_("insulation still {ohm} (below {min_ohm})"),
+    # cabinet safety inputs (edge/limits/safety_inputs.py)
+    N_("emergency stop pressed"),
+    N_("water detected in the cabinet"),
+    N_("cabinet tilted"),
+    N_("cabinet door open during a session"),
+    N_("{detail} (input {inputs})"),
+    N_("{detail}: stopped until it is closed"),
+    N_("{detail}: derated to {amps} A"),
+    N_("{detail}: release it first, then clear on site"),
+    N_("emergency stop released, latched until cleared on site"),
+    N_("water sensor dry again, latched until cleared on site"),
+    N_("tilt switch level again, latched until cleared on site"),
     # fault hints (edge/api/commands.py)
     N_("fix the cause, then: edge clear {name}"),
     N_("clears by itself when the condition is gone"),

@@ -5,11 +5,17 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 
 _PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
 class _OneLine(logging.Formatter):
+    # times in UTC with the zone, the way the CLI prints every time (events, status header, expiries)
+    converter = staticmethod(time.gmtime)
+    default_time_format = "%Y-%m-%d %H:%M:%S"
+    default_msec_format = "%s.%03d UTC"
+
     def __init__(self, journald: bool) -> None:
         fmt = "%(name)s: %(message)s" if journald else "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
         super().__init__(fmt)

@@ -638,13 +638,14 @@ def faults_text(data: dict[str, Any]) -> str:
     if not faults:
         lines.append(_("no active faults"))
     for name, f in faults.items():
-        detail = str(f.get("detail")).removesuffix(" (latched)")
+        # the core's detail and hint in the technician's language, as on the status screen
+        detail = core_text(str(f.get("detail")).removesuffix(" (latched)"))
         text = (_("LATCHED:") + " " if f.get("latched") else "") + detail
         lines += _wrap(name, text, indent=max(LABEL, display_width(name) + 2))
-        lines.append(clip(f"{'':<4}-> {f.get('hint')}", WIDTH))
+        lines.append(clip(f"{'':<4}-> {core_text(str(f.get('hint')))}", WIDTH))
     for addr, alarms in (data.get("module_alarms") or {}).items():
         lines.append(clip(_("module {addr} alarms: {alarms}").format(addr=addr, alarms=", ".join(alarms)), WIDTH))
-    lines += _wrap(_("limit"), f"{(data.get('limit_a') or 0):.0f} A  <- {data.get('reason')}")
+    lines += _wrap(_("limit"), f"{(data.get('limit_a') or 0):.0f} A  <- {_reason(data.get('reason'))}")
     return "\n".join(lines)
 
 

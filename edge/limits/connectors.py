@@ -111,7 +111,8 @@ def initial_state() -> dict:
     return {
         "connectors": {},  # name -> core state (latches, ramp, timers of that output)
         "sessions": {},  # name -> {"contactor": closed last time, "t_end": session end or None, "cause"}
-        "grid": {"ok_t": None, "allowed_ac": None, "charger_w": []},  # the cabinet's site-fuse rule
+        # the cabinet's site-fuse rule; wait_t: first evaluation without a good reading (start-up grace)
+        "grid": {"ok_t": None, "wait_t": None, "allowed_ac": None, "charger_w": []},
         "safety": safety_inputs.initial_state(),  # e-stop, water, tilt latches (safety_inputs.py)
     }
 
@@ -140,7 +141,8 @@ def _copy_state(state: dict, names: list) -> dict:
             out["sessions"][name] = dict(sessions[name])
     grid = state.get("grid")
     if grid is not None:
-        out["grid"] = {"ok_t": grid["ok_t"], "allowed_ac": grid["allowed_ac"], "charger_w": list(grid["charger_w"])}
+        out["grid"] = {"ok_t": grid["ok_t"], "wait_t": grid.get("wait_t"), "allowed_ac": grid["allowed_ac"]}
+        out["grid"]["charger_w"] = list(grid["charger_w"])
     out["safety"] = safety_inputs.copy_state(state.get("safety"))
     return out
 
@@ -292,15 +294,21 @@ def _grid(c: core._Ctx, config: dict, gstate: dict, sample: list | None) -> list
         return [gstate["allowed_ac"], "grid", reason, None]
     _charger_w(gstate, rule, t, sample, t)  # keep the history current while the meter is silent
     ok_t = gstate["ok_t"]
-    if ok_t is None or t - ok_t >= rule["meter_loss_ms"] / 1000.0:
-        detail = "grid meter: no good reading for %s ms (max %d ms)" % (
-            "-" if ok_t is None else fmt_num((t - ok_t) * 1000.0, 0),
-            rule["meter_loss_ms"],
-        )
+    since_t, waiting = core.grid_silence(ok_t, gstate.get("wait_t"), t)
+    if waiting:
+        gstate["wait_t"] = since_t  # the start-up grace: the fault only after meter_loss_ms (core.py)
+    lost = t - since_t >= rule["meter_loss_ms"] / 1000.0
+    if lost or waiting:
+        detail = None
+        if lost:
+            detail = "grid meter: no good reading for %s ms (max %d ms)" % (
+                fmt_num((t - since_t) * 1000.0, 0),
+                rule["meter_loss_ms"],
+            )
         return [
             rule["fallback_ac_a"],
             "grid_fallback",
-            "grid meter lost: fallback %s A per phase" % fmt_num(rule["fallback_ac_a"], 0),
+            core.grid_fallback_reason(waiting, rule["fallback_ac_a"]),
             detail,
         ]
     if gstate["allowed_ac"] is None:

@@ -104,6 +104,7 @@ def initial_state() -> dict:
         "timers": {},  # condition -> t it started (over-current, over-voltage, flow low)
         "last": {},  # input -> [value, t_received] of the last accepted sample (rate of change)
         "grid_ok_t": None,  # receive time of the last good grid reading
+        "grid_wait_t": None,  # first evaluation without any good grid reading: the start-up grace counts from here
         "grid_limit_a": None,
         "charger_w": [],  # [t_received, W] of the output measurements within grid.settle_ms
         "pump_until": -1.0,
@@ -558,19 +559,40 @@ def _grid_from_meter(c: _Ctx, rule: dict, meter: list, dc_per_ac: float) -> None
     )
 
 
+def grid_silence(ok_t: float | None, wait_t: float | None, t: float) -> list:
+    """``[since_t, waiting]``: since when the grid meter has been silent, and whether it has never answered.
+
+    A meter never heard counts from ``wait_t``, the first evaluation without a good reading (start-up), so
+    it gets the same ``meter_loss_ms`` to answer as a meter that stops; a meter that never answers still
+    raises ``grid_meter_lost`` after it. The fallback limit applies from the start (fail safe)."""
+    if ok_t is not None:
+        return [ok_t, False]
+    return [t if wait_t is None else wait_t, True]
+
+
+def grid_fallback_reason(waiting: bool, fallback_ac_a: float) -> str:
+    if waiting:
+        return "grid meter not read yet: fallback %s A per phase" % fmt_num(fallback_ac_a, 0)
+    return "grid meter lost: fallback %s A per phase" % fmt_num(fallback_ac_a, 0)
+
+
 def _grid_without_meter(c: _Ctx, rule: dict, dc_per_ac: float) -> None:
-    """The last grid limit holds for ``meter_loss_ms``; then the fallback and ``grid_meter_lost``."""
+    """The last grid limit holds for ``meter_loss_ms``; then the fallback and ``grid_meter_lost``. A meter
+    not read yet: the fallback at once, the fault after ``meter_loss_ms`` (:func:`grid_silence`)."""
     state = c.state
     ok_t = state["grid_ok_t"]
-    if ok_t is None or c.t - ok_t >= rule["meter_loss_ms"] / 1000.0:
+    since_t, waiting = grid_silence(ok_t, state.get("grid_wait_t"), c.t)
+    if waiting:
+        state["grid_wait_t"] = since_t
+    lost = c.t - since_t >= rule["meter_loss_ms"] / 1000.0
+    if lost:
         c.faults["grid_meter_lost"] = "grid meter: no good reading for %s ms (max %d ms)" % (
-            "-" if ok_t is None else fmt_num((c.t - ok_t) * 1000.0, 0),
+            fmt_num((c.t - since_t) * 1000.0, 0),
             rule["meter_loss_ms"],
         )
+    if lost or waiting:
         c.limit(
-            rule["fallback_ac_a"] * dc_per_ac,
-            "grid_fallback",
-            "grid meter lost: fallback %s A per phase" % fmt_num(rule["fallback_ac_a"], 0),
+            rule["fallback_ac_a"] * dc_per_ac, "grid_fallback", grid_fallback_reason(waiting, rule["fallback_ac_a"])
         )
     elif state["grid_limit_a"] is not None:
         c.limit(
