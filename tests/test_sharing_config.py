@@ -90,6 +90,11 @@ def test_group_without_relay_and_unreachable_connector_are_refused() -> None:
         (("min_groups = 1", "min_groups = 5"), "sharing.connector[0].min_groups", "allowed 0..4"),
         (('name = "2"\npriority', 'name = "7"\npriority'), "sharing.connector[0].name", "not a [[connector]]"),
         (('policy = "even"', 'policy = "fastest"'), "sharing.policy", "static"),
+        (  # the debounced mirror contact must leave the relay time to confirm
+            ("hold_s = 5.0", "hold_s = 5.0\nrelay_confirm_ms = 40\nrelay_feedback_debounce_ms = 30"),
+            "sharing.relay_feedback_debounce_ms",
+            "allowed at most half",
+        ),
     ],
 )
 def test_matrix_mistakes_are_refused_at_their_key(edit: tuple[str, str], key: str, words: str) -> None:

@@ -100,10 +100,15 @@ def test_a_car_alone_gets_the_other_connectors_group_through_the_sequence(tmp_pa
     rig = ShareRig(tmp_path)
     sharing = rig.ctl.sharing
     assert sharing is not None
+    # the relays start open (coils off): each group goes home through its pin and mirror contact first
+    assert rig.ctl.modules_of(rig.ctl.connectors[0]) == [] and rig.ctl.modules_of(rig.ctl.connectors[1]) == []
+    for _ in range(4):  # close (the coil), the contact follows, the debounced mirror confirms
+        rig.step()
     assert rig.ctl.modules_of(rig.ctl.connectors[0]) == [1, 2]
     assert rig.ctl.modules_of(rig.ctl.connectors[1]) == [3, 4]
-    for _ in range(3):
-        rig.step()
+    board = rig.outputs.board
+    assert board is not None
+    assert [board.level(f"relay-{g}{c}") for g in "AB" for c in "12"] == [1, 0, 0, 1]
     now = rig.clock.monotonic()
     rig.ctl.demands.set_mode("1", "Export", "Charging", now)
     rig.ctl.demands.set_target("1", 400.0, 200.0, now)  # 80 kW: more than group A's 60 kW
@@ -111,7 +116,7 @@ def test_a_car_alone_gets_the_other_connectors_group_through_the_sequence(tmp_pa
     for _ in range(30):
         rig.step()
         for g in "AB":
-            assert len(sharing.relays.connected(g)) <= 1  # type: ignore[attr-defined]
+            assert len(sharing.relays.sim.connected(g)) <= 1  # type: ignore[attr-defined]
         seen.append(list(rig.ctl.modules_of(rig.ctl.connectors[0])))
     assert rig.ctl.modules_of(rig.ctl.connectors[0]) == [1, 2, 3, 4]
     assert rig.ctl.modules_of(rig.ctl.connectors[1]) == []
@@ -143,6 +148,9 @@ def test_status_and_mqtt_state_show_each_group_and_the_shares(tmp_path: Path) ->
 
     rig = ShareRig(tmp_path)
     rig.step()
+    assert rig.cabinet.view().as_dict()["sharing"]["groups"]["A"]["state"] == "moving - -> 1: close"  # going home
+    for _ in range(3):
+        rig.step()
     view = rig.cabinet.view()
     st = view.as_dict()
     assert st["sharing"]["policy"] == "even"
@@ -152,7 +160,7 @@ def test_status_and_mqtt_state_show_each_group_and_the_shares(tmp_path: Path) ->
     text = status_text(st)
     assert "sharing  even: 1 0 kW, 2 0 kW" in text
     assert "group A -> 1  modules 1,2  parked" in text
-    rig.ctl.sharing.relays.stick("B", "2")  # type: ignore[union-attr]
+    rig.ctl.sharing.relays.sim.stick("B", "2")  # type: ignore[union-attr]
     now = rig.clock.monotonic()
     rig.ctl.demands.set_mode("1", "Export", "Charging", now)
     rig.ctl.demands.set_target("1", 400.0, 200.0, now)

@@ -24,6 +24,7 @@ Commands (lists, so they log and serialise as they are): ``["capabilities", conn
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -277,6 +278,18 @@ class Cabinet:
             "reasons": dict(sorted(self.reasons.items())),
         }
 
+    def go_home(self, now_s: float) -> list[Command]:
+        """Start moving each group that is nowhere to its home connector (at start, with every relay open): the
+        sequence closes its relay only with all the group's mirror contacts confirmed open, and waits for the
+        close to confirm, so a relay found closed at start takes its group out of service."""
+        commands: list[Command] = []
+        for conn, groups in sorted(self.matrix.home.items()):
+            for g in groups:
+                if self.at.get(g) is None and g not in self.moves and g not in self.out_of_service:
+                    self.moves[g], first = start(g, None, conn, now_s)
+                    commands += first
+        return commands
+
     def groups_of(self, connector: str) -> list[str]:
         return sorted(g for g, where in self.at.items() if where == connector)
 
@@ -405,6 +418,43 @@ class RelayMatrix(Protocol):
     def advance(self, now_s: float) -> None: ...
 
 
+class _Coil(Protocol):
+    def value(self, x: int | bool | None = None) -> int: ...
+
+
+class _Mirrors(Protocol):
+    def poll(self) -> dict[str, int]: ...
+
+
+def mirror_name(group: str, connector: str) -> str:
+    """The name of a relay's mirror contact among the debounced inputs (events, diagnostics)."""
+    return f"relay {group}->{connector}"
+
+
+@dataclass
+class PinRelays:
+    """The relay matrix on the board: each relay's coil an output pin (``[[relay]] pin``, energised = closed) and
+    its mirror contact a debounced input (``[[relay]] feedback``; ``mirrors.poll()`` gives 1 = closed by
+    :func:`mirror_name`). ``follow``: the simulator's matrix behind the same pins when no simulator steps it
+    (a test's cabinet), called at every :meth:`advance` with the time."""
+
+    coils: Mapping[tuple[str, str], _Coil]
+    mirrors: _Mirrors
+    follow: Any = None
+    sim: Any = None  # the simulator's matrix behind the pins (edge/sim/relays.py), for tests and knobs; None on a board
+
+    def command(self, group: str, connector: str, close: bool, now_s: float) -> None:
+        self.coils[(group, connector)].value(1 if close else 0)
+
+    def mirror(self, group: str) -> dict[str, int | None]:
+        read = self.mirrors.poll()
+        return {c: read.get(mirror_name(g, c)) for g, c in sorted(self.coils) if g == group}
+
+    def advance(self, now_s: float) -> None:
+        if self.follow is not None:
+            self.follow(now_s)
+
+
 @dataclass
 class Runner:
     """What edge/control.py calls when the config has ``[sharing]``: the modules of each connector now, the
@@ -413,6 +463,8 @@ class Runner:
 
     cabinet: Cabinet
     relays: RelayMatrix
+    # the relays are open at start (coils de-energised): each group goes home through the sequence, confirmed
+    homing: bool = False
 
     def modules_of(self, connector: str) -> list[int]:
         return self.cabinet.modules_of(connector)
@@ -433,7 +485,12 @@ class Runner:
         allowed_w = decision.get("grid_allowed_w")
         headroom_kw = allowed_w / 1000.0 if allowed_w is not None else sum(c.max_power_kw for c in ctl.connectors)
         mirror = {g: self.relays.mirror(g) for g in cab.matrix.groups}
-        commands, events = cab.tick(now_s, connectors, currents, mirror, headroom_kw, tuple(lost))
+        commands: list[Command] = []
+        if self.homing:
+            self.homing = False
+            commands += cab.go_home(now_s)
+        more, events = cab.tick(now_s, connectors, currents, mirror, headroom_kw, tuple(lost))
+        commands += more
         for cmd in commands:
             self._carry_out(ctl, cmd, now_s)
         for event in events:

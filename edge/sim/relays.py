@@ -1,10 +1,19 @@
 """The simulated relay matrix (issue 16): one relay per (group, connector) with a mirror contact that follows
-the coil after ``switch_s``, and the fault knobs ``stick`` (the contact stays where it is whatever the coil
-does: a welded or jammed relay) and ``lose_group`` (the group's modules stop answering)."""
+the coil after ``switch_s``; in the simulated cabinet the coils are the board's output pins the daemon drives
+and the mirror contacts drive the board's input pins the daemon reads (:meth:`SimRelayMatrix.follow`). Fault
+knobs: ``stick`` (the contact stays where it is whatever the coil does: a welded or jammed relay) and
+``lose_group`` (the group's modules stop answering)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
+
+
+class _Board(Protocol):  # hal.pin.SimBoard
+    def level(self, id: str) -> int: ...  # noqa: A002
+
+    def drive(self, id: str, level: int | bool) -> None: ...  # noqa: A002
 
 
 @dataclass
@@ -54,6 +63,18 @@ class SimRelayMatrix:
             if conn is not None:
                 relay = self.relays[(group, conn)]
                 relay.coil = relay.contact = True
+
+    def follow(
+        self, board: _Board, wiring: dict[tuple[str, str], tuple[str, str]], closed_level: int, now_s: float
+    ) -> None:
+        """One step on the board: each coil as its output pin stands, the contacts after ``switch_s``, each
+        mirror contact's input pin driven to ``closed_level`` while closed. ``wiring``: (group, connector) ->
+        (coil pin, mirror pin), the ``[[relay]]`` tables."""
+        for pair, (coil, _mirror) in wiring.items():
+            self.command(pair[0], pair[1], bool(board.level(coil)), now_s)
+        self.advance(now_s)
+        for pair, (_coil, mirror) in wiring.items():
+            board.drive(mirror, closed_level if self.relays[pair].contact else 1 - closed_level)
 
     # -- fault knobs ---------------------------------------------------------------------------------------
     def stick(self, group: str, connector: str, stuck: bool = True) -> None:
