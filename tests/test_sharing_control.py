@@ -124,7 +124,8 @@ def test_a_car_alone_gets_the_other_connectors_group_through_the_sequence(tmp_pa
     assert rig.decision_modules("1") == 4
     changed = [d for k, _, d in rig.events if k == "allocation_changed"]
     assert changed[-1]["after"] == {"1": ["A", "B"], "2": []} and "even: 2 group(s)" in changed[-1]["reason"]
-    assert rig.ctl.reports()["1"].capabilities.max_export_power_w == 80000.0
+    # told what both groups give (not its own 80 kW request: a vehicle never asks more than it is told)
+    assert rig.ctl.reports()["1"].capabilities.max_export_power_w == 120000.0
     # connector 2 has no group now: held at 0 A by the module rule, and that is not a fault
     d = rig.ctl.decision
     assert d is not None and not [f for f in d["faults"] if "module" in f]

@@ -240,6 +240,7 @@ class Cabinet:
     arrival: dict[str, float] = field(default_factory=dict)
     last_target: dict[str, list[str]] = field(default_factory=dict)
     limit_kw: dict[str, float] = field(default_factory=dict)
+    offer_kw: dict[str, float] = field(default_factory=dict)  # the power each connector's vehicle is told
     reasons: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -317,6 +318,7 @@ class Cabinet:
             self.matrix.hold_s,
         )
         self.limit_kw = dict(result["limit_kw"])
+        self.offer_kw = self._offers(result, connectors, headroom_kw)
         self.reasons = dict(result["reasons"])
         if result["target"] != self.last_target:
             events.append(
@@ -335,6 +337,26 @@ class Cabinet:
             self.moves[group] = move
             commands += first
         return commands, events
+
+    def _offers(
+        self, result: dict[str, Any], connectors: dict[str, dict[str, Any]], headroom_kw: float
+    ) -> dict[str, float]:
+        """The power each connector's vehicle is told (its capabilities): its share of the fuse headroom plus
+        what the others leave unused, within the groups it has now and keeps (a group leaving it counts no
+        more, one coming only once it is there) and its hardware. Not its share alone: that follows its own
+        request, and a vehicle never asks more than it is told, so it could never ask more again."""
+        spare = max(float(headroom_kw) - sum(result["limit_kw"].values()), 0.0)
+        out = {}
+        for name, conn in sorted(connectors.items()):
+            here = [
+                g
+                for g in result["target"].get(name, [])
+                if self.at.get(g) == name and g not in self.moves and g not in self.out_of_service
+            ]
+            groups_kw = sum(len(self.matrix.groups[g]) for g in here) * self.matrix.module_kw
+            share_kw = result["limit_kw"].get(name, 0.0) + spare
+            out[name] = round(min(share_kw, groups_kw, float(conn["max_kw"])), 3)
+        return out
 
     def _step_moves(
         self,
@@ -473,7 +495,9 @@ class Runner:
         return self.cabinet.status()
 
     def limit_w(self, connector: str) -> float | None:
-        kw = self.cabinet.limit_kw.get(connector)
+        """The power ``connector``'s vehicle is told it may have (its capabilities), W; None before the first
+        allocation."""
+        kw = self.cabinet.offer_kw.get(connector)
         return None if kw is None else kw * 1000.0
 
     def after_decision(self, ctl: Any, decision: dict[str, Any], now_s: float) -> list[Command]:
