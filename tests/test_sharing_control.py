@@ -161,6 +161,13 @@ def test_status_and_mqtt_state_show_each_group_and_the_shares(tmp_path: Path) ->
     text = status_text(st)
     assert "sharing  even: 1 0 kW, 2 0 kW" in text
     assert "group A -> 1  modules 1,2  parked" in text
+    assert "  1: not charging: 1 group(s) parked" in text  # why, per connector
+    # telemetry: each connector's groups and the power its vehicle is told (OCPP Power.Offered)
+    rig.cabinet.sample_connectors()
+    samples = {s["signal"]: s for s in rig.cabinet.sampler.flush()}
+    assert samples["connector.1.groups"]["last"] == 1.0 and samples["connector.2.groups"]["last"] == 1.0
+    offered = samples["connector.1.power_offered_kw"]
+    assert offered["last"] == 60.0 and offered["unit"] == "kW" and offered["measurand"] == "Power.Offered"
     rig.ctl.sharing.relays.sim.stick("B", "2")  # type: ignore[union-attr]
     now = rig.clock.monotonic()
     rig.ctl.demands.set_mode("1", "Export", "Charging", now)

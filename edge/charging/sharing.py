@@ -494,6 +494,11 @@ class Runner:
     def status(self) -> dict[str, Any]:
         return self.cabinet.status()
 
+    def groups_of(self, connector: str) -> list[str]:
+        """The groups feeding ``connector`` now (a group on its way is nobody's)."""
+        cab = self.cabinet
+        return [g for g in cab.groups_of(connector) if g not in cab.moves and g not in cab.out_of_service]
+
     def limit_w(self, connector: str) -> float | None:
         """The power ``connector``'s vehicle is told it may have (its capabilities), W; None before the first
         allocation."""
