@@ -15,8 +15,8 @@ Switching in the simulator: the power-sharing cabinet (edge/sim/sim-sharing.toml
 4 groups, ``even``) on the SimStepper (simulated time, 10 ms steps): the 800 V car alone on connector 2 grows
 into all four groups; then the 400 V car plugs in on connector 1 and its session asks (the request). The time
 from that request to both connectors at their new share, with its parts: ramp-down (the request to the last
-moving group at 0 A, its relay commanded open: car A is at its new share then), relay (open command to the last
-relay confirmed closed to connector 1, through the coil pins and the debounced mirror contacts), car B's
+moving group at 0 A with its relay open: car A is at its new share then), relay (from there to the last relay
+closed to connector 1 and confirmed, through the coil pins and the debounced mirror contacts), car B's
 session start (its cable check and pre-charge on the groups it got) and ramp-up (charging to its share).
 
 Cost: one ``allocate()`` on the default shared cabinet (2 connectors, 4 groups of 2 modules) in random states,
@@ -248,8 +248,8 @@ def main() -> int:
     )
     sw = switch_time()
     parts = [
-        ("ramp-down: the moving groups at 0 A, relays open (car A at its new share)", "ramp_down_s"),
-        ("relay: open command to closed and confirmed on connector 1", "relay_s"),
+        ("ramp-down: both moving groups at 0 A, their relays open (car A at its share)", "ramp_down_s"),
+        ("relay: both closed to connector 1, confirmed by their mirror contacts", "relay_s"),
         ("car B's cable check and pre-charge on its new groups", "session_start_s"),
         ("ramp-up: car B charging to its share (limits.ramp_up_a_per_s)", "ramp_up_s"),
     ]
