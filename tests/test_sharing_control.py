@@ -178,3 +178,23 @@ def test_status_and_mqtt_state_show_each_group_and_the_shares(tmp_path: Path) ->
     assert st["sharing"]["groups"]["B"]["state"] == "out of service: relay_stuck"
     assert "group B -> 2  modules 3,4  out of service: relay_stuck" in status_text(st)
     assert [d["fault"] for k, _, d in rig.events if k == "group_out_of_service"] == ["relay_stuck"]
+
+
+def test_a_relay_found_closed_at_start_keeps_its_group_out_of_service(tmp_path: Path) -> None:
+    """At start every coil is off: a relay whose mirror contact reads closed anyway (welded to connector 2)
+    is found before its group goes home to connector 1: the group is never closed to a second connector
+    (which would parallel the two outputs) and is out of service; the other group goes home."""
+    rig = ShareRig(tmp_path)
+    sharing = rig.ctl.sharing
+    assert sharing is not None
+    sim = sharing.relays.sim  # type: ignore[attr-defined]
+    sim.relays[("A", "2")].contact = True  # welded closed while de-energised
+    sim.stick("A", "2")
+    for _ in range(6):
+        rig.step()
+        assert len(sim.connected("A")) <= 1
+    assert sharing.cabinet.out_of_service == {"A": "relay_not_open"}
+    board = rig.outputs.board
+    assert board is not None and board.level("relay-A1") == 0  # its home relay was never energised
+    assert sharing.cabinet.groups_of("2") == ["B"] and rig.ctl.modules_of(rig.ctl.connectors[0]) == []
+    assert [d["fault"] for k, _, d in rig.events if k == "group_out_of_service"] == ["relay_not_open"]

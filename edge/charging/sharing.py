@@ -447,6 +447,8 @@ class _Coil(Protocol):
 class _Mirrors(Protocol):
     def poll(self) -> dict[str, int]: ...
 
+    def raw(self) -> dict[str, int]: ...
+
 
 def mirror_name(group: str, connector: str) -> str:
     """The name of a relay's mirror contact among the debounced inputs (events, diagnostics)."""
@@ -469,8 +471,16 @@ class PinRelays:
         self.coils[(group, connector)].value(1 if close else 0)
 
     def mirror(self, group: str) -> dict[str, int | None]:
-        read = self.mirrors.poll()
-        return {c: read.get(mirror_name(g, c)) for g, c in sorted(self.coils) if g == group}
+        """``{connector: 1 closed | 0 open | None changing}``: a contact whose level differs from its debounced
+        value is changing (not yet confirmed either way), so a relay found closed since the last steady read
+        never counts as open."""
+        read, raw = self.mirrors.poll(), self.mirrors.raw()
+        out: dict[str, int | None] = {}
+        for g, c in sorted(self.coils):
+            if g == group:
+                name = mirror_name(g, c)
+                out[c] = read.get(name) if read.get(name) == raw.get(name) else None
+        return out
 
     def advance(self, now_s: float) -> None:
         if self.follow is not None:
