@@ -251,7 +251,7 @@ def sharing_runner(config: Config, board: SimBoard | None, clock: Clock, sim_rel
     # imported only with [sharing]: a cabinet without it does not carry the allocator (RSS)
     from edge.charging.sharing import Cabinet as SharingCabinet
     from edge.charging.sharing import PinRelays, Runner, Timing, matrix_from_config, mirror_name
-    from edge.sim.relays import SimRelayMatrix
+    from edge.sim.relays import SimRelayMatrix, wiring
 
     matrix = matrix_from_config(config)
     sh = config.sharing
@@ -269,11 +269,11 @@ def sharing_runner(config: Config, board: SimBoard | None, clock: Clock, sim_rel
     follow = None
     if board is not None and sim_relays is None:
         sim_relays = SimRelayMatrix(list(coils))
-        wiring, closed_level = relay_wiring(config)
-        sim_relays.follow(board, wiring, closed_level, clock.monotonic())  # the mirrors' levels before the first read
+        pins, closed_level = wiring(config)
+        sim_relays.follow(board, pins, closed_level, clock.monotonic())  # the mirrors' levels before the first read
 
         def follow(now_s: float) -> None:
-            sim_relays.follow(board, wiring, closed_level, now_s)
+            sim_relays.follow(board, pins, closed_level, now_s)
 
     specs = [
         InputSpec(
@@ -286,14 +286,6 @@ def sharing_runner(config: Config, board: SimBoard | None, clock: Clock, sim_rel
     )
     relays = PinRelays(coils, mirrors, follow=follow, sim=sim_relays)
     return Runner(SharingCabinet(matrix, timing, at=dict.fromkeys(matrix.groups)), relays, homing=True)
-
-
-def relay_wiring(config: Config) -> tuple[dict[tuple[str, str], tuple[str, str]], int]:
-    """``{(group, connector): (coil pin, mirror pin)}`` of the ``[[relay]]`` tables and the mirror input's
-    level while a relay is closed (``sharing.relay_feedback_active``), for the simulator's matrix."""
-    assert config.sharing is not None
-    wiring = {(r.group, r.connector): (r.pin, r.feedback) for r in config.relay}
-    return wiring, 1 if config.sharing.relay_feedback_active == "high" else 0
 
 
 def _build_outputs(config: Config, board: SimBoard | None) -> Outputs:

@@ -36,7 +36,7 @@ from edge.sim.imd import SimImd
 from edge.sim.layout import SimConnectorSpec, connector_layout
 from edge.sim.meter import SimMeter
 from edge.sim.physics import ConnectorPhysics, ModuleModel, Physics
-from edge.sim.relays import SimRelayMatrix, routes
+from edge.sim.relays import SimRelayMatrix, routes, wiring
 from edge.sim.session import Request, SimSessions, apply
 from edge.sim.vehicle import DEFAULT_SOC, VEHICLE_TYPES, Vehicle
 from hal.can import CAN_ERR_BUSOFF
@@ -243,10 +243,8 @@ class SimHardware:
         if self.relays is None:
             return
         self._relay_t += dt_s
-        sh = self.config.sharing
-        closed_level = 1 if sh is None or sh.relay_feedback_active == "high" else 0
-        wiring = {(r.group, r.connector): (r.pin, r.feedback) for r in self.config.relay}
-        self.relays.follow(self.board, wiring, closed_level, self._relay_t)
+        pins, closed_level = wiring(self.config)
+        self.relays.follow(self.board, pins, closed_level, self._relay_t)
 
     def weld_contactor(self, connector: str | None = None, on: bool = True, closed_now: bool = False) -> None:
         """Knob: the connector's contactor welds (stays closed once closed; ``closed_now``: closed at once)."""

@@ -7,7 +7,7 @@ knobs: ``stick`` (the contact stays where it is whatever the coil does: a welded
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class _Board(Protocol):  # hal.pin.SimBoard
@@ -95,3 +95,10 @@ def routes(relays: SimRelayMatrix, groups: dict[str, list[int]]) -> dict[str, tu
         for conn in relays.connected(group):
             out.setdefault(conn, []).extend(modules)
     return {conn: tuple(mods) for conn, mods in out.items()}
+
+
+def wiring(config: Any) -> tuple[dict[tuple[str, str], tuple[str, str]], int]:
+    """``{(group, connector): (coil pin, mirror pin)}`` of a config's ``[[relay]]`` tables and the mirror input's
+    level while a relay is closed (``sharing.relay_feedback_active``)."""
+    pins = {(r.group, r.connector): (r.pin, r.feedback) for r in config.relay}
+    return pins, 0 if config.sharing is not None and config.sharing.relay_feedback_active == "low" else 1
