@@ -24,9 +24,10 @@ $(TEST_STAMP): $(RUN_STAMP)
 
 venv: $(TEST_STAMP)
 
-## run: start the daemon on the built-in simulated cabinet with a live status line (no broker needed)
+## run: start the daemon on the built-in simulated cabinet with a live status line (no broker needed);
+##      make run SIM=sharing: the power-sharing cabinet (edge/sim/sim-sharing.toml, docs/SIM.md)
 run: $(RUN_STAMP)
-	$(VENV)/bin/edge run --sim --status-line
+	$(VENV)/bin/edge run --sim --status-line$(if $(SIM), --config edge/sim/sim-$(SIM).toml)
 
 ## mosquitto: tests need a real broker binary; install it when missing and we are root
 mosquitto:

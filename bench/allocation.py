@@ -11,6 +11,14 @@ For each, edge/limits/allocation.py's answer is compared with the best of every 
 is the power the allocator's answer delivers over the power the optimum delivers, summed over all scenarios
 (goal 1.000), and how many scenarios reach the optimum exactly.
 
+Switching in the simulator: the power-sharing cabinet (edge/sim/sim-sharing.toml: 2 connectors, 8 modules in
+4 groups, ``even``) on the SimStepper (simulated time, 10 ms steps): the 800 V car alone on connector 2 grows
+into all four groups; then the 400 V car plugs in on connector 1 and its session asks (the request). The time
+from that request to both connectors at their new share, with its parts: ramp-down (the request to the last
+moving group at 0 A with its relay open: car A is at its new share then), relay (from there to the last relay
+closed to connector 1 and confirmed, through the coil pins and the debounced mirror contacts), car B's
+session start (its cable check and pre-charge on the groups it got) and ramp-up (charging to its share).
+
 Cost: one ``allocate()`` on the default shared cabinet (2 connectors, 4 groups of 2 modules) in random states,
 per policy (goal <= 0.5 ms, so it can run on every tick), and for information on a large one (4 connectors,
 8 groups, even).
@@ -20,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import logging
 import os
 import platform
 import random
@@ -134,6 +143,65 @@ def cost_ms(policy: str, n_groups: int, n_conns: int, n: int, seed: int) -> tupl
     return statistics.fmean(times), max(times)
 
 
+def switch_time() -> dict[str, float]:
+    """The simulator's switching figures (module doc), simulated seconds from car B's request."""
+    import re
+    import tempfile
+    from pathlib import Path
+
+    from edge.config import parse_config
+    from edge.sim.stepper import SimStepper
+
+    logging.getLogger("edge").setLevel(logging.ERROR)  # the stepper's start-up faults (no sensors) are noise here
+    tmp = Path(tempfile.mkdtemp(prefix="bench-alloc-"))
+    text = (Path(__file__).resolve().parents[1] / "edge" / "sim" / "sim-sharing.toml").read_text()
+    text = text.replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp}/edge.sock"')
+    text = text.replace('data_dir = ".edge-sim"', f'data_dir = "{tmp}/data"')
+    text = re.sub(r'backend = "systemd"[^\n]*', 'backend = "sim"', text)
+    text = text.replace('[telemetry.mqtt]\nhost = "127.0.0.1"', '[telemetry.mqtt]\nenabled = false\nhost = "127.0.0.1"')
+    with SimStepper(parse_config(text), tmp / "data", step_s=0.01) as sim:
+        ctl = sim.cabinet.controller
+        sharing, relays = ctl.sharing, sim.relays
+        assert sharing is not None and relays is not None
+        sim.unplug("1")
+
+        def caps() -> dict:
+            return {n: r.capabilities for n, r in ctl.reports().items()}
+
+        sim.every("sessions", 0.05, lambda now: sim.drive_charging(ctl.demands, now, caps()))
+        sim.run_until(lambda: sim.physics.connectors["2"].output_a > 250.0, timeout_s=60.0, what="car A on 4 groups")
+        sim.run(6.0)  # past the hold time
+        marks: dict[str, float] = {}
+
+        def phase(name: str) -> str:
+            return str((ctl.decision or {}).get("connectors", {}).get(name, {}).get("phase"))
+
+        def watch(now: float) -> None:
+            if "request" not in marks and phase("1") in ("CableCheck", "PreCharge", "Charging"):
+                marks["request"] = now
+            if "request" in marks and "down" not in marks and sum(len(relays.connected(g)) == 0 for g in "ABCD") >= 2:
+                marks["down"] = now  # both moving groups at 0 A with their relays open
+            if "down" in marks and "relay" not in marks and len(sharing.groups_of("1")) == 2:
+                marks["relay"] = now
+            if "relay" in marks and "charging" not in marks and phase("1") == "Charging":
+                marks["charging"] = now
+            told = ctl.reports()["1"].capabilities.max_export_current_a
+            if "charging" in marks and "share" not in marks and sim.physics.connectors["1"].output_a >= 0.95 * told:
+                marks["share"] = now
+
+        sim.every("watch", 0.01, watch)
+        sim.plug_in("1")
+        sim.run_until(lambda: "share" in marks, timeout_s=60.0, what="car B at its share")
+        t0 = marks["request"]
+        return {
+            "ramp_down_s": marks["down"] - t0,
+            "relay_s": marks["relay"] - marks["down"],
+            "session_start_s": marks["charging"] - marks["relay"],
+            "ramp_up_s": marks["share"] - marks["charging"],
+            "total_s": marks["share"] - t0,
+        }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--scenarios", type=int, default=10000, help="random scenarios per policy (default 10,000)")
@@ -178,6 +246,15 @@ def main() -> int:
             "",
         ]
     )
+    sw = switch_time()
+    parts = [
+        ("ramp-down: both moving groups at 0 A, their relays open (car A at its share)", "ramp_down_s"),
+        ("relay: both closed to connector 1, confirmed by their mirror contacts", "relay_s"),
+        ("car B's cable check and pre-charge on its new groups", "session_start_s"),
+        ("ramp-up: car B charging to its share (limits.ramp_up_a_per_s)", "ramp_up_s"),
+    ]
+    rows.append(["simulator: car B's request -> both at their new share, s", f"{sw['total_s']:.2f}", "(report)", ""])
+    rows += [[f"  {label}, s", f"{sw[key]:.2f}", "", ""] for label, key in parts]
     table(rows)
     return 0 if goals(results) else 1
 

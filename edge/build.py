@@ -65,7 +65,7 @@ class Backends:
     config_path: str | None = None  # the config file the daemon runs with (remote config-get / config-apply)
     # the contactors' mirror contacts by connector (1 closed, 0 open) instead of the configured input pins
     contactor_feedback: Callable[[], dict[str, int | None]] | None = None
-    # power sharing: the relay matrix with its mirror contacts (the simulator's, edge/sim/relays.py)
+    # power sharing: the simulator's relay matrix (edge/sim/relays.py), which follows the board's relay pins itself
     relays: Any = None
 
 
@@ -126,7 +126,7 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
     )
 
     if config.sharing is not None:
-        controller.sharing = sharing_runner(config, b.relays)
+        controller.sharing = sharing_runner(config, outputs.board, b.clock, b.relays)
 
     def demand_changed(_connector: str) -> None:
         controller.evaluate_now()  # a CurrentDemand reaches the modules now, not at the next tick
@@ -265,28 +265,51 @@ def _contactor_feedback(config: Config, board: SimBoard | None, clock: Clock) ->
     return reader.poll  # type: ignore[return-value]  # {name: 1|0}: every wired connector has a value
 
 
-def sharing_runner(config: Config, relays: Any = None) -> Any:
-    """The power-sharing runner of a cabinet with ``[sharing]`` (issue 16) on ``relays`` (the simulator's matrix,
-    whose contacts its physics follows). Relays driven from pins with mirror-contact inputs need the input side
-    of hal (not there yet): without ``relays`` the runner gets a simulated matrix of its own."""
+def sharing_runner(config: Config, board: SimBoard | None, clock: Clock, sim_relays: Any = None) -> Any:
+    """The power-sharing runner of a cabinet with ``[sharing]`` (issue 16): each relay's coil on its ``pin``
+    (an output of ``outputs.backend``, like the contactors) and its mirror contact on its ``feedback`` input,
+    debounced. The coils start de-energised (relays open): each group goes home through the switching
+    sequence. ``board``: the simulated board (backend "sim"), whose pins the simulator's matrix ``sim_relays``
+    follows (edge/sim/relays.py); with a board and no ``sim_relays`` (a test's cabinet without the simulator)
+    the runner steps a simulated matrix of its own behind the same pins."""
     # imported only with [sharing]: a cabinet without it does not carry the allocator (RSS)
     from edge.charging.sharing import Cabinet as SharingCabinet
-    from edge.charging.sharing import Runner, Timing, matrix_from_config
-    from edge.sim.relays import SimRelayMatrix
+    from edge.charging.sharing import PinRelays, Runner, Timing, matrix_from_config, mirror_name
+    from edge.sim.relays import SimRelayMatrix, wiring
 
     matrix = matrix_from_config(config)
-    assert matrix is not None
-    assert config.sharing is not None
+    sh = config.sharing
+    assert matrix is not None and sh is not None
     timing = Timing(
-        confirm_s=config.sharing.relay_confirm_ms / 1000.0,
+        confirm_s=sh.relay_confirm_ms / 1000.0,
         ramp_timeout_s=config.session.off_timeout_ms / 1000.0,
         off_current_a=config.session.off_current_a,
     )
-    cabinet = SharingCabinet(matrix, timing)
-    if relays is None:  # none given (a test's cabinet without the simulator): a simulated one of its own
-        relays = SimRelayMatrix([(r.group, r.connector) for r in config.relay])
-        relays.close_home(cabinet.at)
-    return Runner(cabinet, relays)
+    backend = config.outputs.backend
+    coils: dict[tuple[str, str], Pin] = {
+        (r.group, r.connector): board.pin(r.pin) if board is not None else make_pin(backend, r.pin)
+        for r in config.relay
+    }
+    follow = None
+    if board is not None and sim_relays is None:
+        sim_relays = SimRelayMatrix(list(coils))
+        pins, closed_level = wiring(config)
+        sim_relays.follow(board, pins, closed_level, clock.monotonic())  # the mirrors' levels before the first read
+
+        def follow(now_s: float) -> None:
+            sim_relays.follow(board, pins, closed_level, now_s)
+
+    specs = [
+        InputSpec(
+            mirror_name(r.group, r.connector), r.feedback, sh.relay_feedback_active, "no", sh.relay_feedback_debounce_ms
+        )
+        for r in config.relay
+    ]
+    mirrors = build_inputs(
+        specs, board.input if board is not None else (lambda pin: make_input(backend, pin)), clock.monotonic
+    )
+    relays = PinRelays(coils, mirrors, follow=follow, sim=sim_relays)
+    return Runner(SharingCabinet(matrix, timing, at=dict.fromkeys(matrix.groups)), relays, homing=True)
 
 
 def _build_outputs(config: Config, board: SimBoard | None) -> Outputs:

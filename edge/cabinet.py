@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from drivers.power_modules.bank import ModuleBank
+from drivers.readings import Reading
 from edge import __version__
 from edge.api.server import ApiServer
 from edge.can_link import CanLink
@@ -27,6 +28,7 @@ from edge.remote.commands import RemoteCommands
 from edge.render import LiveLine
 from edge.state import CabinetState
 from edge.status import ConnectorView, ModuleView, OperatorLimitView, ReadingView, StatusView, estop_text
+from edge.telemetry.measurands import connector_signal
 from edge.telemetry.recorder import Recorder
 from edge.telemetry.sampler import Sampler
 from edge.telemetry.store import Store
@@ -194,6 +196,14 @@ class Cabinet:
         for view in self.connector_views():
             for r in view.readings(now):
                 self.sampler.add(r)
+        sharing = self.controller.sharing
+        if sharing is not None:  # the allocation: each connector's groups and the power it is told
+            for c in self.controller.connectors:
+                offered_w = sharing.limit_w(c.name) or 0.0
+                self.sampler.add(
+                    Reading(connector_signal(c.name, "groups"), float(len(sharing.groups_of(c.name))), "", now)
+                )
+                self.sampler.add(Reading(connector_signal(c.name, "power_offered_kw"), offered_w / 1000.0, "kW", now))
 
     def status(self) -> dict[str, Any]:
         """Everything a technician or the API needs about the cabinet right now."""

@@ -242,6 +242,7 @@ def sharing_lines(st: dict[str, Any]) -> list[str]:
         where = g.get("connector") or "-"
         mods = ",".join(str(m) for m in g.get("modules", []))
         out.append(clip(f"  group {name} -> {where}  modules {mods}  {g.get('state')}", WIDTH))
+    out += [clip(f"  {c}: {core_text(why)}", WIDTH) for c, why in sharing.get("reasons", {}).items()]
     return out
 
 

@@ -4,6 +4,8 @@ file, line and key; a file without ``[sharing]`` is unchanged."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from edge.config import parse_config
@@ -90,6 +92,11 @@ def test_group_without_relay_and_unreachable_connector_are_refused() -> None:
         (("min_groups = 1", "min_groups = 5"), "sharing.connector[0].min_groups", "allowed 0..4"),
         (('name = "2"\npriority', 'name = "7"\npriority'), "sharing.connector[0].name", "not a [[connector]]"),
         (('policy = "even"', 'policy = "fastest"'), "sharing.policy", "static"),
+        (  # the debounced mirror contact must leave the relay time to confirm
+            ("hold_s = 5.0", "hold_s = 5.0\nrelay_confirm_ms = 40\nrelay_feedback_debounce_ms = 30"),
+            "sharing.relay_feedback_debounce_ms",
+            "allowed at most half",
+        ),
     ],
 )
 def test_matrix_mistakes_are_refused_at_their_key(edit: tuple[str, str], key: str, words: str) -> None:
@@ -145,3 +152,31 @@ def test_config_check_has_no_static_module_notes_with_sharing() -> None:
     static = static.replace("max_current_a = 100.0", "max_current_a = 200.0", 1)
     notes = " ".join(parse_config(static).notes())
     assert "feed no connector" in notes and "never gets more than its modules" in notes
+
+
+def test_edge_config_check_refuses_each_matrix_mistake_with_file_line_key(tmp_path: Path) -> None:
+    """`edge config check` itself (what the technician runs): a relay between two connectors, a group with no
+    relay and a connector no relay reaches, each at its file, line and key; exit code 2."""
+    import json
+
+    from click.testing import CliRunner
+
+    from edge.cli import main
+
+    text = SHARED.split('\n[[relay]]\ngroup = "D"')[0]  # D has no relay
+    for g in "ABC":  # and no relay reaches connector 2
+        text = text.replace(
+            f'\n[[relay]]\ngroup = "{g}"\nconnector = "2"\npin = "r{g}2"\nfeedback = "r{g}2-mirror"\n', ""
+        )
+    text += '\n[[relay]]\ngroup = "2"\nconnector = "1"\npin = "r21"\nfeedback = "r21-mirror"\n'
+    bad = tmp_path / "cabinet.toml"
+    bad.write_text(text)
+    res = CliRunner().invoke(main, ["config", "check", str(bad), "--json"])
+    assert res.exit_code == 2, res.output
+    found = {p["key"]: p for p in json.loads(res.stdout)["problems"]}
+    assert "would parallel their outputs" in found["relay[3].group"]["message"]
+    assert found["relay[3].group"]["line"] == _line_of(text, 'group = "2"')
+    assert "group 'D' has no [[relay]]" in found["module_group[3].name"]["message"]
+    assert found["module_group[3].name"]["line"] == _line_of(text, 'name = "D"')
+    assert "connector '2' is unreachable" in found["connector[1].name"]["message"]
+    assert all(p["file"] == str(bad) for p in found.values())

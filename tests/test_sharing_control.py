@@ -100,10 +100,15 @@ def test_a_car_alone_gets_the_other_connectors_group_through_the_sequence(tmp_pa
     rig = ShareRig(tmp_path)
     sharing = rig.ctl.sharing
     assert sharing is not None
+    # the relays start open (coils off): each group goes home through its pin and mirror contact first
+    assert rig.ctl.modules_of(rig.ctl.connectors[0]) == [] and rig.ctl.modules_of(rig.ctl.connectors[1]) == []
+    for _ in range(4):  # close (the coil), the contact follows, the debounced mirror confirms
+        rig.step()
     assert rig.ctl.modules_of(rig.ctl.connectors[0]) == [1, 2]
     assert rig.ctl.modules_of(rig.ctl.connectors[1]) == [3, 4]
-    for _ in range(3):
-        rig.step()
+    board = rig.outputs.board
+    assert board is not None
+    assert [board.level(f"relay-{g}{c}") for g in "AB" for c in "12"] == [1, 0, 0, 1]
     now = rig.clock.monotonic()
     rig.ctl.demands.set_mode("1", "Export", "Charging", now)
     rig.ctl.demands.set_target("1", 400.0, 200.0, now)  # 80 kW: more than group A's 60 kW
@@ -111,7 +116,7 @@ def test_a_car_alone_gets_the_other_connectors_group_through_the_sequence(tmp_pa
     for _ in range(30):
         rig.step()
         for g in "AB":
-            assert len(sharing.relays.connected(g)) <= 1  # type: ignore[attr-defined]
+            assert len(sharing.relays.sim.connected(g)) <= 1  # type: ignore[attr-defined]
         seen.append(list(rig.ctl.modules_of(rig.ctl.connectors[0])))
     assert rig.ctl.modules_of(rig.ctl.connectors[0]) == [1, 2, 3, 4]
     assert rig.ctl.modules_of(rig.ctl.connectors[1]) == []
@@ -119,7 +124,8 @@ def test_a_car_alone_gets_the_other_connectors_group_through_the_sequence(tmp_pa
     assert rig.decision_modules("1") == 4
     changed = [d for k, _, d in rig.events if k == "allocation_changed"]
     assert changed[-1]["after"] == {"1": ["A", "B"], "2": []} and "even: 2 group(s)" in changed[-1]["reason"]
-    assert rig.ctl.reports()["1"].capabilities.max_export_power_w == 80000.0
+    # told what both groups give (not its own 80 kW request: a vehicle never asks more than it is told)
+    assert rig.ctl.reports()["1"].capabilities.max_export_power_w == 120000.0
     # connector 2 has no group now: held at 0 A by the module rule, and that is not a fault
     d = rig.ctl.decision
     assert d is not None and not [f for f in d["faults"] if "module" in f]
@@ -143,6 +149,9 @@ def test_status_and_mqtt_state_show_each_group_and_the_shares(tmp_path: Path) ->
 
     rig = ShareRig(tmp_path)
     rig.step()
+    assert rig.cabinet.view().as_dict()["sharing"]["groups"]["A"]["state"] == "moving - -> 1: close"  # going home
+    for _ in range(3):
+        rig.step()
     view = rig.cabinet.view()
     st = view.as_dict()
     assert st["sharing"]["policy"] == "even"
@@ -152,7 +161,14 @@ def test_status_and_mqtt_state_show_each_group_and_the_shares(tmp_path: Path) ->
     text = status_text(st)
     assert "sharing  even: 1 0 kW, 2 0 kW" in text
     assert "group A -> 1  modules 1,2  parked" in text
-    rig.ctl.sharing.relays.stick("B", "2")  # type: ignore[union-attr]
+    assert "  1: not charging: 1 group(s) parked" in text  # why, per connector
+    # telemetry: each connector's groups and the power its vehicle is told (OCPP Power.Offered)
+    rig.cabinet.sample_connectors()
+    samples = {s["signal"]: s for s in rig.cabinet.sampler.flush()}
+    assert samples["connector.1.groups"]["last"] == 1.0 and samples["connector.2.groups"]["last"] == 1.0
+    offered = samples["connector.1.power_offered_kw"]
+    assert offered["last"] == 60.0 and offered["unit"] == "kW" and offered["measurand"] == "Power.Offered"
+    rig.ctl.sharing.relays.sim.stick("B", "2")  # type: ignore[union-attr]
     now = rig.clock.monotonic()
     rig.ctl.demands.set_mode("1", "Export", "Charging", now)
     rig.ctl.demands.set_target("1", 400.0, 200.0, now)
@@ -162,3 +178,23 @@ def test_status_and_mqtt_state_show_each_group_and_the_shares(tmp_path: Path) ->
     assert st["sharing"]["groups"]["B"]["state"] == "out of service: relay_stuck"
     assert "group B -> 2  modules 3,4  out of service: relay_stuck" in status_text(st)
     assert [d["fault"] for k, _, d in rig.events if k == "group_out_of_service"] == ["relay_stuck"]
+
+
+def test_a_relay_found_closed_at_start_keeps_its_group_out_of_service(tmp_path: Path) -> None:
+    """At start every coil is off: a relay whose mirror contact reads closed anyway (welded to connector 2)
+    is found before its group goes home to connector 1: the group is never closed to a second connector
+    (which would parallel the two outputs) and is out of service; the other group goes home."""
+    rig = ShareRig(tmp_path)
+    sharing = rig.ctl.sharing
+    assert sharing is not None
+    sim = sharing.relays.sim  # type: ignore[attr-defined]
+    sim.relays[("A", "2")].contact = True  # welded closed while de-energised
+    sim.stick("A", "2")
+    for _ in range(6):
+        rig.step()
+        assert len(sim.connected("A")) <= 1
+    assert sharing.cabinet.out_of_service == {"A": "relay_not_open"}
+    board = rig.outputs.board
+    assert board is not None and board.level("relay-A1") == 0  # its home relay was never energised
+    assert sharing.cabinet.groups_of("2") == ["B"] and rig.ctl.modules_of(rig.ctl.connectors[0]) == []
+    assert [d["fault"] for k, _, d in rig.events if k == "group_out_of_service"] == ["relay_not_open"]

@@ -46,7 +46,8 @@ def test_car_b_arrives_while_car_a_charges_alone_on_the_sim(tmp_path: Path) -> N
         ctl = sim.cabinet.controller
         sharing = ctl.sharing
         assert sharing is not None
-        relays = sharing.relays
+        relays = sim.relays
+        assert relays is not None
         sim.unplug("2")
 
         def caps() -> dict:
@@ -59,7 +60,7 @@ def test_car_b_arrives_while_car_a_charges_alone_on_the_sim(tmp_path: Path) -> N
 
         def watch(now: float) -> None:
             for g, mods in (("A", (1, 2)), ("B", (3, 4))):
-                assert len(relays.connected(g)) <= 1  # type: ignore[attr-defined]  # never two outputs
+                assert len(relays.connected(g)) <= 1  # never two outputs
                 for c, state in relays.mirror(g).items():
                     if contacts.get((g, c), bool(state)) != bool(state):
                         amps = sum(sim.physics.modules[a].out_a for a in mods)
@@ -102,6 +103,7 @@ def test_relay_stuck_and_group_lost_knobs_on_the_sim(tmp_path: Path) -> None:
         sharing = ctl.sharing
         assert sharing is not None and sim.relays is not None
         sim.unplug("2")
+        sim.run_until(lambda: sim.relays.connected("B") == ["2"], timeout_s=1.0, what="B home on 2")  # type: ignore[union-attr]
         sim.set_relay_stuck("B", "2")
         sim.every("sessions", 0.05, lambda now: sim.drive_charging(ctl.demands, now, _caps(ctl)))
         sim.run_until(lambda: sharing.cabinet.out_of_service.get("B") == "relay_stuck", timeout_s=60.0, what="B stuck")
@@ -189,3 +191,25 @@ def test_the_shared_sim_cabinet_four_groups_car_a_arrives_both_end_at_half(tmp_p
         assert max(opened_at_a) <= 1.0  # no group was ever without a closed relay while it carried current
         sim.run_until(lambda: sim.physics.connectors["1"].output_a > 150.0, timeout_s=60.0, what="car A > 150 A")
         assert sim.physics.connectors["2"].output_a <= 200.0 + 1.0  # two groups: 4 x 50 A
+
+
+def test_relays_switch_through_their_pins_and_mirror_inputs_active_low(tmp_path: Path) -> None:
+    """Issue 16 on the board: each relay's coil is its ``[[relay]] pin`` (an output, like a contactor's) and
+    its mirror contact its ``feedback`` input, read debounced at the configured level. The relays start open
+    (coils off) and each group goes home through the sequence; with mirror contacts that read low while
+    closed, the daemon still sees them right."""
+    text = _config(tmp_path).replace("hold_s = 2.0", 'hold_s = 2.0\nrelay_feedback_active = "low"')
+    cfg = parse_config(text)
+    with SimStepper(cfg, tmp_path / "data", step_s=0.01) as sim:
+        sharing = sim.cabinet.controller.sharing
+        assert sharing is not None and sim.relays is not None
+        board = sim.board
+        sim.unplug("1")
+        sim.unplug("2")
+        sim.run_until(lambda: sharing.cabinet.groups_of("2") == ["B"], timeout_s=1.0, what="B home on 2")
+        assert sharing.cabinet.groups_of("1") == ["A"]
+        assert [board.level(f"relay-{g}{c}") for g in "AB" for c in "12"] == [1, 0, 0, 1]  # coils: A->1, B->2
+        # active low: the closed relays' mirror inputs read 0, the open ones 1
+        assert [board.inputs[f"relay-{g}{c}-mirror"].value() for g in "AB" for c in "12"] == [0, 1, 1, 0]
+        assert sim.relays.connected("A") == ["1"] and sim.relays.connected("B") == ["2"]
+        assert sim.now <= 0.3, sim.now  # home within: close, the contact's 20 ms, the debounce, the ticks

@@ -99,3 +99,27 @@ def test_group_from_no_connector_closes_at_once_and_to_no_connector_ends_open() 
     sw.step(leave, 0.0, {"1": 1}, 0.2, T)
     assert sw.step(leave, 0.0, {"1": 0}, 0.3, T) == [["done", "C", None]]
     assert not any(c[0] == "relay" and c[3] == "close" for c in leave.log)
+
+
+def test_the_power_told_to_a_vehicle_is_its_share_not_its_own_last_request() -> None:
+    """EVerest never asks more than the capabilities say: a vehicle in its cable check (2 A) must not be told
+    2 A x V as its maximum power, or it could never ask more (found by tests/test_sharing_everest.py). It is
+    told its share of the fuse headroom (what the others leave it) within the groups it has now; a group on
+    its way to it counts only once it is there, one leaving it no more."""
+    matrix = sw.Matrix(
+        groups={"A": [1, 2], "B": [3, 4]}, reach={"A": ["1", "2"], "B": ["1", "2"]}, home={"1": ["A"], "2": ["B"]}
+    )
+    cab = sw.Cabinet(matrix, T)
+    runner = sw.Runner(cab, None)  # type: ignore[arg-type]  # limit_w reads the cabinet only
+    conn = {"max_a": 200.0, "max_kw": 120.0, "request_v": 400.0}
+    idle = {"phase": "Other", "request_kw": 0.0, **conn}
+    cab.tick(0.0, {"1": {"phase": "Charging", "request_kw": 0.8, **conn}, "2": idle}, {"A": 0.0, "B": 0.0}, {}, 100.0)
+    assert cab.limit_kw["1"] == 0.8  # the split follows the requests
+    assert runner.limit_w("1") == 80_000.0  # what its group A gives, within the 100 kW headroom
+    assert runner.limit_w("2") == 80_000.0  # group B parked there: what a car arriving there may have
+    cab.tick(1.0, {"1": {"phase": "Charging", "request_kw": 80.0, **conn}, "2": idle}, {"A": 70.0, "B": 0.0}, {}, 100.0)
+    assert cab.moves["B"].target == "1"  # car A asks all it was told: B comes over
+    assert runner.limit_w("1") == 80_000.0 and runner.limit_w("2") == 0.0  # B counts for 1 only once there
+    cab.at["B"], cab.moves = "1", {}
+    cab.tick(2.0, {"1": {"phase": "Charging", "request_kw": 80.0, **conn}, "2": idle}, {"A": 70.0, "B": 0.0}, {}, 100.0)
+    assert runner.limit_w("1") == 100_000.0  # both groups, within the headroom

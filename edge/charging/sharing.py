@@ -24,6 +24,7 @@ Commands (lists, so they log and serialise as they are): ``["capabilities", conn
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -239,6 +240,7 @@ class Cabinet:
     arrival: dict[str, float] = field(default_factory=dict)
     last_target: dict[str, list[str]] = field(default_factory=dict)
     limit_kw: dict[str, float] = field(default_factory=dict)
+    offer_kw: dict[str, float] = field(default_factory=dict)  # the power each connector's vehicle is told
     reasons: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -277,6 +279,18 @@ class Cabinet:
             "reasons": dict(sorted(self.reasons.items())),
         }
 
+    def go_home(self, now_s: float) -> list[Command]:
+        """Start moving each group that is nowhere to its home connector (at start, with every relay open): the
+        sequence closes its relay only with all the group's mirror contacts confirmed open, and waits for the
+        close to confirm, so a relay found closed at start takes its group out of service."""
+        commands: list[Command] = []
+        for conn, groups in sorted(self.matrix.home.items()):
+            for g in groups:
+                if self.at.get(g) is None and g not in self.moves and g not in self.out_of_service:
+                    self.moves[g], first = start(g, None, conn, now_s)
+                    commands += first
+        return commands
+
     def groups_of(self, connector: str) -> list[str]:
         return sorted(g for g, where in self.at.items() if where == connector)
 
@@ -304,6 +318,7 @@ class Cabinet:
             self.matrix.hold_s,
         )
         self.limit_kw = dict(result["limit_kw"])
+        self.offer_kw = self._offers(result, connectors, headroom_kw)
         self.reasons = dict(result["reasons"])
         if result["target"] != self.last_target:
             events.append(
@@ -322,6 +337,26 @@ class Cabinet:
             self.moves[group] = move
             commands += first
         return commands, events
+
+    def _offers(
+        self, result: dict[str, Any], connectors: dict[str, dict[str, Any]], headroom_kw: float
+    ) -> dict[str, float]:
+        """The power each connector's vehicle is told (its capabilities): its share of the fuse headroom plus
+        what the others leave unused, within the groups it has now and keeps (a group leaving it counts no
+        more, one coming only once it is there) and its hardware. Not its share alone: that follows its own
+        request, and a vehicle never asks more than it is told, so it could never ask more again."""
+        spare = max(float(headroom_kw) - sum(result["limit_kw"].values()), 0.0)
+        out = {}
+        for name, conn in sorted(connectors.items()):
+            here = [
+                g
+                for g in result["target"].get(name, [])
+                if self.at.get(g) == name and g not in self.moves and g not in self.out_of_service
+            ]
+            groups_kw = sum(len(self.matrix.groups[g]) for g in here) * self.matrix.module_kw
+            share_kw = result["limit_kw"].get(name, 0.0) + spare
+            out[name] = round(min(share_kw, groups_kw, float(conn["max_kw"])), 3)
+        return out
 
     def _step_moves(
         self,
@@ -405,6 +440,53 @@ class RelayMatrix(Protocol):
     def advance(self, now_s: float) -> None: ...
 
 
+class _Coil(Protocol):
+    def value(self, x: int | bool | None = None) -> int: ...
+
+
+class _Mirrors(Protocol):
+    def poll(self) -> dict[str, int]: ...
+
+    def raw(self) -> dict[str, int]: ...
+
+
+def mirror_name(group: str, connector: str) -> str:
+    """The name of a relay's mirror contact among the debounced inputs (events, diagnostics)."""
+    return f"relay {group}->{connector}"
+
+
+@dataclass
+class PinRelays:
+    """The relay matrix on the board: each relay's coil an output pin (``[[relay]] pin``, energised = closed) and
+    its mirror contact a debounced input (``[[relay]] feedback``; ``mirrors.poll()`` gives 1 = closed by
+    :func:`mirror_name`). ``follow``: the simulator's matrix behind the same pins when no simulator steps it
+    (a test's cabinet), called at every :meth:`advance` with the time."""
+
+    coils: Mapping[tuple[str, str], _Coil]
+    mirrors: _Mirrors
+    follow: Any = None
+    sim: Any = None  # the simulator's matrix behind the pins (edge/sim/relays.py), for tests and knobs; None on a board
+
+    def command(self, group: str, connector: str, close: bool, now_s: float) -> None:
+        self.coils[(group, connector)].value(1 if close else 0)
+
+    def mirror(self, group: str) -> dict[str, int | None]:
+        """``{connector: 1 closed | 0 open | None changing}``: a contact whose level differs from its debounced
+        value is changing (not yet confirmed either way), so a relay found closed since the last steady read
+        never counts as open."""
+        read, raw = self.mirrors.poll(), self.mirrors.raw()
+        out: dict[str, int | None] = {}
+        for g, c in sorted(self.coils):
+            if g == group:
+                name = mirror_name(g, c)
+                out[c] = read.get(name) if read.get(name) == raw.get(name) else None
+        return out
+
+    def advance(self, now_s: float) -> None:
+        if self.follow is not None:
+            self.follow(now_s)
+
+
 @dataclass
 class Runner:
     """What edge/control.py calls when the config has ``[sharing]``: the modules of each connector now, the
@@ -413,6 +495,8 @@ class Runner:
 
     cabinet: Cabinet
     relays: RelayMatrix
+    # the relays are open at start (coils de-energised): each group goes home through the sequence, confirmed
+    homing: bool = False
 
     def modules_of(self, connector: str) -> list[int]:
         return self.cabinet.modules_of(connector)
@@ -420,8 +504,15 @@ class Runner:
     def status(self) -> dict[str, Any]:
         return self.cabinet.status()
 
+    def groups_of(self, connector: str) -> list[str]:
+        """The groups feeding ``connector`` now (a group on its way is nobody's)."""
+        cab = self.cabinet
+        return [g for g in cab.groups_of(connector) if g not in cab.moves and g not in cab.out_of_service]
+
     def limit_w(self, connector: str) -> float | None:
-        kw = self.cabinet.limit_kw.get(connector)
+        """The power ``connector``'s vehicle is told it may have (its capabilities), W; None before the first
+        allocation."""
+        kw = self.cabinet.offer_kw.get(connector)
         return None if kw is None else kw * 1000.0
 
     def after_decision(self, ctl: Any, decision: dict[str, Any], now_s: float) -> list[Command]:
@@ -433,7 +524,12 @@ class Runner:
         allowed_w = decision.get("grid_allowed_w")
         headroom_kw = allowed_w / 1000.0 if allowed_w is not None else sum(c.max_power_kw for c in ctl.connectors)
         mirror = {g: self.relays.mirror(g) for g in cab.matrix.groups}
-        commands, events = cab.tick(now_s, connectors, currents, mirror, headroom_kw, tuple(lost))
+        commands: list[Command] = []
+        if self.homing:
+            self.homing = False
+            commands += cab.go_home(now_s)
+        more, events = cab.tick(now_s, connectors, currents, mirror, headroom_kw, tuple(lost))
+        commands += more
         for cmd in commands:
             self._carry_out(ctl, cmd, now_s)
         for event in events:

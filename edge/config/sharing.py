@@ -77,7 +77,23 @@ class Sharing(Section):
     relay_confirm_ms: int = Field(
         500, ge=20, le=5000, description="a relay's mirror contact must confirm within this, else group out of service"
     )
+    relay_feedback_active: Literal["high", "low"] = Field(
+        "high", description="input level of a closed relay's mirror contact: high (NO mirror contact) or low (NC)"
+    )
+    relay_feedback_debounce_ms: int = Field(
+        10, ge=0, le=100, description="a relay's mirror-contact level counts once it was steady this long"
+    )
     connector: list[SharingConnector] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _debounce_within_confirm(self) -> Sharing:
+        if self.relay_feedback_debounce_ms * 2 > self.relay_confirm_ms:
+            msg = (
+                f"{self.relay_feedback_debounce_ms} ms leaves too little of relay_confirm_ms = "
+                f"{self.relay_confirm_ms} ms: allowed at most half of it"
+            )
+            check([(("relay_feedback_debounce_ms",), msg)])
+        return self
 
 
 class ModuleGroup(Section):

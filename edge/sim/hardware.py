@@ -36,7 +36,7 @@ from edge.sim.imd import SimImd
 from edge.sim.layout import SimConnectorSpec, connector_layout
 from edge.sim.meter import SimMeter
 from edge.sim.physics import ConnectorPhysics, ModuleModel, Physics
-from edge.sim.relays import SimRelayMatrix, routes
+from edge.sim.relays import SimRelayMatrix, routes, wiring
 from edge.sim.session import Request, SimSessions, apply
 from edge.sim.vehicle import DEFAULT_SOC, VEHICLE_TYPES, Vehicle
 from hal.can import CAN_ERR_BUSOFF
@@ -64,10 +64,7 @@ class SimHardware:
             modules={a: ModuleModel(a) for a in config.power_modules.addresses},
             connectors={spec.name: _connector(i, spec, plugged) for i, spec in enumerate(self.layout)},
         )
-        self.relays = _relay_matrix(config)  # power sharing: the physics follows its contacts; None without
-        if self.relays is not None:
-            relays, groups = self.relays, {g.name: list(g.modules) for g in config.module_group}
-            self.physics.routing = lambda: routes(relays, groups)
+        self.relays = self._relay_matrix(config)
         self._tag = f"sim{os.getpid()}-{next(_instance)}"
         self.meters: dict[str, SimMeter] = {
             m.name: SimMeter(
@@ -170,6 +167,7 @@ class SimHardware:
                 coil = bool(self.board.level(spec.contactor_pin))
                 self.physics.connectors[spec.name].contactor = self.contactors[spec.name].step(coil, dt_s)
             self._drive_feedback()
+            self._follow_relays(dt_s)
             self.physics.pump_on = bool(self.board.level(self.config.outputs.pump))
             self.physics.step(dt_s)
 
@@ -234,6 +232,27 @@ class SimHardware:
         closed_level = 1 if self.config.contactors.feedback_active == "high" else 0
         for name, pin in self._feedback_pins.items():
             self.board.drive(pin, closed_level if self.contactors[name].closed else 1 - closed_level)
+
+    def _relay_matrix(self, config: Config) -> SimRelayMatrix | None:
+        """Power sharing: the relay matrix, every relay open (coils de-energised) until the daemon closes it
+        through its pin; the physics follows its contacts. None without ``[sharing]``."""
+        self._relay_t = 0.0
+        if config.sharing is None:
+            return None
+        relays = SimRelayMatrix([(r.group, r.connector) for r in config.relay])
+        groups = {g.name: list(g.modules) for g in config.module_group}
+        self.physics.routing = lambda: routes(relays, groups)
+        self.relays = relays
+        self._follow_relays(0.0)  # the mirror contacts' input levels (all open) before the daemon reads them
+        return relays
+
+    def _follow_relays(self, dt_s: float) -> None:
+        """Power sharing: each relay as its coil pin stands (after its switching time), its mirror contact's pin."""
+        if self.relays is None:
+            return
+        self._relay_t += dt_s
+        pins, closed_level = wiring(self.config)
+        self.relays.follow(self.board, pins, closed_level, self._relay_t)
 
     def weld_contactor(self, connector: str | None = None, on: bool = True, closed_now: bool = False) -> None:
         """Knob: the connector's contactor welds (stays closed once closed; ``closed_now``: closed at once)."""
@@ -457,13 +476,3 @@ def _connector_view(c: ConnectorPhysics) -> dict[str, Any]:
             "autonomous": v.autonomous,
         }
     return view
-
-
-def _relay_matrix(config: Config) -> SimRelayMatrix | None:
-    """The simulated relay matrix of a config with ``[sharing]``, each group closed to its home connector."""
-    if config.sharing is None:
-        return None
-    relays = SimRelayMatrix([(r.group, r.connector) for r in config.relay])
-    group_of = {m: g.name for g in config.module_group for m in g.modules}
-    relays.close_home({group_of[m]: c.name for c in config.connector for m in c.modules if m in group_of})
-    return relays

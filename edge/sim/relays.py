@@ -1,10 +1,19 @@
 """The simulated relay matrix (issue 16): one relay per (group, connector) with a mirror contact that follows
-the coil after ``switch_s``, and the fault knobs ``stick`` (the contact stays where it is whatever the coil
-does: a welded or jammed relay) and ``lose_group`` (the group's modules stop answering)."""
+the coil after ``switch_s``; in the simulated cabinet the coils are the board's output pins the daemon drives
+and the mirror contacts drive the board's input pins the daemon reads (:meth:`SimRelayMatrix.follow`). Fault
+knobs: ``stick`` (the contact stays where it is whatever the coil does: a welded or jammed relay) and
+``lose_group`` (the group's modules stop answering)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class _Board(Protocol):  # hal.pin.SimBoard
+    def level(self, id: str) -> int: ...  # noqa: A002
+
+    def drive(self, id: str, level: int | bool) -> None: ...  # noqa: A002
 
 
 @dataclass
@@ -55,6 +64,18 @@ class SimRelayMatrix:
                 relay = self.relays[(group, conn)]
                 relay.coil = relay.contact = True
 
+    def follow(
+        self, board: _Board, wiring: dict[tuple[str, str], tuple[str, str]], closed_level: int, now_s: float
+    ) -> None:
+        """One step on the board: each coil as its output pin stands, the contacts after ``switch_s``, each
+        mirror contact's input pin driven to ``closed_level`` while closed. ``wiring``: (group, connector) ->
+        (coil pin, mirror pin), the ``[[relay]]`` tables."""
+        for pair, (coil, _mirror) in wiring.items():
+            self.command(pair[0], pair[1], bool(board.level(coil)), now_s)
+        self.advance(now_s)
+        for pair, (_coil, mirror) in wiring.items():
+            board.drive(mirror, closed_level if self.relays[pair].contact else 1 - closed_level)
+
     # -- fault knobs ---------------------------------------------------------------------------------------
     def stick(self, group: str, connector: str, stuck: bool = True) -> None:
         self.relays[(group, connector)].stuck = stuck
@@ -74,3 +95,10 @@ def routes(relays: SimRelayMatrix, groups: dict[str, list[int]]) -> dict[str, tu
         for conn in relays.connected(group):
             out.setdefault(conn, []).extend(modules)
     return {conn: tuple(mods) for conn, mods in out.items()}
+
+
+def wiring(config: Any) -> tuple[dict[tuple[str, str], tuple[str, str]], int]:
+    """``{(group, connector): (coil pin, mirror pin)}`` of a config's ``[[relay]]`` tables and the mirror input's
+    level while a relay is closed (``sharing.relay_feedback_active``)."""
+    pins = {(r.group, r.connector): (r.pin, r.feedback) for r in config.relay}
+    return pins, 0 if config.sharing is not None and config.sharing.relay_feedback_active == "low" else 1

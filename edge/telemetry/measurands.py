@@ -65,6 +65,9 @@ CONNECTOR_SUFFIXES: dict[str, tuple[str, str] | None] = {
     "request_voltage_v": None,  # the charging controller's target voltage
     "request_current_a": None,  # ... and current limit
     "phase": None,  # PHASE_CODES
+    # power sharing ([sharing] only): the module groups it has now and the power its vehicle is told
+    "groups": None,
+    "power_offered_kw": ("Power.Offered", "Outlet"),
 }
 # connector.<name>.phase as a number (unit ""): a code never changes meaning; new phases get new codes.
 PHASE_CODES: dict[str, int] = {
