@@ -211,9 +211,15 @@ def test_both_cars_charge_at_once_each_protected_by_its_own_cable(rig: Rig) -> N
         rig.ev.wait(lambda: all(rig.measured(m)[1] > 30.0 for m in MODULE_IDS), 15, "both connectors charging")
         st = rig.status()
         assert [c["phase"] for c in st["connectors"]] == ["Charging", "Charging"]
-        # each within its own limit: the 800 V car is power-limited (60 kW) below its request
-        for c in st["connectors"]:
-            assert c["output_a"] <= c["limit_a"] + 2.0
+        # each within its own limit: the 800 V car is power-limited (60 kW) below its request. A status is one
+        # evaluation's limit beside the modules' last answers (up to a poll older): the current follows a limit
+        # that has just moved within a few polls, so the check waits for both to agree (a loaded CI saw 64.2 A
+        # against a limit of 54.8 A in one snapshot)
+        rig.ev.wait(
+            lambda: all(c["output_a"] <= c["limit_a"] + 2.0 for c in rig.status()["connectors"]),
+            5,
+            "each connector within its own limit",
+        )
         v2, a2 = rig.measured(MODULE_IDS[1])
         assert v2 * a2 <= 60_000.0 * 1.05
         # a hot pin on connector 1: its capabilities drop at once and its current follows; connector 2 goes on
