@@ -466,6 +466,7 @@ def _core_snapshot(name: str, cab: dict, limits: list, flag: list, n_share: int)
         "module_max_a": conn.get("module_max_a", 0.0),
         "modules_configured": conn.get("modules_configured", available),
         "modules_lost": conn.get("modules_lost") or [],
+        "module_a": conn.get("module_a") or [],
         "modules_alarm": conn.get("modules_alarm") or [],
         "grid_configured": False,  # decided once for the cabinet, passed in ``limits``
         "ambient_configured": snapshot.get("ambient_configured", False),

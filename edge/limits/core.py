@@ -445,19 +445,21 @@ def _rule_over_current(c: _Ctx) -> None:
     oc = c.cfg["over_current"]
     state = c.state
     out_a = c.value("output_a")
-    # reference: the limit commanded last time, or the one before a recent reduction while the current
-    # still decays towards the new set-point (a legitimate reduction must not look like an over-current)
+    # reference: the limit commanded last time, or the one before a recent reduction for a sample measured
+    # while the current still decays towards the new set-point (a legitimate reduction must not look like an
+    # over-current). The sample's own time counts, not now: the sum of a module that stopped answering keeps
+    # its last reading until the module is lost, and that reading says nothing about a later reduction.
     ref = state["applied_a"]
     hold = state["oc_hold"]
-    if hold is not None and c.t < hold[1] and hold[0] > ref:
+    if hold is not None and _sample_t(c, "output_a") < hold[1] and hold[0] > ref:
         ref = hold[0]
     out = out_a if out_a is not None else 0.0
     over = out_a is not None and out > ref + oc["tolerance_a"]
     if _timer(state, "over_current", over, c.t, oc["time_ms"] / 1000.0):
         c.trip(
             "over_current",
-            "output %s A above limit %s A + %s A for %d ms"
-            % (fmt_num(out), fmt_num(ref), fmt_num(oc["tolerance_a"]), oc["time_ms"]),
+            "output %s A above limit %s A + %s A for %d ms%s"
+            % (fmt_num(out), fmt_num(ref), fmt_num(oc["tolerance_a"]), oc["time_ms"], _module_shares(c)),
             oc["latch"],
         )
     elif over:
@@ -465,6 +467,23 @@ def _rule_over_current(c: _Ctx) -> None:
             "over_current",
             "output %s A still above limit %s A + %s A" % (fmt_num(out), fmt_num(ref), fmt_num(oc["tolerance_a"])),
         )
+
+
+def _module_shares(c: _Ctx) -> str:
+    """Which module carries the current (snapshot ``module_a``: [address, A, t of its last answer]), the
+    largest first; a module whose last answer is older than the over-current time is named as silent."""
+    parts = []
+    for item in sorted(c.snap.get("module_a") or [], key=lambda m: (-m[1], m[0])):
+        age_ms = int((c.t - item[2]) * 1000.0 + 0.5)
+        silent = " (silent for %d ms)" % age_ms if age_ms > c.cfg["over_current"]["time_ms"] else ""
+        parts.append("module %d %s A%s" % (item[0], fmt_num(item[1]), silent))
+    return ": " + ", ".join(parts) if parts else ""
+
+
+def _sample_t(c: _Ctx, name: str) -> float:
+    """When the sample of ``name`` was measured (now when there is none)."""
+    entry = c.inputs.get(name)
+    return c.t if entry is None else min(c.t, entry[1])
 
 
 def _rule_over_voltage(c: _Ctx) -> None:

@@ -1,0 +1,102 @@
+"""Three defects seen on the default simulated cabinet (edge/sim/sim.toml), each on the stepped simulator:
+a silent module after a coolant trip, an IMD self-test failure set mid-session, and the door stopping the
+sessions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edge.config import parse_config
+from edge.config.limits import LimitsConfig
+from edge.limits import core
+from edge.sim.stepper import SimStepper
+from tests.conftest import REPO
+
+SIM_TOML = (REPO / "edge" / "sim" / "sim.toml").read_text()
+
+
+def _stepper(tmp_path: Path, text: str = SIM_TOML) -> SimStepper:
+    text = text.replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp_path}/edge.sock"')
+    text = text.replace('data_dir = ".edge-sim"', f'data_dir = "{tmp_path}/data"')
+    text = text.replace('backend = "systemd"', 'backend = "sim"')
+    made = SimStepper(parse_config(text), tmp_path / "data", step_s=0.02)
+    cab = made.cabinet
+
+    def sessions(now: float) -> None:  # what Cabinet._sim_charging does in the daemon
+        caps = {n: r.capabilities for n, r in cab.controller.reports().items()}
+        made.drive_charging(cab.controller.demands, now, caps)
+
+    made.every("sim sessions", 0.05, sessions)
+    return made
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[SimStepper]:
+    made = _stepper(tmp_path)
+    yield made
+    made.close()
+
+
+def _both_charging(sim: SimStepper) -> None:
+    sim.run_until(
+        lambda: all(c.output_a > 20.0 for c in sim.physics.connectors.values()), timeout_s=60.0, what="both charging"
+    )
+
+
+def test_a_silent_module_after_a_coolant_trip_raises_no_spurious_over_current(sim: SimStepper) -> None:
+    _both_charging(sim)
+    sim.set_pump_failed(True)
+    sim.set_module_silent(2, True)
+    t_lost = sim.run_until(lambda: "module_lost_2" in sim.decision()["faults"], 20.0, "module 2 lost")
+    sim.run_until(lambda: "coolant_flow_low" in sim.decision()["latched"], 20.0, "coolant trip")
+    sim.run(10.0)
+    d = sim.decision()
+    # the physics: the silent module stopped delivering at once; only its last reading stayed in the sum
+    assert sim.physics.connectors["1"].output_a == 0.0 and not d["connectors"]["1"]["contactor"]
+    assert "over_current" not in d["faults"], d["fault_details"]
+    assert sorted(d["latched"]) == ["coolant_flow_low"]
+    assert "power module 2 not answering" in d["fault_details"]["module_lost_2"]
+    assert sim.events("fault_raised", "over_current") == []
+    assert t_lost - sim.cabinet.bank.modules[2].last_seen <= sim.cabinet.config.power_modules.lost_after_ms / 1000 + 0.1
+
+
+CFG = LimitsConfig().model_dump()
+
+
+def _oc(state: dict, t: float, applied_a: float, sample_a: float, sample_t: float, modules: list) -> dict:
+    """One evaluation of the over-current rule with the limit ``applied_a`` commanded last time."""
+    state["applied_a"] = applied_a
+    c = core._Ctx({"t": t, "inputs": {"output_a": [sample_a, sample_t, "ok"]}, "module_a": modules}, CFG, state)
+    core._rule_over_current(c)
+    return c.trips
+
+
+def test_a_reading_taken_before_a_reduction_settled_is_judged_against_the_limit_before_it() -> None:
+    """The frozen last answer of a silent module (35 A, measured at t = 8 s while 100 A was allowed) must not
+    count as an over-current against the 0 A of a later reduction: it is no measurement of the present."""
+    state = core.initial_state()
+    state["oc_hold"] = [100.0, 10.0 + CFG["over_current"]["settle_ms"] / 1000.0]  # reduced to 0 A at t = 10 s
+    frozen = [[1, 0.0, 13.0], [2, 35.0, 8.0]]
+    for t in (11.0, 12.0, 13.0):
+        assert _oc(state, t, 0.0, 35.0, 8.0, frozen) == {}
+    assert "over_current" not in state["timers"]
+
+
+def test_a_module_answering_that_it_delivers_with_the_output_off_trips_and_is_named() -> None:
+    state = core.initial_state()
+    state["oc_hold"] = [100.0, 11.0]  # the reduction to 0 A has settled at t = 11 s
+    modules = [[1, 0.0, 12.0], [2, 35.0, 12.0]]
+    assert _oc(state, 12.0, 0.0, 35.0, 12.0, modules) == {}  # counting
+    trips = _oc(state, 12.5, 0.0, 35.0, 12.5, [[1, 0.0, 12.5], [2, 35.0, 12.5]])
+    assert (
+        trips["over_current"][0]
+        == "output 35.0 A above limit 0.0 A + 10.0 A for 500 ms: module 2 35.0 A, module 1 0.0 A"
+    )
+    # a module that stopped answering after its last (over-limit) answer is named as silent
+    state = core.initial_state()
+    _oc(state, 20.0, 0.0, 35.0, 20.0, [[3, 35.0, 20.0]])
+    trips = _oc(state, 21.0, 0.0, 35.0, 20.0, [[3, 35.0, 20.0]])
+    assert trips["over_current"][0].endswith(": module 3 35.0 A (silent for 1000 ms)")
