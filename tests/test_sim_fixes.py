@@ -12,6 +12,7 @@ import pytest
 from edge.config import parse_config
 from edge.config.limits import LimitsConfig
 from edge.limits import core
+from edge.sim.session import CHARGING, FAILED
 from edge.sim.stepper import SimStepper
 from tests.conftest import REPO
 
@@ -100,3 +101,43 @@ def test_a_module_answering_that_it_delivers_with_the_output_off_trips_and_is_na
     _oc(state, 20.0, 0.0, 35.0, 20.0, [[3, 35.0, 20.0]])
     trips = _oc(state, 21.0, 0.0, 35.0, 20.0, [[3, 35.0, 20.0]])
     assert trips["over_current"][0].endswith(": module 3 35.0 A (silent for 1000 ms)")
+
+
+def test_imd_self_test_failure_set_mid_session_fails_the_next_sessions_cable_check(sim: SimStepper) -> None:
+    """The knob fails the IMD's NEXT self-test: the running session goes on; after a re-plug the new session's
+    check fails at once (no pre-charge), the simulated session follows the cabinet's verdict as under
+    ``edge run --sim`` (it used to wait 10 s for a check voltage the cabinet no longer gave, then blamed it)."""
+    _both_charging(sim)
+    sim.set_imd_self_test_fails(True, "1")
+    sim.run(2.0)
+    assert sim.charging.states()["1"] == CHARGING and sim.decision()["faults"] == []
+    sim.unplug("1")
+    sim.run(2.0)
+    sim.plug_in("1")
+    t0 = sim.now
+    peak_a = [0.0]
+
+    def watch() -> bool:
+        peak_a[0] = max(peak_a[0], sim.physics.connectors["1"].output_a)
+        return sim.charging.states()["1"] == FAILED
+
+    t_failed = sim.run_until(watch, 10.0, "connector 1's session failed")
+    assert t_failed - t0 <= sim.imds["imd1"].self_test_s + 1.0  # the test's time and a poll or two, not 10 s
+    assert sim.charging.sessions["1"].reason == "cable check: the cabinet's isolation check failed"
+    assert "precharge" not in [s for t, s in sim.charging.sessions["1"].history if t >= t0]
+    assert peak_a[0] <= 2.5
+    raised = [e for e in sim.events("fault_raised", "cable_check_failed") if e.t_s >= t0]
+    assert raised and raised[0].data["detail"] == "connector 1: isolation monitor self-test failed"
+    ended = [e.data["detail"] for e in sim.events("session_event") if e.t_s >= t0]
+    assert "connector 1: cable check failed: isolation monitor self-test failed" in ended
+    assert sim.charging.states()["2"] == CHARGING
+    # not latched (docs/SAFETY.md): the fault holds for the rest of that session, which the controller ended
+    assert "cable_check_failed" not in sim.decision()["latched"]
+
+
+def test_edge_run_sim_hands_the_cabinets_verdict_to_the_simulated_sessions(sim: SimStepper) -> None:
+    """The same wiring as edge/cli.py (Backends.sim_verdict): each watched connector's session asks the core."""
+    for name, session in sim.charging.sessions.items():
+        assert session.verdict == sim.cabinet.cable_check_verdict  # Backends.sim_verdict, called by build()
+        assert session.verdict(name) == "idle"
+    sim.run_until(lambda: sim.charging.sessions["1"].verdict("1") == "self_test", 10.0, "self-test")
