@@ -12,6 +12,7 @@ import pytest
 from edge.config import parse_config
 from edge.config.limits import LimitsConfig
 from edge.limits import core
+from edge.render import status_text
 from edge.sim.session import CHARGING, FAILED
 from edge.sim.stepper import SimStepper
 from tests.conftest import REPO
@@ -141,3 +142,57 @@ def test_edge_run_sim_hands_the_cabinets_verdict_to_the_simulated_sessions(sim: 
         assert session.verdict == sim.cabinet.cable_check_verdict  # Backends.sim_verdict, called by build()
         assert session.verdict(name) == "idle"
     sim.run_until(lambda: sim.charging.sessions["1"].verdict("1") == "self_test", 10.0, "self-test")
+
+
+def test_door_open_stops_both_sessions_says_so_per_connector_and_no_session_restarts_while_it_stays_open(
+    sim: SimStepper,
+) -> None:
+    """door_action = "stop" (sim.toml's default): not latched by design, so door_open goes with the sessions;
+    what stays is the event of each connector with the reason, and the door input on the status."""
+    _both_charging(sim)
+    t0 = sim.now
+    sim.set_input("door", True)
+    sim.deliver()
+    d = sim.decision()
+    assert "door_open" in d["faults"] and all(not c["contactor"] for c in d["connectors"].values())
+    sim.run(2.0)
+    assert sim.decision()["faults"] == [] and sim.decision()["latched"] == []  # the sessions ended: no fault
+    stopped = {
+        e.name: e.data["reason"]
+        for e in sim.events("connector_mode")
+        if e.t_s >= t0 and e.data["mode"] == "Fault" and "door_open" in e.data["reason"]
+    }
+    reason = "tripped: door_open: cabinet door open during a session (input door): stopped until it is closed"
+    assert stopped == {"1": reason, "2": reason}
+    assert [e.t_s for e in sim.events("fault_raised", "door_open")] == [pytest.approx(t0, abs=1e-3)]
+    assert sim.cabinet.status()["inputs"]["door"]["active"]
+    screen = status_text(sim.cabinet.status()).splitlines()
+    assert screen[1].startswith("state    OFF")
+    assert screen[2] == "DOOR     open (door): charging is stopped or derated until it is closed"
+
+    # a new session while the door stays open: its cable check never gets current nor a closed contactor
+    sim.unplug("1")
+    sim.run(1.0)
+    sim.plug_in("1")
+    t_plug = sim.now
+    seen = {"contactor": False, "amps": 0.0, "door": False}
+
+    def watch() -> bool:
+        d = sim.decision()
+        seen["contactor"] |= bool(sim.board.level(sim.layout[0].contactor_pin)) or d["connectors"]["1"]["contactor"]
+        seen["amps"] = max(seen["amps"], sim.physics.connectors["1"].output_a)
+        seen["door"] |= "door_open" in d["faults"]
+        return sim.charging.states()["1"] == FAILED
+
+    sim.run_until(watch, 20.0, "the new session gave up")
+    assert not seen["contactor"] and seen["amps"] == 0.0 and seen["door"]
+    assert sim.charging.states()["2"] != CHARGING
+    assert len([e for e in sim.events("fault_raised", "door_open") if e.t_s >= t_plug]) == 1
+
+    # closed: the next session charges
+    sim.set_input("door", False)
+    sim.unplug("1")
+    sim.run(1.0)
+    sim.plug_in("1")
+    sim.run_until(lambda: sim.charging.states()["1"] == CHARGING, 30.0, "charging after the door closed")
+    assert not any(line.startswith("DOOR") for line in status_text(sim.cabinet.status()).splitlines())
