@@ -87,6 +87,19 @@ def test_a_reading_taken_before_a_reduction_settled_is_judged_against_the_limit_
     assert "over_current" not in state["timers"]
 
 
+def test_a_silent_module_does_not_hide_another_that_answers_it_still_delivers() -> None:
+    """Two faults at once: module 2 silent (its frozen 35 A from before the reduction), module 1 answering 40 A
+    after the reduction settled: module 1 alone is over the new limit and trips, named."""
+    state = core.initial_state()
+    state["oc_hold"] = [100.0, 11.0]  # reduced to 0 A at t = 10 s, settled at 11 s
+    assert _oc(state, 12.0, 0.0, 75.0, 8.0, [[1, 40.0, 12.0], [2, 35.0, 8.0]]) == {}  # counting
+    trips = _oc(state, 12.5, 0.0, 75.0, 8.0, [[1, 40.0, 12.5], [2, 35.0, 8.0]])
+    detail = (
+        "output 40.0 A above limit 0.0 A + 10.0 A for 500 ms: module 1 40.0 A, module 2 35.0 A (silent for 4500 ms)"
+    )
+    assert trips["over_current"][0] == detail
+
+
 def test_a_module_answering_that_it_delivers_with_the_output_off_trips_and_is_named() -> None:
     state = core.initial_state()
     state["oc_hold"] = [100.0, 11.0]  # the reduction to 0 A has settled at t = 11 s

@@ -452,7 +452,13 @@ def _rule_over_current(c: _Ctx) -> None:
     ref = state["applied_a"]
     hold = state["oc_hold"]
     if hold is not None and _sample_t(c, "output_a") < hold[1] and hold[0] > ref:
-        ref = hold[0]
+        # ... but the modules that did answer after the settle time are held to the new limit on their own
+        # (one silent module must not hide another that keeps delivering)
+        late_a = _settled_a(c, hold[1])
+        if out_a is not None and late_a > ref + oc["tolerance_a"]:
+            out_a = late_a
+        else:
+            ref = hold[0]
     out = out_a if out_a is not None else 0.0
     over = out_a is not None and out > ref + oc["tolerance_a"]
     if _timer(state, "over_current", over, c.t, oc["time_ms"] / 1000.0):
@@ -478,6 +484,15 @@ def _module_shares(c: _Ctx) -> str:
         silent = " (silent for %d ms)" % age_ms if age_ms > c.cfg["over_current"]["time_ms"] else ""
         parts.append("module %d %s A%s" % (item[0], fmt_num(item[1]), silent))
     return ": " + ", ".join(parts) if parts else ""
+
+
+def _settled_a(c: _Ctx, settled_t: float) -> float:
+    """The current of the modules whose last answer came at or after ``settled_t`` (snapshot ``module_a``)."""
+    amps = 0.0
+    for item in c.snap.get("module_a") or []:
+        if item[2] >= settled_t:
+            amps += item[1]
+    return amps
 
 
 def _sample_t(c: _Ctx, name: str) -> float:
