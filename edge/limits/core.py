@@ -20,6 +20,7 @@ Snapshot (temperatures °C, currents A, voltages V, flow l/min, times s)::
      "modules_configured": 4,                      # how many the config names
      "modules_lost": [2],                          # addresses not answering in time
      "modules_alarm": [[3, ["over_temperature"]]], # addresses out of the split because of an alarm
+     "module_a": [[1, 48.5, 12.3]],                # optional: [address, A, t of its last answer] (over_current)
      "grid_configured": True,
      "ambient_configured": False,                  # a cabinet ambient sensor is named in the config
      "external_faults": [["can_bus_off", "CAN can0 bus off: ...", True]],  # raised outside the core
