@@ -62,6 +62,9 @@ class Backends:
     # the simulator's built-in charging controller (request = "sim"): called every SIM_CHARGING_PERIOD_S with
     # the demand sink, the time and each connector's capabilities (edge/sim/hardware.py drive_charging)
     sim_charging: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any] | None = None
+    # ... and where it gets the cabinet's cable-check result per connector (SimHardware.set_cable_check_verdict):
+    # without it the simulated sessions wait a fixed time and miss a failed check
+    sim_verdict: Callable[[Callable[[str], str | None]], None] | None = None
     config_path: str | None = None  # the config file the daemon runs with (remote config-get / config-apply)
     # the contactors' mirror contacts by connector (1 closed, 0 open) instead of the configured input pins
     contactor_feedback: Callable[[], dict[str, int | None]] | None = None
@@ -164,6 +167,8 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
         isolation=isolation,
     )
     controller.on_tick.append(cabinet.sample_connectors)
+    if b.sim_verdict is not None:
+        b.sim_verdict(cabinet.cable_check_verdict)
     cabinet.operations = Operations(config, controller, events.emit, cabinet.status, b.clock)
     if b.api:
         cabinet.api = ApiServer(config.api, cabinet, ops=cabinet.operations)

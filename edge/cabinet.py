@@ -280,6 +280,13 @@ class Cabinet:
             faults = ",".join(d["faults"]) or "none"
             self.wdt.status(f"limit {d['limit_a']:.0f} A <- {d['reason']}; faults {faults}")
 
+    def cable_check_verdict(self, connector: str) -> str | None:
+        """The connector's cable check as the core decided it last (``idle``, ``self_test``, ``sampling``,
+        ``passed``, ``failed``); None without an IMD watching it."""
+        d = self.controller.decision or {}
+        imd = ((d.get("connectors") or {}).get(connector) or {}).get("imd")
+        return None if imd is None else str(imd["cable_check"])
+
     async def _sim_charging(self, drive: Callable[[DemandSink, float, dict[str, Capabilities | None]], Any]) -> None:
         """The simulator's charging controller, through the same demand sink as EVerest."""
         while True:

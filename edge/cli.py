@@ -127,7 +127,11 @@ def run(config_path: str | None, sim: bool, status_line: bool, scan_access: bool
         click.echo(line, err=True)
     try:
         backends = Backends(
-            board=cabinet.board, sim_charging=cabinet.drive_charging, config_path=config_path, relays=cabinet.relays
+            board=cabinet.board,
+            sim_charging=cabinet.drive_charging,
+            sim_verdict=cabinet.set_cable_check_verdict,
+            config_path=config_path,
+            relays=cabinet.relays,
         )
         code = run_daemon(cabinet.patched_config(), backends, status_line=status_line)
     finally:

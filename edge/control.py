@@ -281,6 +281,7 @@ class Controller:
             "module_max_a": bank.module_max_a(modules, volts or None),
             "modules_configured": len(modules),
             "modules_lost": [a for a in modules if bank.modules[a].lost],
+            "module_a": self.state.module_currents(modules),
             "modules_alarm": [
                 [a, sorted(m.alarms & m.blocking_alarms)]
                 for a in modules

@@ -64,6 +64,7 @@ CORE_TEXTS: tuple[str, ...] = (
     N_("coolant flow {flow} l/min below {trip} l/min for {ms} ms"),
     N_("coolant flow {flow} l/min below {trip} l/min: run the pump and check the level"),
     N_("output {amps} A above limit {limit} A + {tolerance} A for {ms} ms"),
+    N_("output {amps} A above limit {limit} A + {tolerance} A for {ms} ms: {modules}"),
     N_("output {amps} A still above limit {limit} A + {tolerance} A"),
     N_("output {volts} V above {max_v} V for {ms} ms"),
     N_("output {volts} V still above {max_v} V"),

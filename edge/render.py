@@ -564,6 +564,7 @@ def status_tagged(st: dict[str, Any], cable: str | None = None) -> Tagged:
         (P_HEAD, header_line(st)),
         *_tag(P_HEAD, _wrap("E-STOP", estop) if estop and estop != "ok" else []),  # before all it explains
         (P_HEAD, output_line(st)),
+        *_tag(P_HEAD, door_lines(st)),
         *_tag(P_LIMIT, limit_lines(st)),
         *_tag(P_LIMIT, connector_lines(st)),
         *_tag(P_DETAIL, sharing_lines(st)),
@@ -573,6 +574,17 @@ def status_tagged(st: dict[str, Any], cable: str | None = None) -> Tagged:
         *_tag(P_LINK, can_lines(st)),
         *_tag(P_LINK, uplink_lines(st)),
     ]
+
+
+def door_lines(st: dict[str, Any]) -> list[str]:
+    """An open door while it is open: door_open is no latched fault and goes with the session it stopped, so
+    without this line the screen would not say why no session charges."""
+    names = sorted(n for n, i in (st.get("inputs") or {}).items() if i.get("function") == "door" and i.get("active"))
+    if not names:
+        return []
+    return _wrap(
+        _("DOOR"), _("open ({names}): charging is stopped or derated until it is closed").format(names=", ".join(names))
+    )
 
 
 def fit_screen(tagged: Tagged, height: int | None, width: int = WIDTH) -> list[str]:

@@ -144,6 +144,14 @@ class CabinetState:
         t_oldest = min(now, *(r.t for r in currents))
         return {"output_a": [sum(r.value for r in currents), t_oldest, OK], "output_v": [volts, t_oldest, OK]}
 
+    def module_currents(self, modules: list[int]) -> list[list[Any]]:
+        """``[address, A, t]`` of each module's last good current reading: which module carries the output
+        current, for the over-current fault's detail."""
+        prefix = self.inputs.module_prefix + "."
+        return [
+            [a, r.value, r.t] for a in modules if (r := self.readings.get(f"{prefix}{a}.current_a")) and r.quality == OK
+        ]
+
     def _good(self, signals: list[str]) -> list[Reading]:
         return [r for s in signals if (r := self.readings.get(s)) is not None and r.quality == OK]
 

@@ -20,6 +20,7 @@ Snapshot (temperatures °C, currents A, voltages V, flow l/min, times s)::
      "modules_configured": 4,                      # how many the config names
      "modules_lost": [2],                          # addresses not answering in time
      "modules_alarm": [[3, ["over_temperature"]]], # addresses out of the split because of an alarm
+     "module_a": [[1, 48.5, 12.3]],                # optional: [address, A, t of its last answer] (over_current)
      "grid_configured": True,
      "ambient_configured": False,                  # a cabinet ambient sensor is named in the config
      "external_faults": [["can_bus_off", "CAN can0 bus off: ...", True]],  # raised outside the core
@@ -445,19 +446,27 @@ def _rule_over_current(c: _Ctx) -> None:
     oc = c.cfg["over_current"]
     state = c.state
     out_a = c.value("output_a")
-    # reference: the limit commanded last time, or the one before a recent reduction while the current
-    # still decays towards the new set-point (a legitimate reduction must not look like an over-current)
+    # reference: the limit commanded last time, or the one before a recent reduction for a sample measured
+    # while the current still decays towards the new set-point (a legitimate reduction must not look like an
+    # over-current). The sample's own time counts, not now: the sum of a module that stopped answering keeps
+    # its last reading until the module is lost, and that reading says nothing about a later reduction.
     ref = state["applied_a"]
     hold = state["oc_hold"]
-    if hold is not None and c.t < hold[1] and hold[0] > ref:
-        ref = hold[0]
+    if hold is not None and _sample_t(c, "output_a") < hold[1] and hold[0] > ref:
+        # ... but the modules that did answer after the settle time are held to the new limit on their own
+        # (one silent module must not hide another that keeps delivering)
+        late_a = _settled_a(c, hold[1])
+        if out_a is not None and late_a > ref + oc["tolerance_a"]:
+            out_a = late_a
+        else:
+            ref = hold[0]
     out = out_a if out_a is not None else 0.0
     over = out_a is not None and out > ref + oc["tolerance_a"]
     if _timer(state, "over_current", over, c.t, oc["time_ms"] / 1000.0):
         c.trip(
             "over_current",
-            "output %s A above limit %s A + %s A for %d ms"
-            % (fmt_num(out), fmt_num(ref), fmt_num(oc["tolerance_a"]), oc["time_ms"]),
+            "output %s A above limit %s A + %s A for %d ms%s"
+            % (fmt_num(out), fmt_num(ref), fmt_num(oc["tolerance_a"]), oc["time_ms"], _module_shares(c)),
             oc["latch"],
         )
     elif over:
@@ -465,6 +474,32 @@ def _rule_over_current(c: _Ctx) -> None:
             "over_current",
             "output %s A still above limit %s A + %s A" % (fmt_num(out), fmt_num(ref), fmt_num(oc["tolerance_a"])),
         )
+
+
+def _module_shares(c: _Ctx) -> str:
+    """Which module carries the current (snapshot ``module_a``: [address, A, t of its last answer]), the
+    largest first; a module whose last answer is older than the over-current time is named as silent."""
+    parts = []
+    for item in sorted(c.snap.get("module_a") or [], key=lambda m: (-m[1], m[0])):
+        age_ms = int((c.t - item[2]) * 1000.0 + 0.5)
+        silent = " (silent for %d ms)" % age_ms if age_ms > c.cfg["over_current"]["time_ms"] else ""
+        parts.append("module %d %s A%s" % (item[0], fmt_num(item[1]), silent))
+    return ": " + ", ".join(parts) if parts else ""
+
+
+def _settled_a(c: _Ctx, settled_t: float) -> float:
+    """The current of the modules whose last answer came at or after ``settled_t`` (snapshot ``module_a``)."""
+    amps = 0.0
+    for item in c.snap.get("module_a") or []:
+        if item[2] >= settled_t:
+            amps += item[1]
+    return amps
+
+
+def _sample_t(c: _Ctx, name: str) -> float:
+    """When the sample of ``name`` was measured (now when there is none)."""
+    entry = c.inputs.get(name)
+    return c.t if entry is None else min(c.t, entry[1])
 
 
 def _rule_over_voltage(c: _Ctx) -> None:

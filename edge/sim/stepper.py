@@ -129,13 +129,20 @@ class SimStepper(SimHardware):
         if link is not None:  # the insulation monitors answer in process, through the real driver
             for mon in link.monitors:
                 mon.driver.line = InProcessImdLine([self.imds[mon.config.name]])
-            self.set_cable_check_verdict(self._cable_check_verdict)
         self._parts = self._schedule(self.clock.monotonic())
         self._start()
 
     async def _build(self, cfg: Config) -> Cabinet:
         return build(
-            cfg, Backends(clock=self.clock, wall_ms=self.wall_ms, board=self.board, api=False, relays=self.relays)
+            cfg,
+            Backends(
+                clock=self.clock,
+                wall_ms=self.wall_ms,
+                board=self.board,
+                api=False,
+                relays=self.relays,
+                sim_verdict=self.set_cable_check_verdict,  # as edge run --sim does
+            ),
         )
 
     def _on_loop(self, coro: Coroutine[Any, Any, Cabinet]) -> Cabinet:
@@ -264,10 +271,6 @@ class SimStepper(SimHardware):
         for kind, name, data in events:
             link.on_event(kind, name, data)
         link.status[meter.name] = meter.status()
-
-    def _cable_check_verdict(self, connector: str) -> str | None:
-        imd = ((self.decision().get("connectors") or {}).get(connector) or {}).get("imd")
-        return None if imd is None else str(imd["cable_check"])
 
     # -- what a test looks at ------------------------------------------------------------------------
     def events(self, kind: str | None = None, name: str | None = None) -> list[SimEvent]:
