@@ -25,11 +25,14 @@ through ``call_later`` when the debounce time is over (``loop.call_later`` in th
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from hal.pin import Pin
+
+log = logging.getLogger("drivers.digital_inputs")
 
 ACTIVE_LEVELS = ("low", "high")
 WIRINGS = ("nc", "no")
@@ -107,6 +110,12 @@ class DigitalInputs:
         self.clock = clock
         self.on_change = on_change
         self.call_later = call_later
+        # called with an input's name when its debounced value turns ACTIVE, in the thread that sees the edge
+        # and before ``on_change`` (the e-stop's direct path to off, edge/build.py); its errors are logged
+        self.on_active: Callable[[str], None] | None = None
+        # inputs an edge or a debounce timer saw turn ACTIVE since the last poll: that poll reports them ACTIVE
+        # even if the contact is back by then, so an evaluation behind the direct path still sees the press
+        self._held: set[str] = set()
         now = clock()
         self._inputs = {s.name: _Debounced(s, pins[s.pin], now) for s in specs}
         if len(self._inputs) != len(specs):
@@ -127,7 +136,8 @@ class DigitalInputs:
         now = self.clock()
         for d in self._inputs.values():
             d.sample(now)
-        return {name: d.value for name, d in self._inputs.items()}
+        held, self._held = self._held, set()
+        return {name: d.value or int(name in held) for name, d in self._inputs.items()}
 
     def values(self) -> dict[str, int]:
         """The debounced values as last sampled (no pin read)."""
@@ -147,6 +157,8 @@ class DigitalInputs:
         """An edge on input ``name``: evaluate at once, or when its debounce time is over."""
         d = self._inputs[name]
         changed = d.sample(self.clock())
+        if changed and d.value:
+            self._activated(name)
         if self.on_change is None:
             return
         if changed or d.debounce_s <= 0:
@@ -155,8 +167,21 @@ class DigitalInputs:
             self.call_later(d.debounce_s, self._settle)
 
     def _settle(self) -> None:
+        now = self.clock()
+        for name, d in self._inputs.items():
+            if d.sample(now) and d.value:
+                self._activated(name)
         if self.on_change is not None:
             self.on_change()
+
+    def _activated(self, name: str) -> None:
+        self._held.add(name)
+        if self.on_active is None:
+            return
+        try:
+            self.on_active(name)
+        except Exception:  # the evaluation that follows still sees the input: it must not be kept from running
+            log.exception("input %s: on_active failed", name)
 
 
 def build_inputs(

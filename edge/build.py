@@ -136,6 +136,8 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
 
     demands.on_change = demand_changed
     controller.digital = _build_inputs(config, b.board, b.clock, controller.evaluate_now)
+    if controller.digital is not None:
+        controller.digital.on_active = _estop_direct_path(config, controller)
     # operator stops and limits of the previous run, before the first evaluation; saved on every change
     operator_file = OperatorFile(config.storage.data_dir, b.clock.monotonic, b.wall_ms, events.emit, faults)
     controller.operator = operator_file.restore()
@@ -329,6 +331,18 @@ def _build_outputs(config: Config, board: SimBoard | None) -> Outputs:
     out = Outputs(first, pin(o.pump), pin(o.fan), contactors)
     out.board = sim if o.backend == "sim" else None  # the simulated board's inputs are read from it too
     return out
+
+
+def _estop_direct_path(config: Config, controller: Controller) -> Callable[[str], None]:
+    """An e-stop input turning ACTIVE switches the modules off and opens the contactors at once, in the
+    thread that sees the edge, before (not instead of) the evaluation that latches and reports it."""
+    estops = {i.name for i in config.input if i.function == "estop"}
+
+    def on_active(name: str) -> None:
+        if name in estops:
+            controller.estop_off()
+
+    return on_active
 
 
 def _build_inputs(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -141,6 +142,10 @@ class Controller:
         self._input_events: list[tuple[str, dict[str, Any]]] = []  # this evaluation's, emitted after the outputs
         # power sharing (issue 16): set by build() with [sharing]; None = each connector its static modules
         self.sharing: SharingRunner | None = None
+        # the e-stop's direct path (estop_off) may run in another thread than the loop's _apply: one at a time;
+        # re-entrant for a pin irq raised by an output write inside _apply
+        self._outputs_lock = threading.RLock()
+        self._estop_offs = 0  # counts estop_off calls: an evaluation snapshotted before one must not switch on
 
     def modules_of(self, c: Any) -> list[int]:
         """The modules feeding connector ``c`` now: the allocation's with [sharing], else its static list."""
@@ -197,7 +202,26 @@ class Controller:
         return False, reason
 
     # -- evaluation ---------------------------------------------------------------------------------
+    def estop_off(self) -> None:
+        """The e-stop's edge, before its evaluation: every module off (the priority off frames, as a trip
+        would send) and every contactor open, in the thread that sees the edge, so the off does not wait for
+        the loop and the GIL (docs/BENCHMARKS.md). It only switches off, so it is idempotent; each step is
+        tried even if one fails. The evaluation that follows latches ``emergency_stop`` and reports; one
+        already under way (its snapshot older than this call) cannot switch anything back on (``_apply``)."""
+        with self._outputs_lock:
+            self._estop_offs += 1
+            self._all_outputs_off()
+
+    def _all_outputs_off(self) -> None:
+        # modules first (0 A / off), then the contactors: never open one before asking for 0 A
+        for step in (self.bank.all_off, *(pin.off for pin in self.outputs.contactors.values())):
+            try:
+                step()
+            except Exception:
+                log.exception("e-stop off step %s failed", getattr(step, "__name__", step))
+
     def evaluate_now(self) -> dict[str, Any]:
+        estop_offs = self._estop_offs  # before the snapshot: see _apply
         now = self.clock.monotonic()
         self.bank.check(now)
         for gone in self.operator.expire(now):
@@ -207,7 +231,7 @@ class Controller:
         self._clear_requests = []
         decision, self.core_state = evaluate_cabinet(snap, self.limits_cfg, self.core_state)
         self._clear_results = [(decision["cleared"], decision["clear_refused"])]
-        self._apply(decision)
+        self._apply(decision, estop_offs)
         # an input's event (log line, store append) only after the outputs: not on the e-stop's path to off
         for name, data in self._input_events:
             self.on_event("input", name, data)
@@ -292,7 +316,16 @@ class Controller:
             "external_faults": [],
         }
 
-    def _apply(self, d: dict[str, Any]) -> None:
+    def _apply(self, d: dict[str, Any], estop_offs: int | None = None) -> None:
+        with self._outputs_lock:
+            if estop_offs is not None and estop_offs != self._estop_offs:
+                # an e-stop edge came after this decision's snapshot: keep everything off; the evaluation
+                # queued by that edge (on_change) decides next
+                self._all_outputs_off()
+                return
+            self._apply_outputs(d)
+
+    def _apply_outputs(self, d: dict[str, Any]) -> None:
         # Per connector: its modules first (0 A / off), then its contactor: never open it before asking for 0 A.
         every = len(self.connectors) == 1
         for c in self.connectors:
