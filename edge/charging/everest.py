@@ -162,25 +162,14 @@ class EverestAdapter:
         Raises OSError, ValueError or ssl.SSLError when TLS files are missing or unusable."""
         self._loop = loop
         self._t_start = self.clock()
-        s = self.settings
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=mqtt.MQTTv311, clean_session=True)
-        if s.username:
-            c.username_pw_set(s.username, s.password or None)
-        if s.tls:
-            c.tls_set(
-                ca_certs=s.ca_file or None,
-                certfile=s.cert_file or None,
-                keyfile=s.key_file or None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-        c.enable_logger(logging.getLogger("edge.charging.everest.paho"))
-        c.on_connect = self._cb_connect
-        c.on_disconnect = self._cb_disconnect
-        c.on_message = self._cb_message
-        c.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)  # type: ignore[arg-type]
-        c.connect_async(s.host, s.port, keepalive=KEEPALIVE_S)
-        c.loop_start()
-        self._client = c
+        self._client = everest_client(
+            self.settings,
+            self.settings.client_id,
+            "edge.charging.everest.paho",
+            self._cb_connect,
+            self._cb_disconnect,
+            self._cb_message,
+        )
 
     def close(self) -> None:
         """Disconnect and join paho's thread (blocks briefly: from the loop use ``asyncio.to_thread``)."""
@@ -430,3 +419,34 @@ class EverestAdapter:
                     "last_heartbeat_age_ms": None if last is None else round((now - last) * 1000.0),
                 },
             )
+
+
+def everest_client(
+    s: EverestSettings,
+    client_id: str,
+    log_name: str,
+    on_connect: Callable[..., None],
+    on_disconnect: Callable[..., None],
+    on_message: Callable[..., None],
+) -> mqtt.Client:
+    """A paho client on the ``[everest]`` broker (credentials, TLS, fast reconnect), connecting in the
+    background: one per EVerest-facing adapter (power_supply_DC here, the monitors in everest_monitors.py).
+    Raises OSError, ValueError or ssl.SSLError when TLS files are missing or unusable."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311, clean_session=True)
+    if s.username:
+        c.username_pw_set(s.username, s.password or None)
+    if s.tls:
+        c.tls_set(
+            ca_certs=s.ca_file or None,
+            certfile=s.cert_file or None,
+            keyfile=s.key_file or None,
+            cert_reqs=ssl.CERT_REQUIRED,
+        )
+    c.enable_logger(logging.getLogger(log_name))
+    c.on_connect = on_connect
+    c.on_disconnect = on_disconnect
+    c.on_message = on_message
+    c.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)  # type: ignore[arg-type]
+    c.connect_async(s.host, s.port, keepalive=KEEPALIVE_S)
+    c.loop_start()
+    return c

@@ -35,11 +35,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.charging import everest_monitors_codec as codec
 from edge.charging.demand import ConnectorReport
-from edge.charging.everest import KEEPALIVE_S, RECONNECT_MAX_S, RECONNECT_MIN_S, EverestSettings, _no_delay
+from edge.charging.everest import EverestSettings, _no_delay, everest_client
 from edge.charging.everest_codec import Refusal
 
 log = logging.getLogger("edge.charging.everest_monitors")
@@ -123,32 +122,14 @@ class EverestMonitors:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
         self._t_start = self.clock()
-        s = self.settings
-        c = mqtt.Client(
-            CallbackAPIVersion.VERSION2,
-            client_id=f"{s.client_id}-monitors",
-            protocol=mqtt.MQTTv311,
-            clean_session=True,
+        self._client = everest_client(
+            self.settings,
+            f"{self.settings.client_id}-monitors",
+            "edge.charging.everest_monitors.paho",
+            self._cb_connect,
+            self._cb_disconnect,
+            self._cb_message,
         )
-        if s.username:
-            c.username_pw_set(s.username, s.password or None)
-        if s.tls:
-            import ssl
-
-            c.tls_set(
-                ca_certs=s.ca_file or None,
-                certfile=s.cert_file or None,
-                keyfile=s.key_file or None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
-        c.enable_logger(logging.getLogger("edge.charging.everest_monitors.paho"))
-        c.on_connect = self._cb_connect
-        c.on_disconnect = self._cb_disconnect
-        c.on_message = self._cb_message
-        c.reconnect_delay_set(min_delay=RECONNECT_MIN_S, max_delay=RECONNECT_MAX_S)  # type: ignore[arg-type]
-        c.connect_async(s.host, s.port, keepalive=KEEPALIVE_S)
-        c.loop_start()
-        self._client = c
 
     def close(self) -> None:
         client, self._client = self._client, None
