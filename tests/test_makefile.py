@@ -62,8 +62,8 @@ def test_venv_without_pip_filled_by_the_host_pip(tree: Path) -> None:
     calls = make_venv(tree, host_pip_has_python=True)
     assert "host-python -m venv --without-pip .venv" in calls
     assert installs(calls) == [
-        "host-python -m pip --python .venv/bin/python install -q --no-compile -e .",
-        "host-python -m pip --python .venv/bin/python install -q --no-compile -e .[test]",
+        "host-python -m pip --python .venv/bin/python install -q -e .",
+        "host-python -m pip --python .venv/bin/python install -q -e .[test]",
     ]
     assert not (tree / ".venv/bin/pip").exists()
 
@@ -72,8 +72,8 @@ def test_old_host_pip_gives_the_venv_its_own_pip(tree: Path) -> None:
     calls = make_venv(tree, host_pip_has_python=False)
     assert "host-python -m venv .venv" in calls
     assert installs(calls) == [
-        ".venv/bin/python -m pip install -q --no-compile -e .",
-        ".venv/bin/python -m pip install -q --no-compile -e .[test]",
+        ".venv/bin/python -m pip install -q -e .",
+        ".venv/bin/python -m pip install -q -e .[test]",
     ]
 
 
