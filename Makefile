@@ -49,9 +49,12 @@ mosquitto:
 	fi
 	@command -v shellcheck >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends shellcheck >/dev/null; } || echo "note: shellcheck missing; its test will be skipped"
 
-## test: install what the tests need (venv, mosquitto), the static checks (lint), then the whole suite
+## test: install what the tests need (venv, mosquitto), the static checks (lint), then the whole suite in
+##       TEST_JOBS processes (pytest-xdist; TEST_JOBS=1: one process). Most tests wait on daemons, brokers and
+##       buses rather than the CPU: two processes take the suite from 580 s to 295 s on this 2-core machine.
+TEST_JOBS ?= 2
 test: lint mosquitto
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(if $(filter 1,$(TEST_JOBS)),,-n $(TEST_JOBS) --dist worksteal)
 
 ## lint: ruff, ruff format --check, mypy, import contracts; the tools come from the test extra of setup.cfg,
 ## so a missing one is an error (a broken venv), never a skipped check

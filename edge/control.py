@@ -304,7 +304,8 @@ class Controller:
             "modules_available": len(bank.available(modules)),
             "module_max_a": bank.module_max_a(modules, volts or None),
             "modules_configured": len(modules),
-            "modules_lost": [a for a in modules if bank.modules[a].lost],
+            "modules_lost": [a for a in modules if bank.modules[a].lost and not bank.awaited(a, now)],
+            "modules_awaited": sum(1 for a in modules if bank.awaited(a, now)),
             "module_a": self.state.module_currents(modules),
             "modules_alarm": [
                 [a, sorted(m.alarms & m.blocking_alarms)]

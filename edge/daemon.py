@@ -2,6 +2,7 @@
 
 Lifecycle guarantees:
 - SIGTERM / SIGINT: modules off, contactor open, store flushed, exit 0 (well within 2 s).
+- SIGUSR1: every thread's stack to stderr (the journal), nothing else changes (a hang's diagnosis).
 - Any unhandled error in a cabinet task: modules off, contactor open, traceback logged, exit 1, so
   systemd restarts us; power modules switch off on their own if we go silent.
 """
@@ -9,6 +10,7 @@ Lifecycle guarantees:
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import gc
 import logging
 import signal
@@ -34,6 +36,9 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stopping.set)
+        # A daemon that stops answering (a stuck thread, a lock held for ever) is diagnosed where it runs:
+        # `kill -USR1 <pid>` writes every thread's stack to stderr (the journal) and the daemon goes on.
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
         cab.start(loop)
         # everything built so far lives as long as the process: out of the collector's way, so a full
         # collection scans only what the running daemon allocates (shorter GC pauses inside a tick)

@@ -145,6 +145,13 @@ class DaemonProcess:
             self.proc.send_signal(sig)
         try:
             return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            # a daemon that does not stop: its threads' stacks (SIGUSR1) into the log and the failure
+            self.proc.send_signal(signal.SIGUSR1)
+            time.sleep(1.0)
+            raise AssertionError(
+                f"daemon did not stop within {timeout} s after signal {sig}:\n{self.log()[-6000:]}"
+            ) from None
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()

@@ -185,6 +185,26 @@ def test_a_silent_module_is_lost_by_address_and_its_share_goes_to_the_others(tmp
     assert "module_lost_2" not in d["faults"]
 
 
+def test_modules_not_yet_heard_at_start_are_waited_for_not_reported_lost(tmp_path):
+    """Every start raised module_lost (and all_modules_lost) for the modules whose first answer came after the
+    first evaluation, then cleared it a poll later: a fault and an EVerest error for nothing. Until lost_after_ms
+    of silence from the start a module never heard is awaited: 0 A from it, no fault."""
+    rig = Rig(tmp_path)
+    everyone = tuple(rig.bank.modules)
+    lost_after_s = rig.config.power_modules.lost_after_ms / 1000.0
+    seen: set[str] = set()
+    for _ in range(int(lost_after_s / 0.1) - 2):
+        d = rig.step(silent_modules=everyone)
+        seen |= {f for f in d["faults"] if "module" in f}
+        assert d["limit_a"] == 0.0 and not d["enable"]
+    assert not seen, seen
+    d = rig.step(silent_modules=(2,))  # the others answer; module 2 stays silent ...
+    assert not [f for f in d["faults"] if "module" in f]
+    for _ in range(5):
+        d = rig.step(silent_modules=(2,))
+    assert "module_lost_2" in d["faults"]  # ... and is lost once lost_after_ms from the start has passed
+
+
 def test_recent_tick_periods_keep_the_last_n_in_order_in_fixed_memory():
     from edge.control import RecentPeriods
 

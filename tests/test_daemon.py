@@ -78,6 +78,16 @@ def test_sigterm_stops_cleanly_within_two_seconds(sim_daemon, tmp_path):
     assert '"stopped"' in kinds[-1] and '"exit_code":0' in kinds[-1]
 
 
+def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_daemon_goes_on(sim_daemon):
+    d = sim_daemon()
+    before = d.log()
+    d.proc.send_signal(signal.SIGUSR1)
+    dump = wait_for(lambda: d.log()[len(before) :] if "most recent call first" in d.log() else None, 5)
+    # the store writer and the event loop, each with its stack: enough to see where a stuck daemon waits
+    assert dump.count("Thread 0x") >= 2 and "edge/daemon.py" in dump, dump[-3000:]
+    assert d.proc.poll() is None and d.status()["uptime_s"] > 0
+
+
 def _in_process(tmp_path: Path, body, patch=None):
     """Run the daemon in this process on a sim cabinet; ``body(daemon, cabinet)`` is awaited beside it."""
     cfg = parse_config(sim_config_text(tmp_path))

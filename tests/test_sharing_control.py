@@ -198,3 +198,32 @@ def test_a_relay_found_closed_at_start_keeps_its_group_out_of_service(tmp_path: 
     assert board is not None and board.level("relay-A1") == 0  # its home relay was never energised
     assert sharing.cabinet.groups_of("2") == ["B"] and rig.ctl.modules_of(rig.ctl.connectors[0]) == []
     assert [d["fault"] for k, _, d in rig.events if k == "group_out_of_service"] == ["relay_not_open"]
+
+
+def test_a_connector_in_cable_check_without_a_set_point_gets_a_group_and_keeps_it(tmp_path: Path) -> None:
+    """Found under load in tests/test_sharing_everest.py: car B's cable-check set-point came while its
+    connector had no group (capabilities 0 A: refused), so it asked for nothing. With no group it counted as
+    asking for everything (a vehicle asks at most what it is told), with one as asking for 0 kW: the group went
+    there and back every few seconds, relays cycling, and car B never got its cable check. Before Charging a
+    vehicle's request says nothing of what it will want: it counts as its connector's rating."""
+    rig = ShareRig(tmp_path)
+    for _ in range(4):
+        rig.step()
+    now = rig.clock.monotonic()
+    rig.ctl.demands.set_mode("1", "Export", "Charging", now)
+    rig.ctl.demands.set_target("1", 400.0, 200.0, now)
+    for _ in range(20):
+        rig.step()
+    assert rig.ctl.modules_of(rig.ctl.connectors[0]) == [1, 2, 3, 4]
+    rig.ctl.demands.set_mode("2", "Export", "CableCheck", rig.clock.monotonic())  # no set-point yet
+    where = []
+    for _ in range(150):  # 15 s: many times the hold time (1 s)
+        rig.step()
+        rig.ctl.demands.set_target("1", 400.0, 200.0, rig.clock.monotonic())
+        rig.ctl.demands.set_mode("1", "Export", "Charging", rig.clock.monotonic())  # EVerest's repeats
+        rig.ctl.demands.set_mode("2", "Export", "CableCheck", rig.clock.monotonic())
+        where.append(tuple(rig.ctl.modules_of(rig.ctl.connectors[1])))
+    assert where[-1] == (3, 4), [(round(i * 0.1, 1), w) for i, w in enumerate(where) if i and w != where[i - 1]]
+    arrived = where.index((3, 4))
+    changes = [(round(i * 0.1, 1), w) for i, w in enumerate(where) if i and w != where[i - 1]]
+    assert all(w == (3, 4) for w in where[arrived:]), f"group B left connector 2 again: {changes}"

@@ -165,6 +165,7 @@ class ModuleBank:
             raise ValueError("a module bank needs at least one module address")
         self.codec = codec
         self.lost_after_s = lost_after_s
+        self.started_t: float | None = None  # the first check(): a module never heard is awaited until lost_after_s
         self.max_current_a_per_module = max_current_a_per_module
         # what a set-output frame may carry: the config's maximum within the codec's range
         self.max_voltage_v = _bound(max_voltage_v, CODEC_MAX_SETPOINT)
@@ -290,6 +291,8 @@ class ModuleBank:
     def check(self, now: float) -> BankEvents:
         """Mark silent modules lost and returning ones recovered; send set-points whose spacing is over."""
         ev = BankEvents()
+        if self.started_t is None:
+            self.started_t = now
         for mod in self.modules.values():
             silent = mod.last_seen is None or now - mod.last_seen > self.lost_after_s
             if silent and not mod.lost:
@@ -310,6 +313,13 @@ class ModuleBank:
                 ev.recovered.append(mod.address)
         self.flush(now)
         return ev
+
+    def awaited(self, address: int, now: float) -> bool:
+        """True for a module never heard while the start is younger than ``lost_after_s``: not available, and
+        not yet lost either (every start would otherwise report the modules that answer after the first
+        evaluation as lost, then found)."""
+        mod = self.modules[address]
+        return mod.last_seen is None and (self.started_t is None or now - self.started_t <= self.lost_after_s)
 
     def force_lost(self, now: float, reason: str) -> list[int]:
         """Mark every module lost at once (the bus is off: we cannot reach them). Returns the addresses."""

@@ -32,6 +32,7 @@ from edge.limits import allocation
 
 Command = list[Any]
 SATURATED = 0.95  # a request at this share of what the connector's groups give may want more
+BEFORE_CHARGING = ("CableCheck", "PreCharge")  # phases whose request (<= 2 A) says nothing of the demand
 
 # the steps of a move, in order
 REPUBLISH_LOSS = "republish_loss"
@@ -563,13 +564,20 @@ def _requests(ctl: Any, decision: dict[str, Any]) -> dict[str, dict[str, Any]]:
         power_kw = float(request.get("power_w") or 0.0) / 1000.0 or volts * amps / 1000.0
         # a vehicle asks for at most what it was told it may have: one asking (nearly) all of that current or
         # power may want more, so it counts as asking for the connector's whole rating (the allocation then
-        # finds out)
+        # finds out). Before Charging (cable check, pre-charge: at most 2 A) the request says nothing of what the
+        # vehicle will want, so it counts the same way: else a connector without a group would count as asking
+        # for everything, with one as asking for nothing, and its group would go back and forth.
         modules = len(ctl.sharing.modules_of(c.name))
         matrix = ctl.sharing.cabinet.matrix
-        if amps >= SATURATED * modules * matrix.module_a or power_kw >= SATURATED * modules * matrix.module_kw:
+        phase = decision["connectors"][c.name]["phase"] if request else "Other"
+        if (
+            phase in BEFORE_CHARGING
+            or amps >= SATURATED * modules * matrix.module_a
+            or power_kw >= SATURATED * modules * matrix.module_kw
+        ):
             power_kw = c.max_power_kw
         out[c.name] = {
-            "phase": decision["connectors"][c.name]["phase"] if request else "Other",
+            "phase": phase,
             "request_kw": min(c.max_power_kw, power_kw),
             "request_v": volts,
             "max_a": c.max_current_a,

@@ -26,7 +26,7 @@ Snapshot (units as in core.py)::
                                       "t_mode", "t_setpoint"} or None,
                           "hw_max_a", "hw_max_v", "hw_min_v", "hw_max_w", "uncooled",
                           "modules_available", "module_max_a", "modules_configured", "modules_lost",
-                          "modules_alarm", "module_a", "external_limit_a", "stop", "external_faults",
+                          "modules_awaited" (never heard, start younger than lost_after), "modules_alarm", "module_a", "external_limit_a", "stop", "external_faults",
                           "contactor_fb": 1|0|None (mirror contact, contactor.py)}}}
 
 Config: the core's limits dict plus ``session`` (:data:`SESSION_DEFAULTS` fill what it lacks) and
@@ -466,6 +466,7 @@ def _core_snapshot(name: str, cab: dict, limits: list, flag: list, n_share: int)
         "module_max_a": conn.get("module_max_a", 0.0),
         "modules_configured": conn.get("modules_configured", available),
         "modules_lost": conn.get("modules_lost") or [],
+        "modules_awaited": conn.get("modules_awaited", 0),
         "module_a": conn.get("module_a") or [],
         "modules_alarm": conn.get("modules_alarm") or [],
         "grid_configured": False,  # decided once for the cabinet, passed in ``limits``

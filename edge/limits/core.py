@@ -19,6 +19,7 @@ Snapshot (temperatures °C, currents A, voltages V, flow l/min, times s)::
      "modules_available": 4, "module_max_a": 50.0,
      "modules_configured": 4,                      # how many the config names
      "modules_lost": [2],                          # addresses not answering in time
+     "modules_awaited": 0,                         # never heard yet, the start younger than lost_after_ms
      "modules_alarm": [[3, ["over_temperature"]]], # addresses out of the split because of an alarm
      "module_a": [[1, 48.5, 12.3]],                # optional: [address, A, t of its last answer] (over_current)
      "grid_configured": True,
@@ -259,11 +260,15 @@ def _rule_modules(c: _Ctx) -> None:
         c.limit(0.0, "modules", "power sharing: no module group allocated")
         return
     c.limit(avail * per, "modules", "power modules: %d of %d available x %s A" % (avail, configured, fmt_num(per, 0)))
-    if avail == 0:
-        if configured > 0 and len(lost) >= configured:
-            c.faults["all_modules_lost"] = "all %d power modules lost: output stopped" % configured
-        else:
-            c.faults["no_module_available"] = "no power module available (%d configured): output stopped" % configured
+    if avail == 0 and not (s.get("modules_awaited", 0) > 0 and not lost):  # awaited at start: 0 A, no fault yet
+        _no_module(c, configured, lost)
+
+
+def _no_module(c: _Ctx, configured: int, lost: list) -> None:
+    if configured > 0 and len(lost) >= configured:
+        c.faults["all_modules_lost"] = "all %d power modules lost: output stopped" % configured
+    else:
+        c.faults["no_module_available"] = "no power module available (%d configured): output stopped" % configured
 
 
 def _rule_sensors(c: _Ctx) -> None:
