@@ -7,6 +7,7 @@ nothing changes (the rest of tests/test_control.py)."""
 
 from __future__ import annotations
 
+import itertools
 import re
 import weakref
 from pathlib import Path
@@ -43,11 +44,11 @@ modules = [3, 4]
 
 
 class ShareRig(Rig):
-    def __init__(self, tmp_path: Path) -> None:  # Rig's, on the sim config with a relay matrix
+    def __init__(self, tmp_path: Path, extra: str = "") -> None:  # Rig's, on the sim config with a relay matrix
         ours = FAST + "\n[telemetry.mqtt]\nenabled = false\n"
         redefined = {ln.strip() for ln in ours.splitlines() if ln.strip().startswith("[") and "[[" not in ln}
         dropped = {"[[serial]]", "[[meters]]", "[[isolation_monitor]]", "[[input]]"}
-        text = _drop_tables(SIM2, redefined | dropped) + ours + SHARING
+        text = _drop_tables(SIM2, redefined | dropped) + ours + SHARING + extra
         text = text.replace('socket = ".edge-sim/edge.sock"', f'socket = "{tmp_path}/edge.sock"')
         text = text.replace('data_dir = ".edge-sim"', f'data_dir = "{tmp_path}/data"')
         text = re.sub(r'backend = "systemd"[^\n]*', 'backend = "sim"', text)
@@ -227,3 +228,32 @@ def test_a_connector_in_cable_check_without_a_set_point_gets_a_group_and_keeps_i
     arrived = where.index((3, 4))
     changes = [(round(i * 0.1, 1), w) for i, w in enumerate(where) if i and w != where[i - 1]]
     assert all(w == (3, 4) for w in where[arrived:]), f"group B left connector 2 again: {changes}"
+
+
+def _paused_vehicle_moves(rig: ShareRig) -> list[tuple[float, tuple[int, ...]]]:
+    """Car A on connector 1 asks 200 A, car B on connector 2 is in Charging asking 0 A for 30 s: when connector
+    2's modules changed."""
+    for _ in range(4):
+        rig.step()
+    where = []
+    for _ in range(300):
+        now = rig.clock.monotonic()
+        for name, amps in (("1", 200.0), ("2", 0.0)):
+            rig.ctl.demands.set_mode(name, "Export", "Charging", now)
+            rig.ctl.demands.set_target(name, 400.0, amps, now)
+        rig.step()
+        where.append(tuple(rig.ctl.modules_of(rig.ctl.connectors[1])))
+    return [(round(i * 0.1, 1), w) for i, w in enumerate(where) if i and w != where[i - 1]]
+
+
+def test_a_vehicle_paused_at_0_a_moves_its_group_once_per_hold_time_and_min_groups_keeps_it(tmp_path: Path) -> None:
+    """Known and documented (docs/CHARGING.md "Power sharing"): a vehicle in Charging asking 0 A gives its group
+    away, and with no group it counts as asking for everything (it is told 0 A, so it cannot ask more): the group
+    comes back after the hold time. The hold time bounds the relay operations; ``min_groups = 1`` stops them."""
+    moves = _paused_vehicle_moves(ShareRig(tmp_path / "a"))
+    hold_s = 1.0
+    assert len(moves) >= 4, moves  # it does move back and forth ...
+    gaps = [b[0] - a[0] for a, b in itertools.pairwise(moves)]
+    assert min(gaps) >= hold_s, moves  # ... never sooner than the hold time
+    keep = '\n[[sharing.connector]]\nname = "2"\nmin_groups = 1\n'
+    assert len(_paused_vehicle_moves(ShareRig(tmp_path / "b", keep))) <= 1
