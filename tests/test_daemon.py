@@ -82,9 +82,13 @@ def test_sigusr1_writes_every_threads_stack_to_the_log_and_the_daemon_goes_on(si
     d = sim_daemon()
     before = d.log()
     d.proc.send_signal(signal.SIGUSR1)
-    dump = wait_for(lambda: d.log()[len(before) :] if "most recent call first" in d.log() else None, 5)
+
+    def dumped() -> str | None:  # the dump is written thread by thread: wait for the main thread's stack
+        dump = d.log()[len(before) :]
+        return dump if dump.lower().count("thread 0x") >= 2 and "edge/daemon.py" in dump else None
+
     # the store writer and the event loop, each with its stack: enough to see where a stuck daemon waits
-    assert dump.count("Thread 0x") >= 2 and "edge/daemon.py" in dump, dump[-3000:]
+    assert wait_for(dumped, 5, what="every thread's stack in the daemon's log")
     assert d.proc.poll() is None and d.status()["uptime_s"] > 0
 
 
