@@ -130,6 +130,7 @@ def build(config: Config, backends: Backends | None = None) -> Cabinet:
 
     if config.sharing is not None:
         controller.sharing = sharing_runner(config, outputs.board, b.clock, b.relays)
+        controller.sharing.faults = faults
 
     def demand_changed(_connector: str) -> None:
         controller.evaluate_now()  # a CurrentDemand reaches the modules now, not at the next tick

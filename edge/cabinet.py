@@ -100,7 +100,8 @@ class Cabinet:
             reason=d.get("reason"),
             enable=bool(d.get("enable", False)),
             faults=dict(d.get("fault_details", {})),
-            latched=tuple(d.get("latched", [])),
+            # a module group's fault (power sharing) is held like a latch: only an on-site clear ends it
+            latched=tuple(sorted({*d.get("latched", []), *self._held_by_sharing(d)})),
             outputs={
                 "contactor": self.outputs.contactor.value(),
                 "pump": self.outputs.pump.value(),
@@ -303,6 +304,10 @@ class Cabinet:
                 out.show(self.view().line(out.width()))
         finally:
             out.close()
+
+    def _held_by_sharing(self, d: dict[str, Any]) -> list[str]:
+        sharing = self.controller.sharing
+        return [f for f in d.get("faults", []) if sharing is not None and sharing.holds(f)]
 
     def fail_safe(self) -> None:
         """Output off, contactor open, pump and fan off (the controller tries each step even if one fails)."""

@@ -192,7 +192,12 @@ class Controller:
         self.operator.set_test_outputs(pump, fan, self.clock.monotonic() + duration_s)
 
     def request_clear(self, fault: str) -> tuple[bool, str]:
-        """Ask the core to clear a latched fault; answered by the very next evaluation."""
+        """Ask the core to clear a latched fault; answered by the very next evaluation. A module group's fault
+        (power sharing) is the sharing runner's: the group back in service when its relays read open."""
+        group = self.sharing.clear(fault) if self.sharing is not None else None
+        if group is not None:
+            self.evaluate_now()
+            return group
         self._clear_requests.append(fault)
         self.evaluate_now()
         cleared, refused = self._clear_results[-1] if self._clear_results else ([], [])

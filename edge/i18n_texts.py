@@ -50,7 +50,7 @@ CORE_TEXTS: tuple[str, ...] = (
     N_("no power module available ({n} configured): output stopped"),
     N_("{sensor} missing: no reading received"),
     N_("{sensor} stale: no valid value for {ms} ms (max {max_ms} ms)"),
-    N_("{sensor} invalid: sensor reports a fault or an out-of-range value"),
+    N_("{sensor} invalid: value unusable (sensor fault, out of range, or the cable monitor stuck or losing frames)"),
     N_("{sensor} {value} °C above trip {trip} °C"),
     N_("{sensor} jumped {step} °C in {ms} ms (max {rate} °C/s + {allowance} °C)"),
     N_("DC+ {plus} °C and DC- {minus} °C pins differ by {diff} °C (max {max_c} °C)"),
@@ -113,6 +113,14 @@ CORE_TEXTS: tuple[str, ...] = (
     N_("emergency stop released, latched until cleared on site"),
     N_("water sensor dry again, latched until cleared on site"),
     N_("tilt switch level again, latched until cleared on site"),
+    # a module group out of service (power sharing, edge/charging/sharing.py)
+    N_("module group {group} (modules {modules}) out of service: {detail}"),
+    N_("relay {relay}: mirror contact not open {ms} ms after open"),
+    N_("relay {relay}: mirror contact not closed {ms} ms after close"),
+    N_("group {group}: relay(s) to {connectors} not confirmed open"),
+    N_("more than {amps} A {seconds} s after modules off"),
+    N_("relay(s) {relays} still read closed (or unread): check the relay and its mirror contact"),
+    N_("{name} is not active"),
     # fault hints (edge/api/commands.py)
     N_("fix the cause, then: edge clear {name}"),
     N_("clears by itself when the condition is gone"),

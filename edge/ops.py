@@ -185,11 +185,19 @@ def validate(op: str, raw: Mapping[str, Any] | None, source: Source, max_output_
             allowed = ", ".join(model.model_fields) or "none"
             problems.insert(0, f"unexpected field(s) {', '.join(extra)[:200]}; allowed: {allowed}")
         raise OpError(INVALID_ARGUMENT, "; ".join(problems)) from None
-    if isinstance(args, ClearArgs) and source.kind == CLOUD and args.fault in LOCAL_CLEAR_ONLY:
-        # someone must look at the cabinet (e-stop, water, tilt, a welded contactor, a lost latch file):
-        # whatever limits.remote_clear_allowed says
+    if isinstance(args, ClearArgs) and source.kind == CLOUD and on_site_only(args.fault):
+        # someone must look at the cabinet (e-stop, water, tilt, a welded contactor, a lost latch file, a module
+        # group's relay): whatever limits.remote_clear_allowed says
         raise OpError(FORBIDDEN, f"{args.fault} may be cleared only on site (edge clear {args.fault} at the cabinet)")
     return args
+
+
+def on_site_only(fault: str) -> bool:
+    """Faults cleared on site only: :data:`LOCAL_CLEAR_ONLY` and a module group's (``relay_stuck_C``: a relay
+    to look at before its group may switch again)."""
+    from edge.charging.sharing import group_of_fault  # only for a clear: the daemon without [sharing] never loads it
+
+    return fault in LOCAL_CLEAR_ONLY or group_of_fault(fault) is not None
 
 
 def authorise(op: str, source: Source, remote_clear_allowed: bool) -> None:

@@ -65,8 +65,8 @@ KNOBS: dict[str, tuple[Knob, str | None]] = {
     "imd_silent": (lambda s: s.set_imd_silent(True, "2"), "isolation_monitor_lost"),
 }
 SHARING_KNOBS: dict[str, tuple[Knob, str | None]] = {
-    # stuck while connector 2 ends and its groups may move to connector 1 (the relay line shows it)
-    "relay_stuck": (lambda s: (s.set_relay_stuck("C", "2"), s.unplug("2")) and None, None),
+    # stuck while connector 2 ends and its groups may move to connector 1 (a fault, and the group's line)
+    "relay_stuck": (lambda s: (s.set_relay_stuck("C", "2"), s.unplug("2")) and None, "relay_stuck_C"),
     "group_lost": (lambda s: s.set_group_lost("A"), "module_lost_1"),
 }
 

@@ -213,3 +213,58 @@ def test_relays_switch_through_their_pins_and_mirror_inputs_active_low(tmp_path:
         assert [board.inputs[f"relay-{g}{c}-mirror"].value() for g in "AB" for c in "12"] == [0, 1, 1, 0]
         assert sim.relays.connected("A") == ["1"] and sim.relays.connected("B") == ["2"]
         assert sim.now <= 0.3, sim.now  # home within: close, the contact's 20 ms, the debounce, the ticks
+
+
+def test_a_stuck_relay_is_a_fault_cleared_on_site_once_its_relay_reads_open(tmp_path: Path) -> None:
+    """Group B's relay to connector 2 jams closed while car A asks for both groups: ``relay_stuck_B`` joins the
+    cabinet's fault list (car A goes on with group A, no stop); ``edge clear`` is refused while the relay still
+    reads closed, accepted once it reads open, and the group is then closed to car A through the sequence."""
+    cfg = parse_config(_config(tmp_path))
+    with SimStepper(cfg, tmp_path / "data", step_s=0.01) as sim:
+        ctl = sim.cabinet.controller
+        sharing = ctl.sharing
+        assert sharing is not None and sim.relays is not None
+        sim.unplug("2")
+        sim.run_until(lambda: sim.relays.connected("B") == ["2"], timeout_s=1.0, what="B home on 2")  # type: ignore[union-attr]
+        sim.set_relay_stuck("B", "2")
+        sim.every("sessions", 0.05, lambda now: sim.drive_charging(ctl.demands, now, _caps(ctl)))
+        sim.run_until(lambda: "relay_stuck_B" in (ctl.decision or {}).get("faults", []), timeout_s=60.0, what="fault")
+        d = ctl.decision or {}
+        detail = d["fault_details"]["relay_stuck_B"]
+        assert "relay B->2: mirror contact not open" in detail
+        from edge import i18n
+
+        try:  # read on a Chinese screen whole: the group's text and the failed step's, nested
+            assert i18n.use("zh_CN") == "zh_CN"
+            shown = i18n.core_text(detail)
+            assert "模块组 B" in shown and "继电器 B->2" in shown and "mirror" not in shown, shown
+        finally:
+            i18n.use("en")
+        assert d["fault_docs"]["relay_stuck_B"] == "docs/SAFETY.md#module_group_out_of_service"
+        assert "relay_stuck_B" not in d["latched"]  # not the core's latch, but held until cleared on site:
+        st = sim.cabinet.status()
+        assert "relay_stuck_B" in st["latched"] and "relay_stuck_B" in st["faults"]
+        sim.run_until(lambda: sim.physics.connectors["1"].output_a > 90.0, timeout_s=60.0, what="car A on group A")
+
+        ok, why = ctl.request_clear("relay_stuck_B")
+        assert not ok and "B->2 still read closed" in why
+        assert ctl.request_clear("relay_stuck_A") == (False, "relay_stuck_A is not active")
+        sim.set_relay_stuck("B", "2", False)  # repaired: the contact follows its coil (off) and opens
+        sim.run(0.5)
+        assert ctl.request_clear("relay_stuck_B") == (True, "cleared")
+        assert "relay_stuck_B" not in (ctl.decision or {})["faults"]
+        sim.run_until(lambda: sharing.cabinet.groups_of("1") == ["A", "B"], timeout_s=30.0, what="B with car A")
+        sim.run_until(lambda: sim.physics.connectors["1"].output_a > 150.0, timeout_s=30.0, what="car A on both")
+        assert sim.relays.connected("B") == ["1"] and "relay_stuck_B" not in (ctl.decision or {})["faults"]
+
+
+def test_a_module_groups_fault_is_cleared_on_site_only(tmp_path: Path) -> None:
+    from edge.operator import Source
+    from tests.test_ops import Cabinet
+
+    cab = Cabinet(tmp_path, "[limits]\nremote_clear_allowed = true\n")
+    for fault in ("relay_stuck_C", "relay_failed_to_close_A", "relay_not_open_B", "group_not_off_D"):
+        err = cab.refused(cab.ops.clear_fault, Source.cloud("dr-9"), {"fault": fault})
+        assert err.code == "forbidden" and "only on site" in err.message, fault
+    err = cab.refused(cab.ops.clear_fault, Source.cloud("dr-9"), {"fault": "relay_stuck"})  # no group: not one
+    assert err.code == "refused"

@@ -8,6 +8,10 @@ Prints the captures as Markdown blocks; run from the checkout with its venv:
 
     .venv/bin/python tools/cli_captures.py > /tmp/captures.md
 
+With ``--many`` it turns four knobs instead (the pump fails, gun2's cable monitor freezes, power module 3
+goes silent, the grid meter goes silent) and prints `edge status | cat` (every line) and one 80x24 `edge watch`
+screen, the captures of docs/CLI.md "reading the screen".
+
 Takes about a minute (the simulator runs in real time).
 """
 
@@ -87,7 +91,21 @@ def _watch_screen(cwd: Path, lang: str) -> str:
     return text.rstrip("\n")
 
 
+def _many(work: Path) -> None:
+    knobs = work / ".edge-sim" / "sim-control.sock"
+    _knob(knobs, knob="pump_failed", value=True)
+    _knob(knobs, knob="cable_frozen", cable="gun2", value=True)
+    _knob(knobs, knob="module_silent", address=3, value=True)
+    _knob(knobs, knob="meter_silent", meter="grid", value=True)
+    wanted = ("coolant_flow_low", "grid_meter_lost", "module_lost_3", "pin_dc_plus_invalid")
+    _wait(work, "the four faults", lambda st: all(f in st["faults"] for f in wanted), 60)
+    time.sleep(2)
+    print(f"```\n$ edge status | cat\n{_run(work, 'en', 'status')}\n```\n")
+    print(f"```\n$ edge watch                (an 80x24 terminal)\n{_watch_screen(work, 'en')}\n```\n")
+
+
 def main() -> None:
+    many = "--many" in sys.argv[1:]
     work = Path(tempfile.mkdtemp(prefix="edge-captures-"))
     daemon = subprocess.Popen(
         [EDGE, "run", "--sim"], cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
@@ -95,6 +113,9 @@ def main() -> None:
     try:
         _wait(work, "the daemon answers", lambda st: True, 30)
         _wait(work, "both connectors charge", lambda st: all(c["output_a"] > 10 for c in st["connectors"]), 90)
+        if many:
+            _many(work)
+            return
         print(f"```\n$ edge status\n{_run(work, 'en', 'status')}\n```\n")
         knobs = work / ".edge-sim" / "sim-control.sock"
         _knob(knobs, knob="pump_failed", value=True)

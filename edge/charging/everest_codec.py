@@ -306,6 +306,10 @@ ERROR_TABLE: tuple[tuple[str, str | None, str], ...] = (
     ("module_alarm_", None, "one power module in alarm: its share leaves the capabilities"),
     ("grid_meter_lost", None, "grid fallback limit: capabilities"),
     ("telemetry_store_error", None, "telemetry only: charging unaffected"),
+    ("group_not_off_", None, "a module group out of service: its share leaves the capabilities"),
+    ("relay_stuck_", None, "a module group out of service: its share leaves the capabilities"),
+    ("relay_failed_to_close_", None, "a module group out of service: its share leaves the capabilities"),
+    ("relay_not_open_", None, "a module group out of service: its share leaves the capabilities"),
     ("request_stale", None, "the controller's own requests stopped: reported as mode Off, not as a fault"),
     # ChargeX MREC17EVSEContactorFault, on that connector's power_supply_DC module
     ("contactor_welded", "HardwareFault", "MREC17EVSEContactorFault: contactor welded, connector out of service"),

@@ -55,6 +55,19 @@ FAULTS = {
 }
 
 
+def fault_name(fault: str, group: str) -> str:
+    """The name of a group's fault in the cabinet's fault list, e.g. ``relay_stuck_C``."""
+    return f"{fault}_{group}"
+
+
+def group_of_fault(name: str) -> tuple[str, str] | None:
+    """(fault, group) of a name made by :func:`fault_name`; None for any other fault."""
+    for fault in FAULTS:
+        if name.startswith(fault + "_") and len(name) > len(fault) + 1:
+            return fault, name[len(fault) + 1 :]
+    return None
+
+
 @dataclass(frozen=True)
 class Timing:
     """The sequence's limits: from ``[sharing]`` and ``[session]``."""
@@ -139,7 +152,7 @@ def _close(move: Move, mirror: dict[str, int | None], now_s: float) -> list[Comm
     assert move.target is not None
     closed = sorted(c for c, state in mirror.items() if state != 0)
     if closed:
-        return _fail(move, "relay_not_open", f"group {move.group}: relay(s) to {closed} not confirmed open")
+        return _fail(move, "relay_not_open", f"group {move.group}: relay(s) to {', '.join(closed)} not confirmed open")
     move.log.append(["relay", move.group, move.target, "close"])
     move.since_s = now_s  # the mirror contact has confirm_s from the command on
     return [["relay", move.group, move.target, "close"]]
@@ -237,6 +250,7 @@ class Cabinet:
     at: dict[str, str | None] = field(default_factory=dict)
     moves: dict[str, Move] = field(default_factory=dict)
     out_of_service: dict[str, str] = field(default_factory=dict)
+    fault_detail: dict[str, str] = field(default_factory=dict)  # group -> what its failed move measured
     changed_s: dict[str, float] = field(default_factory=dict)
     arrival: dict[str, float] = field(default_factory=dict)
     last_target: dict[str, list[str]] = field(default_factory=dict)
@@ -294,6 +308,29 @@ class Cabinet:
 
     def groups_of(self, connector: str) -> list[str]:
         return sorted(g for g, where in self.at.items() if where == connector)
+
+    def faults(self) -> dict[str, str]:
+        """The cabinet's fault per group out of service, ``{"relay_stuck_C": detail}``: never latched in the core,
+        present while the group is out of service; :meth:`return_to_service` ends it."""
+        return {
+            fault_name(
+                fault, g
+            ): f"module group {g} (modules {', '.join(map(str, self.matrix.groups[g]))}) out of service: "
+            f"{self.fault_detail.get(g, fault)}"
+            for g, fault in sorted(self.out_of_service.items())
+        }
+
+    def return_to_service(self, group: str, mirror: dict[str, int | None]) -> tuple[bool, str]:
+        """An on-site clear of ``group``'s fault: back in the allocation, as a group on no connector (it is closed
+        where it is wanted through the confirmed sequence), only while every relay of it reads open."""
+        closed = sorted(c for c, state in mirror.items() if state != 0)
+        if closed:
+            where = ", ".join(f"{group}->{c}" for c in closed)
+            return False, f"relay(s) {where} still read closed (or unread): check the relay and its mirror contact"
+        del self.out_of_service[group]
+        self.fault_detail.pop(group, None)
+        self.at[group] = None
+        return True, "cleared"
 
     def tick(
         self,
@@ -380,6 +417,7 @@ class Cabinet:
                         self.changed_s[c] = now_s
                 continue
             self.out_of_service[g] = move.fault
+            self.fault_detail[g] = next((str(c[3]) for c in reversed(move.log) if c[0] == "fault"), move.fault)
             # not off or stuck: still on its source (modules off); else its relays are open (or unknown)
             self.at[g] = move.source if move.fault in ("group_not_off", "relay_stuck") else None
             events.append({"event": "group_out_of_service", "group": g, "fault": move.fault, "at": self.at[g]})
@@ -498,6 +536,36 @@ class Runner:
     relays: RelayMatrix
     # the relays are open at start (coils de-energised): each group goes home through the sequence, confirmed
     homing: bool = False
+    faults: Any = None  # edge.faults.ExternalFaults: a group out of service is in the cabinet's fault list
+    _raised: set[str] = field(default_factory=set)
+
+    def clear(self, name: str) -> tuple[bool, str] | None:
+        """``edge clear <name>`` for a group's fault (e.g. ``relay_stuck_C``): the group back in the allocation
+        when its relays all read open; None when ``name`` is not a group's fault."""
+        parsed = group_of_fault(name)
+        if parsed is None or parsed[1] not in self.cabinet.matrix.groups:
+            return None
+        fault, group = parsed
+        if self.cabinet.out_of_service.get(group) != fault:
+            return False, f"{name} is not active"
+        ok, why = self.cabinet.return_to_service(group, self.relays.mirror(group))
+        if ok:
+            self._sync_faults()
+        return ok, why
+
+    def holds(self, name: str) -> bool:
+        """True for a group's fault raised now: held until an on-site clear (shown as latched)."""
+        return name in self._raised
+
+    def _sync_faults(self) -> None:
+        if self.faults is None:
+            return
+        now = self.cabinet.faults()
+        for name in self._raised - set(now):
+            self.faults.clear(name, "group back in service")
+        for name, detail in now.items():
+            self.faults.set(name, detail)
+        self._raised = set(now)
 
     def modules_of(self, connector: str) -> list[int]:
         return self.cabinet.modules_of(connector)
@@ -533,6 +601,7 @@ class Runner:
         commands += more
         for cmd in commands:
             self._carry_out(ctl, cmd, now_s)
+        self._sync_faults()
         for event in events:
             ctl.on_event(event["event"], "sharing", {k: v for k, v in event.items() if k != "event"})
         return commands

@@ -294,7 +294,9 @@ def _loss_detail(c: _Ctx, name: str, why: str) -> str:
             fmt_num((c.t - c.inputs[name][1]) * 1000.0, 0),
             c.max_age_ms[inputs.entry(name)["stale"]],
         )
-    return "%s invalid: sensor reports a fault or an out-of-range value" % label
+    return (
+        "%s invalid: value unusable (sensor fault, out of range, or the cable monitor stuck or losing frames)" % label
+    )
 
 
 def _rule_rate_of_change(c: _Ctx) -> None:

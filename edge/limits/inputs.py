@@ -262,6 +262,11 @@ FAULT_DOCS = {
     "isolation_monitor_fault": "isolation_monitor_lost",
     "over_voltage_error": "over_voltage_error",
     "over_voltage_emergency": "over_voltage_emergency",
+    # power sharing (edge/charging/sharing.py): a module group out of service, named by its group (relay_stuck_C)
+    "group_not_off_": "module_group_out_of_service",
+    "relay_stuck_": "module_group_out_of_service",
+    "relay_failed_to_close_": "module_group_out_of_service",
+    "relay_not_open_": "module_group_out_of_service",
 }
 _FAMILIES = tuple(sorted([k for k in FAULT_DOCS if k[0] == "_" or k[-1] in "_."]))
 
