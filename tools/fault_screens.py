@@ -1,7 +1,7 @@
 """What a technician sees for each fault: the simulator's fault knobs one at a time, on the two-connector
 cabinet charging both cars (edge/sim/sim.toml; the sharing knobs on edge/sim/sim-sharing.toml), in simulated
 time. For each knob: the `make run` status line and the `edge watch` screen of an 80x24 terminal, in English
-(or ``--lang``), taken once the knob's fault is active (12 s after the knob where it shows on a device line).
+(or ``--lang``), taken 3 s after the knob's fault appeared (12 s after the knob where it shows on a device line).
 The knobs are the screen tests' (tests/test_screen.py and tests/test_screen_knobs.py), so this shows exactly
 what those tests check. Prints Markdown; run from the checkout with its venv:
 
@@ -53,9 +53,13 @@ def main() -> int:
                 turn(sim)
                 if fault is None:
                     sim.run(12.0)
+                    st = sim.cabinet.status()
                 else:
                     sim.run_until(lambda s=sim, f=fault: f in s.cabinet.status()["faults"], 15.0, f"fault {fault}")
-                st = sim.cabinet.status()
+                    st = sim.cabinet.status()
+                    sim.run(3.0)  # the currents settle (the output ramps down after a trip) ...
+                    if fault in sim.cabinet.status()["faults"]:  # ... unless the fault went with its session
+                        st = sim.cabinet.status()
                 print(f"### `{name}`\n\n```\n$ make run                 (the status line)\n{status_line(st)}")
                 print(f"$ edge watch               (80x24)\n{status_text(st, height=HEIGHT)}\n```\n")
             finally:
