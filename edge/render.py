@@ -109,7 +109,9 @@ def _reading(st: dict[str, Any], signal: str, fmt: str = "{:.1f}") -> str:
 
 def machine_state(st: dict[str, Any]) -> str:
     rule = st.get("rule")
-    if rule == "trip":
+    # a trip on one connector while another delivers: the cabinet charges (that connector's row and the faults
+    # say FAULT and LATCHED); TRIPPED is for a cabinet whose trip holds every output off
+    if rule == "trip" and not (st.get("enable") and _output(st)[1] > 1.0):
         return _("TRIPPED")
     if rule == "stop" or st.get("stopped_by"):
         return _("STOPPED")

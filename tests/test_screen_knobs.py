@@ -186,3 +186,19 @@ def test_the_power_sharing_knobs_on_two_connectors_fit_80x24_in_english_chinese_
             wanted += [fault] if fault else []
     sim.run(12.0)
     _screens(_until_faults(sim, wanted), lang)
+
+
+def test_a_trip_on_one_connector_while_the_other_charges_reads_charging(charging, lang) -> None:
+    """Connector 2's contactor fails to close in a new session while connector 1 charges at 100 A: the state line
+    said TRIPPED (the cabinet's reason is the most limited connector in a session); it says CHARGING, and
+    connector 2's row and the fault list say FAULT and LATCHED."""
+    sim = charging(False)
+    KNOBS["contactor_fail_to_close"][0](sim)
+    st = _until_faults(sim, ["contactor_failed_to_close"])
+    sim.run(3.0)
+    st = sim.cabinet.status()
+    assert st["rule"] == "trip" and "contactor_failed_to_close" in st["latched"], st["rule"]
+    lines = status_text(st, height=HEIGHT).splitlines()
+    assert lines[1].startswith("state    CHARGING"), lines[1]
+    assert re.search(r"^2 +FAULT", "\n".join(lines), re.M) and "contactor_failed_to_close  LATCHED" in "\n".join(lines)
+    assert status_line(st).startswith("CHARGING | 1 Charging")
