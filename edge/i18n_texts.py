@@ -75,6 +75,7 @@ CORE_TEXTS: tuple[str, ...] = (
     N_("session ended ({cause}): output not measured after {ms} ms (off current {off_a} A), contactor opened anyway"),
     N_("power sharing: no module group allocated"),
     N_("coolant leak detected by the cable monitor (pump stopped)"),
+    N_("{sensor}: waiting for the first reading"),
     N_("not latched"),
     # contactor feedback and pre-charge (edge/limits/contactor.py)
     N_("mirror contact still reads closed {ms} ms after the open command: contactor welded, connector out of service"),

@@ -201,8 +201,22 @@ def test_an_uncooled_output_does_not_require_the_cable_inputs_but_uses_what_repo
     core._rule_sensors(c)
     assert (c.sensor_fault, c.faults, c.limits, c.vals) == (False, {}, [], {"coolant_out_c": 30.0})
     c = ctx(inputs={"coolant_out_c": [30.0, T, "ok"]})
+    c.state["start_t"] = T - 1.0  # long after the start: a sensor never heard is missing
     core._rule_sensors(c)
     assert c.sensor_fault and "pin_dc_plus_missing" in c.faults
+
+
+def test_a_sensor_not_heard_yet_at_start_gives_0_a_and_no_fault_until_its_max_age_has_passed():
+    c = ctx(inputs={"coolant_out_c": [30.0, T, "ok"]})  # the first evaluation: only the outlet has reported
+    core._rule_sensors(c)
+    assert c.sensor_fault and not c.faults, c.faults
+    assert [0.0, "sensor", "cable DC+ pin: waiting for the first reading"] in c.limits
+    later = ctx(inputs={"coolant_out_c": [30.0, T, "ok"]})
+    later.state.update(c.state)
+    later.t = T + later.max_age_s("pin_dc_plus_c") + 0.01
+    later.inputs["coolant_out_c"] = [30.0, later.t, "ok"]
+    core._rule_sensors(later)
+    assert "pin_dc_plus_missing" in later.faults and "coolant_out_missing" not in later.faults
 
 
 def test_contactor_stays_closed_at_zero_amps_with_the_modules_off():

@@ -111,6 +111,8 @@ def initial_state() -> dict:
         "charger_w": [],  # [t_received, W] of the output measurements within grid.settle_ms
         "pump_until": -1.0,
         "pump_since": None,  # t the pump was commanded on (flow checks count from here)
+        "start_t": None,  # the first evaluation: a sensor not heard yet is awaited for its max age from here
+        "seen": {},  # safety input -> True once it gave a valid value (a sensor lost later is never "awaited")
     }
 
 
@@ -279,9 +281,25 @@ def _rule_sensors(c: _Ctx) -> None:
         v = c.value(name)
         if v is not None:
             c.vals[name] = v
+            if name not in c.state["seen"]:
+                c.state["seen"][name] = True
         elif not uncooled:
             why = c.why_not(name)
+            if why == "missing" and name not in c.state["seen"] and _starting(c, c.max_age_s(name)):
+                # at start, before its first reading: 0 A and the contactor open as for a lost input, but no
+                # fault yet (every start raised <sensor>_missing and cleared it a frame later)
+                c.limit(0.0, "sensor", "%s: waiting for the first reading" % inputs.label(name))
+                c.sensor_fault = True
+                continue
             c.input_lost(name, why, _loss_detail(c, name, why))
+
+
+def _starting(c: _Ctx, window_s: float) -> bool:
+    """True within ``window_s`` of this output's first evaluation."""
+    start = c.state.get("start_t")
+    if start is None:
+        start = c.state["start_t"] = c.t
+    return c.t - start <= window_s + EPS_S
 
 
 def _loss_detail(c: _Ctx, name: str, why: str) -> str:
@@ -389,8 +407,15 @@ def _slow_temperature(c: _Ctx, name: str, rule: str, fault: str) -> None:
         c.block(fault, inputs.label(name) + " temperature not reported: cannot confirm it is below trip")
         return
     v = c.value(name)
+    if v is not None and name not in c.state["seen"]:
+        c.state["seen"][name] = True
     if v is None:
         why = c.why_not(name)
+        if why != "invalid" and name not in c.state["seen"] and _starting(c, c.max_age_s(name)):
+            # at start, not one good value yet (the modules' first answers go out stale until they are found)
+            c.limit(0.0, "sensor", "%s temperature: waiting for the first reading" % inputs.label(name))
+            c.sensor_fault = True
+            return
         detail = "%s temperature %s (max age %d ms)" % (inputs.label(name), why, c.cfg["slow_input_stale_ms"])
         c.input_lost(name, why, detail)
     _temperature(c, v, c.cfg[rule], name, fault)

@@ -81,6 +81,7 @@ def initial_state() -> dict:
         "detail": "",
         "discharged": False,
         "test_seen": False,
+        "start_t": None,  # the first evaluation: a monitor not heard yet is awaited for stale_ms from here
     }
 
 
@@ -114,11 +115,14 @@ def _lowest_v(imd: dict, out_v: float | None, cfg: dict, t: float) -> float:
     return low
 
 
-def _device_problem(imd: dict, cfg: dict, t: float) -> list | None:
-    """``[fault, detail]`` when the IMD cannot be trusted now (silent, stale, device fault), else None."""
+def _device_problem(imd: dict, cfg: dict, t: float, start_t: float) -> list | None:
+    """``[fault, detail]`` when the IMD cannot be trusted now (silent, stale, device fault), else None. Not heard
+    yet within ``stale_ms`` of the first evaluation: awaited, no fault (a cable check needs its readings anyway)."""
     rx = imd.get("t")
     if imd.get("status") == "fault":
         return ["isolation_monitor_fault", "isolation monitor reports a device fault"]
+    if rx is None and (t - start_t) * 1000.0 <= cfg["stale_ms"] + core.EPS_S * 1000.0:
+        return None
     if rx is None or imd.get("status") == "stale" or (t - rx) * 1000.0 > cfg["stale_ms"] + core.EPS_S * 1000.0:
         age = "no reading" if rx is None else "last reading %s ms ago" % fmt_num((t - rx) * 1000.0, 0)
         return ["isolation_monitor_lost", "isolation monitor silent: %s (max %d ms)" % (age, cfg["stale_ms"])]
@@ -236,7 +240,7 @@ def _charging(ohm: float | None, out_v: float | None, cfg: dict, out: dict) -> N
 def _in_session(st: dict, imd: dict, request: dict, phase: str, ohm: float | None, out_v: float | None,
                 cfg: dict, t: float, out: dict) -> None:  # fmt: skip
     """The rules of a live request in a session phase."""
-    problem = _device_problem(imd, cfg, t)
+    problem = _device_problem(imd, cfg, t, st["start_t"])
     if problem is not None:
         out["stops"].append(problem)
     if imd.get("everest"):
@@ -277,6 +281,8 @@ def evaluate(imd: dict | None, request: dict, out_v: float | None, config: dict,
     if imd is None:
         return out
     cfg = config_of(config)
+    if state.get("start_t") is None:
+        state["start_t"] = t
     phase = request["phase"] if request["phase"] in SESSION_PHASES else "Other"
     _follow_phase(state, phase, t, cfg)
     ohm = _fresh_ohm(imd, cfg, t)
