@@ -503,6 +503,9 @@ def test_update_over_mqtt_waits_for_the_session_then_installs_through_kill_9_at_
         installed = [m for m in update_topic() if m.body["state"] == "Installed"][-1]
         assert installed.retain or installed.body["version"] == "2.0"
         assert installed.body["history"] == ["Downloading", "Downloaded", "Scheduled", "Installing", "Installed"]
+        # "Installed" goes out while the last installer is still finishing: its exit code once it has ended
+        unit.join(60)
+        assert not unit.is_alive(), "the last installer run did not end"
         assert [i.returncode for i in installs] == [-9] * len(KILL_STEPS) + [0], installs[-1].stderr
         assert after_kill == [BASE, BASE, "2.0", "2.0", "2.0"], "current switches once, after the release is built"
         assert cab.current() == "2.0" and cab.runnable() == "2.0"
