@@ -194,9 +194,13 @@ def test_slow_replies_raise_the_adaptive_timeout_and_fast_ones_lower_it_within_b
             assert settings.timeout_min_s <= quick < 0.06
             b.sims[3].delay_s = 0.1
             ok = []
-            for _ in range(10):
+            # it learns within ten polls on a quiet machine; a loaded one (a clean-clone run in two processes)
+            # took longer: poll until it has, at most 30 times
+            for _ in range(30):
                 readings, _ = await m.poll(b.line, now=time.monotonic() + 100)
                 ok.append(bool(readings) and all(r.quality == OK for r in readings))
+                if len(ok) >= 10 and all(ok[-6:]) and m.timeout.timeout_s(0.0) > 0.1:
+                    break
             slow = m.timeout.timeout_s(0.0)
             assert 0.1 < slow <= settings.timeout_max_s
             assert all(ok[-6:]), ok  # a few timeouts while it learns, then every read succeeds
