@@ -60,25 +60,14 @@ def connectors_config(tmp: Path, broker_port: int, extra: str = "") -> str:
     return text + ours
 
 
-class Rig:
-    def __init__(self, tmp: Path, extra: str = "") -> None:
-        self.broker = Broker(tmp / "broker", extra_conf="set_tcp_nodelay true\n")
-        self.broker.start()
-        cfg = tmp / "config.toml"
-        cfg.write_text(connectors_config(tmp, self.broker.port, extra))
-        self.daemon = DaemonProcess(cfg, str(tmp / "edge.sock"))
-        self.daemon.wait_ready()
-        self.sim_socket = os.path.join(str(tmp), "sim-control.sock")
-        self.ev = EverestController(self.broker.port, MODULE_IDS)
-        self.ev.start_heartbeat(1.0)
+class RigView:
+    """What the daemon, its simulator and the test-side EVerest say, for a rig with ``daemon``, ``sim_socket`` and
+    ``ev`` (this file's Rig; tests/test_sharing_everest.py's cabinets)."""
 
-    def close(self) -> None:
-        self.ev.stop_heartbeat()
-        self.ev.close()
-        self.daemon.stop()
-        self.broker.stop()
+    daemon: DaemonProcess
+    sim_socket: str
+    ev: EverestController
 
-    # -- what the daemon and the simulator say --------------------------------------------------------
     def status(self) -> dict[str, Any]:
         return self.daemon.status()
 
@@ -102,7 +91,26 @@ class Rig:
             caps = self.ev.latest("capabilities", module_id)
             return caps if caps and caps["max_export_current_A"] > 0 else None
 
-        return dict(self.ev.wait(ready, 10, "capabilities with current (the modules answer)"))
+        return dict(self.ev.wait(ready, 10, f"{module_id}: capabilities with current (the modules answer)"))
+
+
+class Rig(RigView):
+    def __init__(self, tmp: Path, extra: str = "") -> None:
+        self.broker = Broker(tmp / "broker", extra_conf="set_tcp_nodelay true\n")
+        self.broker.start()
+        cfg = tmp / "config.toml"
+        cfg.write_text(connectors_config(tmp, self.broker.port, extra))
+        self.daemon = DaemonProcess(cfg, str(tmp / "edge.sock"))
+        self.daemon.wait_ready()
+        self.sim_socket = os.path.join(str(tmp), "sim-control.sock")
+        self.ev = EverestController(self.broker.port, MODULE_IDS)
+        self.ev.start_heartbeat(1.0)
+
+    def close(self) -> None:
+        self.ev.stop_heartbeat()
+        self.ev.close()
+        self.daemon.stop()
+        self.broker.stop()
 
 
 @pytest.fixture
@@ -121,7 +129,7 @@ def cable_check_v(ev_max_v: float, supply_max_v: float) -> float:
     return min(1.1 * ev_max_v, supply_max_v)
 
 
-def start_session(rig: Rig, name: str, module_id: str) -> dict[str, float]:
+def start_session(rig: RigView, name: str, module_id: str) -> dict[str, float]:
     """Cable check and pre-charge as EvseManager runs them; returns the figures measured on the way."""
     ev = rig.ev
     caps = rig.capabilities(module_id)
@@ -163,7 +171,7 @@ def start_session(rig: Rig, name: str, module_id: str) -> dict[str, float]:
 class Demand:
     """CurrentDemand every 250 ms from a thread, as the vehicle asks through EVerest."""
 
-    def __init__(self, rig: Rig, name: str, module_id: str, current_a: float) -> None:
+    def __init__(self, rig: RigView, name: str, module_id: str, current_a: float) -> None:
         self.rig, self.name, self.module_id, self.current_a = rig, name, module_id, current_a
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -183,7 +191,7 @@ class Demand:
         self.thread.join(2)
 
 
-def stop_session(rig: Rig, name: str, module_id: str, demand: Demand) -> None:
+def stop_session(rig: RigView, name: str, module_id: str, demand: Demand) -> None:
     """End of charge: 0 A, then mode Off; Off completes only below 1 A, then the contactor opens."""
     demand.end()
     ev = rig.ev

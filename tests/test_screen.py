@@ -55,6 +55,15 @@ KNOBS: dict[str, Callable[[SimStepper], None]] = {
 }
 
 
+def charge_both(sim: SimStepper) -> SimStepper:
+    """The simulator's charging controller drives both connectors of ``sim`` until both cars charge."""
+    ctl = sim.cabinet.controller
+    caps = lambda: {n: r.capabilities for n, r in ctl.reports().items()}  # noqa: E731
+    sim.every("sim charging", 0.25, lambda now: sim.drive_charging(ctl.demands, now, caps()))
+    sim.run_until(lambda: all(c.output_a > 10 for c in sim.cabinet.connector_views()), 60.0, "both charging")
+    return sim
+
+
 @pytest.fixture(scope="module")
 def charging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], SimStepper]]:
     """A fresh two-connector cabinet charging both cars (about 0.1 s of wall time each)."""
@@ -64,11 +73,7 @@ def charging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[], 
         tmp = tmp_path_factory.mktemp("screen")
         sim = SimStepper(parse_config(sim_toml(tmp)), tmp / "data", step_s=0.05)
         made.append(sim)
-        ctl = sim.cabinet.controller
-        caps = lambda: {n: r.capabilities for n, r in ctl.reports().items()}  # noqa: E731
-        sim.every("sim charging", 0.25, lambda now: sim.drive_charging(ctl.demands, now, caps()))
-        sim.run_until(lambda: all(c.output_a > 10 for c in sim.cabinet.connector_views()), 60.0, "both charging")
-        return sim
+        return charge_both(sim)
 
     yield make
     for s in made:

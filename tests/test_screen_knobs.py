@@ -22,7 +22,7 @@ from edge.render import HEIGHT, WIDTH, status_line, status_text
 from edge.sim.stepper import SimStepper
 from tests.conftest import REPO, _drop_tables
 from tests.test_screen import KNOBS as FIRST_KNOBS
-from tests.test_screen import sim_toml
+from tests.test_screen import charge_both, sim_toml
 
 # water and tilt are not wired in sim.toml (e-stop and door are): the screen test adds them
 WATER_TILT = """
@@ -88,11 +88,7 @@ def charging(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[[boo
         text = _sharing_toml(tmp) if sharing else sim_toml(tmp) + WATER_TILT
         sim = SimStepper(parse_config(text), tmp / "data", step_s=0.05)
         made.append(sim)
-        ctl = sim.cabinet.controller
-        caps = lambda: {n: r.capabilities for n, r in ctl.reports().items()}  # noqa: E731
-        sim.every("sim charging", 0.25, lambda now: sim.drive_charging(ctl.demands, now, caps()))
-        sim.run_until(lambda: all(c.output_a > 10 for c in sim.cabinet.connector_views()), 60.0, "both charging")
-        return sim
+        return charge_both(sim)
 
     yield make
     for s in made:

@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import DaemonProcess, api_request
+from tests.conftest import DaemonProcess
 from tests.everest_controller import EverestController
 from tests.mqtt_broker import Broker
-from tests.test_charging_e2e import Demand, cable_check_v, connectors_config, start_session
+from tests.test_charging_e2e import Demand, RigView, cable_check_v, connectors_config, start_session
 from tests.test_sharing_sim import SHARING
 
 POLICIES = ("static", "sequential", "even", "first_come", "priority")
@@ -52,7 +52,7 @@ def _config(tmp: Path, port: int, policy: str) -> str:
     return text + sharing + '\n[[sharing.connector]]\nname = "2"\npriority = 1\n'
 
 
-class Cabinet:
+class Cabinet(RigView):
     """One daemon and its EVerest (two connectors, topics under ``everest_api/1/<policy>``)."""
 
     def __init__(self, tmp: Path, port: int, policy: str) -> None:
@@ -72,28 +72,6 @@ class Cabinet:
         self.alone: tuple[Any, ...] = ()  # (groups, car A's capabilities A, car A's A) before car B
         self.shared: tuple[Any, ...] = ()  # (groups, A's capabilities A, A's A, B's capabilities A, B's A) after
 
-    # what tests/test_charging_e2e.py's session helpers need of a rig
-    def status(self) -> dict[str, Any]:
-        return self.daemon.status()
-
-    def connector(self, name: str) -> dict[str, Any]:
-        return next(c for c in self.status()["connectors"] if c["name"] == name)
-
-    def vehicle(self, name: str) -> dict[str, Any]:
-        answer = api_request(self.sim_socket, {"get": "physics"})
-        return dict(answer["physics"]["connectors"][name]["vehicle"])
-
-    def measured(self, module_id: str) -> tuple[float, float]:
-        vc = self.ev.latest("voltage_current", module_id)
-        return (float(vc["voltage_V"]), float(vc["current_A"])) if vc else (0.0, 0.0)
-
-    def capabilities(self, module_id: str) -> dict[str, Any]:
-        def ready() -> Any:
-            caps = self.ev.latest("capabilities", module_id)
-            return caps if caps and caps["max_export_current_A"] > 0 else None
-
-        return dict(self.ev.wait(ready, 10, f"{module_id}: capabilities with current"))
-
     def groups(self) -> tuple[list[str], list[str]]:
         st = self.status()["sharing"]["groups"]
         return tuple(sorted(g for g, v in st.items() if v["connector"] == c) for c in "12")  # type: ignore[return-value]
@@ -112,7 +90,7 @@ class Cabinet:
         a, b = self.ids
         self.daemon.wait_ready(30.0)
         start_session(self, "1", a)
-        self.demands.append(Demand(self, "1", a, 250.0))  # type: ignore[arg-type]
+        self.demands.append(Demand(self, "1", a, 250.0))
         alone_a = GROUP_A if self.policy == "static" else 2 * GROUP_A
         self.ev.wait(lambda: self.measured(a)[1] > alone_a - 15.0, 20, f"{self.policy}: car A alone at its share")
         # while car A ramps, its capabilities also follow the site fuse (a loaded run caught them at 188 A): the
@@ -130,7 +108,7 @@ class Cabinet:
             self.ev.set_mode("Export", "CableCheck", b)
             if EXPECTED[self.policy][1]:
                 start_session(self, "2", b)
-                self.demands.append(Demand(self, "2", b, 150.0))  # type: ignore[arg-type]
+                self.demands.append(Demand(self, "2", b, 150.0))
                 self.ev.wait(lambda: self.measured(b)[1] > 45.0, 20, f"{self.policy}: car B charging")
             else:
                 self.ev.wait(lambda: time.monotonic() - self.arrived > 2.5, 5, "car B waits")

@@ -99,14 +99,7 @@ def test_relay_stuck_and_group_lost_knobs_on_the_sim(tmp_path: Path) -> None:
     lost modules are faults as without sharing."""
     cfg = parse_config(_config(tmp_path))
     with SimStepper(cfg, tmp_path / "data", step_s=0.01) as sim:
-        ctl = sim.cabinet.controller
-        sharing = ctl.sharing
-        assert sharing is not None and sim.relays is not None
-        sim.unplug("2")
-        sim.run_until(lambda: sim.relays.connected("B") == ["2"], timeout_s=1.0, what="B home on 2")  # type: ignore[union-attr]
-        sim.set_relay_stuck("B", "2")
-        sim.every("sessions", 0.05, lambda now: sim.drive_charging(ctl.demands, now, _caps(ctl)))
-        sim.run_until(lambda: sharing.cabinet.out_of_service.get("B") == "relay_stuck", timeout_s=60.0, what="B stuck")
+        ctl, sharing = _b_stuck_while_car_a_charges(sim)
         assert sim.relays.connected("B") == ["2"] and sharing.cabinet.groups_of("1") == ["A"]
         assert sim.events("group_out_of_service")[-1].data["fault"] == "relay_stuck"
         sim.run_until(lambda: sim.physics.connectors["1"].output_a > 90.0, timeout_s=60.0, what="car A on group A")
@@ -119,6 +112,20 @@ def test_relay_stuck_and_group_lost_knobs_on_the_sim(tmp_path: Path) -> None:
             what="group A dropped",
         )
         assert "all_modules_lost" in (ctl.decision or {})["faults"]
+
+
+def _b_stuck_while_car_a_charges(sim: SimStepper) -> tuple[Any, Any]:
+    """Group B home on connector 2, its relay there jammed closed, car A charging on connector 1 and asking for
+    more than group A gives: the controller and its sharing runner once B is out of service (relay_stuck)."""
+    ctl = sim.cabinet.controller
+    sharing = ctl.sharing
+    assert sharing is not None and sim.relays is not None
+    sim.unplug("2")
+    sim.run_until(lambda: sim.relays.connected("B") == ["2"], timeout_s=1.0, what="B home on 2")  # type: ignore[union-attr]
+    sim.set_relay_stuck("B", "2")
+    sim.every("sessions", 0.05, lambda now: sim.drive_charging(ctl.demands, now, _caps(ctl)))
+    sim.run_until(lambda: sharing.cabinet.out_of_service.get("B") == "relay_stuck", timeout_s=60.0, what="B stuck")
+    return ctl, sharing
 
 
 def _caps(ctl: Any) -> dict:
@@ -221,14 +228,8 @@ def test_a_stuck_relay_is_a_fault_cleared_on_site_once_its_relay_reads_open(tmp_
     reads closed, accepted once it reads open, and the group is then closed to car A through the sequence."""
     cfg = parse_config(_config(tmp_path))
     with SimStepper(cfg, tmp_path / "data", step_s=0.01) as sim:
-        ctl = sim.cabinet.controller
-        sharing = ctl.sharing
-        assert sharing is not None and sim.relays is not None
-        sim.unplug("2")
-        sim.run_until(lambda: sim.relays.connected("B") == ["2"], timeout_s=1.0, what="B home on 2")  # type: ignore[union-attr]
-        sim.set_relay_stuck("B", "2")
-        sim.every("sessions", 0.05, lambda now: sim.drive_charging(ctl.demands, now, _caps(ctl)))
-        sim.run_until(lambda: "relay_stuck_B" in (ctl.decision or {}).get("faults", []), timeout_s=60.0, what="fault")
+        ctl, sharing = _b_stuck_while_car_a_charges(sim)
+        sim.run_until(lambda: "relay_stuck_B" in (ctl.decision or {}).get("faults", []), timeout_s=1.0, what="fault")
         d = ctl.decision or {}
         detail = d["fault_details"]["relay_stuck_B"]
         assert "relay B->2: mirror contact not open" in detail

@@ -24,18 +24,13 @@ from edge.config import parse_config
 from edge.render import HEIGHT, status_line, status_text
 from edge.sim.stepper import SimStepper
 from tests.test_screen import KNOBS as FIRST_KNOBS
-from tests.test_screen import sim_toml
+from tests.test_screen import charge_both, sim_toml
 from tests.test_screen_knobs import KNOBS, SHARING_KNOBS, WATER_TILT, _sharing_toml
 
 
 def _charging(tmp: Path, sharing: bool) -> SimStepper:
     text = _sharing_toml(tmp) if sharing else sim_toml(tmp) + WATER_TILT
-    sim = SimStepper(parse_config(text), tmp / "data", step_s=0.05)
-    ctl = sim.cabinet.controller
-    caps = lambda: {n: r.capabilities for n, r in ctl.reports().items()}  # noqa: E731
-    sim.every("sim charging", 0.25, lambda now: sim.drive_charging(ctl.demands, now, caps()))
-    sim.run_until(lambda: all(c.output_a > 10 for c in sim.cabinet.connector_views()), 60.0, "both charging")
-    return sim
+    return charge_both(SimStepper(parse_config(text), tmp / "data", step_s=0.05))
 
 
 def main() -> int:

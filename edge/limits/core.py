@@ -124,6 +124,8 @@ class _Ctx:
         self.cfg = config
         self.state = state
         self.t = snapshot["t"]
+        if state.get("start_t") is None:
+            state["start_t"] = self.t  # this output's first evaluation
         self.hw_max = config["max_output_current_a"]
         # how old a sample of each stale class (inputs.py) may be, ms
         self.max_age_ms = {
@@ -296,10 +298,7 @@ def _rule_sensors(c: _Ctx) -> None:
 
 def _starting(c: _Ctx, window_s: float) -> bool:
     """True within ``window_s`` of this output's first evaluation."""
-    start = c.state.get("start_t")
-    if start is None:
-        start = c.state["start_t"] = c.t
-    return c.t - start <= window_s + EPS_S
+    return c.t - c.state["start_t"] <= window_s + EPS_S
 
 
 def _loss_detail(c: _Ctx, name: str, why: str) -> str:
