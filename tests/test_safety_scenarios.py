@@ -186,10 +186,18 @@ def test_rising_grid_load_lowers_the_charger_current_so_the_site_fuse_holds(tmp_
 
     async def body(daemon: Daemon, cab: SimCabinet) -> None:
         await _charging(daemon, cab, 170.0)
+        before_w = _decision(daemon)["grid_allowed_w"]
         with cab.lock:
             cab.physics.grid_base_a = 80.0  # the site's own load jumps: over the fuse until we react
         t0 = time.monotonic()
-        # the core saw the jump (on a loaded machine the test may never sample the short excursion itself)
+        # the core saw the jump (on a loaded machine the test may never sample the short excursion itself):
+        # its allowance fell by the jump, about 40 kW. The grid rule alone was not enough: it may hold already
+        # at 170 A, and a clean-clone run then "settled" in 16 us, before the physics had even taken the jump.
+        await until(
+            lambda: (w := _decision(daemon)["grid_allowed_w"]) is not None and w < before_w - 10_000.0,
+            timeout=2,
+            what="the core sees the site's load jump",
+        )
         await until(lambda: _decision(daemon)["rule"] == "grid", timeout=2, what="the site fuse limits")
         await until(lambda: max(cab.physics.grid_a) <= fuse_a - margin_a + 0.5, timeout=5, what="fuse respected")
         seen["settle_s"] = time.monotonic() - t0
