@@ -82,9 +82,13 @@ def test_daemon_killed_with_sigkill_mid_stream_delivers_every_committed_record_a
 
 
 def test_retained_state_and_status_greet_a_late_subscriber(tmp_path: Path, mqtt_broker: Broker):
+    early = Consumer(mqtt_broker.port, topic=f"{BASE}/+", client_id="early")
     d = _start(tmp_path, mqtt_sim_config(tmp_path, mqtt_broker.port))
     try:
         wait_for(lambda: d.status()["telemetry"]["uplink"]["connected"], 10, what="uplink connected")
+        # the state is on the broker (a clean-clone run in two processes had it queued behind the backlog
+        # longer than the late subscriber's wait): then a subscriber that comes later is greeted with it
+        wait_for(lambda: early.on("state"), 20, what="the daemon's first state")
         late = Consumer(mqtt_broker.port, topic=f"{BASE}/+", client_id="late")
         try:
             st = wait_for(lambda: [m for m in late.on("state") if m.retain], 5, what="retained state")[-1].body
@@ -96,3 +100,4 @@ def test_retained_state_and_status_greet_a_late_subscriber(tmp_path: Path, mqtt_
             late.close()
     finally:
         d.stop()
+        early.close()
